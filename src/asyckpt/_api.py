@@ -1,0 +1,158 @@
+"""The library API: the same pipeline the CLI runs, for trio programs."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+
+import trio
+
+from ._build import BodyRecord
+from ._capture import BATCH_BUFFER, CaptureOptions, CaptureSummary, capture
+from ._errors import collapse_errors
+from ._image import ImageWriter
+from ._plugins import Dispatch
+from ._records import FORMAT_VERSION, Header, Trailer
+
+__all__ = ["CaptureStream", "checkpoint_tree", "open_capture"]
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def make_header(summary: CaptureSummary) -> Header:
+    uname = platform.uname()
+    return Header(
+        format_version=FORMAT_VERSION,
+        asyckpt_version=_version(),
+        kernel=uname.release,
+        machine=uname.machine,
+        hostname=socket.gethostname(),
+        time=datetime.now(UTC).isoformat(timespec="milliseconds"),
+        root_pid=summary.root_pid,
+        freezer=summary.freezer,
+        freezer_cgroup=summary.freezer_cgroup,
+        consistent=summary.consistent,
+        plugins=summary.plugins,
+    )
+
+
+def make_trailer(summary: CaptureSummary) -> Trailer:
+    return Trailer(
+        tasks=summary.tasks,
+        fd_tables=summary.fd_tables,
+        fds=summary.fds,
+        files=summary.files,
+        records=0,  # filled in by the writer
+        generic=summary.generic,
+        handler_errors=sum(1 for g in summary.generic_fds if g.error is not None),
+        freezing_ms=round(summary.freezing_ms, 3),
+        frozen_ms=round(summary.frozen_ms, 3),
+        capture_ms=round(summary.capture_ms, 3),
+    )
+
+
+async def checkpoint_tree(
+    pid: int,
+    dest: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    options: CaptureOptions | None = None,
+    dispatch: Dispatch | None = None,
+) -> CaptureSummary:
+    """Capture the process tree rooted at ``pid`` into the image file ``dest``.
+
+    The tree is frozen (``options.freeze``) only while its fds are read.  The image is
+    written atomically with mode 0600; on any failure or cancellation nothing is left
+    at ``dest`` and the tree is thawed before the exception propagates.
+
+    Raises:
+        AsyckptError: a subclass saying what went wrong (see the README's exit codes).
+    """
+    options = options or CaptureOptions()
+    writer = await trio.to_thread.run_sync(lambda: ImageWriter(dest, force=force))
+    try:
+        send, recv = trio.open_memory_channel[list[BodyRecord]](BATCH_BUFFER)
+        summary: CaptureSummary | None = None
+
+        async def run_capture() -> None:
+            nonlocal summary
+            summary = await capture(pid, send, options, dispatch)
+
+        async with collapse_errors(), trio.open_nursery() as nursery:
+            nursery.start_soon(run_capture)
+            async with recv:
+                async for batch in recv:
+                    await trio.to_thread.run_sync(writer.write_body, batch)
+        assert summary is not None
+        summary.bytes = await trio.to_thread.run_sync(
+            writer.finish, make_header(summary), make_trailer(summary)
+        )
+        summary.path = writer.dest
+        return summary
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(writer.abort)
+
+
+class CaptureStream:
+    """The records of a running capture, as an async iterator (see :func:`open_capture`).
+
+    ``summary`` is set once iteration has ended.
+    """
+
+    def __init__(self, recv: trio.MemoryReceiveChannel[list[BodyRecord]]) -> None:
+        self._recv = recv
+        self._exhausted = False
+        self.summary: CaptureSummary | None = None
+
+    def __aiter__(self) -> AsyncIterator[BodyRecord]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[BodyRecord]:
+        async for batch in self._recv:
+            for record in batch:
+                yield record
+        self._exhausted = True
+
+
+@asynccontextmanager
+async def open_capture(
+    pid: int, *, options: CaptureOptions | None = None, dispatch: Dispatch | None = None
+) -> AsyncIterator[CaptureStream]:
+    """Capture the tree rooted at ``pid`` and yield its records without writing a file::
+
+        async with asyckpt.open_capture(pid) as stream:
+            async for record in stream:
+                ...
+        print(stream.summary)
+
+    Records come in image order (each object before its first reference).  The tree
+    stays frozen until the last task is built, and the channel is small, so a consumer
+    that dawdles lengthens the frozen window.  Leaving the block early cancels the
+    capture; the tree is thawed before the block exits either way.
+    """
+    options = options or CaptureOptions()
+    send, recv = trio.open_memory_channel[list[BodyRecord]](BATCH_BUFFER)
+    stream = CaptureStream(recv)
+
+    async def run_capture() -> None:
+        stream.summary = await capture(pid, send, options, dispatch)
+
+    async with collapse_errors(), trio.open_nursery() as nursery:
+        nursery.start_soon(run_capture)
+        async with recv:
+            try:
+                yield stream
+            finally:
+                # A consumer that stops early must not leave the capture blocked on a
+                # full channel: cancel it (its own finally thaws the tree).
+                if not stream._exhausted:
+                    nursery.cancel_scope.cancel()

@@ -1,0 +1,221 @@
+"""The capture pipeline: discover → freeze → scan (concurrent) → build (ordered) → write.
+
+Theory of operation
+-------------------
+1. *Discover* the tree and refuse bad targets (a worker thread; nothing changed yet).
+2. *Freeze*: move the tree into a transient freezer cgroup and freeze it.  Everything from
+   here to the thaw runs inside try/finally, and the thaw is shielded from cancellation, so
+   no exit path (error, cancel, Ctrl-C, SIGTERM) leaves the tree frozen.
+3. Re-walk the now frozen tree; a task forked while we were moving its parent is moved in
+   and the freeze re-confirmed, for a bounded number of rounds.  Group threads by fd table.
+4. *Scan*: one trio task per process reads its fd tables in a worker thread, one thread
+   hop per table (never per fd), at most ``SCAN_THREADS`` at a time.
+5. *Build*: results arrive in any order; a :class:`Reorderer` releases them in tree
+   pre-order to the single builder, which deduplicates open file descriptions with kcmp,
+   runs the handlers (which may need the live fd) and numbers objects by first reference.
+   It sends one batch of records per task into a bounded channel.
+6. *Thaw* as soon as the last task is built: only /proc reads, kcmp and handlers happen
+   while frozen.  The consumer of the channel (the image writer, or a library caller's
+   ``async for``) may still be draining it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import AsyncIterator, Sequence
+
+import msgspec
+import trio
+
+from ._build import BodyRecord, GenericFd, RecordBuilder, TaskScan
+from ._discover import TaskPlan, check_target, plan_tables, walk_tree
+from ._errors import FreezerError, NoSuchProcess, collapse_errors
+from ._freeze import Freezer, choose_freezer
+from ._kernel import KCMP_FILE, kcmp
+from ._order import Reorderer
+from ._plugins import Dispatch, load_handlers
+from ._procparse import TaskStat
+from ._procread import read_fds, read_task_meta
+from ._records import PluginInfo
+
+__all__ = ["CaptureOptions", "CaptureSummary", "capture"]
+
+SCAN_THREADS = 4
+"""Worker threads reading /proc at once.  The GIL caps what more threads could add."""
+
+BATCH_BUFFER = 8
+"""Task batches the channel holds before the builder waits for its consumer.  Small, so
+memory stays bounded; a consumer slower than the scan lengthens the frozen window."""
+
+MAX_FREEZE_ROUNDS = 5
+
+
+class CaptureOptions(msgspec.Struct, kw_only=True, frozen=True):
+    """How to capture.  ``freeze`` is one of auto, cgroup-v1, cgroup-v2, none."""
+
+    freeze: str = "auto"
+    freeze_timeout: float = 10.0
+    strict: bool = False
+    disable_plugins: tuple[str, ...] = ()
+
+
+class CaptureSummary(msgspec.Struct, kw_only=True):
+    """What a capture did: counts, timings and the fds no handler understood."""
+
+    root_pid: int
+    freezer: str
+    freezer_cgroup: str | None
+    consistent: bool
+    tasks: int
+    fd_tables: int
+    fds: int
+    files: int
+    generic: dict[str, int]
+    generic_fds: list[GenericFd]
+    plugins: list[PluginInfo]
+    freezing_ms: float
+    frozen_ms: float
+    capture_ms: float
+    path: str | None = None
+    bytes: int = 0
+
+
+def _read_mountinfo(pid: int) -> str:
+    with open(f"/proc/{pid}/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        return f.read()
+
+
+def _compare_files(a: tuple[int, int], b: tuple[int, int]) -> int:
+    return kcmp(a[0], b[0], KCMP_FILE, a[1], b[1])
+
+
+def _settle_tree(
+    root: TaskStat, before: Sequence[TaskStat], freezer: Freezer, timeout: float
+) -> list[TaskPlan]:
+    """Walk the frozen tree, catch tasks that escaped the move, plan its fd tables."""
+    for _round in range(MAX_FREEZE_ROUNDS):
+        tasks = walk_tree(root.pid)
+        if tasks[0].starttime != root.starttime:
+            raise NoSuchProcess("the process exited and its pid was reused", pid=root.pid)
+        if not freezer.consistent:
+            break
+        members = freezer.members()
+        missing = [t.pid for t in tasks if t.pid not in members and t.state != "Z"]
+        if not missing:
+            break
+        freezer.add(missing)
+        freezer.freeze(timeout)
+    else:
+        raise FreezerError(f"the tree kept forking through {MAX_FREEZE_ROUNDS} freeze rounds")
+    # The v1 freezer shows every frozen task as "D": keep the state it had before.
+    state = {(t.pid, t.starttime): t.state for t in before}
+    tasks = [
+        t._replace(state=state.get((t.pid, t.starttime), t.state)) if t.state != "Z" else t
+        for t in tasks
+    ]
+    return plan_tables(tasks)
+
+
+def _scan_task(index: int, plan: TaskPlan) -> TaskScan:
+    pid = plan.stat.pid
+    meta = read_task_meta(pid)
+    tables = tuple((tid, table, read_fds(pid, tid)) for tid, table in plan.scan)
+    return TaskScan(index, plan, meta, tables)
+
+
+@contextlib.asynccontextmanager
+async def _frozen(
+    freezer: Freezer, root: TaskStat, tree: Sequence[TaskStat], freeze_timeout: float
+) -> AsyncIterator[None]:
+    try:
+        await trio.to_thread.run_sync(freezer.prepare, root.pid)
+        await trio.to_thread.run_sync(freezer.add, [t.pid for t in tree if t.state != "Z"])
+        await trio.to_thread.run_sync(freezer.freeze, freeze_timeout)
+        yield
+    finally:
+        # Thawing must happen whatever ended the block, cancellation included.
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(freezer.release)
+
+
+async def capture(
+    pid: int,
+    send: trio.MemorySendChannel[list[BodyRecord]],
+    options: CaptureOptions,
+    dispatch: Dispatch | None = None,
+) -> CaptureSummary:
+    """Capture the tree rooted at ``pid``, sending one list of records per task.
+
+    Closes ``send`` when done.  Raises AsyckptError subclasses; the tree is thawed and
+    back in its cgroups before any exception (or cancellation) leaves this function.
+    """
+    started = time.perf_counter()
+    async with send:
+        if dispatch is None:
+            dispatch = await trio.to_thread.run_sync(
+                lambda: load_handlers(disabled=options.disable_plugins)
+            )
+        root = await trio.to_thread.run_sync(check_target, pid)
+        tree = await trio.to_thread.run_sync(walk_tree, pid)
+        freezer = await trio.to_thread.run_sync(choose_freezer, options.freeze)
+        builder = RecordBuilder(
+            dispatch,
+            compare_files=_compare_files,
+            read_mountinfo=_read_mountinfo,
+            strict=options.strict,
+        )
+        async with _frozen(freezer, root, tree, options.freeze_timeout):
+            plans = await trio.to_thread.run_sync(
+                _settle_tree, root, tree, freezer, options.freeze_timeout
+            )
+            await _scan_and_build(plans, builder, send)
+    return CaptureSummary(
+        root_pid=pid,
+        freezer=freezer.name,
+        freezer_cgroup=freezer.cgroup,
+        consistent=freezer.consistent,
+        tasks=builder.task_count,
+        fd_tables=builder.table_count,
+        fds=builder.fd_count,
+        files=builder.file_count,
+        generic=dict(sorted(builder.generic.items())),
+        generic_fds=builder.generic_fds,
+        plugins=[
+            PluginInfo(
+                name=h.name, distribution=h.distribution, version=h.version, record_tag=h.record_tag
+            )
+            for _, h in sorted(builder.used.items())
+        ],
+        freezing_ms=freezer.freezing_ms,
+        frozen_ms=freezer.frozen_ms,
+        capture_ms=(time.perf_counter() - started) * 1000,
+    )
+
+
+async def _scan_and_build(
+    plans: list[TaskPlan],
+    builder: RecordBuilder,
+    send: trio.MemorySendChannel[list[BodyRecord]],
+) -> None:
+    limiter = trio.CapacityLimiter(SCAN_THREADS)
+    scans_send, scans_recv = trio.open_memory_channel[TaskScan](math.inf)
+    reorder: Reorderer[TaskScan] = Reorderer()
+
+    async def scan_one(index: int, plan: TaskPlan, out: trio.MemorySendChannel[TaskScan]) -> None:
+        async with out:
+            scan = await trio.to_thread.run_sync(_scan_task, index, plan, limiter=limiter)
+            out.send_nowait(scan)
+
+    async with collapse_errors(), trio.open_nursery() as nursery:
+        async with scans_send:
+            for index, plan in enumerate(plans):
+                nursery.start_soon(scan_one, index, plan, scans_send.clone())
+        async with scans_recv:
+            async for scan in scans_recv:
+                for ready in reorder.push(scan.seq, scan):
+                    batch = await trio.to_thread.run_sync(builder.build, ready)
+                    await send.send(batch)
+    if reorder.released != len(plans):
+        raise RuntimeError("asyckpt bug: tasks were scanned but not built")

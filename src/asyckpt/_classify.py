@@ -1,0 +1,71 @@
+"""Pure classification of one fd from what /proc says about it."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+__all__ = ["access_mode", "kernel_kind", "split_deleted", "task_relative_path"]
+
+_DELETED = " (deleted)"
+O_PATH = os.O_PATH
+
+
+def kernel_kind(st_mode: int, link: str) -> str:
+    """The kernel-level kind of an fd: reg, dir, link, pipe, fifo, socket, chr, blk or anon.
+
+    Anonymous inodes (eventfd, epoll, ...) have no file type bits of their own that
+    distinguish them, but their link text always starts with ``anon_inode:``; pidfds on
+    newer kernels live on pidfs and read ``pidfd:`` or ``anon_inode:[pidfd]``.
+    """
+    if link.startswith(("anon_inode:", "pidfd:")):
+        return "anon"
+    fmt = stat.S_IFMT(st_mode)
+    if fmt == stat.S_IFREG:
+        return "reg"
+    if fmt == stat.S_IFDIR:
+        return "dir"
+    if fmt == stat.S_IFLNK:
+        return "link"
+    if fmt == stat.S_IFIFO:
+        # An unnamed pipe reads "pipe:[ino]"; a FIFO has a real path.
+        return "pipe" if link.startswith("pipe:[") else "fifo"
+    if fmt == stat.S_IFSOCK:
+        return "socket"
+    if fmt == stat.S_IFCHR:
+        return "chr"
+    if fmt == stat.S_IFBLK:
+        return "blk"
+    return "anon"
+
+
+def access_mode(flags: int) -> str:
+    """``r``, ``w``, ``rw`` or ``path`` from the fdinfo open flags."""
+    if flags & O_PATH:
+        return "path"
+    return {os.O_RDONLY: "r", os.O_WRONLY: "w", os.O_RDWR: "rw"}.get(flags & os.O_ACCMODE, "rw")
+
+
+def split_deleted(link: str, nlink: int) -> tuple[str, bool]:
+    """Strip the kernel's " (deleted)" suffix; a file is unlinked when nlink is 0 too.
+
+    The suffix alone is ambiguous (a file may really be named "x (deleted)"), and nlink
+    alone misses nothing on local filesystems, so the two are combined.
+    """
+    if link.endswith(_DELETED) and link.startswith("/"):
+        return link[: -len(_DELETED)], True
+    return link, nlink == 0 and link.startswith("/")
+
+
+def task_relative_path(path: str, root: str) -> str:
+    """Rewrite a path read through /proc (relative to *our* root) to the task's view.
+
+    A chrooted task whose root is /srv/jail sees /srv/jail/etc/x as /etc/x.
+    """
+    if root == "/" or not path.startswith("/"):
+        return path
+    if path == root:
+        return "/"
+    if path.startswith(root + "/"):
+        return path[len(root) :]
+    return path

@@ -1,0 +1,211 @@
+"""The ``asyckpt`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from ._capture import CaptureOptions, CaptureSummary
+from ._errors import AsyckptError, collapse_errors
+from ._freeze import FREEZER_MODES
+
+EXIT_INTERRUPTED = 130
+
+EPILOG = """\
+exit codes:
+  0 success              5 output path unusable     9 plugin error
+  1 internal error       6 not a valid image       10 kernel lacks a feature
+  2 usage error          7 freezer error           130 interrupted (SIGINT/SIGTERM)
+  3 bad target pid       8 --strict violation
+  4 permission denied
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(
+        prog="asyckpt",
+        description="Capture the open-file state of a Linux process tree.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"asyckpt {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser(
+        "tree",
+        help="capture a process tree into an image",
+        description="Freeze the tree rooted at PID, capture every open fd, thaw it, and "
+        "write an image.  Without PID, start a small demo tree and capture that.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    t.add_argument("pid", nargs="?", type=int, help="root of the tree (default: a demo tree)")
+    t.add_argument(
+        "-o", "--output", metavar="IMAGE", help="image to write (default: tree-PID.ackpt)"
+    )
+    t.add_argument("--force", action="store_true", help="replace IMAGE if it exists")
+    t.add_argument(
+        "--freeze",
+        choices=FREEZER_MODES,
+        default="auto",
+        help="how to freeze the tree (default: auto)",
+    )
+    t.add_argument(
+        "--freeze-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="give up (and thaw) if the tree is not frozen by then (default: 10)",
+    )
+    t.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail if any fd is recorded generically (no handler, or it failed)",
+    )
+    t.add_argument(
+        "--disable-plugin",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="do not use the handler NAME (repeatable)",
+    )
+    t.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+
+    s = sub.add_parser(
+        "show",
+        help="print an image",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s.add_argument("image", help="image file")
+    s.add_argument("--json", action="store_true", help="print the JSON export")
+    return p
+
+
+def _warn(msg: str) -> None:
+    print(f"asyckpt: warning: {msg}", file=sys.stderr)
+
+
+def _report(summary: CaptureSummary, quiet: bool) -> None:
+    if summary.generic:
+        total = sum(summary.generic.values())
+        kinds = ", ".join(f"{k} {v}" for k, v in summary.generic.items())
+        _warn(f"{total} open files recorded generically (no handler for them): {kinds}")
+    failed = [g for g in summary.generic_fds if g.error is not None]
+    for g in failed[:10]:
+        _warn(f"{g.error} (pid={g.pid}, fd={g.fd}, kind={g.kind})")
+    if len(failed) > 10:
+        _warn(f"... and {len(failed) - 10} more handler failures")
+    if not summary.consistent:
+        _warn("the tree was not frozen (--freeze=none): the image may be inconsistent")
+    if quiet:
+        return
+    print(
+        f"{summary.path}: {summary.tasks} tasks, {summary.fds} fds, {summary.files} open files, "
+        f"{summary.bytes} bytes; freezer {summary.freezer}, "
+        f"freezing {summary.freezing_ms:.2f} ms, frozen {summary.frozen_ms:.2f} ms, "
+        f"total {summary.capture_ms:.1f} ms"
+    )
+
+
+async def _with_signals(coro_fn, *args):  # type: ignore[no-untyped-def]
+    """Run ``coro_fn`` so that SIGTERM and SIGHUP cancel it like Ctrl-C does, letting
+    the freezer's cleanup run."""
+    result = None
+    interrupted = False
+    async with collapse_errors(), trio.open_nursery() as nursery:
+
+        async def watch() -> None:
+            nonlocal interrupted
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
+                async for _ in signals:
+                    interrupted = True
+                    nursery.cancel_scope.cancel()
+                    return
+
+        nursery.start_soon(watch)
+        result = await coro_fn(*args)
+        nursery.cancel_scope.cancel()
+    if interrupted:
+        raise KeyboardInterrupt
+    return result
+
+
+def _cmd_tree(args: argparse.Namespace) -> int:
+    from ._api import checkpoint_tree
+
+    options = CaptureOptions(
+        freeze=args.freeze,
+        freeze_timeout=args.freeze_timeout,
+        strict=args.strict,
+        disable_plugins=tuple(args.disable_plugin),
+    )
+
+    def run(pid: int) -> CaptureSummary:
+        dest = args.output or f"tree-{pid}.ackpt"
+        summary: CaptureSummary = trio.run(
+            _with_signals, lambda: checkpoint_tree(pid, dest, force=args.force, options=options)
+        )
+        return summary
+
+    if args.pid is None:
+        from ._demo import demo_tree
+
+        with demo_tree() as pid:
+            if not args.quiet:
+                print(f"started a demo tree at pid {pid}")
+            summary = run(pid)
+    else:
+        summary = run(args.pid)
+    _report(summary, args.quiet)
+    if args.pid is None and not args.quiet:
+        print(f"see it with: asyckpt show {summary.path}")
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from ._image import read_image
+    from ._show import render_table, to_json_doc
+
+    image = read_image(args.image)
+    if args.json:
+        json.dump(to_json_doc(image), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(render_table(image) + "\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "tree":
+            return _cmd_tree(args)
+        return _cmd_show(args)
+    except AsyckptError as exc:
+        print(f"asyckpt: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("asyckpt: interrupted; nothing was written and the tree is thawed", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `asyckpt show IMAGE | head`: the reader went away; that is not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as exc:
+        if os.environ.get("ASYCKPT_DEBUG"):
+            raise
+        print(
+            f"asyckpt: internal error: {type(exc).__name__}: {exc} "
+            "(a bug: please report it; ASYCKPT_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1

@@ -1,0 +1,112 @@
+"""Discover: which tasks make up the tree, whether it may be frozen, and how its fd
+tables are shared."""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+from ._errors import AccessDenied, InvalidTarget, NoSuchProcess
+from ._kernel import KCMP_FILES, kcmp
+from ._procparse import TaskStat
+from ._procread import list_children, list_threads, read_stat
+
+__all__ = ["TaskPlan", "check_target", "plan_tables", "walk_tree"]
+
+
+def _ancestors(pid: int) -> list[int]:
+    chain = []
+    while pid > 1:
+        pid = read_stat(pid).ppid
+        chain.append(pid)
+    return chain
+
+
+def check_target(pid: int) -> TaskStat:
+    """Refuse, with a clear reason, a pid that must not or cannot be frozen."""
+    if pid <= 0:
+        raise NoSuchProcess("not a valid pid", pid=pid)
+    stat = read_stat(pid)
+    if stat.is_kernel_thread or pid == 2:
+        raise InvalidTarget(f"{stat.comm!r} is a kernel thread; it has no fds to capture", pid=pid)
+    if pid == 1:
+        raise InvalidTarget("refusing to freeze init (pid 1) and with it the whole system", pid=pid)
+    me = os.getpid()
+    if pid == me or pid in _ancestors(me):
+        raise InvalidTarget("the tree contains asyckpt itself; freezing it would deadlock", pid=pid)
+    if stat.state == "Z":
+        raise InvalidTarget("the process is a zombie; it holds no fds", pid=pid)
+    if os.geteuid() != 0 and os.stat(f"/proc/{pid}").st_uid != os.geteuid():
+        raise AccessDenied("the process belongs to another user; run as root", pid=pid)
+    return stat
+
+
+def walk_tree(root: int) -> list[TaskStat]:
+    """The tree rooted at ``root`` in pre-order, children by ascending pid."""
+    out: list[TaskStat] = []
+    stack = [root]
+    while stack:
+        pid = stack.pop()
+        try:
+            stat = read_stat(pid)
+            children = list_children(pid)
+        except NoSuchProcess:
+            if pid == root:
+                raise
+            continue  # exited between its parent's listing and ours
+        out.append(stat)
+        stack.extend(reversed(children))
+    return out
+
+
+class TaskPlan(NamedTuple):
+    stat: TaskStat
+    threads: tuple[tuple[int, int | None], ...]
+    """(tid, fd table id) of every thread, the leader first."""
+    scan: tuple[tuple[int, int], ...]
+    """(tid, fd table id) of the tables first seen in this task: read them here."""
+
+
+def plan_tables(tasks: list[TaskStat]) -> list[TaskPlan]:
+    """Group every thread of every task by fd table (kcmp KCMP_FILES), ids in pre-order.
+
+    Threads nearly always share their leader's table, so each is compared with its leader
+    first; the rest are placed in one kcmp-ordered list and found by binary search.
+    """
+    from ._dedup import KcmpIndex
+
+    index: KcmpIndex[int, int] = KcmpIndex(lambda a, b: kcmp(a, b, KCMP_FILES))
+    next_id = 1
+
+    def new_id() -> int:
+        nonlocal next_id
+        next_id += 1
+        return next_id - 1
+
+    plans = []
+    for stat in tasks:
+        if stat.state == "Z":
+            plans.append(TaskPlan(stat, ((stat.pid, None),), ()))
+            continue
+        try:
+            tids = list_threads(stat.pid)
+        except NoSuchProcess:
+            continue
+        threads: list[tuple[int, int | None]] = []
+        scan: list[tuple[int, int]] = []
+        leader_table: int | None = None
+        for tid in [stat.pid] + [t for t in tids if t != stat.pid]:
+            try:
+                if leader_table is not None and kcmp(stat.pid, tid, KCMP_FILES) == 0:
+                    threads.append((tid, leader_table))
+                    continue
+                table, new = index.lookup(None, tid, new_id)
+            except NoSuchProcess:
+                continue  # the thread exited (only possible when not frozen)
+            if new:
+                scan.append((tid, table))
+            if tid == stat.pid:
+                leader_table = table
+            threads.append((tid, table))
+        plans.append(TaskPlan(stat, tuple(threads), tuple(scan)))
+    return plans

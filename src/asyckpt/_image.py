@@ -1,0 +1,259 @@
+"""The image file: grammar, atomic writing, and verified reading.
+
+Grammar (all integers big-endian; docs/image-format.md says the same at more length)::
+
+    IMAGE   ::= MAGIC VERSION HEADER BODY TRAILER
+    MAGIC   ::= 89 41 43 4B 50 54 0D 0A 1A 0A        ("\\x89ACKPT\\r\\n\\x1a\\n", 10 bytes)
+    VERSION ::= u32 format version                   (currently 1)
+    FRAME   ::= u32 LEN, then LEN bytes: one msgpack map with a "kind" key
+    HEADER  ::= FRAME of kind "header"
+    BODY    ::= { FRAME of kind "mounts" | "fdtable" | "file" | "fd" | "task" }
+    TRAILER ::= FRAME of kind "trailer", then end of file
+
+The trailer's ``checksum`` is the sha256 of every byte before the trailer frame, and its
+counts must match the body, so a truncated, spliced or corrupted image is rejected whole.
+Like PNG's, the magic catches text-mode mangling and a file that is not an image at all.
+
+The header names what is only known once the capture ends (plugins used), so the body is
+spooled to an unnamed temporary file while it streams in, and the image is assembled at
+the end: temporary file in the destination directory, mode 0600, fsync, rename.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import struct
+import tempfile
+from collections.abc import Iterable
+from typing import IO
+
+import msgspec
+
+from ._errors import ImageCorrupt, ImageVersionError, NotAnImage, OutputError
+from ._records import (
+    FORMAT_VERSION,
+    Fd,
+    FdTable,
+    File,
+    Header,
+    MountTable,
+    Record,
+    Task,
+    Trailer,
+)
+
+__all__ = ["MAGIC", "Image", "ImageWriter", "read_image"]
+
+MAGIC = b"\x89ACKPT\r\n\x1a\n"
+_U32 = struct.Struct(">I")
+_MAX_FRAME = 1 << 30
+
+
+class ImageWriter:
+    """Writes one image atomically.  Sync: the pipeline calls it from worker threads.
+
+    Creating the writer already creates the temporary file, so an unwritable destination
+    or an existing file fails before anything is frozen.
+    """
+
+    def __init__(self, dest: str | os.PathLike[str], *, force: bool = False) -> None:
+        self.dest = os.path.abspath(dest)
+        self.force = force
+        directory = os.path.dirname(self.dest)
+        if os.path.isdir(self.dest):
+            raise OutputError(f"{self.dest} is a directory")
+        if not force and os.path.lexists(self.dest):
+            raise OutputError(f"{self.dest} exists; use --force to replace it")
+        try:
+            fd, self._tmp = tempfile.mkstemp(
+                prefix=f".{os.path.basename(self.dest)}.", suffix=".tmp", dir=directory
+            )
+        except FileNotFoundError:
+            raise OutputError(f"directory {directory} does not exist") from None
+        except OSError as exc:
+            raise OutputError(f"cannot write in {directory}: {exc.strerror}") from exc
+        self._out: IO[bytes] = os.fdopen(fd, "wb")  # mkstemp makes it 0600
+        # Unnamed (O_TMPFILE): nothing to clean up if we die.  It outlives __init__, so
+        # no context manager; abort() and finish() close it.
+        self._spool: IO[bytes] = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115
+        self._encoder = msgspec.msgpack.Encoder()
+        self._buf = bytearray()
+        self.records = 0
+        self.bytes = 0
+
+    def write_body(self, records: Iterable[msgspec.Struct]) -> None:
+        buf = self._buf
+        buf.clear()
+        encode_into = self._encoder.encode_into
+        for rec in records:
+            start = len(buf)
+            # Reserve the length prefix, encode after it, then fill it in: one copy.
+            encode_into(rec, buf, start + 4)
+            _U32.pack_into(buf, start, len(buf) - start - 4)
+            self.records += 1
+        self._spool.write(buf)
+
+    def finish(self, header: Header, trailer: Trailer) -> int:
+        """Assemble, fsync and rename the image; returns its size in bytes."""
+        digest = hashlib.sha256()
+        out = self._out
+
+        def emit(data: bytes | bytearray | memoryview) -> None:
+            digest.update(data)
+            out.write(data)
+
+        try:
+            emit(MAGIC + _U32.pack(FORMAT_VERSION))
+            emit(_frame(self._encoder.encode(header)))
+            self._spool.flush()
+            self._spool.seek(0)
+            while chunk := self._spool.read(1 << 20):
+                emit(chunk)
+            trailer.records = self.records
+            trailer.checksum = digest.hexdigest()
+            out.write(_frame(self._encoder.encode(trailer)))
+            out.flush()
+            os.fsync(out.fileno())
+            self.bytes = out.tell()
+            out.close()
+            self._spool.close()
+            if self.force:
+                os.replace(self._tmp, self.dest)
+            else:
+                # link() refuses to replace a file that appeared since we checked.
+                try:
+                    os.link(self._tmp, self.dest)
+                except FileExistsError:
+                    raise OutputError(f"{self.dest} exists; use --force to replace it") from None
+                os.unlink(self._tmp)
+            dfd = os.open(os.path.dirname(self.dest), os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as exc:
+            self.abort()
+            raise OutputError(f"writing {self.dest}: {exc.strerror}") from exc
+        except BaseException:
+            self.abort()
+            raise
+        return self.bytes
+
+    def abort(self) -> None:
+        """Remove every trace of the unfinished image.  Idempotent."""
+        for f in (self._out, self._spool):
+            if not f.closed:
+                f.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._tmp)
+
+
+def _frame(payload: bytes) -> bytes:
+    return _U32.pack(len(payload)) + payload
+
+
+class Image(msgspec.Struct, kw_only=True):
+    """A verified image, decoded."""
+
+    header: Header
+    mounts: list[MountTable]
+    fd_tables: dict[int, list[Fd]]
+    """Fd records of each table, in fd order."""
+    table_owner: dict[int, int]
+    files: dict[int, File]
+    tasks: list[Task]
+    trailer: Trailer
+
+
+_decoder = msgspec.msgpack.Decoder(Record)
+
+
+def read_image(path: str | os.PathLike[str]) -> Image:
+    """Read and verify a whole image: magic, version, framing, checksum and counts."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except IsADirectoryError:
+        raise NotAnImage(f"{path} is a directory") from None
+    except OSError as exc:
+        raise NotAnImage(f"cannot read {path}: {exc.strerror}") from exc
+    return parse_image(data, name=str(path))
+
+
+def parse_image(data: bytes, *, name: str = "image") -> Image:
+    if not data.startswith(MAGIC):
+        if MAGIC.startswith(data):
+            raise ImageCorrupt(f"{name} is truncated inside its magic number")
+        raise NotAnImage(f"{name} is not an asyckpt image")
+    view = memoryview(data)
+    off = len(MAGIC)
+    if len(data) < off + 4:
+        raise ImageCorrupt(f"{name} is truncated before its format version")
+    (version,) = _U32.unpack_from(data, off)
+    if version != FORMAT_VERSION:
+        raise ImageVersionError(
+            f"{name} has image format version {version}; this asyckpt reads {FORMAT_VERSION}"
+        )
+    off += 4
+    frames: list[tuple[int, memoryview]] = []
+    while off < len(data):
+        if off + 4 > len(data):
+            raise ImageCorrupt(f"{name} is truncated inside a frame header at byte {off}")
+        (n,) = _U32.unpack_from(data, off)
+        if n > _MAX_FRAME or off + 4 + n > len(data):
+            raise ImageCorrupt(f"{name} is truncated: frame at byte {off} runs past the end")
+        frames.append((off, view[off + 4 : off + 4 + n]))
+        off += 4 + n
+    if len(frames) < 2:
+        raise ImageCorrupt(f"{name} is truncated: no header and trailer")
+    trailer_off, trailer_bytes = frames[-1]
+    try:
+        trailer = _decoder.decode(trailer_bytes)
+    except msgspec.DecodeError:
+        trailer = None
+    if not isinstance(trailer, Trailer):
+        raise ImageCorrupt(f"{name} is truncated: it does not end with a trailer")
+    if hashlib.sha256(view[:trailer_off]).hexdigest() != trailer.checksum:
+        raise ImageCorrupt(f"{name} is corrupt: checksum mismatch")
+    try:
+        records = [_decoder.decode(payload) for _, payload in frames[:-1]]
+    except msgspec.DecodeError as exc:
+        raise ImageCorrupt(f"{name} has an undecodable record: {exc}") from exc
+    header = records[0]
+    if not isinstance(header, Header):
+        raise ImageCorrupt(f"{name} does not start with a header")
+    image = Image(
+        header=header, mounts=[], fd_tables={}, table_owner={}, files={}, tasks=[], trailer=trailer
+    )
+    current: list[Fd] | None = None
+    for rec in records[1:]:
+        if isinstance(rec, Fd):
+            if current is None or rec.file not in image.files:
+                raise ImageCorrupt(f"{name}: fd {rec.fd} refers to an undefined table or file")
+            current.append(rec)
+        elif isinstance(rec, File):
+            image.files[rec.id] = rec
+        elif isinstance(rec, FdTable):
+            current = image.fd_tables[rec.id] = []
+            image.table_owner[rec.id] = rec.owner
+        elif isinstance(rec, Task):
+            if rec.fd_table is not None and rec.fd_table not in image.fd_tables:
+                raise ImageCorrupt(f"{name}: task {rec.pid} refers to an undefined fd table")
+            image.tasks.append(rec)
+        elif isinstance(rec, MountTable):
+            image.mounts.append(rec)
+        else:
+            raise ImageCorrupt(f"{name}: unexpected {type(rec).__name__} record in the body")
+    counts = (
+        len(image.tasks),
+        len(image.fd_tables),
+        sum(len(v) for v in image.fd_tables.values()),
+        len(image.files),
+        len(records) - 1,
+    )
+    expected = (trailer.tasks, trailer.fd_tables, trailer.fds, trailer.files, trailer.records)
+    if counts != expected:
+        raise ImageCorrupt(f"{name}: body counts {counts} disagree with the trailer {expected}")
+    return image

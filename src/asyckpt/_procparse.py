@@ -1,0 +1,165 @@
+"""Pure parsers for the /proc and cgroupfs text asyckpt reads.
+
+Nothing here does I/O: every function takes the bytes or text that the kernel produced and
+returns a value, so each one is tested on literal input (tests/test_procparse.py).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+__all__ = [
+    "FdInfo",
+    "Mount",
+    "TaskStat",
+    "parse_cgroup",
+    "parse_cgroup_events",
+    "parse_fdinfo",
+    "parse_mountinfo",
+    "parse_stat",
+    "unescape_mount_path",
+]
+
+PF_KTHREAD = 0x00200000
+
+
+class TaskStat(NamedTuple):
+    pid: int
+    comm: str
+    state: str
+    ppid: int
+    flags: int
+    num_threads: int
+    starttime: int
+
+    @property
+    def is_kernel_thread(self) -> bool:
+        return bool(self.flags & PF_KTHREAD)
+
+
+def parse_stat(data: bytes) -> TaskStat:
+    """Parse ``/proc/PID/stat``.
+
+    The command name may contain spaces and parentheses, so it ends at the *last* ``)``.
+    """
+    open_paren = data.index(b"(")
+    close_paren = data.rindex(b")")
+    pid = int(data[:open_paren])
+    comm = data[open_paren + 1 : close_paren].decode("utf-8", "surrogateescape")
+    rest = data[close_paren + 2 :].split()
+    # rest[0] is field 3 of proc(5), so field N is rest[N - 3].
+    return TaskStat(
+        pid=pid,
+        comm=comm,
+        state=rest[0].decode(),
+        ppid=int(rest[1]),
+        flags=int(rest[6]),
+        num_threads=int(rest[17]),
+        starttime=int(rest[19]),
+    )
+
+
+class FdInfo(NamedTuple):
+    pos: int
+    flags: int
+    mnt_id: int
+    ino: int | None
+    # Every line after the common ones, in kernel order ("lock:", "tfd:", "eventfd-count:"...).
+    extra: tuple[tuple[str, str], ...]
+
+
+def parse_fdinfo(data: bytes) -> FdInfo:
+    """Parse ``/proc/PID/fdinfo/FD``.  ``flags`` is octal in the kernel's text."""
+    pos = flags = mnt_id = 0
+    ino: int | None = None
+    extra: list[tuple[str, str]] = []
+    for line in data.decode("utf-8", "surrogateescape").splitlines():
+        key, sep, value = line.partition(":")
+        if not sep:
+            continue
+        value = value.strip()
+        if key == "pos":
+            pos = int(value)
+        elif key == "flags":
+            flags = int(value, 8)
+        elif key == "mnt_id":
+            mnt_id = int(value)
+        elif key == "ino":
+            ino = int(value)
+        else:
+            extra.append((key, value))
+    return FdInfo(pos, flags, mnt_id, ino, tuple(extra))
+
+
+class Mount(NamedTuple):
+    mnt_id: int
+    parent_id: int
+    dev: str
+    root: str
+    mount_point: str
+    options: str
+    optional: tuple[str, ...]
+    fstype: str
+    source: str
+    super_options: str
+
+
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+def unescape_mount_path(text: str) -> str:
+    """Undo the kernel's octal escaping of space, tab, newline and backslash."""
+    return _OCTAL_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), text)
+
+
+def parse_mountinfo(text: str) -> list[Mount]:
+    """Parse ``/proc/PID/mountinfo``; see proc(5) for the field layout."""
+    mounts = []
+    for line in text.splitlines():
+        if not line:
+            continue
+        fields = line.split(" ")
+        sep = fields.index("-", 6)
+        mounts.append(
+            Mount(
+                mnt_id=int(fields[0]),
+                parent_id=int(fields[1]),
+                dev=fields[2],
+                root=unescape_mount_path(fields[3]),
+                mount_point=unescape_mount_path(fields[4]),
+                options=fields[5],
+                optional=tuple(fields[6:sep]),
+                fstype=fields[sep + 1],
+                source=unescape_mount_path(fields[sep + 2]),
+                super_options=fields[sep + 3] if len(fields) > sep + 3 else "",
+            )
+        )
+    return mounts
+
+
+def parse_cgroup(data: bytes) -> dict[str, str]:
+    """Parse ``/proc/PID/cgroup`` into {controller: path}; the v2 entry has key ``""``.
+
+    A v1 hierarchy with several controllers ("cpu,cpuacct") gets one key per controller,
+    and a named hierarchy keeps its ``name=`` prefix.
+    """
+    result: dict[str, str] = {}
+    for line in data.decode().splitlines():
+        _hid, controllers, path = line.split(":", 2)
+        if not controllers:
+            result[""] = path
+        else:
+            for ctrl in controllers.split(","):
+                result[ctrl] = path
+    return result
+
+
+def parse_cgroup_events(data: bytes) -> dict[str, int]:
+    """Parse a v2 ``cgroup.events`` file ("populated 1\\nfrozen 0\\n")."""
+    result = {}
+    for line in data.decode().splitlines():
+        key, _, value = line.partition(" ")
+        if value:
+            result[key] = int(value)
+    return result

@@ -1,0 +1,170 @@
+"""The records of an image, as msgspec Structs.
+
+Tags are pinned by hand: a class rename must never change the on-disk format.  Fields are
+only ever added, with defaults, never renamed or reordered (docs/image-format.md).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = [
+    "FORMAT_VERSION",
+    "NO_DATA",
+    "Fd",
+    "FdTable",
+    "File",
+    "Header",
+    "MountEntry",
+    "MountTable",
+    "PluginInfo",
+    "Record",
+    "Task",
+    "Thread",
+    "Trailer",
+]
+
+FORMAT_VERSION = 1
+
+# msgpack nil: File.data of a generic record.  (msgspec cannot decode ``Raw | None``.)
+NO_DATA = msgspec.Raw(b"\xc0")
+
+
+class _Record(msgspec.Struct, tag_field="kind", kw_only=True, omit_defaults=False):
+    pass
+
+
+class PluginInfo(msgspec.Struct, kw_only=True):
+    """One handler whose records appear in the image."""
+
+    name: str
+    distribution: str
+    version: str
+    record_tag: str
+
+
+class Header(_Record, tag="header", kw_only=True):
+    format_version: int
+    asyckpt_version: str
+    kernel: str
+    machine: str
+    hostname: str
+    time: str
+    """Capture time, ISO 8601 in UTC."""
+    root_pid: int
+    freezer: str
+    """``cgroup-v1``, ``cgroup-v2`` or ``none``."""
+    freezer_cgroup: str | None = None
+    consistent: bool = True
+    """False when the tree was not frozen, so the image may mix moments."""
+    plugins: list[PluginInfo] = []
+
+
+class MountEntry(msgspec.Struct, kw_only=True, array_like=True):
+    mnt_id: int
+    parent_id: int
+    dev: str
+    root: str
+    mount_point: str
+    options: str
+    fstype: str
+    source: str
+
+
+class MountTable(_Record, tag="mounts", kw_only=True):
+    """The mount table of one mount namespace, so ``File.mnt_id`` can be interpreted."""
+
+    id: int
+    """The namespace's inode number (``stat /proc/PID/ns/mnt``)."""
+    mounts: list[MountEntry]
+
+
+class FdTable(_Record, tag="fdtable", kw_only=True):
+    """Starts an fd table; its ``count`` Fd records follow, in ascending fd order."""
+
+    id: int
+    owner: int
+    """The pid or tid whose table was read."""
+    count: int
+
+
+class File(_Record, tag="file", kw_only=True, gc=False):
+    """One open file description, written once, before the first Fd that refers to it."""
+
+    id: int
+    type: str
+    """Kernel-level kind: reg, dir, link, pipe, fifo, socket, chr, blk, anon."""
+    handler: str | None
+    """The handler that captured ``data``; None for a generic record."""
+    flags: int
+    """Open flags as fdinfo reports them, with O_CLOEXEC removed."""
+    access: str
+    """``r``, ``w``, ``rw`` or ``path`` (O_PATH)."""
+    pos: int
+    mnt_id: int
+    dev: int
+    ino: int
+    rdev: int = 0
+    path: str
+    """The fd's target as the owning task sees it, relative to the task's root."""
+    deleted: bool = False
+    uid: int = 0
+    gid: int = 0
+    st_mode: int = 0
+    nlink: int = 0
+    size: int = 0
+    mtime_ns: int = 0
+    fdinfo: list[tuple[str, str]] = []
+    """fdinfo lines past pos/flags/mnt_id/ino, in kernel order."""
+    data: msgspec.Raw = NO_DATA
+    """The handler's own record (a tagged msgpack map), readable without the handler;
+    msgpack nil when there is none."""
+    error: str | None = None
+    """Why the handler failed, when it did; the record is then generic."""
+
+
+class Fd(_Record, tag="fd", kw_only=True, gc=False):
+    fd: int
+    file: int
+    cloexec: bool
+
+
+class Thread(msgspec.Struct, kw_only=True, array_like=True):
+    tid: int
+    fd_table: int | None
+
+
+class Task(_Record, tag="task", kw_only=True):
+    pid: int
+    ppid: int
+    comm: str
+    starttime: int
+    """Clock ticks after boot (stat field 22): with pid, the task's identity."""
+    state: str
+    uid: int
+    gid: int
+    fd_table: int | None
+    """None for a zombie, which holds no files."""
+    threads: list[Thread] = []
+    mnt_ns: int = 0
+    root: str = "/"
+
+
+class Trailer(_Record, tag="trailer", kw_only=True):
+    tasks: int
+    fd_tables: int
+    fds: int
+    files: int
+    records: int
+    """Body records between header and trailer."""
+    generic: dict[str, int] = {}
+    """Files no handler claimed, by kind."""
+    handler_errors: int = 0
+    freezing_ms: float = 0.0
+    frozen_ms: float = 0.0
+    capture_ms: float = 0.0
+    checksum: str = ""
+    """sha256 (hex) of every byte of the image before the trailer frame."""
+
+
+Record = Header | MountTable | FdTable | File | Fd | Task | Trailer
