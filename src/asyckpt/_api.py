@@ -110,17 +110,23 @@ class CaptureStream:
 
     def __init__(self, recv: trio.MemoryReceiveChannel[list[BodyRecord]]) -> None:
         self._recv = recv
+        self._pending: list[BodyRecord] = []
         self._exhausted = False
         self.summary: CaptureSummary | None = None
 
-    def __aiter__(self) -> AsyncIterator[BodyRecord]:
-        return self._iterate()
+    def __aiter__(self) -> CaptureStream:
+        return self
 
-    async def _iterate(self) -> AsyncIterator[BodyRecord]:
-        async for batch in self._recv:
-            for record in batch:
-                yield record
-        self._exhausted = True
+    async def __anext__(self) -> BodyRecord:
+        # A plain iterator, not an async generator: leaving the loop early must not
+        # leave a half-run generator for the garbage collector to finalize.
+        while not self._pending:
+            try:
+                self._pending = (await self._recv.receive())[::-1]
+            except trio.EndOfChannel:
+                self._exhausted = True
+                raise StopAsyncIteration from None
+        return self._pending.pop()
 
 
 @asynccontextmanager

@@ -153,11 +153,11 @@ async def capture(
     """
     started = time.perf_counter()
     async with send:
+        root = await trio.to_thread.run_sync(check_target, pid)
         if dispatch is None:
             dispatch = await trio.to_thread.run_sync(
                 lambda: load_handlers(disabled=options.disable_plugins)
             )
-        root = await trio.to_thread.run_sync(check_target, pid)
         tree = await trio.to_thread.run_sync(walk_tree, pid)
         freezer = await trio.to_thread.run_sync(choose_freezer, options.freeze)
         builder = RecordBuilder(

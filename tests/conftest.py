@@ -1,0 +1,153 @@
+"""Fixtures that start real process trees and always clean up after them.
+
+Every tree is started in its own session, so its process group id is its root pid, and
+it is killed with killpg(root, SIGKILL): by pid, never by name.  Before killing, any
+asyckpt cgroup naming that root is thawed and removed, because a frozen task cannot die;
+a test that leaves one behind fails (asyckpt must never leave a tree frozen).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+WORKLOADS = HERE / "workloads"
+SHARED_WORKLOADS = HERE.parents[1] / "shared" / "workloads"
+CGROUP_ROOTS = ("/sys/fs/cgroup/freezer", "/sys/fs/cgroup/unified", "/sys/fs/cgroup")
+
+
+def asyckpt_cgroups() -> list[Path]:
+    found = []
+    for root in CGROUP_ROOTS:
+        base = Path(root)
+        if base.is_dir():
+            found.extend(p for p in base.glob("asyckpt-*") if p.is_dir())
+    return found
+
+
+def _force_release(cg: Path) -> None:
+    """Thaw and remove a cgroup asyckpt left behind (a bug the test then reports)."""
+    for name, value in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
+        if (cg / name).exists():
+            (cg / name).write_text(value)
+    parent_procs = cg.parent / "cgroup.procs"
+    for _ in range(3):
+        for pid in (cg / "cgroup.procs").read_text().split():
+            try:
+                parent_procs.write_text(pid)
+            except OSError:
+                pass
+        try:
+            cg.rmdir()
+            return
+        except OSError:
+            time.sleep(0.05)
+
+
+class Tree:
+    """A running process tree started by a test."""
+
+    def __init__(self, proc: subprocess.Popen[str], info: dict[str, Any]) -> None:
+        self.proc = proc
+        self.info = info
+        self.pid: int = proc.pid
+
+    def pids(self) -> list[int]:
+        out, stack = [], [self.pid]
+        while stack:
+            pid = stack.pop()
+            out.append(pid)
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                try:
+                    stack.extend(
+                        map(int, Path(f"/proc/{pid}/task/{tid}/children").read_text().split())
+                    )
+                except FileNotFoundError:
+                    pass
+        return sorted(out)
+
+    def kill(self) -> list[Path]:
+        leaked = [cg for cg in asyckpt_cgroups() if cg.name.endswith(f"-{self.pid}")]
+        for cg in leaked:
+            _force_release(cg)
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return leaked
+
+
+@pytest.fixture
+def spawn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """spawn(script, *args) starts ``python script tmpdir *args`` in a new session and
+    returns a Tree once it printed its JSON line (or its pid) on stdout."""
+    trees: list[Tree] = []
+
+    def start(script: Path, *args: str) -> Tree:
+        # Not in the test's tmp_path, which tests keep for the files asyckpt writes.
+        workdir = tmp_path_factory.mktemp("tree")
+        argv = [sys.executable, str(script)]
+        argv += [str(workdir)] if script.parent == WORKLOADS else []
+        # spawn_tree.py makes its files under $TMPDIR: keep them in the test's tmp_path.
+        env = dict(os.environ, TMPDIR=str(workdir))
+        proc = subprocess.Popen(
+            argv + list(args), stdout=subprocess.PIPE, text=True, start_new_session=True, env=env
+        )
+        tree = Tree(proc, {})
+        trees.append(tree)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line, f"{script.name} failed to start"
+        tree.info = json.loads(line) if line.startswith("{") else {"pid": int(line)}
+        assert tree.info["pid"] == proc.pid
+        return tree
+
+    yield start
+    leaked = []
+    for tree in trees:
+        leaked += tree.kill()
+    assert not leaked, f"asyckpt left cgroups behind: {leaked}"
+
+
+@pytest.fixture
+def zoo(spawn: Any) -> Tree:
+    tree: Tree = spawn(WORKLOADS / "fd_zoo.py")
+    return tree
+
+
+@pytest.fixture
+def shared_workloads() -> Path:
+    if not (SHARED_WORKLOADS / "spawn_tree.py").exists():
+        pytest.fail(f"the shared workloads are missing at {SHARED_WORKLOADS}")
+    return SHARED_WORKLOADS
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_cgroups() -> Iterator[None]:
+    before = set(asyckpt_cgroups())
+    yield
+    after = set(asyckpt_cgroups()) - before
+    for cg in after:
+        _force_release(cg)
+    assert not after, f"asyckpt left cgroups behind: {sorted(after)}"
+
+
+def cgroup_of(pid: int) -> str:
+    return Path(f"/proc/{pid}/cgroup").read_text()
+
+
+def task_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

@@ -1,0 +1,263 @@
+"""Capture real process trees and check the image against what each tree set up."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import asyckpt
+from asyckpt import CaptureOptions, File, read_image
+
+from .conftest import Tree, asyckpt_cgroups, cgroup_of, task_state
+
+FREEZERS = ["cgroup-v1", "cgroup-v2"]
+
+
+def capture(tree: Tree, dest: Path, **options: Any) -> asyckpt.CaptureSummary:
+    return trio.run(
+        lambda: asyckpt.checkpoint_tree(tree.pid, dest, options=CaptureOptions(**options))
+    )
+
+
+def fds_of(image: asyckpt.Image, pid: int, tid: int | None = None) -> dict[int, tuple[Any, File]]:
+    task = next(t for t in image.tasks if t.pid == pid)
+    table = task.fd_table
+    if tid is not None:
+        table = next(th.fd_table for th in task.threads if th.tid == tid)
+    return {fd.fd: (fd, image.files[fd.file]) for fd in image.fd_tables[table]}
+
+
+@pytest.fixture(params=FREEZERS)
+def zoo_image(request: pytest.FixtureRequest, zoo: Tree, tmp_path: Path) -> asyckpt.Image:
+    before = {pid: cgroup_of(pid) for pid in zoo.pids()}
+    summary = capture(zoo, tmp_path / "zoo.ackpt", freeze=request.param)
+    assert summary.freezer == request.param
+    # Thawed, and every task back where it was.
+    for pid, cg in before.items():
+        assert cgroup_of(pid) == cg
+        assert task_state(pid) in "SR"
+    assert not asyckpt_cgroups()
+    assert os.stat(tmp_path / "zoo.ackpt").st_mode & 0o777 == 0o600
+    return read_image(tmp_path / "zoo.ackpt")
+
+
+def test_tree_shape(zoo: Tree, zoo_image: asyckpt.Image) -> None:
+    info = zoo.info
+    pids = [t.pid for t in zoo_image.tasks]
+    # Pre-order by pid: the root, then its children ascending.
+    assert pids == [info["pid"]] + sorted([info["clone"], info["fork"], info["bare"]])
+    root = zoo_image.tasks[0]
+    assert root.ppid == os.getpid()
+    assert {th.tid for th in root.threads} == {
+        info["pid"],
+        info["thread_shared"],
+        info["thread_unshared"],
+    }
+    assert zoo_image.header.root_pid == info["pid"]
+    assert zoo_image.header.consistent
+    assert {m.id for m in zoo_image.mounts} == {root.mnt_ns}
+    mnt_ids = {e.mnt_id for e in zoo_image.mounts[0].mounts}
+    # Pipes, sockets and anon inodes live on internal mounts no mount table lists.
+    on_paths = [f for f in zoo_image.files.values() if f.path.startswith("/")]
+    assert on_paths and all(f.mnt_id in mnt_ids for f in on_paths)
+
+
+def test_offsets_flags_and_cloexec(zoo: Tree, zoo_image: asyckpt.Image) -> None:
+    info = zoo.info
+    fds = fds_of(zoo_image, info["pid"])
+    fd, f = fds[info["rw"]]
+    # The fork child moved the shared offset from 37 to 50.
+    assert (f.type, f.handler, f.access, f.pos, f.size) == ("reg", "reg", "rw", 50, 100)
+    assert f.path.endswith("/data") and not f.deleted
+    assert fd.cloexec is False
+    assert f.flags & os.O_ACCMODE == os.O_RDWR and not f.flags & os.O_CLOEXEC
+
+    fd, f = fds[info["again"]]
+    assert (f.access, f.pos, fd.cloexec) == ("r", 5, True)
+
+    fd, f = fds[info["append"]]
+    assert f.flags & os.O_APPEND and f.flags & os.O_NONBLOCK and f.access == "w"
+
+    _, f = fds[info["opath_link"]]
+    assert (f.type, f.access) == ("link", "path")
+    assert f.flags & os.O_PATH
+    data = __import__("msgspec").msgpack.decode(f.data)
+    assert data == {"kind": "asyckpt.link", "target": "/etc/hostname"}
+
+    _, f = fds[info["opath_file"]]
+    assert (f.type, f.access) == ("reg", "path")
+
+    _, f = fds[info["dir"]]
+    assert (f.type, f.handler) == ("dir", "dir")
+
+    _, f = fds[info["deleted"]]
+    assert f.deleted and f.nlink == 0 and f.path.endswith("/gone") and f.pos == 4
+
+    fd, f = fds[info["high"]]
+    assert fd.cloexec is True and f.id == fds[info["rw"]][1].id
+
+
+def test_shared_and_separate_descriptions(zoo: Tree, zoo_image: asyckpt.Image) -> None:
+    info = zoo.info
+    root = fds_of(zoo_image, info["pid"])
+    child = fds_of(zoo_image, info["fork"])
+    # dup(), dup2() and fork share one description; a second open() is another.
+    assert root[info["dup"]][1].id == root[info["rw"]][1].id
+    assert child[info["rw"]][1].id == root[info["rw"]][1].id
+    assert root[info["again"]][1].id != root[info["rw"]][1].id
+    assert child[info["child_own"]][1].path.endswith("/child-own")
+    assert info["child_own"] not in root or root[info["child_own"]][1].id != (
+        child[info["child_own"]][1].id
+    )
+    # Every description is written once.
+    assert len(zoo_image.files) == len({f.id for f in zoo_image.files.values()})
+
+
+def test_fd_tables_shared_and_unshared(zoo: Tree, zoo_image: asyckpt.Image) -> None:
+    info = zoo.info
+    tasks = {t.pid: t for t in zoo_image.tasks}
+    root = tasks[info["pid"]]
+    # clone(CLONE_FILES) shares the table itself; fork copies it.
+    assert tasks[info["clone"]].fd_table == root.fd_table
+    assert tasks[info["fork"]].fd_table != root.fd_table
+    threads = {th.tid: th.fd_table for th in root.threads}
+    assert threads[info["thread_shared"]] == root.fd_table
+    own = threads[info["thread_unshared"]]
+    assert own not in (root.fd_table, None)
+    assert zoo_image.table_owner[own] == info["thread_unshared"]
+    fds = fds_of(zoo_image, info["pid"], info["thread_unshared"])
+    assert fds[info["thread_own"]][1].path.endswith("/thread-own")
+
+
+def test_bare_task_and_generic_records(zoo: Tree, zoo_image: asyckpt.Image) -> None:
+    info = zoo.info
+    assert sorted(fds_of(zoo_image, info["bare"])) == [0, 1, 2]
+    pipe = fds_of(zoo_image, info["pid"])[info["pipe_r"]][1]
+    assert (pipe.type, pipe.handler, pipe.access) == ("pipe", None, "r")
+    assert pipe.path.startswith("pipe:[")
+    assert zoo_image.trailer.generic["pipe"] >= 1
+
+
+def test_capture_is_deterministic(zoo: Tree, tmp_path: Path) -> None:
+    bodies = []
+    for n in range(2):
+        capture(zoo, tmp_path / f"{n}.ackpt")
+        data = (tmp_path / f"{n}.ackpt").read_bytes()
+        bodies.append(_body(data))
+    assert bodies[0] == bodies[1]
+
+
+def _body(data: bytes) -> bytes:
+    """The bytes between the header frame and the trailer frame."""
+    from asyckpt._image import MAGIC
+
+    off = len(MAGIC) + 4
+    header_len = int.from_bytes(data[off : off + 4], "big")
+    start = off + 4 + header_len
+    frames = []
+    pos = start
+    while pos < len(data):
+        n = int.from_bytes(data[pos : pos + 4], "big")
+        frames.append(pos)
+        pos += 4 + n
+    return data[start : frames[-1]]
+
+
+def test_spawn_tree_workload(spawn: Any, shared_workloads: Path, tmp_path: Path) -> None:
+    tree = spawn(shared_workloads / "spawn_tree.py", "3", "60")
+    summary = capture(tree, tmp_path / "t.ackpt")
+    image = read_image(tmp_path / "t.ackpt")
+    assert summary.tasks == 4 == len(image.tasks)
+    live = sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in tree.pids())
+    assert summary.fds == live
+    kinds = {f.type for f in image.files.values()}
+    assert {"reg", "dir", "link", "pipe", "socket"} <= kinds
+    assert any(f.deleted for f in image.files.values())
+
+
+def test_open_capture_streams_records_in_order(zoo: Tree) -> None:
+    async def main() -> tuple[list[Any], asyckpt.CaptureSummary | None]:
+        records = []
+        async with asyckpt.open_capture(zoo.pid) as stream:
+            async for rec in stream:
+                records.append(rec)
+        return records, stream.summary
+
+    records, summary = trio.run(main)
+    assert summary is not None and summary.tasks == 4
+    seen_files: set[int] = set()
+    seen_tables: set[int] = set()
+    for rec in records:
+        if isinstance(rec, asyckpt.File):
+            seen_files.add(rec.id)
+        elif isinstance(rec, asyckpt.Fd):
+            assert rec.file in seen_files  # every object precedes its first reference
+        elif isinstance(rec, asyckpt.FdTable):
+            seen_tables.add(rec.id)
+        elif isinstance(rec, asyckpt.Task):
+            assert rec.fd_table in seen_tables
+    assert not asyckpt_cgroups()
+
+
+def test_leaving_the_stream_early_thaws(zoo: Tree) -> None:
+    async def main() -> None:
+        async with asyckpt.open_capture(zoo.pid) as stream:
+            async for _rec in stream:
+                assert asyckpt_cgroups()  # frozen right now
+                break
+
+    trio.run(main)
+    assert not asyckpt_cgroups()
+    assert all(task_state(pid) in "SR" for pid in zoo.pids())
+
+
+def test_cancelling_checkpoint_tree_thaws(
+    spawn: Any, shared_workloads: Path, tmp_path: Path
+) -> None:
+    tree = spawn(shared_workloads / "spawn_tree.py", "4", "400")
+    dest = tmp_path / "c.ackpt"
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+
+            async def cancel_once_frozen() -> None:
+                while not any(
+                    (cg / "freezer.state").exists()
+                    and (cg / "freezer.state").read_text().strip() == "FROZEN"
+                    for cg in asyckpt_cgroups()
+                ):
+                    await trio.sleep(0.0005)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(cancel_once_frozen)
+            await asyckpt.checkpoint_tree(
+                tree.pid, dest, options=CaptureOptions(freeze="cgroup-v1")
+            )
+            pytest.fail("the capture finished before it could be cancelled")
+
+    trio.run(main)
+    assert not asyckpt_cgroups()
+    assert all(task_state(pid) in "SR" for pid in tree.pids())
+    assert not dest.exists() and list(tmp_path.glob(".c.ackpt.*")) == []
+
+
+def test_strict_fails_on_generic_fd_and_thaws(zoo: Tree, tmp_path: Path) -> None:
+    with pytest.raises(asyckpt.StrictViolation) as exc_info:
+        capture(zoo, tmp_path / "s.ackpt", strict=True)
+    err = exc_info.value
+    assert err.pid is not None and err.fd is not None
+    assert "no handler claims" in str(err)
+    assert not (tmp_path / "s.ackpt").exists()
+    assert not asyckpt_cgroups()
+    assert all(task_state(pid) in "SR" for pid in zoo.pids())
+
+
+def test_freeze_none_is_marked_inconsistent(zoo: Tree, tmp_path: Path) -> None:
+    summary = capture(zoo, tmp_path / "n.ackpt", freeze="none")
+    image = read_image(tmp_path / "n.ackpt")
+    assert summary.freezer == image.header.freezer == "none"
+    assert image.header.consistent is False

@@ -1,0 +1,215 @@
+"""The asyckpt command: exit codes, one-line errors, and nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import Tree, asyckpt_cgroups, task_state
+
+ASYCKPT = [sys.executable, "-m", "asyckpt"]
+
+
+def run(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(ASYCKPT + list(args), capture_output=True, text=True, timeout=120, **kw)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: int, text: str) -> None:
+    assert proc.returncode == code, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("asyckpt: error: ") and text in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_demo_tree_without_pid(tmp_path: Path) -> None:
+    proc = run("tree", "-o", "demo.ackpt", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "started a demo tree at pid" in proc.stdout
+    demo_pid = int(proc.stdout.split("pid ", 1)[1].split()[0])
+    assert not Path(f"/proc/{demo_pid}").exists()  # killed afterwards
+    assert "recorded generically" in proc.stderr  # its pipes and sockets, for now
+    show = run("show", str(tmp_path / "demo.ackpt"))
+    assert show.returncode == 0 and "/etc/hostname" in show.stdout
+
+
+def test_tree_show_and_json_contract(zoo: Tree, tmp_path: Path) -> None:
+    image = tmp_path / "z.ackpt"
+    proc = run("tree", str(zoo.pid), "-o", str(image))
+    assert proc.returncode == 0, proc.stderr
+    table = run("show", str(image))
+    assert table.returncode == 0
+    assert f"# pid {zoo.pid}" in table.stdout and "(deleted)" in table.stdout
+
+    doc = json.loads(run("show", str(image), "--json").stdout)
+    for key in ("format_version", "root_pid", "freezer", "stats", "tasks", "files"):
+        assert key in doc
+    assert doc["root_pid"] == zoo.pid and doc["freezer"] == "cgroup-v1"
+    assert set(doc["stats"]) >= {"freezing_ms", "frozen_ms", "tasks", "fds", "files"}
+    # The warning counts the generic records per kind, as the image does.
+    kinds = ", ".join(f"{k} {v}" for k, v in doc["stats"]["generic"].items())
+    assert "pipe" in kinds and f"(no handler for them): {kinds}" in proc.stderr
+    task = doc["tasks"][0]
+    assert set(task) >= {"pid", "ppid", "comm", "fd_table", "fds"}
+    assert set(task["fds"][0]) >= {"fd", "file", "cloexec"}
+    file = doc["files"][0]
+    assert set(file) >= {
+        "id",
+        "type",
+        "handler",
+        "flags",
+        "pos",
+        "path",
+        "mnt_id",
+        "dev",
+        "ino",
+        "deleted",
+    }
+    assert all(isinstance(f["flags"], int) for f in doc["files"])
+    # A task whose table is shared (the CLONE_FILES child) still lists its fds.
+    clone = next(t for t in doc["tasks"] if t["pid"] == zoo.info["clone"])
+    assert clone["fd_table"] == task["fd_table"] and clone["fds"] == task["fds"]
+
+
+@pytest.mark.parametrize(
+    ("pid", "message"),
+    [
+        ("4194999", "no such process"),
+        ("2", "kernel thread"),
+        ("1", "init"),
+        (str(os.getpid()), "asyckpt itself"),  # pytest is an ancestor of the asyckpt process
+        ("0", "not a valid pid"),
+    ],
+)
+def test_bad_target(pid: str, message: str, tmp_path: Path) -> None:
+    proc = run("tree", pid, "-o", str(tmp_path / "x.ackpt"))
+    assert_one_line_error(proc, 3, message)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_other_user_without_privilege(zoo: Tree) -> None:
+    from asyckpt._cli import main
+
+    # pytest's tmp_path sits in 0700 directories nobody cannot enter.
+    out = Path(tempfile.mkdtemp(prefix="asyckpt-test-"))
+    out.chmod(0o777)
+    try:
+        _run_as_nobody(main, zoo, out)
+    finally:
+        shutil.rmtree(out)
+
+
+def _run_as_nobody(main: Any, zoo: Tree, out: Path) -> None:
+    # The interpreter lives under /root, out of nobody's reach, so fork this already
+    # loaded process and drop to nobody in the child instead of exec'ing a new one.
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        code = 99
+        try:
+            sys.stderr = os.fdopen(w, "w")
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            code = main(["tree", str(zoo.pid), "-o", str(out / "x.ackpt")])
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as f:
+        err = f.read()
+    code = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+    assert_one_line_error(subprocess.CompletedProcess([], code, "", err), 4, "another user")
+    assert list(out.iterdir()) == []
+
+
+def test_unwritable_output(zoo: Tree, tmp_path: Path) -> None:
+    proc = run("tree", str(zoo.pid), "-o", str(tmp_path / "missing" / "x.ackpt"))
+    assert_one_line_error(proc, 5, "does not exist")
+    proc = run("tree", str(zoo.pid), "-o", str(tmp_path))
+    assert_one_line_error(proc, 5, "is a directory")
+    assert all(task_state(pid) in "SR" for pid in zoo.pids())
+
+
+def test_existing_output_needs_force(zoo: Tree, tmp_path: Path) -> None:
+    dest = tmp_path / "x.ackpt"
+    dest.write_text("keep me")
+    proc = run("tree", str(zoo.pid), "-o", str(dest))
+    assert_one_line_error(proc, 5, "--force")
+    assert dest.read_text() == "keep me"
+    proc = run("tree", str(zoo.pid), "-o", str(dest), "--force", "-q")
+    assert proc.returncode == 0 and proc.stdout == ""
+    assert dest.read_bytes().startswith(b"\x89ACKPT")
+    assert dest.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.ackpt"]
+
+
+def test_strict(zoo: Tree, tmp_path: Path) -> None:
+    proc = run("tree", str(zoo.pid), "-o", str(tmp_path / "x.ackpt"), "--strict")
+    assert_one_line_error(proc, 8, "no handler claims this")
+    assert f"pid={zoo.pid}" in proc.stderr and "fd=" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("content", "code", "message"),
+    [
+        (b"", 6, "truncated"),
+        (b"hello world\n", 6, "not an asyckpt image"),
+        (b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR", 6, "not an asyckpt image"),
+        (b"\x89ACKPT\r\n\x1a\n\0\0\0\x09", 6, "format version 9"),
+        (b"\x89ACKPT\r\n\x1a\n\0\0\0\x01\0\0\0\x10abc", 6, "truncated"),
+    ],
+)
+def test_show_rejects_bad_files(content: bytes, code: int, message: str, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.ackpt"
+    bad.write_bytes(content)
+    assert_one_line_error(run("show", str(bad)), code, message)
+
+
+def test_show_rejects_truncated_and_missing(zoo: Tree, tmp_path: Path) -> None:
+    image = tmp_path / "z.ackpt"
+    assert run("tree", str(zoo.pid), "-o", str(image), "-q").returncode == 0
+    data = image.read_bytes()
+    image.write_bytes(data[: len(data) - 7])
+    assert_one_line_error(run("show", str(image)), 6, "truncated")
+    assert_one_line_error(run("show", str(tmp_path / "nope")), 6, "No such file")
+    assert_one_line_error(run("show", str(tmp_path)), 6, "is a directory")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_while_frozen_thaws(
+    signum: int, spawn: Any, shared_workloads: Path, tmp_path: Path
+) -> None:
+    tree = spawn(shared_workloads / "spawn_tree.py", "4", "1500")
+    dest = tmp_path / "x.ackpt"
+    proc = subprocess.Popen(
+        ASYCKPT + ["tree", str(tree.pid), "-o", str(dest)], stderr=subprocess.PIPE, text=True
+    )
+    state = Path(f"/sys/fs/cgroup/freezer/asyckpt-{proc.pid}-{tree.pid}/freezer.state")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if state.read_text().strip() == "FROZEN":
+                break
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            pytest.fail("the capture ended before the tree was seen frozen")
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert not asyckpt_cgroups()
+    assert all(task_state(pid) in "SR" for pid in tree.pids())
+    assert list(tmp_path.iterdir()) == []
