@@ -8,6 +8,7 @@ a test that leaves one behind fails (asyckpt must never leave a tree frozen).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -43,10 +44,8 @@ def _force_release(cg: Path) -> None:
     parent_procs = cg.parent / "cgroup.procs"
     for _ in range(3):
         for pid in (cg / "cgroup.procs").read_text().split():
-            try:
+            with contextlib.suppress(OSError):
                 parent_procs.write_text(pid)
-            except OSError:
-                pass
         try:
             cg.rmdir()
             return
@@ -68,22 +67,18 @@ class Tree:
             pid = stack.pop()
             out.append(pid)
             for tid in os.listdir(f"/proc/{pid}/task"):
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     stack.extend(
                         map(int, Path(f"/proc/{pid}/task/{tid}/children").read_text().split())
                     )
-                except FileNotFoundError:
-                    pass
         return sorted(out)
 
     def kill(self) -> list[Path]:
         leaked = [cg for cg in asyckpt_cgroups() if cg.name.endswith(f"-{self.pid}")]
         for cg in leaked:
             _force_release(cg)
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.proc.wait(timeout=10)
         if self.proc.stdout is not None:
             self.proc.stdout.close()

@@ -194,7 +194,7 @@ def test_signal_while_frozen_thaws(
     tree = spawn(shared_workloads / "spawn_tree.py", "4", "1500")
     dest = tmp_path / "x.ackpt"
     proc = subprocess.Popen(
-        ASYCKPT + ["tree", str(tree.pid), "-o", str(dest)], stderr=subprocess.PIPE, text=True
+        [*ASYCKPT, "tree", str(tree.pid), "-o", str(dest)], stderr=subprocess.PIPE, text=True
     )
     state = Path(f"/sys/fs/cgroup/freezer/asyckpt-{proc.pid}-{tree.pid}/freezer.state")
     deadline = time.monotonic() + 60
