@@ -27,12 +27,26 @@ SHARED_WORKLOADS = HERE.parents[1] / "shared" / "workloads"
 CGROUP_ROOTS = ("/sys/fs/cgroup/freezer", "/sys/fs/cgroup/unified", "/sys/fs/cgroup")
 
 
+# Roots of the trees this session started: asyckpt names its transient cgroups
+# asyckpt-<its own pid>-<root pid>, so these tell ours from anyone else's.
+_ROOTS: set[int] = set()
+
+
 def asyckpt_cgroups() -> list[Path]:
+    """The asyckpt cgroups that belong to captures this test session started."""
     found = []
     for root in CGROUP_ROOTS:
         base = Path(root)
-        if base.is_dir():
-            found.extend(p for p in base.glob("asyckpt-*") if p.is_dir())
+        if not base.is_dir():
+            continue
+        for p in base.glob("asyckpt-*"):
+            parts = p.name.split("-")
+            if (
+                len(parts) == 3
+                and parts[2].isdigit()
+                and (int(parts[2]) in _ROOTS or parts[1] == str(os.getpid()))
+            ):
+                found.append(p)
     return found
 
 
@@ -103,6 +117,7 @@ def spawn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         )
         tree = Tree(proc, {})
         trees.append(tree)
+        _ROOTS.add(proc.pid)
         assert proc.stdout is not None
         line = proc.stdout.readline()
         assert line, f"{script.name} failed to start"

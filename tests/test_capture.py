@@ -156,15 +156,12 @@ def _body(data: bytes) -> bytes:
     from asyckpt._image import MAGIC
 
     off = len(MAGIC) + 4
-    header_len = int.from_bytes(data[off : off + 4], "big")
-    start = off + 4 + header_len
-    frames = []
-    pos = start
-    while pos < len(data):
-        n = int.from_bytes(data[pos : pos + 4], "big")
-        frames.append(pos)
-        pos += 4 + n
-    return data[start : frames[-1]]
+    start = off + 4 + int.from_bytes(data[off : off + 4], "big")
+    pos, last = start, start
+    while pos < len(data) - 32:  # the sha256 digest closes the image
+        last = pos
+        pos += 4 + int.from_bytes(data[pos : pos + 4], "big")
+    return data[start:last]
 
 
 def test_spawn_tree_workload(spawn: Any, shared_workloads: Path, tmp_path: Path) -> None:

@@ -206,7 +206,9 @@ async def _scan_and_build(
     async def scan_one(index: int, plan: TaskPlan, out: trio.MemorySendChannel[TaskScan]) -> None:
         async with out:
             scan = await trio.to_thread.run_sync(_scan_task, index, plan, limiter=limiter)
-            out.send_nowait(scan)
+            # The builder closes its end only when it failed; its error is the one to report.
+            with contextlib.suppress(trio.BrokenResourceError):
+                out.send_nowait(scan)
 
     async with collapse_errors(), trio.open_nursery() as nursery:
         async with scans_send:

@@ -47,10 +47,13 @@ def access_mode(flags: int) -> str:
 
 
 def split_deleted(link: str, nlink: int) -> tuple[str, bool]:
-    """Strip the kernel's " (deleted)" suffix; a file is unlinked when nlink is 0 too.
+    """Strip the kernel's " (deleted)" suffix and say whether the file was unlinked.
 
-    The suffix alone is ambiguous (a file may really be named "x (deleted)"), and nlink
-    alone misses nothing on local filesystems, so the two are combined.
+    The kernel adds the suffix when the name the fd was opened by is gone, even if another
+    hard link keeps the inode alive (nlink > 0); nlink 0 also counts, for a file whose
+    path the kernel shows without the suffix.  A file really named "x (deleted)" is
+    indistinguishable here from an unlinked "x": telling them apart needs a look at the
+    filesystem, which this pure function does not take.
     """
     if link.endswith(_DELETED) and link.startswith("/"):
         return link[: -len(_DELETED)], True

@@ -2,16 +2,18 @@
 
 Grammar (all integers big-endian; docs/image-format.md says the same at more length)::
 
-    IMAGE   ::= MAGIC VERSION HEADER BODY TRAILER
+    IMAGE   ::= MAGIC VERSION HEADER BODY TRAILER DIGEST
     MAGIC   ::= 89 41 43 4B 50 54 0D 0A 1A 0A        ("\\x89ACKPT\\r\\n\\x1a\\n", 10 bytes)
     VERSION ::= u32 format version                   (currently 1)
     FRAME   ::= u32 LEN, then LEN bytes: one msgpack map with a "kind" key
     HEADER  ::= FRAME of kind "header"
     BODY    ::= { FRAME of kind "mounts" | "fdtable" | "file" | "fd" | "task" }
-    TRAILER ::= FRAME of kind "trailer", then end of file
+    TRAILER ::= FRAME of kind "trailer"
+    DIGEST  ::= 32 bytes: sha256 of every byte before it, then end of file
 
-The trailer's ``checksum`` is the sha256 of every byte before the trailer frame, and its
-counts must match the body, so a truncated, spliced or corrupted image is rejected whole.
+The digest covers every byte, the trailer's counts and timings included, and the
+trailer's counts must match the body: a truncated, spliced or corrupted image is rejected
+whole, before any record is used.
 Like PNG's, the magic catches text-mode mangling and a file that is not an image at all.
 
 The header names what is only known once the capture ends (plugins used), so the body is
@@ -49,6 +51,7 @@ __all__ = ["MAGIC", "Image", "ImageWriter", "read_image"]
 MAGIC = b"\x89ACKPT\r\n\x1a\n"
 _U32 = struct.Struct(">I")
 _MAX_FRAME = 1 << 30
+_DIGEST_SIZE = 32
 
 
 class ImageWriter:
@@ -112,8 +115,8 @@ class ImageWriter:
             while chunk := self._spool.read(1 << 20):
                 emit(chunk)
             trailer.records = self.records
-            trailer.checksum = digest.hexdigest()
-            out.write(_frame(self._encoder.encode(trailer)))
+            emit(_frame(self._encoder.encode(trailer)))
+            out.write(digest.digest())
             out.flush()
             os.fsync(out.fileno())
             self.bytes = out.tell()
@@ -165,6 +168,8 @@ class Image(msgspec.Struct, kw_only=True):
     files: dict[int, File]
     tasks: list[Task]
     trailer: Trailer
+    checksum: str
+    """The image's sha256 digest (hex), as its last 32 bytes hold it."""
 
 
 _decoder = msgspec.msgpack.Decoder(Record)
@@ -187,7 +192,6 @@ def parse_image(data: bytes, *, name: str = "image") -> Image:
         if MAGIC.startswith(data):
             raise ImageCorrupt(f"{name} is truncated inside its magic number")
         raise NotAnImage(f"{name} is not an asyckpt image")
-    view = memoryview(data)
     off = len(MAGIC)
     if len(data) < off + 4:
         raise ImageCorrupt(f"{name} is truncated before its format version")
@@ -197,37 +201,47 @@ def parse_image(data: bytes, *, name: str = "image") -> Image:
             f"{name} has image format version {version}; this asyckpt reads {FORMAT_VERSION}"
         )
     off += 4
-    frames: list[tuple[int, memoryview]] = []
-    while off < len(data):
-        if off + 4 > len(data):
+    end = len(data) - _DIGEST_SIZE
+    view = memoryview(data)[:end] if end >= off else memoryview(b"")
+    frames: list[memoryview] = []
+    while off < end:
+        if off + 4 > end:
             raise ImageCorrupt(f"{name} is truncated inside a frame header at byte {off}")
         (n,) = _U32.unpack_from(data, off)
-        if n > _MAX_FRAME or off + 4 + n > len(data):
+        if n > _MAX_FRAME or off + 4 + n > end:
             raise ImageCorrupt(f"{name} is truncated: frame at byte {off} runs past the end")
-        frames.append((off, view[off + 4 : off + 4 + n]))
+        frames.append(view[off + 4 : off + 4 + n])
         off += 4 + n
     if len(frames) < 2:
         raise ImageCorrupt(f"{name} is truncated: no header and trailer")
-    trailer_off, trailer_bytes = frames[-1]
     try:
-        trailer = _decoder.decode(trailer_bytes)
-    except msgspec.DecodeError:
+        trailer = _decoder.decode(frames[-1])
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        # msgspec reports a bad UTF-8 tag as UnicodeDecodeError, not DecodeError.
         trailer = None
     if not isinstance(trailer, Trailer):
         raise ImageCorrupt(f"{name} is truncated: it does not end with a trailer")
-    if hashlib.sha256(view[:trailer_off]).hexdigest() != trailer.checksum:
+    if hashlib.sha256(view).digest() != data[end:]:
         raise ImageCorrupt(f"{name} is corrupt: checksum mismatch")
     try:
-        records = [_decoder.decode(payload) for _, payload in frames[:-1]]
-    except msgspec.DecodeError as exc:
+        records = [_decoder.decode(payload) for payload in frames[:-1]]
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ImageCorrupt(f"{name} has an undecodable record: {exc}") from exc
     header = records[0]
     if not isinstance(header, Header):
         raise ImageCorrupt(f"{name} does not start with a header")
     image = Image(
-        header=header, mounts=[], fd_tables={}, table_owner={}, files={}, tasks=[], trailer=trailer
+        header=header,
+        mounts=[],
+        fd_tables={},
+        table_owner={},
+        files={},
+        tasks=[],
+        trailer=trailer,
+        checksum=data[end:].hex(),
     )
     current: list[Fd] | None = None
+    declared: dict[int, int] = {}
     for rec in records[1:]:
         if isinstance(rec, Fd):
             if current is None or rec.file not in image.files:
@@ -236,8 +250,11 @@ def parse_image(data: bytes, *, name: str = "image") -> Image:
         elif isinstance(rec, File):
             image.files[rec.id] = rec
         elif isinstance(rec, FdTable):
+            if rec.id in image.fd_tables:
+                raise ImageCorrupt(f"{name}: fd table {rec.id} is defined twice")
             current = image.fd_tables[rec.id] = []
             image.table_owner[rec.id] = rec.owner
+            declared[rec.id] = rec.count
         elif isinstance(rec, Task):
             if rec.fd_table is not None and rec.fd_table not in image.fd_tables:
                 raise ImageCorrupt(f"{name}: task {rec.pid} refers to an undefined fd table")
@@ -246,6 +263,12 @@ def parse_image(data: bytes, *, name: str = "image") -> Image:
             image.mounts.append(rec)
         else:
             raise ImageCorrupt(f"{name}: unexpected {type(rec).__name__} record in the body")
+    for table, count in declared.items():
+        if len(image.fd_tables[table]) != count:
+            raise ImageCorrupt(
+                f"{name}: fd table {table} declares {count} fds "
+                f"but holds {len(image.fd_tables[table])}"
+            )
     counts = (
         len(image.tasks),
         len(image.fd_tables),

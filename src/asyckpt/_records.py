@@ -163,8 +163,6 @@ class Trailer(_Record, tag="trailer", kw_only=True):
     freezing_ms: float = 0.0
     frozen_ms: float = 0.0
     capture_ms: float = 0.0
-    checksum: str = ""
-    """sha256 (hex) of every byte of the image before the trailer frame."""
 
 
 Record = Header | MountTable | FdTable | File | Fd | Task | Trailer

@@ -59,6 +59,7 @@ def to_json_doc(image: Image) -> dict[str, Any]:
         "generic": t.generic,
         "handler_errors": t.handler_errors,
     }
+    doc["checksum"] = f"sha256:{image.checksum}"
     doc["mounts"] = [
         {"id": m.id, "mounts": [msgspec.structs.asdict(e) for e in m.mounts]} for m in image.mounts
     ]

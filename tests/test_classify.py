@@ -1,0 +1,134 @@
+"""Table-driven tests of the pure fd classification helpers."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from asyckpt._classify import access_mode, kernel_kind, split_deleted, task_relative_path
+
+KIND_CASES = [
+    # (st_mode, readlink of /proc/PID/fd/N, expected kind)
+    (stat.S_IFREG | 0o644, "/etc/passwd", "reg"),
+    (stat.S_IFREG | 0o644, "/tmp/x (deleted)", "reg"),
+    (stat.S_IFREG | 0o777, "/memfd:buf (deleted)", "reg"),
+    (stat.S_IFDIR | 0o755, "/etc", "dir"),
+    (stat.S_IFDIR | 0o1777, "/tmp", "dir"),
+    # An O_PATH|O_NOFOLLOW fd on a symlink.
+    (stat.S_IFLNK | 0o777, "/usr/bin/python3", "link"),
+    # An unnamed pipe and a FIFO share S_IFIFO; only the link text tells them apart.
+    (stat.S_IFIFO | 0o600, "pipe:[211729]", "pipe"),
+    (stat.S_IFIFO | 0o644, "/run/myfifo", "fifo"),
+    (stat.S_IFIFO | 0o644, "/tmp/pipe:[1]", "fifo"),
+    (stat.S_IFIFO | 0o644, "/run/gone (deleted)", "fifo"),
+    (stat.S_IFSOCK | 0o777, "socket:[12345]", "socket"),
+    (stat.S_IFSOCK | 0o755, "/run/app.sock", "socket"),
+    (stat.S_IFCHR | 0o666, "/dev/null", "chr"),
+    (stat.S_IFCHR | 0o620, "/dev/pts/0", "chr"),
+    (stat.S_IFBLK | 0o660, "/dev/sda", "blk"),
+    # Anonymous inodes: no file type bits, "anon_inode:" link.
+    (0o600, "anon_inode:[eventfd]", "anon"),
+    (0o600, "anon_inode:[eventpoll]", "anon"),
+    (0o600, "anon_inode:[signalfd]", "anon"),
+    (0o600, "anon_inode:[timerfd]", "anon"),
+    (0o600, "anon_inode:inotify", "anon"),
+    (0o600, "anon_inode:[io_uring]", "anon"),
+    # pidfds: anon_inode before 6.9, pidfs (S_IFREG) after.
+    (0o600, "anon_inode:[pidfd]", "anon"),
+    (stat.S_IFREG | 0o600, "anon_inode:[pidfd]", "anon"),
+    (stat.S_IFREG | 0o600, "pidfd:[12345]", "anon"),
+    # No type bits and an unfamiliar link: still anon.
+    (0o600, "[aio]", "anon"),
+]
+
+
+@pytest.mark.parametrize(("st_mode", "link", "kind"), KIND_CASES)
+def test_kernel_kind(st_mode: int, link: str, kind: str) -> None:
+    assert kernel_kind(st_mode, link) == kind
+
+
+ACCESS_CASES = [
+    # (flags as fdinfo reports them, expected access)
+    (os.O_RDONLY, "r"),
+    (os.O_WRONLY, "w"),
+    (os.O_RDWR, "rw"),
+    (os.O_ACCMODE, "rw"),
+    (os.O_WRONLY | os.O_APPEND, "w"),
+    (os.O_RDONLY | os.O_DIRECTORY, "r"),
+    (os.O_RDWR | os.O_NONBLOCK, "rw"),
+    (os.O_PATH, "path"),
+    (os.O_PATH | os.O_CLOEXEC, "path"),
+    (os.O_PATH | os.O_NOFOLLOW, "path"),
+    # Literal octal from fdinfo (x86-64 flag values).
+    (0o2000000, "r"),  # O_RDONLY|O_CLOEXEC
+    (0o2000002, "rw"),  # an eventfd
+    (0o2100001, "w"),  # O_WRONLY|O_LARGEFILE|O_CLOEXEC
+    (0o100002, "rw"),  # O_RDWR|O_LARGEFILE
+    (0o12000000, "path"),  # O_PATH|O_CLOEXEC
+]
+
+
+@pytest.mark.parametrize(("flags", "access"), ACCESS_CASES)
+def test_access_mode(flags: int, access: str) -> None:
+    assert access_mode(flags) == access
+
+
+def test_octal_flag_values_match_this_platform() -> None:
+    # The literal rows above assume the generic (x86/arm64) flag layout.
+    assert os.O_CLOEXEC == 0o2000000
+    assert os.O_PATH == 0o10000000
+
+
+DELETED_CASES = [
+    # (link, st_nlink, expected (path, deleted))
+    ("/tmp/x (deleted)", 0, ("/tmp/x", True)),
+    ("/tmp/x", 1, ("/tmp/x", False)),
+    # nlink 0 without the suffix (the name was replaced, or an O_TMPFILE): still unlinked.
+    ("/tmp/x", 0, ("/tmp/x", True)),
+    ("/memfd:buf (deleted)", 0, ("/memfd:buf", True)),
+    ("/tmp/#1234 (deleted)", 0, ("/tmp/#1234", True)),
+    ("/tmp/a b (deleted)", 0, ("/tmp/a b", True)),
+    # Only one suffix is the kernel's.
+    ("/tmp/x (deleted) (deleted)", 0, ("/tmp/x (deleted)", True)),
+    ("/tmp/(deleted)", 1, ("/tmp/(deleted)", False)),
+    ("/tmp/x(deleted)", 1, ("/tmp/x(deleted)", False)),
+    # Non-path links are never "deleted", whatever their nlink.
+    ("pipe:[1]", 1, ("pipe:[1]", False)),
+    ("pipe:[1]", 0, ("pipe:[1]", False)),
+    ("socket:[5]", 0, ("socket:[5]", False)),
+    ("anon_inode:[eventfd]", 0, ("anon_inode:[eventfd]", False)),
+    ("anon_inode:[eventfd]", 1, ("anon_inode:[eventfd]", False)),
+]
+
+
+@pytest.mark.parametrize(("link", "nlink", "expected"), DELETED_CASES)
+def test_split_deleted(link: str, nlink: int, expected: tuple[str, bool]) -> None:
+    assert split_deleted(link, nlink) == expected
+
+
+RELATIVE_CASES = [
+    # (path as we read it, the task's root, the path as the task sees it)
+    ("/etc/x", "/", "/etc/x"),
+    ("/", "/", "/"),
+    ("pipe:[1]", "/", "pipe:[1]"),
+    ("/srv/jail/etc/x", "/srv/jail", "/etc/x"),
+    ("/srv/jail/a/b/c", "/srv/jail", "/a/b/c"),
+    ("/srv/jail", "/srv/jail", "/"),
+    # A sibling that merely shares the prefix is outside the jail.
+    ("/srv/jailbreak/x", "/srv/jail", "/srv/jailbreak/x"),
+    ("/srv/jail2", "/srv/jail", "/srv/jail2"),
+    # Outside the root (an fd opened before chroot): left as we see it.
+    ("/etc/passwd", "/srv/jail", "/etc/passwd"),
+    ("/", "/srv/jail", "/"),
+    # Non-path links are not rewritten.
+    ("pipe:[1]", "/srv/jail", "pipe:[1]"),
+    ("anon_inode:[eventfd]", "/srv/jail", "anon_inode:[eventfd]"),
+    ("socket:[5]", "/srv/jail", "socket:[5]"),
+]
+
+
+@pytest.mark.parametrize(("path", "root", "expected"), RELATIVE_CASES)
+def test_task_relative_path(path: str, root: str, expected: str) -> None:
+    assert task_relative_path(path, root) == expected
