@@ -28,7 +28,7 @@ def fds_of(image: asyckpt.Image, pid: int, tid: int | None = None) -> dict[int, 
     table = task.fd_table
     if tid is not None:
         table = next(th.fd_table for th in task.threads if th.tid == tid)
-    return {fd.fd: (fd, image.files[fd.file]) for fd in image.fd_tables[table]}
+    return {fd.fd: (fd, f) for fd, f in image.fds(table)}
 
 
 @pytest.fixture(params=FREEZERS)

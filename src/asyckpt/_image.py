@@ -171,6 +171,12 @@ class Image(msgspec.Struct, kw_only=True):
     checksum: str
     """The image's sha256 digest (hex), as its last 32 bytes hold it."""
 
+    def fds(self, table: int | None) -> list[tuple[Fd, File]]:
+        """The fds of one fd table (a Task's ``fd_table``) with their open files."""
+        if table is None:
+            return []
+        return [(fd, self.files[fd.file]) for fd in self.fd_tables[table]]
+
 
 _decoder = msgspec.msgpack.Decoder(Record)
 

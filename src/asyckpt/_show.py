@@ -68,8 +68,10 @@ def to_json_doc(image: Image) -> dict[str, Any]:
         tdoc = msgspec.to_builtins(task)
         tdoc.pop("kind", None)
         tdoc["threads"] = [{"tid": th.tid, "fd_table": th.fd_table} for th in task.threads]
-        fds = image.fd_tables.get(task.fd_table, []) if task.fd_table is not None else []
-        tdoc["fds"] = [{"fd": fd.fd, "file": fd.file, "cloexec": fd.cloexec} for fd in fds]
+        tdoc["fds"] = [
+            {"fd": fd.fd, "file": fd.file, "cloexec": fd.cloexec}
+            for fd, _ in image.fds(task.fd_table)
+        ]
         tasks.append(tdoc)
     doc["tasks"] = tasks
     doc["files"] = [_file_doc(f) for f in image.files.values()]
@@ -131,8 +133,7 @@ def render_table(image: Image) -> str:
             (th.tid, th.fd_table) for th in task.threads if th.fd_table != task.fd_table
         ]
         for owner, table in tables:
-            for fd in image.fd_tables.get(table, []) if table is not None else []:
-                f = image.files[fd.file]
+            for fd, f in image.fds(table):
                 name = f.path + (" (deleted)" if f.deleted else "")
                 data = _data(f)
                 if f.type == "link" and isinstance(data, dict) and "target" in data:
