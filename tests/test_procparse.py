@@ -12,8 +12,10 @@ from asyckpt._procparse import (
     parse_cgroup,
     parse_cgroup_events,
     parse_fdinfo,
+    parse_fdinfo_rest,
     parse_mountinfo,
     parse_stat,
+    split_fdinfo,
     unescape_mount_path,
 )
 
@@ -476,3 +478,32 @@ CGROUP_EVENTS_CASES = [
 @pytest.mark.parametrize(("data", "expected"), CGROUP_EVENTS_CASES)
 def test_parse_cgroup_events(data: bytes, expected: dict[str, int]) -> None:
     assert parse_cgroup_events(data) == expected
+
+
+# --- split_fdinfo: the scan's fast path must agree with the full parser ---------------
+
+
+@pytest.mark.parametrize(("data", "expected"), FDINFO_CASES)
+def test_split_fdinfo_agrees_with_parse_fdinfo(data: bytes, expected: FdInfo) -> None:
+    pos, flags, mnt_id, rest = split_fdinfo(data)
+    assert (pos, flags, mnt_id) == (expected.pos, expected.flags, expected.mnt_id)
+    assert parse_fdinfo_rest(rest) == expected.extra
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"pos:\t0\nflags:\t02\nmnt_id:\t25\nino:\t1234\n", (0, 0o2, 25, b"")),
+        (b"pos:\t7\nflags:\t0100000\nmnt_id:\t3\n", (7, 0o100000, 3, b"")),
+        (
+            b"pos:\t1\nflags:\t01\nmnt_id:\t2\nino:\t3\neventfd-count:\t5\n",
+            (1, 1, 2, b"eventfd-count:\t5\n"),
+        ),
+        (b"pos:\t9\nflags:\t02\n", (9, 0o2, 0, b"")),
+        (b"", (0, 0, 0, b"")),
+        (b"weird:\tline\npos:\t1\n", (0, 0, 0, b"weird:\tline\npos:\t1\n")),
+    ],
+    ids=["regular", "no-ino-line", "with-rest", "short", "empty", "unknown-first"],
+)
+def test_split_fdinfo(data: bytes, expected: tuple[int, int, int, bytes]) -> None:
+    assert split_fdinfo(data) == expected

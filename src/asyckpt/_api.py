@@ -140,10 +140,10 @@ async def open_capture(
                 ...
         print(stream.summary)
 
-    Records come in image order (each object before its first reference).  The tree
-    stays frozen until the last task is built, and the channel is small, so a consumer
-    that dawdles lengthens the frozen window.  Leaving the block early cancels the
-    capture; the tree is thawed before the block exits either way.
+    Records come in image order (each object before its first reference), and only
+    once the tree is thawed again, so a slow consumer never lengthens the frozen window.
+    Leaving the block early cancels the capture; the tree is thawed before the block
+    exits either way.
     """
     options = options or CaptureOptions()
     send, recv = trio.open_memory_channel[list[BodyRecord]](BATCH_BUFFER)

@@ -1,10 +1,15 @@
 """Record building: turn each task's raw fd reads into image records, in tree order.
 
-This is where open file descriptions are deduplicated (cheap key, then kcmp), handlers
-are dispatched, and objref ids are handed out, in the order of first reference, so two
-captures of an unchanged tree number everything identically.  It runs one task at a time
-in tree pre-order; the comparisons and the mountinfo reader are injected, which keeps it
-free of I/O of its own.
+Two steps, so that the tree is frozen only as long as it must be:
+
+* :meth:`RecordBuilder.resolve` runs while the tree is frozen, one task at a time in tree
+  pre-order.  It deduplicates open file descriptions (cheap key, then kcmp, which needs
+  the tasks' tables unchanged), runs the handlers (which may need the live fd), and hands
+  out objref ids in order of first reference, so two captures of an unchanged tree number
+  everything identically.  It keeps its output compact: tuples, not records.
+* :func:`materialize` turns that into image records after the thaw: pure, no kernel.
+
+The comparison and the mountinfo reader are injected, so neither step does I/O of its own.
 """
 
 from __future__ import annotations
@@ -20,16 +25,19 @@ from ._classify import access_mode, kernel_kind, split_deleted, task_relative_pa
 from ._dedup import KcmpIndex
 from ._discover import TaskPlan
 from ._errors import HandlerFailed, StrictViolation
-from ._plugins import Dispatch, FdFacts, HandlerContext, LoadedHandler
-from ._procparse import parse_mountinfo
-from ._procread import RawFd, TaskMeta
-from ._records import Fd, FdTable, File, MountEntry, MountTable, Task, Thread
+from ._plugins import Dispatch, FdFacts, HandlerContext, LoadedHandler, StatInfo
+from ._procparse import FdInfo, parse_fdinfo_rest, parse_mountinfo
+from ._procread import RawRow, TaskMeta
+from ._records import NO_DATA, Fd, FdTable, File, MountEntry, MountTable, Task, Thread
 
-__all__ = ["BodyRecord", "RecordBuilder", "TaskScan"]
+__all__ = ["BodyRecord", "RecordBuilder", "TaskPart", "TaskScan", "materialize"]
 
 BodyRecord = MountTable | FdTable | File | Fd | Task
 
 O_CLOEXEC = os.O_CLOEXEC
+
+Ref = tuple[int, int]
+"""(tid, fd): how kcmp names an fd."""
 
 
 class TaskScan(NamedTuple):
@@ -38,8 +46,33 @@ class TaskScan(NamedTuple):
     seq: int
     plan: TaskPlan
     meta: TaskMeta
-    tables: tuple[tuple[int, int, list[RawFd]], ...]
+    tables: tuple[tuple[int, int, list[RawRow]], ...]
     """(tid, table id, fds) for each table in ``plan.scan``."""
+
+
+class NewFile(NamedTuple):
+    """A description seen for the first time, with what its handler made of it."""
+
+    id: int
+    raw: RawRow
+    flags: int
+    kind: str
+    path: str
+    deleted: bool
+    handler: str | None
+    data: msgspec.Raw
+    error: str | None
+
+
+class TaskPart(NamedTuple):
+    """One task, resolved: everything :func:`materialize` needs, and nothing live."""
+
+    plan: TaskPlan
+    meta: TaskMeta
+    mountinfo: str | None
+    """The mount table of the task's namespace, when this task is the first in it."""
+    tables: list[tuple[int, int, list[tuple[int, bool, int, NewFile | None]]]]
+    """(tid, table id, [(fd, cloexec, file id, NewFile if first seen here)])."""
 
 
 class GenericFd(NamedTuple):
@@ -50,19 +83,25 @@ class GenericFd(NamedTuple):
 
 
 class RecordBuilder:
-    """Builds the body records of one capture, one task at a time, in tree order."""
+    """Resolves the tasks of one capture, one at a time, in tree order."""
 
     def __init__(
         self,
         dispatch: Dispatch,
         *,
-        compare_files: Callable[[tuple[int, int], tuple[int, int]], int],
+        compare_files: Callable[[Ref, Ref], int],
         read_mountinfo: Callable[[int], str],
         strict: bool = False,
         context_factory: Callable[[int], HandlerContext] = HandlerContext,
     ) -> None:
         self._dispatch = dispatch
-        self._files: KcmpIndex[tuple[int, int], File] = KcmpIndex(compare_files)
+        self._compare_files = compare_files
+        self._files: KcmpIndex[Ref, int] = KcmpIndex(compare_files)
+        # fd -> (key, ref, file id) of every table resolved, and each task's own table:
+        # a child's fd N is most often its parent's fd N, inherited, so that is tried
+        # first, with one kcmp, before the index's binary search.
+        self._table_fds: dict[int, dict[int, tuple[object, Ref, int]]] = {}
+        self._task_table: dict[int, int] = {}
         self._read_mountinfo = read_mountinfo
         self._strict = strict
         self._context_factory = context_factory
@@ -72,135 +111,209 @@ class RecordBuilder:
         self.fd_count = 0
         self.task_count = 0
         self.table_count = 0
+        self.hint_hits = 0
         self.generic: Counter[str] = Counter()
         self.generic_fds: list[GenericFd] = []
         self.used: dict[str, LoadedHandler] = {}
 
-    def build(self, scan: TaskScan) -> list[BodyRecord]:
+    def resolve(self, scan: TaskScan) -> TaskPart:
         plan, meta = scan.plan, scan.meta
         pid = plan.stat.pid
-        out: list[BodyRecord] = []
+        mountinfo = None
         if meta.mnt_ns and meta.mnt_ns not in self._mnt_seen:
             self._mnt_seen.add(meta.mnt_ns)
-            out.append(self._mount_table(pid, meta.mnt_ns))
+            mountinfo = self._read_mountinfo(pid)
+        parent_table = self._task_table.get(plan.stat.ppid)
+        hints = self._table_fds.get(parent_table, {}) if parent_table is not None else {}
+        tables = []
         for tid, table_id, fds in scan.tables:
-            out.append(FdTable(id=table_id, owner=tid, count=len(fds)))
+            seen: dict[int, tuple[object, Ref, int]] = {}
+            self._table_fds[table_id] = seen
+            entries = self._resolve_table(pid, tid, fds, meta.root, hints, seen)
+            tables.append((tid, table_id, entries))
             self.table_count += 1
-            ctx = self._context_factory(tid)
-            try:
-                for raw in fds:
-                    self._add_fd(out, pid, tid, raw, meta.root, ctx)
-            finally:
-                ctx._close()
         leader_table = plan.threads[0][1]
-        out.append(
-            Task(
-                pid=pid,
-                ppid=plan.stat.ppid,
-                comm=plan.stat.comm,
-                starttime=plan.stat.starttime,
-                state=plan.stat.state,
-                uid=meta.uid,
-                gid=meta.gid,
-                fd_table=leader_table,
-                threads=[Thread(tid=t, fd_table=tab) for t, tab in plan.threads],
-                mnt_ns=meta.mnt_ns,
-                root=meta.root,
-            )
-        )
+        if leader_table is not None:
+            self._task_table[pid] = leader_table
         self.task_count += 1
-        return out
+        return TaskPart(plan, meta, mountinfo, tables)
 
-    def _mount_table(self, pid: int, ns: int) -> MountTable:
-        mounts = parse_mountinfo(self._read_mountinfo(pid))
-        return MountTable(
-            id=ns,
-            mounts=[
-                MountEntry(
-                    mnt_id=m.mnt_id,
-                    parent_id=m.parent_id,
-                    dev=m.dev,
-                    root=m.root,
-                    mount_point=m.mount_point,
-                    options=m.options,
-                    fstype=m.fstype,
-                    source=m.source,
-                )
-                for m in mounts
-            ],
-        )
+    def _resolve_table(
+        self,
+        pid: int,
+        tid: int,
+        fds: list[RawRow],
+        root: str,
+        hints: dict[int, tuple[object, Ref, int]],
+        seen: dict[int, tuple[object, Ref, int]],
+    ) -> list[tuple[int, bool, int, NewFile | None]]:
+        entries: list[tuple[int, bool, int, NewFile | None]] = []
+        append = entries.append
+        compare = self._compare_files
+        lookup = self._files.lookup
+        ctx = self._context_factory(tid)
+        try:
+            for raw in fds:
+                fd = raw[0]
+                flags = raw[13]
+                cloexec = bool(flags & O_CLOEXEC)
+                flags &= ~O_CLOEXEC
+                # The cheap key: equal for every fd of one description, rarely equal for
+                # two (separate open()s of one file at one offset); kcmp decides.
+                key = (raw[3], raw[4], raw[12], flags)
+                ref = (tid, fd)
+                new: NewFile | None = None
+                hint = hints.get(fd)
+                if hint is not None and hint[0] == key and compare(ref, hint[1]) == 0:
+                    file_id = hint[2]
+                    self.hint_hits += 1
+                else:
+                    file_id, is_new = lookup(key, ref, self._next_id)
+                    if is_new:
+                        new = self._new_file(file_id, pid, tid, raw, flags, root, ctx)
+                seen[fd] = (key, ref, file_id)
+                append((fd, cloexec, file_id, new))
+        finally:
+            ctx._close()
+        self.fd_count += len(entries)
+        return entries
 
-    def _add_fd(
-        self, out: list[BodyRecord], pid: int, tid: int, raw: RawFd, root: str, ctx: HandlerContext
-    ) -> None:
-        info, st = raw.info, raw.st
-        cloexec = bool(info.flags & O_CLOEXEC)
-        flags = info.flags & ~O_CLOEXEC
-        # The cheap key: equal for every fd of one description, and rarely equal for two
-        # descriptions (separate open()s of one file at the same offset); kcmp decides.
-        key = (st.st_dev, st.st_ino, info.pos, flags)
-        file, new = self._files.lookup(
-            key, (tid, raw.fd), lambda: self._make_file(pid, tid, raw, flags, root, ctx)
-        )
-        if new:
-            out.append(file)
-        out.append(Fd(fd=raw.fd, file=file.id, cloexec=cloexec))
-        self.fd_count += 1
+    def _next_id(self) -> int:
+        self.file_count += 1
+        return self.file_count
 
-    def _make_file(
-        self, pid: int, tid: int, raw: RawFd, flags: int, root: str, ctx: HandlerContext
-    ) -> File:
-        st, info = raw.st, raw.info
-        kind = kernel_kind(st.st_mode, raw.link)
-        path, deleted = split_deleted(raw.link, st.st_nlink)
+    def _new_file(
+        self,
+        file_id: int,
+        pid: int,
+        tid: int,
+        raw: RawRow,
+        flags: int,
+        root: str,
+        ctx: HandlerContext,
+    ) -> NewFile:
+        fd, link = raw[0], raw[1]
+        st = StatInfo(*raw[2:12])
+        kind = kernel_kind(st.st_mode, link)
+        path, deleted = split_deleted(link, st.st_nlink)
         path = task_relative_path(path, root)
-        facts = FdFacts(pid, tid, raw.fd, kind, raw.link, path, deleted, st, info)
+        rest = parse_fdinfo_rest(raw[15]) if raw[15] else ()
+        facts = FdFacts(
+            pid,
+            tid,
+            fd,
+            kind,
+            link,
+            path,
+            deleted,
+            st,
+            FdInfo(raw[12], raw[13], raw[14], st.st_ino, rest),
+        )
         handler = self._dispatch.choose(facts)
-        data = None
+        data = NO_DATA
         error = None
         if handler is not None:
             try:
                 data = msgspec.Raw(self._encoder.encode(handler.handler.capture(facts, ctx)))
             except Exception as exc:
-                err = HandlerFailed(handler.name, exc, pid=pid, fd=raw.fd)
+                err = HandlerFailed(handler.name, exc, pid=pid, fd=fd)
                 if self._strict:
-                    raise StrictViolation(f"{err.msg} on a {kind} fd", pid=pid, fd=raw.fd) from exc
+                    raise StrictViolation(f"{err.msg} on a {kind} fd", pid=pid, fd=fd) from exc
                 error = err.msg
                 handler = None
             finally:
                 ctx._release()
         if handler is None:
-            if self._strict and error is None:
-                raise StrictViolation(
-                    f"no handler claims this {kind} fd ({raw.link})", pid=pid, fd=raw.fd
-                )
+            if self._strict:
+                raise StrictViolation(f"no handler claims this {kind} fd ({link})", pid=pid, fd=fd)
             self.generic[kind] += 1
-            self.generic_fds.append(GenericFd(pid, raw.fd, kind, error))
+            self.generic_fds.append(GenericFd(pid, fd, kind, error))
         else:
             self.used[handler.name] = handler
-        self.file_count += 1
-        file = File(
-            id=self.file_count,
-            type=kind,
-            handler=handler.name if handler is not None else None,
-            flags=flags,
-            access=access_mode(flags),
-            pos=info.pos,
-            mnt_id=info.mnt_id,
-            dev=st.st_dev,
-            ino=st.st_ino,
-            rdev=st.st_rdev,
-            path=path,
-            deleted=deleted,
-            uid=st.st_uid,
-            gid=st.st_gid,
-            st_mode=st.st_mode,
-            nlink=st.st_nlink,
-            size=st.st_size,
-            mtime_ns=st.st_mtime_ns,
-            fdinfo=list(info.extra),
-            error=error,
+        return NewFile(
+            file_id,
+            raw,
+            flags,
+            kind,
+            path,
+            deleted,
+            handler.name if handler is not None else None,
+            data,
+            error,
         )
-        if data is not None:
-            file.data = data
-        return file
+
+
+def materialize(part: TaskPart) -> list[BodyRecord]:
+    """The image records of one resolved task, in image order (objects before use)."""
+    plan, meta = part.plan, part.meta
+    out: list[BodyRecord] = []
+    if part.mountinfo is not None:
+        out.append(
+            MountTable(
+                id=meta.mnt_ns,
+                mounts=[
+                    MountEntry(
+                        mnt_id=m.mnt_id,
+                        parent_id=m.parent_id,
+                        dev=m.dev,
+                        root=m.root,
+                        mount_point=m.mount_point,
+                        options=m.options,
+                        fstype=m.fstype,
+                        source=m.source,
+                    )
+                    for m in parse_mountinfo(part.mountinfo)
+                ],
+            )
+        )
+    append = out.append
+    for tid, table_id, entries in part.tables:
+        append(FdTable(id=table_id, owner=tid, count=len(entries)))
+        for fd, cloexec, file_id, new in entries:
+            if new is not None:
+                append(_file_record(new))
+            append(Fd(fd=fd, file=file_id, cloexec=cloexec))
+    stat = plan.stat
+    append(
+        Task(
+            pid=stat.pid,
+            ppid=stat.ppid,
+            comm=stat.comm,
+            starttime=stat.starttime,
+            state=stat.state,
+            uid=meta.uid,
+            gid=meta.gid,
+            fd_table=plan.threads[0][1],
+            threads=[Thread(tid=t, fd_table=tab) for t, tab in plan.threads],
+            mnt_ns=meta.mnt_ns,
+            root=meta.root,
+        )
+    )
+    return out
+
+
+def _file_record(new: NewFile) -> File:
+    raw = new.raw
+    return File(
+        id=new.id,
+        type=new.kind,
+        handler=new.handler,
+        flags=new.flags,
+        access=access_mode(new.flags),
+        pos=raw[12],
+        mnt_id=raw[14],
+        dev=raw[3],
+        ino=raw[4],
+        rdev=raw[5],
+        path=new.path,
+        deleted=new.deleted,
+        uid=raw[7],
+        gid=raw[8],
+        st_mode=raw[2],
+        nlink=raw[6],
+        size=raw[9],
+        mtime_ns=raw[10],
+        fdinfo=list(parse_fdinfo_rest(raw[15])) if raw[15] else [],
+        data=new.data,
+        error=new.error,
+    )

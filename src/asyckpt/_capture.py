@@ -10,13 +10,14 @@ Theory of operation
    and the freeze re-confirmed, for a bounded number of rounds.  Group threads by fd table.
 4. *Scan*: one trio task per process reads its fd tables in a worker thread, one thread
    hop per table (never per fd), at most ``SCAN_THREADS`` at a time.
-5. *Build*: results arrive in any order; a :class:`Reorderer` releases them in tree
-   pre-order to the single builder, which deduplicates open file descriptions with kcmp,
+5. *Resolve*: results arrive in any order; a :class:`Reorderer` releases them in tree
+   pre-order to the single resolver, which deduplicates open file descriptions with kcmp,
    runs the handlers (which may need the live fd) and numbers objects by first reference.
-   It sends one batch of records per task into a bounded channel.
-6. *Thaw* as soon as the last task is built: only /proc reads, kcmp and handlers happen
-   while frozen.  The consumer of the channel (the image writer, or a library caller's
-   ``async for``) may still be draining it.
+6. *Thaw* as soon as the last task is resolved: only /proc reads, kcmp and handlers
+   happen while frozen.
+7. *Emit*: each task's records are made from its compact resolved form and sent, one
+   batch per task, through a bounded channel to the consumer (the image writer, or a
+   library caller's ``async for``), which therefore cannot lengthen the frozen window.
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ from collections.abc import AsyncIterator, Sequence
 import msgspec
 import trio
 
-from ._build import BodyRecord, GenericFd, RecordBuilder, TaskScan
+from ._build import BodyRecord, GenericFd, RecordBuilder, TaskPart, TaskScan, materialize
 from ._discover import TaskPlan, check_target, plan_tables, walk_tree
 from ._errors import FreezerError, NoSuchProcess, collapse_errors
 from ._freeze import Freezer, choose_freezer
-from ._kernel import KCMP_FILE, kcmp
+from ._kernel import kcmp_files
 from ._order import Reorderer
 from ._plugins import Dispatch, load_handlers
 from ._procparse import TaskStat
@@ -42,8 +43,10 @@ from ._records import PluginInfo
 
 __all__ = ["CaptureOptions", "CaptureSummary", "capture"]
 
-SCAN_THREADS = 4
-"""Worker threads reading /proc at once.  The GIL caps what more threads could add."""
+SCAN_THREADS = 2
+"""Worker threads reading fd tables at once.  The C reader releases the GIL for a whole
+table, so they run in parallel with each other and with the resolver; more threads than
+cores only add contention."""
 
 BATCH_BUFFER = 8
 """Task batches the channel holds before the builder waits for its consumer.  Small, so
@@ -85,10 +88,6 @@ class CaptureSummary(msgspec.Struct, kw_only=True):
 def _read_mountinfo(pid: int) -> str:
     with open(f"/proc/{pid}/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
         return f.read()
-
-
-def _compare_files(a: tuple[int, int], b: tuple[int, int]) -> int:
-    return kcmp(a[0], b[0], KCMP_FILE, a[1], b[1])
 
 
 def _settle_tree(
@@ -162,7 +161,7 @@ async def capture(
         freezer = await trio.to_thread.run_sync(choose_freezer, options.freeze)
         builder = RecordBuilder(
             dispatch,
-            compare_files=_compare_files,
+            compare_files=kcmp_files,
             read_mountinfo=_read_mountinfo,
             strict=options.strict,
         )
@@ -170,7 +169,11 @@ async def capture(
             plans = await trio.to_thread.run_sync(
                 _settle_tree, root, tree, freezer, options.freeze_timeout
             )
-            await _scan_and_build(plans, builder, send)
+            parts = await _scan_and_resolve(plans, builder)
+        # Thawed: records are made and handed on only now, so neither making them nor a
+        # slow consumer of the channel can lengthen the frozen window.
+        for part in parts:
+            await send.send(await trio.to_thread.run_sync(materialize, part))
     return CaptureSummary(
         root_pid=pid,
         freezer=freezer.name,
@@ -194,30 +197,32 @@ async def capture(
     )
 
 
-async def _scan_and_build(
-    plans: list[TaskPlan],
-    builder: RecordBuilder,
-    send: trio.MemorySendChannel[list[BodyRecord]],
-) -> None:
-    limiter = trio.CapacityLimiter(SCAN_THREADS)
+async def _scan_and_resolve(plans: list[TaskPlan], builder: RecordBuilder) -> list[TaskPart]:
     scans_send, scans_recv = trio.open_memory_channel[TaskScan](math.inf)
     reorder: Reorderer[TaskScan] = Reorderer()
+    parts: list[TaskPart] = []
+    # Workers take tasks in tree order from one shared iterator, so the resolver (which
+    # needs them in that order) can start on the first while the rest are being read;
+    # trio would start one task per process in no particular order.
+    work = iter(enumerate(plans))
 
-    async def scan_one(index: int, plan: TaskPlan, out: trio.MemorySendChannel[TaskScan]) -> None:
+    async def scan_worker(out: trio.MemorySendChannel[TaskScan]) -> None:
         async with out:
-            scan = await trio.to_thread.run_sync(_scan_task, index, plan, limiter=limiter)
-            # The builder closes its end only when it failed; its error is the one to report.
-            with contextlib.suppress(trio.BrokenResourceError):
-                out.send_nowait(scan)
+            for index, plan in work:
+                scan = await trio.to_thread.run_sync(_scan_task, index, plan)
+                try:
+                    out.send_nowait(scan)
+                except trio.BrokenResourceError:
+                    return  # the resolver failed; its error is the one to report
 
     async with collapse_errors(), trio.open_nursery() as nursery:
         async with scans_send:
-            for index, plan in enumerate(plans):
-                nursery.start_soon(scan_one, index, plan, scans_send.clone())
+            for _ in range(min(SCAN_THREADS, len(plans))):
+                nursery.start_soon(scan_worker, scans_send.clone())
         async with scans_recv:
             async for scan in scans_recv:
                 for ready in reorder.push(scan.seq, scan):
-                    batch = await trio.to_thread.run_sync(builder.build, ready)
-                    await send.send(batch)
+                    parts.append(await trio.to_thread.run_sync(builder.resolve, ready))
     if reorder.released != len(plans):
-        raise RuntimeError("asyckpt bug: tasks were scanned but not built")
+        raise RuntimeError("asyckpt bug: tasks were scanned but not resolved")
+    return parts

@@ -39,11 +39,15 @@ def kernel_kind(st_mode: int, link: str) -> str:
     return "anon"
 
 
+_ACCESS = {os.O_RDONLY: "r", os.O_WRONLY: "w", os.O_RDWR: "rw"}
+
+
 def access_mode(flags: int) -> str:
     """``r``, ``w``, ``rw`` or ``path`` from the fdinfo open flags."""
     if flags & O_PATH:
         return "path"
-    return {os.O_RDONLY: "r", os.O_WRONLY: "w", os.O_RDWR: "rw"}.get(flags & os.O_ACCMODE, "rw")
+    # O_ACCMODE 3 is invalid for open(2) but some drivers use it for ioctl-only opens.
+    return _ACCESS.get(flags & os.O_ACCMODE, "rw")
 
 
 def split_deleted(link: str, nlink: int) -> tuple[str, bool]:

@@ -12,7 +12,7 @@ import platform
 
 from ._errors import KernelUnsupported, translate_oserror
 
-__all__ = ["KCMP_FILE", "KCMP_FILES", "kcmp", "pidfd_getfd"]
+__all__ = ["KCMP_FILE", "KCMP_FILES", "kcmp", "kcmp_files", "pidfd_getfd"]
 
 KCMP_FILE = 0
 KCMP_FILES = 2
@@ -61,6 +61,24 @@ def kcmp(pid1: int, pid2: int, kind: int, idx1: int = 0, idx2: int = 0) -> int:
         err = ctypes.get_errno()
         raise translate_oserror(OSError(err, os.strerror(err)), pid=pid2, fd=idx2, what="kcmp")
     return int(res)
+
+
+def kcmp_files(a: tuple[int, int], b: tuple[int, int]) -> int:
+    """kcmp(KCMP_FILE) of two (pid, fd) pairs; see :func:`kcmp`."""
+    return kcmp(a[0], b[0], KCMP_FILE, a[1], b[1])
+
+
+try:
+    from ._fdscan import kcmp_files as _kcmp_files_c
+except ImportError:  # no C accelerator: the ctypes path above
+    pass
+else:
+
+    def kcmp_files(a: tuple[int, int], b: tuple[int, int]) -> int:
+        try:
+            return _kcmp_files_c(a, b)
+        except OSError as exc:
+            raise translate_oserror(exc, pid=b[0], fd=b[1], what="kcmp") from exc
 
 
 def pidfd_getfd(pidfd: int, targetfd: int) -> int:

@@ -25,10 +25,27 @@ __all__ = [
     "FdHandler",
     "HandlerContext",
     "LoadedHandler",
+    "StatInfo",
     "load_handlers",
 ]
 
 ENTRY_POINT_GROUP = "asyckpt.fd_types"
+
+
+@final
+class StatInfo(NamedTuple):
+    """stat(2) of the open file, with os.stat_result's names for what asyckpt reads."""
+
+    st_mode: int
+    st_dev: int
+    st_ino: int
+    st_rdev: int
+    st_nlink: int
+    st_uid: int
+    st_gid: int
+    st_size: int
+    st_mtime_ns: int
+    st_blocks: int
 
 
 @final
@@ -47,7 +64,7 @@ class FdFacts(NamedTuple):
     path: str
     """The target as the task sees it, " (deleted)" removed."""
     deleted: bool
-    st: os.stat_result
+    st: StatInfo
     """stat of the open file (through the magic link, so without opening it)."""
     fdinfo: FdInfo
 
