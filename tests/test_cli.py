@@ -213,3 +213,11 @@ def test_signal_while_frozen_thaws(
     assert not asyckpt_cgroups()
     assert all(task_state(pid) in "SR" for pid in tree.pids())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_modes_match_the_freezer() -> None:
+    # The CLI lists the modes itself so that `show` need not import the freezer.
+    from asyckpt._cli import FREEZER_MODES as cli_modes
+    from asyckpt._freeze import FREEZER_MODES
+
+    assert cli_modes == FREEZER_MODES

@@ -1,49 +1,104 @@
 """asyckpt: consistent, concurrent capture of the open-file state of Linux process trees.
 
-The public API is re-exported here; everything in ``asyckpt._*`` is private.
+The public API is re-exported here; everything in ``asyckpt._*`` is private.  Names are
+imported on first use (PEP 562), so ``asyckpt show`` and ``--version`` do not pay for
+importing trio.
 """
 
 from __future__ import annotations
 
-from ._api import CaptureStream as CaptureStream
-from ._api import checkpoint_tree as checkpoint_tree
-from ._api import open_capture as open_capture
-from ._capture import CaptureOptions as CaptureOptions
-from ._capture import CaptureSummary as CaptureSummary
-from ._errors import AccessDenied as AccessDenied
-from ._errors import AsyckptError as AsyckptError
-from ._errors import FreezerError as FreezerError
-from ._errors import HandlerFailed as HandlerFailed
-from ._errors import ImageCorrupt as ImageCorrupt
-from ._errors import ImageError as ImageError
-from ._errors import ImageVersionError as ImageVersionError
-from ._errors import InvalidTarget as InvalidTarget
-from ._errors import KernelUnsupported as KernelUnsupported
-from ._errors import NoSuchProcess as NoSuchProcess
-from ._errors import NotAnImage as NotAnImage
-from ._errors import OutputError as OutputError
-from ._errors import PluginError as PluginError
-from ._errors import StrictViolation as StrictViolation
-from ._errors import TargetError as TargetError
-from ._image import Image as Image
-from ._image import read_image as read_image
-from ._plugins import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP
-from ._plugins import FdFacts as FdFacts
-from ._plugins import FdHandler as FdHandler
-from ._plugins import HandlerContext as HandlerContext
-from ._records import FORMAT_VERSION as FORMAT_VERSION
-from ._records import Fd as Fd
-from ._records import FdTable as FdTable
-from ._records import File as File
-from ._records import Header as Header
-from ._records import MountTable as MountTable
-from ._records import Task as Task
-from ._records import Trailer as Trailer
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._api import CaptureStream as CaptureStream
+    from ._api import checkpoint_tree as checkpoint_tree
+    from ._api import open_capture as open_capture
+    from ._capture import CaptureOptions as CaptureOptions
+    from ._capture import CaptureSummary as CaptureSummary
+    from ._errors import AccessDenied as AccessDenied
+    from ._errors import AsyckptError as AsyckptError
+    from ._errors import FreezerError as FreezerError
+    from ._errors import HandlerFailed as HandlerFailed
+    from ._errors import ImageCorrupt as ImageCorrupt
+    from ._errors import ImageError as ImageError
+    from ._errors import ImageVersionError as ImageVersionError
+    from ._errors import InvalidTarget as InvalidTarget
+    from ._errors import KernelUnsupported as KernelUnsupported
+    from ._errors import NoSuchProcess as NoSuchProcess
+    from ._errors import NotAnImage as NotAnImage
+    from ._errors import OutputError as OutputError
+    from ._errors import PluginError as PluginError
+    from ._errors import StrictViolation as StrictViolation
+    from ._errors import TargetError as TargetError
+    from ._image import Image as Image
+    from ._image import read_image as read_image
+    from ._plugins import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP
+    from ._plugins import FdFacts as FdFacts
+    from ._plugins import FdHandler as FdHandler
+    from ._plugins import HandlerContext as HandlerContext
+    from ._records import FORMAT_VERSION as FORMAT_VERSION
+    from ._records import Fd as Fd
+    from ._records import FdTable as FdTable
+    from ._records import File as File
+    from ._records import Header as Header
+    from ._records import MountTable as MountTable
+    from ._records import Task as Task
+    from ._records import Trailer as Trailer
 
 __version__ = "0.1.0"
 
-for _name in list(globals()):
-    _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("asyckpt._") and isinstance(_obj, type):
-        _obj.__module__ = "asyckpt"
-del _name, _obj
+_LAZY = {
+    "CaptureStream": "._api",
+    "checkpoint_tree": "._api",
+    "open_capture": "._api",
+    "CaptureOptions": "._capture",
+    "CaptureSummary": "._capture",
+    "AccessDenied": "._errors",
+    "AsyckptError": "._errors",
+    "FreezerError": "._errors",
+    "HandlerFailed": "._errors",
+    "ImageCorrupt": "._errors",
+    "ImageError": "._errors",
+    "ImageVersionError": "._errors",
+    "InvalidTarget": "._errors",
+    "KernelUnsupported": "._errors",
+    "NoSuchProcess": "._errors",
+    "NotAnImage": "._errors",
+    "OutputError": "._errors",
+    "PluginError": "._errors",
+    "StrictViolation": "._errors",
+    "TargetError": "._errors",
+    "Image": "._image",
+    "read_image": "._image",
+    "ENTRY_POINT_GROUP": "._plugins",
+    "FdFacts": "._plugins",
+    "FdHandler": "._plugins",
+    "HandlerContext": "._plugins",
+    "FORMAT_VERSION": "._records",
+    "Fd": "._records",
+    "FdTable": "._records",
+    "File": "._records",
+    "Header": "._records",
+    "MountTable": "._records",
+    "Task": "._records",
+    "Trailer": "._records",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'asyckpt' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module, __name__), name)
+    if isinstance(value, type) and value.__module__.startswith("asyckpt._"):
+        value.__module__ = "asyckpt"
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
