@@ -94,7 +94,9 @@ def __getattr__(name: str) -> Any:
     except KeyError:
         raise AttributeError(f"module 'asyckpt' has no attribute {name!r}") from None
     value = getattr(importlib.import_module(module, __name__), name)
-    if isinstance(value, type) and value.__module__.startswith("asyckpt._"):
+    # Errors show as asyckpt.NoSuchProcess in tracebacks.  (Not msgspec Structs: msgspec
+    # resolves their annotations in the module __module__ names.)
+    if isinstance(value, type) and issubclass(value, BaseException):
         value.__module__ = "asyckpt"
     globals()[name] = value
     return value
