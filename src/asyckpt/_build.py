@@ -41,11 +41,10 @@ Ref = tuple[int, int]
 
 
 class TaskScan(NamedTuple):
-    """What the concurrent phase read for one task: its metadata and new fd tables."""
+    """What the concurrent phase read for one task: its new fd tables."""
 
     seq: int
     plan: TaskPlan
-    meta: TaskMeta
     tables: tuple[tuple[int, int, list[RawRow]], ...]
     """(tid, table id, fds) for each table in ``plan.scan``."""
 
@@ -117,7 +116,7 @@ class RecordBuilder:
         self.used: dict[str, LoadedHandler] = {}
 
     def resolve(self, scan: TaskScan) -> TaskPart:
-        plan, meta = scan.plan, scan.meta
+        plan, meta = scan.plan, scan.plan.meta
         pid = plan.stat.pid
         mountinfo = None
         if meta.mnt_ns and meta.mnt_ns not in self._mnt_seen:

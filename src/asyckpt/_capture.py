@@ -38,7 +38,7 @@ from ._kernel import kcmp_files
 from ._order import Reorderer
 from ._plugins import Dispatch, load_handlers
 from ._procparse import TaskStat
-from ._procread import read_fds, read_task_meta
+from ._procread import read_fd_tables
 from ._records import PluginInfo
 
 __all__ = ["CaptureOptions", "CaptureSummary", "capture"]
@@ -51,6 +51,10 @@ cores only add contention."""
 BATCH_BUFFER = 8
 """Task batches the channel holds before the builder waits for its consumer.  Small, so
 memory stays bounded; a consumer slower than the scan lengthens the frozen window."""
+
+CHUNKS_PER_THREAD = 8
+"""Each scan worker gets about this many chunks of tasks: enough to pipeline with the
+resolver, few enough that thread hops stay cheap for trees of thousands of tasks."""
 
 MAX_FREEZE_ROUNDS = 5
 
@@ -117,11 +121,14 @@ def _settle_tree(
     return plan_tables(tasks)
 
 
-def _scan_task(index: int, plan: TaskPlan) -> TaskScan:
-    pid = plan.stat.pid
-    meta = read_task_meta(pid)
-    tables = tuple((tid, table, read_fds(pid, tid)) for tid, table in plan.scan)
-    return TaskScan(index, plan, meta, tables)
+def _scan_chunk(chunk: list[tuple[int, TaskPlan]]) -> list[TaskScan]:
+    """Read the new fd tables of a run of tasks, in one pass of the C reader."""
+    owners = [(plan.stat.pid, tid) for _, plan in chunk for tid, _ in plan.scan]
+    rows = iter(read_fd_tables(owners))
+    return [
+        TaskScan(index, plan, tuple((tid, table, next(rows)) for tid, table in plan.scan))
+        for index, plan in chunk
+    ]
 
 
 @contextlib.asynccontextmanager
@@ -198,31 +205,38 @@ async def capture(
 
 
 async def _scan_and_resolve(plans: list[TaskPlan], builder: RecordBuilder) -> list[TaskPart]:
-    scans_send, scans_recv = trio.open_memory_channel[TaskScan](math.inf)
+    scans_send, scans_recv = trio.open_memory_channel[list[TaskScan]](math.inf)
     reorder: Reorderer[TaskScan] = Reorderer()
     parts: list[TaskPart] = []
     # Workers take tasks in tree order from one shared iterator, so the resolver (which
     # needs them in that order) can start on the first while the rest are being read;
-    # trio would start one task per process in no particular order.
-    work = iter(enumerate(plans))
+    # trio would start one task per process in no particular order.  Tasks go in chunks:
+    # a thread hop costs more than reading a small task's fds, and each hop is a chance
+    # to queue behind the resolver for the GIL.
+    chunk = max(1, len(plans) // (SCAN_THREADS * CHUNKS_PER_THREAD))
+    work = iter([list(enumerate(plans))[i : i + chunk] for i in range(0, len(plans), chunk)])
 
-    async def scan_worker(out: trio.MemorySendChannel[TaskScan]) -> None:
+    async def scan_worker(out: trio.MemorySendChannel[list[TaskScan]]) -> None:
         async with out:
-            for index, plan in work:
-                scan = await trio.to_thread.run_sync(_scan_task, index, plan)
+            for tasks in work:
+                scans = await trio.to_thread.run_sync(_scan_chunk, tasks)
                 try:
-                    out.send_nowait(scan)
+                    out.send_nowait(scans)
                 except trio.BrokenResourceError:
                     return  # the resolver failed; its error is the one to report
 
+    def resolve_all(ready: list[TaskScan]) -> list[TaskPart]:
+        return [builder.resolve(scan) for scan in ready]
+
     async with collapse_errors(), trio.open_nursery() as nursery:
         async with scans_send:
-            for _ in range(min(SCAN_THREADS, len(plans))):
+            for _ in range(SCAN_THREADS):
                 nursery.start_soon(scan_worker, scans_send.clone())
         async with scans_recv:
-            async for scan in scans_recv:
-                for ready in reorder.push(scan.seq, scan):
-                    parts.append(await trio.to_thread.run_sync(builder.resolve, ready))
+            async for scans in scans_recv:
+                ready = [r for scan in scans for r in reorder.push(scan.seq, scan)]
+                if ready:
+                    parts.extend(await trio.to_thread.run_sync(resolve_all, ready))
     if reorder.released != len(plans):
         raise RuntimeError("asyckpt bug: tasks were scanned but not resolved")
     return parts

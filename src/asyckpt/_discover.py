@@ -9,7 +9,7 @@ from typing import NamedTuple
 from ._errors import AccessDenied, InvalidTarget, NoSuchProcess
 from ._kernel import KCMP_FILES, kcmp
 from ._procparse import TaskStat
-from ._procread import list_children, list_threads, read_stat
+from ._procread import TaskMeta, list_children, list_threads, read_stat, read_task_meta
 
 __all__ = ["TaskPlan", "check_target", "plan_tables", "walk_tree"]
 
@@ -61,14 +61,19 @@ def walk_tree(root: int) -> list[TaskStat]:
 
 class TaskPlan(NamedTuple):
     stat: TaskStat
+    meta: TaskMeta
     threads: tuple[tuple[int, int | None], ...]
     """(tid, fd table id) of every thread, the leader first."""
     scan: tuple[tuple[int, int], ...]
     """(tid, fd table id) of the tables first seen in this task: read them here."""
 
 
+_ZOMBIE_META = TaskMeta(uid=0, gid=0, root="/", mnt_ns=0)
+
+
 def plan_tables(tasks: list[TaskStat]) -> list[TaskPlan]:
-    """Group every thread of every task by fd table (kcmp KCMP_FILES), ids in pre-order.
+    """Group every thread of every task by fd table (kcmp KCMP_FILES), ids in pre-order,
+    and read each task's metadata (owner, root, mount namespace).
 
     Threads nearly always share their leader's table, so each is compared with its leader
     first; the rest are placed in one kcmp-ordered list and found by binary search.
@@ -86,10 +91,11 @@ def plan_tables(tasks: list[TaskStat]) -> list[TaskPlan]:
     plans = []
     for stat in tasks:
         if stat.state == "Z":
-            plans.append(TaskPlan(stat, ((stat.pid, None),), ()))
+            plans.append(TaskPlan(stat, _ZOMBIE_META, ((stat.pid, None),), ()))
             continue
         try:
             tids = list_threads(stat.pid)
+            meta = read_task_meta(stat.pid)
         except NoSuchProcess:
             continue
         threads: list[tuple[int, int | None]] = []
@@ -108,5 +114,5 @@ def plan_tables(tasks: list[TaskStat]) -> list[TaskPlan]:
             if tid == stat.pid:
                 leader_table = table
             threads.append((tid, table))
-        plans.append(TaskPlan(stat, tuple(threads), tuple(scan)))
+        plans.append(TaskPlan(stat, meta, tuple(threads), tuple(scan)))
     return plans

@@ -190,43 +190,30 @@ out:
     free(fds);
 }
 
-static PyObject *read_table(PyObject *self, PyObject *args) {
-    PyObject *fd_dir_obj, *info_dir_obj;
-    if (!PyArg_ParseTuple(args, "O&O&", PyUnicode_FSConverter, &fd_dir_obj,
-                          PyUnicode_FSConverter, &info_dir_obj))
-        return NULL;
-    const char *fd_dir = PyBytes_AS_STRING(fd_dir_obj);
-    const char *info_dir = PyBytes_AS_STRING(info_dir_obj);
-    struct scan s = {0};
-    s.err_fd = -1;
-
-    Py_BEGIN_ALLOW_THREADS
-    scan_table(fd_dir, info_dir, &s);
-    Py_END_ALLOW_THREADS
-
-    PyObject *result = NULL;
-    if (s.err) {
-        if (s.err_fd >= 0) {
-            PyObject *where = PyUnicode_FromFormat("%s/%d", fd_dir, s.err_fd);
+/* The result of one scan as Python objects; NULL with an exception set on failure. */
+static PyObject *scan_to_python(struct scan *s, const char *fd_dir) {
+    if (s->err) {
+        errno = s->err;
+        if (s->err_fd >= 0) {
+            PyObject *where = PyUnicode_FromFormat("%s/%d", fd_dir, s->err_fd);
             if (where) {
-                errno = s.err;
                 PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, where);
                 Py_DECREF(where);
             }
         } else {
-            errno = s.err;
-            PyErr_SetFromErrnoWithFilename(PyExc_OSError, s.err_what);
+            PyErr_SetFromErrnoWithFilename(PyExc_OSError, s->err_what);
         }
-        goto done;
+        return NULL;
     }
-    result = PyList_New((Py_ssize_t)s.n);
-    if (!result) goto done;
-    for (size_t i = 0; i < s.n; i++) {
-        struct entry *e = &s.entries[i];
+    PyObject *result = PyList_New((Py_ssize_t)s->n);
+    if (!result) return NULL;
+    for (size_t i = 0; i < s->n; i++) {
+        struct entry *e = &s->entries[i];
         /* Built by hand, not with Py_BuildValue: this loop holds the GIL, and it is the
          * only part of a table scan that does. */
         PyObject *item = PyTuple_New(16);
-        if (!item) { Py_CLEAR(result); goto done; }
+        if (!item) { Py_DECREF(result); return NULL; }
+        PyList_SET_ITEM(result, (Py_ssize_t)i, item);
         PyObject *v[16] = {
             PyLong_FromLong(e->fd),
             PyUnicode_DecodeFSDefaultAndSize(e->link, e->link_len),
@@ -246,20 +233,90 @@ static PyObject *read_table(PyObject *self, PyObject *args) {
             PyLong_FromLong(e->mnt_id),
             PyBytes_FromStringAndSize(e->info + e->rest, (Py_ssize_t)(e->info_len - e->rest)),
         };
-        PyList_SET_ITEM(result, (Py_ssize_t)i, item);
         for (int k = 0; k < 16; k++) {
             if (!v[k]) {
                 for (int j = k + 1; j < 16; j++) Py_XDECREF(v[j]);
-                Py_CLEAR(result);
-                goto done;
+                Py_DECREF(result);
+                return NULL;
             }
             PyTuple_SET_ITEM(item, k, v[k]);
         }
     }
-done:
+    return result;
+}
+
+static PyObject *read_table(PyObject *self, PyObject *args) {
+    PyObject *fd_dir_obj, *info_dir_obj;
+    if (!PyArg_ParseTuple(args, "O&O&", PyUnicode_FSConverter, &fd_dir_obj,
+                          PyUnicode_FSConverter, &info_dir_obj))
+        return NULL;
+    const char *fd_dir = PyBytes_AS_STRING(fd_dir_obj);
+    const char *info_dir = PyBytes_AS_STRING(info_dir_obj);
+    struct scan s = {0};
+    s.err_fd = -1;
+
+    Py_BEGIN_ALLOW_THREADS
+    scan_table(fd_dir, info_dir, &s);
+    Py_END_ALLOW_THREADS
+
+    PyObject *result = scan_to_python(&s, fd_dir);
     free_scan(&s);
     Py_DECREF(fd_dir_obj);
     Py_DECREF(info_dir_obj);
+    return result;
+}
+
+/* read_tables([(fd_dir, fdinfo_dir), ...]) -> [list | OSError, ...]
+ *
+ * Every table with one release of the GIL.  Getting the GIL back is what a scanner
+ * thread waits for while the resolver runs Python (up to the interpreter's switch
+ * interval each time), so a chunk of tasks pays that wait once, not once per task.  A
+ * table that cannot be read gives its OSError in its place, unraised. */
+static PyObject *read_tables(PyObject *self, PyObject *arg) {
+    PyObject *seq = PySequence_Fast(arg, "read_tables takes a sequence of (fd_dir, fdinfo_dir)");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **paths = calloc((size_t)(2 * n + 1), sizeof *paths);
+    struct scan *scans = calloc((size_t)n + 1, sizeof *scans);
+    const char **dirs = calloc((size_t)(2 * n + 1), sizeof *dirs);
+    PyObject *result = NULL;
+    if (!paths || !scans || !dirs) { PyErr_NoMemory(); goto done; }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pair = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyArg_ParseTuple(pair, "O&O&", PyUnicode_FSConverter, &paths[2 * i],
+                              PyUnicode_FSConverter, &paths[2 * i + 1]))
+            goto done;
+        dirs[2 * i] = PyBytes_AS_STRING(paths[2 * i]);
+        dirs[2 * i + 1] = PyBytes_AS_STRING(paths[2 * i + 1]);
+        scans[i].err_fd = -1;
+    }
+
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) scan_table(dirs[2 * i], dirs[2 * i + 1], &scans[i]);
+    Py_END_ALLOW_THREADS
+
+    result = PyList_New(n);
+    if (!result) goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = scan_to_python(&scans[i], dirs[2 * i]);
+        if (!item) {
+            if (!PyErr_ExceptionMatches(PyExc_OSError)) { Py_CLEAR(result); goto done; }
+            PyObject *type, *value, *tb;
+            PyErr_Fetch(&type, &value, &tb);
+            PyErr_NormalizeException(&type, &value, &tb);
+            Py_XDECREF(type);
+            Py_XDECREF(tb);
+            item = value;
+        }
+        PyList_SET_ITEM(result, i, item);
+    }
+done:
+    if (scans) for (Py_ssize_t i = 0; i < n; i++) free_scan(&scans[i]);
+    if (paths) for (Py_ssize_t i = 0; i < 2 * n; i++) Py_XDECREF(paths[i]);
+    free(scans);
+    free(paths);
+    free(dirs);
+    Py_DECREF(seq);
     return result;
 }
 
@@ -287,6 +344,9 @@ static PyObject *kcmp_files(PyObject *self, PyObject *const *args, Py_ssize_t na
 }
 
 static PyMethodDef methods[] = {
+    {"read_tables", read_tables, METH_O,
+     "read_tables([(fd_dir, fdinfo_dir), ...]) -> [rows or OSError, ...]: read_table for"
+     " each, with a single release of the GIL."},
     {"kcmp_files", (PyCFunction)(void (*)(void))kcmp_files, METH_FASTCALL,
      "kcmp_files((pid1, fd1), (pid2, fd2)) -> kcmp(pid1, pid2, KCMP_FILE, fd1, fd2)"},
     {"read_table", read_table, METH_VARARGS,
