@@ -51,7 +51,9 @@ def asyckpt_cgroups() -> list[Path]:
 
 
 def _force_release(cg: Path) -> None:
-    """Thaw and remove a cgroup asyckpt left behind (a bug the test then reports)."""
+    """Thaw and remove a cgroup asyckpt (or a test) left behind."""
+    if not cg.exists():
+        return
     for name, value in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
         if (cg / name).exists():
             (cg / name).write_text(value)
@@ -91,6 +93,12 @@ class Tree:
         leaked = [cg for cg in asyckpt_cgroups() if cg.name.endswith(f"-{self.pid}")]
         for cg in leaked:
             _force_release(cg)
+        # A task frozen in a v1 cgroup cannot die: thaw the tests' own cgroups first.
+        for root in (V1_FREEZER, V2_ROOT):
+            for cg in root.glob(f"asyckpt-test-{os.getpid()}-*"):
+                for name, value in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
+                    with contextlib.suppress(OSError):
+                        (cg / name).write_text(value)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
@@ -161,3 +169,32 @@ def cgroup_of(pid: int) -> str:
 
 def task_state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+V1_FREEZER = Path("/sys/fs/cgroup/freezer")
+V2_ROOT = Path("/sys/fs/cgroup/unified")
+
+
+@pytest.fixture
+def make_cgroup() -> Iterator[Any]:
+    """make_cgroup(version) creates an empty cgroup for the test (named asyckpt-test-*),
+    and removes it afterwards: thawed, its tasks moved back to the hierarchy's root."""
+    made: list[Path] = []
+
+    def make(version: int) -> Path:
+        root = V1_FREEZER if version == 1 else V2_ROOT
+        if not root.is_dir():
+            pytest.fail(f"{root} is not mounted on this machine")
+        path = root / f"asyckpt-test-{os.getpid()}-{len(made)}"
+        path.mkdir()
+        made.append(path)
+        return path
+
+    yield make
+    for path in reversed(made):
+        _force_release(path)
+
+
+def move_into(cgroup: Path, pids: list[int]) -> None:
+    for pid in pids:
+        (cgroup / "cgroup.procs").write_text(str(pid))

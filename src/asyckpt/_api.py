@@ -41,6 +41,9 @@ def make_header(summary: CaptureSummary) -> Header:
         freezer_cgroup=summary.freezer_cgroup,
         consistent=summary.consistent,
         plugins=summary.plugins,
+        freeze_mode=summary.freeze_mode,
+        freezer_scope=summary.freezer_scope,
+        pre_frozen=summary.pre_frozen,
     )
 
 

@@ -34,6 +34,7 @@ from ._build import BodyRecord, GenericFd, RecordBuilder, TaskPart, TaskScan, ma
 from ._discover import TaskPlan, check_target, plan_tables, walk_tree
 from ._errors import FreezerError, NoSuchProcess, collapse_errors
 from ._freeze import Freezer, choose_freezer
+from ._guardian import Guardian
 from ._kernel import kcmp_files
 from ._order import Reorderer
 from ._plugins import Dispatch, load_handlers
@@ -60,7 +61,7 @@ MAX_FREEZE_ROUNDS = 5
 
 
 class CaptureOptions(msgspec.Struct, kw_only=True, frozen=True):
-    """How to capture.  ``freeze`` is one of auto, cgroup-v1, cgroup-v2, none."""
+    """How to capture.  ``freeze`` is auto, cgroup:PATH, cgroup-v1, cgroup-v2 or none."""
 
     freeze: str = "auto"
     freeze_timeout: float = 10.0
@@ -73,6 +74,9 @@ class CaptureSummary(msgspec.Struct, kw_only=True):
 
     root_pid: int
     freezer: str
+    freezer_scope: str
+    freeze_mode: str
+    pre_frozen: bool
     freezer_cgroup: str | None
     consistent: bool
     tasks: int
@@ -133,9 +137,18 @@ def _scan_chunk(chunk: list[tuple[int, TaskPlan]]) -> list[TaskScan]:
 
 @contextlib.asynccontextmanager
 async def _frozen(
-    freezer: Freezer, root: TaskStat, tree: Sequence[TaskStat], freeze_timeout: float
+    freezer: Freezer,
+    root: TaskStat,
+    tree: Sequence[TaskStat],
+    freeze_timeout: float,
+    guardian: Guardian | None,
 ) -> AsyncIterator[None]:
     try:
+        if freezer.consistent:
+            assert guardian is not None
+            # Before anything changes: the guardian undoes it if this process is killed.
+            await trio.to_thread.run_sync(guardian.wait_ready)
+            freezer.guardian = guardian
         await trio.to_thread.run_sync(freezer.prepare, root.pid)
         await trio.to_thread.run_sync(freezer.add, [t.pid for t in tree if t.state != "Z"])
         await trio.to_thread.run_sync(freezer.freeze, freeze_timeout)
@@ -143,7 +156,14 @@ async def _frozen(
     finally:
         # Thawing must happen whatever ended the block, cancellation included.
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(freezer.release)
+            clean = False
+            try:
+                await trio.to_thread.run_sync(freezer.release)
+                clean = True
+            finally:
+                if guardian is not None:
+                    # Dismissed unclean, it retries the undo itself before exiting.
+                    await trio.to_thread.run_sync(lambda: guardian.dismiss(clean=clean))
 
 
 async def capture(
@@ -158,32 +178,58 @@ async def capture(
     back in its cgroups before any exception (or cancellation) leaves this function.
     """
     started = time.perf_counter()
-    async with send:
-        root = await trio.to_thread.run_sync(check_target, pid)
-        if dispatch is None:
-            dispatch = await trio.to_thread.run_sync(
-                lambda: load_handlers(disabled=options.disable_plugins)
-            )
-        tree = await trio.to_thread.run_sync(walk_tree, pid)
-        freezer = await trio.to_thread.run_sync(choose_freezer, options.freeze)
-        builder = RecordBuilder(
-            dispatch,
-            compare_files=kcmp_files,
-            read_mountinfo=_read_mountinfo,
-            strict=options.strict,
+    guardian = None
+    try:
+        async with send:
+            root = await trio.to_thread.run_sync(check_target, pid)
+            if options.freeze != "none":
+                # Started early, so that its interpreter starts while the tree is discovered.
+                guardian = await trio.to_thread.run_sync(Guardian)
+            summary = await _capture(root, send, options, dispatch, guardian)
+    finally:
+        if guardian is not None:
+            with trio.CancelScope(shield=True):
+                # Nothing was frozen, or _frozen has dismissed it already.
+                await trio.to_thread.run_sync(lambda: guardian.dismiss(clean=True))
+    summary.capture_ms = (time.perf_counter() - started) * 1000
+    return summary
+
+
+async def _capture(
+    root: TaskStat,
+    send: trio.MemorySendChannel[list[BodyRecord]],
+    options: CaptureOptions,
+    dispatch: Dispatch | None,
+    guardian: Guardian | None,
+) -> CaptureSummary:
+    pid = root.pid
+    if dispatch is None:
+        dispatch = await trio.to_thread.run_sync(
+            lambda: load_handlers(disabled=options.disable_plugins)
         )
-        async with _frozen(freezer, root, tree, options.freeze_timeout):
-            plans = await trio.to_thread.run_sync(
-                _settle_tree, root, tree, freezer, options.freeze_timeout
-            )
-            parts = await _scan_and_resolve(plans, builder)
-        # Thawed: records are made and handed on only now, so neither making them nor a
-        # slow consumer of the channel can lengthen the frozen window.
-        for part in parts:
-            await send.send(await trio.to_thread.run_sync(materialize, part))
+    tree = await trio.to_thread.run_sync(walk_tree, pid)
+    freezer = await trio.to_thread.run_sync(choose_freezer, options.freeze, tree)
+    builder = RecordBuilder(
+        dispatch,
+        compare_files=kcmp_files,
+        read_mountinfo=_read_mountinfo,
+        strict=options.strict,
+    )
+    async with _frozen(freezer, root, tree, options.freeze_timeout, guardian):
+        plans = await trio.to_thread.run_sync(
+            _settle_tree, root, tree, freezer, options.freeze_timeout
+        )
+        parts = await _scan_and_resolve(plans, builder)
+    # Thawed: records are made and handed on only now, so neither making them nor a
+    # slow consumer of the channel can lengthen the frozen window.
+    for part in parts:
+        await send.send(await trio.to_thread.run_sync(materialize, part))
     return CaptureSummary(
         root_pid=pid,
         freezer=freezer.name,
+        freezer_scope=freezer.scope,
+        freeze_mode=options.freeze,
+        pre_frozen=freezer.pre_frozen,
         freezer_cgroup=freezer.cgroup,
         consistent=freezer.consistent,
         tasks=builder.task_count,
@@ -200,7 +246,7 @@ async def capture(
         ],
         freezing_ms=freezer.freezing_ms,
         frozen_ms=freezer.frozen_ms,
-        capture_ms=(time.perf_counter() - started) * 1000,
+        capture_ms=0.0,
     )
 
 

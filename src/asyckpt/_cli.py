@@ -31,6 +31,24 @@ exit codes:
 """
 
 
+def _freeze_mode(text: str) -> str:
+    if text in FREEZER_MODES or (text.startswith("cgroup:") and len(text) > len("cgroup:")):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not one of auto, cgroup:PATH, cgroup-v1, cgroup-v2, none"
+    )
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -58,13 +76,16 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--force", action="store_true", help="replace IMAGE if it exists")
     t.add_argument(
         "--freeze",
-        choices=FREEZER_MODES,
+        type=_freeze_mode,
         default="auto",
-        help="how to freeze the tree (default: auto)",
+        metavar="MODE",
+        help="auto (default: the tree's own cgroup if it holds exactly the tree, else a "
+        "transient one), cgroup:PATH (freeze that cgroup in place), cgroup-v1 or "
+        "cgroup-v2 (a transient cgroup there), none (no freezing)",
     )
     t.add_argument(
         "--freeze-timeout",
-        type=float,
+        type=_positive_seconds,
         default=10.0,
         metavar="SECONDS",
         help="give up (and thaw) if the tree is not frozen by then (default: 10)",

@@ -1,27 +1,47 @@
 """Freezing a process tree with the cgroup freezer, and putting everything back.
 
-A frozen tree is an outage, so the rule here is that every way out of :meth:`Freezer.freeze`
-ends in :meth:`Freezer.release`, which thaws, moves every task back to the cgroup it came
-from, and removes the transient cgroup: the caller wraps the two in try/finally, shielded
-from cancellation (see ``_capture.frozen``).
+A frozen tree is an outage, so every way out of :meth:`Freezer.freeze` ends in
+:meth:`Freezer.release`, which thaws (unless the cgroup was frozen before asyckpt came),
+moves every task back to the cgroup it came from, and removes the transient cgroup.  The
+caller runs release in a ``finally``, shielded from cancellation; for the exits no
+``finally`` sees (SIGKILL), a :class:`~asyckpt._guardian.Guardian` is told how to undo
+each step *before* it is taken.
 
-Two freezers move the tree into a transient cgroup of their own: ``cgroup-v1`` (the v1
-freezer hierarchy, whose membership affects no other controller) and ``cgroup-v2`` (the
-unified hierarchy's ``cgroup.freeze``).  ``none`` freezes nothing.
+Modes (``--freeze``):
+
+``auto``
+    If the tree is exactly the membership of an existing cgroup (a container, a systemd
+    unit), freeze that cgroup in place.  Otherwise move the tree into a transient cgroup:
+    in the v1 freezer hierarchy when it is mounted (membership there changes no other
+    controller's accounting), else in the v2 hierarchy, but only when neither the tree's
+    cgroups nor the transient one have controllers, which a move would change.
+``cgroup:PATH``
+    Freeze the given cgroup (v1 freezer or v2) in place; the tree must lie inside it.
+``cgroup-v1``, ``cgroup-v2``
+    Force a transient cgroup in that hierarchy.
+``none``
+    Freeze nothing; the image is marked inconsistent.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import select
 import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from ._errors import AccessDenied, FreezerError, translate_oserror
-from ._procparse import parse_cgroup, parse_cgroup_events, parse_mountinfo
+from ._procparse import TaskStat, parse_cgroup, parse_cgroup_events, parse_mountinfo
 
-__all__ = ["FREEZER_MODES", "Freezer", "choose_freezer"]
+if TYPE_CHECKING:
+    from ._guardian import Guardian
+
+__all__ = ["FREEZER_MODES", "Freezer", "choose_freezer", "wait_frozen"]
 
 FREEZER_MODES = ("auto", "cgroup-v1", "cgroup-v2", "none")
+"""The fixed modes; ``cgroup:PATH`` is the other form."""
 
 
 def _write(path: str, text: str) -> None:
@@ -37,34 +57,162 @@ def _read(path: str) -> bytes:
         return f.read()
 
 
-def _mounts() -> tuple[str | None, str | None]:
-    """(v1 freezer mount point, v2 mount point) as this process sees them."""
-    v1 = v2 = None
-    for m in parse_mountinfo(_read("/proc/self/mountinfo").decode()):
-        if m.fstype == "cgroup" and "freezer" in m.super_options.split(",") and v1 is None:
-            v1 = m.mount_point
-        elif m.fstype == "cgroup2" and v2 is None:
-            v2 = m.mount_point
-    return v1, v2
+class Hierarchy:
+    """One mounted cgroup hierarchy that can freeze: the v1 freezer or v2."""
+
+    def __init__(self, version: int, mount: str) -> None:
+        self.version = version
+        self.mount = mount.rstrip("/") or "/"
+        self.controller = "freezer" if version == 1 else ""
+        self.state_file = "freezer.state" if version == 1 else "cgroup.freeze"
+
+    @property
+    def name(self) -> str:
+        return f"cgroup-v{self.version}"
+
+    def path_of(self, rel: str) -> str:
+        return self.mount + (rel if rel != "/" else "")
+
+    def cgroup_of(self, pid: int) -> str:
+        """The cgroup of ``pid`` in this hierarchy, relative to the mount."""
+        return parse_cgroup(_read(f"/proc/{pid}/cgroup"))[self.controller]
+
+    def can_freeze(self, path: str) -> bool:
+        return os.path.exists(os.path.join(path, self.state_file))
+
+    def request(self, path: str, frozen: bool) -> None:
+        if self.version == 1:
+            _write(f"{path}/freezer.state", "FROZEN" if frozen else "THAWED")
+        else:
+            _write(f"{path}/cgroup.freeze", "1" if frozen else "0")
+
+    def thaw_step(self, path: str) -> tuple[str, str]:
+        """(file, value) that thaws ``path``: what the guardian writes."""
+        if self.version == 1:
+            return f"{path}/freezer.state", "THAWED"
+        return f"{path}/cgroup.freeze", "0"
+
+    def state(self, path: str) -> str:
+        """``FROZEN``, ``FREEZING`` or ``THAWED``, whatever the version."""
+        if self.version == 1:
+            return _read(f"{path}/freezer.state").decode().strip()
+        # cgroup.freeze says what was asked; cgroup.events says what the kernel did.
+        asked = _read(f"{path}/cgroup.freeze").strip() == b"1"
+        done = parse_cgroup_events(_read(f"{path}/cgroup.events")).get("frozen") == 1
+        return "FROZEN" if done else "FREEZING" if asked else "THAWED"
+
+    def members(self, path: str) -> set[int]:
+        """Every process in ``path`` and the cgroups below it."""
+        pids: set[int] = set()
+        for dirpath, _dirs, files in os.walk(path):
+            if "cgroup.procs" in files:
+                try:
+                    pids.update(int(p) for p in _read(f"{dirpath}/cgroup.procs").split())
+                except FileNotFoundError:
+                    continue  # a child cgroup removed meanwhile
+        return pids
+
+    def wait(self, path: str, deadline: float) -> None:
+        """Wait until ``path`` is frozen (see :func:`wait_frozen`)."""
+        if self.version == 2:
+            _wait_v2(path, deadline, lambda: self.state(path))
+        else:
+            wait_frozen(
+                state=lambda: self.state(path),
+                request=lambda frozen: self.request(path, frozen),
+                clock=time.monotonic,
+                sleep=time.sleep,
+                deadline=deadline,
+            )
+
+
+def _wait_v2(path: str, deadline: float, state: Callable[[], str]) -> None:
+    # The kernel signals a change of cgroup.events to poll() as POLLPRI (kernfs
+    # notification): wait for that instead of sleeping (its selftest does the same).
+    fd = os.open(f"{path}/cgroup.events", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLPRI | select.POLLERR)
+        os.read(fd, 4096)  # arm: a change after this read is what poll reports
+        while state() != "FROZEN":
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise FreezerError(f"{path} did not freeze in time")
+            poller.poll(min(left, 0.1) * 1000)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.read(fd, 4096)
+    finally:
+        os.close(fd)
+
+
+REFREEZE_AFTER = 0.1
+"""Seconds in FREEZING before the v1 freezer is asked again (CRIU does too)."""
+
+
+def wait_frozen(
+    *,
+    state: Callable[[], str],
+    request: Callable[[bool], None],
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+    deadline: float,
+) -> int:
+    """Wait for a v1 freezer to report FROZEN; returns how many times it was re-asked.
+
+    The v1 freezer has no notification, so this polls: immediately, then with a backoff
+    capped at 10 ms.  A task can keep a v1 cgroup in FREEZING (it raced with the request,
+    or sat in an uninterruptible sleep); after ``REFREEZE_AFTER`` in FREEZING the freezer
+    is asked again, and every second time it is thawed first, then asked (CRIU's cure).
+    Past ``deadline`` it raises FreezerError (the caller's release thaws).  Pure of I/O:
+    the caller injects the freezer and the clock.
+    """
+    delay = 0.0
+    asked_at = clock()
+    retries = 0
+    while True:
+        current = state()
+        if current == "FROZEN":
+            return retries
+        now = clock()
+        if now >= deadline:
+            raise FreezerError(
+                f"the tree did not freeze in time (still {current} after {retries} retries)"
+            )
+        if current == "THAWED" or now - asked_at >= REFREEZE_AFTER:
+            retries += 1
+            if current != "THAWED" and retries % 2 == 0:
+                request(False)
+            request(True)
+            asked_at = now
+            delay = 0.0
+        sleep(delay)
+        delay = min(max(delay * 2, 0.0001), 0.01)
 
 
 class Freezer:
     """Freeze nothing (mode ``none``); the base of the cgroup freezers."""
 
     name = "none"
-    cgroup: str | None = None
+    scope = "none"
     consistent = False
+    cgroup: str | None = None
+    pre_frozen = False
 
     def __init__(self) -> None:
         self.freezing_ms = 0.0
-        self._frozen_at: float | None = None
         self.frozen_ms = 0.0
+        self._frozen_at: float | None = None
+        self.guardian: Guardian | None = None
+
+    def _note(self, *step: object) -> None:
+        if self.guardian is not None:
+            self.guardian.note(*step)
 
     def prepare(self, root_pid: int) -> None:
         """Create what freezing needs; nothing is changed for the tasks yet."""
 
-    def add(self, pids: list[int]) -> list[int]:
-        """Move processes in; returns those that could not be moved because they exited."""
+    def add(self, pids: Iterable[int]) -> list[int]:
+        """Bring processes under the freezer; returns those that exited meanwhile."""
         return []
 
     def members(self) -> set[int]:
@@ -80,109 +228,168 @@ class Freezer:
             self._frozen_at = None
 
 
-class _TransientCgroup(Freezer):
+class _CgroupFreezer(Freezer):
     consistent = True
-    _controller = ""
 
-    def __init__(self, mount: str) -> None:
+    def __init__(self, hierarchy: Hierarchy) -> None:
         super().__init__()
-        self._mount = mount
+        self.h = hierarchy
+        self.name = hierarchy.name
         self._path: str | None = None
+        self._thaw = True
+
+    def members(self) -> set[int]:
+        assert self._path is not None
+        return self.h.members(self._path)
+
+    def freeze(self, timeout: float) -> None:
+        assert self._path is not None
+        start = time.perf_counter()
+        if self._thaw:
+            self._note("thaw", *self.h.thaw_step(self._path))
+        try:
+            self.h.request(self._path, True)
+            self.h.wait(self._path, time.monotonic() + timeout)
+        except PermissionError:
+            raise AccessDenied(
+                f"cannot freeze {self._path}: run as root, or use --freeze=none"
+            ) from None
+        except FreezerError as exc:
+            raise FreezerError(
+                f"{exc.msg}; it is thawed again: retry, use a longer --freeze-timeout, "
+                "or --freeze=none"
+            ) from exc
+        if self._frozen_at is None:
+            self._frozen_at = time.perf_counter()
+            self.freezing_ms = (self._frozen_at - start) * 1000
+
+    def _thaw_now(self, errors: list[str]) -> None:
+        assert self._path is not None
+        if self._thaw:
+            try:
+                self.h.request(self._path, False)
+            except OSError as exc:
+                errors.append(f"thaw {self._path}: {exc.strerror}")
+        super().release()
+
+
+class InPlaceFreezer(_CgroupFreezer):
+    """Freeze an existing cgroup where it is: no task moves."""
+
+    scope = "in-place"
+
+    def __init__(self, hierarchy: Hierarchy, path: str) -> None:
+        super().__init__(hierarchy)
+        self._path = self.cgroup = path
+        # A cgroup frozen before asyckpt came (a paused container) is left frozen.
+        self.pre_frozen = hierarchy.state(path) != "THAWED"
+        self._thaw = not self.pre_frozen
+
+    def add(self, pids: Iterable[int]) -> list[int]:
+        outside = sorted(set(pids) - self.members())
+        if outside:
+            raise FreezerError(
+                f"pid {outside[0]} of the tree is outside {self._path}: it was moved out, "
+                "or started elsewhere; use --freeze=auto or a cgroup that holds the tree",
+                pid=outside[0],
+            )
+        return []
+
+    def release(self) -> None:
+        if self._path is None:
+            return
+        errors: list[str] = []
+        self._thaw_now(errors)
+        if errors:
+            raise FreezerError("could not thaw the tree: " + "; ".join(errors))
+
+
+class TransientFreezer(_CgroupFreezer):
+    """Move the tree into a cgroup of asyckpt's own, freeze it, and move it back."""
+
+    scope = "transient"
+
+    def __init__(self, hierarchy: Hierarchy) -> None:
+        super().__init__(hierarchy)
         self._origin: dict[int, str] = {}
         self._root_pid = 0
 
-    def _cgroup_of(self, pid: int) -> str:
-        return parse_cgroup(_read(f"/proc/{pid}/cgroup"))[self._controller]
-
     def prepare(self, root_pid: int) -> None:
         self._root_pid = root_pid
-        name = f"asyckpt-{os.getpid()}-{root_pid}"
-        path = os.path.join(self._mount, name)
+        path = self.h.path_of(f"/asyckpt-{os.getpid()}-{root_pid}")
+        fallback = self.h.path_of(self.h.cgroup_of(root_pid)) + "/cgroup.procs"
+        self._note("fallback", fallback)
+        self._note("members", f"{path}/cgroup.procs")
+        self._note("rmdir", path)
         try:
             os.mkdir(path)
         except FileExistsError:
             pass  # left by an earlier asyckpt of this same pid that died: reuse it
         except PermissionError:
             raise AccessDenied(
-                f"cannot create a cgroup under {self._mount}: run as root, or use --freeze=none"
+                f"cannot create a cgroup under {self.h.mount}: run as root, or use --freeze=none"
             ) from None
         except OSError as exc:
             raise FreezerError(f"cannot create cgroup {path}: {exc.strerror}") from exc
-        self._path = path
-        self.cgroup = path
+        self._path = self.cgroup = path
+        if self.h.version == 2:
+            controllers = _read(f"{path}/cgroup.controllers").split()
+            if controllers:
+                self.release()
+                raise FreezerError(
+                    f"a transient v2 cgroup here gets the controllers "
+                    f"{b', '.join(controllers).decode()}: moving the tree into it would "
+                    "change its resource accounting; use --freeze=cgroup:PATH or --freeze=none"
+                )
 
-    def add(self, pids: list[int]) -> list[int]:
+    def add(self, pids: Iterable[int]) -> list[int]:
         assert self._path is not None
+        here = self._path[len(self.h.mount) :] if self.h.mount != "/" else self._path
         gone = []
         for pid in pids:
             try:
-                origin = self._cgroup_of(pid)
+                origin = self.h.cgroup_of(pid)
             except (FileNotFoundError, ProcessLookupError):
                 gone.append(pid)
                 continue
-            if origin == self._path[len(self._mount) :]:
+            if origin == here:
                 continue  # already inside (a second round after a fork)
+            dest = self.h.path_of(origin) + "/cgroup.procs"
+            self._note("origin", pid, dest)
             try:
                 _write(f"{self._path}/cgroup.procs", str(pid))
             except ProcessLookupError:
                 gone.append(pid)
                 continue
             except OSError as exc:
-                raise FreezerError(
-                    f"cannot move pid {pid} into {self._path}: {exc.strerror}", pid=pid
-                ) from exc
-            self._origin.setdefault(pid, origin)
+                raise translate_oserror(exc, pid=pid, what=f"moving into {self._path}") from exc
+            self._origin[pid] = dest
         return gone
-
-    def members(self) -> set[int]:
-        assert self._path is not None
-        return {int(p) for p in _read(f"{self._path}/cgroup.procs").split()}
-
-    def _request(self, frozen: bool) -> None:
-        raise NotImplementedError
-
-    def _is_frozen(self) -> bool:
-        raise NotImplementedError
-
-    def freeze(self, timeout: float) -> None:
-        start = time.perf_counter()
-        deadline = start + timeout
-        self._request(True)
-        # Freezing a few idle tasks takes tens of microseconds: spin briefly first,
-        # then back off so a slow freeze does not burn a core.
-        delay = 0.0
-        while not self._is_frozen():
-            if time.perf_counter() > deadline:
-                raise FreezerError(f"tree not frozen after {timeout:g} s ({self._path})")
-            time.sleep(delay)
-            delay = min(max(delay * 2, 0.0001), 0.01)
-        self._frozen_at = time.perf_counter()
-        self.freezing_ms = (self._frozen_at - start) * 1000
 
     def release(self) -> None:
         if self._path is None:
             return
-        errors = []
+        errors: list[str] = []
+        self._thaw_now(errors)
         try:
-            self._request(False)
-        except OSError as exc:
-            errors.append(f"thaw: {exc.strerror}")
-        super().release()
-        try:
-            members = self.members()
+            members = self.h.members(self._path)
         except OSError:
             members = set(self._origin)
-        fallback = self._origin.get(self._root_pid, "/")
+        # A task forked inside the transient cgroup goes where the tree's root was.
+        fallback = self._origin.get(self._root_pid) or (
+            self.h.path_of(self.h.cgroup_of(self._root_pid)) + "/cgroup.procs"
+            if os.path.exists(f"/proc/{self._root_pid}")
+            else self.h.mount + "/cgroup.procs"
+        )
         for pid in sorted(members):
-            # A task forked inside the transient cgroup goes where the tree's root was.
             dest = self._origin.get(pid, fallback)
             try:
-                _write(f"{self._mount}{dest.rstrip('/')}/cgroup.procs", str(pid))
+                _write(dest, str(pid))
             except ProcessLookupError:
                 continue
             except OSError as exc:
                 errors.append(f"move pid {pid} back to {dest}: {exc.strerror}")
-        for attempt in range(50):
+        for attempt in range(100):
             try:
                 os.rmdir(self._path)
                 break
@@ -190,63 +397,129 @@ class _TransientCgroup(Freezer):
                 break
             except OSError as exc:
                 # Tasks that just exited can linger as members for a moment.
-                if exc.errno != errno.EBUSY or attempt == 49:
+                if exc.errno != errno.EBUSY or attempt == 99:
                     errors.append(f"rmdir {self._path}: {exc.strerror}")
                     break
-                time.sleep(0.002)
+                time.sleep(0.005)
         self._path = None
         if errors:
             raise FreezerError("could not restore the tree: " + "; ".join(errors))
 
 
-class CgroupV1Freezer(_TransientCgroup):
-    name = "cgroup-v1"
-    _controller = "freezer"
-
-    def _request(self, frozen: bool) -> None:
-        assert self._path is not None
-        _write(f"{self._path}/freezer.state", "FROZEN" if frozen else "THAWED")
-
-    def _is_frozen(self) -> bool:
-        assert self._path is not None
-        state = _read(f"{self._path}/freezer.state").strip()
-        if state == b"THAWED":
-            # Moving a task in can race with the request; ask again (CRIU does too).
-            self._request(True)
-        return state == b"FROZEN"
+def _hierarchies() -> tuple[Hierarchy | None, Hierarchy | None]:
+    """(v1 freezer, v2) as this process sees them."""
+    v1 = v2 = None
+    for m in parse_mountinfo(_read("/proc/self/mountinfo").decode()):
+        if m.fstype == "cgroup" and "freezer" in m.super_options.split(",") and v1 is None:
+            v1 = Hierarchy(1, m.mount_point)
+        elif m.fstype == "cgroup2" and v2 is None:
+            v2 = Hierarchy(2, m.mount_point)
+    return v1, v2
 
 
-class CgroupV2Freezer(_TransientCgroup):
-    name = "cgroup-v2"
-    _controller = ""
+def _common_cgroup(h: Hierarchy, tree: list[TaskStat]) -> str | None:
+    """The deepest cgroup holding every live task of the tree, relative to the mount."""
+    paths = []
+    for t in tree:
+        if t.state == "Z":
+            continue
+        try:
+            paths.append(h.cgroup_of(t.pid))
+        except (FileNotFoundError, ProcessLookupError, KeyError):
+            return None
+    return os.path.commonpath(paths) if paths else None
 
-    def _request(self, frozen: bool) -> None:
-        assert self._path is not None
-        _write(f"{self._path}/cgroup.freeze", "1" if frozen else "0")
 
-    def _is_frozen(self) -> bool:
-        assert self._path is not None
-        # cgroup.freeze says what was asked; cgroup.events says what the kernel did.
-        return parse_cgroup_events(_read(f"{self._path}/cgroup.events")).get("frozen") == 1
+def _in_place(h: Hierarchy, rel: str, tree: list[TaskStat]) -> InPlaceFreezer | None:
+    """An in-place freezer when the cgroup holds exactly the tree, else None."""
+    if rel == "/":
+        return None  # the root cgroup cannot be frozen
+    path = h.path_of(rel)
+    if not h.can_freeze(path):
+        return None
+    live = {t.pid for t in tree if t.state != "Z"}
+    return InPlaceFreezer(h, path) if h.members(path) == live else None
 
 
-def choose_freezer(mode: str) -> Freezer:
-    """The freezer for ``mode`` (one of FREEZER_MODES); ``auto`` prefers the v1 freezer,
-    whose membership changes no other controller's accounting."""
+def _cgroup_path_mode(
+    spec: str, tree: list[TaskStat], v1: Hierarchy | None, v2: Hierarchy | None
+) -> Freezer:
+    path = os.path.realpath(spec)
+    if not os.path.exists(path):
+        raise FreezerError(f"cgroup {spec} does not exist")
+    if not os.path.isfile(os.path.join(path, "cgroup.procs")):
+        raise FreezerError(f"{spec} is not a cgroup (no cgroup.procs in it)")
+    for h in (v1, v2):
+        if h is not None and (path == h.mount or path.startswith(h.mount + "/")):
+            break
+    else:
+        raise FreezerError(
+            f"{spec} is in no freezer hierarchy (v1 freezer: "
+            f"{v1.mount if v1 else 'not mounted'}, v2: {v2.mount if v2 else 'not mounted'})"
+        )
+    if not h.can_freeze(path):
+        raise FreezerError(f"{spec} cannot be frozen (the root cgroup never can)")
+    members = h.members(path)
+    outside = [t.pid for t in tree if t.state != "Z" and t.pid not in members]
+    if outside:
+        raise FreezerError(f"pid {outside[0]} of the tree is not inside {spec}", pid=outside[0])
+    return InPlaceFreezer(h, path)
+
+
+def choose_freezer(mode: str, tree: list[TaskStat]) -> Freezer:
+    """The freezer for ``mode`` and the tree (pre-order, root first); see the module doc."""
     if mode == "none":
         return Freezer()
-    if mode not in FREEZER_MODES:
-        raise FreezerError(f"unknown freezer {mode!r}; choose one of {', '.join(FREEZER_MODES)}")
+    if mode not in FREEZER_MODES and not mode.startswith("cgroup:"):
+        raise FreezerError(
+            f"unknown freezer {mode!r}; choose auto, cgroup:PATH, cgroup-v1, cgroup-v2 or none"
+        )
     try:
-        v1, v2 = _mounts()
+        v1, v2 = _hierarchies()
     except OSError as exc:
         raise translate_oserror(exc, what="reading mounts") from exc
-    if mode in ("auto", "cgroup-v1") and v1 is not None and os.access(v1, os.W_OK):
-        return CgroupV1Freezer(v1)
-    if mode in ("auto", "cgroup-v2") and v2 is not None and os.access(v2, os.W_OK):
-        return CgroupV2Freezer(v2)
+    if mode.startswith("cgroup:"):
+        return _cgroup_path_mode(mode[len("cgroup:") :], tree, v1, v2)
+    if os.geteuid() != 0:
+        raise AccessDenied("freezing needs root; use --freeze=none to capture unfrozen")
+    if mode == "auto":
+        for h in (v2, v1):
+            if h is not None:
+                rel = _common_cgroup(h, tree)
+                found = _in_place(h, rel, tree) if rel is not None else None
+                if found is not None:
+                    return found
+    for h in (v1, v2):
+        if h is None or mode not in ("auto", h.name):
+            continue
+        for t in tree:
+            if t.state == "Z":
+                continue
+            rel = h.cgroup_of(t.pid)
+            if rel != "/" and h.state(h.path_of(rel)) != "THAWED":
+                raise FreezerError(
+                    f"pid {t.pid} is in {h.path_of(rel)}, which is frozen already; "
+                    f"use --freeze=cgroup:{h.path_of(rel)}",
+                    pid=t.pid,
+                )
+            # A non-root v2 cgroup's cgroup.controllers are those its parent enabled for it,
+            # so what charges its tasks; the root's lists what could be enabled, and its
+            # tasks are charged to nothing a move would leave (prepare() checks the other
+            # end: the transient cgroup's own controllers).
+            if (
+                h.version == 2
+                and rel != "/"
+                and _read(f"{h.path_of(rel)}/cgroup.controllers").split()
+            ):
+                raise FreezerError(
+                    f"pid {t.pid} is in {h.path_of(rel)}, which has controllers: moving it "
+                    "into a transient cgroup would change its resource accounting; use "
+                    f"--freeze=cgroup:PATH (a cgroup holding the tree) or --freeze=none",
+                    pid=t.pid,
+                )
+        return TransientFreezer(h)
     wanted = "a cgroup freezer" if mode == "auto" else f"the {mode} freezer"
     raise FreezerError(
-        f"no writable {wanted} here (v1 freezer: {v1 or 'not mounted'}, "
-        f"v2: {v2 or 'not mounted'}); run as root or use --freeze=none"
+        f"no {wanted} here (v1 freezer: {v1.mount if v1 else 'not mounted'}, "
+        f"v2: {v2.mount if v2 else 'not mounted'}); use --freeze=none"
     )

@@ -58,6 +58,13 @@ class Header(_Record, tag="header", kw_only=True):
     consistent: bool = True
     """False when the tree was not frozen, so the image may mix moments."""
     plugins: list[PluginInfo] = []
+    freeze_mode: str = "auto"
+    """What was asked: auto, cgroup:PATH, cgroup-v1, cgroup-v2 or none."""
+    freezer_scope: str = "transient"
+    """``transient`` (tree moved into a cgroup of asyckpt's), ``in-place`` (an existing
+    cgroup frozen where it is) or ``none``."""
+    pre_frozen: bool = False
+    """The cgroup was frozen before asyckpt came, and was left frozen."""
 
 
 class MountEntry(msgspec.Struct, kw_only=True, array_like=True):
