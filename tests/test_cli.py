@@ -221,3 +221,19 @@ def test_cli_modes_match_the_freezer() -> None:
     from asyckpt._freeze import FREEZER_MODES
 
     assert cli_modes == FREEZER_MODES
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--freeze-timeout", "0"], "not a positive number of seconds"),
+        (["--freeze-timeout", "soon"], "not a positive number of seconds"),
+        (["--freeze", "frozen"], "is not one of auto, cgroup:PATH"),
+        (["--freeze", "cgroup:"], "is not one of auto, cgroup:PATH"),
+    ],
+)
+def test_bad_freeze_options_are_usage_errors(args: list[str], message: str) -> None:
+    proc = run("tree", "1", *args)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr

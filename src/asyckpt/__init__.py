@@ -33,10 +33,16 @@ if TYPE_CHECKING:
     from ._errors import TargetError as TargetError
     from ._image import Image as Image
     from ._image import read_image as read_image
+    from ._plugins import AUTOLOAD_ENV as AUTOLOAD_ENV
     from ._plugins import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP
+    from ._plugins import Device as Device
+    from ._plugins import Dispatch as Dispatch
     from ._plugins import FdFacts as FdFacts
     from ._plugins import FdHandler as FdHandler
     from ._plugins import HandlerContext as HandlerContext
+    from ._plugins import PluginConflictWarning as PluginConflictWarning
+    from ._plugins import StatInfo as StatInfo
+    from ._plugins import load_handlers as load_handlers
     from ._records import FORMAT_VERSION as FORMAT_VERSION
     from ._records import Fd as Fd
     from ._records import FdTable as FdTable
@@ -71,10 +77,16 @@ _LAZY = {
     "TargetError": "._errors",
     "Image": "._image",
     "read_image": "._image",
+    "AUTOLOAD_ENV": "._plugins",
     "ENTRY_POINT_GROUP": "._plugins",
+    "Device": "._plugins",
+    "Dispatch": "._plugins",
     "FdFacts": "._plugins",
     "FdHandler": "._plugins",
     "HandlerContext": "._plugins",
+    "PluginConflictWarning": "._plugins",
+    "StatInfo": "._plugins",
+    "load_handlers": "._plugins",
     "FORMAT_VERSION": "._records",
     "Fd": "._records",
     "FdTable": "._records",

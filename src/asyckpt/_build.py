@@ -16,21 +16,21 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple
 
 import msgspec
 
 from ._classify import access_mode, kernel_kind, split_deleted, task_relative_path
 from ._dedup import KcmpIndex
 from ._discover import TaskPlan
-from ._errors import HandlerFailed, StrictViolation
+from ._errors import AsyckptError, HandlerFailed, NoSuchProcess, StrictViolation
 from ._plugins import Dispatch, FdFacts, HandlerContext, LoadedHandler, StatInfo
 from ._procparse import FdInfo, parse_fdinfo_rest, parse_mountinfo
 from ._procread import RawRow, TaskMeta
 from ._records import NO_DATA, Fd, FdTable, File, MountEntry, MountTable, Task, Thread
 
-__all__ = ["BodyRecord", "RecordBuilder", "TaskPart", "TaskScan", "materialize"]
+__all__ = ["BodyRecord", "RecordBuilder", "TaskPart", "TaskScan", "fd_facts", "materialize"]
 
 BodyRecord = MountTable | FdTable | File | Fd | Task
 
@@ -39,14 +39,43 @@ O_CLOEXEC = os.O_CLOEXEC
 Ref = tuple[int, int]
 """(tid, fd): how kcmp names an fd."""
 
+RunAsync = Callable[..., Any]
+"""Runs ``async_fn(*args)`` to completion from the resolver's worker thread."""
+
+
+def _trio_run_async(async_fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    # The resolver is a trio worker thread of the running capture, so the handler's
+    # coroutine goes back to that event loop.  Imported here: no async handler, no trio.
+    import trio
+
+    return trio.from_thread.run(async_fn, *args)
+
+
+def fd_facts(
+    pid: int, tid: int, fd: int, link: str, st: StatInfo, fdinfo: FdInfo, root: str
+) -> FdFacts:
+    """What a handler is told about one fd, from what the scan read."""
+    path, deleted = split_deleted(link, st.st_nlink)
+    return FdFacts(
+        pid,
+        tid,
+        fd,
+        kernel_kind(st.st_mode, link),
+        link,
+        task_relative_path(path, root),
+        deleted,
+        st,
+        fdinfo,
+    )
+
 
 class TaskScan(NamedTuple):
     """What the concurrent phase read for one task: its new fd tables."""
 
     seq: int
     plan: TaskPlan
-    tables: tuple[tuple[int, int, list[RawRow]], ...]
-    """(tid, table id, fds) for each table in ``plan.scan``."""
+    tables: tuple[tuple[int, int, list[RawRow] | None], ...]
+    """(tid, table id, fds) for each table in ``plan.scan``; None if its task exited."""
 
 
 class NewFile(NamedTuple):
@@ -72,6 +101,8 @@ class TaskPart(NamedTuple):
     """The mount table of the task's namespace, when this task is the first in it."""
     tables: list[tuple[int, int, list[tuple[int, bool, int, NewFile | None]]]]
     """(tid, table id, [(fd, cloexec, file id, NewFile if first seen here)])."""
+    threads: tuple[tuple[int, int | None], ...]
+    """(tid, fd table id) of every thread, the leader first."""
 
 
 class GenericFd(NamedTuple):
@@ -91,9 +122,15 @@ class RecordBuilder:
         compare_files: Callable[[Ref, Ref], int],
         read_mountinfo: Callable[[int], str],
         strict: bool = False,
+        tolerant: bool = False,
         context_factory: Callable[[int], HandlerContext] = HandlerContext,
+        run_async: RunAsync = _trio_run_async,
     ) -> None:
         self._dispatch = dispatch
+        # One chooser per capture: it caches the fs magic of each mount id, and mount ids
+        # are recycled between captures.
+        self._choose = dispatch.chooser()
+        self._run_async = run_async
         self._compare_files = compare_files
         self._files: KcmpIndex[Ref, int] = KcmpIndex(compare_files)
         # fd -> (key, ref, file id) of every table resolved, and each task's own table:
@@ -103,6 +140,8 @@ class RecordBuilder:
         self._task_table: dict[int, int] = {}
         self._read_mountinfo = read_mountinfo
         self._strict = strict
+        # Unfrozen captures tolerate tasks that exit mid-way; frozen ones cannot lose any.
+        self._tolerant = tolerant
         self._context_factory = context_factory
         self._encoder = msgspec.msgpack.Encoder()
         self._mnt_seen: set[int] = set()
@@ -111,13 +150,24 @@ class RecordBuilder:
         self.task_count = 0
         self.table_count = 0
         self.hint_hits = 0
+        self.vanished = 0
+        """Tasks that exited before their fds were read."""
+        self.unverified = 0
+        """Fds whose description could not be compared (their task exited meanwhile)."""
         self.generic: Counter[str] = Counter()
         self.generic_fds: list[GenericFd] = []
         self.used: dict[str, LoadedHandler] = {}
 
-    def resolve(self, scan: TaskScan) -> TaskPart:
+    def resolve(self, scan: TaskScan) -> TaskPart | None:
+        """The task, resolved; None when it exited before its fds could be read (only
+        possible when the tree is not frozen)."""
         plan, meta = scan.plan, scan.plan.meta
         pid = plan.stat.pid
+        if any(fds is None for _, _, fds in scan.tables):
+            if scan.seq == 0:
+                raise NoSuchProcess("the process exited during the capture", pid=pid)
+            self.vanished += 1
+            return None
         mountinfo = None
         if meta.mnt_ns and meta.mnt_ns not in self._mnt_seen:
             self._mnt_seen.add(meta.mnt_ns)
@@ -126,16 +176,22 @@ class RecordBuilder:
         hints = self._table_fds.get(parent_table, {}) if parent_table is not None else {}
         tables = []
         for tid, table_id, fds in scan.tables:
+            assert fds is not None
             seen: dict[int, tuple[object, Ref, int]] = {}
             self._table_fds[table_id] = seen
             entries = self._resolve_table(pid, tid, fds, meta.root, hints, seen)
             tables.append((tid, table_id, entries))
             self.table_count += 1
-        leader_table = plan.threads[0][1]
+        # A table first seen in a task that has exited since was never read: the threads
+        # that shared it are recorded without one.
+        threads = tuple(
+            (tid, table if table in self._table_fds else None) for tid, table in plan.threads
+        )
+        leader_table = threads[0][1]
         if leader_table is not None:
             self._task_table[pid] = leader_table
         self.task_count += 1
-        return TaskPart(plan, meta, mountinfo, tables)
+        return TaskPart(plan, meta, mountinfo, tables, threads)
 
     def _resolve_table(
         self,
@@ -163,13 +219,22 @@ class RecordBuilder:
                 ref = (tid, fd)
                 new: NewFile | None = None
                 hint = hints.get(fd)
-                if hint is not None and hint[0] == key and compare(ref, hint[1]) == 0:
-                    file_id = hint[2]
-                    self.hint_hits += 1
-                else:
-                    file_id, is_new = lookup(key, ref, self._next_id)
-                    if is_new:
-                        new = self._new_file(file_id, pid, tid, raw, flags, root, ctx)
+                try:
+                    if hint is not None and hint[0] == key and compare(ref, hint[1]) == 0:
+                        file_id, is_new = hint[2], False
+                        self.hint_hits += 1
+                    else:
+                        file_id, is_new = lookup(key, ref, self._next_id)
+                except AsyckptError:
+                    if not self._tolerant:
+                        raise
+                    # Unfrozen, a task may exit between its scan and kcmp: keep the fd as
+                    # read, as a description of its own (unindexed, so the index's kcmp
+                    # order stays sound), at worst a duplicate of one seen before.
+                    self.unverified += 1
+                    file_id, is_new = self._next_id(), True
+                if is_new:
+                    new = self._new_file(file_id, pid, tid, raw, flags, root, ctx)
                 seen[fd] = (key, ref, file_id)
                 append((fd, cloexec, file_id, new))
         finally:
@@ -193,33 +258,24 @@ class RecordBuilder:
     ) -> NewFile:
         fd, link = raw[0], raw[1]
         st = StatInfo(*raw[2:12])
-        kind = kernel_kind(st.st_mode, link)
-        path, deleted = split_deleted(link, st.st_nlink)
-        path = task_relative_path(path, root)
         rest = parse_fdinfo_rest(raw[15]) if raw[15] else ()
-        facts = FdFacts(
-            pid,
-            tid,
-            fd,
-            kind,
-            link,
-            path,
-            deleted,
-            st,
-            FdInfo(raw[12], raw[13], raw[14], st.st_ino, rest),
+        facts = fd_facts(
+            pid, tid, fd, link, st, FdInfo(raw[12], raw[13], raw[14], st.st_ino, rest), root
         )
-        handler = self._dispatch.choose(facts)
+        kind = facts.kind
+        handler: LoadedHandler | None = None
         data = NO_DATA
         error = None
+        try:
+            handler = self._choose(facts)
+        except HandlerFailed as err:  # a claims() predicate raised
+            error, handler = self._failed(err, kind)
         if handler is not None:
             try:
-                data = msgspec.Raw(self._encoder.encode(handler.handler.capture(facts, ctx)))
+                data = self._capture(handler, facts, ctx)
             except Exception as exc:
-                err = HandlerFailed(handler.name, exc, pid=pid, fd=fd)
-                if self._strict:
-                    raise StrictViolation(f"{err.msg} on a {kind} fd", pid=pid, fd=fd) from exc
-                error = err.msg
-                handler = None
+                failed = HandlerFailed(handler.name, exc, pid=pid, fd=fd)
+                error, handler = self._failed(failed, kind)
             finally:
                 ctx._release()
         if handler is None:
@@ -234,12 +290,31 @@ class RecordBuilder:
             raw,
             flags,
             kind,
-            path,
-            deleted,
+            facts.path,
+            facts.deleted,
             handler.name if handler is not None else None,
             data,
             error,
         )
+
+    def _capture(self, handler: LoadedHandler, facts: FdFacts, ctx: HandlerContext) -> msgspec.Raw:
+        if handler.is_async:
+            record = self._run_async(handler.capture, facts, ctx)
+        else:
+            record = handler.capture(facts, ctx)
+        if type(record) is not handler.record_type:
+            raise TypeError(
+                f"capture returned {type(record).__name__}, not its record_type "
+                f"{handler.record_type.__name__}"
+            )
+        return msgspec.Raw(self._encoder.encode(record))
+
+    def _failed(self, err: HandlerFailed, kind: str) -> tuple[str, None]:
+        """A handler raised: the fd is recorded generically, with the error (or, under
+        --strict, the capture fails)."""
+        if self._strict:
+            raise StrictViolation(f"{err.msg} on a {kind} fd", pid=err.pid, fd=err.fd) from err
+        return err.msg, None
 
 
 def materialize(part: TaskPart) -> list[BodyRecord]:
@@ -282,8 +357,8 @@ def materialize(part: TaskPart) -> list[BodyRecord]:
             state=stat.state,
             uid=meta.uid,
             gid=meta.gid,
-            fd_table=plan.threads[0][1],
-            threads=[Thread(tid=t, fd_table=tab) for t, tab in plan.threads],
+            fd_table=part.threads[0][1],
+            threads=[Thread(tid=t, fd_table=tab) for t, tab in part.threads],
             mnt_ns=meta.mnt_ns,
             root=meta.root,
         )

@@ -80,6 +80,11 @@ class CaptureSummary(msgspec.Struct, kw_only=True):
     freezer_cgroup: str | None
     consistent: bool
     tasks: int
+    vanished: int
+    """Tasks that exited before their fds were read (only without freezing)."""
+    unverified: int
+    """Fds not checked for shared descriptions: their task exited first (only without
+    freezing); each is recorded as a description of its own."""
     fd_tables: int
     fds: int
     files: int
@@ -128,7 +133,9 @@ def _settle_tree(
 def _scan_chunk(chunk: list[tuple[int, TaskPlan]]) -> list[TaskScan]:
     """Read the new fd tables of a run of tasks, in one pass of the C reader."""
     owners = [(plan.stat.pid, tid) for _, plan in chunk for tid, _ in plan.scan]
-    rows = iter(read_fd_tables(owners))
+    # A task that exited since it was planned reads as None: only a tree that is not
+    # frozen can lose one, and the resolver leaves it out.
+    rows = iter(read_fd_tables(owners, missing_ok=True))
     return [
         TaskScan(index, plan, tuple((tid, table, next(rows)) for tid, table in plan.scan))
         for index, plan in chunk
@@ -214,6 +221,7 @@ async def _capture(
         compare_files=kcmp_files,
         read_mountinfo=_read_mountinfo,
         strict=options.strict,
+        tolerant=not freezer.consistent,
     )
     async with _frozen(freezer, root, tree, options.freeze_timeout, guardian):
         plans = await trio.to_thread.run_sync(
@@ -233,6 +241,8 @@ async def _capture(
         freezer_cgroup=freezer.cgroup,
         consistent=freezer.consistent,
         tasks=builder.task_count,
+        vanished=builder.vanished,
+        unverified=builder.unverified,
         fd_tables=builder.table_count,
         fds=builder.fd_count,
         files=builder.file_count,
@@ -272,7 +282,7 @@ async def _scan_and_resolve(plans: list[TaskPlan], builder: RecordBuilder) -> li
                     return  # the resolver failed; its error is the one to report
 
     def resolve_all(ready: list[TaskScan]) -> list[TaskPart]:
-        return [builder.resolve(scan) for scan in ready]
+        return [part for scan in ready if (part := builder.resolve(scan)) is not None]
 
     async with collapse_errors(), trio.open_nursery() as nursery:
         async with scans_send:

@@ -14,6 +14,7 @@ from ._errors import AsyckptError, collapse_errors
 
 if TYPE_CHECKING:
     from ._capture import CaptureSummary
+    from ._plugins import Dispatch
 
 # trio and the capture pipeline are imported by the commands that use them: `show` and
 # `--version` start faster without.
@@ -95,24 +96,57 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fail if any fd is recorded generically (no handler, or it failed)",
     )
-    t.add_argument(
+    _plugin_options(t)
+    t.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+
+    s = sub.add_parser(
+        "show",
+        help="print an image",
+        description="Verify an image and print it.  Handler records are rendered by the "
+        "handlers that wrote them when they are installed here, else shown raw.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s.add_argument("image", help="image file")
+    s.add_argument("--json", action="store_true", help="print the JSON export")
+    _plugin_options(s)
+
+    pl = sub.add_parser(
+        "plugins",
+        help="list the fd-type handlers",
+        description="List every installed fd-type handler (entry-point group "
+        "asyckpt.fd_types): what it claims, and whether it is used.",
+        epilog=PLUGINS_EPILOG + EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _plugin_options(pl)
+    return p
+
+
+PLUGINS_EPILOG = """\
+environment:
+  ASYCKPT_DISABLE_PLUGIN_AUTOLOAD=1  use only asyckpt's own handlers and those named
+                                     with -p NAME
+
+"""
+
+
+def _plugin_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
         "--disable-plugin",
         action="append",
         default=[],
         metavar="NAME",
         help="do not use the handler NAME (repeatable)",
     )
-    t.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
-
-    s = sub.add_parser(
-        "show",
-        help="print an image",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p.add_argument(
+        "-p",
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="use the handler NAME even when ASYCKPT_DISABLE_PLUGIN_AUTOLOAD is set (repeatable)",
     )
-    s.add_argument("image", help="image file")
-    s.add_argument("--json", action="store_true", help="print the JSON export")
-    return p
 
 
 def _warn(msg: str) -> None:
@@ -131,6 +165,13 @@ def _report(summary: CaptureSummary, quiet: bool) -> None:
         _warn(f"... and {len(failed) - 10} more handler failures")
     if not summary.consistent:
         _warn("the tree was not frozen (--freeze=none): the image may be inconsistent")
+    if summary.vanished:
+        _warn(f"{summary.vanished} tasks exited during the capture and are not in the image")
+    if summary.unverified:
+        _warn(
+            f"{summary.unverified} fds of exiting tasks could not be checked for sharing; "
+            "each is recorded as a description of its own"
+        )
     if quiet:
         return
     print(
@@ -179,10 +220,17 @@ def _cmd_tree(args: argparse.Namespace) -> int:
         disable_plugins=tuple(args.disable_plugin),
     )
 
+    # Loaded here rather than by the capture, so that conflicts are reported as warnings
+    # like the rest, and a broken plugin fails before any tree is started or frozen.
+    dispatch = _load_handlers(args)
+
     def run(pid: int) -> CaptureSummary:
         dest = args.output or f"tree-{pid}.ackpt"
         summary: CaptureSummary = trio.run(
-            _with_signals, lambda: checkpoint_tree(pid, dest, force=args.force, options=options)
+            _with_signals,
+            lambda: checkpoint_tree(
+                pid, dest, force=args.force, options=options, dispatch=dispatch
+            ),
         )
         return summary
 
@@ -201,16 +249,60 @@ def _cmd_tree(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_handlers(args: argparse.Namespace) -> Dispatch:
+    from ._plugins import load_handlers
+
+    dispatch = load_handlers(disabled=args.disable_plugin, enabled=args.plugin, warn=False)
+    for conflict in dispatch.conflicts:
+        _warn(conflict.message())
+    return dispatch
+
+
 def _cmd_show(args: argparse.Namespace) -> int:
     from ._image import read_image
+    from ._plugins import image_plugins
     from ._show import render_table, to_json_doc
 
     image = read_image(args.image)
+    plugins = image_plugins(image.header.plugins, disabled=args.disable_plugin, enabled=args.plugin)
     if args.json:
-        json.dump(to_json_doc(image), sys.stdout, indent=1)
+        json.dump(to_json_doc(image, plugins), sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
-        sys.stdout.write(render_table(image) + "\n")
+        sys.stdout.write(render_table(image, plugins) + "\n")
+    return 0
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    from ._plugins import AUTOLOAD_ENV, autoload_disabled, survey
+
+    found = survey(disabled=args.disable_plugin, enabled=args.plugin)
+    rows = [("NAME", "DISTRIBUTION", "VERSION", "STATE", "PRIO", "RECORD", "HOOKS", "CLAIMS")]
+    for inst, state, h in found.rows:
+        if h is None:
+            rows.append((inst.name, inst.distribution, inst.version, state, "", "", "", ""))
+            continue
+        rows.append(
+            (
+                h.name,
+                h.distribution,
+                h.version,
+                state,
+                str(h.priority),
+                h.record_tag,
+                ",".join(h.hooks()) or "-",
+                h.describe_claims(),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        cells = [c.ljust(w) for c, w in zip(r, widths, strict=True)]
+        cells[4] = r[4].rjust(widths[4])  # PRIO: a number
+        print("  ".join(cells).rstrip())
+    if autoload_disabled():
+        print(f"\n{AUTOLOAD_ENV} is set: only asyckpt's own handlers and those named with -p")
+    for conflict in found.dispatch.conflicts:
+        _warn(conflict.message())
     return 0
 
 
@@ -219,6 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "tree":
             return _cmd_tree(args)
+        if args.command == "plugins":
+            return _cmd_plugins(args)
         return _cmd_show(args)
     except AsyckptError as exc:
         print(f"asyckpt: error: {exc}", file=sys.stderr)

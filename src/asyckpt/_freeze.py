@@ -495,7 +495,10 @@ def choose_freezer(mode: str, tree: list[TaskStat]) -> Freezer:
         for t in tree:
             if t.state == "Z":
                 continue
-            rel = h.cgroup_of(t.pid)
+            try:
+                rel = h.cgroup_of(t.pid)
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # exited since the walk: nothing to move
             if rel != "/" and h.state(h.path_of(rel)) != "THAWED":
                 raise FreezerError(
                     f"pid {t.pid} is in {h.path_of(rel)}, which is frozen already; "

@@ -1,4 +1,5 @@
-"""Thin wrappers for the syscalls Python's os module lacks: kcmp(2) and pidfd_getfd(2).
+"""Thin wrappers for the syscalls Python's os module lacks: kcmp(2), pidfd_getfd(2) and
+the f_type of statfs(2).
 
 Both are cheap (about a microsecond) and never touch /proc, so callers may use them from
 the worker thread that is already doing a task's /proc reads.
@@ -12,7 +13,7 @@ import platform
 
 from ._errors import KernelUnsupported, translate_oserror
 
-__all__ = ["KCMP_FILE", "KCMP_FILES", "kcmp", "kcmp_files", "pidfd_getfd"]
+__all__ = ["KCMP_FILE", "KCMP_FILES", "fs_magic", "kcmp", "kcmp_files", "pidfd_getfd"]
 
 KCMP_FILE = 0
 KCMP_FILES = 2
@@ -88,3 +89,19 @@ def pidfd_getfd(pidfd: int, targetfd: int) -> int:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     return int(res)
+
+
+# struct statfs begins with f_type, a machine word everywhere but s390x (an unsigned int
+# there); the buffer is larger than any architecture's struct.
+_F_TYPE = ctypes.c_uint if platform.machine() == "s390x" else ctypes.c_ulong
+_STATFS_SIZE = 256
+
+
+def fs_magic(path: str) -> int:
+    """statfs(2)'s f_type (the filesystem's magic number) for ``path``.  Through a
+    /proc/PID/fd/N magic link it is that of the open file itself, pipes and sockets too."""
+    buf = ctypes.create_string_buffer(_STATFS_SIZE)
+    if _libc.statfs(os.fsencode(path), buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return int(_F_TYPE.from_buffer(buf).value)

@@ -1,35 +1,67 @@
 """fd-type handlers: the contract, discovery through entry points, and dispatch.
 
-Discovery follows flake8's finder: find the entry points of group ``asyckpt.fd_types``
-(without importing them), load each, then validate the set as a whole, sorted for
-determinism.  asyckpt's own reg, dir and link handlers come in through the same group.
+Discovery follows flake8's finder: list the entry points of group ``asyckpt.fd_types``
+(without importing them), load the ones selected, then validate the set as a whole,
+sorted for determinism.  asyckpt's own reg, dir and link handlers come in through the
+same group; the only thing that sets them apart is their distribution's name, which
+``ASYCKPT_DISABLE_PLUGIN_AUTOLOAD`` keeps loading.
+
+Dispatch runs for every new open file description while the tree is frozen (thousands
+per capture), so everything a handler declares is turned into lookup tables when the set
+is loaded, and the candidates for one kind of fd are computed once and memoized.  The
+contract and the priority order are documented in docs/plugins.md.
 """
 
 from __future__ import annotations
 
+import errno
 import importlib.metadata
+import inspect
 import os
-from collections.abc import Iterable
+import re
+import warnings
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, ClassVar, NamedTuple, Protocol, final, runtime_checkable
 
 import msgspec
 
-from ._errors import PluginError
-from ._kernel import pidfd_getfd
+from ._errors import HandlerFailed, PluginError
+from ._kernel import fs_magic, pidfd_getfd
 from ._procparse import FdInfo
 
 __all__ = [
+    "AUTOLOAD_ENV",
+    "BUILTIN_DISTRIBUTION",
     "ENTRY_POINT_GROUP",
+    "KINDS",
+    "Chooser",
+    "Conflict",
+    "Device",
     "Dispatch",
     "FdFacts",
     "FdHandler",
     "HandlerContext",
+    "ImagePlugin",
+    "Installed",
     "LoadedHandler",
+    "PluginConflictWarning",
     "StatInfo",
+    "Survey",
+    "autoload_disabled",
+    "image_plugins",
+    "installed_handlers",
     "load_handlers",
+    "survey",
 ]
 
 ENTRY_POINT_GROUP = "asyckpt.fd_types"
+AUTOLOAD_ENV = "ASYCKPT_DISABLE_PLUGIN_AUTOLOAD"
+BUILTIN_DISTRIBUTION = "asyckpt"
+KINDS = frozenset({"reg", "dir", "link", "pipe", "fifo", "socket", "chr", "blk", "anon"})
+"""The kernel-level kinds the core tells apart (``FdFacts.kind``)."""
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+_TAG = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+\Z")
 
 
 @final
@@ -70,6 +102,39 @@ class FdFacts(NamedTuple):
 
 
 @final
+class Device(NamedTuple):
+    """A device a handler claims: ``Device("chr", 1, 3)`` is /dev/null; a minor of None
+    claims every minor of the major."""
+
+    kind: str
+    """``chr`` or ``blk``: the two number spaces are separate."""
+    major: int
+    minor: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.major}:{'*' if self.minor is None else self.minor}"
+
+
+PIDFD_THREAD = os.O_EXCL
+"""pidfd_open(2) flag (Linux 6.9): a pidfd for this thread, not its thread group."""
+
+
+def _pidfd_open(tid: int) -> int:
+    try:
+        return os.pidfd_open(tid)
+    except OSError as exc:
+        # A thread that unshared its fd table is not a thread-group leader: only a
+        # thread pidfd reaches its table (pidfd_getfd reads the pidfd's task's files).
+        # Before 6.9 that flag is EINVAL and this error is the one to report.
+        if exc.errno not in (errno.ENOENT, errno.EINVAL):
+            raise
+        try:
+            return os.pidfd_open(tid, PIDFD_THREAD)
+        except OSError:
+            raise exc from None
+
+
+@final
 class HandlerContext:
     """Access to the live open file description, for handlers that need more than facts.
 
@@ -86,7 +151,7 @@ class HandlerContext:
         """A descriptor for the *same* open file description as the task's ``fd``
         (pidfd_getfd(2)), never a re-open; valid until the handler returns."""
         if self._pidfd is None:
-            self._pidfd = os.pidfd_open(self._tid)
+            self._pidfd = _pidfd_open(self._tid)
         new = pidfd_getfd(self._pidfd, fd)
         self._taken.append(new)
         return new
@@ -106,69 +171,368 @@ class HandlerContext:
 class FdHandler(Protocol):
     """The contract of an fd-type handler (entry-point group ``asyckpt.fd_types``).
 
-    ``kinds`` are the kernel-level kinds it may claim; ``claims`` narrows that down (return
-    True to take the fd); ``capture`` turns the fd into an instance of ``record_type``, a
-    msgspec Struct whose tag is namespaced (``"mydist.thing"``).  ``capture`` runs in a
-    worker thread while the tree is frozen: keep it short and never block on the task.
-    Higher ``priority`` wins among handlers that claim the same fd.
+    Required: ``name`` (equal to the entry point's name), ``record_type`` (a msgspec
+    Struct with ``tag="mydist.thing", tag_field="kind"``) and ``capture(facts, ctx)``,
+    plain or ``async``, returning a ``record_type``.  What it claims is declared with any
+    of the optional class attributes ``kinds``, ``link_prefixes``, ``devices`` and
+    ``fs_magic`` (an fd matching any one of them is a candidate) and narrowed by an
+    optional ``claims(facts) -> bool``; ``priority`` (default 0) orders candidates.
+    Optional hooks: ``render_json(record)``, ``render_text(record)`` for ``asyckpt
+    show``, and ``restore(record, file)``.  docs/plugins.md has the whole contract.
     """
 
     name: ClassVar[str]
-    kinds: ClassVar[frozenset[str]]
     record_type: ClassVar[type[msgspec.Struct]]
-    priority: ClassVar[int]
 
-    def claims(self, facts: FdFacts) -> bool: ...
+    def capture(
+        self, facts: FdFacts, ctx: HandlerContext
+    ) -> msgspec.Struct | Awaitable[msgspec.Struct]: ...
 
-    def capture(self, facts: FdFacts, ctx: HandlerContext) -> msgspec.Struct: ...
+
+class PluginConflictWarning(UserWarning):
+    """Two handlers claim the same thing at the same priority: the order between them
+    is only their names'.  Give one a higher ``priority``."""
 
 
-class LoadedHandler(NamedTuple):
-    handler: FdHandler
+# --- validation: a handler object becomes a LoadedHandler, or a PluginError -------------
+
+
+def _declared(
+    who: str, handler: object, attr: str, item: Callable[[Any], Any], default: Any
+) -> Any:
+    value = getattr(handler, attr, default)
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise PluginError(f"{who}: {attr} must be a collection, not {type(value).__name__}")
+    try:
+        return [item(v) for v in value]
+    except (TypeError, ValueError) as exc:
+        raise PluginError(f"{who}: bad {attr} entry: {exc}") from None
+
+
+def _kind(v: object) -> str:
+    if v not in KINDS:
+        raise ValueError(f"{v!r} is not a kind ({', '.join(sorted(KINDS))})")
+    return str(v)
+
+
+def _prefix(v: object) -> str:
+    if not isinstance(v, str) or not v:
+        raise ValueError(f"{v!r} is not a non-empty str")
+    return v
+
+
+def _device(v: object) -> Device:
+    if not isinstance(v, tuple) or len(v) not in (2, 3):
+        raise ValueError(f"{v!r} is not a Device(kind, major, minor)")
+    dev = Device(*v)
+    if dev.kind not in ("chr", "blk"):
+        raise ValueError(f"{v!r}: a device's kind is chr or blk")
+    if not isinstance(dev.major, int) or not (dev.minor is None or isinstance(dev.minor, int)):
+        raise ValueError(f"{v!r}: major and minor are ints (minor None for any)")
+    return dev
+
+
+def _magic(v: object) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        raise ValueError(f"{v!r} is not a filesystem magic number")
+    return v
+
+
+def _hook(who: str, handler: object, attr: str) -> Callable[..., Any] | None:
+    fn = getattr(handler, attr, None)
+    if fn is not None and not callable(fn):
+        raise PluginError(f"{who}: {attr} must be a method")
+    return fn
+
+
+@final
+class LoadedHandler:
+    """A handler checked against the contract, with what it declares normalized."""
+
+    __slots__ = (
+        "_decoder",
+        "capture",
+        "devices",
+        "distribution",
+        "fs_magic",
+        "handler",
+        "is_async",
+        "kinds",
+        "link_prefixes",
+        "name",
+        "predicate",
+        "priority",
+        "record_tag",
+        "record_type",
+        "render_json",
+        "render_text",
+        "restore",
+        "version",
+    )
+
+    def __init__(self, handler: object, distribution: str, version: str) -> None:
+        name = getattr(handler, "name", None)
+        who = f"fd-type handler {distribution}[{name}]"
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise PluginError(f"{who}: name must be a word such as 'mydev', not {name!r}")
+        if not isinstance(handler, FdHandler):
+            raise PluginError(f"{who} does not implement the FdHandler contract")
+        rtype = getattr(handler, "record_type", None)
+        config = getattr(rtype, "__struct_config__", None)
+        tag = getattr(config, "tag", None)
+        if not (
+            isinstance(rtype, type)
+            and issubclass(rtype, msgspec.Struct)
+            and isinstance(tag, str)
+            and _TAG.match(tag)
+            and getattr(config, "tag_field", None) == "kind"
+        ):
+            raise PluginError(
+                f"{who}: record_type must be a msgspec.Struct declared with a namespaced "
+                f'tag and tag_field="kind" (tag="mydist.thing"), not {rtype!r}'
+            )
+        priority = getattr(handler, "priority", 0)
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise PluginError(f"{who}: priority must be an int, not {priority!r}")
+        self.handler: FdHandler = handler
+        self.distribution = distribution
+        self.version = version
+        self.name: str = name
+        self.record_type: type[msgspec.Struct] = rtype
+        self.record_tag: str = tag
+        self.priority: int = priority
+        self.kinds = frozenset(_declared(who, handler, "kinds", _kind, ()))
+        # Longest first: among one handler's prefixes the most specific is the one that
+        # counts, and _plan looks them up in this order.
+        self.link_prefixes = tuple(
+            sorted(set(_declared(who, handler, "link_prefixes", _prefix, ())), key=_longest)
+        )
+        self.devices = frozenset(_declared(who, handler, "devices", _device, ()))
+        self.fs_magic = frozenset(_declared(who, handler, "fs_magic", _magic, ()))
+        self.predicate: Callable[[FdFacts], bool] | None = _hook(who, handler, "claims")
+        if not self.selective and self.predicate is None:
+            raise PluginError(
+                f"{who} claims nothing: declare kinds, link_prefixes, devices or fs_magic, "
+                "or a claims(facts) predicate"
+            )
+        capture = _hook(who, handler, "capture")
+        assert capture is not None  # the Protocol check above
+        self.capture: Callable[[FdFacts, HandlerContext], Any] = capture
+        self.is_async = inspect.iscoroutinefunction(capture)
+        self.render_json = _hook(who, handler, "render_json")
+        self.render_text = _hook(who, handler, "render_text")
+        self.restore = _hook(who, handler, "restore")
+        self._decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(rtype)
+
+    @property
+    def selective(self) -> bool:
+        """Whether it declares anything but a predicate (else every fd is offered to it)."""
+        return bool(self.kinds or self.link_prefixes or self.devices or self.fs_magic)
+
+    def selectors(self) -> list[str]:
+        """What it claims, one phrase per declaration (``asyckpt plugins``, conflicts)."""
+        out = [f"kind {k}" for k in sorted(self.kinds)]
+        out += [f"link {p}*" for p in sorted(self.link_prefixes)]
+        out += [str(d) for d in sorted(self.devices, key=_device_order)]
+        out += [f"fs 0x{m:x}" for m in sorted(self.fs_magic)]
+        if not self.selective:
+            out.append("any fd")
+        return out
+
+    def describe_claims(self) -> str:
+        text = ", ".join(self.selectors())
+        return text + (" if claims()" if self.predicate is not None and self.selective else "")
+
+    def hooks(self) -> list[str]:
+        out = ["async"] if self.is_async else []
+        for hook in ("render_json", "render_text", "restore"):
+            if getattr(self, hook) is not None:
+                out.append(hook)
+        return out
+
+    def decode(self, data: bytes) -> msgspec.Struct:
+        """The handler's record from its msgpack encoding (``File.data``)."""
+        record: msgspec.Struct = self._decoder.decode(data)
+        return record
+
+    def __repr__(self) -> str:
+        return f"<LoadedHandler {self.distribution}[{self.name}] {self.version}>"
+
+
+def _longest(prefix: str) -> tuple[int, str]:
+    return (-len(prefix), prefix)
+
+
+def _device_order(d: Device) -> tuple[str, int, int]:
+    return (d.kind, d.major, -1 if d.minor is None else d.minor)
+
+
+# --- discovery ---------------------------------------------------------------------------
+
+
+def _normalize(dist: str) -> str:
+    return re.sub(r"[-_.]+", "-", dist).lower()
+
+
+@final
+class Installed(NamedTuple):
+    """One registered handler, known from its distribution's metadata, not yet imported."""
+
+    name: str
     distribution: str
     version: str
+    value: str
+    """``module:attr`` of the handler."""
+    entry_point: importlib.metadata.EntryPoint
 
     @property
-    def name(self) -> str:
-        return self.handler.name
-
-    @property
-    def record_tag(self) -> str:
-        return str(self.handler.record_type.__struct_config__.tag)
+    def builtin(self) -> bool:
+        return _normalize(self.distribution) == BUILTIN_DISTRIBUTION
 
 
-def _load_entry_point(ep: importlib.metadata.EntryPoint) -> LoadedHandler:
-    dist = ep.dist.name if ep.dist is not None else "?"
-    version = ep.dist.version if ep.dist is not None else "?"
+def installed_handlers() -> list[Installed]:
+    """Every entry point of ``asyckpt.fd_types``, sorted by name, then distribution."""
+    out = []
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = ep.dist.name if ep.dist is not None else "?"
+        version = ep.dist.version if ep.dist is not None else "?"
+        out.append(Installed(ep.name, dist, version, ep.value, ep))
+    return sorted(out, key=lambda i: (i.name, _normalize(i.distribution), i.value))
+
+
+def autoload_disabled(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether ``ASYCKPT_DISABLE_PLUGIN_AUTOLOAD`` is set (to anything but "" or "0")."""
+    return environ.get(AUTOLOAD_ENV, "") not in ("", "0")
+
+
+def _load(found: Installed, *, hint: bool = True) -> LoadedHandler:
+    who = f"fd-type handler {found.distribution}[{found.name}]"
     try:
-        obj: Any = ep.load()
+        obj: Any = found.entry_point.load()
         handler = obj() if isinstance(obj, type) else obj
     except Exception as exc:
+        msg = f"failed to load {who} ({found.value}): {type(exc).__name__}: {exc}"
+        if hint:
+            msg += f" (--disable-plugin {found.name} runs without it)"
+        raise PluginError(msg) from exc
+    loaded = LoadedHandler(handler, found.distribution, found.version)
+    if loaded.name != found.name:
         raise PluginError(
-            f"failed to load fd-type handler {dist}[{ep.name}]: {type(exc).__name__}: {exc}"
-        ) from exc
-    if not isinstance(handler, FdHandler):
-        raise PluginError(f"{dist}[{ep.name}] does not implement the FdHandler contract")
-    return LoadedHandler(handler, dist, version)
+            f"{who}: its entry point is named {found.name!r} but the handler {loaded.name!r}; "
+            "they must be equal"
+        )
+    return loaded
 
 
-def load_handlers(*, disabled: Iterable[str] = (), extra: Iterable[LoadedHandler] = ()) -> Dispatch:
-    """Load every handler registered in ``asyckpt.fd_types``, minus those ``disabled``."""
-    skip = set(disabled)
-    eps = sorted(
-        importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: (ep.name, ep.value)
-    )
-    loaded = [_load_entry_point(ep) for ep in eps if ep.name not in skip]
-    loaded.extend(h for h in extra if h.name not in skip)
-    return Dispatch(loaded)
+@final
+class Survey(NamedTuple):
+    """Every registered handler, what became of it, and the dispatch of those loaded."""
+
+    rows: list[tuple[Installed, str, LoadedHandler | None]]
+    """(handler, state, loaded): state is ``on``, ``disabled`` or ``not autoloaded``."""
+    dispatch: Dispatch
+
+
+def _check_names(
+    known: set[str], disabled: Iterable[str], enabled: Iterable[str]
+) -> tuple[set[str], set[str]]:
+    skip, want = set(disabled), set(enabled)
+    for name in sorted(skip | want):
+        if name not in known:
+            raise PluginError(
+                f"no fd-type handler named {name!r} is installed (asyckpt plugins lists them)"
+            )
+    both = skip & want
+    if both:
+        raise PluginError(f"handler {sorted(both)[0]!r} is both enabled (-p) and disabled")
+    return skip, want
+
+
+def survey(
+    *,
+    disabled: Iterable[str] = (),
+    enabled: Iterable[str] = (),
+    autoload: bool | None = None,
+    extra: Iterable[LoadedHandler] = (),
+) -> Survey:
+    """Load the handlers selected (see :func:`load_handlers`) and say what became of all."""
+    found = installed_handlers()
+    extra = list(extra)
+    skip, want = _check_names({i.name for i in found} | {h.name for h in extra}, disabled, enabled)
+    if autoload is None:
+        autoload = not autoload_disabled()
+    rows: list[tuple[Installed, str, LoadedHandler | None]] = []
+    for i in found:
+        if i.name in skip:
+            rows.append((i, "disabled", None))
+        elif not (autoload or i.builtin or i.name in want):
+            rows.append((i, "not autoloaded", None))
+        else:
+            rows.append((i, "on", _load(i)))
+    loaded = [h for _, _, h in rows if h is not None]
+    loaded += [h for h in extra if h.name not in skip]
+    return Survey(rows, Dispatch(loaded))
+
+
+def load_handlers(
+    *,
+    disabled: Iterable[str] = (),
+    enabled: Iterable[str] = (),
+    autoload: bool | None = None,
+    extra: Iterable[LoadedHandler] = (),
+    warn: bool = True,
+) -> Dispatch:
+    """Load the handlers registered in ``asyckpt.fd_types`` and return their dispatch.
+
+    ``disabled`` names are skipped.  With ``autoload`` false (default: false when
+    ``ASYCKPT_DISABLE_PLUGIN_AUTOLOAD`` is set) only asyckpt's own handlers and those
+    named in ``enabled`` are loaded.  ``extra`` handlers join as if installed.  A name
+    that is not installed, a handler that fails to load or breaks the contract, and two
+    handlers sharing a name or record tag raise PluginError; handlers claiming the same
+    thing at one priority are reported with a :class:`PluginConflictWarning` when ``warn``.
+    """
+    dispatch = survey(disabled=disabled, enabled=enabled, autoload=autoload, extra=extra).dispatch
+    if warn:
+        for conflict in dispatch.conflicts:
+            warnings.warn(conflict.message(), PluginConflictWarning, stacklevel=2)
+    return dispatch
+
+
+# --- dispatch ----------------------------------------------------------------------------
+
+# Specificity of the declaration that matched, most specific first; it orders candidates
+# of equal priority (docs/plugins.md, "Which handler wins").
+_DEVICE, _MAJOR, _PREFIX, _MAGIC, _KIND, _ANY = 5, 4, 3, 2, 1, 0
+
+_PlanEntry = tuple[LoadedHandler, frozenset[int] | None, Callable[[FdFacts], bool] | None]
+"""A candidate: the handler, the fs magics to check first (None: no check), its predicate."""
+
+
+@final
+class Conflict(NamedTuple):
+    """Handlers that claim one thing at one priority, in the order they are tried."""
+
+    claim: str
+    priority: int
+    handlers: tuple[LoadedHandler, ...]
+
+    def message(self) -> str:
+        names = [f"{h.distribution}[{h.name}]" for h in self.handlers]
+        both = "both" if len(names) == 2 else "all"
+        return (
+            f"handlers {', '.join(names[:-1])} and {names[-1]} {both} claim {self.claim} at "
+            f"priority {self.priority}; {names[0]} is tried first only by name: give one "
+            "of them a higher priority"
+        )
 
 
 class Dispatch:
-    """Chooses the handler for an fd: among those listing its kind, the first (by
-    descending priority, then name) whose ``claims`` says yes."""
+    """Chooses the handler for an fd: among the handlers whose declarations match it,
+    by descending priority, then specificity of the match, then name, the first whose
+    ``claims`` (if it has one) says yes."""
 
     def __init__(self, handlers: Iterable[LoadedHandler]) -> None:
-        self.handlers = sorted(handlers, key=lambda h: (-h.handler.priority, h.name))
+        self.handlers = sorted(handlers, key=lambda h: (-h.priority, h.name))
         seen: dict[str, LoadedHandler] = {}
         tags: dict[str, LoadedHandler] = {}
         for h in self.handlers:
@@ -186,13 +550,187 @@ class Dispatch:
             tags[h.record_tag] = h
         self.by_name = seen
         self.by_tag = tags
-        self._by_kind: dict[str, list[LoadedHandler]] = {}
+        prefixes = {p for h in self.handlers for p in h.link_prefixes}
+        self._prefixes = tuple(sorted(prefixes, key=_longest))
+        self._majors: dict[str, frozenset[int]] = {
+            kind: frozenset(d.major for h in self.handlers for d in h.devices if d.kind == kind)
+            for kind in ("chr", "blk")
+        }
+        self._plans: dict[tuple[str, int, tuple[str, ...]], tuple[_PlanEntry, ...]] = {}
+        self.conflicts = self._find_conflicts()
+
+    def _find_conflicts(self) -> list[Conflict]:
+        claims: dict[tuple[int, str], list[LoadedHandler]] = {}
         for h in self.handlers:
-            for kind in h.handler.kinds:
-                self._by_kind.setdefault(kind, []).append(h)
+            for claim in h.selectors():
+                claims.setdefault((h.priority, claim), []).append(h)
+        return [
+            Conflict(claim, priority, tuple(hs))  # self.handlers is in trial order
+            for (priority, claim), hs in sorted(
+                claims.items(), key=lambda kv: (-kv[0][0], kv[0][1])
+            )
+            if len(hs) > 1
+        ]
+
+    def _plan(self, kind: str, rdev: int, prefixes: tuple[str, ...]) -> tuple[_PlanEntry, ...]:
+        """The candidates, in trial order, for fds of one kind, device and link prefixes."""
+        ranked: list[tuple[tuple[int, int, int, str], _PlanEntry]] = []
+        for h in self.handlers:
+            level, length = -1, 0
+            if rdev >= 0:
+                if Device(kind, os.major(rdev), os.minor(rdev)) in h.devices:
+                    level = _DEVICE
+                elif Device(kind, os.major(rdev), None) in h.devices:
+                    level = _MAJOR
+            if level < 0:
+                for p in prefixes:  # longest first
+                    if p in h.link_prefixes:
+                        level, length = _PREFIX, len(p)
+                        break
+            if level < 0 and kind in h.kinds:
+                level = _KIND
+            if level < 0 and not h.selective:
+                level = _ANY
+            if level >= 0:
+                ranked.append(((-h.priority, -level, -length, h.name), (h, None, h.predicate)))
+            # fs magic is only known by asking the kernel: a conditional candidate, unless
+            # the handler is already in at a more specific level.
+            if h.fs_magic and level < _MAGIC:
+                ranked.append(((-h.priority, -_MAGIC, 0, h.name), (h, h.fs_magic, h.predicate)))
+        ranked.sort(key=lambda r: r[0])
+        return tuple(entry for _, entry in ranked)
+
+    def chooser(self, magic: Callable[[FdFacts], int | None] | None = None) -> Chooser:
+        """A chooser for one capture (it caches each mount's filesystem magic)."""
+        return Chooser(self, magic)
 
     def choose(self, facts: FdFacts) -> LoadedHandler | None:
-        for h in self._by_kind.get(facts.kind, ()):
-            if h.handler.claims(facts):
-                return h
+        """The handler for ``facts``, or None.  Raises HandlerFailed if a ``claims``
+        predicate raises."""
+        return Chooser(self)(facts)
+
+
+def _statfs_magic(facts: FdFacts) -> int | None:
+    try:
+        return fs_magic(f"/proc/{facts.tid}/fd/{facts.fd}")
+    except OSError:
+        return None  # gone: no magic matches, so the fd stays with the other candidates
+
+
+@final
+class Chooser:
+    """:meth:`Dispatch.choose` for one capture: the filesystem magic of each mount is
+    asked once (a mount id names one superblock), and only if a handler declares any."""
+
+    def __init__(
+        self, dispatch: Dispatch, magic: Callable[[FdFacts], int | None] | None = None
+    ) -> None:
+        self._dispatch = dispatch
+        self._plans = dispatch._plans
+        self._prefixes = dispatch._prefixes
+        self._majors = dispatch._majors
+        self._read_magic = magic or _statfs_magic
+        self._magics: dict[int, int | None] = {}
+
+    def _magic(self, facts: FdFacts) -> int | None:
+        mnt_id = facts.fdinfo.mnt_id
+        if mnt_id in self._magics:
+            return self._magics[mnt_id]
+        value = self._read_magic(facts)
+        if mnt_id:
+            self._magics[mnt_id] = value
+        return value
+
+    def __call__(self, facts: FdFacts) -> LoadedHandler | None:
+        kind = facts.kind
+        rdev = -1
+        majors = self._majors.get(kind)
+        if majors and os.major(facts.st.st_rdev) in majors:
+            rdev = facts.st.st_rdev
+        prefixes: tuple[str, ...] = ()
+        if self._prefixes and facts.link.startswith(self._prefixes):
+            prefixes = tuple(p for p in self._prefixes if facts.link.startswith(p))
+        key = (kind, rdev, prefixes)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self._dispatch._plan(kind, rdev, prefixes)
+        for handler, magics, predicate in plan:
+            if magics is not None and self._magic(facts) not in magics:
+                continue
+            if predicate is not None:
+                try:
+                    if not predicate(facts):
+                        continue
+                except Exception as exc:
+                    raise HandlerFailed(handler.name, exc, pid=facts.pid, fd=facts.fd) from exc
+            return handler
         return None
+
+
+# --- for show: the handlers an image names -----------------------------------------------
+
+
+@final
+class ImagePlugin(NamedTuple):
+    """What ``show`` can do with the records of one handler an image names."""
+
+    loaded: LoadedHandler | None
+    """The installed handler that wrote them, or None: its records are shown raw."""
+    installed: str | None
+    """The installed version of its distribution, or None."""
+    note: str | None
+    """Why its records are shown raw (``loaded`` None), or that another version of the
+    handler renders them."""
+
+
+def image_plugins(
+    infos: Iterable[Any],
+    *,
+    disabled: Iterable[str] = (),
+    enabled: Iterable[str] = (),
+    autoload: bool | None = None,
+) -> dict[str, ImagePlugin]:
+    """Load, of the handlers an image header lists (``PluginInfo``), those installed here.
+
+    Nothing that goes wrong with one is an error: the image stays readable, that
+    handler's records are shown raw, and the note says why.
+    """
+    found = installed_handlers()
+    skip, want = _check_names({i.name for i in found}, disabled, enabled)
+    if autoload is None:
+        autoload = not autoload_disabled()
+    out: dict[str, ImagePlugin] = {}
+    for info in infos:
+        same = [
+            i
+            for i in found
+            if i.name == info.name and _normalize(i.distribution) == _normalize(info.distribution)
+        ]
+        if not same:
+            out[info.name] = ImagePlugin(None, None, "not installed")
+            continue
+        i = same[0]
+        if i.name in skip:
+            out[info.name] = ImagePlugin(None, i.version, "disabled (--disable-plugin)")
+            continue
+        if not (autoload or i.builtin or i.name in want):
+            reason = f"not loaded: {AUTOLOAD_ENV} is set (-p {i.name} loads it)"
+            out[info.name] = ImagePlugin(None, i.version, reason)
+            continue
+        try:
+            loaded = _load(i, hint=False)
+        except PluginError as exc:
+            out[info.name] = ImagePlugin(None, i.version, str(exc))
+            continue
+        if loaded.record_tag != info.record_tag:
+            reason = (
+                f"version {i.version} is installed, whose records are {loaded.record_tag!r}, "
+                f"not {info.record_tag!r}"
+            )
+            out[info.name] = ImagePlugin(None, i.version, reason)
+            continue
+        note = None
+        if i.version != info.version:
+            note = f"written by version {info.version}, rendered with {i.version}"
+        out[info.name] = ImagePlugin(loaded, i.version, note)
+    return out

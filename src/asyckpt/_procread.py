@@ -133,15 +133,19 @@ except ImportError:  # built without a C compiler: the pure-Python reader below
 
 def read_fds(pid: int, tid: int) -> list[RawRow]:
     """Read link, stat and fdinfo of every fd in the table of thread ``tid`` of ``pid``."""
-    return read_fd_tables([(pid, tid)])[0]
+    rows = read_fd_tables([(pid, tid)])[0]
+    assert rows is not None
+    return rows
 
 
-def read_fd_tables(owners: list[tuple[int, int]]) -> list[list[RawRow]]:
+def read_fd_tables(
+    owners: list[tuple[int, int]], *, missing_ok: bool = False
+) -> list[list[RawRow] | None]:
     """:func:`read_fds` for several (pid, tid) tables at once, in ascending fd order.
 
     With the C reader the GIL is released once for all of them.  An fd that vanishes
     between readdir and read (only possible on a tree that is not frozen) is skipped; a
-    task that vanishes raises NoSuchProcess.
+    task that vanishes raises NoSuchProcess, or with ``missing_ok`` gives None.
     """
     dirs = [
         (f"{PROC}/{pid}/task/{tid}/fd", f"{PROC}/{pid}/task/{tid}/fdinfo") for pid, tid in owners
@@ -155,10 +159,13 @@ def read_fd_tables(owners: list[tuple[int, int]]) -> list[list[RawRow]]:
                 results.append(_read_table_py(fd_dir, info_dir))
             except OSError as exc:
                 results.append(exc)
-    out = []
+    out: list[list[RawRow] | None] = []
     for (_pid, tid), (fd_dir, _), rows in zip(owners, dirs, results, strict=True):
         if isinstance(rows, OSError):
             if rows.errno == errno.ENOENT and rows.filename == fd_dir:
+                if missing_ok:
+                    out.append(None)
+                    continue
                 raise NoSuchProcess("no such process", pid=tid) from None
             raise translate_oserror(rows, pid=tid, what="fd table") from rows
         out.append(rows)

@@ -1,16 +1,26 @@
-"""show: render a verified image as an lsof-like table or as the JSON export."""
+"""show: render a verified image as an lsof-like table or as the JSON export.
+
+A handler's record (``File.data``) is shown raw, from its msgpack alone, unless the
+handler that wrote it is installed here: then it is decoded with the handler's own
+record type and rendered by its optional ``render_json``/``render_text`` hooks.  So an
+image stays readable on a machine without its plugins; a note says what was shown raw.
+The caller (the CLI) loads the handlers (``_plugins.image_plugins``); this module does
+no I/O.
+"""
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import msgspec
 
 from ._image import Image
-from ._records import NO_DATA, File
+from ._plugins import ImagePlugin
+from ._records import NO_DATA, File, PluginInfo
 
-__all__ = ["render_table", "to_json_doc"]
+__all__ = ["FileView", "Renderer", "render_table", "to_json_doc"]
 
 _FLAG_NAMES = [
     (os.O_APPEND, "APPEND"),
@@ -30,24 +40,103 @@ def flag_names(flags: int) -> str:
     return ",".join(names) or "-"
 
 
-def _data(file: File) -> Any:
-    if file.data == NO_DATA:
-        return None
-    return msgspec.msgpack.decode(file.data)
+def _jsonable(value: Any) -> Any:
+    # bytes become base64 (as msgspec's JSON encoder writes them); whatever JSON has no
+    # form for (a msgpack extension) becomes its repr rather than failing the export.
+    return msgspec.to_builtins(value, enc_hook=repr)
 
 
-def _file_doc(f: File) -> dict[str, Any]:
+class FileView(NamedTuple):
+    """How ``show`` presents one file's handler record."""
+
+    data: Any
+    """The record's fields as JSON values (raw: from the msgpack alone), or None."""
+    rendered: Any
+    """The handler's ``render_json`` of the record, or None."""
+    text: str | None
+    """What the table appends to the name: ``render_text``, or the raw fields."""
+    note: str | None
+    """Why the record is shown raw, or None."""
+
+
+class Renderer:
+    """Presents handler records, through the handlers installed here where it can."""
+
+    def __init__(self, image: Image, plugins: Mapping[str, ImagePlugin] | None) -> None:
+        self._plugins = plugins
+        self._listed = {p.name for p in image.header.plugins}
+
+    def plugin_notes(self, name: str) -> tuple[str | None, bool, str | None]:
+        """(installed version, loaded, note) of a handler the header lists."""
+        if self._plugins is None:
+            return None, False, "plugins were not consulted"
+        p = self._plugins.get(name)
+        if p is None:
+            return None, False, "not installed"
+        return p.installed, p.loaded is not None, p.note
+
+    def view(self, f: File) -> FileView:
+        if f.data == NO_DATA:
+            return FileView(None, None, None, None)
+        try:
+            data = _jsonable(msgspec.msgpack.decode(f.data))
+        except msgspec.DecodeError as exc:
+            return FileView(None, None, "[undecodable record]", f"undecodable record: {exc}")
+        name = f.handler
+        plugin = self._plugins.get(name) if self._plugins is not None and name else None
+        if plugin is None or plugin.loaded is None:
+            if self._plugins is None:
+                why = "plugins were not consulted"
+            elif name not in self._listed:
+                why = f"the image header lists no handler {name!r}"
+            else:
+                why = f"handler {name!r} is {plugin.note if plugin else 'not installed'}"
+            return FileView(data, None, _raw_text(data), f"raw fields: {why}")
+        loaded = plugin.loaded
+        try:
+            record = loaded.decode(f.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            why = f"it does not decode as {loaded.distribution} {loaded.version}'s record: {exc}"
+            return FileView(data, None, _raw_text(data), f"raw fields: {why}")
+        rendered = text = None
+        try:
+            if loaded.render_json is not None:
+                rendered = _jsonable(loaded.render_json(record))
+            if loaded.render_text is not None:
+                text = str(loaded.render_text(record))
+        except Exception as exc:
+            why = f"handler {name!r} failed to render it: {type(exc).__name__}: {exc}"
+            return FileView(data, None, _raw_text(data), f"raw fields: {why}")
+        return FileView(data, rendered, text, None)
+
+
+def _raw_text(data: Any) -> str:
+    if not isinstance(data, dict):
+        return f"[{data!r} (raw)]"
+    fields = " ".join(f"{k}={v}" for k, v in data.items() if k != "kind")
+    return f"[{data.get('kind', '?')}: {fields} (raw)]"
+
+
+def _file_doc(f: File, renderer: Renderer) -> dict[str, Any]:
     doc = msgspec.structs.asdict(f)
-    doc["data"] = _data(f)  # a Raw: decoded generically, so no plugin is needed to read it
+    view = renderer.view(f)
+    doc["data"] = view.data
     doc["fdinfo"] = [list(kv) for kv in f.fdinfo]
+    doc["rendered"] = view.rendered
+    doc["note"] = view.note
     return doc
 
 
-def to_json_doc(image: Image) -> dict[str, Any]:
-    """The JSON export: a public contract (README, "JSON export")."""
+def to_json_doc(image: Image, plugins: Mapping[str, ImagePlugin] | None = None) -> dict[str, Any]:
+    """The JSON export: a public contract (README, "JSON export").  ``plugins`` are the
+    handlers installed here (``_plugins.image_plugins``); None renders every record raw."""
     h, t = image.header, image.trailer
+    renderer = Renderer(image, plugins)
     doc: dict[str, Any] = msgspec.to_builtins(h)
     doc.pop("kind", None)
+    for pdoc in doc["plugins"]:
+        installed, loaded, note = renderer.plugin_notes(pdoc["name"])
+        pdoc.update(installed=installed, loaded=loaded, note=note)
     doc["stats"] = {
         "freezing_ms": t.freezing_ms,
         "frozen_ms": t.frozen_ms,
@@ -74,8 +163,16 @@ def to_json_doc(image: Image) -> dict[str, Any]:
         ]
         tasks.append(tdoc)
     doc["tasks"] = tasks
-    doc["files"] = [_file_doc(f) for f in image.files.values()]
+    doc["files"] = [_file_doc(f, renderer) for f in image.files.values()]
     return doc
+
+
+def _plugin_line(p: PluginInfo, renderer: Renderer) -> str:
+    _, loaded, note = renderer.plugin_notes(p.name)
+    text = f"{p.name} ({p.distribution} {p.version}"
+    if not loaded:
+        return f"{text}; {note}: records shown raw)"
+    return f"{text}; {note})" if note else f"{text})"
 
 
 def _dev(dev: int) -> str:
@@ -86,21 +183,26 @@ def _fd_mode(f: File) -> str:
     return {"r": "r", "w": "w", "rw": "u", "path": "p"}[f.access]
 
 
-def render_table(image: Image) -> str:
-    """An lsof-like table, one row per fd, grouped by task."""
+def render_table(image: Image, plugins: Mapping[str, ImagePlugin] | None = None) -> str:
+    """An lsof-like table, one row per fd, grouped by task (``plugins`` as for
+    :func:`to_json_doc`)."""
     h, t = image.header, image.trailer
+    renderer = Renderer(image, plugins)
     lines = [
         f"image: root pid {h.root_pid} on {h.hostname} ({h.kernel}), {h.time}",
         f"format {h.format_version}, asyckpt {h.asyckpt_version}, freezer {h.freezer}"
-        + ("" if h.consistent else " (NOT frozen: the image may be inconsistent)"),
+        + (
+            f" ({h.freezer_scope}{' ' + h.freezer_cgroup if h.freezer_cgroup else ''}"
+            f"{', frozen before and left frozen' if h.pre_frozen else ''})"
+            if h.consistent
+            else " (NOT frozen: the image may be inconsistent)"
+        ),
         f"{t.tasks} tasks, {t.fds} fds, {t.files} open files, {t.fd_tables} fd tables; "
         f"freezing {t.freezing_ms:.2f} ms, frozen {t.frozen_ms:.2f} ms, "
         f"capture {t.capture_ms:.2f} ms",
     ]
     if h.plugins:
-        lines.append(
-            "plugins: " + ", ".join(f"{p.name} ({p.distribution} {p.version})" for p in h.plugins)
-        )
+        lines.append("plugins: " + ", ".join(_plugin_line(p, renderer) for p in h.plugins))
     if t.generic:
         lines.append(
             "generic (no handler): " + ", ".join(f"{k} {v}" for k, v in sorted(t.generic.items()))
@@ -135,9 +237,9 @@ def render_table(image: Image) -> str:
         for owner, table in tables:
             for fd, f in image.fds(table):
                 name = f.path + (" (deleted)" if f.deleted else "")
-                data = _data(f)
-                if f.type == "link" and isinstance(data, dict) and "target" in data:
-                    name += f" -> {data['target']}"
+                text = renderer.view(f).text
+                if text:
+                    name += f" {text}"
                 if f.handler is None:
                     name += "  [generic" + (f": {f.error}]" if f.error else "]")
                 fdcol = f"{fd.fd}{_fd_mode(f)}{'e' if fd.cloexec else ''}"

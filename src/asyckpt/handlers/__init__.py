@@ -35,10 +35,6 @@ class RegHandler:
     name: ClassVar[str] = "reg"
     kinds: ClassVar[frozenset[str]] = frozenset({"reg"})
     record_type: ClassVar[type[msgspec.Struct]] = RegRecord
-    priority: ClassVar[int] = 0
-
-    def claims(self, facts: FdFacts) -> bool:
-        return True
 
     def capture(self, facts: FdFacts, ctx: HandlerContext) -> RegRecord:
         return RegRecord(nlink=facts.st.st_nlink, blocks=facts.st.st_blocks)
@@ -48,10 +44,6 @@ class DirHandler:
     name: ClassVar[str] = "dir"
     kinds: ClassVar[frozenset[str]] = frozenset({"dir"})
     record_type: ClassVar[type[msgspec.Struct]] = DirRecord
-    priority: ClassVar[int] = 0
-
-    def claims(self, facts: FdFacts) -> bool:
-        return True
 
     def capture(self, facts: FdFacts, ctx: HandlerContext) -> DirRecord:
         return DirRecord(nlink=facts.st.st_nlink)
@@ -61,13 +53,12 @@ class LinkHandler:
     name: ClassVar[str] = "link"
     kinds: ClassVar[frozenset[str]] = frozenset({"link"})
     record_type: ClassVar[type[msgspec.Struct]] = LinkRecord
-    priority: ClassVar[int] = 0
-
-    def claims(self, facts: FdFacts) -> bool:
-        return True
 
     def capture(self, facts: FdFacts, ctx: HandlerContext) -> LinkRecord:
         # The path the fd was opened by may since name something else; the descriptor
         # itself still pins the symlink inode, so read the target through it.
         fd = ctx.take_fd(facts.fd)
         return LinkRecord(target=os.readlink("", dir_fd=fd))
+
+    def render_text(self, record: LinkRecord) -> str:
+        return f"-> {record.target}"
