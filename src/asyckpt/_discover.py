@@ -114,5 +114,7 @@ def plan_tables(tasks: list[TaskStat]) -> list[TaskPlan]:
             if tid == stat.pid:
                 leader_table = table
             threads.append((tid, table))
+        if not threads or threads[0][0] != stat.pid:
+            continue  # its leader exited while we looked (only possible when not frozen)
         plans.append(TaskPlan(stat, meta, tuple(threads), tuple(scan)))
     return plans

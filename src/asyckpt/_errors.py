@@ -162,7 +162,10 @@ def translate_oserror(
     detail = exc.strerror or str(exc)
     if exc.errno in (errno.EPERM, errno.EACCES):
         return AccessDenied(f"{where}permission denied", pid=pid, fd=fd)
-    if exc.errno in (errno.ENOENT, errno.ESRCH) and pid is not None and not _proc_alive(pid):
+    if exc.errno == errno.ESRCH and pid is not None:
+        # Said of a zombie too, whose /proc entry lives on until it is reaped.
+        return NoSuchProcess("process exited", pid=pid, fd=fd)
+    if exc.errno == errno.ENOENT and pid is not None and not _proc_alive(pid):
         return NoSuchProcess("process exited", pid=pid, fd=fd)
     if exc.errno == errno.ENOSYS:
         return KernelUnsupported(f"{where}not supported by this kernel", pid=pid, fd=fd)
