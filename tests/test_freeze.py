@@ -379,3 +379,15 @@ def test_unfrozen_capture_of_a_forking_tree_never_fails(spawn: Any, tmp_path: Pa
         assert not image.header.consistent
         assert summary.tasks == len(image.tasks) >= 1
         assert summary.vanished >= 0
+
+
+def test_a_dead_guardian_stops_the_capture_before_anything_changes() -> None:
+    from asyckpt._guardian import Guardian
+
+    guardian = Guardian()
+    guardian.wait_ready()
+    guardian._proc.kill()
+    guardian._proc.wait()
+    with pytest.raises(FreezerError, match="guardian is gone"):
+        guardian.note("rmdir", "/sys/fs/cgroup/unified/asyckpt-never-made")
+    guardian.dismiss(clean=True)

@@ -1,13 +1,17 @@
 """Record building: turn each task's raw fd reads into image records, in tree order.
 
-Two steps, so that the tree is frozen only as long as it must be:
+Three steps, so that the tree is frozen only as long as it must be:
 
 * :meth:`RecordBuilder.resolve` runs while the tree is frozen, one task at a time in tree
   pre-order.  It deduplicates open file descriptions (cheap key, then kcmp, which needs
   the tasks' tables unchanged), runs the handlers (which may need the live fd), and hands
   out objref ids in order of first reference, so two captures of an unchanged tree number
   everything identically.  It keeps its output compact: tuples, not records.
-* :func:`materialize` turns that into image records after the thaw: pure, no kernel.
+* :meth:`RecordBuilder.finish` runs after the thaw, once, over every resolved task: the
+  handlers' optional ``finish`` hooks complete their records with what only the whole
+  tree tells (is a socket's peer in it?), and every record is encoded (so encoding costs
+  nothing while frozen).  No kernel.
+* :func:`materialize` turns that into image records: pure, no kernel.
 
 The comparison and the mountinfo reader are injected, so neither step does I/O of its own.
 """
@@ -25,7 +29,15 @@ from ._classify import access_mode, kernel_kind, split_deleted, task_relative_pa
 from ._dedup import KcmpIndex
 from ._discover import TaskPlan
 from ._errors import AsyckptError, HandlerFailed, NoSuchProcess, StrictViolation
-from ._plugins import Dispatch, FdFacts, HandlerContext, LoadedHandler, StatInfo
+from ._plugins import (
+    CaptureSession,
+    CaptureTree,
+    Dispatch,
+    FdFacts,
+    HandlerContext,
+    LoadedHandler,
+    StatInfo,
+)
 from ._procparse import FdInfo, parse_fdinfo_rest, parse_mountinfo
 from ._procread import RawRow, TaskMeta
 from ._records import NO_DATA, Fd, FdTable, File, MountEntry, MountTable, Task, Thread
@@ -78,18 +90,52 @@ class TaskScan(NamedTuple):
     """(tid, table id, fds) for each table in ``plan.scan``; None if its task exited."""
 
 
-class NewFile(NamedTuple):
-    """A description seen for the first time, with what its handler made of it."""
+class NewFile:
+    """A description seen for the first time, with what its handler made of it.
 
-    id: int
-    raw: RawRow
-    flags: int
-    kind: str
-    path: str
-    deleted: bool
-    handler: str | None
-    data: msgspec.Raw
-    error: str | None
+    Mutable (unlike the rest of a TaskPart): :meth:`RecordBuilder.finish` replaces the
+    record by its encoding, or the handler by None when finishing fails, in place.
+    """
+
+    __slots__ = (
+        "data",
+        "deleted",
+        "error",
+        "flags",
+        "handler",
+        "id",
+        "kind",
+        "owner",
+        "path",
+        "raw",
+    )
+
+    def __init__(
+        self,
+        id: int,
+        raw: RawRow,
+        owner: tuple[int, int],
+        flags: int,
+        kind: str,
+        path: str,
+        deleted: bool,
+        handler: str | None,
+        data: msgspec.Struct | msgspec.Raw | None,
+        error: str | None,
+    ) -> None:
+        self.id = id
+        self.raw = raw
+        self.owner = owner
+        """(pid, fd) of the fd it was first seen through: what errors name."""
+        self.flags = flags
+        self.kind = kind
+        self.path = path
+        self.deleted = deleted
+        self.handler = handler
+        self.data = data
+        """The handler's record, encoded by :meth:`RecordBuilder.finish` after the thaw;
+        None if generic."""
+        self.error = error
 
 
 class TaskPart(NamedTuple):
@@ -123,7 +169,7 @@ class RecordBuilder:
         read_mountinfo: Callable[[int], str],
         strict: bool = False,
         tolerant: bool = False,
-        context_factory: Callable[[int], HandlerContext] = HandlerContext,
+        session: CaptureSession | None = None,
         run_async: RunAsync = _trio_run_async,
     ) -> None:
         self._dispatch = dispatch
@@ -142,8 +188,8 @@ class RecordBuilder:
         self._strict = strict
         # Unfrozen captures tolerate tasks that exit mid-way; frozen ones cannot lose any.
         self._tolerant = tolerant
-        self._context_factory = context_factory
-        self._encoder = msgspec.msgpack.Encoder()
+        self.session = session
+        """The capture handlers see (``ctx.session``, their ``begin`` state)."""
         self._mnt_seen: set[int] = set()
         self.file_count = 0
         self.fd_count = 0
@@ -206,7 +252,7 @@ class RecordBuilder:
         append = entries.append
         compare = self._compare_files
         lookup = self._files.lookup
-        ctx = self._context_factory(tid)
+        ctx = HandlerContext(tid, self.session)
         try:
             for raw in fds:
                 fd = raw[0]
@@ -264,7 +310,7 @@ class RecordBuilder:
         )
         kind = facts.kind
         handler: LoadedHandler | None = None
-        data = NO_DATA
+        data = None
         error = None
         try:
             handler = self._choose(facts)
@@ -288,6 +334,7 @@ class RecordBuilder:
         return NewFile(
             file_id,
             raw,
+            (pid, fd),
             flags,
             kind,
             facts.path,
@@ -297,7 +344,10 @@ class RecordBuilder:
             error,
         )
 
-    def _capture(self, handler: LoadedHandler, facts: FdFacts, ctx: HandlerContext) -> msgspec.Raw:
+    def _capture(
+        self, handler: LoadedHandler, facts: FdFacts, ctx: HandlerContext
+    ) -> msgspec.Struct:
+        ctx._handler = handler
         if handler.is_async:
             record = self._run_async(handler.capture, facts, ctx)
         else:
@@ -307,7 +357,76 @@ class RecordBuilder:
                 f"capture returned {type(record).__name__}, not its record_type "
                 f"{handler.record_type.__name__}"
             )
-        return msgspec.Raw(self._encoder.encode(record))
+        assert isinstance(record, msgspec.Struct)
+        return record
+
+    def finish(self, parts: list[TaskPart]) -> list[TaskPart]:
+        """After the thaw: run the handlers' ``finish`` hooks over their records, in
+        image order, and encode every record.  A hook that raises, or a record that
+        does not encode, leaves that file generic with the error (or, under --strict,
+        fails the capture).  Updates ``parts`` in place, and returns them."""
+        session = self.session or CaptureSession(p.plan.stat.pid for p in parts)
+        # What the tree holds, for CaptureTree.holds: indexed only if a hook asks.
+        tree = CaptureTree(
+            session,
+            (
+                (new.kind, new.raw[3], new.raw[4])
+                for part in parts
+                for _, _, entries in part.tables
+                for _, _, _, new in entries
+                if new is not None
+            ),
+        )
+        finishers = {h.name: h for h in self._dispatch.handlers if h.finish is not None}
+        encode = msgspec.msgpack.Encoder().encode
+        raw = msgspec.Raw
+        failed = False
+        for part in parts:
+            for _, _, entries in part.tables:
+                for _, _, _, new in entries:
+                    if new is None or new.handler is None:
+                        continue
+                    # Once per record of the whole tree: kept lean for the common case,
+                    # a record without a finish hook.
+                    try:
+                        handler = finishers.get(new.handler)
+                        if handler is not None:
+                            new.data = self._finish_one(new.data, handler, tree)
+                        new.data = raw(encode(new.data))
+                    except Exception as exc:
+                        self._finish_failed(new, exc)
+                        failed = True
+        if failed:  # a handler may be left without records: the header must not list it
+            used = {
+                new.handler
+                for part in parts
+                for _, _, entries in part.tables
+                for _, _, _, new in entries
+                if new is not None and new.handler is not None
+            }
+            self.used = {name: h for name, h in self.used.items() if name in used}
+        return parts
+
+    def _finish_one(self, record: Any, handler: LoadedHandler, tree: CaptureTree) -> msgspec.Struct:
+        assert handler.finish is not None
+        tree._handler = handler
+        finished = handler.finish(record, tree)
+        if type(finished) is not handler.record_type:
+            raise TypeError(
+                f"finish returned {type(finished).__name__}, not its record_type "
+                f"{handler.record_type.__name__}"
+            )
+        assert isinstance(finished, msgspec.Struct)
+        return finished
+
+    def _finish_failed(self, new: NewFile, exc: Exception) -> None:
+        assert new.handler is not None
+        pid, fd = new.owner
+        failed = HandlerFailed(new.handler, exc, pid=pid, fd=fd)
+        error, _ = self._failed(failed, new.kind)
+        self.generic[new.kind] += 1
+        self.generic_fds.append(GenericFd(pid, fd, new.kind, error))
+        new.handler, new.data, new.error = None, None, error
 
     def _failed(self, err: HandlerFailed, kind: str) -> tuple[str, None]:
         """A handler raised: the fd is recorded generically, with the error (or, under
@@ -366,6 +485,17 @@ def materialize(part: TaskPart) -> list[BodyRecord]:
     return out
 
 
+_encode = msgspec.msgpack.Encoder().encode
+
+
+def _encoded(data: msgspec.Struct | msgspec.Raw | None) -> msgspec.Raw:
+    if data is None:
+        return NO_DATA
+    if isinstance(data, msgspec.Raw):
+        return data
+    return msgspec.Raw(_encode(data))  # not finished: RecordBuilder.finish was skipped
+
+
 def _file_record(new: NewFile) -> File:
     raw = new.raw
     return File(
@@ -388,6 +518,6 @@ def _file_record(new: NewFile) -> File:
         size=raw[9],
         mtime_ns=raw[10],
         fdinfo=list(parse_fdinfo_rest(raw[15])) if raw[15] else [],
-        data=new.data,
+        data=_encoded(new.data),
         error=new.error,
     )

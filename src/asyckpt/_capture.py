@@ -9,12 +9,18 @@ Theory of operation
 3. Re-walk the now frozen tree; a task forked while we were moving its parent is moved in
    and the freeze re-confirmed, for a bounded number of rounds.  Group threads by fd table.
 4. *Scan*: one trio task per process reads its fd tables in a worker thread, one thread
-   hop per table (never per fd), at most ``SCAN_THREADS`` at a time.
+   hop per table (never per fd), at most ``SCAN_THREADS`` at a time.  Meanwhile each
+   handler with a ``begin`` hook gets the capture session in a worker thread of its own
+   (one sock_diag dump per network namespace, say), so that its per-capture work overlaps
+   the scan instead of adding to it.
 5. *Resolve*: results arrive in any order; a :class:`Reorderer` releases them in tree
    pre-order to the single resolver, which deduplicates open file descriptions with kcmp,
    runs the handlers (which may need the live fd) and numbers objects by first reference.
-6. *Thaw* as soon as the last task is resolved: only /proc reads, kcmp and handlers
-   happen while frozen.
+6. *Thaw* as soon as the last task is resolved and the ``begin`` of every handler that
+   captured an fd has returned (what it read must be of the frozen moment too; the
+   others' are abandoned): only /proc reads, kcmp and handlers happen while frozen.
+   Then the handlers' ``finish`` hooks complete their records with what only the whole
+   tree tells, and every record is encoded.
 7. *Emit*: each task's records are made from its compact resolved form and sent, one
    batch per task, through a bounded channel to the consumer (the image writer, or a
    library caller's ``async for``), which therefore cannot lengthen the frozen window.
@@ -37,7 +43,7 @@ from ._freeze import Freezer, choose_freezer
 from ._guardian import Guardian
 from ._kernel import kcmp_files
 from ._order import Reorderer
-from ._plugins import Dispatch, load_handlers
+from ._plugins import CaptureSession, Dispatch, LoadedHandler, load_handlers
 from ._procparse import TaskStat
 from ._procread import read_fd_tables
 from ._records import PluginInfo
@@ -59,6 +65,9 @@ resolver, few enough that thread hops stay cheap for trees of thousands of tasks
 
 MAX_FREEZE_ROUNDS = 5
 
+PIPE_DATA_MAX = 64 << 20
+"""The largest ``pipe_data``: what one pipe's queued data may add to one image record."""
+
 
 class CaptureOptions(msgspec.Struct, kw_only=True, frozen=True):
     """How to capture.  ``freeze`` is auto, cgroup:PATH, cgroup-v1, cgroup-v2 or none."""
@@ -67,6 +76,13 @@ class CaptureOptions(msgspec.Struct, kw_only=True, frozen=True):
     freeze_timeout: float = 10.0
     strict: bool = False
     disable_plugins: tuple[str, ...] = ()
+    pipe_data: int = 0
+    """Copy up to this many queued bytes of each pipe into the image (the pipe handler
+    reads ``ctx.session.pipe_data``); 0 copies none.  At most ``PIPE_DATA_MAX``."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.pipe_data <= PIPE_DATA_MAX:
+            raise ValueError(f"pipe_data must be between 0 and {PIPE_DATA_MAX} bytes")
 
 
 class CaptureSummary(msgspec.Struct, kw_only=True):
@@ -227,9 +243,27 @@ async def _capture(
         plans = await trio.to_thread.run_sync(
             _settle_tree, root, tree, freezer, options.freeze_timeout
         )
-        parts = await _scan_and_resolve(plans, builder)
-    # Thawed: records are made and handed on only now, so neither making them nor a
-    # slow consumer of the channel can lengthen the frozen window.
+        builder.session = CaptureSession(
+            [p.stat.pid for p in plans if p.stat.state != "Z"],
+            [tid for p in plans if p.stat.state != "Z" for tid, _ in p.threads],
+            pipe_data=options.pipe_data,
+            consistent=freezer.consistent,
+        )
+        async with collapse_errors(), trio.open_nursery() as nursery:
+            begins = {}
+            for handler in dispatch.handlers:
+                if handler.begin is not None:
+                    begins[handler.name] = trio.CancelScope()
+                    nursery.start_soon(_begin, handler, builder.session, begins[handler.name])
+            parts = await _scan_and_resolve(plans, builder)
+            # The thaw waits for the begins whose state the records may still need (in
+            # finish); that of a handler that captured nothing is not waited for.
+            for name, scope in begins.items():
+                if name not in builder.used:
+                    scope.cancel()
+    # Thawed: records are finished, made and handed on only now, so neither making them
+    # nor a slow consumer of the channel can lengthen the frozen window.
+    parts = await trio.to_thread.run_sync(builder.finish, parts)
     for part in parts:
         await send.send(await trio.to_thread.run_sync(materialize, part))
     return CaptureSummary(
@@ -258,6 +292,27 @@ async def _capture(
         frozen_ms=freezer.frozen_ms,
         capture_ms=0.0,
     )
+
+
+async def _begin(
+    handler: LoadedHandler, session: CaptureSession, unneeded: trio.CancelScope
+) -> None:
+    """Run one handler's ``begin`` while the tree is scanned; its outcome (or error)
+    waits in the session for the handler's captures.  Bounded, so that a begin that
+    hangs cannot keep the tree frozen: past the timeout, or once ``unneeded`` is
+    cancelled (its handler captured nothing), its thread is abandoned."""
+    assert handler.begin is not None
+    begin = handler.begin
+    pending = session._started(handler.name)
+    try:
+        with unneeded, trio.move_on_after(session._timeout):
+            pending.set(await trio.to_thread.run_sync(begin, session, abandon_on_cancel=True))
+    except Exception as exc:
+        pending.set(error=exc)
+    finally:
+        # Timed out, or abandoned: nothing may wait for it any longer (the first outcome
+        # set stands).
+        pending.set(error=TimeoutError(f"it did not finish in {session._timeout:g} s"))
 
 
 async def _scan_and_resolve(plans: list[TaskPlan], builder: RecordBuilder) -> list[TaskPart]:

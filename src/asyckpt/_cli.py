@@ -20,6 +20,11 @@ if TYPE_CHECKING:
 # `--version` start faster without.
 FREEZER_MODES = ("auto", "cgroup-v1", "cgroup-v2", "none")
 
+# _capture.PIPE_DATA_MAX, repeated so that parsing arguments does not import the pipeline
+# (a test checks that they agree).
+PIPE_DATA_MAX = 64 << 20
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20}
+
 EXIT_INTERRUPTED = 130
 
 EPILOG = """\
@@ -48,6 +53,18 @@ def _positive_seconds(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
     return value
+
+
+def _size(text: str) -> int:
+    """``--pipe-data``: bytes, with an optional K or M (binary) suffix; 0 is off."""
+    number, unit = text, ""
+    if text[-1:].lower() in ("k", "m"):
+        number, unit = text[:-1], text[-1].lower()
+    if not number.isdigit() or int(number) * _UNITS[unit] > PIPE_DATA_MAX:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size from 0 to 64M (bytes, or with a K or M suffix)"
+        )
+    return int(number) * _UNITS[unit]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -96,6 +113,14 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fail if any fd is recorded generically (no handler, or it failed)",
     )
+    t.add_argument(
+        "--pipe-data",
+        type=_size,
+        default=0,
+        metavar="SIZE",
+        help="copy up to SIZE bytes (K, M: binary units; at most 64M) of the data queued "
+        "in each pipe and FIFO into the image, without consuming it (default: 0, none)",
+    )
     _plugin_options(t)
     t.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 
@@ -109,6 +134,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("image", help="image file")
     s.add_argument("--json", action="store_true", help="print the JSON export")
+    s.add_argument(
+        "--endpoints",
+        action="store_true",
+        help="list each pipe, FIFO and connected socket pair with the task/fd at each end, "
+        "flagging ends outside the tree (with --json: an 'endpoints' array is added)",
+    )
     _plugin_options(s)
 
     pl = sub.add_parser(
@@ -218,6 +249,7 @@ def _cmd_tree(args: argparse.Namespace) -> int:
         freeze_timeout=args.freeze_timeout,
         strict=args.strict,
         disable_plugins=tuple(args.disable_plugin),
+        pipe_data=args.pipe_data,
     )
 
     # Loaded here rather than by the capture, so that conflicts are reported as warnings
@@ -261,13 +293,18 @@ def _load_handlers(args: argparse.Namespace) -> Dispatch:
 def _cmd_show(args: argparse.Namespace) -> int:
     from ._image import read_image
     from ._plugins import image_plugins
-    from ._show import render_table, to_json_doc
+    from ._show import endpoints, render_endpoints, render_table, to_json_doc
 
     image = read_image(args.image)
     plugins = image_plugins(image.header.plugins, disabled=args.disable_plugin, enabled=args.plugin)
     if args.json:
-        json.dump(to_json_doc(image, plugins), sys.stdout, indent=1)
+        doc = to_json_doc(image, plugins)
+        if args.endpoints:
+            doc["endpoints"] = [e.to_json() for e in endpoints(image)]
+        json.dump(doc, sys.stdout, indent=1)
         sys.stdout.write("\n")
+    elif args.endpoints:
+        sys.stdout.write(render_endpoints(image) + "\n")
     else:
         sys.stdout.write(render_table(image, plugins) + "\n")
     return 0

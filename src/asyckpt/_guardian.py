@@ -137,8 +137,12 @@ class Guardian:
 
     def note(self, *step: object) -> None:
         """Tell the guardian how to undo the step about to be taken."""
-        self._stdin.write(json.dumps(step) + "\n")
-        self._stdin.flush()
+        try:
+            self._stdin.write(json.dumps(step) + "\n")
+            self._stdin.flush()
+        except OSError as exc:
+            # Without it a SIGKILL could leave the tree frozen: do not take the step.
+            raise FreezerError(f"the freezer guardian is gone ({exc.strerror})") from exc
 
     def dismiss(self, *, clean: bool) -> None:
         """End the guardian: ``clean`` when everything was undone already; otherwise it
@@ -148,10 +152,13 @@ class Guardian:
         self.dismissed = True
         try:
             if clean:
-                self.note("done")
+                self._stdin.write('["done"]\n')
             self._stdin.close()
         except OSError:
-            pass  # it died; nothing to dismiss
+            # It died; nothing to dismiss.  (close() still closes the pipe when the flush
+            # of what could not be written fails.)
+            with contextlib.suppress(OSError):
+                self._stdin.close()
         try:
             self._proc.wait(timeout=10)
         except subprocess.TimeoutExpired:

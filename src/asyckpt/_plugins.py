@@ -19,6 +19,7 @@ import importlib.metadata
 import inspect
 import os
 import re
+import threading
 import warnings
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, ClassVar, NamedTuple, Protocol, final, runtime_checkable
@@ -34,6 +35,9 @@ __all__ = [
     "BUILTIN_DISTRIBUTION",
     "ENTRY_POINT_GROUP",
     "KINDS",
+    "SESSION_TIMEOUT",
+    "CaptureSession",
+    "CaptureTree",
     "Chooser",
     "Conflict",
     "Device",
@@ -134,18 +138,99 @@ def _pidfd_open(tid: int) -> int:
             raise exc from None
 
 
-@final
-class HandlerContext:
-    """Access to the live open file description, for handlers that need more than facts.
+SESSION_TIMEOUT = 10.0
+"""Seconds a capture waits for a handler's ``begin``; past them the tree is thawed
+anyway and what needed the state is recorded generically, with the error."""
 
-    Created by asyckpt only, one per fd table.  Every fd taken is closed after the
-    handler returns.
+
+class _Pending:
+    """The outcome of one handler's ``begin``, awaited from worker threads."""
+
+    __slots__ = ("_done", "_error", "_value")
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def set(self, value: Any = None, error: BaseException | None = None) -> None:
+        """Record the outcome; the first one recorded stands."""
+        if not self._done.is_set():
+            self._value, self._error = value, error
+            self._done.set()
+
+    def get(self, name: str, timeout: float) -> Any:
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"begin of handler {name!r} did not finish in {timeout:g} s")
+        if self._error is not None:
+            raise RuntimeError(
+                f"its begin failed: {type(self._error).__name__}: {self._error}"
+            ) from self._error
+        return self._value
+
+
+@final
+class CaptureSession:
+    """One capture as handlers see it: handed to a handler's optional ``begin(session)``
+    once per capture, and reachable from ``capture`` and ``finish`` as ``ctx.session``.
     """
 
-    def __init__(self, tid: int) -> None:
+    def __init__(
+        self,
+        pids: Iterable[int],
+        tids: Iterable[int] = (),
+        *,
+        pipe_data: int = 0,
+        consistent: bool = True,
+        timeout: float | None = None,
+    ) -> None:
+        self.pids = tuple(pids)
+        """The processes of the tree, in tree pre-order (zombies left out)."""
+        self.tids = tuple(tids) or self.pids
+        """Every thread of those processes, leaders included."""
+        self.pipe_data = pipe_data
+        """Bytes of queued data to copy from each pipe (``--pipe-data``); 0: none."""
+        self.consistent = consistent
+        """Whether the tree is frozen (false with ``--freeze=none``)."""
+        self._timeout = SESSION_TIMEOUT if timeout is None else timeout
+        self._states: dict[str, _Pending] = {}
+        self._lock = threading.Lock()
+
+    def _started(self, name: str) -> _Pending:
+        """Register a handler's begin as started (by the capture, concurrently)."""
+        pending = self._states[name] = _Pending()
+        return pending
+
+    def _state_of(self, handler: LoadedHandler) -> Any:
+        if handler.begin is None:
+            return None
+        with self._lock:
+            pending = self._states.get(handler.name)
+            if pending is None:
+                # Nobody started it (a builder or a test without the capture pipeline):
+                # run it here, once.
+                pending = self._states[handler.name] = _Pending()
+                try:
+                    pending.set(handler.begin(self))
+                except Exception as exc:
+                    pending.set(error=exc)
+        return pending.get(handler.name, self._timeout)
+
+
+@final
+class HandlerContext:
+    """Access to the live open file description, and to the capture it belongs to.
+
+    Created by asyckpt, one per fd table.  Every fd taken is closed after the handler
+    returns.
+    """
+
+    def __init__(self, tid: int, session: CaptureSession | None = None) -> None:
         self._pidfd: int | None = None
         self._tid = tid
         self._taken: list[int] = []
+        self._session = session
+        self._handler: LoadedHandler | None = None
 
     def take_fd(self, fd: int) -> int:
         """A descriptor for the *same* open file description as the task's ``fd``
@@ -155,6 +240,22 @@ class HandlerContext:
         new = pidfd_getfd(self._pidfd, fd)
         self._taken.append(new)
         return new
+
+    @property
+    def session(self) -> CaptureSession:
+        """The capture this fd is part of (LookupError outside of one)."""
+        if self._session is None:
+            raise LookupError("this HandlerContext belongs to no capture session")
+        return self._session
+
+    @property
+    def state(self) -> Any:
+        """What this handler's ``begin(session)`` returned for this capture (None if it
+        has no ``begin``), waiting for it if it is still running.  Raises if begin
+        failed, so the fd is recorded generically with that error."""
+        if self._handler is None:
+            raise LookupError("this HandlerContext is not bound to a handler")
+        return self.session._state_of(self._handler)
 
     def _release(self) -> None:
         while self._taken:
@@ -167,6 +268,45 @@ class HandlerContext:
             self._pidfd = None
 
 
+@final
+class CaptureTree:
+    """What a handler's optional ``finish(record, tree)`` sees: the whole capture,
+    once every fd of the tree has been read and the tree is thawed again."""
+
+    def __init__(self, session: CaptureSession, files: Iterable[tuple[str, int, int]]) -> None:
+        self.session = session
+        self.pids = frozenset(session.pids)
+        """The processes of the tree."""
+        self._files = files
+        self._index: dict[tuple[str, int], list[int]] | None = None
+        self._handler: LoadedHandler | None = None
+        self._states: dict[str, Any] = {}
+
+    @property
+    def state(self) -> Any:
+        """What this handler's ``begin`` returned (as ``HandlerContext.state``)."""
+        if self._handler is None:
+            raise LookupError("this CaptureTree is not bound to a handler")
+        name = self._handler.name
+        # Asked once per record: every begin has ended by now, so its outcome is kept.
+        if name not in self._states:
+            self._states[name] = self.session._state_of(self._handler)
+        return self._states[name]
+
+    def holds(self, kind: str, ino: int, dev: int | None = None) -> bool:
+        """Whether some fd of the tree is open on an object of ``kind`` (``socket``,
+        ``pipe``, ``reg``...) with inode ``ino`` (and device ``dev``, if given: inode
+        numbers are unique only within one filesystem; pipes' and sockets' each live on
+        one)."""
+        if self._index is None:
+            index: dict[tuple[str, int], list[int]] = {}
+            for k, d, i in self._files:
+                index.setdefault((k, i), []).append(d)
+            self._index = index
+        devs = self._index.get((kind, ino))
+        return devs is not None and (dev is None or dev in devs)
+
+
 @runtime_checkable
 class FdHandler(Protocol):
     """The contract of an fd-type handler (entry-point group ``asyckpt.fd_types``).
@@ -177,8 +317,10 @@ class FdHandler(Protocol):
     of the optional class attributes ``kinds``, ``link_prefixes``, ``devices`` and
     ``fs_magic`` (an fd matching any one of them is a candidate) and narrowed by an
     optional ``claims(facts) -> bool``; ``priority`` (default 0) orders candidates.
-    Optional hooks: ``render_json(record)``, ``render_text(record)`` for ``asyckpt
-    show``, and ``restore(record, file)``.  docs/plugins.md has the whole contract.
+    Optional hooks: ``begin(session)`` once per capture and ``finish(record, tree)``
+    once per record after the thaw, ``render_json(record)``, ``render_text(record)`` for
+    ``asyckpt show``, and ``restore(record, file)``.  docs/plugins.md has the whole
+    contract.
     """
 
     name: ClassVar[str]
@@ -251,9 +393,11 @@ class LoadedHandler:
 
     __slots__ = (
         "_decoder",
+        "begin",
         "capture",
         "devices",
         "distribution",
+        "finish",
         "fs_magic",
         "handler",
         "is_async",
@@ -322,6 +466,12 @@ class LoadedHandler:
         self.render_json = _hook(who, handler, "render_json")
         self.render_text = _hook(who, handler, "render_text")
         self.restore = _hook(who, handler, "restore")
+        # The session hooks run in worker threads, outside any event loop.
+        self.begin: Callable[[CaptureSession], Any] | None = _hook(who, handler, "begin")
+        self.finish: Callable[[Any, CaptureTree], Any] | None = _hook(who, handler, "finish")
+        for attr in ("begin", "finish"):
+            if inspect.iscoroutinefunction(getattr(self, attr)):
+                raise PluginError(f"{who}: {attr} must be a plain function, not async")
         self._decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(rtype)
 
     @property
@@ -345,7 +495,7 @@ class LoadedHandler:
 
     def hooks(self) -> list[str]:
         out = ["async"] if self.is_async else []
-        for hook in ("render_json", "render_text", "restore"):
+        for hook in ("begin", "finish", "render_json", "render_text", "restore"):
             if getattr(self, hook) is not None:
                 out.append(hook)
         return out

@@ -11,6 +11,9 @@
 * :func:`load_handler` checks a handler against the contract exactly as loading it from
   its entry point does; :func:`dispatch_with` makes a dispatch that holds it as if it
   were installed, for ``checkpoint_tree(..., dispatch=...)``.
+* :func:`handler_context` gives a ``HandlerContext`` for calling ``capture`` directly,
+  in a capture session of its own (``ctx.state`` runs the handler's ``begin``), and
+  :func:`finish_record` runs the handler's ``finish`` on the record in that session.
 
 docs/plugins.md shows them in use.  Capturing needs what asyckpt needs: Linux and root.
 """
@@ -35,8 +38,11 @@ from .._build import fd_facts
 from .._errors import PluginError
 from .._image import Image, ImageWriter, read_image
 from .._plugins import (
+    CaptureSession,
+    CaptureTree,
     Dispatch,
     FdFacts,
+    HandlerContext,
     ImagePlugin,
     LoadedHandler,
     StatInfo,
@@ -53,6 +59,8 @@ __all__ = [
     "capture_fd",
     "dispatch_with",
     "facts_of",
+    "finish_record",
+    "handler_context",
     "hold_fd",
     "load_handler",
     "make_facts",
@@ -79,6 +87,49 @@ def dispatch_with(*handlers: object, builtins: bool = True) -> Dispatch:
     if not builtins:
         return Dispatch(loaded)
     return load_handlers(autoload=False, extra=loaded, warn=False)
+
+
+@contextlib.contextmanager
+def handler_context(
+    handler: object, pid: int, *, tid: int | None = None, pipe_data: int = 0
+) -> Iterator[HandlerContext]:
+    """A ``HandlerContext`` for the fds of ``pid`` (of thread ``tid``'s table), bound to
+    ``handler``, in a capture session of that one process (not frozen): for calling
+    ``capture`` directly on :func:`facts_of` facts.  ``ctx.state`` runs the handler's
+    ``begin`` on first use.  Every fd it took is closed when the block ends::
+
+        with handler_context(MyHandler, pid) as ctx:
+            record = MyHandler().capture(facts_of(pid, fd), ctx)
+    """
+    loaded = load_handler(handler)
+    tid = pid if tid is None else tid
+    session = CaptureSession((pid,), (tid,), pipe_data=pipe_data, consistent=False)
+    ctx = HandlerContext(tid, session)
+    ctx._handler = loaded
+    try:
+        yield ctx
+    finally:
+        ctx._close()
+
+
+def finish_record(
+    handler: object,
+    record: msgspec.Struct,
+    ctx: HandlerContext,
+    *,
+    files: Iterable[tuple[str, int, int]] = (),
+) -> msgspec.Struct:
+    """Run ``handler``'s ``finish`` hook on ``record`` as a capture would after the thaw,
+    in ``ctx``'s session (from :func:`handler_context`), with a tree holding ``files``:
+    (kind, dev, ino) of each open file "in the tree".  Returns the record unchanged for
+    a handler without ``finish``."""
+    loaded = load_handler(handler)
+    if loaded.finish is None:
+        return record
+    tree = CaptureTree(ctx.session, list(files))
+    tree._handler = ctx._handler or loaded
+    finished: msgspec.Struct = loaded.finish(record, tree)
+    return finished
 
 
 # --- a real process holding an fd ---------------------------------------------------------
@@ -301,10 +352,17 @@ class CapturedFd(NamedTuple):
 
 
 def capture_fd(
-    handler: object, pid: int, fd: int, *, freeze: str = "auto", builtins: bool = True
+    handler: object,
+    pid: int,
+    fd: int,
+    *,
+    freeze: str = "auto",
+    builtins: bool = True,
+    pipe_data: int = 0,
 ) -> CapturedFd:
     """Capture the process ``pid`` (and its descendants) with ``handler`` installed, as
-    ``asyckpt tree`` does, and return what the image holds for its fd ``fd``.
+    ``asyckpt tree`` does (``pipe_data`` as ``--pipe-data``), and return what the image
+    holds for its fd ``fd``.
 
     Runs its own trio event loop, so call it from a plain (not async) test.
     """
@@ -317,7 +375,7 @@ def capture_fd(
     dispatch = dispatch_with(loaded, builtins=builtins)
     with tempfile.TemporaryDirectory(prefix="asyckpt-capture-fd-") as tmp:
         dest = Path(tmp) / "capture.ackpt"
-        options = CaptureOptions(freeze=freeze)
+        options = CaptureOptions(freeze=freeze, pipe_data=pipe_data)
         trio.run(lambda: checkpoint_tree(pid, dest, options=options, dispatch=dispatch))
         image = read_image(dest)
     task = next(t for t in image.tasks if t.pid == pid)

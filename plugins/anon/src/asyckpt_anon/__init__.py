@@ -1,0 +1,395 @@
+"""asyckpt's fd-type handlers for anonymous inodes.
+
+One handler per kind the kernel marks in the link text (``anon_inode:[eventfd]``...),
+claimed by link prefix, each recording what the type-specific fdinfo lines say; memfds
+(regular shmem files named ``/memfd:NAME``) are claimed by their link prefix ahead of
+asyckpt's ``reg`` handler.  ``anon`` takes every other anon inode (io_uring,
+userfaultfd, perf_event, bpf maps and programs, kinds not known yet) at priority -1,
+so a more specific handler, bundled or third-party, always goes first.
+
+Every record also carries the locks held through the description and its I/O owner
+(:mod:`asyckpt_anon.fdstate`).  The fdinfo parsers are pure (:mod:`asyckpt_anon.parse`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import platform
+import signal
+from typing import Any, ClassVar
+
+import msgspec
+
+from asyckpt import FdFacts, HandlerContext
+
+from .fdstate import Lock, Owner, describe_state, live_fd, locks_of, owner_of
+from .parse import (
+    parse_anon,
+    parse_epoll,
+    parse_eventfd,
+    parse_fanotify,
+    parse_inotify,
+    parse_pidfd,
+    parse_signalfd,
+    parse_timerfd,
+)
+from .records import (
+    AnonInode,
+    Epoll,
+    EpollTarget,
+    EventFd,
+    Fanotify,
+    FanotifyMark,
+    FileHandle,
+    Inotify,
+    InotifyWatch,
+    MemFd,
+    PidFd,
+    SignalFd,
+    TimerFd,
+)
+
+__all__ = [
+    "AnonHandler",
+    "AnonInode",
+    "Epoll",
+    "EpollHandler",
+    "EpollTarget",
+    "EventFd",
+    "EventFdHandler",
+    "Fanotify",
+    "FanotifyHandler",
+    "FanotifyMark",
+    "FileHandle",
+    "Inotify",
+    "InotifyHandler",
+    "InotifyWatch",
+    "Lock",
+    "MemFd",
+    "MemFdHandler",
+    "Owner",
+    "PidFd",
+    "PidFdHandler",
+    "SignalFd",
+    "SignalFdHandler",
+    "TimerFd",
+    "TimerFdHandler",
+]
+
+HANDLERS: tuple[type, ...]  # set at the end of the module: every handler class here
+
+
+def _flag_names(value: int, names: dict[int, str]) -> list[str]:
+    out = [name for bit, name in names.items() if value & bit]
+    rest = value & ~sum(names)
+    if rest:
+        out.append(hex(rest))
+    return out
+
+
+def _with_state(text: str, record: Any) -> str:
+    state = describe_state(record.locks, record.owner)
+    return f"[{text}; {state}]" if state else f"[{text}]"
+
+
+class EventFdHandler:
+    """eventfd: counter, semaphore mode, non-blocking."""
+
+    name: ClassVar[str] = "eventfd"
+    record_type: ClassVar[type[msgspec.Struct]] = EventFd
+    link_prefixes: ClassVar[tuple[str, ...]] = ("anon_inode:[eventfd]",)
+
+    def capture(self, facts: FdFacts, ctx: HandlerContext) -> EventFd:
+        record = parse_eventfd(facts.fdinfo.extra, facts.fdinfo.flags)
+        owner = owner_of(facts, live_fd(facts, ctx))
+        return msgspec.structs.replace(record, owner=owner, locks=locks_of(facts))
+
+    def render_text(self, record: EventFd) -> str:
+        text = f"eventfd count={record.count}"
+        if record.semaphore:
+            text += " semaphore"
+        return _with_state(text, record)
+
+
+EPOLL_EVENTS = {
+    0x1: "EPOLLIN",
+    0x2: "EPOLLPRI",
+    0x4: "EPOLLOUT",
+    0x8: "EPOLLERR",
+    0x10: "EPOLLHUP",
+    0x20: "EPOLLNVAL",
+    0x40: "EPOLLRDNORM",
+    0x80: "EPOLLRDBAND",
+    0x100: "EPOLLWRNORM",
+    0x200: "EPOLLWRBAND",
+    0x400: "EPOLLMSG",
+    0x2000: "EPOLLRDHUP",
+    1 << 28: "EPOLLEXCLUSIVE",
+    1 << 29: "EPOLLWAKEUP",
+    1 << 30: "EPOLLONESHOT",
+    1 << 31: "EPOLLET",
+}
+
+
+class EpollHandler:
+    """epoll: every target as fdinfo lists it (fd number, events, data, and which
+    open file: position, inode, device)."""
+
+    name: ClassVar[str] = "epoll"
+    record_type: ClassVar[type[msgspec.Struct]] = Epoll
+    link_prefixes: ClassVar[tuple[str, ...]] = ("anon_inode:[eventpoll]",)
+
+    def capture(self, facts: FdFacts, ctx: HandlerContext) -> Epoll:
+        record = parse_epoll(facts.fdinfo.extra)
+        owner = owner_of(facts, live_fd(facts, ctx))
+        return msgspec.structs.replace(record, owner=owner, locks=locks_of(facts))
+
+    def render_text(self, record: Epoll) -> str:
+        tfds = ",".join(str(t.tfd) for t in record.targets)
+        return _with_state(f"epoll {len(record.targets)} targets: {tfds or '-'}", record)
+
+    def render_json(self, record: Epoll) -> dict[str, Any]:
+        return {
+            "targets": [
+                {
+                    "tfd": t.tfd,
+                    "events": None if t.events is None else _flag_names(t.events, EPOLL_EVENTS),
+                    "data": None if t.data is None else hex(t.data),
+                    "ino": t.ino,
+                    "dev": t.dev,
+                }
+                for t in record.targets
+            ]
+        }
+
+
+CLOCKS = {
+    0: "CLOCK_REALTIME",
+    1: "CLOCK_MONOTONIC",
+    7: "CLOCK_BOOTTIME",
+    8: "CLOCK_REALTIME_ALARM",
+    9: "CLOCK_BOOTTIME_ALARM",
+}
+TIMER_FLAGS = {1: "TFD_TIMER_ABSTIME", 2: "TFD_TIMER_CANCEL_ON_SET"}
+
+
+def _seconds(ts: tuple[int, int] | None) -> str:
+    return "?" if ts is None else f"{ts[0]}.{ts[1]:09d}s"
+
+
+class TimerFdHandler:
+    """timerfd: clock, ticks, it_value, it_interval, settime flags."""
+
+    name: ClassVar[str] = "timerfd"
+    record_type: ClassVar[type[msgspec.Struct]] = TimerFd
+    link_prefixes: ClassVar[tuple[str, ...]] = ("anon_inode:[timerfd]",)
+
+    def capture(self, facts: FdFacts, ctx: HandlerContext) -> TimerFd:
+        record = parse_timerfd(facts.fdinfo.extra)
+        owner = owner_of(facts, live_fd(facts, ctx))
+        return msgspec.structs.replace(record, owner=owner, locks=locks_of(facts))
+
+    def render_text(self, record: TimerFd) -> str:
+        clock = "?" if record.clockid is None else CLOCKS.get(record.clockid, str(record.clockid))
+        text = (
+            f"timerfd {clock} value={_seconds(record.it_value)} "
+            f"interval={_seconds(record.it_interval)} ticks={record.ticks}"
+        )
+        return _with_state(text, record)
+
+    def render_json(self, record: TimerFd) -> dict[str, Any]:
+        return {
+            "clock": None if record.clockid is None else CLOCKS.get(record.clockid),
+            "settime_flags": (
+                None
+                if record.settime_flags is None
+                else _flag_names(record.settime_flags, TIMER_FLAGS)
+            ),
+        }
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
+class SignalFdHandler:
+    """signalfd: the signal mask."""
+
+    name: ClassVar[str] = "signalfd"
+    record_type: ClassVar[type[msgspec.Struct]] = SignalFd
+    link_prefixes: ClassVar[tuple[str, ...]] = ("anon_inode:[signalfd]",)
+
+    def capture(self, facts: FdFacts, ctx: HandlerContext) -> SignalFd:
+        record = parse_signalfd(facts.fdinfo.extra)
+        owner = owner_of(facts, live_fd(facts, ctx))
+        return msgspec.structs.replace(record, owner=owner, locks=locks_of(facts))
+
+    def render_text(self, record: SignalFd) -> str:
+        names = ",".join(_signal_name(s) for s in record.signals)
+        return _with_state(f"signalfd {names or '-'}", record)
+
+    def render_json(self, record: SignalFd) -> dict[str, Any]:
+        return {"signals": [_signal_name(s) for s in record.signals]}
+
+
+class InotifyHandler:
+    """inotify: every watch (wd, inode, device, mask, file handle)."""
+
+    name: ClassVar[str] = "inotify"
+    record_type: ClassVar[type[msgspec.Struct]] = Inotify
+    # The kernel names inotify's anon inode without brackets.
+    link_prefixes: ClassVar[tuple[str, ...]] = ("anon_inode:inotify",)
+
+    def capture(self, facts: FdFacts, ctx: HandlerContext) -> Inotify:
+        record = parse_inotify(facts.fdinfo.extra)
+        owner = owner_of(facts, live_fd(facts, ctx))
+        return msgspec.structs.replace(record, owner=owner, locks=locks_of(facts))
+
+    def render_text(self, record: Inotify) -> str:
+        wds = ",".join(str(w.wd) for w in record.watches)
+        return _with_state(f"inotify {len(record.watches)} watches: {wds or '-'}", record)
+
+
+class FanotifyHandler:
+    """fanotify: init flags and every mark (inode, mount, filesystem)."""
+
+    name: ClassVar[str] = "fanotify"
+    record_type: ClassVar[type[msgspec.Struct]] = Fanotify
+    link_prefixes: ClassVar[tuple[str, ...]] = ("anon_inode:[fanotify]",)
+
+    def capture(self, facts: FdFacts, ctx: HandlerContext) -> Fanotify:
+        record = parse_fanotify(facts.fdinfo.extra)
+        owner = owner_of(facts, live_fd(facts, ctx))
+        return msgspec.structs.replace(record, owner=owner, locks=locks_of(facts))
+
+    def render_text(self, record: Fanotify) -> str:
+        marks = ",".join(m.object for m in record.marks)
+        return _with_state(f"fanotify {len(record.marks)} marks: {marks or '-'}", record)
+
+
+class PidFdHandler:
+    """pidfd: the target's pid and its pid in each namespace (NSpid)."""
+
+    name: ClassVar[str] = "pidfd"
+    record_type: ClassVar[type[msgspec.Struct]] = PidFd
+    # pidfds live on pidfs since Linux 6.9; the link text still names them.
+    link_prefixes: ClassVar[tuple[str, ...]] = ("anon_inode:[pidfd]", "pidfd:")
+
+    def capture(self, facts: FdFacts, ctx: HandlerContext) -> PidFd:
+        record = parse_pidfd(facts.fdinfo.extra, facts.fdinfo.flags)
+        owner = owner_of(facts, live_fd(facts, ctx))
+        return msgspec.structs.replace(record, owner=owner, locks=locks_of(facts))
+
+    def render_text(self, record: PidFd) -> str:
+        who = "exited" if record.pid == -1 else f"pid {record.pid}"
+        if len(record.nspid) > 1:
+            who += " (nspid " + " ".join(map(str, record.nspid)) + ")"
+        return _with_state(f"pidfd {'thread ' if record.thread else ''}{who}", record)
+
+
+MEMFD_PREFIX = "/memfd:"
+SEALS = {
+    0x1: "F_SEAL_SEAL",
+    0x2: "F_SEAL_SHRINK",
+    0x4: "F_SEAL_GROW",
+    0x8: "F_SEAL_WRITE",
+    0x10: "F_SEAL_FUTURE_WRITE",
+    0x20: "F_SEAL_EXEC",
+}
+HUGETLBFS_MAGIC = 0x958458F6
+_DELETED = " (deleted)"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+# struct statfs begins with f_type, a machine word everywhere but s390x (an unsigned int
+# there); the buffer is larger than any architecture's struct.
+_F_TYPE = ctypes.c_uint if platform.machine() == "s390x" else ctypes.c_ulong
+_STATFS_SIZE = 256
+
+
+def _fs_magic(fd: int) -> int:
+    buf = ctypes.create_string_buffer(_STATFS_SIZE)
+    if _libc.fstatfs(fd, buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(_F_TYPE.from_buffer(buf).value)
+
+
+class MemFdHandler:
+    """memfd: name, size, seals, hugetlb (not the content)."""
+
+    name: ClassVar[str] = "memfd"
+    record_type: ClassVar[type[msgspec.Struct]] = MemFd
+    # A memfd is a regular file on an internal shmem (or hugetlbfs) mount, so it would
+    # be the core's reg handler's; the link prefix is more specific than that kind.
+    link_prefixes: ClassVar[tuple[str, ...]] = (MEMFD_PREFIX,)
+
+    def claims(self, facts: FdFacts) -> bool:
+        # A memfd is never linked into a directory: its link always reads "(deleted)".
+        # A real file named "/memfd:x" at the root stays the reg handler's.
+        return facts.kind == "reg" and facts.deleted
+
+    def capture(self, facts: FdFacts, ctx: HandlerContext) -> MemFd:
+        link = facts.link.removesuffix(_DELETED)
+        fd = live_fd(facts, ctx)
+        seals: int | None = None
+        hugetlb: bool | None = None
+        if fd is not None:
+            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+            hugetlb = _fs_magic(fd) == HUGETLBFS_MAGIC
+        return MemFd(
+            name=link[len(MEMFD_PREFIX) :],
+            size=facts.st.st_size,
+            blocks=facts.st.st_blocks,
+            seals=seals,
+            hugetlb=hugetlb,
+            owner=owner_of(facts, fd),
+            locks=locks_of(facts),
+        )
+
+    def render_text(self, record: MemFd) -> str:
+        text = f"memfd {record.name!r} size={record.size}"
+        if record.seals:
+            text += " seals=" + "|".join(_flag_names(record.seals, SEALS))
+        if record.hugetlb:
+            text += " hugetlb"
+        return _with_state(text, record)
+
+    def render_json(self, record: MemFd) -> dict[str, Any]:
+        return {"seals": None if record.seals is None else _flag_names(record.seals, SEALS)}
+
+
+class AnonHandler:
+    """Every other anon inode: its type and the fdinfo fields of known format."""
+
+    name: ClassVar[str] = "anon"
+    record_type: ClassVar[type[msgspec.Struct]] = AnonInode
+    kinds: ClassVar[frozenset[str]] = frozenset({"anon"})
+    # The catch-all: below every handler that names what it claims.
+    priority: ClassVar[int] = -1
+
+    def capture(self, facts: FdFacts, ctx: HandlerContext) -> AnonInode:
+        record = parse_anon(facts.link, facts.fdinfo.extra)
+        owner = owner_of(facts, live_fd(facts, ctx))
+        return msgspec.structs.replace(record, owner=owner, locks=locks_of(facts))
+
+    def render_text(self, record: AnonInode) -> str:
+        values = " ".join(f"{k}={v}" for k, v in record.values.items())
+        return _with_state(f"{record.type} {values}".rstrip(), record)
+
+
+HANDLERS = (
+    AnonHandler,
+    EpollHandler,
+    EventFdHandler,
+    FanotifyHandler,
+    InotifyHandler,
+    MemFdHandler,
+    PidFdHandler,
+    SignalFdHandler,
+    TimerFdHandler,
+)

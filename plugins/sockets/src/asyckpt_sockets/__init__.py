@@ -1,0 +1,356 @@
+"""asyckpt's handler for sockets: unix, inet and inet6, netlink, packet, and any other
+family generically.
+
+What a socket is comes from two places, each read once per capture:
+
+* its own open file description (``ctx.take_fd``, i.e. pidfd_getfd), while the tree is
+  frozen: family, type and protocol (SO_DOMAIN, SO_TYPE, SO_PROTOCOL), peer credentials
+  (SO_PEERCRED), the bound and peer addresses, and the common options (SO_REUSEADDR,
+  SO_REUSEPORT, SO_KEEPALIVE, SO_RCVBUF, SO_SNDBUF, TCP_NODELAY);
+* sock_diag: ``begin`` dumps every family once per network namespace of the tree (from
+  inside each namespace), concurrently with the scan and while the tree is frozen; the
+  replies are only indexed by inode then.  ``finish``, after the thaw, decodes the replies
+  of the tree's own sockets and joins them to the records by inode: state, queues, owner,
+  a unix socket's peer and pending connections, a netlink socket's groups, a packet
+  socket's interface, and whether the peer is held by the tree.
+
+A socket that no dump reported (one created after the dump, possible only with
+``--freeze=none``; a ping socket, which sock_diag does not cover; a family nobody
+dumps: SCTP, vsock, AF_ALG...) keeps what its fd told, with ``diag`` false.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import msgspec
+
+from asyckpt import CaptureSession, CaptureTree, FdFacts, HandlerContext
+
+if TYPE_CHECKING:
+    from . import diag
+    from .dump import Dumps, NetnsDump
+
+# The sock_diag modules (netlink, parsing) are imported by begin and finish: `asyckpt
+# show` and `asyckpt plugins` load this handler without needing them.
+
+__all__ = ["Socket", "SocketHandler"]
+
+
+class Socket(
+    msgspec.Struct, tag="asyckpt.socket", tag_field="kind", kw_only=True, omit_defaults=True
+):
+    """One socket.  Fields that do not apply to its family are left out of the image
+    (they decode as their defaults)."""
+
+    ino: int
+    """The socket's inode (``socket:[ino]``)."""
+    family: str
+    """``unix``, ``inet``, ``inet6``, ``netlink``, ``packet``, or another family's name
+    (``alg``, ``vsock``...; ``af42`` for one Python does not know)."""
+    domain: int
+    """The family's number (SO_DOMAIN)."""
+    type: str
+    """``stream``, ``dgram``, ``seqpacket``, ``raw``, ``rdm``, ``packet`` or ``typeN``."""
+    protocol: int
+    """SO_PROTOCOL as the kernel reports it."""
+    proto: str | None = None
+    """inet: ``tcp``, ``udp``, ``udplite``, ``raw``, ``icmp``; netlink: ``route``,
+    ``generic``... (None: a protocol without a name here)."""
+
+    diag: bool
+    """Whether sock_diag reported the socket (the fields from it are set)."""
+    diag_error: str | None = None
+    """Why the dump that would have reported it failed, if it did."""
+    netns: int | None = None
+    """The network namespace (its inode) whose dump reported the socket."""
+    state: str | None = None
+    """The kernel's socket state: ``ESTABLISHED``, ``LISTEN``, ``CLOSE`` (unconnected)..."""
+    recv_queue: int | None = None
+    """Bytes waiting to be read (unix dgram: the first datagram's length); for a
+    listener, the connections waiting to be accepted."""
+    send_queue: int | None = None
+    """Bytes sent and not yet acknowledged / consumed (unix: memory the socket's queued
+    writes use); for a listener, its backlog."""
+    owner_uid: int | None = None
+    shutdown: str | None = None
+    """``read``, ``write`` or ``both``: what shutdown(2) closed; None: nothing."""
+
+    # unix
+    name: str | None = None
+    """The bound name: a path, or for an abstract one ``@`` and the name (NULs as @)."""
+    abstract: bool = False
+    peer_ino: int | None = None
+    """The inode of the socket at the other end (unix: as sock_diag says; inet: the
+    socket of the same namespace whose addresses mirror this one's)."""
+    peer_in_tree: bool | None = None
+    """Whether a task of the tree holds the peer (for a connection not accepted yet: the
+    listener it waits on); None without a peer."""
+    peer_queued_on: int | None = None
+    """A unix client whose connection is not accepted yet: the inode of the listener it
+    waits on (its peer has no file yet, and sock_diag reports no peer inode)."""
+    pending: list[int] = []
+    """unix listener: the inodes of the clients whose connections wait to be accepted."""
+    peer_pid: int | None = None
+    """SO_PEERCRED: the process that connected, called socketpair(2) or listen(2)."""
+    peer_uid: int | None = None
+    peer_gid: int | None = None
+
+    # inet, inet6
+    local_address: str | None = None
+    local_port: int | None = None
+    remote_address: str | None = None
+    remote_port: int | None = None
+    reuseaddr: bool | None = None
+    reuseport: bool | None = None
+    keepalive: bool | None = None
+    rcvbuf: int | None = None
+    sndbuf: int | None = None
+    nodelay: bool | None = None
+    """TCP_NODELAY (tcp only)."""
+
+    # netlink
+    port_id: int | None = None
+    dst_port_id: int | None = None
+    dst_group: int | None = None
+    groups: list[int] = []
+    """The multicast groups it joined (group numbers from 1)."""
+
+    # packet
+    interface: str | None = None
+    """The interface it is bound to, as named in its namespace; None: every one."""
+    ifindex: int | None = None
+    ethertype: int | None = None
+    """The protocol it receives (3 is ETH_P_ALL)."""
+
+
+_TYPES = {1: "stream", 2: "dgram", 3: "raw", 4: "rdm", 5: "seqpacket", 6: "dccp", 10: "packet"}
+_FAMILIES = {1: "unix", 2: "inet", 10: "inet6", 16: "netlink", 17: "packet"}
+_NETLINK_PROTOCOLS = {
+    0: "route",
+    4: "sock_diag",
+    6: "xfrm",
+    7: "selinux",
+    9: "audit",
+    10: "fib_lookup",
+    11: "connector",
+    12: "netfilter",
+    15: "kobject_uevent",
+    16: "generic",
+}
+_SHUTDOWN = {1: "read", 2: "write", 3: "both"}
+_UCRED = struct.Struct("=iII")
+_NO_UID = 0xFFFFFFFF
+
+SOL_SOCKET = socket.SOL_SOCKET
+_INET_OPTIONS = (
+    ("reuseaddr", socket.SO_REUSEADDR),
+    ("reuseport", socket.SO_REUSEPORT),
+    ("keepalive", socket.SO_KEEPALIVE),
+)
+
+
+def family_name(domain: int) -> str:
+    if domain in _FAMILIES:
+        return _FAMILIES[domain]
+    try:
+        return socket.AddressFamily(domain).name.removeprefix("AF_").lower()
+    except ValueError:
+        return f"af{domain}"
+
+
+def _inet_proto(stype: int, protocol: int) -> str | None:
+    if stype == socket.SOCK_RAW:
+        return "raw"
+    if protocol in (socket.IPPROTO_ICMP, socket.IPPROTO_ICMPV6) and stype == socket.SOCK_DGRAM:
+        return "icmp"
+    return {6: "tcp", 17: "udp", 136: "udplite"}.get(protocol)
+
+
+def _unix_name(raw: bytes | str) -> tuple[str | None, bool]:
+    if isinstance(raw, str):
+        return raw or None, False
+    if raw[:1] == b"\0":
+        return "@" + raw[1:].decode("utf-8", "backslashreplace").replace("\0", "@"), True
+    text = raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+    return text or None, False
+
+
+class SocketHandler:
+    """Every socket: what its fd tells while frozen, joined with sock_diag by inode."""
+
+    name: ClassVar[str] = "sockets"
+    kinds: ClassVar[frozenset[str]] = frozenset({"socket"})
+    record_type: ClassVar[type[msgspec.Struct]] = Socket
+
+    def begin(self, session: CaptureSession) -> Dumps:
+        """One dump per family per network namespace of the tree, indexed by inode."""
+        from .dump import dump_namespaces
+
+        return dump_namespaces(session.tids)
+
+    def capture(self, facts: FdFacts, ctx: HandlerContext) -> Socket:
+        fd = ctx.take_fd(facts.fd)
+        # Most sockets are unix ones: a socket object of that family reads the options;
+        # another family gets one of its own, for its addresses.  (Letting Python detect
+        # the family costs more, and makes enums.)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)
+        try:
+            domain = sock.getsockopt(SOL_SOCKET, socket.SO_DOMAIN)
+            stype = sock.getsockopt(SOL_SOCKET, socket.SO_TYPE)
+            protocol = sock.getsockopt(SOL_SOCKET, socket.SO_PROTOCOL)
+            if domain != socket.AF_UNIX:
+                sock.detach()
+                sock = socket.socket(domain, stype, protocol, fd)
+            return _from_fd(sock, facts.st.st_ino, domain, stype, protocol)
+        finally:
+            sock.detach()  # the fd is ctx's to close
+
+    def finish(self, record: Socket, tree: CaptureTree) -> Socket:
+        try:
+            dumps: Dumps = tree.state
+        except Exception as exc:  # begin failed: keep what the fd told
+            record.diag_error = str(exc)
+            return record
+        found = dumps.find(record.ino)
+        if found is not None:
+            dump, entry = found
+            _join(record, entry.what, entry.decode(), dump, dumps)
+        else:
+            errors = [
+                f"{what}: {why}"
+                for d in dumps.netns.values()
+                for what, why in d.errors.items()
+                if what.startswith(record.proto or record.family)
+            ] + [f"netns {ns}: {why}" for ns, why in dumps.failed.items()]
+            if errors:
+                record.diag_error = "; ".join(errors)
+        if record.peer_ino:
+            record.peer_in_tree = tree.holds("socket", record.peer_ino)
+        elif record.family == "unix" and record.state == "ESTABLISHED":
+            # Connected but not accepted yet: the other end is a socket with no file yet
+            # (sock_diag reports peer 0), queued on a listener that lists this client.
+            record.peer_queued_on = dumps.queued_on(record.ino)
+            if record.peer_queued_on is not None:
+                record.peer_in_tree = tree.holds("socket", record.peer_queued_on)
+        return record
+
+    def render_text(self, record: Socket) -> str:
+        return "[" + ", ".join(_describe(record)) + "]"
+
+    def render_json(self, record: Socket) -> dict[str, Any]:
+        out: dict[str, Any] = msgspec.to_builtins(record)
+        return out
+
+
+def _from_fd(sock: socket.socket, ino: int, domain: int, stype: int, protocol: int) -> Socket:
+    family = family_name(domain)
+    record = Socket(
+        diag=False,
+        ino=ino,
+        family=family,
+        domain=domain,
+        type=_TYPES.get(stype, f"type{stype}"),
+        protocol=protocol,
+    )
+    if domain == socket.AF_UNIX:
+        pid, uid, gid = _UCRED.unpack(sock.getsockopt(SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+        if pid or uid != _NO_UID:
+            record.peer_pid, record.peer_uid, record.peer_gid = pid, uid, gid
+    elif domain in (socket.AF_INET, socket.AF_INET6):
+        record.proto = _inet_proto(stype, protocol)
+        for attr, opt in _INET_OPTIONS:
+            setattr(record, attr, bool(sock.getsockopt(SOL_SOCKET, opt)))
+        record.rcvbuf = sock.getsockopt(SOL_SOCKET, socket.SO_RCVBUF)
+        record.sndbuf = sock.getsockopt(SOL_SOCKET, socket.SO_SNDBUF)
+        if record.proto == "tcp":
+            record.nodelay = bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        local = sock.getsockname()
+        record.local_address, record.local_port = local[0], local[1]
+        try:
+            remote = sock.getpeername()
+        except OSError as exc:
+            if exc.errno != errno.ENOTCONN:
+                raise
+        else:
+            record.remote_address, record.remote_port = remote[0], remote[1]
+    elif domain == socket.AF_NETLINK:
+        record.proto = _NETLINK_PROTOCOLS.get(protocol)
+        port_id, groups = sock.getsockname()
+        record.port_id = port_id
+        record.groups = [b + 1 for b in range(32) if groups >> b & 1]
+    elif domain == socket.AF_PACKET:
+        record.ethertype = int.from_bytes(protocol.to_bytes(2, "little"), "big")
+    return record
+
+
+def _join(record: Socket, what: str, entry: diag.Diag, dump: NetnsDump, dumps: Dumps) -> None:
+    """Add what sock_diag said about the socket to what its fd told."""
+    diag = dumps.diag  # the module, imported by begin
+    record.diag = True
+    record.netns = dump.netns
+    if isinstance(entry, diag.UnixDiag):
+        record.state = diag.TCP_STATES.get(entry.state, str(entry.state))
+        if entry.name is not None:
+            record.name, record.abstract = _unix_name(entry.name)
+        record.peer_ino = entry.peer or None
+        record.pending = list(entry.pending)
+        record.recv_queue, record.send_queue = entry.rqueue, entry.wqueue
+        record.shutdown = _SHUTDOWN.get(entry.shutdown or 0)
+        record.owner_uid = entry.uid
+    elif isinstance(entry, diag.InetDiag):
+        record.state = diag.TCP_STATES.get(entry.state, str(entry.state))
+        record.recv_queue, record.send_queue = entry.rqueue, entry.wqueue
+        record.owner_uid = entry.uid
+        record.shutdown = _SHUTDOWN.get(entry.shutdown or 0)
+        record.peer_ino = dumps.inet_peer(dump, what, entry) or None
+    elif isinstance(entry, diag.NetlinkDiag):
+        record.state = diag.TCP_STATES.get(entry.state, str(entry.state))
+        record.port_id = entry.portid
+        record.dst_port_id = entry.dst_portid
+        record.dst_group = entry.dst_group
+        record.groups = list(entry.groups)
+    elif isinstance(entry, diag.PacketDiag):
+        record.ethertype = entry.protocol
+        record.ifindex = entry.ifindex
+        if entry.ifindex:
+            record.interface = dump.ifnames.get(entry.ifindex)
+        record.owner_uid = entry.uid
+
+
+def _describe(r: Socket) -> list[str]:
+    words = [" ".join(filter(None, [r.proto or r.family, r.type if not r.proto else None]))]
+    if r.family in ("inet", "inet6") and r.proto:
+        words[0] = f"{r.proto}{'6' if r.family == 'inet6' else ''}"
+    if r.state:
+        words[0] += f" {r.state}"
+    if r.name:
+        words.append(f"name {r.name}")
+    if r.local_address is not None:
+        local = f"{r.local_address}:{r.local_port}"
+        remote = f" -> {r.remote_address}:{r.remote_port}" if r.remote_address else ""
+        words.append(local + remote)
+    if r.port_id is not None:
+        words.append(f"port {r.port_id}" + (f" groups {r.groups}" if r.groups else ""))
+    if r.family == "packet":
+        words.append(f"if {r.interface or 'any'} proto 0x{r.ethertype or 0:04x}")
+    if r.peer_ino:
+        where = "in the tree" if r.peer_in_tree else "outside the tree"
+        words.append(f"peer socket:[{r.peer_ino}] {where}")
+    elif r.peer_queued_on:
+        where = "in the tree" if r.peer_in_tree else "outside the tree"
+        words.append(f"not accepted yet by listener socket:[{r.peer_queued_on}] {where}")
+    if r.pending:
+        words.append(f"{len(r.pending)} pending")
+    if r.recv_queue is not None:
+        words.append(f"rq {r.recv_queue} sq {r.send_queue}")
+    if r.shutdown:
+        words.append(f"shut {r.shutdown}")
+    if r.peer_pid:
+        words.append(f"peer pid {r.peer_pid} uid {r.peer_uid}")
+    if not r.diag:
+        words.append("no sock_diag")
+    return words

@@ -1,0 +1,267 @@
+"""The per-capture hooks of the handler contract, run by real captures of the zoo tree:
+``begin(session)`` once per capture while the tree is frozen, its state reaching
+``capture`` and ``finish`` (``ctx.state``, ``tree.state``), ``finish(record, tree)`` once
+per record after the thaw with what the whole tree holds, and what a failing or hanging
+hook does to the capture."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import msgspec
+import pytest
+import trio
+
+import asyckpt
+from asyckpt import (
+    CaptureOptions,
+    CaptureSession,
+    CaptureTree,
+    FdFacts,
+    HandlerContext,
+    PluginError,
+    read_image,
+)
+from asyckpt.testing import dispatch_with, facts_of, handler_context, load_handler
+
+from .conftest import Tree, asyckpt_cgroups, task_state
+
+
+def capture(tree: Tree, dest: Path, *handlers: type, **options: Any) -> asyckpt.CaptureSummary:
+    dispatch = dispatch_with(*handlers)
+    return trio.run(
+        lambda: asyckpt.checkpoint_tree(
+            tree.pid, dest, options=CaptureOptions(**options), dispatch=dispatch
+        )
+    )
+
+
+def freezer_state(pid: int) -> str:
+    """The v1 freezer state of the cgroup ``pid`` is in."""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "freezer" in controllers.split(","):
+            state = Path(f"/sys/fs/cgroup/freezer{path.rstrip('/')}/freezer.state")
+            # The root cgroup cannot be frozen and has no state file.
+            return state.read_text().strip() if path != "/" else "THAWED"
+    raise LookupError("no v1 freezer")
+
+
+class PipeNote(msgspec.Struct, tag="test.pipenote", tag_field="kind", kw_only=True):
+    ino: int
+    same_state: bool
+    other_end_in_tree: bool | None = None
+    finished: int = 0
+
+
+class Recorder:
+    """Records what the hooks were given and when; one per test (class attributes are
+    reset by ``fresh``)."""
+
+    name = "pipenote"
+    kinds = frozenset({"pipe"})
+    record_type = PipeNote
+    calls: ClassVar[list[tuple[str, Any]]] = []
+
+    @classmethod
+    def fresh(cls) -> type[Recorder]:
+        return type("Recorder", (cls,), {"calls": []})
+
+    def begin(self, session: CaptureSession) -> dict[str, Any]:
+        state = {
+            "pids": session.pids,
+            "tids": session.tids,
+            "pipe_data": session.pipe_data,
+            "consistent": session.consistent,
+            "frozen": [freezer_state(pid) for pid in session.pids],
+            "thread": threading.get_ident(),
+        }
+        self.calls.append(("begin", state))
+        return state
+
+    def capture(self, facts: FdFacts, ctx: HandlerContext) -> PipeNote:
+        self.calls.append(("capture", (ctx.session, ctx.state)))
+        return PipeNote(ino=facts.st.st_ino, same_state=ctx.state is self.calls[0][1])
+
+    def finish(self, record: PipeNote, tree: CaptureTree) -> PipeNote:
+        self.calls.append(("finish", (tree.state, sorted(tree.pids))))
+        record.finished += 1
+        record.other_end_in_tree = tree.holds("pipe", record.ino)
+        assert not tree.holds("pipe", 1) and not tree.holds("socket", record.ino)
+        return record
+
+
+def test_begin_capture_and_finish_see_one_session(zoo: Tree, tmp_path: Path) -> None:
+    handler = Recorder.fresh()
+    capture(zoo, tmp_path / "s.ackpt", handler, freeze="cgroup-v1", pipe_data=4096)
+    image = read_image(tmp_path / "s.ackpt")
+    calls = handler.calls
+    begins = [c for c in calls if c[0] == "begin"]
+    assert len(begins) == 1  # once per capture
+    state = begins[0][1]
+    pids = [t.pid for t in image.tasks if t.state != "Z"]
+    assert list(state["pids"]) == pids  # tree pre-order
+    threads = {th.tid for t in image.tasks for th in t.threads}
+    assert set(state["tids"]) == threads and len(state["tids"]) == len(threads)
+    assert (state["pipe_data"], state["consistent"]) == (4096, True)
+    assert set(state["frozen"]) == {"FROZEN"}  # begin ran while the tree was frozen
+    assert state["thread"] != threading.get_ident()  # in a worker thread
+
+    captures = [c[1] for c in calls if c[0] == "capture"]
+    assert captures and all(st is state for _, st in captures)
+    sessions = {id(sess) for sess, _ in captures}
+    assert len(sessions) == 1
+    finishes = [c[1] for c in calls if c[0] == "finish"]
+    # finish once per record, after every capture, with the same state.
+    assert len(finishes) == len(captures)
+    assert calls.index(("finish", finishes[0])) > max(
+        i for i, c in enumerate(calls) if c[0] == "capture"
+    )
+    assert all(st is state and ps == sorted(pids) for st, ps in finishes)
+
+    pipes = [f for f in image.files.values() if f.type == "pipe"]
+    records = [msgspec.msgpack.decode(f.data, type=PipeNote) for f in pipes]
+    assert records and all(r.finished == 1 and r.same_state for r in records)
+    # The zoo's own pipe has both ends in the tree; so has each pipe it holds.
+    pipe_r = next(f for fd, f in image.fds(image.tasks[0].fd_table) if fd.fd == zoo.info["pipe_r"])
+    assert msgspec.msgpack.decode(pipe_r.data, type=PipeNote).other_end_in_tree is True
+
+
+class Thawed(msgspec.Struct, tag="test.thawed", tag_field="kind", kw_only=True):
+    pid: int
+    frozen_at_capture: str
+    frozen_at_finish: str = ""
+
+
+class ThawCheck:
+    name = "thawcheck"
+    kinds = frozenset({"pipe"})
+    record_type = Thawed
+
+    def capture(self, facts: FdFacts, ctx: HandlerContext) -> Thawed:
+        assert ctx.state is None  # no begin: no state
+        return Thawed(pid=facts.pid, frozen_at_capture=freezer_state(facts.pid))
+
+    def finish(self, record: Thawed, tree: CaptureTree) -> Thawed:
+        record.frozen_at_finish = freezer_state(record.pid)
+        return record
+
+
+def test_finish_runs_after_the_thaw(zoo: Tree, tmp_path: Path) -> None:
+    capture(zoo, tmp_path / "t.ackpt", ThawCheck, freeze="cgroup-v1")
+    image = read_image(tmp_path / "t.ackpt")
+    records = [
+        msgspec.msgpack.decode(f.data, type=Thawed)
+        for f in image.files.values()
+        if f.handler == "thawcheck"
+    ]
+    assert records
+    assert {(r.frozen_at_capture, r.frozen_at_finish) for r in records} == {("FROZEN", "THAWED")}
+
+
+def _boom(self: Any, *args: Any) -> Any:
+    raise RuntimeError("no luck")
+
+
+@pytest.mark.parametrize(
+    ("hook", "message"),
+    [
+        (
+            "begin",
+            "handler 'pipenote' failed: RuntimeError: its begin failed: RuntimeError: no luck",
+        ),
+        ("finish", "handler 'pipenote' failed: RuntimeError: no luck"),
+    ],
+)
+def test_a_failing_hook_leaves_the_files_generic(
+    hook: str, message: str, zoo: Tree, tmp_path: Path
+) -> None:
+    failing = type("Recorder", (Recorder.fresh(),), {hook: _boom})
+    summary = capture(zoo, tmp_path / "f.ackpt", failing)
+    image = read_image(tmp_path / "f.ackpt")
+    pipes = [f for f in image.files.values() if f.type == "pipe"]
+    assert pipes and all(f.handler is None and f.error == message for f in pipes)
+    assert summary.generic["pipe"] == len(pipes) == image.trailer.handler_errors
+    assert "pipenote" not in {p.name for p in image.header.plugins}
+    assert any(f.handler == "reg" for f in image.files.values())  # the rest as usual
+
+    # Under --strict the capture fails, after the thaw, and writes nothing.
+    everything = type(
+        "Rest", (), {"name": "rest", "record_type": Thawed, "claims": lambda s, f: True}
+    )
+    everything.capture = lambda s, f, c: Thawed(pid=0, frozen_at_capture="")  # type: ignore[attr-defined]
+    with pytest.raises(asyckpt.StrictViolation, match="handler 'pipenote' failed"):
+        capture(zoo, tmp_path / "s.ackpt", failing, everything, strict=True)
+    assert not (tmp_path / "s.ackpt").exists()
+    assert not asyckpt_cgroups()
+    assert all(task_state(pid) in "SR" for pid in zoo.pids())
+
+
+class Slow(Recorder):
+    name = "slow"
+
+    def begin(self, session: CaptureSession) -> None:
+        time.sleep(3)
+
+
+def test_a_hanging_begin_cannot_keep_the_tree_frozen(
+    zoo: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyckpt._plugins
+
+    monkeypatch.setattr(asyckpt._plugins, "SESSION_TIMEOUT", 0.5)
+    started = time.monotonic()
+    summary = capture(zoo, tmp_path / "h.ackpt", Slow)
+    assert summary.frozen_ms < 2500
+    image = read_image(tmp_path / "h.ackpt")
+    pipes = [f for f in image.files.values() if f.type == "pipe"]
+    assert pipes and all(f.handler is None for f in pipes)
+    assert all("did not finish in 0.5 s" in (f.error or "") for f in pipes)
+    assert time.monotonic() - started < 10
+    assert all(task_state(pid) in "SR" for pid in zoo.pids())
+
+
+class SlowBlk(Slow):
+    name = "slowblk"
+    kinds = frozenset({"blk"})  # the zoo holds no block device
+
+
+def test_the_thaw_waits_only_for_the_begins_that_matter(zoo: Tree, tmp_path: Path) -> None:
+    # A handler that captured nothing: its begin (3 s here) is not waited for.
+    started = time.monotonic()
+    summary = capture(zoo, tmp_path / "n.ackpt", SlowBlk)
+    assert summary.frozen_ms < 2000 and time.monotonic() - started < 2.5
+    assert all(task_state(pid) in "SR" for pid in zoo.pids())
+
+
+def test_hooks_are_validated_and_listed() -> None:
+    assert load_handler(Recorder).hooks() == ["begin", "finish"]
+
+    class AsyncBegin(Recorder):
+        async def begin(self, session: CaptureSession) -> None:  # type: ignore[override]
+            pass
+
+    with pytest.raises(PluginError, match="begin must be a plain function, not async"):
+        load_handler(AsyncBegin)
+
+
+def test_handler_context_runs_begin_for_a_direct_capture() -> None:
+    handler = Recorder.fresh()
+    r, w = os.pipe()
+    try:
+        with handler_context(handler, os.getpid(), pipe_data=10) as ctx:
+            record = handler().capture(facts_of(os.getpid(), r), ctx)
+            assert ctx.session.pids == (os.getpid(),) and ctx.session.pipe_data == 10
+            assert ctx.session.consistent is False
+    finally:
+        os.close(r)
+        os.close(w)
+    assert record.same_state
+    assert [c[0] for c in handler.calls] == ["begin", "capture"]
+    # Outside of any session there is no state to have.
+    with pytest.raises(LookupError, match="no capture session"):
+        _ = HandlerContext(os.getpid()).session
