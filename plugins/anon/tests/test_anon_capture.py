@@ -479,20 +479,24 @@ def test_pidfds_live_exited_thread_and_in_a_pid_namespace() -> None:
     check(libc.unshare(0x20000000))  # CLONE_NEWPID: our next child is pid 1 there
     nested = child()
     in_ns = os.pidfd_open(nested)
+    outside = os.pidfd_open(os.getppid())  # the test runner: not in the captured tree
     info.update(live=live, gone=gone, thread=thread, tid=worker.native_id, nested=nested,
-                in_ns=in_ns)
+                in_ns=in_ns, outside=outside, parent=os.getppid())
     """
     with holding(code) as (holder, info):
         files = capture(holder.pid, PidFdHandler)
     assert record(files, holder.fd, PidFdHandler) == PidFd(
-        pid=info["live"], nspid=[info["live"]], thread=False
+        pid=info["live"], nspid=[info["live"]], thread=False, in_tree=True
     )
     assert record(files, info["gone"], PidFdHandler) == PidFd(pid=-1, nspid=[-1], thread=False)
     assert record(files, info["thread"], PidFdHandler) == PidFd(
-        pid=info["tid"], nspid=[info["tid"]], thread=True
+        pid=info["tid"], nspid=[info["tid"]], thread=True, in_tree=True
     )
     assert record(files, info["in_ns"], PidFdHandler) == PidFd(
-        pid=info["nested"], nspid=[info["nested"], 1], thread=False
+        pid=info["nested"], nspid=[info["nested"], 1], thread=False, in_tree=True
+    )
+    assert record(files, info["outside"], PidFdHandler) == PidFd(
+        pid=info["parent"], nspid=[info["parent"]], thread=False, in_tree=False
     )
 
 

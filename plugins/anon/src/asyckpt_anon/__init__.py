@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from asyckpt import FdFacts, HandlerContext
+from asyckpt import CaptureTree, FdFacts, HandlerContext
 
 from .fdstate import Lock, Owner, describe_state, live_fd, locks_of, owner_of
 from .parse import (
@@ -285,10 +285,19 @@ class PidFdHandler:
         owner = owner_of(facts, live_fd(facts, ctx))
         return msgspec.structs.replace(record, owner=owner, locks=locks_of(facts))
 
+    def finish(self, record: PidFd, tree: CaptureTree) -> PidFd:
+        # Only the whole capture knows which tasks are in the tree.
+        if record.pid is None or record.pid <= 0:
+            return record
+        tasks = tree.session.tids if record.thread else tree.pids
+        return msgspec.structs.replace(record, in_tree=record.pid in tasks)
+
     def render_text(self, record: PidFd) -> str:
         who = "exited" if record.pid == -1 else f"pid {record.pid}"
         if len(record.nspid) > 1:
             who += " (nspid " + " ".join(map(str, record.nspid)) + ")"
+        if record.in_tree is not None:
+            who += ", in the tree" if record.in_tree else ", outside the tree"
         return _with_state(f"pidfd {'thread ' if record.thread else ''}{who}", record)
 
 

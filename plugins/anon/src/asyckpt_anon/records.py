@@ -153,6 +153,9 @@ class PidFd(msgspec.Struct, tag="asyckpt.pidfd", tag_field="kind", kw_only=True)
     """PIDFD_THREAD: the pidfd names a thread, not a thread group."""
     owner: Owner | None = None
     locks: list[Lock] = []
+    in_tree: bool | None = None
+    """Whether the target is a task of the captured tree (a thread of it, for a thread
+    pidfd); None when it has exited or is not visible from asyckpt's pid namespace."""
 
 
 class MemFd(msgspec.Struct, tag="asyckpt.memfd", tag_field="kind", kw_only=True):
