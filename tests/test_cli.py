@@ -41,6 +41,7 @@ def test_demo_tree_without_pid(tmp_path: Path) -> None:
     proc = run("tree", "-o", "demo.ackpt", cwd=tmp_path, env=OWN_HANDLERS)
     assert proc.returncode == 0, proc.stderr
     assert "started a demo tree at pid" in proc.stdout
+    assert "the tree was moved into /sys/fs/cgroup/freezer/asyckpt-" in proc.stdout
     demo_pid = int(proc.stdout.split("pid ", 1)[1].split()[0])
     assert not Path(f"/proc/{demo_pid}").exists()  # killed afterwards
     assert "recorded generically" in proc.stderr  # its pipes and sockets
@@ -117,6 +118,12 @@ def test_other_user_without_privilege(zoo: Tree) -> None:
 def _run_as_nobody(main: Any, zoo: Tree, out: Path) -> None:
     # The interpreter lives under /root, out of nobody's reach, so fork this already
     # loaded process and drop to nobody in the child instead of exec'ing a new one.
+    # Whatever the child will import must be imported before it drops to nobody (the
+    # standard library is under /root too): loading the handlers does that.
+    import asyckpt._api  # noqa: F401  (and with it trio and the capture pipeline)
+    from asyckpt._plugins import load_handlers
+
+    load_handlers()
     r, w = os.pipe()
     child = os.fork()
     if child == 0:

@@ -391,3 +391,16 @@ def test_a_dead_guardian_stops_the_capture_before_anything_changes() -> None:
     with pytest.raises(FreezerError, match="guardian is gone"):
         guardian.note("rmdir", "/sys/fs/cgroup/unified/asyckpt-never-made")
     guardian.dismiss(clean=True)
+
+
+def test_cli_says_which_cgroup_it_froze(zoo: Tree, make_cgroup: Any, tmp_path: Path) -> None:
+    cg = make_cgroup(2)
+    move_into(cg, zoo.pids())
+    proc = subprocess.run(
+        [*ASYCKPT, "tree", str(zoo.pid), "-o", str(tmp_path / "x.ackpt")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"froze {cg} in place; thawed again" in proc.stdout

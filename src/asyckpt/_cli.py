@@ -211,6 +211,20 @@ def _report(summary: CaptureSummary, quiet: bool) -> None:
         f"freezing {summary.freezing_ms:.2f} ms, frozen {summary.frozen_ms:.2f} ms, "
         f"total {summary.capture_ms:.1f} ms"
     )
+    if summary.freezer_scope == "transient":
+        # Moving tasks between cgroups is visible to whoever watches them: say so.
+        print(
+            f"the tree was moved into {summary.freezer_cgroup} for the capture, then back to "
+            "its own cgroups"
+            + (
+                " (v2: no controllers on either side, so no accounting changed)"
+                if summary.freezer == "cgroup-v2"
+                else ""
+            )
+        )
+    elif summary.freezer_scope == "in-place":
+        state = "left frozen, as it was" if summary.pre_frozen else "thawed again"
+        print(f"froze {summary.freezer_cgroup} in place; {state}")
 
 
 async def _with_signals(coro_fn, *args):  # type: ignore[no-untyped-def]
