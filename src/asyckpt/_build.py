@@ -352,13 +352,7 @@ class RecordBuilder:
             record = self._run_async(handler.capture, facts, ctx)
         else:
             record = handler.capture(facts, ctx)
-        if type(record) is not handler.record_type:
-            raise TypeError(
-                f"capture returned {type(record).__name__}, not its record_type "
-                f"{handler.record_type.__name__}"
-            )
-        assert isinstance(record, msgspec.Struct)
-        return record
+        return handler.checked(record, "capture")
 
     def finish(self, parts: list[TaskPart]) -> list[TaskPart]:
         """After the thaw: run the handlers' ``finish`` hooks over their records, in
@@ -410,14 +404,7 @@ class RecordBuilder:
     def _finish_one(self, record: Any, handler: LoadedHandler, tree: CaptureTree) -> msgspec.Struct:
         assert handler.finish is not None
         tree._handler = handler
-        finished = handler.finish(record, tree)
-        if type(finished) is not handler.record_type:
-            raise TypeError(
-                f"finish returned {type(finished).__name__}, not its record_type "
-                f"{handler.record_type.__name__}"
-            )
-        assert isinstance(finished, msgspec.Struct)
-        return finished
+        return handler.checked(handler.finish(record, tree), "finish")
 
     def _finish_failed(self, new: NewFile, exc: Exception) -> None:
         assert new.handler is not None

@@ -282,12 +282,7 @@ async def _capture(
         files=builder.file_count,
         generic=dict(sorted(builder.generic.items())),
         generic_fds=builder.generic_fds,
-        plugins=[
-            PluginInfo(
-                name=h.name, distribution=h.distribution, version=h.version, record_tag=h.record_tag
-            )
-            for _, h in sorted(builder.used.items())
-        ],
+        plugins=[h.info() for _, h in sorted(builder.used.items())],
         freezing_ms=freezer.freezing_ms,
         frozen_ms=freezer.frozen_ms,
         capture_ms=0.0,

@@ -29,6 +29,7 @@ import msgspec
 from ._errors import HandlerFailed, PluginError
 from ._kernel import fs_magic, pidfd_getfd
 from ._procparse import FdInfo
+from ._records import PluginInfo
 
 __all__ = [
     "AUTOLOAD_ENV",
@@ -499,6 +500,26 @@ class LoadedHandler:
             if getattr(self, hook) is not None:
                 out.append(hook)
         return out
+
+    def info(self) -> PluginInfo:
+        """How an image header names this handler."""
+        return PluginInfo(
+            name=self.name,
+            distribution=self.distribution,
+            version=self.version,
+            record_tag=self.record_tag,
+        )
+
+    def checked(self, record: object, hook: str) -> msgspec.Struct:
+        """``record``, if it is of this handler's ``record_type``; what ``hook``
+        (capture, finish) returned otherwise raises TypeError."""
+        if type(record) is not self.record_type:
+            raise TypeError(
+                f"{hook} returned {type(record).__name__}, not its record_type "
+                f"{self.record_type.__name__}"
+            )
+        assert isinstance(record, msgspec.Struct)
+        return record
 
     def decode(self, data: bytes) -> msgspec.Struct:
         """The handler's record from its msgpack encoding (``File.data``)."""

@@ -124,6 +124,23 @@ class RawFd(NamedTuple):
     """The fdinfo lines after pos, flags, mnt_id and ino, unparsed."""
 
 
+def stat_fields(st: os.stat_result) -> tuple[int, int, int, int, int, int, int, int, int, int]:
+    """The stat fields asyckpt keeps, in the order of ``RawRow[2:12]`` and of
+    :class:`~asyckpt._plugins.StatInfo` (the C reader writes the same order)."""
+    return (
+        st.st_mode,
+        st.st_dev,
+        st.st_ino,
+        st.st_rdev,
+        st.st_nlink,
+        st.st_uid,
+        st.st_gid,
+        st.st_size,
+        st.st_mtime_ns,
+        st.st_blocks,
+    )
+
+
 _read_tables_c: Callable[[list[tuple[str, str]]], list[list[RawRow] | OSError]] | None
 try:
     from ._fdscan import read_tables as _read_tables_c
@@ -195,23 +212,7 @@ def _read_table_py(fd_dir: str, info_dir: str) -> list[RawRow]:
                 except OSError as exc:
                     exc.filename = f"{fd_dir}/{name}"
                     raise
-                out.append(
-                    RawFd(
-                        int(name),
-                        link,
-                        st.st_mode,
-                        st.st_dev,
-                        st.st_ino,
-                        st.st_rdev,
-                        st.st_nlink,
-                        st.st_uid,
-                        st.st_gid,
-                        st.st_size,
-                        st.st_mtime_ns,
-                        st.st_blocks,
-                        *split_fdinfo(info),
-                    )
-                )
+                out.append(RawFd(int(name), link, *stat_fields(st), *split_fdinfo(info)))
             return out
         finally:
             os.close(ifd)

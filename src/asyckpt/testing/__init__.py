@@ -49,7 +49,8 @@ from .._plugins import (
     load_handlers,
 )
 from .._procparse import FdInfo, parse_fdinfo
-from .._records import FORMAT_VERSION, Fd, FdTable, File, Header, PluginInfo, Task, Trailer
+from .._procread import stat_fields
+from .._records import FORMAT_VERSION, Fd, FdTable, File, Header, Task, Trailer
 from .._show import Renderer, to_json_doc
 
 __all__ = [
@@ -196,18 +197,7 @@ def hold_fd(
 
 
 def _stat_info(st: os.stat_result) -> StatInfo:
-    return StatInfo(
-        st.st_mode,
-        st.st_dev,
-        st.st_ino,
-        st.st_rdev,
-        st.st_nlink,
-        st.st_uid,
-        st.st_gid,
-        st.st_size,
-        st.st_mtime_ns,
-        st.st_blocks,
-    )
+    return StatInfo(*stat_fields(st))
 
 
 def facts_of(pid: int, fd: int, *, tid: int | None = None) -> FdFacts:
@@ -262,15 +252,6 @@ def _plugins_for(loaded: LoadedHandler) -> dict[str, ImagePlugin]:
     return {loaded.name: ImagePlugin(loaded, loaded.version, None)}
 
 
-def _info(loaded: LoadedHandler) -> PluginInfo:
-    return PluginInfo(
-        name=loaded.name,
-        distribution=loaded.distribution,
-        version=loaded.version,
-        record_tag=loaded.record_tag,
-    )
-
-
 class RoundTrip(NamedTuple):
     """A record after a trip through an image, and how ``asyckpt show`` presents it."""
 
@@ -304,7 +285,7 @@ def roundtrip(
         root_pid=1,
         freezer="none",
         consistent=False,
-        plugins=[_info(loaded)],
+        plugins=[loaded.info()],
     )
     file = File(
         id=1,

@@ -24,7 +24,7 @@ import msgspec
 
 from asyckpt import CaptureTree, FdFacts, HandlerContext
 
-from .fdstate import Lock, Owner, describe_state, live_fd, locks_of, owner_of
+from .fdstate import Lock, Owner, live_fd, locks_of, owner_of, with_state
 from .parse import (
     parse_anon,
     parse_epoll,
@@ -89,11 +89,6 @@ def _flag_names(value: int, names: dict[int, str]) -> list[str]:
     return out
 
 
-def _with_state(text: str, record: Any) -> str:
-    state = describe_state(record.locks, record.owner)
-    return f"[{text}; {state}]" if state else f"[{text}]"
-
-
 class EventFdHandler:
     """eventfd: counter, semaphore mode, non-blocking."""
 
@@ -110,7 +105,7 @@ class EventFdHandler:
         text = f"eventfd count={record.count}"
         if record.semaphore:
             text += " semaphore"
-        return _with_state(text, record)
+        return with_state(text, record)
 
 
 EPOLL_EVENTS = {
@@ -148,7 +143,7 @@ class EpollHandler:
 
     def render_text(self, record: Epoll) -> str:
         tfds = ",".join(str(t.tfd) for t in record.targets)
-        return _with_state(f"epoll {len(record.targets)} targets: {tfds or '-'}", record)
+        return with_state(f"epoll {len(record.targets)} targets: {tfds or '-'}", record)
 
     def render_json(self, record: Epoll) -> dict[str, Any]:
         return {
@@ -197,7 +192,7 @@ class TimerFdHandler:
             f"timerfd {clock} value={_seconds(record.it_value)} "
             f"interval={_seconds(record.it_interval)} ticks={record.ticks}"
         )
-        return _with_state(text, record)
+        return with_state(text, record)
 
     def render_json(self, record: TimerFd) -> dict[str, Any]:
         return {
@@ -231,7 +226,7 @@ class SignalFdHandler:
 
     def render_text(self, record: SignalFd) -> str:
         names = ",".join(_signal_name(s) for s in record.signals)
-        return _with_state(f"signalfd {names or '-'}", record)
+        return with_state(f"signalfd {names or '-'}", record)
 
     def render_json(self, record: SignalFd) -> dict[str, Any]:
         return {"signals": [_signal_name(s) for s in record.signals]}
@@ -252,7 +247,7 @@ class InotifyHandler:
 
     def render_text(self, record: Inotify) -> str:
         wds = ",".join(str(w.wd) for w in record.watches)
-        return _with_state(f"inotify {len(record.watches)} watches: {wds or '-'}", record)
+        return with_state(f"inotify {len(record.watches)} watches: {wds or '-'}", record)
 
 
 class FanotifyHandler:
@@ -269,7 +264,7 @@ class FanotifyHandler:
 
     def render_text(self, record: Fanotify) -> str:
         marks = ",".join(m.object for m in record.marks)
-        return _with_state(f"fanotify {len(record.marks)} marks: {marks or '-'}", record)
+        return with_state(f"fanotify {len(record.marks)} marks: {marks or '-'}", record)
 
 
 class PidFdHandler:
@@ -298,7 +293,7 @@ class PidFdHandler:
             who += " (nspid " + " ".join(map(str, record.nspid)) + ")"
         if record.in_tree is not None:
             who += ", in the tree" if record.in_tree else ", outside the tree"
-        return _with_state(f"pidfd {'thread ' if record.thread else ''}{who}", record)
+        return with_state(f"pidfd {'thread ' if record.thread else ''}{who}", record)
 
 
 MEMFD_PREFIX = "/memfd:"
@@ -366,7 +361,7 @@ class MemFdHandler:
             text += " seals=" + "|".join(_flag_names(record.seals, SEALS))
         if record.hugetlb:
             text += " hugetlb"
-        return _with_state(text, record)
+        return with_state(text, record)
 
     def render_json(self, record: MemFd) -> dict[str, Any]:
         return {"seals": None if record.seals is None else _flag_names(record.seals, SEALS)}
@@ -388,7 +383,7 @@ class AnonHandler:
 
     def render_text(self, record: AnonInode) -> str:
         values = " ".join(f"{k}={v}" for k, v in record.values.items())
-        return _with_state(f"{record.type} {values}".rstrip(), record)
+        return with_state(f"{record.type} {values}".rstrip(), record)
 
 
 HANDLERS = (

@@ -20,6 +20,7 @@ import fcntl
 import os
 import struct
 from collections.abc import Iterable
+from typing import Any
 
 import msgspec
 
@@ -34,6 +35,7 @@ __all__ = [
     "locks_of",
     "owner_of",
     "parse_lock",
+    "with_state",
 ]
 
 F_GETSIG = 11
@@ -202,3 +204,10 @@ def describe_state(locks: Iterable[Lock], owner: Owner | None) -> str:
             text += " async"
         parts.append(text)
     return "; ".join(parts)
+
+
+def with_state(text: str, record: Any) -> str:
+    """``[text]``, or ``[text; locks: ...; owner: ...]`` for a record with ``locks`` and
+    ``owner`` fields: what the bundled handlers' ``render_text`` shows."""
+    state = describe_state(record.locks, record.owner)
+    return f"[{text}; {state}]" if state else f"[{text}]"

@@ -20,10 +20,17 @@ import os
 import platform
 import struct
 import termios
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import msgspec
-from asyckpt_anon.fdstate import Lock, Owner, describe_state, live_fd, locks_of, owner_of
+from asyckpt_anon.fdstate import (
+    Lock,
+    Owner,
+    live_fd,
+    locks_of,
+    owner_of,
+    with_state,
+)
 
 from asyckpt import Device, FdFacts, HandlerContext
 
@@ -86,11 +93,6 @@ def _read_drivers() -> list[TtyDriver] | None:
             return parse_tty_drivers(f.read())
     except OSError:
         return None
-
-
-def _with_state(text: str, record: Any) -> str:
-    state = describe_state(record.locks, record.owner)
-    return f"[{text}; {state}]" if state else f"[{text}]"
 
 
 class TtyHandler:
@@ -198,7 +200,7 @@ class TtyHandler:
             text += f" session {record.session}"
         if record.holder_controlling:
             text += " (controlling)"
-        return _with_state(text, record)
+        return with_state(text, record)
 
 
 def _ioctl_bytes(fd: int, request: int, size: int) -> bytes | None:
@@ -260,7 +262,7 @@ class CharDeviceHandler:
 
     def render_text(self, record: CharDevice) -> str:
         what = "/".join(x for x in (record.subsystem, record.name) if x) or "chr"
-        return _with_state(f"{what} {record.major}:{record.minor}", record)
+        return with_state(f"{what} {record.major}:{record.minor}", record)
 
 
 class BlockDeviceHandler:
@@ -287,7 +289,7 @@ class BlockDeviceHandler:
         text = f"{record.name or 'blk'} {record.major}:{record.minor}"
         if record.size is not None:
             text += f" size={record.size}"
-        return _with_state(text, record)
+        return with_state(text, record)
 
 
 NS_TYPES = ("cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts")
@@ -325,4 +327,4 @@ class NsHandler:
         text = f"{record.type} namespace {record.ino}"
         if record.holder_ns:
             text += " (" + ", ".join(record.holder_ns) + " of the holder)"
-        return _with_state(text, record)
+        return with_state(text, record)
