@@ -43,7 +43,7 @@ from ._freeze import Freezer, choose_freezer
 from ._guardian import Guardian
 from ._kernel import kcmp_files
 from ._order import Reorderer
-from ._plugins import CaptureSession, Dispatch, LoadedHandler, load_handlers
+from ._plugins import CaptureSession, Dispatch, LoadedHandler, _Pending, load_handlers
 from ._procparse import TaskStat
 from ._procread import read_fd_tables
 from ._records import PluginInfo
@@ -254,7 +254,12 @@ async def _capture(
             for handler in dispatch.handlers:
                 if handler.begin is not None:
                     begins[handler.name] = trio.CancelScope()
-                    nursery.start_soon(_begin, handler, builder.session, begins[handler.name])
+                    # Registered before the task starts, so that a resolver asking for
+                    # the state first waits for this begin instead of running its own.
+                    pending = builder.session._started(handler.name)
+                    nursery.start_soon(
+                        _begin, handler, builder.session, pending, begins[handler.name]
+                    )
             parts = await _scan_and_resolve(plans, builder)
             # The thaw waits for the begins whose state the records may still need (in
             # finish); that of a handler that captured nothing is not waited for.
@@ -290,7 +295,10 @@ async def _capture(
 
 
 async def _begin(
-    handler: LoadedHandler, session: CaptureSession, unneeded: trio.CancelScope
+    handler: LoadedHandler,
+    session: CaptureSession,
+    pending: _Pending,
+    unneeded: trio.CancelScope,
 ) -> None:
     """Run one handler's ``begin`` while the tree is scanned; its outcome (or error)
     waits in the session for the handler's captures.  Bounded, so that a begin that
@@ -298,7 +306,6 @@ async def _begin(
     cancelled (its handler captured nothing), its thread is abandoned."""
     assert handler.begin is not None
     begin = handler.begin
-    pending = session._started(handler.name)
     try:
         with unneeded, trio.move_on_after(session._timeout):
             pending.set(await trio.to_thread.run_sync(begin, session, abandon_on_cancel=True))

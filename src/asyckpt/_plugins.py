@@ -198,8 +198,10 @@ class CaptureSession:
         self._lock = threading.Lock()
 
     def _started(self, name: str) -> _Pending:
-        """Register a handler's begin as started (by the capture, concurrently)."""
-        pending = self._states[name] = _Pending()
+        """Register a handler's begin as started (by the capture, concurrently): from
+        now on :meth:`_state_of` waits for its outcome instead of running it."""
+        with self._lock:
+            pending = self._states[name] = _Pending()
         return pending
 
     def _state_of(self, handler: LoadedHandler) -> Any:
