@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from ._errors import AsyckptError, collapse_errors
 
@@ -23,7 +23,9 @@ FREEZER_MODES = ("auto", "cgroup-v1", "cgroup-v2", "none")
 # _capture.PIPE_DATA_MAX, repeated so that parsing arguments does not import the pipeline
 # (a test checks that they agree).
 PIPE_DATA_MAX = 64 << 20
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20}
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+# _ghost.DEFAULT_GHOST_LIMIT, for the same reason.
+DEFAULT_GHOST_LIMIT = 1 << 20
 
 EXIT_INTERRUPTED = 130
 
@@ -67,10 +69,29 @@ def _size(text: str) -> int:
     return int(number) * _UNITS[unit]
 
 
+def _ghost_limit(text: str) -> int:
+    """``--ghost-limit``: bytes, with an optional K, M or G (binary) suffix; 0 is off."""
+    number, unit = text, ""
+    if text[-1:].lower() in ("k", "m", "g"):
+        number, unit = text[:-1], text[-1].lower()
+    if not number.isascii() or not number.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size (bytes, or with a K, M or G suffix: 512K, 1M)"
+        )
+    return int(number) * _UNITS[unit]
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line on stderr, like every other error (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"asyckpt: error: {message} (see '{self.prog} --help')\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="asyckpt",
         description="Capture the open-file state of a Linux process tree.",
         epilog=EPILOG,
@@ -120,6 +141,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SIZE",
         help="copy up to SIZE bytes (K, M: binary units; at most 64M) of the data queued "
         "in each pipe and FIFO into the image, without consuming it (default: 0, none)",
+    )
+    t.add_argument(
+        "--ghost-limit",
+        type=_ghost_limit,
+        default=DEFAULT_GHOST_LIMIT,
+        metavar="SIZE",
+        help="copy the content of each unlinked file (and memfd) whose allocated size is at "
+        "most SIZE (K, M, G: binary units) into the image, holes left out; a larger one is "
+        "reported and not saved, or fails --strict (default: 1M; 0: never copy)",
     )
     _plugin_options(t)
     t.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
@@ -198,6 +228,8 @@ def _report(summary: CaptureSummary, quiet: bool) -> None:
         _warn("the tree was not frozen (--freeze=none): the image may be inconsistent")
     if summary.vanished:
         _warn(f"{summary.vanished} tasks exited during the capture and are not in the image")
+    for note in summary.ghost_notes:
+        print(f"asyckpt: {note.message()}", file=sys.stderr)
     if summary.unverified:
         _warn(
             f"{summary.unverified} fds of exiting tasks could not be checked for sharing; "
@@ -211,6 +243,11 @@ def _report(summary: CaptureSummary, quiet: bool) -> None:
         f"freezing {summary.freezing_ms:.2f} ms, frozen {summary.frozen_ms:.2f} ms, "
         f"total {summary.capture_ms:.1f} ms"
     )
+    if summary.ghosts_saved:
+        print(
+            f"content of {summary.ghosts_saved} unlinked file(s) saved: "
+            f"{summary.content_bytes} bytes of data"
+        )
     if summary.freezer_scope == "transient":
         # Moving tasks between cgroups is visible to whoever watches them: say so.
         print(
@@ -264,6 +301,7 @@ def _cmd_tree(args: argparse.Namespace) -> int:
         strict=args.strict,
         disable_plugins=tuple(args.disable_plugin),
         pipe_data=args.pipe_data,
+        ghost_limit=args.ghost_limit,
     )
 
     # Loaded here rather than by the capture, so that conflicts are reported as warnings
