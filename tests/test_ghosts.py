@@ -250,6 +250,34 @@ def test_cli_reports_and_strict(ghosts: Tree, tmp_path: Path) -> None:
     assert "name unlinked, another hard link remains" in table
     assert "its process has exited" in table and "path now names another file" in table
 
+    # The saved content comes back out as a sparse file; what has none is refused.
+    image = read_image(out)
+    files = fds_of(image, pid)
+    sparse, big = files[info["sparse"]][1], files[info["big"]][1]
+    again = files[info["sparse_again"]][1]
+    extracted = tmp_path / "sparse.out"
+    proc = run("show", str(out), "--extract", str(again.id), str(extracted))
+    assert proc.returncode == 0, proc.stderr
+    assert extracted.read_bytes() == sparse_expected()
+    assert extracted.stat().st_blocks * 512 <= sparse.allocated  # holes stayed holes
+    assert_one_line_error(
+        run("show", str(out), "--extract", str(big.id), str(tmp_path / "big.out")),
+        2,
+        f"file {big.id} has no saved content (ghost: too-big)",
+    )
+    assert_one_line_error(
+        run("show", str(out), "--extract", "9999", str(tmp_path / "x.out")), 2, "no file '9999'"
+    )
+    assert_one_line_error(
+        run("show", str(out), "--extract", str(sparse.id), str(extracted)), 5, "File exists"
+    )
+    for name in ("big.out", "x.out", "sparse.out"):
+        extracted_path = tmp_path / name
+        if name != "sparse.out":
+            assert not extracted_path.exists()
+        else:
+            extracted_path.unlink()
+
     strict = tmp_path / "strict.ackpt"
     proc = run("tree", str(pid), "-o", str(strict), "--strict")
     assert_one_line_error(proc, 8, "exceeds --ghost-limit 1 MiB; not saved")

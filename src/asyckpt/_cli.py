@@ -10,10 +10,11 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
-from ._errors import AsyckptError, collapse_errors
+from ._errors import AsyckptError, OutputError, collapse_errors
 
 if TYPE_CHECKING:
     from ._capture import CaptureSummary
+    from ._image import Image
     from ._plugins import Dispatch
 
 # trio and the capture pipeline are imported by the commands that use them: `show` and
@@ -169,6 +170,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="list each pipe, FIFO and connected socket pair with the task/fd at each end, "
         "flagging ends outside the tree (with --json: an 'endpoints' array is added)",
+    )
+    s.add_argument(
+        "--extract",
+        nargs=2,
+        metavar=("FILE_ID", "OUT"),
+        help="write the saved content of the unlinked file FILE_ID (the OBJ column) to the "
+        "new file OUT, holes as holes, instead of printing the image",
     )
     _plugin_options(s)
 
@@ -348,6 +356,10 @@ def _cmd_show(args: argparse.Namespace) -> int:
     from ._show import endpoints, render_endpoints, render_table, to_json_doc
 
     image = read_image(args.image)
+    if args.extract:
+        size = _extract(image, *args.extract)
+        print(f"wrote {size} bytes to {args.extract[1]}")
+        return 0
     plugins = image_plugins(image.header.plugins, disabled=args.disable_plugin, enabled=args.plugin)
     if args.json:
         doc = to_json_doc(image, plugins)
@@ -360,6 +372,33 @@ def _cmd_show(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(render_table(image, plugins) + "\n")
     return 0
+
+
+class _UsageError(AsyckptError):
+    exit_code = 2
+
+
+def _extract(image: Image, file_id: str, out: str) -> int:
+    """``show --extract``: an unlinked file's saved content, as a sparse file."""
+    f = image.files.get(int(file_id)) if file_id.isdigit() else None
+    if f is None:
+        raise _UsageError(f"the image has no file {file_id!r}")
+    if f.ghost != "saved" or f.ghost_file is None:
+        raise _UsageError(f"file {file_id} has no saved content (ghost: {f.ghost})")
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise OutputError(f"cannot create {out}: {exc.strerror}") from exc
+    try:
+        for c in image.contents.get(f.ghost_file, []):
+            os.pwrite(fd, c.data, c.offset)
+        os.ftruncate(fd, f.size)  # the holes after the last run
+    except OSError as exc:
+        os.close(fd)
+        os.unlink(out)
+        raise OutputError(f"writing {out}: {exc.strerror}") from exc
+    os.close(fd)
+    return f.size
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
