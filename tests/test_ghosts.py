@@ -132,6 +132,8 @@ def test_unlinked_files(ghosts: Tree, tmp_path: Path) -> None:
     _, netns = fds[info["netns"]]
     assert (netns.path_state, netns.ghost) == ("none", "none")
     assert netns.path.startswith("net:[")
+    if "ns" in {h.name for h in asyckpt.load_handlers().handlers}:  # plugins/devices
+        assert netns.handler == "ns" and netns.error is None
 
     # Every saved inode once; the trailer counts agree with the summary.
     # (pytest's own capture file, unlinked, is the stderr the tree inherited.)

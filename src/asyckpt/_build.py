@@ -13,7 +13,10 @@ Three steps, so that the tree is frozen only as long as it must be:
   nothing while frozen).  No kernel.
 * :func:`materialize` turns that into image records: pure, no kernel.
 
-The comparison and the mountinfo reader are injected, so neither step does I/O of its own.
+The comparison and the mountinfo reader are injected, so neither step does I/O of its own,
+but for what needs the live fd while frozen, as handlers do: an unlinked file's content is
+copied into a spool (``_ghost``), and each task's root kept for the path checks that
+``_paths`` runs after the thaw.
 """
 
 from __future__ import annotations
