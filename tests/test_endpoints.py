@@ -274,10 +274,10 @@ def test_pipe_data_bound_and_errors(zoo: Tree, tmp_path: Path) -> None:
         text=True,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == (
-        "asyckpt tree: error: argument --pipe-data: '1G' is not a size from 0 to 64M "
-        "(bytes, or with a K or M suffix)"
-    )
+    assert proc.stderr.strip().splitlines() == [
+        "asyckpt: error: argument --pipe-data: '1G' is not a size from 0 to 64M "
+        "(bytes, or with a K or M suffix) (see 'asyckpt tree --help')"
+    ]
     assert list(tmp_path.iterdir()) == []
 
 

@@ -17,6 +17,7 @@ from asyckpt._image import MAGIC, ImageWriter, parse_image, read_image
 from asyckpt._records import (
     FORMAT_VERSION,
     NO_DATA,
+    Content,
     Fd,
     FdTable,
     File,
@@ -220,6 +221,7 @@ def test_magic_is_pinned() -> None:
         (make_body()[4], "fd"),
         (make_body()[7], "task"),
         (make_trailer(), "trailer"),
+        (Content(file=1, offset=0, data=b"x"), "content"),
     ],
 )
 def test_record_tags_are_pinned(record: msgspec.Struct, tag: str) -> None:
@@ -231,7 +233,7 @@ def test_record_tags_are_pinned(record: msgspec.Struct, tag: str) -> None:
 def test_layout_follows_the_grammar(image_bytes: bytes) -> None:
     data = image_bytes
     assert data[:10] == MAGIC
-    assert data[10:14] == b"\x00\x00\x00\x01"
+    assert data[10:14] == b"\x00\x00\x00\x02"
     # Walk FRAME*: each one is a msgpack map with a "kind".
     kinds = []
     off = 14
@@ -501,7 +503,7 @@ def test_directory_and_missing_file_are_not_images(tmp_path: Path) -> None:
         read_image(tmp_path / "missing")
 
 
-@pytest.mark.parametrize("version", [0, 2, 0x100, 0x01000000, 0xFFFFFFFF])
+@pytest.mark.parametrize("version", [0, 3, 0x100, 0x01000000, 0xFFFFFFFF])
 def test_wrong_format_version(image_bytes: bytes, version: int) -> None:
     patched = image_bytes[:10] + struct.pack(">I", version) + image_bytes[14:]
     with pytest.raises(ImageVersionError, match=f"version {version}"):
@@ -618,3 +620,140 @@ def test_fdtable_count_must_match_its_fds() -> None:
     table.count = 2
     with pytest.raises(ImageCorrupt):
         parse_image(assemble(records, trailer))
+
+
+# --- format version 2: content records -----------------------------------------------------
+
+
+def ghost_file(id: int, size: int, ghost: str = "saved", ghost_file: int | None = None) -> File:
+    return File(
+        id=id,
+        type="reg",
+        handler="reg",
+        flags=0o100002,
+        access="rw",
+        pos=0,
+        mnt_id=27,
+        dev=65024,
+        ino=900 + id,
+        path=f"/tmp/gone{id}",
+        deleted=True,
+        st_mode=stat.S_IFREG | 0o600,
+        nlink=0,
+        size=size,
+        path_state="deleted",
+        ghost=ghost,
+        ghost_file=id if ghost == "saved" and ghost_file is None else ghost_file,
+        allocated=8192,
+    )
+
+
+def content_image(
+    contents: list[Content],
+    *,
+    size: int = 10000,
+    ghost: str = "saved",
+    version: int = FORMAT_VERSION,
+    between: list[msgspec.Struct] | None = None,
+) -> bytes:
+    """An image with one unlinked file, then ``between``, then ``contents``, then its fd."""
+    body: list[msgspec.Struct] = [
+        FdTable(id=1, owner=100, count=1),
+        ghost_file(1, size, ghost),
+        *(between or []),
+        *contents,
+        Fd(fd=3, file=1, cloexec=False),
+        Task(pid=100, ppid=1, comm="x", starttime=1, state="S", uid=0, gid=0, fd_table=1),
+    ]
+    trailer = Trailer(
+        tasks=1,
+        fd_tables=1,
+        fds=1,
+        files=1 + sum(isinstance(r, File) for r in between or []),
+        records=len(body),
+        contents=len(contents),
+        content_bytes=sum(len(c.data) for c in contents),
+    )
+    return assemble([make_header(), *body], trailer, version=version)
+
+
+def test_content_records_are_read_in_order() -> None:
+    chunks = [
+        Content(file=1, offset=0, data=b"A" * 4096),
+        Content(file=1, offset=4096, data=b"A" * 100),
+        Content(file=1, offset=8192, data=b"B" * 1808),
+    ]
+    image = parse_image(content_image(chunks))
+    assert image.contents == {1: chunks}
+    assert image.files[1].ghost == "saved" and image.files[1].ghost_file == 1
+
+
+@pytest.mark.parametrize(
+    ("contents", "kwargs", "message"),
+    [
+        ([Content(file=2, offset=0, data=b"x")], {}, "does not follow that file"),
+        (
+            [Content(file=1, offset=100, data=b"x"), Content(file=1, offset=50, data=b"y")],
+            {},
+            "out of order",
+        ),
+        (
+            [Content(file=1, offset=0, data=b"xx"), Content(file=1, offset=1, data=b"y")],
+            {},
+            "out of order",
+        ),
+        ([Content(file=1, offset=9999, data=b"xy")], {}, "past its size"),
+        ([Content(file=1, offset=0, data=b"")], {}, "empty"),
+        ([Content(file=1, offset=0, data=b"x")], {"ghost": "too-big"}, "not saved there"),
+        ([Content(file=1, offset=0, data=b"x")], {"version": 1}, "version 1 image"),
+        (
+            [Content(file=1, offset=0, data=b"x")],
+            {"between": [Fd(fd=4, file=1, cloexec=False)]},
+            "does not follow that file",
+        ),
+    ],
+)
+def test_bad_content_records_are_corrupt(
+    contents: list[Content], kwargs: dict[str, object], message: str
+) -> None:
+    data = content_image(contents, **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ImageCorrupt, match=message):
+        parse_image(data)
+
+
+@pytest.mark.parametrize(("field", "delta"), [("contents", 1), ("content_bytes", -1)])
+def test_content_counts_must_match_the_trailer(field: str, delta: int) -> None:
+    records, trailer = valid_parts()
+    setattr(trailer, field, getattr(trailer, field) + delta)
+    with pytest.raises(ImageCorrupt, match="disagree"):
+        parse_image(assemble(records, trailer))
+
+
+def test_content_of_an_undefined_file_is_corrupt() -> None:
+    other = ghost_file(2, 10, ghost="saved", ghost_file=7)
+    with pytest.raises(ImageCorrupt, match="undefined file 7"):
+        parse_image(content_image([], between=[other]))
+
+
+def test_version_1_images_are_still_read() -> None:
+    """A version 1 image (no content records, no ghost or path fields) reads with the
+    new fields at their defaults."""
+    new_fields = ("path_state", "ghost", "ghost_file", "allocated", "ghost_error")
+    v1_file = msgspec.msgpack.decode(msgspec.msgpack.encode(make_body()[1]))
+    for k in new_fields:
+        del v1_file[k]
+    records, trailer = valid_parts()
+    head = MAGIC + struct.pack(">I", 1)
+    for r in records:
+        payload = msgspec.msgpack.encode(v1_file if r is records[2] else r)
+        head += frame(payload)
+    v1_trailer = {
+        k: v
+        for k, v in msgspec.to_builtins(trailer).items()
+        if k not in ("contents", "content_bytes")
+    }
+    image = parse_image(with_digest(head + frame(msgspec.msgpack.encode(v1_trailer))))
+    assert image.header.format_version == FORMAT_VERSION  # make_header's; the frame says 1
+    f = image.files[1]
+    assert (f.path_state, f.ghost, f.ghost_file, f.allocated) == ("unchecked", "unchecked", None, 0)
+    assert image.contents == {}

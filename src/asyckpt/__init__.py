@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from ._plugins import StatInfo as StatInfo
     from ._plugins import load_handlers as load_handlers
     from ._records import FORMAT_VERSION as FORMAT_VERSION
+    from ._records import Content as Content
     from ._records import Fd as Fd
     from ._records import FdTable as FdTable
     from ._records import File as File
@@ -92,6 +93,7 @@ _LAZY = {
     "StatInfo": "._plugins",
     "load_handlers": "._plugins",
     "FORMAT_VERSION": "._records",
+    "Content": "._records",
     "Fd": "._records",
     "FdTable": "._records",
     "File": "._records",

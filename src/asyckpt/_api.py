@@ -59,6 +59,8 @@ def make_trailer(summary: CaptureSummary) -> Trailer:
         freezing_ms=round(summary.freezing_ms, 3),
         frozen_ms=round(summary.frozen_ms, 3),
         capture_ms=round(summary.capture_ms, 3),
+        contents=summary.contents,
+        content_bytes=summary.content_bytes,
     )
 
 
@@ -87,7 +89,9 @@ async def checkpoint_tree(
 
         async def run_capture() -> None:
             nonlocal summary
-            summary = await capture(pid, send, options, dispatch)
+            # Unlinked files' content waits in the image's directory, like its body.
+            spool_dir = os.path.dirname(writer.dest)
+            summary = await capture(pid, send, options, dispatch, spool_dir=spool_dir)
 
         async with collapse_errors(), trio.open_nursery() as nursery:
             nursery.start_soon(run_capture)
@@ -145,6 +149,8 @@ async def open_capture(
 
     Records come in image order (each object before its first reference), and only
     once the tree is thawed again, so a slow consumer never lengthens the frozen window.
+    An unlinked file's saved data comes as :class:`Content` records right after its
+    :class:`File` (at most 1 MiB each), spooled meanwhile in the temporary directory.
     Leaving the block early cancels the capture; the tree is thawed before the block
     exits either way.
     """

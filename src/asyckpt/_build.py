@@ -13,7 +13,10 @@ Three steps, so that the tree is frozen only as long as it must be:
   nothing while frozen).  No kernel.
 * :func:`materialize` turns that into image records: pure, no kernel.
 
-The comparison and the mountinfo reader are injected, so neither step does I/O of its own.
+The comparison and the mountinfo reader are injected, so neither step does I/O of its own,
+but for what needs the live fd while frozen, as handlers do: an unlinked file's content is
+copied into a spool (``_ghost``), and each task's root kept for the path checks that
+``_paths`` runs after the thaw.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from ._classify import access_mode, kernel_kind, split_deleted, task_relative_pa
 from ._dedup import KcmpIndex
 from ._discover import TaskPlan
 from ._errors import AsyckptError, HandlerFailed, NoSuchProcess, StrictViolation
+from ._ghost import DEFAULT_GHOST_LIMIT, Ghost, GhostSpool
+from ._paths import PathChecker
 from ._plugins import (
     CaptureSession,
     CaptureTree,
@@ -40,11 +45,11 @@ from ._plugins import (
 )
 from ._procparse import FdInfo, parse_fdinfo_rest, parse_mountinfo
 from ._procread import RawRow, TaskMeta
-from ._records import NO_DATA, Fd, FdTable, File, MountEntry, MountTable, Task, Thread
+from ._records import NO_DATA, Content, Fd, FdTable, File, MountEntry, MountTable, Task, Thread
 
 __all__ = ["BodyRecord", "RecordBuilder", "TaskPart", "TaskScan", "fd_facts", "materialize"]
 
-BodyRecord = MountTable | FdTable | File | Fd | Task
+BodyRecord = MountTable | FdTable | File | Content | Fd | Task
 
 O_CLOEXEC = os.O_CLOEXEC
 
@@ -102,11 +107,13 @@ class NewFile:
         "deleted",
         "error",
         "flags",
+        "ghost",
         "handler",
         "id",
         "kind",
         "owner",
         "path",
+        "path_state",
         "raw",
     )
 
@@ -136,6 +143,10 @@ class NewFile:
         """The handler's record, encoded by :meth:`RecordBuilder.finish` after the thaw;
         None if generic."""
         self.error = error
+        self.ghost: Ghost | None = None
+        """An unlinked regular file's content outcome (``_ghost``)."""
+        self.path_state = "unchecked"
+        """Set after the thaw by :class:`_paths.PathChecker`."""
 
 
 class TaskPart(NamedTuple):
@@ -171,6 +182,8 @@ class RecordBuilder:
         tolerant: bool = False,
         session: CaptureSession | None = None,
         run_async: RunAsync = _trio_run_async,
+        ghost_limit: int = DEFAULT_GHOST_LIMIT,
+        spool_dir: str | None = None,
     ) -> None:
         self._dispatch = dispatch
         # One chooser per capture: it caches the fs magic of each mount id, and mount ids
@@ -203,6 +216,10 @@ class RecordBuilder:
         self.generic: Counter[str] = Counter()
         self.generic_fds: list[GenericFd] = []
         self.used: dict[str, LoadedHandler] = {}
+        self.ghosts = GhostSpool(ghost_limit, spool_dir)
+        """Unlinked files' content, copied while frozen (closed by the capture)."""
+        self.paths = PathChecker()
+        """Each task's root, kept while frozen for the path checks after the thaw."""
 
     def resolve(self, scan: TaskScan) -> TaskPart | None:
         """The task, resolved; None when it exited before its fds could be read (only
@@ -218,6 +235,8 @@ class RecordBuilder:
         if meta.mnt_ns and meta.mnt_ns not in self._mnt_seen:
             self._mnt_seen.add(meta.mnt_ns)
             mountinfo = self._read_mountinfo(pid)
+        if any(fds for _, _, fds in scan.tables):
+            self.paths.open_root(pid, meta.mnt_ns, meta.root)
         parent_table = self._task_table.get(plan.stat.ppid)
         hints = self._table_fds.get(parent_table, {}) if parent_table is not None else {}
         tables = []
@@ -324,6 +343,9 @@ class RecordBuilder:
                 error, handler = self._failed(failed, kind)
             finally:
                 ctx._release()
+        ghost = None
+        if kind == "reg" and facts.deleted and st.st_nlink == 0:
+            ghost = self._ghost(file_id, facts, ctx)
         if handler is None:
             if self._strict:
                 raise StrictViolation(f"no handler claims this {kind} fd ({link})", pid=pid, fd=fd)
@@ -331,7 +353,7 @@ class RecordBuilder:
             self.generic_fds.append(GenericFd(pid, fd, kind, error))
         else:
             self.used[handler.name] = handler
-        return NewFile(
+        new = NewFile(
             file_id,
             raw,
             (pid, fd),
@@ -343,6 +365,31 @@ class RecordBuilder:
             data,
             error,
         )
+        new.ghost = ghost
+        return new
+
+    def _ghost(self, file_id: int, facts: FdFacts, ctx: HandlerContext) -> Ghost:
+        """An unlinked regular file: copy its content (once per inode), or say why not."""
+        st = facts.st
+        try:
+            ghost = self.ghosts.capture(
+                file_id,
+                facts.pid,
+                facts.fd,
+                facts.path,
+                st.st_dev,
+                st.st_ino,
+                st.st_size,
+                st.st_blocks * 512,
+                ctx.take_fd,
+            )
+        finally:
+            ctx._release()
+        if self._strict and ghost.state in ("too-big", "failed"):
+            # Only the first description of an inode can get here: that one raised.
+            msg = self.ghosts.notes[-1].message().split(": ", 1)[1]
+            raise StrictViolation(f"--strict: {msg}", pid=facts.pid, fd=facts.fd)
+        return ghost
 
     def _capture(
         self, handler: LoadedHandler, facts: FdFacts, ctx: HandlerContext
@@ -507,4 +554,17 @@ def _file_record(new: NewFile) -> File:
         fdinfo=list(parse_fdinfo_rest(raw[15])) if raw[15] else [],
         data=_encoded(new.data),
         error=new.error,
+        **_ghost_fields(new),
     )
+
+
+def _ghost_fields(new: NewFile) -> dict[str, Any]:
+    ghost = new.ghost
+    fields: dict[str, Any] = {"path_state": new.path_state, "allocated": new.raw[11] * 512}
+    if ghost is None:
+        fields["ghost"] = "none"
+    else:
+        fields["ghost"] = ghost.state
+        fields["ghost_file"] = ghost.file
+        fields["ghost_error"] = ghost.error
+    return fields

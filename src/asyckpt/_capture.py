@@ -16,14 +16,26 @@ Theory of operation
 5. *Resolve*: results arrive in any order; a :class:`Reorderer` releases them in tree
    pre-order to the single resolver, which deduplicates open file descriptions with kcmp,
    runs the handlers (which may need the live fd) and numbers objects by first reference.
+   An unlinked regular file (nlink 0, memfds included) gets its content copied here,
+   once per inode, if its allocated size is within ``ghost_limit``: the kernel copies its
+   data extents (SEEK_DATA/SEEK_HOLE on a new description of the inode, never the task's,
+   whose offset stays put) into a spool file with sendfile(2), so the bytes are those of
+   the frozen moment, no byte passes through Python and memory does not grow with the
+   files; the frozen window grows by the copy, bounded by the limit (``_ghost``).
 6. *Thaw* as soon as the last task is resolved and the ``begin`` of every handler that
    captured an fd has returned (what it read must be of the frozen moment too; the
-   others' are abandoned): only /proc reads, kcmp and handlers happen while frozen.
-   Then the handlers' ``finish`` hooks complete their records with what only the whole
-   tree tells, and every record is encoded.
+   others' are abandoned): only /proc reads, kcmp, handlers and ghost copies happen
+   while frozen.  Then each recorded path is looked up through its task's root (kept
+   while frozen) to tell whether it still names the file (``_paths``: after the thaw,
+   because the filesystem is not frozen anyway and a lookup per description would
+   lengthen the frozen window); the handlers' ``finish`` hooks complete their records
+   with what only the whole tree tells, and every record is encoded.
 7. *Emit*: each task's records are made from its compact resolved form and sent, one
    batch per task, through a bounded channel to the consumer (the image writer, or a
    library caller's ``async for``), which therefore cannot lengthen the frozen window.
+   A saved ghost's ``content`` records follow its ``file`` record, read back from the
+   spool one chunk (at most 1 MiB) per channel message, so memory stays bounded by the
+   channel's capacity.
 """
 
 from __future__ import annotations
@@ -40,6 +52,7 @@ from ._build import BodyRecord, GenericFd, RecordBuilder, TaskPart, TaskScan, ma
 from ._discover import TaskPlan, check_target, plan_tables, walk_tree
 from ._errors import FreezerError, NoSuchProcess, collapse_errors
 from ._freeze import Freezer, choose_freezer
+from ._ghost import DEFAULT_GHOST_LIMIT, GhostNote
 from ._guardian import Guardian
 from ._kernel import kcmp_files
 from ._order import Reorderer
@@ -80,9 +93,16 @@ class CaptureOptions(msgspec.Struct, kw_only=True, frozen=True):
     """Copy up to this many queued bytes of each pipe into the image (the pipe handler
     reads ``ctx.session.pipe_data``); 0 copies none.  At most ``PIPE_DATA_MAX``."""
 
+    ghost_limit: int = DEFAULT_GHOST_LIMIT
+    """Copy the content of each unlinked regular file (memfds too) whose allocated size
+    (st_blocks * 512) is at most this many bytes; 0 copies none.  A larger one is
+    recorded ``too-big`` (``CaptureSummary.ghost_notes``), or fails a ``strict`` capture."""
+
     def __post_init__(self) -> None:
         if not 0 <= self.pipe_data <= PIPE_DATA_MAX:
             raise ValueError(f"pipe_data must be between 0 and {PIPE_DATA_MAX} bytes")
+        if self.ghost_limit < 0:
+            raise ValueError("ghost_limit must not be negative")
 
 
 class CaptureSummary(msgspec.Struct, kw_only=True):
@@ -112,6 +132,13 @@ class CaptureSummary(msgspec.Struct, kw_only=True):
     capture_ms: float
     path: str | None = None
     bytes: int = 0
+    ghosts_saved: int = 0
+    """Unlinked files (inodes) whose content is in the image."""
+    contents: int = 0
+    """``content`` records sent."""
+    content_bytes: int = 0
+    ghost_notes: list[GhostNote] = []
+    """Unlinked files whose content is not in the image: over the limit, or failed."""
 
 
 def _read_mountinfo(pid: int) -> str:
@@ -194,11 +221,16 @@ async def capture(
     send: trio.MemorySendChannel[list[BodyRecord]],
     options: CaptureOptions,
     dispatch: Dispatch | None = None,
+    *,
+    spool_dir: str | None = None,
 ) -> CaptureSummary:
-    """Capture the tree rooted at ``pid``, sending one list of records per task.
+    """Capture the tree rooted at ``pid``, sending lists of records in image order (a
+    task's, cut after each file whose ``content`` records follow, one per list).
 
-    Closes ``send`` when done.  Raises AsyckptError subclasses; the tree is thawed and
-    back in its cgroups before any exception (or cancellation) leaves this function.
+    Unlinked files' content is spooled in an unnamed file in ``spool_dir`` (default: the
+    temporary directory) until it is sent.  Closes ``send`` when done.  Raises
+    AsyckptError subclasses; the tree is thawed and back in its cgroups before any
+    exception (or cancellation) leaves this function.
     """
     started = time.perf_counter()
     guardian = None
@@ -208,7 +240,7 @@ async def capture(
             if options.freeze != "none":
                 # Started early, so that its interpreter starts while the tree is discovered.
                 guardian = await trio.to_thread.run_sync(Guardian)
-            summary = await _capture(root, send, options, dispatch, guardian)
+            summary = await _capture(root, send, options, dispatch, guardian, spool_dir)
     finally:
         if guardian is not None:
             with trio.CancelScope(shield=True):
@@ -224,6 +256,7 @@ async def _capture(
     options: CaptureOptions,
     dispatch: Dispatch | None,
     guardian: Guardian | None,
+    spool_dir: str | None = None,
 ) -> CaptureSummary:
     pid = root.pid
     if dispatch is None:
@@ -238,7 +271,27 @@ async def _capture(
         read_mountinfo=_read_mountinfo,
         strict=options.strict,
         tolerant=not freezer.consistent,
+        ghost_limit=options.ghost_limit,
+        spool_dir=spool_dir,
     )
+    try:
+        return await _run(root, tree, builder, freezer, send, options, dispatch, guardian)
+    finally:
+        builder.ghosts.close()
+        builder.paths.close()
+
+
+async def _run(
+    root: TaskStat,
+    tree: list[TaskStat],
+    builder: RecordBuilder,
+    freezer: Freezer,
+    send: trio.MemorySendChannel[list[BodyRecord]],
+    options: CaptureOptions,
+    dispatch: Dispatch,
+    guardian: Guardian | None,
+) -> CaptureSummary:
+    pid = root.pid
     async with _frozen(freezer, root, tree, options.freeze_timeout, guardian):
         plans = await trio.to_thread.run_sync(
             _settle_tree, root, tree, freezer, options.freeze_timeout
@@ -268,9 +321,20 @@ async def _capture(
                     scope.cancel()
     # Thawed: records are finished, made and handed on only now, so neither making them
     # nor a slow consumer of the channel can lengthen the frozen window.
+    await trio.to_thread.run_sync(builder.paths.check, parts)
     parts = await trio.to_thread.run_sync(builder.finish, parts)
+    ghosts = builder.ghosts
     for part in parts:
-        await send.send(await trio.to_thread.run_sync(materialize, part))
+        batch = await trio.to_thread.run_sync(materialize, part)
+        if not ghosts.saved:
+            await send.send(batch)
+            continue
+        for records, chunks in await trio.to_thread.run_sync(ghosts.split, batch):
+            if records:
+                await send.send(records)
+            for chunk in chunks:
+                await send.send([await trio.to_thread.run_sync(ghosts.read, chunk)])
+    contents, content_bytes = ghosts.totals()
     return CaptureSummary(
         root_pid=pid,
         freezer=freezer.name,
@@ -291,6 +355,10 @@ async def _capture(
         freezing_ms=freezer.freezing_ms,
         frozen_ms=freezer.frozen_ms,
         capture_ms=0.0,
+        ghosts_saved=len(ghosts.saved),
+        contents=contents,
+        content_bytes=content_bytes,
+        ghost_notes=list(ghosts.notes),
     )
 
 

@@ -8,12 +8,13 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
-from ._errors import AsyckptError, collapse_errors
+from ._errors import AsyckptError, OutputError, collapse_errors
 
 if TYPE_CHECKING:
     from ._capture import CaptureSummary
+    from ._image import Image
     from ._plugins import Dispatch
 
 # trio and the capture pipeline are imported by the commands that use them: `show` and
@@ -23,7 +24,9 @@ FREEZER_MODES = ("auto", "cgroup-v1", "cgroup-v2", "none")
 # _capture.PIPE_DATA_MAX, repeated so that parsing arguments does not import the pipeline
 # (a test checks that they agree).
 PIPE_DATA_MAX = 64 << 20
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20}
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+# _ghost.DEFAULT_GHOST_LIMIT, for the same reason.
+DEFAULT_GHOST_LIMIT = 1 << 20
 
 EXIT_INTERRUPTED = 130
 
@@ -67,10 +70,29 @@ def _size(text: str) -> int:
     return int(number) * _UNITS[unit]
 
 
+def _ghost_limit(text: str) -> int:
+    """``--ghost-limit``: bytes, with an optional K, M or G (binary) suffix; 0 is off."""
+    number, unit = text, ""
+    if text[-1:].lower() in ("k", "m", "g"):
+        number, unit = text[:-1], text[-1].lower()
+    if not number.isascii() or not number.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size (bytes, or with a K, M or G suffix: 512K, 1M)"
+        )
+    return int(number) * _UNITS[unit]
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line on stderr, like every other error (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"asyckpt: error: {message} (see '{self.prog} --help')\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="asyckpt",
         description="Capture the open-file state of a Linux process tree.",
         epilog=EPILOG,
@@ -121,6 +143,15 @@ def _parser() -> argparse.ArgumentParser:
         help="copy up to SIZE bytes (K, M: binary units; at most 64M) of the data queued "
         "in each pipe and FIFO into the image, without consuming it (default: 0, none)",
     )
+    t.add_argument(
+        "--ghost-limit",
+        type=_ghost_limit,
+        default=DEFAULT_GHOST_LIMIT,
+        metavar="SIZE",
+        help="copy the content of each unlinked file (and memfd) whose allocated size is at "
+        "most SIZE (K, M, G: binary units) into the image, holes left out; a larger one is "
+        "reported and not saved, or fails --strict (default: 1M; 0: never copy)",
+    )
     _plugin_options(t)
     t.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 
@@ -139,6 +170,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="list each pipe, FIFO and connected socket pair with the task/fd at each end, "
         "flagging ends outside the tree (with --json: an 'endpoints' array is added)",
+    )
+    s.add_argument(
+        "--extract",
+        nargs=2,
+        metavar=("FILE_ID", "OUT"),
+        help="write the saved content of the unlinked file FILE_ID (the OBJ column) to the "
+        "new file OUT, holes as holes, instead of printing the image",
     )
     _plugin_options(s)
 
@@ -198,6 +236,8 @@ def _report(summary: CaptureSummary, quiet: bool) -> None:
         _warn("the tree was not frozen (--freeze=none): the image may be inconsistent")
     if summary.vanished:
         _warn(f"{summary.vanished} tasks exited during the capture and are not in the image")
+    for note in summary.ghost_notes:
+        print(f"asyckpt: {note.message()}", file=sys.stderr)
     if summary.unverified:
         _warn(
             f"{summary.unverified} fds of exiting tasks could not be checked for sharing; "
@@ -211,6 +251,11 @@ def _report(summary: CaptureSummary, quiet: bool) -> None:
         f"freezing {summary.freezing_ms:.2f} ms, frozen {summary.frozen_ms:.2f} ms, "
         f"total {summary.capture_ms:.1f} ms"
     )
+    if summary.ghosts_saved:
+        print(
+            f"content of {summary.ghosts_saved} unlinked file(s) saved: "
+            f"{summary.content_bytes} bytes of data"
+        )
     if summary.freezer_scope == "transient":
         # Moving tasks between cgroups is visible to whoever watches them: say so.
         print(
@@ -264,6 +309,7 @@ def _cmd_tree(args: argparse.Namespace) -> int:
         strict=args.strict,
         disable_plugins=tuple(args.disable_plugin),
         pipe_data=args.pipe_data,
+        ghost_limit=args.ghost_limit,
     )
 
     # Loaded here rather than by the capture, so that conflicts are reported as warnings
@@ -310,6 +356,10 @@ def _cmd_show(args: argparse.Namespace) -> int:
     from ._show import endpoints, render_endpoints, render_table, to_json_doc
 
     image = read_image(args.image)
+    if args.extract:
+        size = _extract(image, *args.extract)
+        print(f"wrote {size} bytes to {args.extract[1]}")
+        return 0
     plugins = image_plugins(image.header.plugins, disabled=args.disable_plugin, enabled=args.plugin)
     if args.json:
         doc = to_json_doc(image, plugins)
@@ -322,6 +372,33 @@ def _cmd_show(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(render_table(image, plugins) + "\n")
     return 0
+
+
+class _UsageError(AsyckptError):
+    exit_code = 2
+
+
+def _extract(image: Image, file_id: str, out: str) -> int:
+    """``show --extract``: an unlinked file's saved content, as a sparse file."""
+    f = image.files.get(int(file_id)) if file_id.isdigit() else None
+    if f is None:
+        raise _UsageError(f"the image has no file {file_id!r}")
+    if f.ghost != "saved" or f.ghost_file is None:
+        raise _UsageError(f"file {file_id} has no saved content (ghost: {f.ghost})")
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise OutputError(f"cannot create {out}: {exc.strerror}") from exc
+    try:
+        for c in image.contents.get(f.ghost_file, []):
+            os.pwrite(fd, c.data, c.offset)
+        os.ftruncate(fd, f.size)  # the holes after the last run
+    except OSError as exc:
+        os.close(fd)
+        os.unlink(out)
+        raise OutputError(f"writing {out}: {exc.strerror}") from exc
+    os.close(fd)
+    return f.size
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:

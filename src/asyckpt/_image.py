@@ -4,10 +4,10 @@ Grammar (all integers big-endian; docs/image-format.md says the same at more len
 
     IMAGE   ::= MAGIC VERSION HEADER BODY TRAILER DIGEST
     MAGIC   ::= 89 41 43 4B 50 54 0D 0A 1A 0A        ("\\x89ACKPT\\r\\n\\x1a\\n", 10 bytes)
-    VERSION ::= u32 format version                   (currently 1)
+    VERSION ::= u32 format version                   (currently 2; 1 is read too)
     FRAME   ::= u32 LEN, then LEN bytes: one msgpack map with a "kind" key
     HEADER  ::= FRAME of kind "header"
-    BODY    ::= { FRAME of kind "mounts" | "fdtable" | "file" | "fd" | "task" }
+    BODY    ::= { FRAME of kind "mounts" | "fdtable" | "file" | "content" | "fd" | "task" }
     TRAILER ::= FRAME of kind "trailer"
     DIGEST  ::= 32 bytes: sha256 of every byte before it, then end of file
 
@@ -36,6 +36,8 @@ import msgspec
 from ._errors import ImageCorrupt, ImageVersionError, NotAnImage, OutputError
 from ._records import (
     FORMAT_VERSION,
+    READABLE_VERSIONS,
+    Content,
     Fd,
     FdTable,
     File,
@@ -170,6 +172,9 @@ class Image(msgspec.Struct, kw_only=True):
     trailer: Trailer
     checksum: str
     """The image's sha256 digest (hex), as its last 32 bytes hold it."""
+    contents: dict[int, list[Content]] = {}
+    """The ``content`` records of each file whose unlinked data was saved, in offset
+    order (``File.ghost`` ``saved``, ``File.ghost_file`` its own id)."""
 
     def fds(self, table: int | None) -> list[tuple[Fd, File]]:
         """The fds of one fd table (a Task's ``fd_table``) with their open files."""
@@ -202,9 +207,10 @@ def parse_image(data: bytes, *, name: str = "image") -> Image:
     if len(data) < off + 4:
         raise ImageCorrupt(f"{name} is truncated before its format version")
     (version,) = _U32.unpack_from(data, off)
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise ImageVersionError(
-            f"{name} has image format version {version}; this asyckpt reads {FORMAT_VERSION}"
+            f"{name} has image format version {version}; this asyckpt reads "
+            + " and ".join(map(str, READABLE_VERSIONS))
         )
     off += 4
     end = len(data) - _DIGEST_SIZE
@@ -245,16 +251,36 @@ def parse_image(data: bytes, *, name: str = "image") -> Image:
         tasks=[],
         trailer=trailer,
         checksum=data[end:].hex(),
+        contents={},
     )
     current: list[Fd] | None = None
     declared: dict[int, int] = {}
+    # The file whose content records may come next (the one just defined), and where
+    # its data so far ends.
+    owner: File | None = None
+    content_end = 0
+    content_bytes = 0
     for rec in records[1:]:
+        if isinstance(rec, Content):
+            _check_content(name, version, rec, owner, content_end)
+            assert owner is not None
+            image.contents.setdefault(owner.id, []).append(rec)
+            content_end = rec.offset + len(rec.data)
+            content_bytes += len(rec.data)
+            continue
+        owner = None
         if isinstance(rec, Fd):
             if current is None or rec.file not in image.files:
                 raise ImageCorrupt(f"{name}: fd {rec.fd} refers to an undefined table or file")
             current.append(rec)
         elif isinstance(rec, File):
+            ghost_file = rec.ghost_file
+            if ghost_file is not None and ghost_file != rec.id and ghost_file not in image.files:
+                raise ImageCorrupt(
+                    f"{name}: file {rec.id}'s content is in undefined file {rec.ghost_file}"
+                )
             image.files[rec.id] = rec
+            owner, content_end = rec, 0
         elif isinstance(rec, FdTable):
             if rec.id in image.fd_tables:
                 raise ImageCorrupt(f"{name}: fd table {rec.id} is defined twice")
@@ -281,8 +307,35 @@ def parse_image(data: bytes, *, name: str = "image") -> Image:
         sum(len(v) for v in image.fd_tables.values()),
         len(image.files),
         len(records) - 1,
+        sum(len(v) for v in image.contents.values()),
+        content_bytes,
     )
-    expected = (trailer.tasks, trailer.fd_tables, trailer.fds, trailer.files, trailer.records)
+    expected = (
+        trailer.tasks,
+        trailer.fd_tables,
+        trailer.fds,
+        trailer.files,
+        trailer.records,
+        trailer.contents,
+        trailer.content_bytes,
+    )
     if counts != expected:
         raise ImageCorrupt(f"{name}: body counts {counts} disagree with the trailer {expected}")
     return image
+
+
+def _check_content(name: str, version: int, rec: Content, owner: File | None, end: int) -> None:
+    """A content record must follow its own file (or that file's previous content), in
+    ascending, non-overlapping order, within the file's size, and only for a saved
+    ghost."""
+    if version < 2:
+        raise ImageCorrupt(f"{name}: a content record in a version {version} image")
+    if owner is None or rec.file != owner.id:
+        raise ImageCorrupt(f"{name}: content of file {rec.file} does not follow that file")
+    if owner.ghost != "saved" or owner.ghost_file != owner.id:
+        raise ImageCorrupt(f"{name}: content for file {rec.file}, whose data is not saved there")
+    if not rec.data or rec.offset < end or rec.offset + len(rec.data) > owner.size:
+        raise ImageCorrupt(
+            f"{name}: content of file {rec.file} at {rec.offset} (+{len(rec.data)}) is "
+            f"empty, out of order or past its size {owner.size}"
+        )

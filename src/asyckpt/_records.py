@@ -11,6 +11,8 @@ import msgspec
 __all__ = [
     "FORMAT_VERSION",
     "NO_DATA",
+    "READABLE_VERSIONS",
+    "Content",
     "Fd",
     "FdTable",
     "File",
@@ -24,7 +26,11 @@ __all__ = [
     "Trailer",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Written by this asyckpt; 2 added the ``content`` record (docs/image-format.md)."""
+
+READABLE_VERSIONS = (1, 2)
+"""Format versions this asyckpt reads."""
 
 # msgpack nil: File.data of a generic record.  (msgspec cannot decode ``Raw | None``.)
 NO_DATA = msgspec.Raw(b"\xc0")
@@ -128,6 +134,33 @@ class File(_Record, tag="file", kw_only=True, gc=False):
     msgpack nil when there is none."""
     error: str | None = None
     """Why the handler failed, when it did; the record is then generic."""
+    path_state: str = "unchecked"
+    """Whether ``path`` still names this file: ``ok``, ``deleted`` (unlinked, nlink 0),
+    ``deleted-linked`` (its name unlinked, another hard link keeps it), ``replaced`` (the
+    path names another inode now), ``missing`` (nothing there now), ``proc-exited`` (a
+    /proc/PID/... file whose process has exited), ``none`` (no path: pipes, sockets,
+    anon inodes, namespace files), ``unchecked`` (could not be checked; version 1)."""
+    ghost: str = "unchecked"
+    """An unlinked regular file's content: ``none`` (not an unlinked regular file),
+    ``saved`` (in the ``content`` records after the file ``ghost_file``), ``too-big``
+    (``allocated`` exceeds the ghost limit), ``off`` (ghost limit 0), ``failed``
+    (``ghost_error`` says why); ``unchecked`` in version 1 images."""
+    ghost_file: int | None = None
+    """The file whose ``content`` records hold this inode's data (this file, or an earlier
+    description of the same inode); None unless ``ghost`` is ``saved``."""
+    allocated: int = 0
+    """Bytes allocated on disk (st_blocks * 512): what the ghost limit is compared to."""
+    ghost_error: str | None = None
+    """Why an unlinked file's content could not be copied (``ghost`` ``failed``)."""
+
+
+class Content(_Record, tag="content", kw_only=True, gc=False):
+    """A run of an unlinked file's data (a data extent, or a piece of one), right after
+    its ``file`` record; holes between runs are not stored (format version 2)."""
+
+    file: int
+    offset: int
+    data: bytes
 
 
 class Fd(_Record, tag="fd", kw_only=True, gc=False):
@@ -170,6 +203,10 @@ class Trailer(_Record, tag="trailer", kw_only=True):
     freezing_ms: float = 0.0
     frozen_ms: float = 0.0
     capture_ms: float = 0.0
+    contents: int = 0
+    """``content`` records in the body."""
+    content_bytes: int = 0
+    """Data bytes those records hold."""
 
 
-Record = Header | MountTable | FdTable | File | Fd | Task | Trailer
+Record = Header | MountTable | FdTable | File | Content | Fd | Task | Trailer

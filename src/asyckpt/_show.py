@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from ._ghost import format_size
 from ._image import Image
 from ._plugins import ImagePlugin
 from ._records import NO_DATA, File, PluginInfo
@@ -126,14 +127,45 @@ def _raw_text(data: Any) -> str:
     return f"[{data.get('kind', '?')}: {fields} (raw)]"
 
 
-def _file_doc(f: File, renderer: Renderer) -> dict[str, Any]:
+def _file_doc(f: File, renderer: Renderer, image: Image) -> dict[str, Any]:
     doc = msgspec.structs.asdict(f)
     view = renderer.view(f)
     doc["data"] = view.data
     doc["fdinfo"] = [list(kv) for kv in f.fdinfo]
     doc["rendered"] = view.rendered
     doc["note"] = view.note
+    # Where the saved data is, not the data itself (show --extract writes that out).
+    doc["content"] = [[c.offset, len(c.data)] for c in image.contents.get(f.id, ())]
     return doc
+
+
+_PATH_NOTES = {
+    "deleted-linked": "name unlinked, another hard link remains",
+    "replaced": "path now names another file",
+    "missing": "path no longer exists",
+    "proc-exited": "its process has exited",
+    "unchecked": "path not checked",
+}
+
+
+def ghost_text(f: File, image: Image) -> str:
+    """What the table says about an unlinked file's content and a stale path."""
+    notes = []
+    if f.path_state in _PATH_NOTES and not (f.path_state == "unchecked" and f.ghost == "unchecked"):
+        notes.append(_PATH_NOTES[f.path_state])
+    if f.ghost == "saved":
+        if f.ghost_file == f.id:
+            saved = sum(len(c.data) for c in image.contents.get(f.id, ()))
+            notes.append(f"content saved: {saved} of {f.size} bytes, holes left out")
+        else:
+            notes.append(f"content saved with file {f.ghost_file}")
+    elif f.ghost == "too-big":
+        notes.append(f"content NOT saved: {format_size(f.allocated)} allocated, over the limit")
+    elif f.ghost == "off":
+        notes.append("content not saved (--ghost-limit 0)")
+    elif f.ghost == "failed":
+        notes.append(f"content NOT saved: {f.ghost_error}")
+    return f" [{'; '.join(notes)}]" if notes else ""
 
 
 def to_json_doc(image: Image, plugins: Mapping[str, ImagePlugin] | None = None) -> dict[str, Any]:
@@ -156,6 +188,8 @@ def to_json_doc(image: Image, plugins: Mapping[str, ImagePlugin] | None = None) 
         "files": t.files,
         "generic": t.generic,
         "handler_errors": t.handler_errors,
+        "contents": t.contents,
+        "content_bytes": t.content_bytes,
     }
     doc["checksum"] = f"sha256:{image.checksum}"
     doc["mounts"] = [
@@ -172,7 +206,7 @@ def to_json_doc(image: Image, plugins: Mapping[str, ImagePlugin] | None = None) 
         ]
         tasks.append(tdoc)
     doc["tasks"] = tasks
-    doc["files"] = [_file_doc(f, renderer) for f in image.files.values()]
+    doc["files"] = [_file_doc(f, renderer, image) for f in image.files.values()]
     return doc
 
 
@@ -245,7 +279,7 @@ def render_table(image: Image, plugins: Mapping[str, ImagePlugin] | None = None)
         ]
         for owner, table in tables:
             for fd, f in image.fds(table):
-                name = f.path + (" (deleted)" if f.deleted else "")
+                name = f.path + (" (deleted)" if f.deleted else "") + ghost_text(f, image)
                 text = renderer.view(f).text
                 if text:
                     name += f" {text}"

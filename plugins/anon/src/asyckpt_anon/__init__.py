@@ -324,7 +324,8 @@ def _fs_magic(fd: int) -> int:
 
 
 class MemFdHandler:
-    """memfd: name, size, seals, hugetlb (not the content)."""
+    """memfd: name, size, seals, hugetlb.  Its content is the core's, as that of every
+    unlinked regular file (``File.ghost`` and the image's ``content`` records)."""
 
     name: ClassVar[str] = "memfd"
     record_type: ClassVar[type[msgspec.Struct]] = MemFd
