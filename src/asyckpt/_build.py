@@ -4,7 +4,8 @@ Three steps, so that the tree is frozen only as long as it must be:
 
 * :meth:`RecordBuilder.resolve` runs while the tree is frozen, one task at a time in tree
   pre-order.  It deduplicates open file descriptions (cheap key, then kcmp, which needs
-  the tasks' tables unchanged), runs the handlers (which may need the live fd), and hands
+  the tasks' tables unchanged), runs the handlers (which may need the live fd), reads
+  each description's I/O owner where it can matter (``owner_matters``), and hands
   out objref ids in order of first reference, so two captures of an unchanged tree number
   everything identically.  It keeps its output compact: tuples, not records.
 * :meth:`RecordBuilder.finish` runs after the thaw, once, over every resolved task: the
@@ -18,6 +19,7 @@ The comparison and the mountinfo reader are injected, so neither step does I/O o
 
 from __future__ import annotations
 
+import errno
 import os
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -25,10 +27,23 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from ._classify import access_mode, kernel_kind, split_deleted, task_relative_path
+from ._classify import (
+    O_ASYNC,
+    access_mode,
+    kernel_kind,
+    owner_matters,
+    split_deleted,
+    task_relative_path,
+)
 from ._dedup import KcmpIndex
 from ._discover import TaskPlan
-from ._errors import AsyckptError, HandlerFailed, NoSuchProcess, StrictViolation
+from ._errors import (
+    AsyckptError,
+    HandlerFailed,
+    NoSuchProcess,
+    StrictViolation,
+    translate_oserror,
+)
 from ._plugins import (
     CaptureSession,
     CaptureTree,
@@ -38,15 +53,38 @@ from ._plugins import (
     LoadedHandler,
     StatInfo,
 )
-from ._procparse import FdInfo, parse_fdinfo_rest, parse_mountinfo
+from ._procparse import (
+    FdInfo,
+    lock_texts,
+    merge_lock_texts,
+    parse_fdinfo_rest,
+    parse_lock,
+    parse_mountinfo,
+)
 from ._procread import RawRow, TaskMeta
-from ._records import NO_DATA, Fd, FdTable, File, MountEntry, MountTable, Task, Thread
+from ._records import (
+    NO_DATA,
+    Fd,
+    FdTable,
+    File,
+    Lock,
+    MountEntry,
+    MountTable,
+    Owner,
+    Task,
+    Thread,
+)
 
 __all__ = ["BodyRecord", "RecordBuilder", "TaskPart", "TaskScan", "fd_facts", "materialize"]
 
 BodyRecord = MountTable | FdTable | File | Fd | Task
 
 O_CLOEXEC = os.O_CLOEXEC
+OWNER_TYPES = {0: "tid", 1: "pid", 2: "pgrp"}
+"""``struct f_owner_ex.type``: F_OWNER_TID, F_OWNER_PID, F_OWNER_PGRP."""
+# Races of an unfrozen capture: the task exited (pidfd_open), or closed the fd
+# (pidfd_getfd), since the scan.
+_VANISHED = frozenset({errno.ESRCH, errno.EBADF})
 
 Ref = tuple[int, int]
 """(tid, fd): how kcmp names an fd."""
@@ -104,7 +142,9 @@ class NewFile:
         "flags",
         "handler",
         "id",
+        "io_owner",
         "kind",
+        "more_locks",
         "owner",
         "path",
         "raw",
@@ -122,6 +162,7 @@ class NewFile:
         handler: str | None,
         data: msgspec.Struct | msgspec.Raw | None,
         error: str | None,
+        io_owner: Owner | None = None,
     ) -> None:
         self.id = id
         self.raw = raw
@@ -136,6 +177,10 @@ class NewFile:
         """The handler's record, encoded by :meth:`RecordBuilder.finish` after the thaw;
         None if generic."""
         self.error = error
+        self.io_owner = io_owner
+        self.more_locks: list[str] | None = None
+        """``lock:`` lines of the description's other fds (a POSIX lock shows only in
+        the fdinfo of its owner's fds), set by :meth:`RecordBuilder.finish`."""
 
 
 class TaskPart(NamedTuple):
@@ -203,6 +248,9 @@ class RecordBuilder:
         self.generic: Counter[str] = Counter()
         self.generic_fds: list[GenericFd] = []
         self.used: dict[str, LoadedHandler] = {}
+        # file id -> fdinfo of its later fds that list locks (rare: kept off the path
+        # of every fd; merged by finish).
+        self._more_locks: dict[int, list[bytes]] = {}
 
     def resolve(self, scan: TaskScan) -> TaskPart | None:
         """The task, resolved; None when it exited before its fds could be read (only
@@ -281,6 +329,8 @@ class RecordBuilder:
                     file_id, is_new = self._next_id(), True
                 if is_new:
                     new = self._new_file(file_id, pid, tid, raw, flags, root, ctx)
+                elif raw[15] and b"lock:" in raw[15]:
+                    self._more_locks.setdefault(file_id, []).append(raw[15])
                 seen[fd] = (key, ref, file_id)
                 append((fd, cloexec, file_id, new))
         finally:
@@ -316,14 +366,19 @@ class RecordBuilder:
             handler = self._choose(facts)
         except HandlerFailed as err:  # a claims() predicate raised
             error, handler = self._failed(err, kind)
-        if handler is not None:
-            try:
-                data = self._capture(handler, facts, ctx)
-            except Exception as exc:
-                failed = HandlerFailed(handler.name, exc, pid=pid, fd=fd)
-                error, handler = self._failed(failed, kind)
-            finally:
-                ctx._release()
+        io_owner = None
+        try:
+            if handler is not None:
+                try:
+                    data = self._capture(handler, facts, ctx)
+                except Exception as exc:
+                    failed = HandlerFailed(handler.name, exc, pid=pid, fd=fd)
+                    error, handler = self._failed(failed, kind)
+            # Before the release: through the descriptor the handler took, if it did.
+            if owner_matters(kind, flags, raw[15]):
+                io_owner = self._io_owner(ctx, pid, fd, flags)
+        finally:
+            ctx._release()
         if handler is None:
             if self._strict:
                 raise StrictViolation(f"no handler claims this {kind} fd ({link})", pid=pid, fd=fd)
@@ -342,6 +397,26 @@ class RecordBuilder:
             handler.name if handler is not None else None,
             data,
             error,
+            io_owner,
+        )
+
+    def _io_owner(self, ctx: HandlerContext, pid: int, fd: int, flags: int) -> Owner | None:
+        try:
+            kind, owner, sig, uid, euid = ctx._io_owner(fd)
+        except OSError as exc:
+            if self._tolerant and exc.errno in _VANISHED:
+                return None
+            raise translate_oserror(exc, pid=pid, fd=fd, what="I/O owner") from exc
+        async_io = bool(flags & O_ASYNC)
+        if not (owner or sig or async_io):
+            return None
+        return Owner(
+            pid=owner,
+            type=OWNER_TYPES.get(kind, str(kind)),
+            signal=sig,
+            async_io=async_io,
+            uid=uid,
+            euid=euid,
         )
 
     def _capture(
@@ -359,6 +434,8 @@ class RecordBuilder:
         image order, and encode every record.  A hook that raises, or a record that
         does not encode, leaves that file generic with the error (or, under --strict,
         fails the capture).  Updates ``parts`` in place, and returns them."""
+        if self._more_locks:
+            self._attach_locks(parts)
         session = self.session or CaptureSession(p.plan.stat.pid for p in parts)
         # What the tree holds, for CaptureTree.holds: indexed only if a hook asks.
         tree = CaptureTree(
@@ -400,6 +477,13 @@ class RecordBuilder:
             }
             self.used = {name: h for name, h in self.used.items() if name in used}
         return parts
+
+    def _attach_locks(self, parts: list[TaskPart]) -> None:
+        for part in parts:
+            for _, _, entries in part.tables:
+                for _, _, _, new in entries:
+                    if new is not None and (rests := self._more_locks.get(new.id)):
+                        new.more_locks = [text for rest in rests for text in lock_texts(rest)]
 
     def _finish_one(self, record: Any, handler: LoadedHandler, tree: CaptureTree) -> msgspec.Struct:
         assert handler.finish is not None
@@ -507,4 +591,13 @@ def _file_record(new: NewFile) -> File:
         fdinfo=list(parse_fdinfo_rest(raw[15])) if raw[15] else [],
         data=_encoded(new.data),
         error=new.error,
+        locks=_locks(raw[15], new.more_locks),
+        owner=new.io_owner,
     )
+
+
+def _locks(fdinfo_rest: bytes, more: list[str] | None) -> list[Lock]:
+    texts = lock_texts(fdinfo_rest)
+    if more:
+        texts = merge_lock_texts(texts, more)
+    return [parse_lock(text) for text in texts]

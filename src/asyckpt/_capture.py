@@ -15,7 +15,9 @@ Theory of operation
    the scan instead of adding to it.
 5. *Resolve*: results arrive in any order; a :class:`Reorderer` releases them in tree
    pre-order to the single resolver, which deduplicates open file descriptions with kcmp,
-   runs the handlers (which may need the live fd) and numbers objects by first reference.
+   runs the handlers (which may need the live fd), reads each new description's I/O owner
+   (through the handler's live fd when it took one) and numbers objects by first
+   reference.
 6. *Thaw* as soon as the last task is resolved and the ``begin`` of every handler that
    captured an fd has returned (what it read must be of the frozen moment too; the
    others' are abandoned): only /proc reads, kcmp and handlers happen while frozen.
