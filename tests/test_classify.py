@@ -7,7 +7,14 @@ import stat
 
 import pytest
 
-from asyckpt._classify import access_mode, kernel_kind, split_deleted, task_relative_path
+from asyckpt._classify import (
+    O_ASYNC,
+    access_mode,
+    kernel_kind,
+    owner_matters,
+    split_deleted,
+    task_relative_path,
+)
 
 KIND_CASES = [
     # (st_mode, readlink of /proc/PID/fd/N, expected kind)
@@ -132,3 +139,30 @@ RELATIVE_CASES = [
 @pytest.mark.parametrize(("path", "root", "expected"), RELATIVE_CASES)
 def test_task_relative_path(path: str, root: str, expected: str) -> None:
     assert task_relative_path(path, root) == expected
+
+
+LEASE = b"lock:\t1: LEASE  ACTIVE    READ 7 fe:00:12 0 EOF\n"
+POSIX = b"lock:\t1: POSIX  ADVISORY  WRITE 7 fe:00:12 0 EOF\n"
+
+
+@pytest.mark.parametrize(
+    ("kind", "flags", "rest", "read"),
+    [
+        # Every kind but reg and dir: always, F_SETOWN alone may already matter there.
+        *[(kind, os.O_RDWR, b"", True) for kind in ("pipe", "fifo", "socket", "chr", "blk")],
+        ("anon", os.O_RDONLY, b"eventfd-count: 0\n", True),
+        # Regular files and directories: only when a signal can follow.
+        ("reg", os.O_RDWR, b"", False),
+        ("reg", os.O_RDWR, POSIX, False),
+        ("reg", os.O_RDWR | O_ASYNC, b"", True),
+        ("reg", os.O_RDONLY, LEASE, True),
+        ("dir", os.O_RDONLY | os.O_DIRECTORY, b"", False),
+        ("dir", os.O_RDONLY | os.O_DIRECTORY | O_ASYNC, b"", True),
+        # O_PATH allows no fcntl, whatever else holds.
+        ("reg", os.O_PATH | O_ASYNC, LEASE, False),
+        ("link", os.O_PATH | os.O_NOFOLLOW, b"", False),
+        ("socket", os.O_PATH, b"", False),
+    ],
+)
+def test_owner_matters(kind: str, flags: int, rest: bytes, read: bool) -> None:
+    assert owner_matters(kind, flags, rest) is read

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from asyckpt._procparse import (
@@ -9,15 +11,20 @@ from asyckpt._procparse import (
     FdInfo,
     Mount,
     TaskStat,
+    holds_lease,
+    lock_texts,
+    merge_lock_texts,
     parse_cgroup,
     parse_cgroup_events,
     parse_fdinfo,
     parse_fdinfo_rest,
+    parse_lock,
     parse_mountinfo,
     parse_stat,
     split_fdinfo,
     unescape_mount_path,
 )
+from asyckpt._records import Lock
 
 # The 49 fields after "comm) state" that every modern kernel prints, taken from a real
 # `cat /proc/self/stat` (ppid 6125, flags 4194304 = PF_RANDOMIZE, 1 thread, start 51771).
@@ -507,3 +514,166 @@ def test_split_fdinfo_agrees_with_parse_fdinfo(data: bytes, expected: FdInfo) ->
 )
 def test_split_fdinfo(data: bytes, expected: tuple[int, int, int, bytes]) -> None:
     assert split_fdinfo(data) == expected
+
+
+# --- lock: lines (fs/locks.c lock_get_status) ---------------------------------------------
+
+LOCK_ROWS = [
+    (
+        "1: POSIX  ADVISORY  WRITE 14773 fe:00:2146786 5 14",
+        ("POSIX", "ADVISORY", "WRITE", 14773, os.makedev(0xFE, 0), 2146786, 5, 14),
+    ),
+    (
+        "1: FLOCK  ADVISORY  READ 19086 00:10:1038 0 EOF",
+        ("FLOCK", "ADVISORY", "READ", 19086, os.makedev(0, 0x10), 1038, 0, None),
+    ),
+    (
+        "2: OFDLCK ADVISORY  WRITE -1 00:01:1025 10 29",
+        ("OFDLCK", "ADVISORY", "WRITE", -1, os.makedev(0, 1), 1025, 10, 29),
+    ),
+    (
+        "1: LEASE  ACTIVE    READ 14773 fe:00:2146850 0 EOF",
+        ("LEASE", "ACTIVE", "READ", 14773, os.makedev(0xFE, 0), 2146850, 0, None),
+    ),
+    (
+        "3: LEASE  BREAKING  UNLCK 880 08:01:77 0 EOF",
+        ("LEASE", "BREAKING", "UNLCK", 880, os.makedev(8, 1), 77, 0, None),
+    ),
+    (
+        "4: DELEG  ACTIVE    READ 0 00:2b:12 0 EOF",
+        ("DELEG", "ACTIVE", "READ", 0, os.makedev(0, 0x2B), 12, 0, None),
+    ),
+    # Mandatory locking (gone since Linux 5.15) and a lock without an inode.
+    (
+        "1: POSIX  MANDATORY WRITE 31 103:02:5 0 EOF",
+        ("POSIX", "MANDATORY", "WRITE", 31, os.makedev(0x103, 2), 5, 0, None),
+    ),
+    (
+        "1: POSIX  *NOINODE* WRITE -1 <none>:0 0 EOF",
+        ("POSIX", "*NOINODE*", "WRITE", -1, None, None, 0, None),
+    ),
+    # /proc/locks' waiter layout, and a lock type this version has never seen.
+    (
+        "1: -> FLOCK  ADVISORY  WRITE 77 00:10:1038 0 EOF",
+        ("FLOCK", "ADVISORY", "WRITE", 77, os.makedev(0, 0x10), 1038, 0, None),
+    ),
+    (
+        "1: UNKNOWN UNKNOWN  UNLCK 5 00:10:9 0 EOF",
+        ("UNKNOWN", "UNKNOWN", "UNLCK", 5, os.makedev(0, 0x10), 9, 0, None),
+    ),
+    (
+        "7: NEWKIND ADVISORY READ 5 00:10:9 0 EOF",
+        ("NEWKIND", "ADVISORY", "READ", 5, os.makedev(0, 0x10), 9, 0, None),
+    ),
+]
+
+
+LOCK_FIELDS = ("type", "mode", "access", "pid", "dev", "ino", "start", "end")
+
+
+@pytest.mark.parametrize(("text", "fields"), LOCK_ROWS)
+def test_lock_lines(text: str, fields: tuple[object, ...]) -> None:
+    assert parse_lock(text) == Lock(**dict(zip(LOCK_FIELDS, fields, strict=True)), text=text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "1: POSIX ADVISORY WRITE",  # too short
+        "1: POSIX  ADVISORY  WRITE x fe:00:1 0 EOF",  # pid not a number
+        "1: POSIX  ADVISORY  WRITE 1 fe:zz:1 0 EOF",  # device not hex
+        "1: POSIX  ADVISORY  WRITE 1 fe:00:1 0 EOF extra",  # one field more
+    ],
+)
+def test_unparsable_lock_lines_keep_only_the_text(text: str) -> None:
+    lock = parse_lock(text)
+    assert lock.text == text
+    assert (lock.type, lock.pid, lock.dev, lock.start, lock.end) == (None,) * 5
+
+
+# A regular file's fdinfo past the common lines, as the scan hands it over.
+LOCKED_REST = (
+    b"lock:\t1: FLOCK  ADVISORY  WRITE 5 fe:00:9 0 EOF\n"
+    b"lock:\t2: POSIX  ADVISORY  READ 5 fe:00:9 0 9\n"
+)
+LEASED_REST = b"lock:\t1: LEASE  ACTIVE    READ 7 fe:00:12 0 EOF\n"
+
+
+@pytest.mark.parametrize(
+    ("rest", "texts", "lease"),
+    [
+        pytest.param(b"", [], False, id="no-lines"),
+        pytest.param(b"tfd:        5 events:       19 data: 5\n", [], False, id="no-locks"),
+        pytest.param(
+            LOCKED_REST,
+            ["1: FLOCK  ADVISORY  WRITE 5 fe:00:9 0 EOF", "2: POSIX  ADVISORY  READ 5 fe:00:9 0 9"],
+            False,
+            id="locks",
+        ),
+        pytest.param(LEASED_REST, ["1: LEASE  ACTIVE    READ 7 fe:00:12 0 EOF"], True, id="lease"),
+        pytest.param(
+            b"lock:\t1: DELEG  ACTIVE    READ 0 00:2b:12 0 EOF\n",
+            ["1: DELEG  ACTIVE    READ 0 00:2b:12 0 EOF"],
+            True,
+            id="nfs-delegation",
+        ),
+        pytest.param(
+            # A lease being broken is still a lease; the word "LEASE" elsewhere is not one.
+            b"lock:\t1: LEASE  BREAKING  UNLCK 880 08:01:77 0 EOF\nLEASE: 1\n",
+            ["1: LEASE  BREAKING  UNLCK 880 08:01:77 0 EOF"],
+            True,
+            id="breaking",
+        ),
+        pytest.param(b"xlock:\tLEASE\nlock:\tgarbage\n", ["garbage"], False, id="odd-lines"),
+    ],
+)
+def test_lock_texts_and_leases(rest: bytes, texts: list[str], lease: bool) -> None:
+    assert lock_texts(rest) == texts
+    assert holds_lease(rest) is lease
+
+
+@pytest.mark.parametrize(
+    ("first", "more", "merged"),
+    [
+        pytest.param([], [], [], id="none"),
+        pytest.param(
+            # An flock shows through every fd of its description, numbered per listing.
+            ["1: FLOCK  ADVISORY  WRITE 5 fe:00:9 0 EOF"],
+            [
+                "1: FLOCK  ADVISORY  WRITE 5 fe:00:9 0 EOF",
+                "3: FLOCK  ADVISORY  WRITE 5 fe:00:9 0 EOF",
+            ],
+            ["1: FLOCK  ADVISORY  WRITE 5 fe:00:9 0 EOF"],
+            id="same-lock-other-fds",
+        ),
+        pytest.param(
+            # A POSIX lock shows only through its owner's fds: a child's, after its parent's.
+            ["1: FLOCK  ADVISORY  WRITE 5 fe:00:9 0 EOF"],
+            [
+                "1: FLOCK  ADVISORY  WRITE 5 fe:00:9 0 EOF",
+                "2: POSIX  ADVISORY  WRITE 6 fe:00:9 5 14",
+            ],
+            [
+                "1: FLOCK  ADVISORY  WRITE 5 fe:00:9 0 EOF",
+                "2: POSIX  ADVISORY  WRITE 6 fe:00:9 5 14",
+            ],
+            id="child-posix-lock",
+        ),
+        pytest.param(
+            [],
+            [
+                "1: POSIX  ADVISORY  READ 6 fe:00:9 0 EOF",
+                "1: POSIX  ADVISORY  READ 7 fe:00:9 0 EOF",
+            ],
+            [
+                "1: POSIX  ADVISORY  READ 6 fe:00:9 0 EOF",
+                "1: POSIX  ADVISORY  READ 7 fe:00:9 0 EOF",
+            ],
+            id="two-owners-same-range",
+        ),
+        pytest.param(["garbage"], ["garbage", "other"], ["garbage", "other"], id="unparsed"),
+    ],
+)
+def test_merge_lock_texts(first: list[str], more: list[str], merged: list[str]) -> None:
+    assert merge_lock_texts(first, more) == merged

@@ -4,7 +4,8 @@ Three steps, so that the tree is frozen only as long as it must be:
 
 * :meth:`RecordBuilder.resolve` runs while the tree is frozen, one task at a time in tree
   pre-order.  It deduplicates open file descriptions (cheap key, then kcmp, which needs
-  the tasks' tables unchanged), runs the handlers (which may need the live fd), and hands
+  the tasks' tables unchanged), runs the handlers (which may need the live fd), reads
+  each description's I/O owner where it can matter (``owner_matters``), and hands
   out objref ids in order of first reference, so two captures of an unchanged tree number
   everything identically.  It keeps its output compact: tuples, not records.
 * :meth:`RecordBuilder.finish` runs after the thaw, once, over every resolved task: the
@@ -21,6 +22,7 @@ copied into a spool (``_ghost``), and each task's root kept for the path checks 
 
 from __future__ import annotations
 
+import errno
 import os
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -28,10 +30,23 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from ._classify import access_mode, kernel_kind, split_deleted, task_relative_path
+from ._classify import (
+    O_ASYNC,
+    access_mode,
+    kernel_kind,
+    owner_matters,
+    split_deleted,
+    task_relative_path,
+)
 from ._dedup import KcmpIndex
 from ._discover import TaskPlan
-from ._errors import AsyckptError, HandlerFailed, NoSuchProcess, StrictViolation
+from ._errors import (
+    AsyckptError,
+    HandlerFailed,
+    NoSuchProcess,
+    StrictViolation,
+    translate_oserror,
+)
 from ._ghost import DEFAULT_GHOST_LIMIT, Ghost, GhostSpool
 from ._paths import PathChecker
 from ._plugins import (
@@ -43,15 +58,39 @@ from ._plugins import (
     LoadedHandler,
     StatInfo,
 )
-from ._procparse import FdInfo, parse_fdinfo_rest, parse_mountinfo
+from ._procparse import (
+    FdInfo,
+    lock_texts,
+    merge_lock_texts,
+    parse_fdinfo_rest,
+    parse_lock,
+    parse_mountinfo,
+)
 from ._procread import RawRow, TaskMeta
-from ._records import NO_DATA, Content, Fd, FdTable, File, MountEntry, MountTable, Task, Thread
+from ._records import (
+    NO_DATA,
+    Content,
+    Fd,
+    FdTable,
+    File,
+    Lock,
+    MountEntry,
+    MountTable,
+    Owner,
+    Task,
+    Thread,
+)
 
 __all__ = ["BodyRecord", "RecordBuilder", "TaskPart", "TaskScan", "fd_facts", "materialize"]
 
 BodyRecord = MountTable | FdTable | File | Content | Fd | Task
 
 O_CLOEXEC = os.O_CLOEXEC
+OWNER_TYPES = {0: "tid", 1: "pid", 2: "pgrp"}
+"""``struct f_owner_ex.type``: F_OWNER_TID, F_OWNER_PID, F_OWNER_PGRP."""
+# Races of an unfrozen capture: the task exited (pidfd_open), or closed the fd
+# (pidfd_getfd), since the scan.
+_VANISHED = frozenset({errno.ESRCH, errno.EBADF})
 
 Ref = tuple[int, int]
 """(tid, fd): how kcmp names an fd."""
@@ -110,7 +149,9 @@ class NewFile:
         "ghost",
         "handler",
         "id",
+        "io_owner",
         "kind",
+        "more_locks",
         "owner",
         "path",
         "path_state",
@@ -129,6 +170,7 @@ class NewFile:
         handler: str | None,
         data: msgspec.Struct | msgspec.Raw | None,
         error: str | None,
+        io_owner: Owner | None = None,
     ) -> None:
         self.id = id
         self.raw = raw
@@ -147,6 +189,10 @@ class NewFile:
         """An unlinked regular file's content outcome (``_ghost``)."""
         self.path_state = "unchecked"
         """Set after the thaw by :class:`_paths.PathChecker`."""
+        self.io_owner = io_owner
+        self.more_locks: list[str] | None = None
+        """``lock:`` lines of the description's other fds (a POSIX lock shows only in
+        the fdinfo of its owner's fds), set by :meth:`RecordBuilder.finish`."""
 
 
 class TaskPart(NamedTuple):
@@ -220,6 +266,9 @@ class RecordBuilder:
         """Unlinked files' content, copied while frozen (closed by the capture)."""
         self.paths = PathChecker()
         """Each task's root, kept while frozen for the path checks after the thaw."""
+        # file id -> fdinfo of its later fds that list locks (rare: kept off the path
+        # of every fd; merged by finish).
+        self._more_locks: dict[int, list[bytes]] = {}
 
     def resolve(self, scan: TaskScan) -> TaskPart | None:
         """The task, resolved; None when it exited before its fds could be read (only
@@ -300,6 +349,8 @@ class RecordBuilder:
                     file_id, is_new = self._next_id(), True
                 if is_new:
                     new = self._new_file(file_id, pid, tid, raw, flags, root, ctx)
+                elif raw[15] and b"lock:" in raw[15]:
+                    self._more_locks.setdefault(file_id, []).append(raw[15])
                 seen[fd] = (key, ref, file_id)
                 append((fd, cloexec, file_id, new))
         finally:
@@ -335,14 +386,19 @@ class RecordBuilder:
             handler = self._choose(facts)
         except HandlerFailed as err:  # a claims() predicate raised
             error, handler = self._failed(err, kind)
-        if handler is not None:
-            try:
-                data = self._capture(handler, facts, ctx)
-            except Exception as exc:
-                failed = HandlerFailed(handler.name, exc, pid=pid, fd=fd)
-                error, handler = self._failed(failed, kind)
-            finally:
-                ctx._release()
+        io_owner = None
+        try:
+            if handler is not None:
+                try:
+                    data = self._capture(handler, facts, ctx)
+                except Exception as exc:
+                    failed = HandlerFailed(handler.name, exc, pid=pid, fd=fd)
+                    error, handler = self._failed(failed, kind)
+            # Before the release: through the descriptor the handler took, if it did.
+            if owner_matters(kind, flags, raw[15]):
+                io_owner = self._io_owner(ctx, pid, fd, flags)
+        finally:
+            ctx._release()
         ghost = None
         if kind == "reg" and facts.deleted and st.st_nlink == 0:
             ghost = self._ghost(file_id, facts, ctx)
@@ -364,9 +420,29 @@ class RecordBuilder:
             handler.name if handler is not None else None,
             data,
             error,
+            io_owner,
         )
         new.ghost = ghost
         return new
+
+    def _io_owner(self, ctx: HandlerContext, pid: int, fd: int, flags: int) -> Owner | None:
+        try:
+            kind, owner, sig, uid, euid = ctx._io_owner(fd)
+        except OSError as exc:
+            if self._tolerant and exc.errno in _VANISHED:
+                return None
+            raise translate_oserror(exc, pid=pid, fd=fd, what="I/O owner") from exc
+        async_io = bool(flags & O_ASYNC)
+        if not (owner or sig or async_io):
+            return None
+        return Owner(
+            pid=owner,
+            type=OWNER_TYPES.get(kind, str(kind)),
+            signal=sig,
+            async_io=async_io,
+            uid=uid,
+            euid=euid,
+        )
 
     def _ghost(self, file_id: int, facts: FdFacts, ctx: HandlerContext) -> Ghost:
         """An unlinked regular file: copy its content (once per inode), or say why not."""
@@ -406,6 +482,8 @@ class RecordBuilder:
         image order, and encode every record.  A hook that raises, or a record that
         does not encode, leaves that file generic with the error (or, under --strict,
         fails the capture).  Updates ``parts`` in place, and returns them."""
+        if self._more_locks:
+            self._attach_locks(parts)
         session = self.session or CaptureSession(p.plan.stat.pid for p in parts)
         # What the tree holds, for CaptureTree.holds: indexed only if a hook asks.
         tree = CaptureTree(
@@ -447,6 +525,13 @@ class RecordBuilder:
             }
             self.used = {name: h for name, h in self.used.items() if name in used}
         return parts
+
+    def _attach_locks(self, parts: list[TaskPart]) -> None:
+        for part in parts:
+            for _, _, entries in part.tables:
+                for _, _, _, new in entries:
+                    if new is not None and (rests := self._more_locks.get(new.id)):
+                        new.more_locks = [text for rest in rests for text in lock_texts(rest)]
 
     def _finish_one(self, record: Any, handler: LoadedHandler, tree: CaptureTree) -> msgspec.Struct:
         assert handler.finish is not None
@@ -554,6 +639,8 @@ def _file_record(new: NewFile) -> File:
         fdinfo=list(parse_fdinfo_rest(raw[15])) if raw[15] else [],
         data=_encoded(new.data),
         error=new.error,
+        locks=_locks(raw[15], new.more_locks),
+        owner=new.io_owner,
         **_ghost_fields(new),
     )
 
@@ -568,3 +655,10 @@ def _ghost_fields(new: NewFile) -> dict[str, Any]:
         fields["ghost_file"] = ghost.file
         fields["ghost_error"] = ghost.error
     return fields
+
+
+def _locks(fdinfo_rest: bytes, more: list[str] | None) -> list[Lock]:
+    texts = lock_texts(fdinfo_rest)
+    if more:
+        texts = merge_lock_texts(texts, more)
+    return [parse_lock(text) for text in texts]

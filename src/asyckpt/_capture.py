@@ -15,13 +15,14 @@ Theory of operation
    the scan instead of adding to it.
 5. *Resolve*: results arrive in any order; a :class:`Reorderer` releases them in tree
    pre-order to the single resolver, which deduplicates open file descriptions with kcmp,
-   runs the handlers (which may need the live fd) and numbers objects by first reference.
-   An unlinked regular file (nlink 0, memfds included) gets its content copied here,
-   once per inode, if its allocated size is within ``ghost_limit``: the kernel copies its
-   data extents (SEEK_DATA/SEEK_HOLE on a new description of the inode, never the task's,
-   whose offset stays put) into a spool file with sendfile(2), so the bytes are those of
-   the frozen moment, no byte passes through Python and memory does not grow with the
-   files; the frozen window grows by the copy, bounded by the limit (``_ghost``).
+   runs the handlers (which may need the live fd), reads each new description's I/O owner
+   (through the handler's live fd when it took one) and numbers objects by first
+   reference.  An unlinked regular file (nlink 0, memfds included) gets its content copied
+   here, once per inode, if its allocated size is within ``ghost_limit``: the kernel copies
+   its data extents (SEEK_DATA/SEEK_HOLE on a new description of the inode, never the
+   task's, whose offset stays put) into a spool file with sendfile(2), so the bytes are
+   those of the frozen moment, no byte passes through Python and memory does not grow
+   with the files; the frozen window grows by the copy, bounded by the limit (``_ghost``).
 6. *Thaw* as soon as the last task is resolved and the ``begin`` of every handler that
    captured an fd has returned (what it read must be of the frozen moment too; the
    others' are abandoned): only /proc reads, kcmp, handlers and ghost copies happen

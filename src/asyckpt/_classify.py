@@ -5,10 +5,21 @@ from __future__ import annotations
 import os
 import stat
 
-__all__ = ["access_mode", "kernel_kind", "split_deleted", "task_relative_path"]
+from ._procparse import holds_lease
+
+__all__ = [
+    "O_ASYNC",
+    "access_mode",
+    "kernel_kind",
+    "owner_matters",
+    "split_deleted",
+    "task_relative_path",
+]
 
 _DELETED = " (deleted)"
 O_PATH = os.O_PATH
+O_ASYNC = 0o20000
+"""FASYNC, which Python's os module does not name."""
 
 
 def kernel_kind(st_mode: int, link: str) -> str:
@@ -76,3 +87,21 @@ def task_relative_path(path: str, root: str) -> str:
     if path.startswith(root + "/"):
         return path[len(root) :]
     return path
+
+
+def owner_matters(kind: str, flags: int, fdinfo_rest: bytes) -> bool:
+    """Whether the I/O owner of a description is read (once, while frozen), from what
+    the scan already knows: never through ``O_PATH`` (no fcntl allowed); for regular
+    files and directories only when a signal can follow, ``O_ASYNC`` set or a lease
+    held (its break is signalled to the owner); for every other kind always.
+
+    An ``F_SETOWN`` on a regular file or directory with neither has no effect until one
+    is set, and is not recorded: the deliberate price of not taking every regular file's
+    description while frozen.  The known gap: a directory watched with dnotify
+    (``F_NOTIFY``), which signals the owner without ``O_ASYNC`` and which nothing in
+    /proc shows."""
+    if flags & O_PATH:
+        return False
+    if kind == "reg" or kind == "dir":
+        return bool(flags & O_ASYNC) or holds_lease(fdinfo_rest)
+    return True

@@ -1,5 +1,5 @@
-"""Thin wrappers for the syscalls Python's os module lacks: kcmp(2), pidfd_getfd(2) and
-the f_type of statfs(2).
+"""Thin wrappers for the syscalls Python's os module lacks: kcmp(2), pidfd_getfd(2), the
+f_type of statfs(2), and the fcntls that read an open file description's I/O owner.
 
 Both are cheap (about a microsecond) and never touch /proc, so callers may use them from
 the worker thread that is already doing a task's /proc reads.
@@ -8,12 +8,26 @@ the worker thread that is already doing a task's /proc reads.
 from __future__ import annotations
 
 import ctypes
+import errno
+import fcntl
 import os
 import platform
+import struct
+from collections.abc import Callable
 
 from ._errors import KernelUnsupported, translate_oserror
 
-__all__ = ["KCMP_FILE", "KCMP_FILES", "fs_magic", "kcmp", "kcmp_files", "pidfd_getfd"]
+__all__ = [
+    "KCMP_FILE",
+    "KCMP_FILES",
+    "OwnerRow",
+    "fd_owner",
+    "fd_owner_at",
+    "fs_magic",
+    "kcmp",
+    "kcmp_files",
+    "pidfd_getfd",
+]
 
 KCMP_FILE = 0
 KCMP_FILES = 2
@@ -89,6 +103,52 @@ def pidfd_getfd(pidfd: int, targetfd: int) -> int:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     return int(res)
+
+
+F_GETSIG = 11
+F_GETOWN_EX = 16
+F_GETOWNER_UIDS = 17
+
+OwnerRow = tuple[int, int, int, int | None, int | None]
+"""(type, pid, sig, uid, euid) as F_GETOWN_EX, F_GETSIG and F_GETOWNER_UIDS give them;
+uid and euid None when no owner is set or the kernel lacks F_GETOWNER_UIDS."""
+
+
+def _fd_owner_py(fd: int) -> OwnerRow:
+    kind, pid = struct.unpack("ii", fcntl.fcntl(fd, F_GETOWN_EX, bytes(8)))
+    sig = fcntl.fcntl(fd, F_GETSIG)
+    if pid == 0:
+        return kind, pid, sig, None, None
+    try:
+        uid, euid = struct.unpack("II", fcntl.fcntl(fd, F_GETOWNER_UIDS, bytes(8)))
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:  # EINVAL: a kernel without CONFIG_CHECKPOINT_RESTORE
+            raise
+        return kind, pid, sig, None, None
+    return kind, pid, sig, uid, euid
+
+
+def _fd_owner_at_py(pidfd: int, fd: int) -> OwnerRow:
+    ours = pidfd_getfd(pidfd, fd)
+    try:
+        return _fd_owner_py(ours)
+    finally:
+        os.close(ours)
+
+
+fd_owner: Callable[[int], OwnerRow] = _fd_owner_py
+"""The I/O owner of our descriptor ``fd``: F_GETOWN_EX, F_GETSIG, and F_GETOWNER_UIDS
+only when an owner is set.  OSError as the fcntls raise it (EBADF on O_PATH)."""
+fd_owner_at: Callable[[int, int], OwnerRow] = _fd_owner_at_py
+"""``fd_owner`` of the fd ``fd`` of the task of ``pidfd``: pidfd_getfd (the same open
+file description, never a re-open), read, closed."""
+try:
+    from ._fdscan import fd_owner as _fd_owner_c
+    from ._fdscan import fd_owner_at as _fd_owner_at_c
+except ImportError:  # no C accelerator: the fcntl module
+    pass
+else:  # the same in one call: per description, while the tree is frozen
+    fd_owner, fd_owner_at = _fd_owner_c, _fd_owner_at_c
 
 
 # struct statfs begins with f_type, a machine word everywhere but s390x (an unsigned int

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, NamedTuple, Protocol, final, runtime_checkable
 import msgspec
 
 from ._errors import HandlerFailed, PluginError
-from ._kernel import fs_magic, pidfd_getfd
+from ._kernel import OwnerRow, fd_owner, fd_owner_at, fs_magic, pidfd_getfd
 from ._procparse import FdInfo
 from ._records import PluginInfo
 
@@ -231,18 +231,31 @@ class HandlerContext:
     def __init__(self, tid: int, session: CaptureSession | None = None) -> None:
         self._pidfd: int | None = None
         self._tid = tid
-        self._taken: list[int] = []
+        self._taken: dict[int, int] = {}
         self._session = session
         self._handler: LoadedHandler | None = None
 
     def take_fd(self, fd: int) -> int:
         """A descriptor for the *same* open file description as the task's ``fd``
-        (pidfd_getfd(2)), never a re-open; valid until the handler returns."""
+        (pidfd_getfd(2)), never a re-open; valid until the handler returns.  Asking
+        again for the same ``fd`` gives the same descriptor."""
+        new = self._taken.get(fd)
+        if new is None:
+            new = self._taken[fd] = pidfd_getfd(self._pidfd_open(), fd)
+        return new
+
+    def _pidfd_open(self) -> int:
         if self._pidfd is None:
             self._pidfd = _pidfd_open(self._tid)
-        new = pidfd_getfd(self._pidfd, fd)
-        self._taken.append(new)
-        return new
+        return self._pidfd
+
+    def _io_owner(self, fd: int) -> OwnerRow:
+        """The I/O owner of the task's ``fd``, through the descriptor the handler took
+        if it took one (before :meth:`_release`), else through one of its own."""
+        ours = self._taken.get(fd)
+        if ours is not None:
+            return fd_owner(ours)
+        return fd_owner_at(self._pidfd_open(), fd)
 
     @property
     def session(self) -> CaptureSession:
@@ -262,7 +275,7 @@ class HandlerContext:
 
     def _release(self) -> None:
         while self._taken:
-            os.close(self._taken.pop())
+            os.close(self._taken.popitem()[1])
 
     def _close(self) -> None:
         self._release()

@@ -6,17 +6,24 @@ returns a value, so each one is tested on literal input (tests/test_procparse.py
 
 from __future__ import annotations
 
+import os
 import re
 from typing import NamedTuple
+
+from ._records import Lock
 
 __all__ = [
     "FdInfo",
     "Mount",
     "TaskStat",
+    "holds_lease",
+    "lock_texts",
+    "merge_lock_texts",
     "parse_cgroup",
     "parse_cgroup_events",
     "parse_fdinfo",
     "parse_fdinfo_rest",
+    "parse_lock",
     "parse_mountinfo",
     "parse_stat",
     "split_fdinfo",
@@ -127,6 +134,79 @@ def parse_fdinfo(data: bytes) -> FdInfo:
         else:
             extra.append((key, value))
     return FdInfo(pos, flags, mnt_id, ino, tuple(extra))
+
+
+def parse_lock(text: str) -> Lock:
+    """Parse the value of one fdinfo ``lock:`` line (fs/locks.c ``lock_get_status``),
+    e.g. ``1: POSIX  ADVISORY  WRITE 14773 fe:00:2146786 5 14``."""
+    tokens = text.split()
+    if tokens and tokens[0].endswith(":"):
+        tokens = tokens[1:]  # the lock's number within this listing
+    if tokens and tokens[0] == "->":
+        tokens = tokens[1:]  # a waiter (only /proc/locks lists them, but be lenient)
+    unparsed = Lock(
+        type=None, mode=None, access=None, pid=None, dev=None, ino=None, start=None, end=None,
+        text=text,
+    )  # fmt: skip
+    if len(tokens) != 7:
+        return unparsed
+    kind, mode, access, pid, where, start, end = tokens
+    try:
+        dev: int | None = None
+        ino: int | None = None
+        if not where.startswith("<none>"):
+            major, minor, inode = where.split(":")
+            dev, ino = os.makedev(int(major, 16), int(minor, 16)), int(inode)
+        return Lock(
+            type=kind,
+            mode=mode,
+            access=access,
+            pid=int(pid),
+            dev=dev,
+            ino=ino,
+            start=int(start),
+            end=None if end == "EOF" else int(end),
+            text=text,
+        )
+    except ValueError:
+        return unparsed
+
+
+def lock_texts(rest: bytes) -> list[str]:
+    """The values of the ``lock:`` lines among the fdinfo lines :func:`split_fdinfo`
+    left, in kernel order."""
+    if b"lock:" not in rest:
+        return []
+    return [value for key, value in parse_fdinfo_rest(rest) if key == "lock"]
+
+
+def merge_lock_texts(first: list[str], more: list[str]) -> list[str]:
+    """``first`` (one fd's ``lock:`` lines), then those of ``more`` (other fds' of the
+    same description) that list a lock not listed yet.  Each fdinfo numbers its own
+    listing, so a lock shown through several fds (an flock, an OFD lock, a lease) is
+    told apart by the rest of its line."""
+    out = list(first)
+    seen = {_unnumbered(text) for text in first}
+    for text in more:
+        key = _unnumbered(text)
+        if key not in seen:
+            seen.add(key)
+            out.append(text)
+    return out
+
+
+def _unnumbered(text: str) -> str:
+    words = text.split()
+    return " ".join(words[1:] if words and words[0].endswith(":") else words)
+
+
+_LEASES = ("LEASE", "DELEG")
+
+
+def holds_lease(rest: bytes) -> bool:
+    """Whether one of those ``lock:`` lines is a lease (or an NFS delegation, the
+    kernel's kind of lease): its break is signalled to the description's owner."""
+    return any(parse_lock(text).type in _LEASES for text in lock_texts(rest))
 
 
 class Mount(NamedTuple):

@@ -17,8 +17,10 @@ __all__ = [
     "FdTable",
     "File",
     "Header",
+    "Lock",
     "MountEntry",
     "MountTable",
+    "Owner",
     "PluginInfo",
     "Record",
     "Task",
@@ -101,6 +103,57 @@ class FdTable(_Record, tag="fdtable", kw_only=True):
     count: int
 
 
+class Lock(msgspec.Struct, kw_only=True):
+    """A lock or lease held through an open file description: one fdinfo ``lock:``
+    line (fs/locks.c ``lock_get_status``), parsed.
+
+    The words are the kernel's own, as it prints them, so a kind of lock that a later
+    kernel adds is recorded as it is named, never mapped to a known one.  A line that
+    does not have the known layout keeps only ``text`` (every other field None).
+    """
+
+    type: str | None
+    """``POSIX``, ``FLOCK``, ``OFDLCK``, ``LEASE``, ``DELEG``, ``ACCESS``, ``UNKNOWN``."""
+    mode: str | None
+    """``ADVISORY`` or ``MANDATORY`` for locks (``*NOINODE*`` without an inode);
+    ``ACTIVE``, ``BREAKING`` or ``BREAKER`` for leases."""
+    access: str | None
+    """``READ``, ``WRITE`` or ``UNLCK``."""
+    pid: int | None
+    """The owner as the kernel shows it to asyckpt: -1 for OFD locks (and leases
+    without a process), 0 when the owner is not visible from asyckpt's pid namespace."""
+    dev: int | None
+    """The locked inode's device (userspace ``st_dev`` layout) and inode number; None
+    when the kernel prints ``<none>``."""
+    ino: int | None
+    start: int | None
+    """The first byte locked."""
+    end: int | None
+    """The last byte locked, inclusive; None for "to the end of the file" (``EOF``), as
+    flock locks and leases always are."""
+    text: str
+    """The line as the kernel wrote it, after ``lock:``."""
+
+
+class Owner(msgspec.Struct, kw_only=True):
+    """Who the I/O signals of an open file description go to (``F_GETOWN_EX``), with
+    which signal (``F_GETSIG``), and whether ``O_ASYNC`` is set."""
+
+    pid: int
+    """The owner, in asyckpt's pid namespace (as the image's pids are); 0 for none, or
+    one not visible from there."""
+    type: str
+    """``tid``, ``pid`` or ``pgrp`` (F_OWNER_TID, F_OWNER_PID, F_OWNER_PGRP)."""
+    signal: int
+    """The signal sent (``F_SETSIG``); 0 means SIGIO, the default."""
+    async_io: bool
+    """``O_ASYNC``: readiness sends the signal (only for files that support it)."""
+    uid: int | None = None
+    """The uid and euid of whoever set the owner (``F_GETOWNER_UIDS``, which needs a
+    kernel with CONFIG_CHECKPOINT_RESTORE); None without, or with no owner set."""
+    euid: int | None = None
+
+
 class File(_Record, tag="file", kw_only=True, gc=False):
     """One open file description, written once, before the first Fd that refers to it."""
 
@@ -152,6 +205,13 @@ class File(_Record, tag="file", kw_only=True, gc=False):
     """Bytes allocated on disk (st_blocks * 512): what the ghost limit is compared to."""
     ghost_error: str | None = None
     """Why an unlinked file's content could not be copied (``ghost`` ``failed``)."""
+
+    locks: list[Lock] = []
+    """The locks and leases held through this description, by any task of the tree
+    (the ``lock:`` lines of its fds' fdinfo), in kernel order."""
+    owner: Owner | None = None
+    """Its I/O owner, when one is set (docs/image-format.md says for which kinds it is
+    read)."""
 
 
 class Content(_Record, tag="content", kw_only=True, gc=False):

@@ -19,7 +19,7 @@ import msgspec
 from ._ghost import format_size
 from ._image import Image
 from ._plugins import ImagePlugin
-from ._records import NO_DATA, File, PluginInfo
+from ._records import NO_DATA, File, Lock, Owner, PluginInfo
 
 __all__ = [
     "End",
@@ -29,6 +29,7 @@ __all__ = [
     "endpoints",
     "render_endpoints",
     "render_table",
+    "state_text",
     "to_json_doc",
 ]
 
@@ -48,6 +49,28 @@ _FLAG_NAMES = [
 def flag_names(flags: int) -> str:
     names = [name for bit, name in _FLAG_NAMES if flags & bit]
     return ",".join(names) or "-"
+
+
+def _lock_text(lock: Lock) -> str:
+    if lock.type is None:
+        return lock.text
+    span = f"{lock.start}-{'EOF' if lock.end is None else lock.end}"
+    return f"{lock.type} {lock.access} {span}"
+
+
+def state_text(locks: list[Lock], owner: Owner | None) -> str:
+    """``locks: ...; owner: ...`` for the table, or "" when a file has neither."""
+    parts = []
+    if locks:
+        parts.append("locks: " + ", ".join(_lock_text(lock) for lock in locks))
+    if owner is not None:
+        text = f"owner: {owner.type} {owner.pid}"
+        if owner.signal:
+            text += f" sig {owner.signal}"
+        if owner.async_io:
+            text += " async"
+        parts.append(text)
+    return "; ".join(parts)
 
 
 def _jsonable(value: Any) -> Any:
@@ -136,6 +159,8 @@ def _file_doc(f: File, renderer: Renderer, image: Image) -> dict[str, Any]:
     doc["note"] = view.note
     # Where the saved data is, not the data itself (show --extract writes that out).
     doc["content"] = [[c.offset, len(c.data)] for c in image.contents.get(f.id, ())]
+    doc["locks"] = msgspec.to_builtins(f.locks)
+    doc["owner"] = msgspec.to_builtins(f.owner)
     return doc
 
 
@@ -283,6 +308,8 @@ def render_table(image: Image, plugins: Mapping[str, ImagePlugin] | None = None)
                 text = renderer.view(f).text
                 if text:
                     name += f" {text}"
+                if f.locks or f.owner is not None:
+                    name += f" [{state_text(f.locks, f.owner)}]"
                 if f.handler is None:
                     name += "  [generic" + (f": {f.error}]" if f.error else "]")
                 fdcol = f"{fd.fd}{_fd_mode(f)}{'e' if fd.cloexec else ''}"

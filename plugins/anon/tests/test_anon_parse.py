@@ -17,14 +17,13 @@ from asyckpt_anon import (
     FileHandle,
     Inotify,
     InotifyWatch,
-    Lock,
     PidFd,
     SignalFd,
     TimerFd,
 )
-from asyckpt_anon.fdstate import describe_state, kernel_dev, parse_lock
 from asyckpt_anon.parse import (
     anon_type,
+    kernel_dev,
     line_fields,
     parse_anon,
     parse_epoll,
@@ -50,86 +49,7 @@ def pairs(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-# --- lock: lines (fs/locks.c lock_get_status) ---------------------------------------------
-
-LOCK_ROWS = [
-    (
-        "1: POSIX  ADVISORY  WRITE 14773 fe:00:2146786 5 14",
-        ("POSIX", "ADVISORY", "WRITE", 14773, os.makedev(0xFE, 0), 2146786, 5, 14),
-    ),
-    (
-        "1: FLOCK  ADVISORY  READ 19086 00:10:1038 0 EOF",
-        ("FLOCK", "ADVISORY", "READ", 19086, os.makedev(0, 0x10), 1038, 0, None),
-    ),
-    (
-        "2: OFDLCK ADVISORY  WRITE -1 00:01:1025 10 29",
-        ("OFDLCK", "ADVISORY", "WRITE", -1, os.makedev(0, 1), 1025, 10, 29),
-    ),
-    (
-        "1: LEASE  ACTIVE    READ 14773 fe:00:2146850 0 EOF",
-        ("LEASE", "ACTIVE", "READ", 14773, os.makedev(0xFE, 0), 2146850, 0, None),
-    ),
-    (
-        "3: LEASE  BREAKING  UNLCK 880 08:01:77 0 EOF",
-        ("LEASE", "BREAKING", "UNLCK", 880, os.makedev(8, 1), 77, 0, None),
-    ),
-    (
-        "4: DELEG  ACTIVE    READ 0 00:2b:12 0 EOF",
-        ("DELEG", "ACTIVE", "READ", 0, os.makedev(0, 0x2B), 12, 0, None),
-    ),
-    # Mandatory locking (gone since Linux 5.15) and a lock without an inode.
-    (
-        "1: POSIX  MANDATORY WRITE 31 103:02:5 0 EOF",
-        ("POSIX", "MANDATORY", "WRITE", 31, os.makedev(0x103, 2), 5, 0, None),
-    ),
-    (
-        "1: POSIX  *NOINODE* WRITE -1 <none>:0 0 EOF",
-        ("POSIX", "*NOINODE*", "WRITE", -1, None, None, 0, None),
-    ),
-    # /proc/locks' waiter layout, and a lock type this version has never seen.
-    (
-        "1: -> FLOCK  ADVISORY  WRITE 77 00:10:1038 0 EOF",
-        ("FLOCK", "ADVISORY", "WRITE", 77, os.makedev(0, 0x10), 1038, 0, None),
-    ),
-    (
-        "1: UNKNOWN UNKNOWN  UNLCK 5 00:10:9 0 EOF",
-        ("UNKNOWN", "UNKNOWN", "UNLCK", 5, os.makedev(0, 0x10), 9, 0, None),
-    ),
-    (
-        "7: NEWKIND ADVISORY READ 5 00:10:9 0 EOF",
-        ("NEWKIND", "ADVISORY", "READ", 5, os.makedev(0, 0x10), 9, 0, None),
-    ),
-]
-
-
-LOCK_FIELDS = ("type", "mode", "access", "pid", "dev", "ino", "start", "end")
-
-
-@pytest.mark.parametrize(("text", "fields"), LOCK_ROWS)
-def test_lock_lines(text: str, fields: tuple[object, ...]) -> None:
-    assert parse_lock(text) == Lock(**dict(zip(LOCK_FIELDS, fields, strict=True)), text=text)
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "",
-        "1: POSIX ADVISORY WRITE",  # too short
-        "1: POSIX  ADVISORY  WRITE x fe:00:1 0 EOF",  # pid not a number
-        "1: POSIX  ADVISORY  WRITE 1 fe:zz:1 0 EOF",  # device not hex
-        "1: POSIX  ADVISORY  WRITE 1 fe:00:1 0 EOF extra",  # one field more
-    ],
-)
-def test_unparsable_lock_lines_keep_only_the_text(text: str) -> None:
-    lock = parse_lock(text)
-    assert lock.text == text
-    assert (lock.type, lock.pid, lock.dev, lock.start, lock.end) == (None,) * 5
-
-
-def test_describe_state() -> None:
-    locks = [parse_lock(row[0]) for row in LOCK_ROWS[:2]] + [parse_lock("garbage")]
-    assert describe_state(locks, None) == ("locks: POSIX WRITE 5-14, FLOCK READ 0-EOF, garbage")
-    assert describe_state([], None) == ""
+# --- device numbers as fdinfo prints them ---------------------------------------------------
 
 
 @pytest.mark.parametrize(

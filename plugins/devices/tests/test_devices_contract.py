@@ -15,7 +15,6 @@ from typing import Any, ClassVar
 
 import msgspec
 import pytest
-from asyckpt_anon import Lock, Owner
 from asyckpt_devices import (
     FALLBACK_TTY_MAJORS,
     BlockDevice,
@@ -127,17 +126,6 @@ def test_a_handler_of_named_devices_goes_first_without_a_conflict() -> None:
     assert (captured.file.handler, captured.record) == ("chardev", MemDevice(minor=5))
 
 
-LOCK = Lock(
-    type="FLOCK",
-    mode="ADVISORY",
-    access="READ",
-    pid=7,
-    dev=6,
-    ino=4,
-    start=0,
-    end=None,
-    text="1: FLOCK  ADVISORY  READ 7 00:06:4 0 EOF",
-)
 TTY: dict[str, Any] = dict(
     driver="pty_slave",
     driver_type="pty:slave",
@@ -177,10 +165,8 @@ TTY: dict[str, Any] = dict(
                 minor=3,
                 name="null",
                 subsystem="mem",
-                owner=Owner(pid=7, type="tid", signal=10, async_io=False),
-                locks=[LOCK],
             ),
-            "[mem/null 1:3; locks: FLOCK READ 0-EOF; owner: tid 7 sig 10]",
+            "[mem/null 1:3]",
         ),
         (
             CharDeviceHandler,

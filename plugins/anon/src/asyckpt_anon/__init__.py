@@ -7,8 +7,9 @@ asyckpt's ``reg`` handler.  ``anon`` takes every other anon inode (io_uring,
 userfaultfd, perf_event, bpf maps and programs, kinds not known yet) at priority -1,
 so a more specific handler, bundled or third-party, always goes first.
 
-Every record also carries the locks held through the description and its I/O owner
-(:mod:`asyckpt_anon.fdstate`).  The fdinfo parsers are pure (:mod:`asyckpt_anon.parse`).
+The locks held through a description and its I/O owner are the core's (``File.locks``,
+``File.owner``), for every kind of fd.  The fdinfo parsers are pure
+(:mod:`asyckpt_anon.parse`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import msgspec
 
 from asyckpt import CaptureTree, FdFacts, HandlerContext
 
-from .fdstate import Lock, Owner, live_fd, locks_of, owner_of, with_state
 from .parse import (
     parse_anon,
     parse_epoll,
@@ -66,10 +66,8 @@ __all__ = [
     "Inotify",
     "InotifyHandler",
     "InotifyWatch",
-    "Lock",
     "MemFd",
     "MemFdHandler",
-    "Owner",
     "PidFd",
     "PidFdHandler",
     "SignalFd",
@@ -97,15 +95,13 @@ class EventFdHandler:
     link_prefixes: ClassVar[tuple[str, ...]] = ("anon_inode:[eventfd]",)
 
     def capture(self, facts: FdFacts, ctx: HandlerContext) -> EventFd:
-        record = parse_eventfd(facts.fdinfo.extra, facts.fdinfo.flags)
-        owner = owner_of(facts, live_fd(facts, ctx))
-        return msgspec.structs.replace(record, owner=owner, locks=locks_of(facts))
+        return parse_eventfd(facts.fdinfo.extra, facts.fdinfo.flags)
 
     def render_text(self, record: EventFd) -> str:
         text = f"eventfd count={record.count}"
         if record.semaphore:
             text += " semaphore"
-        return with_state(text, record)
+        return f"[{text}]"
 
 
 EPOLL_EVENTS = {
@@ -137,13 +133,11 @@ class EpollHandler:
     link_prefixes: ClassVar[tuple[str, ...]] = ("anon_inode:[eventpoll]",)
 
     def capture(self, facts: FdFacts, ctx: HandlerContext) -> Epoll:
-        record = parse_epoll(facts.fdinfo.extra)
-        owner = owner_of(facts, live_fd(facts, ctx))
-        return msgspec.structs.replace(record, owner=owner, locks=locks_of(facts))
+        return parse_epoll(facts.fdinfo.extra)
 
     def render_text(self, record: Epoll) -> str:
         tfds = ",".join(str(t.tfd) for t in record.targets)
-        return with_state(f"epoll {len(record.targets)} targets: {tfds or '-'}", record)
+        return f"[epoll {len(record.targets)} targets: {tfds or '-'}]"
 
     def render_json(self, record: Epoll) -> dict[str, Any]:
         return {
@@ -182,9 +176,7 @@ class TimerFdHandler:
     link_prefixes: ClassVar[tuple[str, ...]] = ("anon_inode:[timerfd]",)
 
     def capture(self, facts: FdFacts, ctx: HandlerContext) -> TimerFd:
-        record = parse_timerfd(facts.fdinfo.extra)
-        owner = owner_of(facts, live_fd(facts, ctx))
-        return msgspec.structs.replace(record, owner=owner, locks=locks_of(facts))
+        return parse_timerfd(facts.fdinfo.extra)
 
     def render_text(self, record: TimerFd) -> str:
         clock = "?" if record.clockid is None else CLOCKS.get(record.clockid, str(record.clockid))
@@ -192,7 +184,7 @@ class TimerFdHandler:
             f"timerfd {clock} value={_seconds(record.it_value)} "
             f"interval={_seconds(record.it_interval)} ticks={record.ticks}"
         )
-        return with_state(text, record)
+        return f"[{text}]"
 
     def render_json(self, record: TimerFd) -> dict[str, Any]:
         return {
@@ -220,13 +212,11 @@ class SignalFdHandler:
     link_prefixes: ClassVar[tuple[str, ...]] = ("anon_inode:[signalfd]",)
 
     def capture(self, facts: FdFacts, ctx: HandlerContext) -> SignalFd:
-        record = parse_signalfd(facts.fdinfo.extra)
-        owner = owner_of(facts, live_fd(facts, ctx))
-        return msgspec.structs.replace(record, owner=owner, locks=locks_of(facts))
+        return parse_signalfd(facts.fdinfo.extra)
 
     def render_text(self, record: SignalFd) -> str:
         names = ",".join(_signal_name(s) for s in record.signals)
-        return with_state(f"signalfd {names or '-'}", record)
+        return f"[signalfd {names or '-'}]"
 
     def render_json(self, record: SignalFd) -> dict[str, Any]:
         return {"signals": [_signal_name(s) for s in record.signals]}
@@ -241,13 +231,11 @@ class InotifyHandler:
     link_prefixes: ClassVar[tuple[str, ...]] = ("anon_inode:inotify",)
 
     def capture(self, facts: FdFacts, ctx: HandlerContext) -> Inotify:
-        record = parse_inotify(facts.fdinfo.extra)
-        owner = owner_of(facts, live_fd(facts, ctx))
-        return msgspec.structs.replace(record, owner=owner, locks=locks_of(facts))
+        return parse_inotify(facts.fdinfo.extra)
 
     def render_text(self, record: Inotify) -> str:
         wds = ",".join(str(w.wd) for w in record.watches)
-        return with_state(f"inotify {len(record.watches)} watches: {wds or '-'}", record)
+        return f"[inotify {len(record.watches)} watches: {wds or '-'}]"
 
 
 class FanotifyHandler:
@@ -258,13 +246,11 @@ class FanotifyHandler:
     link_prefixes: ClassVar[tuple[str, ...]] = ("anon_inode:[fanotify]",)
 
     def capture(self, facts: FdFacts, ctx: HandlerContext) -> Fanotify:
-        record = parse_fanotify(facts.fdinfo.extra)
-        owner = owner_of(facts, live_fd(facts, ctx))
-        return msgspec.structs.replace(record, owner=owner, locks=locks_of(facts))
+        return parse_fanotify(facts.fdinfo.extra)
 
     def render_text(self, record: Fanotify) -> str:
         marks = ",".join(m.object for m in record.marks)
-        return with_state(f"fanotify {len(record.marks)} marks: {marks or '-'}", record)
+        return f"[fanotify {len(record.marks)} marks: {marks or '-'}]"
 
 
 class PidFdHandler:
@@ -276,9 +262,7 @@ class PidFdHandler:
     link_prefixes: ClassVar[tuple[str, ...]] = ("anon_inode:[pidfd]", "pidfd:")
 
     def capture(self, facts: FdFacts, ctx: HandlerContext) -> PidFd:
-        record = parse_pidfd(facts.fdinfo.extra, facts.fdinfo.flags)
-        owner = owner_of(facts, live_fd(facts, ctx))
-        return msgspec.structs.replace(record, owner=owner, locks=locks_of(facts))
+        return parse_pidfd(facts.fdinfo.extra, facts.fdinfo.flags)
 
     def finish(self, record: PidFd, tree: CaptureTree) -> PidFd:
         # Only the whole capture knows which tasks are in the tree.
@@ -293,7 +277,7 @@ class PidFdHandler:
             who += " (nspid " + " ".join(map(str, record.nspid)) + ")"
         if record.in_tree is not None:
             who += ", in the tree" if record.in_tree else ", outside the tree"
-        return with_state(f"pidfd {'thread ' if record.thread else ''}{who}", record)
+        return f"[pidfd {'thread ' if record.thread else ''}{who}]"
 
 
 MEMFD_PREFIX = "/memfd:"
@@ -340,7 +324,8 @@ class MemFdHandler:
 
     def capture(self, facts: FdFacts, ctx: HandlerContext) -> MemFd:
         link = facts.link.removesuffix(_DELETED)
-        fd = live_fd(facts, ctx)
+        # No fcntl is allowed through an O_PATH descriptor.
+        fd = None if facts.fdinfo.flags & os.O_PATH else ctx.take_fd(facts.fd)
         seals: int | None = None
         hugetlb: bool | None = None
         if fd is not None:
@@ -352,8 +337,6 @@ class MemFdHandler:
             blocks=facts.st.st_blocks,
             seals=seals,
             hugetlb=hugetlb,
-            owner=owner_of(facts, fd),
-            locks=locks_of(facts),
         )
 
     def render_text(self, record: MemFd) -> str:
@@ -362,7 +345,7 @@ class MemFdHandler:
             text += " seals=" + "|".join(_flag_names(record.seals, SEALS))
         if record.hugetlb:
             text += " hugetlb"
-        return with_state(text, record)
+        return f"[{text}]"
 
     def render_json(self, record: MemFd) -> dict[str, Any]:
         return {"seals": None if record.seals is None else _flag_names(record.seals, SEALS)}
@@ -378,13 +361,11 @@ class AnonHandler:
     priority: ClassVar[int] = -1
 
     def capture(self, facts: FdFacts, ctx: HandlerContext) -> AnonInode:
-        record = parse_anon(facts.link, facts.fdinfo.extra)
-        owner = owner_of(facts, live_fd(facts, ctx))
-        return msgspec.structs.replace(record, owner=owner, locks=locks_of(facts))
+        return parse_anon(facts.link, facts.fdinfo.extra)
 
     def render_text(self, record: AnonInode) -> str:
         values = " ".join(f"{k}={v}" for k, v in record.values.items())
-        return with_state(f"{record.type} {values}".rstrip(), record)
+        return f"[{record.type} {values}]" if values else f"[{record.type}]"
 
 
 HANDLERS = (

@@ -2,7 +2,7 @@
 
 Each takes the type-specific fdinfo lines as the core hands them to a handler
 (``FdFacts.fdinfo.extra``: ``(key, value)`` pairs split at the first colon, value
-stripped, in kernel order) and returns the record without its owner and locks.  Nothing
+stripped, in kernel order) and returns the record.  Nothing
 here does I/O, so each is tested on literal kernel text.  A field missing from the text
 (an older kernel, an O_PATH fd) or not in the expected format is None, never a guess;
 numbers are read in the base the kernel prints them in (fs/eventfd.c, fs/eventpoll.c,
@@ -16,7 +16,6 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 
-from .fdstate import kernel_dev
 from .records import (
     AnonInode,
     Epoll,
@@ -34,6 +33,7 @@ from .records import (
 
 __all__ = [
     "anon_type",
+    "kernel_dev",
     "line_fields",
     "parse_anon",
     "parse_epoll",
@@ -46,6 +46,14 @@ __all__ = [
 ]
 
 Lines = Iterable[tuple[str, str]]
+
+
+def kernel_dev(value: int) -> int:
+    """A device number as fdinfo prints ``s_dev`` (the kernel's internal layout: major
+    in the top 12 bits of 32, minor in the low 20) as a userspace ``st_dev``, so that it
+    compares with ``File.dev``."""
+    return os.makedev(value >> 20, value & 0xFFFFF)
+
 
 # "key:value" tokens of the one-line-per-object formats (tfd, inotify, fanotify lines):
 # a value has no colon and ends at whitespace, so an empty value ("f_handle:") is skipped

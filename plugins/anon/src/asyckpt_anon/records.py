@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import msgspec
 
-from .fdstate import Lock, Owner
-
 __all__ = [
     "AnonInode",
     "Epoll",
@@ -38,8 +36,6 @@ class EventFd(msgspec.Struct, tag="asyckpt.eventfd", tag_field="kind", kw_only=T
     """The kernel's id of this eventfd (``eventfd-id``, on kernels that print it)."""
     nonblock: bool
     """EFD_NONBLOCK (O_NONBLOCK in the file's flags)."""
-    owner: Owner | None = None
-    locks: list[Lock] = []
 
 
 class EpollTarget(msgspec.Struct, kw_only=True):
@@ -62,8 +58,6 @@ class EpollTarget(msgspec.Struct, kw_only=True):
 
 class Epoll(msgspec.Struct, tag="asyckpt.epoll", tag_field="kind", kw_only=True):
     targets: list[EpollTarget]
-    owner: Owner | None = None
-    locks: list[Lock] = []
 
 
 class TimerFd(msgspec.Struct, tag="asyckpt.timerfd", tag_field="kind", kw_only=True):
@@ -78,8 +72,6 @@ class TimerFd(msgspec.Struct, tag="asyckpt.timerfd", tag_field="kind", kw_only=T
     """(seconds, nanoseconds) until the next expiration, when captured; (0, 0) disarmed."""
     it_interval: tuple[int, int] | None
     """(seconds, nanoseconds) between expirations; (0, 0) for a one-shot timer."""
-    owner: Owner | None = None
-    locks: list[Lock] = []
 
 
 class SignalFd(msgspec.Struct, tag="asyckpt.signalfd", tag_field="kind", kw_only=True):
@@ -87,8 +79,6 @@ class SignalFd(msgspec.Struct, tag="asyckpt.signalfd", tag_field="kind", kw_only
     """The signals accepted: bit N-1 for signal N."""
     signals: list[int]
     """The same, as signal numbers."""
-    owner: Owner | None = None
-    locks: list[Lock] = []
 
 
 class FileHandle(msgspec.Struct, kw_only=True):
@@ -113,8 +103,6 @@ class InotifyWatch(msgspec.Struct, kw_only=True):
 
 class Inotify(msgspec.Struct, tag="asyckpt.inotify", tag_field="kind", kw_only=True):
     watches: list[InotifyWatch]
-    owner: Owner | None = None
-    locks: list[Lock] = []
 
 
 class FanotifyMark(msgspec.Struct, kw_only=True):
@@ -139,8 +127,6 @@ class Fanotify(msgspec.Struct, tag="asyckpt.fanotify", tag_field="kind", kw_only
     event_flags: int | None
     """fanotify_init's event_f_flags: the open flags of the fds events carry."""
     marks: list[FanotifyMark]
-    owner: Owner | None = None
-    locks: list[Lock] = []
 
 
 class PidFd(msgspec.Struct, tag="asyckpt.pidfd", tag_field="kind", kw_only=True):
@@ -151,8 +137,6 @@ class PidFd(msgspec.Struct, tag="asyckpt.pidfd", tag_field="kind", kw_only=True)
     """Its pid in each pid namespace from asyckpt's down to its own (``NSpid``)."""
     thread: bool
     """PIDFD_THREAD: the pidfd names a thread, not a thread group."""
-    owner: Owner | None = None
-    locks: list[Lock] = []
     in_tree: bool | None = None
     """Whether the target is a task of the captured tree (a thread of it, for a thread
     pidfd); None when it has exited or is not visible from asyckpt's pid namespace."""
@@ -169,8 +153,6 @@ class MemFd(msgspec.Struct, tag="asyckpt.memfd", tag_field="kind", kw_only=True)
     None for an O_PATH fd."""
     hugetlb: bool | None
     """Backed by hugetlbfs (MFD_HUGETLB) rather than shmem; None for an O_PATH fd."""
-    owner: Owner | None = None
-    locks: list[Lock] = []
 
 
 class AnonInode(msgspec.Struct, tag="asyckpt.anon", tag_field="kind", kw_only=True):
@@ -183,5 +165,3 @@ class AnonInode(msgspec.Struct, tag="asyckpt.anon", tag_field="kind", kw_only=Tr
     values: dict[str, int] = {}
     """Those fdinfo fields whose format asyckpt knows for this type, as numbers
     (``SqMask``, ``map_type``, ``pending``...)."""
-    owner: Owner | None = None
-    locks: list[Lock] = []

@@ -8,8 +8,8 @@
   that any handler naming a device (asyckpt-example-chardev's /dev/null...) goes first.
 * ``ns`` claims namespace files (``net:[N]``...), which the core would see as regular.
 
-Every record also carries the locks held through the description and its I/O owner
-(:mod:`asyckpt_anon.fdstate`, shared with asyckpt-anon).
+The locks held through a description and its I/O owner are the core's (``File.locks``,
+``File.owner``), for every kind of fd.
 """
 
 from __future__ import annotations
@@ -23,14 +23,6 @@ import termios
 from typing import ClassVar
 
 import msgspec
-from asyckpt_anon.fdstate import (
-    Lock,
-    Owner,
-    live_fd,
-    locks_of,
-    owner_of,
-    with_state,
-)
 
 from asyckpt import Device, FdFacts, HandlerContext
 
@@ -42,10 +34,8 @@ __all__ = [
     "BlockDeviceHandler",
     "CharDevice",
     "CharDeviceHandler",
-    "Lock",
     "NsFile",
     "NsHandler",
-    "Owner",
     "Termios",
     "Tty",
     "TtyHandler",
@@ -87,6 +77,14 @@ def _ioctl_int(fd: int, request: int, fmt: str = "i") -> int | None:
     return value
 
 
+def _live_fd(facts: FdFacts, ctx: HandlerContext) -> int | None:
+    """The live open file description, or None for an ``O_PATH`` fd, through which no
+    ioctl is allowed."""
+    if facts.fdinfo.flags & os.O_PATH:
+        return None
+    return ctx.take_fd(facts.fd)
+
+
 def _read_drivers() -> list[TtyDriver] | None:
     try:
         with open(TTY_DRIVERS) as f:
@@ -122,7 +120,7 @@ class TtyHandler:
         rdev = facts.st.st_rdev
         major, minor = os.major(rdev), os.minor(rdev)
         driver = self.driver_of(rdev)
-        fd = live_fd(facts, ctx)
+        fd = _live_fd(facts, ctx)
         tty_index = next((v for k, v in facts.fdinfo.extra if k == "tty-index"), None)
 
         pty: str | None = None
@@ -187,8 +185,6 @@ class TtyHandler:
             winsize=winsize,
             locked=locked,
             packet=packet,
-            owner=owner_of(facts, fd),
-            locks=locks_of(facts),
         )
 
     def render_text(self, record: Tty) -> str:
@@ -200,7 +196,7 @@ class TtyHandler:
             text += f" session {record.session}"
         if record.holder_controlling:
             text += " (controlling)"
-        return with_state(text, record)
+        return f"[{text}]"
 
 
 def _ioctl_bytes(fd: int, request: int, size: int) -> bytes | None:
@@ -256,13 +252,11 @@ class CharDeviceHandler:
             minor=os.minor(rdev),
             name=name,
             subsystem=subsystem,
-            owner=owner_of(facts, live_fd(facts, ctx)),
-            locks=locks_of(facts),
         )
 
     def render_text(self, record: CharDevice) -> str:
         what = "/".join(x for x in (record.subsystem, record.name) if x) or "chr"
-        return with_state(f"{what} {record.major}:{record.minor}", record)
+        return f"[{what} {record.major}:{record.minor}]"
 
 
 class BlockDeviceHandler:
@@ -275,21 +269,19 @@ class BlockDeviceHandler:
 
     def capture(self, facts: FdFacts, ctx: HandlerContext) -> BlockDevice:
         rdev = facts.st.st_rdev
-        fd = live_fd(facts, ctx)
+        fd = _live_fd(facts, ctx)
         return BlockDevice(
             major=os.major(rdev),
             minor=os.minor(rdev),
             name=_sysfs("block", rdev)[0],
             size=None if fd is None else _ioctl_int(fd, BLKGETSIZE64, "Q"),
-            owner=owner_of(facts, fd),
-            locks=locks_of(facts),
         )
 
     def render_text(self, record: BlockDevice) -> str:
         text = f"{record.name or 'blk'} {record.major}:{record.minor}"
         if record.size is not None:
             text += f" size={record.size}"
-        return with_state(text, record)
+        return f"[{text}]"
 
 
 NS_TYPES = ("cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts")
@@ -319,12 +311,10 @@ class NsHandler:
             type=kind,
             ino=facts.st.st_ino,
             holder_ns=mine,
-            owner=owner_of(facts, live_fd(facts, ctx)),
-            locks=locks_of(facts),
         )
 
     def render_text(self, record: NsFile) -> str:
         text = f"{record.type} namespace {record.ino}"
         if record.holder_ns:
             text += " (" + ", ".join(record.holder_ns) + " of the holder)"
-        return with_state(text, record)
+        return f"[{text}]"

@@ -9,7 +9,6 @@ Fields are only ever added, with defaults.
 from __future__ import annotations
 
 import msgspec
-from asyckpt_anon.fdstate import Lock, Owner
 
 __all__ = ["BlockDevice", "CharDevice", "NsFile", "Termios", "Tty"]
 
@@ -62,8 +61,6 @@ class Tty(msgspec.Struct, tag="asyckpt.tty", tag_field="kind", kw_only=True):
     """A master's slave is locked (TIOCGPTLCK: unlockpt not called yet); None for other ttys."""
     packet: bool | None
     """A master in packet mode (TIOCGPKT); None for other ttys."""
-    owner: Owner | None = None
-    locks: list[Lock] = []
 
 
 class CharDevice(msgspec.Struct, tag="asyckpt.chr", tag_field="kind", kw_only=True):
@@ -74,8 +71,6 @@ class CharDevice(msgspec.Struct, tag="asyckpt.chr", tag_field="kind", kw_only=Tr
     ``tun``, ``kvm``...; None when sysfs does not list it."""
     subsystem: str | None
     """Its class or bus there: ``mem``, ``misc``, ``input``..."""
-    owner: Owner | None = None
-    locks: list[Lock] = []
 
 
 class BlockDevice(msgspec.Struct, tag="asyckpt.blk", tag_field="kind", kw_only=True):
@@ -86,8 +81,6 @@ class BlockDevice(msgspec.Struct, tag="asyckpt.blk", tag_field="kind", kw_only=T
     ``loop0``...; None when sysfs does not list it."""
     size: int | None
     """The device's size in bytes (BLKGETSIZE64); None for an O_PATH fd."""
-    owner: Owner | None = None
-    locks: list[Lock] = []
 
 
 class NsFile(msgspec.Struct, tag="asyckpt.ns", tag_field="kind", kw_only=True):
@@ -100,5 +93,3 @@ class NsFile(msgspec.Struct, tag="asyckpt.ns", tag_field="kind", kw_only=True):
     holder_ns: list[str]
     """Which of the holding task's own namespaces it is (``net``; ``pid`` and
     ``pid_for_children``...); empty for a namespace the task is not in."""
-    owner: Owner | None = None
-    locks: list[Lock] = []
