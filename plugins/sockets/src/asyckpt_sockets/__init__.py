@@ -28,6 +28,7 @@ import errno
 import os
 import socket
 import struct
+import weakref
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
@@ -228,6 +229,12 @@ class SocketHandler:
     kinds: ClassVar[frozenset[str]] = frozenset({"socket"})
     record_type: ClassVar[type[msgspec.Struct]] = Socket
 
+    def __init__(self) -> None:
+        # Each capture's dumps, dropped with its session.
+        self._by_session: weakref.WeakKeyDictionary[CaptureSession, Dumps] = (
+            weakref.WeakKeyDictionary()
+        )
+
     def begin(self, session: CaptureSession) -> Dumps:
         """One dump per family per network namespace of the tree, indexed by inode."""
         from .dump import dump_namespaces
@@ -250,9 +257,8 @@ class SocketHandler:
             record = _from_fd(sock, facts.st.st_ino, domain, stype, protocol)
         finally:
             sock.detach()  # the fd is ctx's to close
-        try:
-            dumps: Dumps = ctx.state
-        except Exception:  # no capture, or begin failed: finish says why
+        dumps = self._dumps(ctx)
+        if dumps is None:  # no capture, or begin failed: finish says why
             return record
         if domain == socket.AF_UNIX:
             dumps.holders[record.ino] = facts.pid
@@ -260,6 +266,22 @@ class SocketHandler:
             # Not in the dumps of the tree's namespaces: ask the socket for its own.
             record.netns = dumps.netns_of(fd, _dumped(domain, record.proto))
         return record
+
+    def _dumps(self, ctx: HandlerContext) -> Dumps | None:
+        """This capture's dumps (waiting for begin), or None.  Kept per session: asking
+        ``ctx.state`` takes a lock, and this is asked once per socket while frozen."""
+        try:
+            session = ctx.session
+        except LookupError:
+            return None
+        dumps: Dumps | None = self._by_session.get(session)
+        if dumps is None:
+            try:
+                dumps = ctx.state
+            except Exception:
+                return None
+            self._by_session[session] = dumps
+        return dumps
 
     def finish(self, record: Socket, tree: CaptureTree) -> Socket:
         try:
@@ -404,15 +426,20 @@ def _name_state(name: str, vfs: tuple[int, int], dumps: Dumps, ino: int) -> str 
     pid = dumps.holders.get(ino)
     if pid is None or not name.startswith("/"):
         return None  # a relative name was resolved in a working directory long gone
+    # A listener's accepted sockets all carry its name: one lookup for them all.
+    key = (pid, name, vfs)
+    if key in dumps.name_states:
+        return dumps.name_states[key]
+    state: str | None
     try:
         st = os.lstat(f"/proc/{pid}/root{name}")
     except (FileNotFoundError, NotADirectoryError):
-        node = None
+        state = dumps.diag.name_state(vfs, None)
     except OSError:
-        return None
+        state = None
     else:
-        node = (st.st_dev, st.st_ino)
-    state: str = dumps.diag.name_state(vfs, node)
+        state = dumps.diag.name_state(vfs, (st.st_dev, st.st_ino))
+    dumps.name_states[key] = state
     return state
 
 

@@ -254,6 +254,7 @@ class Dumps:
         self.netns = {d.netns: d for d in dumps}
         """By namespace inode.  Replaced, never changed in place, when a namespace is
         added: the capture's threads read it without the lock."""
+        self._indexes = [d.by_ino for d in self.netns.values()]
         self.failed = failed
         """Namespaces that could not be dumped at all, with why."""
         self.adopted: set[int] = set()
@@ -261,6 +262,8 @@ class Dumps:
         self.holders: dict[int, int] = {}
         """A unix socket's inode -> a process of the tree holding it (whose root its
         path name is resolved in)."""
+        self.name_states: dict[tuple[int, str, tuple[int, int]], str | None] = {}
+        """(holder, path name, UNIX_DIAG_VFS) -> name_state, looked up once each."""
         self._lock = threading.Lock()
         self._tuples: dict[int, dict[tuple[Any, ...], int]] = {}
         self._queued: dict[int, int] | None = None
@@ -268,7 +271,11 @@ class Dumps:
 
     def has(self, ino: int) -> bool:
         """Whether some dump of the capture reported the socket ``ino``."""
-        return any(ino in d.by_ino for d in self.netns.values())
+        # Asked once per socket while frozen: a plain loop, not any() over a generator.
+        for index in self._indexes:  # noqa: SIM110
+            if ino in index:
+                return True
+        return False
 
     def netns_of(self, fd: int, dumped: bool) -> int | None:
         """The network namespace (its inode) of the socket ``fd``: SIOCGSKNS on the
@@ -294,6 +301,7 @@ class Dumps:
                         else:
                             self.adopted.add(ns)
                             self.netns = {**self.netns, ns: found}
+                            self._indexes = [*self._indexes, found.by_ino]
             return ns
         finally:
             os.close(nsfd)
