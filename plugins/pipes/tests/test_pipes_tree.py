@@ -5,6 +5,7 @@ after each test, and no cgroup of a capture may be left."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import select
@@ -102,6 +103,7 @@ def test_pipes_and_fifos_without_their_data(tree: Tree) -> None:
         # Without --pipe-data nothing is copied.
         "content": None,
         "content_truncated": False,
+        "packets": None,
     }
     assert w == {**common, "end": "write", "packet_mode": False}
     assert r == {**common, "end": "read", "packet_mode": False}
@@ -119,6 +121,7 @@ def test_pipes_and_fifos_without_their_data(tree: Tree) -> None:
         "packet_mode": False,
         "content": None,
         "content_truncated": False,
+        "packets": None,
     }
     pkt_w = pipe(doc, pid, root["pkt_w"])
     assert (pkt_w["end"], pkt_w["packet_mode"], pkt_w["ino"]) == ("write", True, root["pkt_ino"])
@@ -146,6 +149,14 @@ def test_pipes_and_fifos_without_their_data(tree: Tree) -> None:
     out = pipe(doc, pid, root["outside_w"])
     assert (out["end"], out["queued"]) == ("write", 6)
     assert all(f["data"]["content"] is None for f in doc["files"] if f["handler"] == "pipes")
+    assert all(f["data"]["packets"] is None for f in doc["files"] if f["handler"] == "pipes")
+
+    # The packet-mode pipe from the child: its write end (the child's) is O_DIRECT.
+    from_child = pipe(doc, cpid, child["packets_w"])
+    assert (from_child["end"], from_child["packet_mode"]) == ("write", True)
+    assert from_child["ino"] == root["from_child_ino"]
+    to_root = pipe(doc, pid, root["from_child_r"])
+    assert (to_root["end"], to_root["queued"]) == ("read", 1 + 300 + 4096 + 7000 + 17)
 
 
 def test_pipe_data_copies_the_queue_and_leaves_it_for_the_reader(tree: Tree) -> None:
@@ -166,8 +177,16 @@ def test_pipe_data_copies_the_queue_and_leaves_it_for_the_reader(tree: Tree) -> 
         return bytes(rendered["content"], "utf-8")
 
     assert content(cpid, child["pipe_r"]) == bytes.fromhex(written["pipe"])
+    assert pipe(doc, cpid, child["pipe_r"])["packets"] is None  # a plain byte stream
     assert content(pid, root["pipe_w"]) is None  # tee reads from a read end only
     assert content(pid, root["pkt_r"]) == b"abcde"
+    assert pipe(doc, pid, root["pkt_r"])["packets"] == [2, 3]  # b"ab", b"cde"
+    # The child's packets of 1, 300, 4096, 7000 and 17 bytes, the 7000 as the kernel
+    # split them (one page per packet), and every byte of them.
+    from_child = pipe(doc, pid, root["from_child_r"])
+    assert from_child["packets"] == [1, 300, 4096, 4096, 2904, 17]
+    packets = [bytes.fromhex(p) for p in written["from_child"]]
+    assert base64.b64decode(from_child["content"]) == b"".join(packets)
     # One FIFO, two read descriptions: copied once, on the first the capture met (the
     # root comes first in the tree).
     assert content(pid, root["fifo_r2"]) == b"fifo data"
@@ -176,8 +195,7 @@ def test_pipe_data_copies_the_queue_and_leaves_it_for_the_reader(tree: Tree) -> 
     big = by_fd(doc, pid)[root["big_r"]]
     assert big["rendered"]["content_encoding"] == "base64"  # not text
     assert big["data"]["content_truncated"] is True
-    import base64
-
+    assert big["data"]["packets"] is None
     assert base64.b64decode(big["data"]["content"]) == bytes.fromhex(written["big"])[: 64 << 10]
     assert content(pid, root["outside_w"]) is None  # the read end is the test's
     assert os.read(tree.outside_r, 100) == b"gone!\n"
@@ -187,6 +205,11 @@ def test_pipe_data_copies_the_queue_and_leaves_it_for_the_reader(tree: Tree) -> 
     drained = tree.line()
     assert bytes.fromhex(drained["pipe"]) == bytes.fromhex(written["pipe"])
     assert bytes.fromhex(drained["fifo"]) == bytes.fromhex(written["fifo"])
+    # And the root reads the child's packets one by one, as they were written.
+    os.kill(pid, signal.SIGUSR2)
+    read = [bytes.fromhex(p) for p in tree.line()["packets"]]
+    assert [len(p) for p in read] == [1, 300, 4096, 4096, 2904, 17]
+    assert b"".join(read) == b"".join(packets)
 
 
 def test_endpoints_pair_the_ends_across_tasks(tree: Tree) -> None:

@@ -17,7 +17,13 @@ ports, namespaces), then idles until killed.  Loopback only.  Layout:
   netns:  a child in a network namespace of its own (unshare(CLONE_NEWNET)): a TCP
           listener on the same 127.0.0.1 port as the root's, an abstract unix listener
           of the same name as the root's, a ping (icmp) socket, and a UDP socket it made
-          before unsharing (so in the root's namespace).
+          before unsharing (so in the root's namespace);
+  moved:  a child that unshared a network namespace, made sockets there (a TCP
+          listener with one connection accepted and one pending, an abstract unix
+          listener), then went back to the root's namespace with setns(2): no task is
+          in the namespace its sockets live in.
+Also in the root: unix listeners whose path was unlinked, and replaced by a regular
+file, and a TCP listener to which the child connected twice, never accepted.
 """
 
 import contextlib
@@ -93,6 +99,44 @@ def netns_child(ready_w, udp_before, tcp_port, abstract_name):
         signal.pause()
 
 
+def moved_child(ready_w):
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    if libc.unshare(CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET)")
+    lo_up()
+    away = os.stat("/proc/self/ns/net").st_ino
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    client.connect(listener.getsockname())
+    conn, _ = listener.accept()
+    waiting = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    waiting.connect(listener.getsockname())  # never accepted
+    abstract = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    abstract.bind(f"\0asyckpt-sockets-moved-{os.getpid()}")
+    abstract.listen(1)
+    if libc.setns(home, CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "setns")
+    os.close(home)
+    assert os.stat("/proc/self/ns/net").st_ino != away
+    info = {"away": away, "port": listener.getsockname()[1]}
+    for name, s in (
+        ("listener", listener),
+        ("client", client),
+        ("conn", conn),
+        ("waiting", waiting),
+        ("abstract", abstract),
+    ):
+        info[name], info[name + "_ino"] = s.fileno(), ino(s)
+    info["client_port"] = client.getsockname()[1]
+    info["waiting_port"] = waiting.getsockname()[1]
+    os.write(ready_w, (json.dumps(info) + "\n").encode())
+    os.close(ready_w)
+    while True:
+        signal.pause()
+
+
 def main(workdir, outside_sock, outside_pipe_w):
     out = {"pid": os.getpid(), "root": {}, "child": {}}
     r = out["root"]
@@ -126,6 +170,38 @@ def main(workdir, outside_sock, outside_pipe_w):
     with os.fdopen(ns_r) as f:
         out["netns"] = json.loads(f.readline())
 
+    mv_r, mv_w = os.pipe()
+    moved_pid = os.fork()
+    if moved_pid == 0:
+        os.close(mv_r)
+        for fd in map(int, os.listdir("/proc/self/fd")):
+            if fd > 2 and fd != mv_w:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        moved_child(mv_w)
+    os.close(mv_w)
+    out["moved_pid"] = moved_pid
+    with os.fdopen(mv_r) as f:
+        out["moved"] = json.loads(f.readline())
+
+    # Unix listeners whose path was unlinked since, and replaced by another file.
+    gone_path = os.path.join(workdir, "gone.sock")
+    gone = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    gone.bind(gone_path)
+    gone.listen(1)
+    os.unlink(gone_path)
+    replaced_path = os.path.join(workdir, "replaced.sock")
+    replaced = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    replaced.bind(replaced_path)
+    os.unlink(replaced_path)
+    with open(replaced_path, "w") as f:
+        f.write("not a socket")
+    # A TCP listener the child connects to twice, never accepted.
+    tcp_q = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tcp_q.bind(("127.0.0.1", 0))
+    tcp_q.listen(5)
+    keep += [gone, replaced, tcp_q]
+
     # Unix: a stream socketpair split between root and child, 7 bytes queued to the
     # child's end; a seqpacket pair shut down one way; a dgram pair, one datagram queued.
     a, b = socket.socketpair()
@@ -151,7 +227,8 @@ def main(workdir, outside_sock, outside_pipe_w):
     child = os.fork()
     if child == 0:
         os.close(ready_r)
-        for s in (a, s1, s2, d1, d2, ul, ua, tcp4, tcp6):
+        tcp_q_addr = tcp_q.getsockname()
+        for s in (a, s1, s2, d1, d2, ul, ua, tcp4, tcp6, gone, replaced, tcp_q):
             s.close()
         for fd in (outside_sock, outside_pipe_w):
             os.close(fd)
@@ -170,7 +247,14 @@ def main(workdir, outside_sock, outside_pipe_w):
         tcp_pending.connect(("127.0.0.1", tcp_port))  # never accepted
         tcp6_client = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
         tcp6_client.connect(tcp6_addr)
+        queued_1 = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        queued_1.connect(tcp_q_addr)
+        queued_2 = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        queued_2.connect(tcp_q_addr)
+        c["queued_ports"] = [queued_1.getsockname()[1], queued_2.getsockname()[1]]
         for name, s in (
+            ("queued_1", queued_1),
+            ("queued_2", queued_2),
             ("unix_pending", pending),
             ("unix_client", accepted),
             ("tcp_client", tcp_client),
@@ -179,6 +263,7 @@ def main(workdir, outside_sock, outside_pipe_w):
         ):
             c[name], c[name + "_ino"] = s.fileno(), ino(s)
         c["tcp_client_port"] = tcp_client.getsockname()[1]
+        c["tcp_pending_port"] = tcp_pending.getsockname()[1]
         c["tcp6_client_port"] = tcp6_client.getsockname()[1]
         os.write(ready_w, (json.dumps(c) + "\n").encode())
         os.close(ready_w)
@@ -236,9 +321,14 @@ def main(workdir, outside_sock, outside_pipe_w):
         ("packet", packet),
         ("vsock", vsock),
         ("mptcp", mptcp),
+        ("gone", gone),
+        ("replaced", replaced),
+        ("tcp_q", tcp_q),
     ):
         r[name], r[name + "_ino"] = s.fileno(), ino(s)
     r["listen_path"] = listen_path
+    r["gone_path"], r["replaced_path"] = gone_path, replaced_path
+    r["tcp_q_port"] = tcp_q.getsockname()[1]
     r["abstract_name"] = abstract_name[1:]
     r["tcp_port"] = tcp4.getsockname()[1]
     r["tcp6_port"] = tcp6.getsockname()[1]

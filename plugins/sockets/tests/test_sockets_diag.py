@@ -217,7 +217,7 @@ def test_a_reply_too_short_for_its_family_is_refused() -> None:
     [
         (
             diag.unix_request(1),
-            "28000000140001030100000000000000010000" + "00ffffffff000000005d000000" + "00" * 8,
+            "28000000140001030100000000000000010000" + "00ffffffff000000005f000000" + "00" * 8,
         ),
         (
             diag.inet_request(socket.AF_INET6, 6, 2),
@@ -292,3 +292,25 @@ def test_the_parser_agrees_with_pyroute2_on_a_live_dump(tmp_path: object) -> Non
     finally:
         for s in [*mine, tcp]:
             s.close()
+
+
+@pytest.mark.parametrize(
+    ("vfs", "node", "state"),
+    [
+        # UNIX_DIAG_VFS spells the device as the kernel keeps it (major << 20 | minor).
+        ((254 << 20, 2146531), (os.makedev(254, 0), 2146531), "ok"),
+        ((8 << 20 | 3, 12), (os.makedev(8, 3), 12), "ok"),
+        ((8 << 20 | 3, 12), (os.makedev(8, 3), 13), "replaced"),  # another inode
+        ((8 << 20 | 3, 12), (os.makedev(8, 4), 12), "replaced"),  # another filesystem
+        ((8 << 20 | 3, 12), None, "unlinked"),
+    ],
+)
+def test_name_state(vfs: tuple[int, int], node: tuple[int, int] | None, state: str) -> None:
+    assert diag.name_state(vfs, node) == state
+
+
+def test_the_vfs_attribute_of_a_bound_listener() -> None:
+    d = diag.decode(bytes.fromhex(UNIX_LISTENER), diag.AF_UNIX, 16, len(UNIX_LISTENER) // 2 - 16)
+    assert isinstance(d, diag.UnixDiag)
+    assert d.vfs is not None
+    assert diag.kernel_dev(d.vfs[0]) == os.makedev(254, 0)

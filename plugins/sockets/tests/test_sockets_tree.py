@@ -97,9 +97,14 @@ def captured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Captured]:
 
 
 def sock(c: Captured, who: str, name: str) -> dict[str, Any]:
-    """The record of the socket ``name`` of ``who`` (root, child or netns)."""
-    pid = {"root": c.info["pid"], "child": c.info["child_pid"], "netns": c.info["netns_pid"]}[who]
-    part = c.info["root" if who == "root" else who if who == "child" else "netns"]
+    """The record of the socket ``name`` of ``who`` (root, child, netns or moved)."""
+    pid = {
+        "root": c.info["pid"],
+        "child": c.info["child_pid"],
+        "netns": c.info["netns_pid"],
+        "moved": c.info["moved_pid"],
+    }[who]
+    part = c.info[who]
     f = c.files[(pid, part[name])]
     assert f["type"] == "socket", f
     assert f["handler"] == "sockets", f
@@ -233,6 +238,18 @@ def test_tcp_listen_established_and_pending_on_127_0_0_1(captured: Captured) -> 
     )
     assert "remote_address" not in listener
     assert "peer_ino" not in listener
+    assert (listener["accept_queue"], listener["backlog"]) == (1, 7)
+    # The connection waiting in its accept queue, as the listener's side of it says.
+    assert listener["pending_connections"] == [
+        {
+            "local_address": "127.0.0.1",
+            "local_port": port,
+            "remote_address": "127.0.0.1",
+            "remote_port": child["tcp_pending_port"],
+            "peer_ino": child["tcp_pending_ino"],
+        }
+    ]
+    assert listener["pending"] == [child["tcp_pending_ino"]]
     conn = sock(captured, "root", "tcp_conn")
     client = sock(captured, "child", "tcp_client")
     assert (
@@ -264,6 +281,53 @@ def test_tcp_listen_established_and_pending_on_127_0_0_1(captured: Captured) -> 
     pending = sock(captured, "child", "tcp_pending")
     assert (pending["state"], pending["remote_port"]) == ("ESTABLISHED", port)
     assert "peer_ino" not in pending  # its other end waits in the accept queue, fd-less
+    assert pending["peer_queued_on"] == root["tcp_listener_ino"]
+    assert pending["peer_in_tree"] is True
+    assert "accept_queue" not in conn  # not a listener
+
+
+def test_tcp_listener_with_two_connections_never_accepted(captured: Captured) -> None:
+    root, child = captured.info["root"], captured.info["child"]
+    listener = sock(captured, "root", "tcp_q")
+    assert (listener["state"], listener["accept_queue"], listener["backlog"]) == ("LISTEN", 2, 5)
+    clients = sorted(
+        zip(child["queued_ports"], (child["queued_1_ino"], child["queued_2_ino"]), strict=True)
+    )
+    assert sorted(listener["pending_connections"], key=lambda c: c["remote_port"]) == [
+        {
+            "local_address": "127.0.0.1",
+            "local_port": root["tcp_q_port"],
+            "remote_address": "127.0.0.1",
+            "remote_port": client_port,
+            "peer_ino": client_ino,
+        }
+        for client_port, client_ino in clients
+    ]
+    assert sorted(listener["pending"]) == sorted(ino for _, ino in clients)
+    for name in ("queued_1", "queued_2"):
+        client = sock(captured, "child", name)
+        assert client["peer_queued_on"] == root["tcp_q_ino"]
+        assert client["peer_in_tree"] is True
+        assert "peer_ino" not in client
+
+
+def test_unix_path_names_unlinked_or_replaced(captured: Captured) -> None:
+    root = captured.info["root"]
+    listener = sock(captured, "root", "unix_listener")
+    assert (listener["name"], listener["name_state"]) == (root["listen_path"], "ok")
+    gone = sock(captured, "root", "gone")
+    # sock_diag still names the path the socket was bound to; the node is gone.
+    assert (gone["name"], gone["name_state"], gone["state"]) == (
+        root["gone_path"],
+        "unlinked",
+        "LISTEN",
+    )
+    replaced = sock(captured, "root", "replaced")
+    assert (replaced["name"], replaced["name_state"]) == (root["replaced_path"], "replaced")
+    assert os.path.isfile(root["replaced_path"])  # another file is there now
+    assert "name_state" not in sock(captured, "root", "abstract_listener")  # not a path
+    line = next(x for x in captured.table.splitlines() if f"socket:[{root['gone_ino']}]" in x)
+    assert f"name {root['gone_path']} (unlinked)" in line
 
 
 def test_tcp_on_ipv6_loopback(captured: Captured) -> None:
@@ -421,6 +485,8 @@ def test_a_process_in_its_own_network_namespace(captured: Captured) -> None:
     ping = sock(captured, "netns", "ping")
     assert ping.items() >= {"family": "inet", "proto": "icmp", "type": "dgram"}.items()
     assert ping["diag"] is False  # sock_diag has no module for ping sockets
+    assert ping["netns"] == ns["netns"]  # as the socket itself says (SIOCGSKNS)
+    assert "netns_outside_tree" not in ping
     # Made before the child unshared: a socket of the root's namespace, found there.
     before = sock(captured, "netns", "udp_before")
     assert (
@@ -431,6 +497,34 @@ def test_a_process_in_its_own_network_namespace(captured: Captured) -> None:
             "diag": True,
         }.items()
     )
+
+
+def test_sockets_in_a_namespace_no_task_of_the_tree_is_in(captured: Captured) -> None:
+    root, moved = captured.info["root"], captured.info["moved"]
+    away = moved["away"]
+    assert away not in {captured.info["netns"]["netns"], root["netns"]}
+    # No task of the tree is in it now (the child went back to the root's namespace).
+    for pid in (captured.info[k] for k in ("pid", "child_pid", "netns_pid", "moved_pid")):
+        assert os.stat(f"/proc/{pid}/ns/net").st_ino != away
+    for name in ("listener", "client", "conn", "waiting", "abstract"):
+        rec = sock(captured, "moved", name)
+        assert (rec["netns"], rec["netns_outside_tree"], rec["diag"]) == (away, True, True)
+    listener = sock(captured, "moved", "listener")
+    assert (listener["state"], listener["local_port"], listener["accept_queue"]) == (
+        "LISTEN",
+        moved["port"],
+        1,
+    )
+    assert [(c["remote_port"], c.get("peer_ino")) for c in listener["pending_connections"]] == [
+        (moved["waiting_port"], moved["waiting_ino"])
+    ]
+    client, conn = sock(captured, "moved", "client"), sock(captured, "moved", "conn")
+    assert (client["peer_ino"], conn["peer_ino"]) == (moved["conn_ino"], moved["client_ino"])
+    assert sock(captured, "moved", "waiting")["peer_queued_on"] == moved["listener_ino"]
+    abstract = sock(captured, "moved", "abstract")
+    assert (abstract["state"], abstract["abstract"]) == ("LISTEN", True)
+    # The tree's own namespaces are not flagged.
+    assert "netns_outside_tree" not in sock(captured, "root", "tcp_listener")
 
 
 def test_show_endpoints_lists_both_ends_and_flags_the_outside(captured: Captured) -> None:
@@ -455,9 +549,12 @@ def test_show_endpoints_lists_both_ends_and_flags_the_outside(captured: Captured
     _client, queued = ends_of(child["unix_pending_ino"])
     assert queued["pending_on"] is not None
     assert not queued["outside"]
-    # TCP pairs within the tree are connections too.
+    # TCP pairs within the tree are connections too, and so are TCP clients pending on
+    # a listener of the tree.
     mine, theirs = ends_of(root["tcp_conn_ino"])
     assert theirs["ino"] == child["tcp_client_ino"]
+    _client, queued = ends_of(child["queued_1_ino"])
+    assert queued["pending_on"] == captured.files[(info["pid"], root["tcp_q"])]["id"]
     # The pipe whose read end the test holds.
     pipe = next(e for e in eps if e["name"] == f"pipe:[{captured.outside_pipe_ino}]")
     assert [(e["role"], e["outside"]) for e in pipe["ends"]] == [("write", False), ("read", True)]

@@ -15,7 +15,9 @@ description (and could block) and for a pipe would add a reader or writer:
 * With ``--pipe-data SIZE`` the first SIZE queued bytes are copied without consuming them:
   ``tee(2)`` from the read end into a private pipe as large as the source, then read from
   that.  Once per pipe, on the first read end the capture meets; a pipe of which the tree
-  holds only the write end has no ``content`` (tee reads from a read end only).
+  holds only the write end has no ``content`` (tee reads from a read end only).  tee
+  keeps each buffer's packet flag, so the copy also tells the packets' lengths
+  (``packets``; see :func:`copy_queue`).
 
 A FIFO's path and whether its node was unlinked are the file's own ``path`` and
 ``deleted``, which the core records for every file.
@@ -24,6 +26,7 @@ A FIFO's path and whether its node was unlinked are the file's own ``path`` and
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import os
 import struct
@@ -34,7 +37,7 @@ import msgspec
 
 from asyckpt import CaptureSession, FdFacts, HandlerContext
 
-__all__ = ["Pipe", "PipeHandler", "peek"]
+__all__ = ["Pipe", "PipeHandler", "copy_queue", "peek"]
 
 F_GETPIPE_SZ = 1032
 F_SETPIPE_SZ = 1031
@@ -63,6 +66,11 @@ class Pipe(msgspec.Struct, tag="asyckpt.pipe", tag_field="kind", kw_only=True):
     a write end, and on any read end of the pipe but the first the capture met."""
     content_truncated: bool = False
     """More bytes were queued than ``content`` holds."""
+    packets: list[int] | None = None
+    """With ``content``: the lengths of the packets it holds, in order, when the pipe
+    holds packets (written through an O_DIRECT end); None for a plain byte stream.  A
+    write larger than a page was split into page-sized packets by the kernel, and is
+    listed as such (that is how the reader reads it)."""
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -72,33 +80,72 @@ _tee.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint)
 
 
 def peek(fd: int, size: int, capacity: int) -> bytes:
-    """Up to ``size`` bytes queued in the pipe whose read end is ``fd``, left in it.
+    """Up to ``size`` bytes queued in the pipe whose read end is ``fd``, left in it."""
+    return copy_queue(fd, size, capacity)[0]
 
-    ``tee(2)`` duplicates the pipe's buffers (page references, not a copy) into a private
-    pipe, which needs as many slots as the source uses: it is made as large as
-    ``capacity``.  Never blocks.
+
+def copy_queue(fd: int, size: int, capacity: int) -> tuple[bytes, list[int] | None]:
+    """Up to ``size`` bytes queued in the pipe whose read end is ``fd``, left in it, and
+    the lengths of its packets (None: a plain byte stream).
+
+    ``tee(2)`` duplicates the pipe's buffers (page references, not a copy, with their
+    flags, PIPE_BUF_FLAG_PACKET included) into a private pipe, which needs as many slots
+    as the source uses: it is made as large as ``capacity``.  Never blocks.
+
+    Packets show in how reads of that copy end: a read asking for everything left stops
+    at the end of a packet, and otherwise runs on through plain buffers.  So every read
+    but the last ends a packet; whether the last one does is asked of a second copy,
+    read up to one byte short of it: a packet's read discards the rest of its buffer
+    (pipe(7)), a plain read leaves that byte queued.
     """
     if size <= 0:
-        return b""
+        return b"", None
+    r, w = _private_pipe(capacity)
+    r2 = w2 = -1
+    try:
+        copied = _tee(fd, w, size, SPLICE_F_NONBLOCK)
+        if copied < 0:
+            err = ctypes.get_errno()
+            if err == errno.EAGAIN:  # nothing queued after all
+                return b"", None
+            raise OSError(err, f"tee: {os.strerror(err)}")
+        if copied == 0:
+            return b"", None
+        r2, w2 = _private_pipe(capacity)
+        if _tee(r, w2, copied, SPLICE_F_NONBLOCK) != copied:
+            err = ctypes.get_errno()
+            raise OSError(err, f"tee: {os.strerror(err)}")
+        chunks = []
+        left = copied
+        while left > 0:
+            chunk = os.read(r, left)
+            chunks.append(chunk)
+            left -= len(chunk)
+        reads = [len(c) for c in chunks]
+        last_is_packet = False
+        if reads[-1] > 1:
+            for n in reads[:-1]:
+                os.read(r2, n)
+            os.read(r2, reads[-1] - 1)
+            last_is_packet = _queued(r2) == 0
+        packets = reads if len(reads) > 1 or last_is_packet else None
+        return b"".join(chunks), packets
+    finally:
+        for end in (r, w, r2, w2):
+            if end >= 0:
+                os.close(end)
+
+
+def _private_pipe(capacity: int) -> tuple[int, int]:
     r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         if capacity > fcntl.fcntl(w, F_GETPIPE_SZ):
             fcntl.fcntl(w, F_SETPIPE_SZ, capacity)
-        copied = _tee(fd, w, size, SPLICE_F_NONBLOCK)
-        if copied < 0:
-            err = ctypes.get_errno()
-            if err == 11:  # EAGAIN: nothing queued after all
-                return b""
-            raise OSError(err, f"tee: {os.strerror(err)}")
-        chunks = []
-        while copied > 0:
-            chunk = os.read(r, copied)
-            chunks.append(chunk)
-            copied -= len(chunk)
-        return b"".join(chunks)
-    finally:
+    except OSError:
         os.close(r)
         os.close(w)
+        raise
+    return r, w
 
 
 class _Seen:
@@ -157,7 +204,7 @@ class PipeHandler:
         )
         if copy:
             seen.copied.add(key)
-            record.content = peek(fd, min(queued, limit), capacity)
+            record.content, record.packets = copy_queue(fd, min(queued, limit), capacity)
             record.content_truncated = len(record.content) < queued
         return record
 
@@ -167,6 +214,8 @@ class PipeHandler:
             text += ", packet mode"
         if record.content is not None:
             text += f", {len(record.content)} copied"
+            if record.packets is not None:
+                text += f" in {len(record.packets)} packets"
             text += " (truncated)" if record.content_truncated else ""
         return text + "]"
 

@@ -14,16 +14,21 @@ What a socket is comes from two places, each read once per capture:
   a unix socket's peer and pending connections, a netlink socket's groups, a packet
   socket's interface, and whether the peer is held by the tree.
 
-A socket that no dump reported (one created after the dump, possible only with
-``--freeze=none``; a ping socket, which sock_diag does not cover; a family nobody
-dumps: SCTP, vsock, AF_ALG...) keeps what its fd told, with ``diag`` false.
+A socket no dump reported has its namespace asked of the socket itself (SIOCGSKNS):
+one that no thread of the tree is in (the task made the socket, then moved) is dumped
+then, once, and joined like the others.  A socket still not reported (one created after
+the dump, possible only with ``--freeze=none``; a ping socket, which sock_diag does not
+cover; a family nobody dumps: SCTP, vsock, AF_ALG...) keeps what its fd told, with
+``diag`` false.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import struct
+import weakref
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
@@ -37,7 +42,22 @@ if TYPE_CHECKING:
 # The sock_diag modules (netlink, parsing) are imported by begin and finish: `asyckpt
 # show` and `asyckpt plugins` load this handler without needing them.
 
-__all__ = ["Socket", "SocketHandler"]
+__all__ = ["PendingConnection", "Socket", "SocketHandler"]
+
+
+class PendingConnection(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A connection waiting in an inet listener's accept queue, as the listener's side
+    of it (its socket, with no file yet) says."""
+
+    local_address: str
+    local_port: int
+    remote_address: str
+    """The client's address."""
+    remote_port: int
+    state: str = "ESTABLISHED"
+    """``CLOSE_WAIT`` if the client closed it meanwhile."""
+    peer_ino: int | None = None
+    """The client's socket, when it lives in the same network namespace."""
 
 
 class Socket(
@@ -66,7 +86,11 @@ class Socket(
     diag_error: str | None = None
     """Why the dump that would have reported it failed, if it did."""
     netns: int | None = None
-    """The network namespace (its inode) whose dump reported the socket."""
+    """The network namespace (its inode): of the dump that reported the socket, else
+    as the socket itself says (SIOCGSKNS)."""
+    netns_outside_tree: bool = False
+    """No thread of the tree is in the socket's namespace (its task moved after making
+    it, or it was passed from elsewhere): that namespace was dumped for it."""
     state: str | None = None
     """The kernel's socket state: ``ESTABLISHED``, ``LISTEN``, ``CLOSE`` (unconnected)..."""
     recv_queue: int | None = None
@@ -78,11 +102,19 @@ class Socket(
     owner_uid: int | None = None
     shutdown: str | None = None
     """``read``, ``write`` or ``both``: what shutdown(2) closed; None: nothing."""
+    accept_queue: int | None = None
+    """A listener (unix, tcp): connections waiting to be accepted."""
+    backlog: int | None = None
+    """A listener (unix, tcp): how many may wait (listen(2)'s backlog)."""
 
     # unix
     name: str | None = None
     """The bound name: a path, or for an abstract one ``@`` and the name (NULs as @)."""
     abstract: bool = False
+    name_state: str | None = None
+    """A path name: ``ok`` (the path leads to the node it was bound to), ``unlinked``
+    (nothing there any more), ``replaced`` (another file there); None: not a path, or
+    not resolvable (relative, no holder)."""
     peer_ino: int | None = None
     """The inode of the socket at the other end (unix: as sock_diag says; inet: the
     socket of the same namespace whose addresses mirror this one's)."""
@@ -93,7 +125,11 @@ class Socket(
     """A unix client whose connection is not accepted yet: the inode of the listener it
     waits on (its peer has no file yet, and sock_diag reports no peer inode)."""
     pending: list[int] = []
-    """unix listener: the inodes of the clients whose connections wait to be accepted."""
+    """A listener: the inodes of the clients whose connections wait to be accepted
+    (tcp: those in the listener's namespace)."""
+    pending_connections: list[PendingConnection] = []
+    """An inet listener: each connection waiting in its accept queue (addresses, state,
+    the client's inode when known)."""
     peer_pid: int | None = None
     """SO_PEERCRED: the process that connected, called socketpair(2) or listen(2)."""
     peer_uid: int | None = None
@@ -153,6 +189,13 @@ _INET_OPTIONS = (
 )
 
 
+def _dumped(domain: int, proto: str | None) -> bool:
+    """Whether the dumps report sockets of this family (and inet protocol)."""
+    if domain in (socket.AF_INET, socket.AF_INET6):
+        return proto in ("tcp", "udp", "udplite", "raw")
+    return domain in (socket.AF_UNIX, socket.AF_NETLINK, socket.AF_PACKET)
+
+
 def family_name(domain: int) -> str:
     if domain in _FAMILIES:
         return _FAMILIES[domain]
@@ -186,6 +229,12 @@ class SocketHandler:
     kinds: ClassVar[frozenset[str]] = frozenset({"socket"})
     record_type: ClassVar[type[msgspec.Struct]] = Socket
 
+    def __init__(self) -> None:
+        # Each capture's dumps, dropped with its session.
+        self._by_session: weakref.WeakKeyDictionary[CaptureSession, Dumps] = (
+            weakref.WeakKeyDictionary()
+        )
+
     def begin(self, session: CaptureSession) -> Dumps:
         """One dump per family per network namespace of the tree, indexed by inode."""
         from .dump import dump_namespaces
@@ -205,9 +254,34 @@ class SocketHandler:
             if domain != socket.AF_UNIX:
                 sock.detach()
                 sock = socket.socket(domain, stype, protocol, fd)
-            return _from_fd(sock, facts.st.st_ino, domain, stype, protocol)
+            record = _from_fd(sock, facts.st.st_ino, domain, stype, protocol)
         finally:
             sock.detach()  # the fd is ctx's to close
+        dumps = self._dumps(ctx)
+        if dumps is None:  # no capture, or begin failed: finish says why
+            return record
+        if domain == socket.AF_UNIX:
+            dumps.holders[record.ino] = facts.pid
+        if not dumps.has(record.ino):
+            # Not in the dumps of the tree's namespaces: ask the socket for its own.
+            record.netns = dumps.netns_of(fd, _dumped(domain, record.proto))
+        return record
+
+    def _dumps(self, ctx: HandlerContext) -> Dumps | None:
+        """This capture's dumps (waiting for begin), or None.  Kept per session: asking
+        ``ctx.state`` takes a lock, and this is asked once per socket while frozen."""
+        try:
+            session = ctx.session
+        except LookupError:
+            return None
+        dumps: Dumps | None = self._by_session.get(session)
+        if dumps is None:
+            try:
+                dumps = ctx.state
+            except Exception:
+                return None
+            self._by_session[session] = dumps
+        return dumps
 
     def finish(self, record: Socket, tree: CaptureTree) -> Socket:
         try:
@@ -228,14 +302,16 @@ class SocketHandler:
             ] + [f"netns {ns}: {why}" for ns, why in dumps.failed.items()]
             if errors:
                 record.diag_error = "; ".join(errors)
+        if record.netns is not None:
+            record.netns_outside_tree = record.netns in dumps.adopted
         if record.peer_ino:
             record.peer_in_tree = tree.holds("socket", record.peer_ino)
         elif record.family == "unix" and record.state == "ESTABLISHED":
             # Connected but not accepted yet: the other end is a socket with no file yet
             # (sock_diag reports peer 0), queued on a listener that lists this client.
             record.peer_queued_on = dumps.queued_on(record.ino)
-            if record.peer_queued_on is not None:
-                record.peer_in_tree = tree.holds("socket", record.peer_queued_on)
+        if record.peer_queued_on is not None:
+            record.peer_in_tree = tree.holds("socket", record.peer_queued_on)
         return record
 
     def render_text(self, record: Socket) -> str:
@@ -296,9 +372,13 @@ def _join(record: Socket, what: str, entry: diag.Diag, dump: NetnsDump, dumps: D
         record.state = diag.TCP_STATES.get(entry.state, str(entry.state))
         if entry.name is not None:
             record.name, record.abstract = _unix_name(entry.name)
+            if entry.vfs is not None and record.name and not record.abstract:
+                record.name_state = _name_state(record.name, entry.vfs, dumps, record.ino)
         record.peer_ino = entry.peer or None
         record.pending = list(entry.pending)
         record.recv_queue, record.send_queue = entry.rqueue, entry.wqueue
+        if entry.state == 10:
+            record.accept_queue, record.backlog = entry.rqueue, entry.wqueue
         record.shutdown = _SHUTDOWN.get(entry.shutdown or 0)
         record.owner_uid = entry.uid
     elif isinstance(entry, diag.InetDiag):
@@ -306,7 +386,26 @@ def _join(record: Socket, what: str, entry: diag.Diag, dump: NetnsDump, dumps: D
         record.recv_queue, record.send_queue = entry.rqueue, entry.wqueue
         record.owner_uid = entry.uid
         record.shutdown = _SHUTDOWN.get(entry.shutdown or 0)
-        record.peer_ino = dumps.inet_peer(dump, what, entry) or None
+        if entry.state == 10:
+            record.accept_queue, record.backlog = entry.rqueue, entry.wqueue
+            for conn in dumps.inet_pending(dump, record.ino):
+                client = dumps.inet_client(dump, what, conn)
+                record.pending_connections.append(
+                    PendingConnection(
+                        local_address=conn.src,
+                        local_port=conn.sport,
+                        remote_address=conn.dst,
+                        remote_port=conn.dport,
+                        state=diag.TCP_STATES.get(conn.state, str(conn.state)),
+                        peer_ino=client or None,
+                    )
+                )
+                if client:
+                    record.pending.append(client)
+        else:
+            record.peer_ino = dumps.inet_peer(dump, what, entry) or None
+            if record.peer_ino is None and entry.state == 1:
+                record.peer_queued_on = dumps.inet_queued_on(dump, what, entry)
     elif isinstance(entry, diag.NetlinkDiag):
         record.state = diag.TCP_STATES.get(entry.state, str(entry.state))
         record.port_id = entry.portid
@@ -321,6 +420,29 @@ def _join(record: Socket, what: str, entry: diag.Diag, dump: NetnsDump, dumps: D
         record.owner_uid = entry.uid
 
 
+def _name_state(name: str, vfs: tuple[int, int], dumps: Dumps, ino: int) -> str | None:
+    """Whether ``name`` still leads to the node the socket was bound to, looked up as
+    a process of the tree holding it sees the file system (through /proc/PID/root)."""
+    pid = dumps.holders.get(ino)
+    if pid is None or not name.startswith("/"):
+        return None  # a relative name was resolved in a working directory long gone
+    # A listener's accepted sockets all carry its name: one lookup for them all.
+    key = (pid, name, vfs)
+    if key in dumps.name_states:
+        return dumps.name_states[key]
+    state: str | None
+    try:
+        st = os.lstat(f"/proc/{pid}/root{name}")
+    except (FileNotFoundError, NotADirectoryError):
+        state = dumps.diag.name_state(vfs, None)
+    except OSError:
+        state = None
+    else:
+        state = dumps.diag.name_state(vfs, (st.st_dev, st.st_ino))
+    dumps.name_states[key] = state
+    return state
+
+
 def _describe(r: Socket) -> list[str]:
     words = [" ".join(filter(None, [r.proto or r.family, r.type if not r.proto else None]))]
     if r.family in ("inet", "inet6") and r.proto:
@@ -328,7 +450,9 @@ def _describe(r: Socket) -> list[str]:
     if r.state:
         words[0] += f" {r.state}"
     if r.name:
-        words.append(f"name {r.name}")
+        words.append(
+            f"name {r.name}" + (f" ({r.name_state})" if r.name_state not in (None, "ok") else "")
+        )
     if r.local_address is not None:
         local = f"{r.local_address}:{r.local_port}"
         remote = f" -> {r.remote_address}:{r.remote_port}" if r.remote_address else ""
@@ -343,14 +467,16 @@ def _describe(r: Socket) -> list[str]:
     elif r.peer_queued_on:
         where = "in the tree" if r.peer_in_tree else "outside the tree"
         words.append(f"not accepted yet by listener socket:[{r.peer_queued_on}] {where}")
-    if r.pending:
-        words.append(f"{len(r.pending)} pending")
+    if r.pending or r.pending_connections:
+        words.append(f"{max(len(r.pending), len(r.pending_connections))} pending")
     if r.recv_queue is not None:
         words.append(f"rq {r.recv_queue} sq {r.send_queue}")
     if r.shutdown:
         words.append(f"shut {r.shutdown}")
     if r.peer_pid:
         words.append(f"peer pid {r.peer_pid} uid {r.peer_uid}")
+    if r.netns_outside_tree:
+        words.append(f"netns {r.netns} (no task of the tree in it)")
     if not r.diag:
         words.append("no sock_diag")
     return words

@@ -28,7 +28,9 @@ __all__ = [
     "attributes",
     "decode",
     "inet_request",
+    "kernel_dev",
     "messages",
+    "name_state",
     "netlink_request",
     "packet_request",
     "unix_request",
@@ -89,9 +91,10 @@ def _request(payload: bytes, seq: int) -> bytes:
 
 
 def unix_request(seq: int = 1) -> bytes:
-    """Dump every unix socket: name, peer, pending connections, queues, uid (shutdown
-    comes with every message)."""
-    show = UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN | UDIAG_SHOW_UID
+    """Dump every unix socket: name (and the node a path name was bound to), peer,
+    pending connections, queues, uid (shutdown comes with every message)."""
+    show = UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS
+    show |= UDIAG_SHOW_RQLEN | UDIAG_SHOW_UID
     # unix_diag_req: family, protocol, pad, states, ino, show, cookie[2]
     return _request(struct.pack("=BBHIIIII", AF_UNIX, 0, 0, 0xFFFFFFFF, 0, show, 0, 0), seq)
 
@@ -197,6 +200,21 @@ def inode_at(buf: bytes | bytearray | memoryview, family: int, off: int, length:
         raise ValueError(f"sock_diag reply of {length} bytes is too short for family {family}")
     ino: int = _U32.unpack_from(buf, off + INODE_OFFSET[family])[0]
     return ino
+
+
+def kernel_dev(kdev: int) -> int:
+    """A device number as the kernel keeps it inside (``s_dev``: 12 bits of major, 20
+    of minor), which UNIX_DIAG_VFS reports, as stat(2)'s ``st_dev`` spells it."""
+    return os.makedev(kdev >> 20, kdev & 0xFFFFF)
+
+
+def name_state(vfs: tuple[int, int], node: tuple[int, int] | None) -> str:
+    """Whether a unix socket's path name still leads to the node it was bound to:
+    ``vfs`` is UNIX_DIAG_VFS (kernel dev, ino); ``node`` the (st_dev, st_ino) of what
+    the path names now, None if nothing.  ``ok``, ``unlinked`` or ``replaced``."""
+    if node is None:
+        return "unlinked"
+    return "ok" if node == (kernel_dev(vfs[0]), vfs[1]) else "replaced"
 
 
 class UnixDiag(NamedTuple):
