@@ -467,6 +467,9 @@ def materialize(part: TaskPart) -> list[BodyRecord]:
             threads=[Thread(tid=t, fd_table=tab) for t, tab in part.threads],
             mnt_ns=meta.mnt_ns,
             root=meta.root,
+            session=stat.session,
+            pgrp=stat.pgrp,
+            tty_nr=stat.tty_nr,
         )
     )
     return out
