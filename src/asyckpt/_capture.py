@@ -16,12 +16,16 @@ Theory of operation
 5. *Resolve*: results arrive in any order; a :class:`Reorderer` releases them in tree
    pre-order to the single resolver, which deduplicates open file descriptions with kcmp,
    runs the handlers (which may need the live fd) and numbers objects by first reference.
-6. *Thaw* as soon as the last task is resolved and the ``begin`` of every handler that
+6. *Link*: once the last task is resolved, and only if a handler that captured an fd has
+   a ``link`` hook, those hooks run over their records in image order, still frozen:
+   what names other descriptions of the tree (an epoll's targets, by file id) needs
+   kcmp against fd tables as they were read.
+7. *Thaw* as soon as linking is done and the ``begin`` of every handler that
    captured an fd has returned (what it read must be of the frozen moment too; the
    others' are abandoned): only /proc reads, kcmp and handlers happen while frozen.
    Then the handlers' ``finish`` hooks complete their records with what only the whole
    tree tells, and every record is encoded.
-7. *Emit*: each task's records are made from its compact resolved form and sent, one
+8. *Emit*: each task's records are made from its compact resolved form and sent, one
    batch per task, through a bounded channel to the consumer (the image writer, or a
    library caller's ``async for``), which therefore cannot lengthen the frozen window.
 """
@@ -256,6 +260,8 @@ async def _capture(
                     begins[handler.name] = trio.CancelScope()
                     nursery.start_soon(_begin, handler, builder.session, begins[handler.name])
             parts = await _scan_and_resolve(plans, builder)
+            if builder.needs_link:
+                parts = await trio.to_thread.run_sync(builder.link, parts)
             # The thaw waits for the begins whose state the records may still need (in
             # finish); that of a handler that captured nothing is not waited for.
             for name, scope in begins.items():

@@ -26,8 +26,8 @@ from typing import Any, ClassVar, NamedTuple, Protocol, final, runtime_checkable
 
 import msgspec
 
-from ._errors import HandlerFailed, PluginError
-from ._kernel import fs_magic, pidfd_getfd
+from ._errors import AsyckptError, HandlerFailed, PluginError
+from ._kernel import KCMP_FILE, fs_magic, kcmp, kcmp_epoll_tfd, pidfd_getfd
 from ._procparse import FdInfo
 from ._records import PluginInfo
 
@@ -37,6 +37,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "KINDS",
     "SESSION_TIMEOUT",
+    "CaptureLinks",
     "CaptureSession",
     "CaptureTree",
     "Chooser",
@@ -48,6 +49,7 @@ __all__ = [
     "HandlerContext",
     "ImagePlugin",
     "Installed",
+    "LinkRef",
     "LoadedHandler",
     "PluginConflictWarning",
     "StatInfo",
@@ -308,6 +310,99 @@ class CaptureTree:
         return devs is not None and (dev is None or dev in devs)
 
 
+@final
+class LinkRef(NamedTuple):
+    """The fd a record was captured through: its process, the thread whose fd table
+    holds it, and its number."""
+
+    pid: int
+    tid: int
+    fd: int
+
+
+@final
+class CaptureLinks:
+    """What a handler's optional ``link(record, links)`` sees: every description of the
+    tree, resolved, while the tree is still frozen, so that fd tables are as they were
+    read and kcmp(2) compares what the records describe.
+
+    ``file_of`` and ``epoll_target`` name a description by its image file id.  Both find
+    candidates by (device, inode) in an index of every resolved description, built on
+    first use (a capture whose handlers never ask pays nothing), then let kcmp decide
+    among them: inode numbers alone cannot tell two opens of one file apart.
+    """
+
+    def __init__(
+        self, session: CaptureSession, files: Iterable[tuple[int, int, int, int, int]]
+    ) -> None:
+        self.session = session
+        self.pids = frozenset(session.pids)
+        """The processes of the tree."""
+        self.ref = LinkRef(0, 0, -1)
+        """The fd the record being linked was captured through (its first fd)."""
+        self._files = files
+        self._index: dict[int, list[tuple[int, int, int, int]]] | None = None
+        self._handler: LoadedHandler | None = None
+        self._states: dict[str, Any] = {}
+
+    @property
+    def state(self) -> Any:
+        """What this handler's ``begin`` returned (as ``HandlerContext.state``)."""
+        if self._handler is None:
+            raise LookupError("these CaptureLinks are not bound to a handler")
+        name = self._handler.name
+        if name not in self._states:
+            self._states[name] = self.session._state_of(self._handler)
+        return self._states[name]
+
+    def _candidates(self, dev: int | None, ino: int) -> list[tuple[int, int, int]]:
+        """(file id, tid, fd) of the descriptions on inode ``ino`` of device ``dev``; of
+        every device when none is on ``dev`` (a filesystem whose stat shows another
+        device than its superblock's, as btrfs subvolumes do: kcmp still decides)."""
+        if self._index is None:
+            index: dict[int, list[tuple[int, int, int, int]]] = {}
+            for d, i, file_id, tid, fd in self._files:
+                index.setdefault(i, []).append((d, file_id, tid, fd))
+            self._index = index
+        found = self._index.get(ino, ())
+        same = [(f, t, n) for d, f, t, n in found if d == dev]
+        return same or [(f, t, n) for d, f, t, n in found if d != dev]
+
+    def file_of(self, fd: int) -> int | None:
+        """The image file id of the open file description that ``fd`` (a descriptor of
+        asyckpt's own process: one taken with ``take_fd``, or received) refers to, or
+        None if no task of the tree holds it."""
+        st = os.fstat(fd)
+        me = os.getpid()
+        for file_id, tid, their_fd in self._candidates(st.st_dev, st.st_ino):
+            try:
+                if kcmp(me, tid, KCMP_FILE, fd, their_fd) == 0:
+                    return file_id
+            except AsyckptError:
+                continue  # an unfrozen capture: that task or fd is gone
+        return None
+
+    def epoll_target(
+        self, tid: int, epfd: int, tfd: int, toff: int, dev: int | None, ino: int
+    ) -> int | None:
+        """The image file id of the description an epoll watches, or None if no task of
+        the tree holds it: the epoll is ``epfd`` in thread ``tid``'s fd table, and the
+        target its ``toff``-th watch added as fd ``tfd`` (in fdinfo order), on inode
+        ``ino`` of device ``dev`` (userspace ``st_dev``) as its fdinfo says.  Decided by
+        kcmp(2) KCMP_EPOLL_TFD, which finds the watch by the number it was added with:
+        right even when that fd was closed or now names another file."""
+        for file_id, their_tid, their_fd in self._candidates(dev, ino):
+            try:
+                if kcmp_epoll_tfd(their_tid, their_fd, tid, epfd, tfd, toff) == 0:
+                    return file_id
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    return None  # the epoll has no such watch: nothing will match
+                if exc.errno not in (errno.ESRCH, errno.EBADF):
+                    raise
+        return None
+
+
 @runtime_checkable
 class FdHandler(Protocol):
     """The contract of an fd-type handler (entry-point group ``asyckpt.fd_types``).
@@ -318,10 +413,12 @@ class FdHandler(Protocol):
     of the optional class attributes ``kinds``, ``link_prefixes``, ``devices`` and
     ``fs_magic`` (an fd matching any one of them is a candidate) and narrowed by an
     optional ``claims(facts) -> bool``; ``priority`` (default 0) orders candidates.
-    Optional hooks: ``begin(session)`` once per capture and ``finish(record, tree)``
-    once per record after the thaw, ``render_json(record)``, ``render_text(record)`` for
-    ``asyckpt show``, and ``restore(record, file)``.  docs/plugins.md has the whole
-    contract.
+    Optional hooks: ``begin(session)`` once per capture, ``link(record, links)`` once
+    per record after every fd of the tree is resolved but before the thaw (to name other
+    descriptions of the tree by file id: ``links.file_of``, ``links.epoll_target``),
+    ``finish(record, tree)`` once per record after the thaw, ``render_json(record)``,
+    ``render_text(record)`` for ``asyckpt show``, and ``restore(record, file)``.
+    docs/plugins.md has the whole contract.
     """
 
     name: ClassVar[str]
@@ -403,6 +500,7 @@ class LoadedHandler:
         "handler",
         "is_async",
         "kinds",
+        "link",
         "link_prefixes",
         "name",
         "predicate",
@@ -470,7 +568,8 @@ class LoadedHandler:
         # The session hooks run in worker threads, outside any event loop.
         self.begin: Callable[[CaptureSession], Any] | None = _hook(who, handler, "begin")
         self.finish: Callable[[Any, CaptureTree], Any] | None = _hook(who, handler, "finish")
-        for attr in ("begin", "finish"):
+        self.link: Callable[[Any, CaptureLinks], Any] | None = _hook(who, handler, "link")
+        for attr in ("begin", "link", "finish"):
             if inspect.iscoroutinefunction(getattr(self, attr)):
                 raise PluginError(f"{who}: {attr} must be a plain function, not async")
         self._decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(rtype)
@@ -496,7 +595,7 @@ class LoadedHandler:
 
     def hooks(self) -> list[str]:
         out = ["async"] if self.is_async else []
-        for hook in ("begin", "finish", "render_json", "render_text", "restore"):
+        for hook in ("begin", "link", "finish", "render_json", "render_text", "restore"):
             if getattr(self, hook) is not None:
                 out.append(hook)
         return out
@@ -512,7 +611,7 @@ class LoadedHandler:
 
     def checked(self, record: object, hook: str) -> msgspec.Struct:
         """``record``, if it is of this handler's ``record_type``; what ``hook``
-        (capture, finish) returned otherwise raises TypeError."""
+        (capture, link, finish) returned otherwise raises TypeError."""
         if type(record) is not self.record_type:
             raise TypeError(
                 f"{hook} returned {type(record).__name__}, not its record_type "
