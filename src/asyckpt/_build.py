@@ -381,7 +381,10 @@ class RecordBuilder:
             return parts
         session = self.session or CaptureSession(p.plan.stat.pid for p in parts)
         # Every description of the tree and an fd it was read through, for the
-        # candidates of file_of and epoll_target: indexed only if a hook asks.
+        # candidates of file_of and epoll_target, and each fd table by the thread it
+        # was read through (an epoll's own, to try its targets' numbers first): each
+        # indexed only if a hook asks.
+        tables = {tid: entries for part in parts for tid, _, entries in part.tables}
         links = CaptureLinks(
             session,
             (
@@ -391,6 +394,7 @@ class RecordBuilder:
                 for _, _, _, new in entries
                 if new is not None
             ),
+            lambda tid: {fd: file_id for fd, _, file_id, _ in tables.get(tid, ())},
         )
         failed = False
         by_name = self._dispatch.by_name

@@ -21,6 +21,7 @@ __all__ = [
     "kcmp",
     "kcmp_epoll_tfd",
     "kcmp_files",
+    "kcmp_raw",
     "pidfd_getfd",
 ]
 
@@ -64,13 +65,22 @@ def kcmp(pid1: int, pid2: int, kind: int, idx1: int = 0, idx2: int = 0) -> int:
     The order is the kernel's (obfuscated) pointer order: stable for one boot, so it can
     drive a binary search.
     """
+    try:
+        return kcmp_raw(pid1, pid2, kind, idx1, idx2)
+    except OSError as exc:
+        raise translate_oserror(exc, pid=pid2, fd=idx2, what="kcmp") from None
+
+
+def kcmp_raw(pid1: int, pid2: int, kind: int, idx1: int = 0, idx2: int = 0) -> int:
+    """:func:`kcmp`, raising the untranslated OSError (for callers that tell errnos
+    apart)."""
     global _kcmp_nr
     if _kcmp_nr is None:
         _kcmp_nr = _nr(_KCMP_NR)
     res = _syscall(_kcmp_nr, pid1, pid2, kind, idx1, idx2)
     if res < 0:
         err = ctypes.get_errno()
-        raise translate_oserror(OSError(err, os.strerror(err)), pid=pid2, fd=idx2, what="kcmp")
+        raise OSError(err, os.strerror(err))
     return int(res)
 
 

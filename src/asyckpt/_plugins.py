@@ -15,6 +15,7 @@ contract and the priority order are documented in docs/plugins.md.
 from __future__ import annotations
 
 import errno
+import functools
 import importlib.metadata
 import inspect
 import os
@@ -26,8 +27,8 @@ from typing import Any, ClassVar, NamedTuple, Protocol, final, runtime_checkable
 
 import msgspec
 
-from ._errors import AsyckptError, HandlerFailed, PluginError
-from ._kernel import KCMP_FILE, fs_magic, kcmp, kcmp_epoll_tfd, pidfd_getfd
+from ._errors import AsyckptError, HandlerFailed, PluginError, translate_oserror
+from ._kernel import KCMP_FILE, fs_magic, kcmp, kcmp_epoll_tfd, kcmp_raw, pidfd_getfd
 from ._procparse import FdInfo
 from ._records import PluginInfo
 
@@ -320,6 +321,24 @@ class LinkRef(NamedTuple):
     fd: int
 
 
+Candidate = tuple[int, int, int]
+"""(file id, tid, fd): a description of the tree, and an fd it can be reached through."""
+
+
+def _kcmp_order(a: Candidate, b: Candidate) -> int:
+    """A sort comparison in kcmp's KCMP_FILE order (the kernel's obfuscated pointer
+    order, the one KCMP_EPOLL_TFD answers in too)."""
+    return (0, -1, 1)[kcmp(a[1], b[1], KCMP_FILE, a[2], b[2])]
+
+
+def _gone(exc: OSError, c: Candidate) -> int:
+    """A candidate whose task or fd is gone (only in an unfrozen capture) is not the
+    one; any other failure of kcmp is an error."""
+    if exc.errno in (errno.ESRCH, errno.EBADF):
+        return -1
+    raise translate_oserror(exc, pid=c[1], fd=c[2], what="kcmp") from exc
+
+
 @final
 class CaptureLinks:
     """What a handler's optional ``link(record, links)`` sees: every description of the
@@ -329,11 +348,15 @@ class CaptureLinks:
     ``file_of`` and ``epoll_target`` name a description by its image file id.  Both find
     candidates by (device, inode) in an index of every resolved description, built on
     first use (a capture whose handlers never ask pays nothing), then let kcmp decide
-    among them: inode numbers alone cannot tell two opens of one file apart.
+    among them: inode numbers alone cannot tell two opens of one file apart (nor, for
+    eventfds, timerfds, epolls... which share one anonymous inode, two objects).
     """
 
     def __init__(
-        self, session: CaptureSession, files: Iterable[tuple[int, int, int, int, int]]
+        self,
+        session: CaptureSession,
+        files: Iterable[tuple[int, int, int, int, int]],
+        tables: Callable[[int], Mapping[int, int]] | None = None,
     ) -> None:
         self.session = session
         self.pids = frozenset(session.pids)
@@ -341,7 +364,12 @@ class CaptureLinks:
         self.ref = LinkRef(0, 0, -1)
         """The fd the record being linked was captured through (its first fd)."""
         self._files = files
-        self._index: dict[int, list[tuple[int, int, int, int]]] | None = None
+        self._tables = tables
+        self._table_cache: dict[int, Mapping[int, int]] = {}
+        self._groups: dict[tuple[int, int], list[Candidate]] | None = None
+        self._by_ino: dict[int, list[tuple[int, int]]] = {}
+        self._dev_ino: dict[int, tuple[int, int]] = {}
+        self._sorted: set[tuple[int, int]] = set()
         self._handler: LoadedHandler | None = None
         self._states: dict[str, Any] = {}
 
@@ -355,18 +383,47 @@ class CaptureLinks:
             self._states[name] = self.session._state_of(self._handler)
         return self._states[name]
 
-    def _candidates(self, dev: int | None, ino: int) -> list[tuple[int, int, int]]:
-        """(file id, tid, fd) of the descriptions on inode ``ino`` of device ``dev``; of
-        every device when none is on ``dev`` (a filesystem whose stat shows another
-        device than its superblock's, as btrfs subvolumes do: kcmp still decides)."""
-        if self._index is None:
-            index: dict[int, list[tuple[int, int, int, int]]] = {}
-            for d, i, file_id, tid, fd in self._files:
-                index.setdefault(i, []).append((d, file_id, tid, fd))
-            self._index = index
-        found = self._index.get(ino, ())
-        same = [(f, t, n) for d, f, t, n in found if d == dev]
-        return same or [(f, t, n) for d, f, t, n in found if d != dev]
+    def _index(self) -> dict[tuple[int, int], list[Candidate]]:
+        if self._groups is None:
+            groups: dict[tuple[int, int], list[Candidate]] = {}
+            for dev, ino, file_id, tid, fd in self._files:
+                groups.setdefault((dev, ino), []).append((file_id, tid, fd))
+                self._dev_ino[file_id] = (dev, ino)
+            for dev, ino in groups:
+                self._by_ino.setdefault(ino, []).append((dev, ino))
+            self._groups = groups
+        return self._groups
+
+    def _candidates(self, dev: int | None, ino: int) -> tuple[tuple[int, int], list[Candidate]]:
+        """The group of descriptions on inode ``ino`` of device ``dev``; of every device
+        when none is on ``dev`` (a filesystem whose stat shows another device than its
+        superblock's, as btrfs subvolumes do: kcmp still decides)."""
+        groups = self._index()
+        if dev is not None and (dev, ino) in groups:
+            return (dev, ino), groups[(dev, ino)]
+        keys = self._by_ino.get(ino, [])
+        return (-1, ino), [c for key in keys for c in groups[key]]
+
+    def _in_order(self, key: tuple[int, int], group: list[Candidate]) -> bool:
+        """Sort a group in kcmp order, once, for binary search; False if it cannot be
+        (an unfrozen capture whose task exited)."""
+        if key in self._sorted:
+            return True
+        if key[0] < 0:
+            return False
+        try:
+            group.sort(key=functools.cmp_to_key(_kcmp_order))
+        except AsyckptError:
+            return False
+        self._sorted.add(key)
+        return True
+
+    def _table(self, tid: int) -> Mapping[int, int]:
+        if self._tables is None:
+            return {}
+        if tid not in self._table_cache:
+            self._table_cache[tid] = self._tables(tid)
+        return self._table_cache[tid]
 
     def file_of(self, fd: int) -> int | None:
         """The image file id of the open file description that ``fd`` (a descriptor of
@@ -374,13 +431,14 @@ class CaptureLinks:
         None if no task of the tree holds it."""
         st = os.fstat(fd)
         me = os.getpid()
-        for file_id, tid, their_fd in self._candidates(st.st_dev, st.st_ino):
+
+        def compare(c: Candidate) -> int:
             try:
-                if kcmp(me, tid, KCMP_FILE, fd, their_fd) == 0:
-                    return file_id
-            except AsyckptError:
-                continue  # an unfrozen capture: that task or fd is gone
-        return None
+                return kcmp_raw(c[1], me, KCMP_FILE, c[2], fd)
+            except OSError as exc:
+                return _gone(exc, c)
+
+        return self._search(st.st_dev, st.st_ino, compare, None)
 
     def epoll_target(
         self, tid: int, epfd: int, tfd: int, toff: int, dev: int | None, ino: int
@@ -391,15 +449,54 @@ class CaptureLinks:
         ``ino`` of device ``dev`` (userspace ``st_dev``) as its fdinfo says.  Decided by
         kcmp(2) KCMP_EPOLL_TFD, which finds the watch by the number it was added with:
         right even when that fd was closed or now names another file."""
-        for file_id, their_tid, their_fd in self._candidates(dev, ino):
+
+        def compare(c: Candidate) -> int:
             try:
-                if kcmp_epoll_tfd(their_tid, their_fd, tid, epfd, tfd, toff) == 0:
-                    return file_id
+                return kcmp_epoll_tfd(c[1], c[2], tid, epfd, tfd, toff)
             except OSError as exc:
                 if exc.errno == errno.ENOENT:
-                    return None  # the epoll has no such watch: nothing will match
-                if exc.errno not in (errno.ESRCH, errno.EBADF):
-                    raise
+                    raise LookupError("the epoll has no such watch") from None
+                return _gone(exc, c)
+
+        # The kernel walks the epoll's watches for each such kcmp, so they are kept
+        # few: the fd of that number in the epoll's own table first (most often the
+        # target), then a binary search of the others in kcmp order.
+        hint = self._table(tid).get(tfd)
+        try:
+            return self._search(dev, ino, compare, hint)
+        except LookupError:
+            return None
+
+    def _search(
+        self, dev: int | None, ino: int, compare: Callable[[Candidate], int], hint: int | None
+    ) -> int | None:
+        key, group = self._candidates(dev, ino)
+        if not group:
+            return None
+        if hint is not None and self._dev_ino.get(hint) == key:
+            for c in group:
+                if c[0] == hint:
+                    if compare(c) == 0:
+                        return hint
+                    break
+        if len(group) > 2 and self._in_order(key, group):
+            lo, hi = 0, len(group)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                order = compare(group[mid])
+                if order == 0:
+                    return group[mid][0]
+                if order == 1:  # the candidate orders before the target
+                    lo = mid + 1
+                elif order == 2:
+                    hi = mid
+                else:
+                    break  # a candidate gone (unfrozen): no order to rely on
+            else:
+                return None
+        for c in group:
+            if c[0] != hint and compare(c) == 0:
+                return c[0]
         return None
 
 

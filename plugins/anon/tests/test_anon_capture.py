@@ -361,6 +361,35 @@ def test_epoll_targets_whose_numbers_lie() -> None:
         assert (f.dev, f.ino) == (t.dev, t.ino)
 
 
+def test_epoll_targets_among_many_descriptions_of_one_inode() -> None:
+    # eventfds share one anonymous inode: every eventfd of the tree is a candidate, so
+    # the link searches them in kcmp order.  One watch's number now names another
+    # eventfd (its first guess, wrong), its description kept alive by a dup.
+    code = f"""
+    FMT = "=IQ" if platform.machine() == "x86_64" else "=I4xQ"
+    fd = check(libc.epoll_create1(0))
+    efds = [os.eventfd(i) for i in range(12)]
+    for target in (efds[3], efds[7]):
+        event = ctypes.create_string_buffer(struct.pack(FMT, {EPOLLIN}, target))
+        check(libc.epoll_ctl(fd, 1, target, event))
+    keep = os.dup(efds[3])
+    os.dup2(efds[0], efds[3])  # the number names eventfd 0's description now
+    info.update(stale=efds[3], keep=keep, other=efds[7],
+                inos=sorted({{os.fstat(e).st_ino for e in efds}}))
+    """
+    with holding(code) as (holder, info):
+        captured = capture_fd(EpollHandler, holder.pid, holder.fd)
+    got = captured.record
+    assert isinstance(got, Epoll)
+    assert got.linked
+    files = fds_of(captured.image, holder.pid)
+    assert {t.tfd: t.file for t in got.targets} == {
+        info["stale"]: files[info["keep"]].id,
+        info["other"]: files[info["other"]].id,
+    }
+    assert files[info["stale"]].id != files[info["keep"]].id
+
+
 def test_an_epoll_target_held_outside_the_tree() -> None:
     # The test (outside the tree) takes the eventfd's description from the holder, which
     # then closes its own fd: the watch lives on, and no task of the tree holds it.
