@@ -1,8 +1,9 @@
 """Thin wrappers for the syscalls Python's os module lacks: kcmp(2) (KCMP_EPOLL_TFD
 too), pidfd_getfd(2) and the f_type of statfs(2).
 
-Both are cheap (about a microsecond) and never touch /proc, so callers may use them from
-the worker thread that is already doing a task's /proc reads.
+They are cheap (about a microsecond; KCMP_EPOLL_TFD walks the epoll's watches, so it
+grows with their number) and never touch /proc, so callers may use them from the worker
+thread that is already doing a task's /proc reads.
 """
 
 from __future__ import annotations

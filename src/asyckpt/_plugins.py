@@ -473,11 +473,13 @@ class CaptureLinks:
         key, group = self._candidates(dev, ino)
         if not group:
             return None
+        tried = None
         if hint is not None and self._dev_ino.get(hint) == key:
             for c in group:
                 if c[0] == hint:
                     if compare(c) == 0:
                         return hint
+                    tried = hint
                     break
         if len(group) > 2 and self._in_order(key, group):
             lo, hi = 0, len(group)
@@ -495,7 +497,7 @@ class CaptureLinks:
             else:
                 return None
         for c in group:
-            if c[0] != hint and compare(c) == 0:
+            if c[0] != tried and compare(c) == 0:
                 return c[0]
         return None
 

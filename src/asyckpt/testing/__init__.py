@@ -151,7 +151,8 @@ def link_record(
         except FileNotFoundError:
             continue  # listdir's own fd, closed since
         rows.append((st.st_dev, st.st_ino, file_id, tid, their_fd))
-    links = CaptureLinks(ctx.session, rows)
+    numbers = {their_fd: file_id for file_id, their_fd in files.items()}
+    links = CaptureLinks(ctx.session, rows, lambda t: numbers if t == tid else {})
     links._handler = ctx._handler or loaded
     links.ref = LinkRef(ctx.session.pids[0] if pid is None else pid, tid, fd)
     linked: msgspec.Struct = loaded.link(record, links)
