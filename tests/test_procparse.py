@@ -39,7 +39,7 @@ STAT_CASES = [
     # (literal /proc/PID/stat, expected TaskStat, is_kernel_thread)
     pytest.param(
         b"6127 (cat) R " + _CAT_TAIL,
-        TaskStat(6127, "cat", "R", 6125, 4194304, 1, 51771),
+        TaskStat(6127, "cat", "R", 6125, 4194304, 1, 51771, 6125, 4572, 0),
         False,
         id="plain",
     ),
@@ -47,7 +47,7 @@ STAT_CASES = [
         # kthreadd: flags 0x208040 include PF_KTHREAD (0x00200000).
         b"2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 25 0 0 "
         b"18446744073709551615 0 0 0 0 0 0 0 2147483647 0 1 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n",
-        TaskStat(2, "kthreadd", "S", 0, 2129984, 1, 25),
+        TaskStat(2, "kthreadd", "S", 0, 2129984, 1, 25, 0, 0, 0),
         True,
         id="kthreadd",
     ),
@@ -55,44 +55,44 @@ STAT_CASES = [
         b"73 (kworker/u8:3-events_unbound) I 2 0 0 0 -1 69238880 0 0 0 0 0 0 0 0 20 0 1 0 "
         b"412 0 0 18446744073709551615 0 0 0 0 0 0 0 2147483647 0 0 0 0 3 0 0 0 0 0 0 0 0 0 "
         b"0 0 0 0\n",
-        TaskStat(73, "kworker/u8:3-events_unbound", "I", 2, 69238880, 1, 412),
+        TaskStat(73, "kworker/u8:3-events_unbound", "I", 2, 69238880, 1, 412, 0, 0, 0),
         True,
         id="kworker-idle",
     ),
     pytest.param(
         # The comm may hold spaces and parentheses: it ends at the *last* ")".
         b"1234 (a b) c)) S 1 " + _CAT_TAIL[5:],
-        TaskStat(1234, "a b) c)", "S", 1, 4194304, 1, 51771),
+        TaskStat(1234, "a b) c)", "S", 1, 4194304, 1, 51771, 6125, 4572, 0),
         False,
         id="comm-with-parens-and-spaces",
     ),
     pytest.param(
         b"1235 ()) S 1 " + _CAT_TAIL[5:],
-        TaskStat(1235, ")", "S", 1, 4194304, 1, 51771),
+        TaskStat(1235, ")", "S", 1, 4194304, 1, 51771, 6125, 4572, 0),
         False,
         id="comm-is-close-paren",
     ),
     pytest.param(
         b"1236 (() S 1 " + _CAT_TAIL[5:],
-        TaskStat(1236, "(", "S", 1, 4194304, 1, 51771),
+        TaskStat(1236, "(", "S", 1, 4194304, 1, 51771, 6125, 4572, 0),
         False,
         id="comm-is-open-paren",
     ),
     pytest.param(
         b"1237 (x) R (y) S 1 " + _CAT_TAIL[5:],
-        TaskStat(1237, "x) R (y", "S", 1, 4194304, 1, 51771),
+        TaskStat(1237, "x) R (y", "S", 1, 4194304, 1, 51771, 6125, 4572, 0),
         False,
         id="comm-that-looks-like-fields",
     ),
     pytest.param(
         b"1238 () S 1 " + _CAT_TAIL[5:],
-        TaskStat(1238, "", "S", 1, 4194304, 1, 51771),
+        TaskStat(1238, "", "S", 1, 4194304, 1, 51771, 6125, 4572, 0),
         False,
         id="empty-comm",
     ),
     pytest.param(
         b"1239 (\xff\xfeq) S 1 " + _CAT_TAIL[5:],
-        TaskStat(1239, "\udcff\udcfeq", "S", 1, 4194304, 1, 51771),
+        TaskStat(1239, "\udcff\udcfeq", "S", 1, 4194304, 1, 51771, 6125, 4572, 0),
         False,
         id="non-utf8-comm",
     ),
@@ -101,15 +101,16 @@ STAT_CASES = [
         b"4321 (sleep) Z 4300 4321 4300 34816 4321 4227084 141 0 0 0 0 0 0 0 20 0 1 0 "
         b"987654 0 0 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 3 0 0 0 0 0 0 0 0 0 0 0 "
         b"0 9\n",
-        TaskStat(4321, "sleep", "Z", 4300, 4227084, 1, 987654),
+        TaskStat(4321, "sleep", "Z", 4300, 4227084, 1, 987654, 4321, 4300, 34816),
         False,
         id="zombie",
     ),
     pytest.param(
+        # In a session (4999) on a controlling terminal (34817 = /dev/pts/1, 136:1).
         b"5000 (python3 worker) S 4999 5000 4999 34817 5000 4194560 9000 0 0 0 120 30 0 0 "
         b"20 0 12 0 123456789 1234567168 20000 18446744073709551615 1 1 0 0 0 0 0 16781312 "
         b"17667 0 0 0 17 5 0 0 0 0 0 0 0 0 0 0 0 0 0\n",
-        TaskStat(5000, "python3 worker", "S", 4999, 4194560, 12, 123456789),
+        TaskStat(5000, "python3 worker", "S", 4999, 4194560, 12, 123456789, 5000, 4999, 34817),
         False,
         id="multithreaded",
     ),

@@ -6,6 +6,7 @@ for the same table; the C one is what a normal install runs.
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -74,3 +75,41 @@ def test_kcmp_of_a_closed_fd_is_an_asyckpt_error(zoo: Tree) -> None:
 def test_python_reader_on_a_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         _read_table_py(str(tmp_path / "fd"), str(tmp_path / "fdinfo"))
+
+
+_EPOLL_HOLDER = """\
+import os, select
+ep = select.epoll()
+r, w = os.pipe()
+ep.register(r)
+ep.register(w, select.EPOLLOUT)
+keep = os.dup(r)
+os.close(r)  # the watch stays: `keep` holds the description
+again = os.eventfd(0)  # numbered as `r` was (the lowest free): a tfd that lies
+fd = ep.fileno()
+"""
+
+
+def test_kcmp_epoll_tfd_finds_the_watch_not_the_fd() -> None:
+    from asyckpt._kernel import kcmp_epoll_tfd
+    from asyckpt.testing import hold_fd
+
+    with hold_fd(code=_EPOLL_HOLDER) as holder:
+        pid, ep = holder.pid, holder.fd
+        info = Path(f"/proc/{pid}/fdinfo/{ep}").read_text().splitlines()
+        r_tfd, w_tfd = sorted(int(line.split()[1]) for line in info if line.startswith("tfd:"))
+        fds = {int(n): os.readlink(f"/proc/{pid}/fd/{n}") for n in os.listdir(f"/proc/{pid}/fd")}
+        # (fd 1 is hold_fd's own pipe to this test.)
+        assert fds[r_tfd] == "anon_inode:[eventfd]"  # the number now names another file
+        (keep,) = [n for n, ln in fds.items() if ln.startswith("pipe:") and n not in (1, w_tfd)]
+        # The watch is found by the number it was added with, not in the fd table.
+        assert kcmp_epoll_tfd(pid, keep, pid, ep, r_tfd, 0) == 0
+        assert kcmp_epoll_tfd(pid, w_tfd, pid, ep, w_tfd, 0) == 0
+        assert kcmp_epoll_tfd(pid, r_tfd, pid, ep, r_tfd, 0) in (1, 2)
+        assert kcmp_epoll_tfd(pid, keep, pid, ep, w_tfd, 0) in (1, 2)
+        for tfd, toff in ((r_tfd, 1), (999, 0)):  # no such watch
+            with pytest.raises(FileNotFoundError):
+                kcmp_epoll_tfd(pid, keep, pid, ep, tfd, toff)
+        with pytest.raises(OSError, match="Bad file descriptor") as exc_info:  # not open
+            kcmp_epoll_tfd(pid, 60000, pid, ep, r_tfd, 0)
+        assert exc_info.value.errno == errno.EBADF

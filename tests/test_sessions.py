@@ -18,6 +18,7 @@ import trio
 
 import asyckpt
 from asyckpt import (
+    CaptureLinks,
     CaptureOptions,
     CaptureSession,
     CaptureTree,
@@ -175,6 +176,7 @@ def _boom(self: Any, *args: Any) -> Any:
             "handler 'pipenote' failed: RuntimeError: its begin failed: RuntimeError: no luck",
         ),
         ("finish", "handler 'pipenote' failed: RuntimeError: no luck"),
+        ("link", "handler 'pipenote' failed: RuntimeError: no luck"),
     ],
 )
 def test_a_failing_hook_leaves_the_files_generic(
@@ -240,6 +242,14 @@ def test_the_thaw_waits_only_for_the_begins_that_matter(zoo: Tree, tmp_path: Pat
 
 def test_hooks_are_validated_and_listed() -> None:
     assert load_handler(Recorder).hooks() == ["begin", "finish"]
+    assert load_handler(Linker).hooks() == ["link", "finish"]
+
+    class AsyncLink(Linker):
+        async def link(self, record: Linked, links: CaptureLinks) -> Linked:  # type: ignore[override]
+            return record
+
+    with pytest.raises(PluginError, match="link must be a plain function, not async"):
+        load_handler(AsyncLink)
 
     class AsyncBegin(Recorder):
         async def begin(self, session: CaptureSession) -> None:  # type: ignore[override]
@@ -265,3 +275,99 @@ def test_handler_context_runs_begin_for_a_direct_capture() -> None:
     # Outside of any session there is no state to have.
     with pytest.raises(LookupError, match="no capture session"):
         _ = HandlerContext(os.getpid()).session
+
+
+class Linked(msgspec.Struct, tag="test.linked", tag_field="kind", kw_only=True):
+    ref: tuple[int, int, int]
+    frozen_at_link: str = ""
+    itself: int | None = None
+    stranger: int | None = -1
+    finished_after_link: bool = False
+
+
+class Linker:
+    """Links each pipe while the tree is frozen: its own file id found from a
+    description taken from the holder, and a pipe of the test's, in no task of the tree."""
+
+    name = "linker"
+    kinds = frozenset({"pipe"})
+    record_type = Linked
+    calls: ClassVar[list[str]] = []
+
+    def capture(self, facts: FdFacts, ctx: HandlerContext) -> Linked:
+        self.calls.append("capture")
+        return Linked(ref=(facts.pid, facts.tid, facts.fd))
+
+    def link(self, record: Linked, links: CaptureLinks) -> Linked:
+        self.calls.append("link")
+        assert links.state is None and links.pids == frozenset(links.session.pids)
+        ref = links.ref
+        pidfd = os.pidfd_open(ref.pid)
+        r, w = os.pipe()
+        try:
+            from asyckpt._kernel import pidfd_getfd
+
+            mine = pidfd_getfd(pidfd, ref.fd)
+            try:
+                itself = links.file_of(mine)
+            finally:
+                os.close(mine)
+            stranger = links.file_of(r)
+        finally:
+            for fd in (pidfd, r, w):
+                os.close(fd)
+        return msgspec.structs.replace(
+            record,
+            ref=tuple(ref),
+            frozen_at_link=freezer_state(ref.pid),
+            itself=itself,
+            stranger=stranger,
+        )
+
+    def finish(self, record: Linked, tree: CaptureTree) -> Linked:
+        self.calls.append("finish")
+        return msgspec.structs.replace(record, finished_after_link=bool(record.frozen_at_link))
+
+
+def test_link_runs_frozen_after_every_capture_and_names_files(zoo: Tree, tmp_path: Path) -> None:
+    handler = type("Linker", (Linker,), {"calls": []})
+    capture(zoo, tmp_path / "l.ackpt", handler, freeze="cgroup-v1")
+    image = read_image(tmp_path / "l.ackpt")
+    calls = handler.calls
+    n = calls.count("capture")
+    assert n and calls == ["capture"] * n + ["link"] * n + ["finish"] * n
+    linked = [f for f in image.files.values() if f.handler == "linker"]
+    assert len(linked) == n
+    for f in linked:
+        rec = msgspec.msgpack.decode(f.data, type=Linked)
+        assert rec.frozen_at_link == "FROZEN" and rec.finished_after_link
+        assert rec.itself == f.id  # file_of: kcmp against every description of the tree
+        assert rec.stranger is None
+        # The ref is the fd the file was first seen through, in image order.
+        pid, tid, fd = rec.ref
+        task = next(t for t in image.tasks if t.pid == pid)
+        table = next(th.fd_table for th in task.threads if th.tid == tid)
+        first = next(fdrec for fdrec, file in image.fds(table) if file.id == f.id)
+        assert first.fd == fd
+    assert all(task_state(pid) in "SR" for pid in zoo.pids())
+
+
+def test_no_link_hook_no_link_phase(zoo: Tree, tmp_path: Path) -> None:
+    # A capture whose handlers have no link hook never builds the links.
+    import asyckpt._plugins
+
+    built: list[object] = []
+    original = asyckpt._plugins.CaptureLinks.__init__
+
+    def spy(self: Any, *args: Any, **kwargs: Any) -> None:
+        built.append(self)
+        original(self, *args, **kwargs)
+
+    asyckpt._plugins.CaptureLinks.__init__ = spy  # type: ignore[method-assign]
+    try:
+        capture(zoo, tmp_path / "n.ackpt", ThawCheck)
+        assert built == []
+        capture(zoo, tmp_path / "y.ackpt", type("Linker", (Linker,), {"calls": []}))
+        assert len(built) == 1  # once per capture, not per record
+    finally:
+        asyckpt._plugins.CaptureLinks.__init__ = original  # type: ignore[method-assign]

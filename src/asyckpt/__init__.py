@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from ._image import read_image as read_image
     from ._plugins import AUTOLOAD_ENV as AUTOLOAD_ENV
     from ._plugins import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP
+    from ._plugins import CaptureLinks as CaptureLinks
     from ._plugins import CaptureSession as CaptureSession
     from ._plugins import CaptureTree as CaptureTree
     from ._plugins import Device as Device
@@ -84,6 +85,7 @@ _LAZY = {
     "read_image": "._image",
     "AUTOLOAD_ENV": "._plugins",
     "ENTRY_POINT_GROUP": "._plugins",
+    "CaptureLinks": "._plugins",
     "CaptureSession": "._plugins",
     "CaptureTree": "._plugins",
     "Device": "._plugins",

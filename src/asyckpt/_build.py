@@ -8,6 +8,10 @@ Three steps, so that the tree is frozen only as long as it must be:
   each description's I/O owner where it can matter (``owner_matters``), and hands
   out objref ids in order of first reference, so two captures of an unchanged tree number
   everything identically.  It keeps its output compact: tuples, not records.
+* :meth:`RecordBuilder.link` runs once every task is resolved, still frozen: the
+  handlers' optional ``link`` hooks complete their records with what names other
+  descriptions of the tree (an epoll's targets as file ids), which needs kcmp and fd
+  tables as they were read.  Only handlers that define the hook cost anything.
 * :meth:`RecordBuilder.finish` runs after the thaw, once, over every resolved task: the
   handlers' optional ``finish`` hooks complete their records with what only the whole
   tree tells (is a socket's peer in it?), and every record is encoded (so encoding costs
@@ -50,11 +54,13 @@ from ._errors import (
 from ._ghost import DEFAULT_GHOST_LIMIT, Ghost, GhostSpool
 from ._paths import PathChecker
 from ._plugins import (
+    CaptureLinks,
     CaptureSession,
     CaptureTree,
     Dispatch,
     FdFacts,
     HandlerContext,
+    LinkRef,
     LoadedHandler,
     StatInfo,
 )
@@ -269,6 +275,9 @@ class RecordBuilder:
         # file id -> fdinfo of its later fds that list locks (rare: kept off the path
         # of every fd; merged by finish).
         self._more_locks: dict[int, list[bytes]] = {}
+        # The records whose handler has a link hook, with the fd each was first seen
+        # through, in image order: what link() walks, rather than every fd of the tree.
+        self._to_link: list[tuple[NewFile, LinkRef]] = []
 
     def resolve(self, scan: TaskScan) -> TaskPart | None:
         """The task, resolved; None when it exited before its fds could be read (only
@@ -423,6 +432,8 @@ class RecordBuilder:
             io_owner,
         )
         new.ghost = ghost
+        if handler is not None and handler.link is not None:
+            self._to_link.append((new, LinkRef(pid, tid, fd)))
         return new
 
     def _io_owner(self, ctx: HandlerContext, pid: int, fd: int, flags: int) -> Owner | None:
@@ -477,6 +488,54 @@ class RecordBuilder:
             record = handler.capture(facts, ctx)
         return handler.checked(record, "capture")
 
+    @property
+    def needs_link(self) -> bool:
+        """Whether a record of the tree has a handler with a ``link`` hook."""
+        return bool(self._to_link)
+
+    def link(self, parts: list[TaskPart]) -> list[TaskPart]:
+        """While the tree is still frozen, after every task is resolved: run the
+        handlers' ``link`` hooks over their records, in image order.  A hook that raises
+        leaves that file generic with the error (or, under --strict, fails the capture).
+        Records stay Structs (:meth:`finish` encodes them).  Updates ``parts`` in place,
+        and returns them."""
+        if not self._to_link:
+            return parts
+        session = self.session or CaptureSession(p.plan.stat.pid for p in parts)
+        # Every description of the tree and an fd it was read through, for the
+        # candidates of file_of and epoll_target, and each fd table by the thread it
+        # was read through (an epoll's own, to try its targets' numbers first): each
+        # indexed only if a hook asks.
+        tables = {tid: entries for part in parts for tid, _, entries in part.tables}
+        links = CaptureLinks(
+            session,
+            (
+                (new.raw[3], new.raw[4], new.id, tid, new.raw[0])
+                for part in parts
+                for tid, _, entries in part.tables
+                for _, _, _, new in entries
+                if new is not None
+            ),
+            lambda tid: {fd: file_id for fd, _, file_id, _ in tables.get(tid, ())},
+        )
+        failed = False
+        by_name = self._dispatch.by_name
+        for new, ref in self._to_link:
+            if new.handler is None:
+                continue
+            handler = by_name[new.handler]
+            assert handler.link is not None
+            links._handler = handler
+            links.ref = ref
+            try:
+                new.data = handler.checked(handler.link(new.data, links), "link")
+            except Exception as exc:
+                self._finish_failed(new, exc)
+                failed = True
+        if failed:
+            self._drop_unused(parts)
+        return parts
+
     def finish(self, parts: list[TaskPart]) -> list[TaskPart]:
         """After the thaw: run the handlers' ``finish`` hooks over their records, in
         image order, and encode every record.  A hook that raises, or a record that
@@ -515,15 +574,8 @@ class RecordBuilder:
                     except Exception as exc:
                         self._finish_failed(new, exc)
                         failed = True
-        if failed:  # a handler may be left without records: the header must not list it
-            used = {
-                new.handler
-                for part in parts
-                for _, _, entries in part.tables
-                for _, _, _, new in entries
-                if new is not None and new.handler is not None
-            }
-            self.used = {name: h for name, h in self.used.items() if name in used}
+        if failed:
+            self._drop_unused(parts)
         return parts
 
     def _attach_locks(self, parts: list[TaskPart]) -> None:
@@ -532,6 +584,18 @@ class RecordBuilder:
                 for _, _, _, new in entries:
                     if new is not None and (rests := self._more_locks.get(new.id)):
                         new.more_locks = [text for rest in rests for text in lock_texts(rest)]
+
+    def _drop_unused(self, parts: list[TaskPart]) -> None:
+        # A handler whose every record failed is left without any: the image header
+        # must not list it.
+        used = {
+            new.handler
+            for part in parts
+            for _, _, entries in part.tables
+            for _, _, _, new in entries
+            if new is not None and new.handler is not None
+        }
+        self.used = {name: h for name, h in self.used.items() if name in used}
 
     def _finish_one(self, record: Any, handler: LoadedHandler, tree: CaptureTree) -> msgspec.Struct:
         assert handler.finish is not None
@@ -599,6 +663,9 @@ def materialize(part: TaskPart) -> list[BodyRecord]:
             threads=[Thread(tid=t, fd_table=tab) for t, tab in part.threads],
             mnt_ns=meta.mnt_ns,
             root=meta.root,
+            session=stat.session,
+            pgrp=stat.pgrp,
+            tty_nr=stat.tty_nr,
         )
     )
     return out

@@ -23,7 +23,11 @@ Theory of operation
    task's, whose offset stays put) into a spool file with sendfile(2), so the bytes are
    those of the frozen moment, no byte passes through Python and memory does not grow
    with the files; the frozen window grows by the copy, bounded by the limit (``_ghost``).
-6. *Thaw* as soon as the last task is resolved and the ``begin`` of every handler that
+6. *Link*: once the last task is resolved, and only if a handler that captured an fd has
+   a ``link`` hook, those hooks run over their records in image order, still frozen:
+   what names other descriptions of the tree (an epoll's targets, by file id) needs
+   kcmp against fd tables as they were read.
+7. *Thaw* as soon as linking is done and the ``begin`` of every handler that
    captured an fd has returned (what it read must be of the frozen moment too; the
    others' are abandoned): only /proc reads, kcmp, handlers and ghost copies happen
    while frozen.  Then each recorded path is looked up through its task's root (kept
@@ -31,7 +35,7 @@ Theory of operation
    because the filesystem is not frozen anyway and a lookup per description would
    lengthen the frozen window); the handlers' ``finish`` hooks complete their records
    with what only the whole tree tells, and every record is encoded.
-7. *Emit*: each task's records are made from its compact resolved form and sent, one
+8. *Emit*: each task's records are made from its compact resolved form and sent, one
    batch per task, through a bounded channel to the consumer (the image writer, or a
    library caller's ``async for``), which therefore cannot lengthen the frozen window.
    A saved ghost's ``content`` records follow its ``file`` record, read back from the
@@ -315,6 +319,8 @@ async def _run(
                         _begin, handler, builder.session, pending, begins[handler.name]
                     )
             parts = await _scan_and_resolve(plans, builder)
+            if builder.needs_link:
+                parts = await trio.to_thread.run_sync(builder.link, parts)
             # The thaw waits for the begins whose state the records may still need (in
             # finish); that of a handler that captured nothing is not waited for.
             for name, scope in begins.items():

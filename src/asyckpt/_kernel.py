@@ -1,8 +1,10 @@
-"""Thin wrappers for the syscalls Python's os module lacks: kcmp(2), pidfd_getfd(2), the
-f_type of statfs(2), and the fcntls that read an open file description's I/O owner.
+"""Thin wrappers for the syscalls Python's os module lacks: kcmp(2) (KCMP_EPOLL_TFD
+too), pidfd_getfd(2), the f_type of statfs(2), and the fcntls that read an open file
+description's I/O owner.
 
-Both are cheap (about a microsecond) and never touch /proc, so callers may use them from
-the worker thread that is already doing a task's /proc reads.
+They are cheap (about a microsecond; KCMP_EPOLL_TFD walks the epoll's watches, so it
+grows with their number) and never touch /proc, so callers may use them from the worker
+thread that is already doing a task's /proc reads.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from ._errors import KernelUnsupported, translate_oserror
 
 __all__ = [
+    "KCMP_EPOLL_TFD",
     "KCMP_FILE",
     "KCMP_FILES",
     "OwnerRow",
@@ -25,12 +28,15 @@ __all__ = [
     "fd_owner_at",
     "fs_magic",
     "kcmp",
+    "kcmp_epoll_tfd",
     "kcmp_files",
+    "kcmp_raw",
     "pidfd_getfd",
 ]
 
 KCMP_FILE = 0
 KCMP_FILES = 2
+KCMP_EPOLL_TFD = 7
 
 # kcmp predates the unified syscall table, so its number differs per architecture;
 # pidfd_getfd (438) is the same everywhere.
@@ -68,13 +74,57 @@ def kcmp(pid1: int, pid2: int, kind: int, idx1: int = 0, idx2: int = 0) -> int:
     The order is the kernel's (obfuscated) pointer order: stable for one boot, so it can
     drive a binary search.
     """
+    try:
+        return kcmp_raw(pid1, pid2, kind, idx1, idx2)
+    except OSError as exc:
+        raise translate_oserror(exc, pid=pid2, fd=idx2, what="kcmp") from None
+
+
+def kcmp_raw(pid1: int, pid2: int, kind: int, idx1: int = 0, idx2: int = 0) -> int:
+    """:func:`kcmp`, raising the untranslated OSError (for callers that tell errnos
+    apart)."""
     global _kcmp_nr
     if _kcmp_nr is None:
         _kcmp_nr = _nr(_KCMP_NR)
     res = _syscall(_kcmp_nr, pid1, pid2, kind, idx1, idx2)
     if res < 0:
         err = ctypes.get_errno()
-        raise translate_oserror(OSError(err, os.strerror(err)), pid=pid2, fd=idx2, what="kcmp")
+        raise OSError(err, os.strerror(err))
+    return int(res)
+
+
+class _EpollSlot(ctypes.Structure):
+    """``struct kcmp_epoll_slot`` (linux/kcmp.h)."""
+
+    _fields_ = (("efd", ctypes.c_uint32), ("tfd", ctypes.c_uint32), ("toff", ctypes.c_uint32))
+
+
+def kcmp_epoll_tfd(pid1: int, fd1: int, pid2: int, efd: int, tfd: int, toff: int) -> int:
+    """kcmp(KCMP_EPOLL_TFD): order ``pid1``'s ``fd1`` against the file watched by the
+    epoll ``efd`` of ``pid2`` as its target ``tfd``, the ``toff``-th of that number (0 when
+    equal, as :func:`kcmp`).
+
+    The kernel finds the target by the fd number it was *added* with (the ``tfd:`` of
+    the epoll's fdinfo), counting the watches of that number in fdinfo order, never in
+    ``pid2``'s fd table: a target whose fd was closed or reused since is still found.
+    ENOENT: the epoll has no such target; EBADF: ``fd1`` or ``efd`` is not open.
+    """
+    global _kcmp_nr
+    if _kcmp_nr is None:
+        _kcmp_nr = _nr(_KCMP_NR)
+    slot = _EpollSlot(efd, tfd, toff)
+    # The slot is passed by address in the last argument (a pointer in a long).
+    res = _syscall(
+        _kcmp_nr,
+        ctypes.c_long(pid1),
+        ctypes.c_long(pid2),
+        ctypes.c_long(KCMP_EPOLL_TFD),
+        ctypes.c_long(fd1),
+        ctypes.byref(slot),
+    )
+    if res < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
     return int(res)
 
 

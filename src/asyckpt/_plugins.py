@@ -15,6 +15,7 @@ contract and the priority order are documented in docs/plugins.md.
 from __future__ import annotations
 
 import errno
+import functools
 import importlib.metadata
 import inspect
 import os
@@ -26,8 +27,18 @@ from typing import Any, ClassVar, NamedTuple, Protocol, final, runtime_checkable
 
 import msgspec
 
-from ._errors import HandlerFailed, PluginError
-from ._kernel import OwnerRow, fd_owner, fd_owner_at, fs_magic, pidfd_getfd
+from ._errors import AsyckptError, HandlerFailed, PluginError, translate_oserror
+from ._kernel import (
+    KCMP_FILE,
+    OwnerRow,
+    fd_owner,
+    fd_owner_at,
+    fs_magic,
+    kcmp,
+    kcmp_epoll_tfd,
+    kcmp_raw,
+    pidfd_getfd,
+)
 from ._procparse import FdInfo
 from ._records import PluginInfo
 
@@ -37,6 +48,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "KINDS",
     "SESSION_TIMEOUT",
+    "CaptureLinks",
     "CaptureSession",
     "CaptureTree",
     "Chooser",
@@ -48,6 +60,7 @@ __all__ = [
     "HandlerContext",
     "ImagePlugin",
     "Installed",
+    "LinkRef",
     "LoadedHandler",
     "PluginConflictWarning",
     "StatInfo",
@@ -323,6 +336,197 @@ class CaptureTree:
         return devs is not None and (dev is None or dev in devs)
 
 
+@final
+class LinkRef(NamedTuple):
+    """The fd a record was captured through: its process, the thread whose fd table
+    holds it, and its number."""
+
+    pid: int
+    tid: int
+    fd: int
+
+
+Candidate = tuple[int, int, int]
+"""(file id, tid, fd): a description of the tree, and an fd it can be reached through."""
+
+
+def _kcmp_order(a: Candidate, b: Candidate) -> int:
+    """A sort comparison in kcmp's KCMP_FILE order (the kernel's obfuscated pointer
+    order, the one KCMP_EPOLL_TFD answers in too)."""
+    return (0, -1, 1)[kcmp(a[1], b[1], KCMP_FILE, a[2], b[2])]
+
+
+def _gone(exc: OSError, c: Candidate) -> int:
+    """A candidate whose task or fd is gone (only in an unfrozen capture) is not the
+    one; any other failure of kcmp is an error."""
+    if exc.errno in (errno.ESRCH, errno.EBADF):
+        return -1
+    raise translate_oserror(exc, pid=c[1], fd=c[2], what="kcmp") from exc
+
+
+@final
+class CaptureLinks:
+    """What a handler's optional ``link(record, links)`` sees: every description of the
+    tree, resolved, while the tree is still frozen, so that fd tables are as they were
+    read and kcmp(2) compares what the records describe.
+
+    ``file_of`` and ``epoll_target`` name a description by its image file id.  Both find
+    candidates by (device, inode) in an index of every resolved description, built on
+    first use (a capture whose handlers never ask pays nothing), then let kcmp decide
+    among them: inode numbers alone cannot tell two opens of one file apart (nor, for
+    eventfds, timerfds, epolls... which share one anonymous inode, two objects).
+    """
+
+    def __init__(
+        self,
+        session: CaptureSession,
+        files: Iterable[tuple[int, int, int, int, int]],
+        tables: Callable[[int], Mapping[int, int]] | None = None,
+    ) -> None:
+        self.session = session
+        self.pids = frozenset(session.pids)
+        """The processes of the tree."""
+        self.ref = LinkRef(0, 0, -1)
+        """The fd the record being linked was captured through (its first fd)."""
+        self._files = files
+        self._tables = tables
+        self._table_cache: dict[int, Mapping[int, int]] = {}
+        self._groups: dict[tuple[int, int], list[Candidate]] | None = None
+        self._by_ino: dict[int, list[tuple[int, int]]] = {}
+        self._dev_ino: dict[int, tuple[int, int]] = {}
+        self._sorted: set[tuple[int, int]] = set()
+        self._handler: LoadedHandler | None = None
+        self._states: dict[str, Any] = {}
+
+    @property
+    def state(self) -> Any:
+        """What this handler's ``begin`` returned (as ``HandlerContext.state``)."""
+        if self._handler is None:
+            raise LookupError("these CaptureLinks are not bound to a handler")
+        name = self._handler.name
+        if name not in self._states:
+            self._states[name] = self.session._state_of(self._handler)
+        return self._states[name]
+
+    def _index(self) -> dict[tuple[int, int], list[Candidate]]:
+        if self._groups is None:
+            groups: dict[tuple[int, int], list[Candidate]] = {}
+            for dev, ino, file_id, tid, fd in self._files:
+                groups.setdefault((dev, ino), []).append((file_id, tid, fd))
+                self._dev_ino[file_id] = (dev, ino)
+            for dev, ino in groups:
+                self._by_ino.setdefault(ino, []).append((dev, ino))
+            self._groups = groups
+        return self._groups
+
+    def _candidates(self, dev: int | None, ino: int) -> tuple[tuple[int, int], list[Candidate]]:
+        """The group of descriptions on inode ``ino`` of device ``dev``; of every device
+        when none is on ``dev`` (a filesystem whose stat shows another device than its
+        superblock's, as btrfs subvolumes do: kcmp still decides)."""
+        groups = self._index()
+        if dev is not None and (dev, ino) in groups:
+            return (dev, ino), groups[(dev, ino)]
+        keys = self._by_ino.get(ino, [])
+        return (-1, ino), [c for key in keys for c in groups[key]]
+
+    def _in_order(self, key: tuple[int, int], group: list[Candidate]) -> bool:
+        """Sort a group in kcmp order, once, for binary search; False if it cannot be
+        (an unfrozen capture whose task exited)."""
+        if key in self._sorted:
+            return True
+        if key[0] < 0:
+            return False
+        try:
+            group.sort(key=functools.cmp_to_key(_kcmp_order))
+        except AsyckptError:
+            return False
+        self._sorted.add(key)
+        return True
+
+    def _table(self, tid: int) -> Mapping[int, int]:
+        if self._tables is None:
+            return {}
+        if tid not in self._table_cache:
+            self._table_cache[tid] = self._tables(tid)
+        return self._table_cache[tid]
+
+    def file_of(self, fd: int) -> int | None:
+        """The image file id of the open file description that ``fd`` (a descriptor of
+        asyckpt's own process: one taken with ``take_fd``, or received) refers to, or
+        None if no task of the tree holds it."""
+        st = os.fstat(fd)
+        me = os.getpid()
+
+        def compare(c: Candidate) -> int:
+            try:
+                return kcmp_raw(c[1], me, KCMP_FILE, c[2], fd)
+            except OSError as exc:
+                return _gone(exc, c)
+
+        return self._search(st.st_dev, st.st_ino, compare, None)
+
+    def epoll_target(
+        self, tid: int, epfd: int, tfd: int, toff: int, dev: int | None, ino: int
+    ) -> int | None:
+        """The image file id of the description an epoll watches, or None if no task of
+        the tree holds it: the epoll is ``epfd`` in thread ``tid``'s fd table, and the
+        target its ``toff``-th watch added as fd ``tfd`` (in fdinfo order), on inode
+        ``ino`` of device ``dev`` (userspace ``st_dev``) as its fdinfo says.  Decided by
+        kcmp(2) KCMP_EPOLL_TFD, which finds the watch by the number it was added with:
+        right even when that fd was closed or now names another file."""
+
+        def compare(c: Candidate) -> int:
+            try:
+                return kcmp_epoll_tfd(c[1], c[2], tid, epfd, tfd, toff)
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    raise LookupError("the epoll has no such watch") from None
+                return _gone(exc, c)
+
+        # The kernel walks the epoll's watches for each such kcmp, so they are kept
+        # few: the fd of that number in the epoll's own table first (most often the
+        # target), then a binary search of the others in kcmp order.
+        hint = self._table(tid).get(tfd)
+        try:
+            return self._search(dev, ino, compare, hint)
+        except LookupError:
+            return None
+
+    def _search(
+        self, dev: int | None, ino: int, compare: Callable[[Candidate], int], hint: int | None
+    ) -> int | None:
+        key, group = self._candidates(dev, ino)
+        if not group:
+            return None
+        tried = None
+        if hint is not None and self._dev_ino.get(hint) == key:
+            for c in group:
+                if c[0] == hint:
+                    if compare(c) == 0:
+                        return hint
+                    tried = hint
+                    break
+        if len(group) > 2 and self._in_order(key, group):
+            lo, hi = 0, len(group)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                order = compare(group[mid])
+                if order == 0:
+                    return group[mid][0]
+                if order == 1:  # the candidate orders before the target
+                    lo = mid + 1
+                elif order == 2:
+                    hi = mid
+                else:
+                    break  # a candidate gone (unfrozen): no order to rely on
+            else:
+                return None
+        for c in group:
+            if c[0] != tried and compare(c) == 0:
+                return c[0]
+        return None
+
+
 @runtime_checkable
 class FdHandler(Protocol):
     """The contract of an fd-type handler (entry-point group ``asyckpt.fd_types``).
@@ -333,10 +537,12 @@ class FdHandler(Protocol):
     of the optional class attributes ``kinds``, ``link_prefixes``, ``devices`` and
     ``fs_magic`` (an fd matching any one of them is a candidate) and narrowed by an
     optional ``claims(facts) -> bool``; ``priority`` (default 0) orders candidates.
-    Optional hooks: ``begin(session)`` once per capture and ``finish(record, tree)``
-    once per record after the thaw, ``render_json(record)``, ``render_text(record)`` for
-    ``asyckpt show``, and ``restore(record, file)``.  docs/plugins.md has the whole
-    contract.
+    Optional hooks: ``begin(session)`` once per capture, ``link(record, links)`` once
+    per record after every fd of the tree is resolved but before the thaw (to name other
+    descriptions of the tree by file id: ``links.file_of``, ``links.epoll_target``),
+    ``finish(record, tree)`` once per record after the thaw, ``render_json(record)``,
+    ``render_text(record)`` for ``asyckpt show``, and ``restore(record, file)``.
+    docs/plugins.md has the whole contract.
     """
 
     name: ClassVar[str]
@@ -418,6 +624,7 @@ class LoadedHandler:
         "handler",
         "is_async",
         "kinds",
+        "link",
         "link_prefixes",
         "name",
         "predicate",
@@ -485,7 +692,8 @@ class LoadedHandler:
         # The session hooks run in worker threads, outside any event loop.
         self.begin: Callable[[CaptureSession], Any] | None = _hook(who, handler, "begin")
         self.finish: Callable[[Any, CaptureTree], Any] | None = _hook(who, handler, "finish")
-        for attr in ("begin", "finish"):
+        self.link: Callable[[Any, CaptureLinks], Any] | None = _hook(who, handler, "link")
+        for attr in ("begin", "link", "finish"):
             if inspect.iscoroutinefunction(getattr(self, attr)):
                 raise PluginError(f"{who}: {attr} must be a plain function, not async")
         self._decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(rtype)
@@ -511,7 +719,7 @@ class LoadedHandler:
 
     def hooks(self) -> list[str]:
         out = ["async"] if self.is_async else []
-        for hook in ("begin", "finish", "render_json", "render_text", "restore"):
+        for hook in ("begin", "link", "finish", "render_json", "render_text", "restore"):
             if getattr(self, hook) is not None:
                 out.append(hook)
         return out
@@ -527,7 +735,7 @@ class LoadedHandler:
 
     def checked(self, record: object, hook: str) -> msgspec.Struct:
         """``record``, if it is of this handler's ``record_type``; what ``hook``
-        (capture, finish) returned otherwise raises TypeError."""
+        (capture, link, finish) returned otherwise raises TypeError."""
         if type(record) is not self.record_type:
             raise TypeError(
                 f"{hook} returned {type(record).__name__}, not its record_type "

@@ -41,6 +41,10 @@ class TaskStat(NamedTuple):
     flags: int
     num_threads: int
     starttime: int
+    pgrp: int = 0
+    session: int = 0
+    tty_nr: int = 0
+    """The controlling terminal's device number (userspace dev_t); 0 for none."""
 
     @property
     def is_kernel_thread(self) -> bool:
@@ -66,6 +70,9 @@ def parse_stat(data: bytes) -> TaskStat:
         flags=int(rest[6]),
         num_threads=int(rest[17]),
         starttime=int(rest[19]),
+        pgrp=int(rest[2]),
+        session=int(rest[3]),
+        tty_nr=int(rest[4]),
     )
 
 

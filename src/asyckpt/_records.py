@@ -248,6 +248,13 @@ class Task(_Record, tag="task", kw_only=True):
     threads: list[Thread] = []
     mnt_ns: int = 0
     root: str = "/"
+    session: int = 0
+    """The session and process group ids (stat fields 6 and 5), as the frozen tree had
+    them; 0 in images that predate these fields."""
+    pgrp: int = 0
+    tty_nr: int = 0
+    """The controlling terminal's device number (userspace dev_t, stat field 7); 0 for
+    none."""
 
 
 class Trailer(_Record, tag="trailer", kw_only=True):

@@ -31,6 +31,8 @@ __all__ = [
     "render_table",
     "state_text",
     "to_json_doc",
+    "tty_name",
+    "tty_names",
 ]
 
 _FLAG_NAMES = [
@@ -221,9 +223,11 @@ def to_json_doc(image: Image, plugins: Mapping[str, ImagePlugin] | None = None) 
         {"id": m.id, "mounts": [msgspec.structs.asdict(e) for e in m.mounts]} for m in image.mounts
     ]
     tasks = []
+    ttys = tty_names(image)
     for task in image.tasks:
         tdoc = msgspec.to_builtins(task)
         tdoc.pop("kind", None)
+        tdoc["tty"] = tty_name(task.tty_nr, ttys)
         tdoc["threads"] = [{"tid": th.tid, "fd_table": th.fd_table} for th in task.threads]
         tdoc["fds"] = [
             {"fd": fd.fd, "file": fd.file, "cloexec": fd.cloexec}
@@ -233,6 +237,24 @@ def to_json_doc(image: Image, plugins: Mapping[str, ImagePlugin] | None = None) 
     doc["tasks"] = tasks
     doc["files"] = [_file_doc(f, renderer, image) for f in image.files.values()]
     return doc
+
+
+def tty_names(image: Image) -> dict[int, str]:
+    """The path of each terminal device (rdev) the image holds an fd on, by device
+    number: how a task's controlling terminal (``Task.tty_nr``) is named."""
+    names: dict[int, str] = {}
+    for f in image.files.values():
+        if f.type == "chr" and f.rdev and not f.deleted:
+            names.setdefault(f.rdev, f.path)
+    return names
+
+
+def tty_name(tty_nr: int, names: Mapping[int, str]) -> str | None:
+    """A task's controlling terminal: its path when the image holds an fd on it (a pty
+    slave, a console...), else ``major:minor``; None without one."""
+    if not tty_nr:
+        return None
+    return names.get(tty_nr) or _dev(tty_nr)
 
 
 def _plugin_line(p: PluginInfo, renderer: Renderer) -> str:
@@ -287,8 +309,10 @@ def render_table(image: Image, plugins: Mapping[str, ImagePlugin] | None = None)
         f"{'COMMAND':<15} {'PID':>7} {'FD':>6} {'TYPE':<6} {'FLAGS':<16} {'POS':>10} "
         f"{'OBJ':>6} {'DEVICE':>7} {'NODE':>10} NAME"
     )
+    ttys = tty_names(image)
     for task in image.tasks:
         lines.append("")
+        tty = tty_name(task.tty_nr, ttys)
         shared = [p for p in table_users.get(task.fd_table or 0, []) if p != task.pid]
         note = f", fd table shared with {', '.join(map(str, shared))}" if shared else ""
         unshared = [th.tid for th in task.threads if th.fd_table != task.fd_table]
@@ -297,6 +321,8 @@ def render_table(image: Image, plugins: Mapping[str, ImagePlugin] | None = None)
         lines.append(
             f"# pid {task.pid} ({task.comm}) ppid {task.ppid}, state {task.state}, "
             f"{len(task.threads)} thread(s), fd table {task.fd_table}{note}"
+            + (f", session {task.session}" if task.session else "")
+            + (f", tty {tty}" if tty else "")
         )
         lines.append(header)
         tables = [(task.pid, task.fd_table)] + [

@@ -14,6 +14,7 @@ import signal
 import struct
 import tempfile
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ from asyckpt_anon import (
 )
 
 from asyckpt import File, Lock, Owner, checkpoint_tree, read_image
+from asyckpt._kernel import pidfd_getfd
 from asyckpt.testing import FdHolder, capture_fd, dispatch_with, hold_fd, load_handler
 
 # What every holder below can use: its own helpers, in the holder's own globals.
@@ -247,10 +249,12 @@ def test_epoll_targets_nested_and_closed() -> None:
     add(fd, gone, {EPOLLIN | EPOLLEXCLUSIVE}, 0)
     # The watch outlives the fd it was added with: `keep` holds the description.
     os.close(gone)
-    info["inner"] = inner
+    info.update(inner=inner, gone=gone, keep=keep)
     """
     with holding(code) as (holder, info):
         files = capture(holder.pid, EpollHandler)
+    # A closed tfd still names its watch for KCMP_EPOLL_TFD: the file is `keep`'s.
+    file_of = {fd: f.id for fd, f in files.items()} | {info["gone"]: files[info["keep"]].id}
     for ep in (holder.fd, info["inner"]):
         got = record(files, ep, EpollHandler)
         assert isinstance(got, Epoll)
@@ -263,11 +267,193 @@ def test_epoll_targets_nested_and_closed() -> None:
                 pos=0,
                 ino=ino,
                 dev=dev,
+                file=file_of[tfd],
             )
             for tfd, events, data, ino, dev in info[str(ep)]
         ]
         assert sorted(got.targets, key=lambda t: t.tfd or 0) == sorted(want, key=lambda t: t.tfd)
-        assert (files[ep].owner, files[ep].locks) == (None, [])
+        assert (files[ep].owner, files[ep].locks, got.linked) == (None, [], True)
+    # Nested: the outer epoll's target is the inner epoll's own file.
+    outer = record(files, holder.fd, EpollHandler)
+    assert files[info["inner"]].id in {t.file for t in outer.targets}
+
+
+def capture_image(pid: int, *handlers: type) -> Any:
+    """Capture ``pid``'s tree with ``handlers`` (and asyckpt's own); the image read back."""
+    dispatch = dispatch_with(*handlers)
+    with tempfile.TemporaryDirectory(prefix="asyckpt-anon-image-") as tmp:
+        dest = Path(tmp) / "capture.ackpt"
+        trio.run(lambda: checkpoint_tree(pid, dest, dispatch=dispatch))
+        return read_image(dest)
+
+
+def fds_of(image: Any, pid: int) -> dict[int, File]:
+    task = next(t for t in image.tasks if t.pid == pid)
+    return {fd.fd: file for fd, file in image.fds(task.fd_table)}
+
+
+def test_epoll_targets_whose_numbers_lie() -> None:
+    # The epoll is inherited by a child and closed by its parent, so the image records it
+    # through the child; the child then reuses the number of a watched pipe for an
+    # eventfd (its tfd names another file in its own table), and the parent alone holds
+    # the pipe.  Two watches share one number, told apart by their order (toff).
+    code = f"""
+    FMT = "=IQ" if platform.machine() == "x86_64" else "=I4xQ"
+
+    def add(ep, target, data):
+        event = ctypes.create_string_buffer(struct.pack(FMT, {EPOLLIN}, data))
+        check(libc.epoll_ctl(ep, 1, target, event))
+
+    sock, peer = __import__("socket").socketpair()
+    ep = check(libc.epoll_create1(0))
+    r, w = os.pipe()
+    add(ep, r, 1)
+    first = os.dup(r)  # keeps the pipe's read end as `r` is reused below
+    os.close(r)
+    os.dup2(sock.fileno(), r)  # the same number, another file: a second watch of tfd r
+    add(ep, r, 2)
+    os.close(r)
+    sock_fd = sock.fileno()
+    ready_r, ready_w = os.pipe()
+    kid = os.fork()
+    if kid == 0:
+        libc.prctl(1, signal.SIGKILL)  # dies with the holder; the test kills it by pid
+        os.close(first)
+        os.close(sock_fd)
+        efd = os.eventfd(0)
+        os.dup2(efd, r)  # the watched number, now an eventfd in this table
+        os.close(efd)
+        os.write(ready_w, b"x")
+        while True:
+            signal.pause()
+    os.read(ready_r, 1)
+    info.setdefault("children", []).append(kid)
+    os.close(ep)  # the child alone holds the epoll now
+    info.update(ep=ep, tfd=r, first=first, sock=sock_fd)
+    fd = w
+    """
+    with holding(code) as (holder, info):
+        kid = info["children"][0]
+        image = capture_image(holder.pid, EpollHandler, EventFdHandler)
+    parent, child_fds = fds_of(image, holder.pid), fds_of(image, kid)
+    assert info["ep"] not in parent
+    ep = child_fds[info["ep"]]
+    assert ep.handler == "epoll", ep.error
+    got = load_handler(EpollHandler).decode(ep.data)
+    assert isinstance(got, Epoll)
+    assert got.linked
+    assert [t.tfd for t in got.targets] == [info["tfd"]] * 2
+    # The child's fd tfd is its eventfd, which no watch is on.
+    assert child_fds[info["tfd"]].handler == "eventfd"
+    want = {parent[info["first"]].id, parent[info["sock"]].id}
+    assert {t.file for t in got.targets} == want
+    assert child_fds[info["tfd"]].id not in want
+    # Each watch is matched with its own file, by (dev, ino) too.
+    for t in got.targets:
+        f = image.files[t.file]
+        assert (f.dev, f.ino) == (t.dev, t.ino)
+
+
+def test_epoll_targets_among_many_descriptions_of_one_inode() -> None:
+    # eventfds share one anonymous inode: every eventfd of the tree is a candidate, so
+    # the link searches them in kcmp order.  One watch's number now names another
+    # eventfd (its first guess, wrong), its description kept alive by a dup.
+    code = f"""
+    FMT = "=IQ" if platform.machine() == "x86_64" else "=I4xQ"
+    fd = check(libc.epoll_create1(0))
+    efds = [os.eventfd(i) for i in range(12)]
+    for target in (efds[3], efds[7]):
+        event = ctypes.create_string_buffer(struct.pack(FMT, {EPOLLIN}, target))
+        check(libc.epoll_ctl(fd, 1, target, event))
+    keep = os.dup(efds[3])
+    os.dup2(efds[0], efds[3])  # the number names eventfd 0's description now
+    info.update(stale=efds[3], keep=keep, other=efds[7],
+                inos=sorted({{os.fstat(e).st_ino for e in efds}}))
+    """
+    with holding(code) as (holder, info):
+        captured = capture_fd(EpollHandler, holder.pid, holder.fd)
+    got = captured.record
+    assert isinstance(got, Epoll)
+    assert got.linked
+    files = fds_of(captured.image, holder.pid)
+    assert {t.tfd: t.file for t in got.targets} == {
+        info["stale"]: files[info["keep"]].id,
+        info["other"]: files[info["other"]].id,
+    }
+    assert files[info["stale"]].id != files[info["keep"]].id
+
+
+def test_an_epoll_target_held_outside_the_tree() -> None:
+    # The test (outside the tree) takes the eventfd's description from the holder, which
+    # then closes its own fd: the watch lives on, and no task of the tree holds it.
+    code = f"""
+    FMT = "=IQ" if platform.machine() == "x86_64" else "=I4xQ"
+    fd = check(libc.epoll_create1(0))
+    efd = os.eventfd(0)
+    r, w = os.pipe()
+    for target in (efd, r):
+        event = ctypes.create_string_buffer(struct.pack(FMT, {EPOLLIN}, target))
+        check(libc.epoll_ctl(fd, 1, target, event))
+    signal.signal(signal.SIGUSR1, lambda *_: os.close(efd))
+    info.update(efd=efd, r=r)
+    """
+    with holding(code) as (holder, info):
+        pidfd = os.pidfd_open(holder.pid)
+        try:
+            mine = pidfd_getfd(pidfd, info["efd"])
+        finally:
+            os.close(pidfd)
+        try:
+            os.kill(holder.pid, signal.SIGUSR1)
+            gone = Path(f"/proc/{holder.pid}/fd/{info['efd']}")
+            for _ in range(1000):  # until the holder has run its handler (no timing)
+                if not gone.exists():
+                    break
+                time.sleep(0.01)
+            assert not gone.exists()
+            captured = capture_fd(EpollHandler, holder.pid, holder.fd)
+        finally:
+            os.close(mine)
+    got = captured.record
+    assert isinstance(got, Epoll)
+    assert got.linked
+    files = fds_of(captured.image, holder.pid)
+    assert {t.tfd: t.file for t in got.targets} == {
+        info["efd"]: None,
+        info["r"]: files[info["r"]].id,
+    }
+    text = EpollHandler().render_text(got)
+    assert f"{info['efd']}->outside" in text
+    assert f"{info['r']}->file {files[info['r']].id}" in text
+    rendered = {t["tfd"]: (t["file"], t["in_tree"]) for t in captured.json["rendered"]["targets"]}
+    assert rendered == {info["efd"]: (None, False), info["r"]: (files[info["r"]].id, True)}
+
+
+def test_link_hook_through_the_testing_kit() -> None:
+    # The kit runs the hook over this process's own fds, numbered by fd.
+    import select
+
+    from asyckpt.testing import facts_of, handler_context, link_record
+
+    ep = select.epoll()
+    r, w = os.pipe()
+    try:
+        ep.register(r)
+        ep.register(w, select.EPOLLOUT)
+        with handler_context(EpollHandler, os.getpid()) as ctx:
+            got = EpollHandler().capture(facts_of(os.getpid(), ep.fileno()), ctx)
+            assert not got.linked
+            got = link_record(EpollHandler, got, ctx, ep.fileno())
+            assert isinstance(got, Epoll)
+            assert got.linked
+            assert {t.tfd: t.file for t in got.targets} == {r: r, w: w}
+            # Only the read end stands for the tree: the write end is outside it.
+            got = link_record(EpollHandler, got, ctx, ep.fileno(), files={1: r})
+            assert {t.tfd: t.file for t in got.targets} == {r: 1, w: None}
+    finally:
+        ep.close()
+        os.close(r)
+        os.close(w)
 
 
 # --- timerfd --------------------------------------------------------------------------------
@@ -351,11 +537,19 @@ def test_inotify_watches_and_owner() -> None:
     libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
     watched = os.path.join(workdir, "watched")
     open(watched, "w").close()
+    # Unlinked after the watch is added, but kept open: the watch lives on (a watched
+    # inode that nothing else holds is dropped by the kernel with IN_IGNORED instead).
+    gone = os.path.join(workdir, "gone")
+    keep = os.open(gone, os.O_CREAT | os.O_RDWR)
     for path, mask in ((workdir, {IN_CREATE | IN_DELETE}),
-                       (watched, {IN_MODIFY | IN_CLOSE_WRITE | IN_EXCL_UNLINK | IN_ONESHOT})):
+                       (watched, {IN_MODIFY | IN_CLOSE_WRITE | IN_EXCL_UNLINK | IN_ONESHOT}),
+                       (gone, {IN_MODIFY})):
         wd = check(libc.inotify_add_watch(fd, path.encode(), mask))
         st = os.stat(path)
-        info.setdefault("watches", []).append([wd, st.st_ino, st.st_dev, mask, handle(path)])
+        info.setdefault("watches", []).append(
+            [wd, st.st_ino, st.st_dev, mask, handle(path), os.path.realpath(path), path == gone]
+        )
+    os.unlink(gone)
     # inotify supports SIGIO; the events of writing the info file must not kill us.
     signal.signal(signal.SIGIO, signal.SIG_IGN)
     fcntl.fcntl(fd, fcntl.F_SETOWN, os.getpid())
@@ -375,9 +569,13 @@ def test_inotify_watches_and_owner() -> None:
                 mask=mask,
                 ignored_mask=0,
                 handle=None if fh is None else FileHandle(type=fh[0], handle=fh[1]),
+                # Resolved from the handle after the thaw; the unlinked one where it was.
+                path=path,
+                deleted=deleted,
             )
-            for wd, ino, dev, mask, fh in info["watches"]
+            for wd, ino, dev, mask, fh, path, deleted in info["watches"]
         ],
+        resolved=True,
     )
     assert captured.file.owner == Owner(
         pid=holder.pid, type="pid", signal=0, async_io=True, uid=uid, euid=euid
@@ -388,6 +586,36 @@ def test_inotify_watches_and_owner() -> None:
     assert (
         msgspec.structs.replace(got, watches=sorted(got.watches, key=lambda w: w.wd or 0)) == want
     )
+    text = InotifyHandler().render_text(got)
+    for wd, _, _, _, _, path, deleted in info["watches"]:
+        assert f"{wd}={path}{' (deleted)' if deleted else ''}" in text
+
+
+def test_inotify_watch_on_another_filesystem_without_a_handle_mount() -> None:
+    # A watch whose device asyckpt has no mount of (a detached tmpfs, mounted in a mount
+    # namespace of the holder's own and unmounted again after the watch was added, the
+    # watched file kept open): its path cannot be resolved, and is None, the handle kept.
+    code = """
+    fd = check(libc.inotify_init1(0))
+    libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+    check(libc.unshare(0x00020000))  # CLONE_NEWNS
+    check(libc.mount(b"none", b"/", None, 0x4000 | 0x40000, None))  # MS_REC | MS_PRIVATE
+    check(libc.mount(b"asyckpt-test", workdir.encode(), b"tmpfs", 0, None))
+    path = os.path.join(workdir, "private")
+    keep = os.open(path, os.O_CREAT | os.O_RDWR)
+    wd = check(libc.inotify_add_watch(fd, path.encode(), 0x2))
+    check(libc.umount2(workdir.encode(), 2))  # MNT_DETACH: the file stays, unreachable
+    info.update(wd=wd)
+    """
+    with holding(code) as (holder, info):
+        captured = capture_fd(InotifyHandler, holder.pid, holder.fd)
+    got = captured.record
+    assert isinstance(got, Inotify)
+    assert got.resolved
+    (watch,) = got.watches
+    assert watch.wd == info["wd"]
+    assert watch.handle is not None
+    assert (watch.path, watch.deleted) == (None, False)
 
 
 FAN_MODIFY, FAN_CLOSE_WRITE, FAN_OPEN = 0x2, 0x8, 0x20

@@ -23,6 +23,10 @@ from asyckpt_anon import (
     EpollTarget,
     EventFd,
     EventFdHandler,
+    FileHandle,
+    Inotify,
+    InotifyHandler,
+    InotifyWatch,
     MemFd,
     MemFdHandler,
     PidFd,
@@ -142,9 +146,68 @@ def test_the_catch_all_gives_way_without_a_conflict() -> None:
                         "data": "0xffffffffffffffff",
                         "ino": 9,
                         "dev": 16,
+                        "file": None,
+                        "in_tree": None,  # an image from before linking: not known
                     }
                 ]
             },
+        ),
+        (
+            EpollHandler,
+            Epoll(
+                targets=[
+                    EpollTarget(tfd=3, events=0x1, data=0, pos=0, ino=9, dev=16, file=5),
+                    EpollTarget(tfd=4, events=0x4, data=1, pos=0, ino=7, dev=16, file=None),
+                ],
+                linked=True,
+            ),
+            "[epoll 2 targets: 3->file 5,4->outside]",
+            {
+                "targets": [
+                    {
+                        "tfd": 3,
+                        "events": ["EPOLLIN"],
+                        "data": "0x0",
+                        "ino": 9,
+                        "dev": 16,
+                        "file": 5,
+                        "in_tree": True,
+                    },
+                    {
+                        "tfd": 4,
+                        "events": ["EPOLLOUT"],
+                        "data": "0x1",
+                        "ino": 7,
+                        "dev": 16,
+                        "file": None,
+                        "in_tree": False,
+                    },
+                ]
+            },
+        ),
+        (
+            InotifyHandler,
+            Inotify(
+                watches=[
+                    InotifyWatch(
+                        wd=1, ino=2, dev=3, mask=2, ignored_mask=0, handle=None, path="/srv/a"
+                    ),
+                    InotifyWatch(
+                        wd=2,
+                        ino=4,
+                        dev=3,
+                        mask=2,
+                        ignored_mask=0,
+                        handle=FileHandle(type=1, handle="00"),
+                        path="/srv/b",
+                        deleted=True,
+                    ),
+                    InotifyWatch(wd=3, ino=5, dev=3, mask=2, ignored_mask=0, handle=None),
+                ],
+                resolved=True,
+            ),
+            "[inotify 3 watches: 1=/srv/a,2=/srv/b (deleted),3]",
+            None,
         ),
         (
             TimerFdHandler,

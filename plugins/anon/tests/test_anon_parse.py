@@ -439,3 +439,21 @@ verified_insns:\t2
 )
 def test_other_anon_inodes(link: str, text: str, values: dict[str, int]) -> None:
     assert parse_anon(link, pairs(COMMON + text)) == AnonInode(type=anon_type(link), values=values)
+
+
+def test_mount_points_by_dev() -> None:
+    from asyckpt_anon.parse import mount_points_by_dev
+
+    # proc(5)'s layout: a bind mount of a subdirectory (root /srv) listed before the
+    # filesystem's own root mount, an escaped space, a tmpfs, a line of another shape.
+    text = (
+        "30 27 254:0 /srv /mnt/srv rw,relatime shared:1 - ext4 /dev/vda rw\n"
+        "27 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n"
+        "31 27 0:27 / /run/my\\040dir rw - tmpfs tmpfs rw\n"
+        "garbage\n"
+        "32 27 x:y / /bad rw - ext4 /dev/x rw\n"
+    )
+    assert mount_points_by_dev(text) == {
+        os.makedev(254, 0): ["/", "/mnt/srv"],
+        os.makedev(0, 27): ["/run/my dir"],
+    }

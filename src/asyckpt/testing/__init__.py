@@ -12,8 +12,10 @@
   its entry point does; :func:`dispatch_with` makes a dispatch that holds it as if it
   were installed, for ``checkpoint_tree(..., dispatch=...)``.
 * :func:`handler_context` gives a ``HandlerContext`` for calling ``capture`` directly,
-  in a capture session of its own (``ctx.state`` runs the handler's ``begin``), and
-  :func:`finish_record` runs the handler's ``finish`` on the record in that session.
+  in a capture session of its own (``ctx.state`` runs the handler's ``begin``);
+  :func:`link_record` runs the handler's ``link`` on the record in that session, over
+  live fds standing for the tree's descriptions, and :func:`finish_record` its
+  ``finish``.  (:func:`capture_fd` runs every hook, as a capture does.)
 
 docs/plugins.md shows them in use.  Capturing needs what asyckpt needs: Linux and root.
 """
@@ -28,7 +30,7 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -38,12 +40,14 @@ from .._build import fd_facts
 from .._errors import PluginError
 from .._image import Image, ImageWriter, read_image
 from .._plugins import (
+    CaptureLinks,
     CaptureSession,
     CaptureTree,
     Dispatch,
     FdFacts,
     HandlerContext,
     ImagePlugin,
+    LinkRef,
     LoadedHandler,
     StatInfo,
     load_handlers,
@@ -63,6 +67,7 @@ __all__ = [
     "finish_record",
     "handler_context",
     "hold_fd",
+    "link_record",
     "load_handler",
     "make_facts",
     "restore_fd",
@@ -111,6 +116,47 @@ def handler_context(
         yield ctx
     finally:
         ctx._close()
+
+
+def link_record(
+    handler: object,
+    record: msgspec.Struct,
+    ctx: HandlerContext,
+    fd: int,
+    *,
+    files: Mapping[int, int] | None = None,
+    pid: int | None = None,
+) -> msgspec.Struct:
+    """Run ``handler``'s ``link`` hook on ``record`` (captured from ``fd``) as a capture
+    would before the thaw, in ``ctx``'s session (from :func:`handler_context`; not
+    frozen, so the fds must not change meanwhile).  ``files`` stands for the tree's
+    descriptions: {file id: fd number} of live fds in the table ``ctx`` was made for
+    (default: every fd there, numbered by fd).  Returns the record unchanged for a
+    handler without ``link``::
+
+        with handler_context(EpollHandler, pid) as ctx:
+            record = EpollHandler().capture(facts_of(pid, ep), ctx)
+            record = link_record(EpollHandler, record, ctx, ep)
+    """
+    loaded = load_handler(handler)
+    if loaded.link is None:
+        return record
+    tid = ctx._tid
+    if files is None:
+        files = {int(n): int(n) for n in os.listdir(f"/proc/{tid}/fd")}
+    rows = []
+    for file_id, their_fd in files.items():
+        try:
+            st = os.stat(f"/proc/{tid}/fd/{their_fd}")
+        except FileNotFoundError:
+            continue  # listdir's own fd, closed since
+        rows.append((st.st_dev, st.st_ino, file_id, tid, their_fd))
+    numbers = {their_fd: file_id for file_id, their_fd in files.items()}
+    links = CaptureLinks(ctx.session, rows, lambda t: numbers if t == tid else {})
+    links._handler = ctx._handler or loaded
+    links.ref = LinkRef(ctx.session.pids[0] if pid is None else pid, tid, fd)
+    linked: msgspec.Struct = loaded.link(record, links)
+    return linked
 
 
 def finish_record(

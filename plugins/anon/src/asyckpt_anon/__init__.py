@@ -19,13 +19,15 @@ import fcntl
 import os
 import platform
 import signal
+import struct
 from typing import Any, ClassVar
 
 import msgspec
 
-from asyckpt import CaptureTree, FdFacts, HandlerContext
+from asyckpt import CaptureLinks, CaptureTree, FdFacts, HandlerContext
 
 from .parse import (
+    mount_points_by_dev,
     parse_anon,
     parse_epoll,
     parse_eventfd,
@@ -124,9 +126,17 @@ EPOLL_EVENTS = {
 }
 
 
+def _target_text(target: EpollTarget, linked: bool) -> str:
+    """``5->file 4``: a target by its fd number and the file it is; ``5->outside`` when
+    no task of the tree holds it; ``5`` in an image that predates the lookup."""
+    if not linked:
+        return str(target.tfd)
+    return f"{target.tfd}->" + ("outside" if target.file is None else f"file {target.file}")
+
+
 class EpollHandler:
     """epoll: every target as fdinfo lists it (fd number, events, data, and which
-    open file: position, inode, device)."""
+    open file: position, inode, device), linked to the file it is in the image."""
 
     name: ClassVar[str] = "epoll"
     record_type: ClassVar[type[msgspec.Struct]] = Epoll
@@ -135,8 +145,26 @@ class EpollHandler:
     def capture(self, facts: FdFacts, ctx: HandlerContext) -> Epoll:
         return parse_epoll(facts.fdinfo.extra)
 
+    def link(self, record: Epoll, links: CaptureLinks) -> Epoll:
+        # A tfd number may since have been closed or reused, or name a file in another
+        # table than the watch's: only kcmp KCMP_EPOLL_TFD, which finds the watch
+        # itself, says which description it is.  The kernel numbers watches added with
+        # one fd number by their order in the fdinfo listing (toff).
+        ref = links.ref
+        seen: dict[int, int] = {}
+        targets = []
+        for t in record.targets:
+            file = None
+            if t.tfd is not None:
+                toff = seen.get(t.tfd, 0)
+                seen[t.tfd] = toff + 1
+                if t.ino is not None:  # an older kernel prints no inode to start from
+                    file = links.epoll_target(ref.tid, ref.fd, t.tfd, toff, t.dev, t.ino)
+            targets.append(msgspec.structs.replace(t, file=file))
+        return msgspec.structs.replace(record, targets=targets, linked=True)
+
     def render_text(self, record: Epoll) -> str:
-        tfds = ",".join(str(t.tfd) for t in record.targets)
+        tfds = ",".join(_target_text(t, record.linked) for t in record.targets)
         return f"[epoll {len(record.targets)} targets: {tfds or '-'}]"
 
     def render_json(self, record: Epoll) -> dict[str, Any]:
@@ -148,6 +176,8 @@ class EpollHandler:
                     "data": None if t.data is None else hex(t.data),
                     "ino": t.ino,
                     "dev": t.dev,
+                    "file": t.file,
+                    "in_tree": t.file is not None if record.linked else None,
                 }
                 for t in record.targets
             ]
@@ -233,9 +263,91 @@ class InotifyHandler:
     def capture(self, facts: FdFacts, ctx: HandlerContext) -> Inotify:
         return parse_inotify(facts.fdinfo.extra)
 
+    def finish(self, record: Inotify, tree: CaptureTree) -> Inotify:
+        # After the thaw: opening inodes by handle costs nothing frozen.
+        if not record.watches:
+            return msgspec.structs.replace(record, resolved=True)
+        with _HandleResolver() as resolver:
+            watches = [resolver.resolve(w) for w in record.watches]
+        return msgspec.structs.replace(record, watches=watches, resolved=True)
+
     def render_text(self, record: Inotify) -> str:
-        wds = ",".join(str(w.wd) for w in record.watches)
+        wds = ",".join(_watch_text(w) for w in record.watches)
         return f"[inotify {len(record.watches)} watches: {wds or '-'}]"
+
+
+def _watch_text(watch: InotifyWatch) -> str:
+    if watch.path is None:
+        return str(watch.wd)
+    return f"{watch.wd}={watch.path}" + (" (deleted)" if watch.deleted else "")
+
+
+_open_by_handle_at = ctypes.CDLL(None, use_errno=True).open_by_handle_at
+_open_by_handle_at.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_int)
+_open_by_handle_at.restype = ctypes.c_int
+
+
+class _HandleResolver:
+    """Resolves watches' file handles to paths through asyckpt's own mounts, each
+    mount opened once."""
+
+    def __init__(self) -> None:
+        self._mounts: dict[int, list[str]] | None = None
+        self._mount_fds: dict[str, int | None] = {}
+
+    def __enter__(self) -> _HandleResolver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self._mount_fds.values():
+            if fd is not None:
+                os.close(fd)
+
+    def _mount_fd(self, point: str) -> int | None:
+        if point not in self._mount_fds:
+            try:
+                # Not O_PATH: open_by_handle_at takes no O_PATH fd for its mount (EBADF).
+                flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+                self._mount_fds[point] = os.open(point, flags)
+            except OSError:
+                self._mount_fds[point] = None
+        return self._mount_fds[point]
+
+    def resolve(self, watch: InotifyWatch) -> InotifyWatch:
+        if watch.handle is None or watch.dev is None or watch.ino is None:
+            return watch
+        if self._mounts is None:
+            try:
+                with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+                    self._mounts = mount_points_by_dev(f.read())
+            except OSError:
+                self._mounts = {}
+        try:
+            raw = bytes.fromhex(watch.handle.handle)
+        except ValueError:
+            return watch
+        # struct file_handle: handle_bytes, handle_type, then the handle itself.
+        handle = struct.pack("Ii", len(raw), watch.handle.type) + raw
+        buf = ctypes.create_string_buffer(handle, len(handle))
+        for point in self._mounts.get(watch.dev, ()):
+            mount_fd = self._mount_fd(point)
+            if mount_fd is None:
+                continue
+            fd = _open_by_handle_at(mount_fd, buf, os.O_PATH | os.O_CLOEXEC)
+            if fd < 0:
+                continue  # ESTALE (not below this mount, or gone), EOPNOTSUPP...
+            try:
+                st = os.fstat(fd)
+                # The handle is the filesystem's to decode: check it reached the inode.
+                if (st.st_dev, st.st_ino) != (watch.dev, watch.ino):
+                    continue
+                link = os.readlink(f"/proc/self/fd/{fd}")
+            finally:
+                os.close(fd)
+            deleted = link.endswith(_DELETED) and st.st_nlink == 0
+            path = link.removesuffix(_DELETED) if deleted else link
+            return msgspec.structs.replace(watch, path=path, deleted=deleted)
+        return watch
 
 
 class FanotifyHandler:

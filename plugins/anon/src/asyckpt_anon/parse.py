@@ -35,6 +35,7 @@ __all__ = [
     "anon_type",
     "kernel_dev",
     "line_fields",
+    "mount_points_by_dev",
     "parse_anon",
     "parse_epoll",
     "parse_eventfd",
@@ -323,3 +324,27 @@ def parse_anon(link: str, lines: Lines) -> AnonInode:
         except ValueError:
             continue  # not the known format: the raw line is in the file's fdinfo
     return AnonInode(type=kind, values=values)
+
+
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+def mount_points_by_dev(mountinfo: str) -> dict[int, list[str]]:
+    """The mount points of each device (userspace ``st_dev``) in a ``mountinfo`` text
+    (proc(5)), those that mount the filesystem's own root first: a handle resolved
+    through such a mount reaches every file of the filesystem, through a bind mount of
+    a subdirectory only those below it."""
+    whole: dict[int, list[str]] = {}
+    part: dict[int, list[str]] = {}
+    for line in mountinfo.splitlines():
+        fields = line.split(" ")
+        if len(fields) < 5:
+            continue
+        major, _, minor = fields[2].partition(":")
+        try:
+            dev = os.makedev(int(major), int(minor))
+        except ValueError:
+            continue
+        point = _OCTAL_ESCAPE.sub(lambda m: chr(int(m[1], 8)), fields[4])
+        (whole if fields[3] == "/" else part).setdefault(dev, []).append(point)
+    return {dev: whole.get(dev, []) + part.get(dev, []) for dev in whole.keys() | part.keys()}

@@ -54,10 +54,17 @@ class EpollTarget(msgspec.Struct, kw_only=True):
     open file it is (Linux 3.18 and later)."""
     ino: int | None
     dev: int | None
+    file: int | None = None
+    """The image file id of the open file description watched, found with kcmp
+    KCMP_EPOLL_TFD while the tree was frozen (so right whatever became of ``tfd``); None
+    when no task of the tree holds it, or when not linked (see ``Epoll.linked``)."""
 
 
 class Epoll(msgspec.Struct, tag="asyckpt.epoll", tag_field="kind", kw_only=True):
     targets: list[EpollTarget]
+    linked: bool = False
+    """The targets' ``file`` were looked up (false in images that predate it): a
+    target's ``file`` None then means that no task of the tree holds it."""
 
 
 class TimerFd(msgspec.Struct, tag="asyckpt.timerfd", tag_field="kind", kw_only=True):
@@ -99,10 +106,21 @@ class InotifyWatch(msgspec.Struct, kw_only=True):
     ignored_mask: int | None
     handle: FileHandle | None
     """None when the filesystem gives no handle."""
+    path: str | None = None
+    """The watched inode's path, as asyckpt's own mount namespace sees it, resolved from
+    ``handle`` after the thaw (open_by_handle_at through a mount of that device); None
+    when it could not be: no handle, no such mount visible to asyckpt, or the kernel
+    refused (ESTALE, a filesystem that cannot decode handles).  ``handle`` stays the
+    watch's identity."""
+    deleted: bool = False
+    """The inode was unlinked (the kernel's " (deleted)", removed from ``path``): the
+    watch keeps it alive, and ``path`` is where it was."""
 
 
 class Inotify(msgspec.Struct, tag="asyckpt.inotify", tag_field="kind", kw_only=True):
     watches: list[InotifyWatch]
+    resolved: bool = False
+    """The watches' ``path`` were looked up (false in images that predate it)."""
 
 
 class FanotifyMark(msgspec.Struct, kw_only=True):
