@@ -163,6 +163,30 @@ def test_capture_is_deterministic(zoo: Tree, tmp_path: Path) -> None:
     assert bodies[0] == bodies[1]
 
 
+def test_image_is_the_same_whichever_reader(
+    zoo: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The C reader leaning on the parent's rows (the default, frozen), the C reader
+    reading every fd, and the pure-Python fallback give byte-identical bodies."""
+    from asyckpt import _procread
+
+    read = _procread.read_fd_tables
+    bodies = []
+    capture(zoo, tmp_path / "lean.ackpt")
+    bodies.append(_body((tmp_path / "lean.ackpt").read_bytes()))
+    with monkeypatch.context() as m:
+        m.setattr(
+            "asyckpt._capture.read_fd_tables",
+            lambda owners, **kw: read(owners, missing_ok=kw["missing_ok"]),
+        )
+        capture(zoo, tmp_path / "full.ackpt")
+    bodies.append(_body((tmp_path / "full.ackpt").read_bytes()))
+    monkeypatch.setattr(_procread, "_read_tables_c", None)
+    capture(zoo, tmp_path / "py.ackpt")
+    bodies.append(_body((tmp_path / "py.ackpt").read_bytes()))
+    assert bodies[0] == bodies[1] == bodies[2]
+
+
 def _body(data: bytes) -> bytes:
     """The bytes between the header frame and the trailer frame."""
     from asyckpt._image import MAGIC

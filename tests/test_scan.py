@@ -35,6 +35,33 @@ def test_c_and_python_readers_agree(zoo: Tree) -> None:
         assert [r.fd for r in c_rows] == sorted(int(n) for n in os.listdir(f"/proc/{pid}/fd"))
 
 
+def test_inherited_rows_c_and_python_agree(zoo: Tree) -> None:
+    """With a parent, an fd kcmp finds shared with the parent's fd of the same number is
+    the short row (fd, flags); both readers agree on which, and on everything else."""
+    from asyckpt._fdscan import read_tables
+
+    info = zoo.info
+    fork = info["fork"]
+    base = f"/proc/{fork}/task/{fork}"
+    c_rows = read_tables([(f"{base}/fd", f"{base}/fdinfo")], [(zoo.pid, fork)])[0]
+    py_rows = _read_table_py(f"{base}/fd", f"{base}/fdinfo", zoo.pid, fork)
+    assert c_rows == py_rows
+    full = {row[0]: RawFd(*row) for row in read_fds(fork, fork)}
+    assert [row[0] for row in c_rows] == sorted(full)
+    short = {row[0]: row[1] for row in c_rows if len(row) == 2}
+    # Inherited: the shared offset, the dup, the fd above 1024; its own file is not.
+    assert {info["rw"], info["dup"], info["high"]} <= short.keys()
+    assert info["child_own"] not in short
+    # The flags are the fd's own, close-on-exec included (dup2 made "high" cloexec).
+    for fd, flags in short.items():
+        assert flags == full[fd].flags
+    assert short[info["high"]] & os.O_CLOEXEC and not short[info["rw"]] & os.O_CLOEXEC
+    # Every other fd is one the parent does not share at that number.
+    parent_fds = {int(n) for n in os.listdir(f"/proc/{zoo.pid}/fd")}
+    for fd in (full.keys() - short.keys()) & parent_fds:
+        assert kcmp(zoo.pid, fork, KCMP_FILE, fd, fd) != 0
+
+
 def test_reader_sees_what_the_task_did(zoo: Tree) -> None:
     rows = {r.fd: r for r in map(RawFd._make, read_fds(zoo.pid, zoo.pid))}
     rw = rows[zoo.info["rw"]]

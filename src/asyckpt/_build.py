@@ -39,7 +39,7 @@ from ._plugins import (
     StatInfo,
 )
 from ._procparse import FdInfo, parse_fdinfo_rest, parse_mountinfo
-from ._procread import RawRow, TaskMeta
+from ._procread import RawRow, ScanRow, TaskMeta
 from ._records import NO_DATA, Fd, FdTable, File, MountEntry, MountTable, Task, Thread
 
 __all__ = ["BodyRecord", "RecordBuilder", "TaskPart", "TaskScan", "fd_facts", "materialize"]
@@ -86,8 +86,10 @@ class TaskScan(NamedTuple):
 
     seq: int
     plan: TaskPlan
-    tables: tuple[tuple[int, int, list[RawRow] | None], ...]
-    """(tid, table id, fds) for each table in ``plan.scan``; None if its task exited."""
+    tables: tuple[tuple[int, int, list[ScanRow] | None], ...]
+    """(tid, table id, fds) for each table in ``plan.scan``; None if its task exited.
+    An fd the scan found shared with the parent's fd of the same number is an
+    :data:`~asyckpt._procread.InheritedRow`, resolved from the parent's table."""
 
 
 class NewFile:
@@ -204,6 +206,11 @@ class RecordBuilder:
         self.generic_fds: list[GenericFd] = []
         self.used: dict[str, LoadedHandler] = {}
 
+    @property
+    def tolerant(self) -> bool:
+        """Whether tasks may exit mid-capture (the tree is not frozen)."""
+        return self._tolerant
+
     def resolve(self, scan: TaskScan) -> TaskPart | None:
         """The task, resolved; None when it exited before its fds could be read (only
         possible when the tree is not frozen)."""
@@ -243,7 +250,7 @@ class RecordBuilder:
         self,
         pid: int,
         tid: int,
-        fds: list[RawRow],
+        fds: list[ScanRow],
         root: str,
         hints: dict[int, tuple[object, Ref, int]],
         seen: dict[int, tuple[object, Ref, int]],
@@ -255,6 +262,17 @@ class RecordBuilder:
         ctx = HandlerContext(tid, self.session)
         try:
             for raw in fds:
+                if len(raw) == 2:
+                    # The scan's kcmp found it shared with the parent's fd of this
+                    # number: the parent's description, nothing else to read or compare.
+                    fd, flags = raw
+                    hint = hints.get(fd)
+                    if hint is None:
+                        raise RuntimeError(f"asyckpt bug: fd {fd} of {tid} has no parent row")
+                    seen[fd] = (hint[0], (tid, fd), hint[2])
+                    append((fd, bool(flags & O_CLOEXEC), hint[2], None))
+                    self.hint_hits += 1
+                    continue
                 fd = raw[0]
                 flags = raw[13]
                 cloexec = bool(flags & O_CLOEXEC)

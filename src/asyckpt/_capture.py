@@ -12,7 +12,9 @@ Theory of operation
    hop per table (never per fd), at most ``SCAN_THREADS`` at a time.  Meanwhile each
    handler with a ``begin`` hook gets the capture session in a worker thread of its own
    (one sock_diag dump per network namespace, say), so that its per-capture work overlaps
-   the scan instead of adding to it.
+   the scan instead of adding to it.  Frozen, a child's fd that kcmp finds shared with
+   its parent's fd of the same number (inherited) is not read again: only its fdinfo,
+   for its own close-on-exec flag; the resolver takes the rest from the parent's row.
 5. *Resolve*: results arrive in any order; a :class:`Reorderer` releases them in tree
    pre-order to the single resolver, which deduplicates open file descriptions with kcmp,
    runs the handlers (which may need the live fd) and numbers objects by first reference.
@@ -31,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Container, Sequence
 
 import msgspec
 import trio
@@ -146,12 +148,26 @@ def _settle_tree(
     return plan_tables(tasks)
 
 
-def _scan_chunk(chunk: list[tuple[int, TaskPlan]]) -> list[TaskScan]:
-    """Read the new fd tables of a run of tasks, in one pass of the C reader."""
+def _scan_chunk(
+    chunk: list[tuple[int, TaskPlan]], inherit: Container[int] | None = None
+) -> list[TaskScan]:
+    """Read the new fd tables of a run of tasks, in one pass of the C reader.
+
+    ``inherit``: the tasks (of a frozen tree) whose tables the resolver will have seen
+    before their children's; a child's fd shared with its parent's fd of the same number
+    is then only checked with kcmp, not read again (see RecordBuilder.resolve's hints).
+    """
     owners = [(plan.stat.pid, tid) for _, plan in chunk for tid, _ in plan.scan]
+    parents = None
+    if inherit is not None:
+        parents = [
+            plan.stat.ppid if plan.stat.ppid in inherit else 0
+            for _, plan in chunk
+            for _ in plan.scan
+        ]
     # A task that exited since it was planned reads as None: only a tree that is not
     # frozen can lose one, and the resolver leaves it out.
-    rows = iter(read_fd_tables(owners, missing_ok=True))
+    rows = iter(read_fd_tables(owners, missing_ok=True, parents=parents))
     return [
         TaskScan(index, plan, tuple((tid, table, next(rows)) for tid, table in plan.scan))
         for index, plan in chunk
@@ -320,12 +336,18 @@ async def _scan_and_resolve(plans: list[TaskPlan], builder: RecordBuilder) -> li
     # a thread hop costs more than reading a small task's fds, and each hop is a chance
     # to queue behind the resolver for the GIL.
     chunk = max(1, len(plans) // (SCAN_THREADS * CHUNKS_PER_THREAD))
+    # Frozen, a parent's table cannot change between its scan and its child's, so the
+    # child's scan may lean on it: tasks with a table of their own, resolved before their
+    # children (pre-order).  Unfrozen, every fd is read and compared in the resolver.
+    inherit = None
+    if not builder.tolerant:
+        inherit = {p.stat.pid for p in plans if p.threads[0][1] is not None}
     work = iter([list(enumerate(plans))[i : i + chunk] for i in range(0, len(plans), chunk)])
 
     async def scan_worker(out: trio.MemorySendChannel[list[TaskScan]]) -> None:
         async with out:
             for tasks in work:
-                scans = await trio.to_thread.run_sync(_scan_chunk, tasks)
+                scans = await trio.to_thread.run_sync(_scan_chunk, tasks, inherit)
                 try:
                     out.send_nowait(scans)
                 except trio.BrokenResourceError:

@@ -37,17 +37,21 @@ struct entry {
     long long pos;
     unsigned long flags;
     long mnt_id;
-    size_t rest;        /* offset in info where the lines past the common ones start */
+    size_t rest;        /* offset in the fdinfo text where the lines past the common ones
+                           start, while it is split */
     struct stat st;
     char *link;
     ssize_t link_len;
-    char *info;
+    char *info;         /* the fdinfo lines past the common ones; NULL when there are none */
     size_t info_len;
+    int inherited;      /* the parent's fd of the same number: only fd and flags read */
 };
 
 struct scan {
     struct entry *entries;
     size_t n, cap;
+    char *buf;          /* fdinfo read buffer, reused for every fd */
+    size_t buf_cap;
     int err;            /* errno of the first hard failure, 0 if none */
     int err_fd;         /* the fd it happened on, -1 for the directories */
     const char *err_what;
@@ -64,26 +68,32 @@ static void free_scan(struct scan *s) {
         free(s->entries[i].info);
     }
     free(s->entries);
+    free(s->buf);
 }
 
-/* Read a whole fdinfo file.  seq_file hands it over in one read when it fits, so a short
- * read means the end; only a full buffer needs another read. */
-static char *read_all(int fd, size_t *len) {
-    size_t cap = INFO_CHUNK, n = 0;
-    char *buf = malloc(cap);
-    if (!buf) { errno = ENOMEM; return NULL; }
-    for (;;) {
-        ssize_t r = read(fd, buf + n, cap - n);
-        if (r < 0) { int e = errno; free(buf); errno = e; return NULL; }
-        n += (size_t)r;
-        if (n < cap || r == 0) break;
-        char *bigger = realloc(buf, cap * 2);
-        if (!bigger) { free(buf); errno = ENOMEM; return NULL; }
-        buf = bigger;
-        cap *= 2;
+/* Read a whole fdinfo file into the scan's buffer, which grows as needed and serves
+ * every fd of the scan (a buffer per fd, kept until the rows are built, made page faults
+ * a tenth of the scan).  seq_file hands a file over in one read when it fits, so a short
+ * read means the end; only a full buffer needs another read.  Returns the length, or -1
+ * with errno set. */
+static ssize_t read_all(int fd, struct scan *s) {
+    size_t n = 0;
+    if (!s->buf) {
+        s->buf = malloc(INFO_CHUNK);
+        if (!s->buf) { errno = ENOMEM; return -1; }
+        s->buf_cap = INFO_CHUNK;
     }
-    *len = n;
-    return buf;
+    for (;;) {
+        ssize_t r = read(fd, s->buf + n, s->buf_cap - n);
+        if (r < 0) return -1;
+        n += (size_t)r;
+        if (n < s->buf_cap || r == 0) break;
+        char *bigger = realloc(s->buf, s->buf_cap * 2);
+        if (!bigger) { errno = ENOMEM; return -1; }
+        s->buf = bigger;
+        s->buf_cap *= 2;
+    }
+    return (ssize_t)n;
 }
 
 static int starts(const char *p, const char *end, const char *prefix) {
@@ -91,9 +101,10 @@ static int starts(const char *p, const char *end, const char *prefix) {
     return (size_t)(end - p) >= n && memcmp(p, prefix, n) == 0;
 }
 
-/* Mirror of _procparse.split_fdinfo: consume leading pos/flags/mnt_id/ino lines. */
-static void split_fdinfo(struct entry *e) {
-    const char *p = e->info, *end = e->info + e->info_len;
+/* Mirror of _procparse.split_fdinfo: consume leading pos/flags/mnt_id/ino lines; the
+ * offset of the rest in info goes to e->rest. */
+static void split_fdinfo(struct entry *e, const char *info, size_t info_len) {
+    const char *p = info, *end = info + info_len;
     e->pos = 0; e->flags = 0; e->mnt_id = 0;
     while (p < end) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
@@ -116,10 +127,25 @@ static void split_fdinfo(struct entry *e) {
         else if (which == 2) e->mnt_id = strtol(num, NULL, base);
         p = nl ? nl + 1 : end;
     }
-    e->rest = (size_t)(p - e->info);
+    e->rest = (size_t)(p - info);
 }
 
-static void scan_table(const char *fd_dir, const char *info_dir, struct scan *s) {
+#ifndef SYS_kcmp
+#include <sys/syscall.h>
+#endif
+
+/* Whether fd of tid is the same open file description as the same fd number of parent
+ * (kcmp KCMP_FILE).  Any error (the parent has no such fd, is a zombie, ...) is "no":
+ * the fd is then read in full, and the resolver decides as it always did. */
+static int same_as_parent(pid_t parent, pid_t tid, int fd) {
+    return syscall(SYS_kcmp, parent, tid, 0 /* KCMP_FILE */, (long)fd, (long)fd) == 0;
+}
+
+/* parent > 0: an fd that kcmp finds shared with the parent's fd of the same number (the
+ * common case: inherited by fork) skips readlink and stat, which only repeat what the
+ * parent's row holds; its fdinfo is still read, for the fd's own close-on-exec flag. */
+static void scan_table(const char *fd_dir, const char *info_dir, pid_t parent, pid_t tid,
+                       struct scan *s) {
     int *fds = NULL;
     size_t nfds = 0, fds_cap = 0;
     int dfd = -1, ifd = -1, lfd = -1;
@@ -159,23 +185,36 @@ static void scan_table(const char *fd_dir, const char *info_dir, struct scan *s)
     for (size_t i = 0; i < nfds; i++) {
         struct entry *e = &s->entries[s->n];
         snprintf(name, sizeof name, "%d", fds[i]);
-        ssize_t n = readlinkat(dfd, name, link, PATH_MAX);
-        if (n < 0) goto fd_failed;
-        if (fstatat(dfd, name, &e->st, 0) < 0) goto fd_failed;
+        ssize_t n = 0;
+        e->inherited = parent > 0 && same_as_parent(parent, tid, fds[i]);
+        if (!e->inherited) {
+            n = readlinkat(dfd, name, link, PATH_MAX);
+            if (n < 0) goto fd_failed;
+            if (fstatat(dfd, name, &e->st, 0) < 0) goto fd_failed;
+        }
         int f = openat(ifd, name, O_RDONLY | O_CLOEXEC);
         if (f < 0) goto fd_failed;
-        e->info = read_all(f, &e->info_len);
+        ssize_t got = read_all(f, s);
         int saved = errno;
         close(f);
         errno = saved;
-        if (!e->info) goto fd_failed;
-        split_fdinfo(e);
+        if (got < 0) goto fd_failed;
+        split_fdinfo(e, s->buf, (size_t)got);
+        e->fd = fds[i];
+        if (e->inherited) { s->n++; continue; }
+        /* Only the lines past the common ones are kept (none, for most files). */
+        e->info_len = (size_t)got - e->rest;
+        e->info = NULL;
+        if (e->info_len) {
+            e->info = malloc(e->info_len);
+            if (!e->info) { errno = ENOMEM; goto fd_failed; }
+            memcpy(e->info, s->buf + e->rest, e->info_len);
+        }
         e->link = malloc((size_t)n + 1);
         if (!e->link) { free(e->info); e->info = NULL; errno = ENOMEM; goto fd_failed; }
         memcpy(e->link, link, (size_t)n);
         e->link[n] = '\0';
         e->link_len = n;
-        e->fd = fds[i];
         s->n++;
         continue;
     fd_failed:
@@ -209,6 +248,12 @@ static PyObject *scan_to_python(struct scan *s, const char *fd_dir) {
     if (!result) return NULL;
     for (size_t i = 0; i < s->n; i++) {
         struct entry *e = &s->entries[i];
+        if (e->inherited) {
+            PyObject *item = Py_BuildValue("(ik)", e->fd, e->flags);
+            if (!item) { Py_DECREF(result); return NULL; }
+            PyList_SET_ITEM(result, (Py_ssize_t)i, item);
+            continue;
+        }
         /* Built by hand, not with Py_BuildValue: this loop holds the GIL, and it is the
          * only part of a table scan that does. */
         PyObject *item = PyTuple_New(16);
@@ -231,7 +276,7 @@ static PyObject *scan_to_python(struct scan *s, const char *fd_dir) {
             PyLong_FromLongLong(e->pos),
             PyLong_FromUnsignedLong(e->flags),
             PyLong_FromLong(e->mnt_id),
-            PyBytes_FromStringAndSize(e->info + e->rest, (Py_ssize_t)(e->info_len - e->rest)),
+            PyBytes_FromStringAndSize(e->info, (Py_ssize_t)e->info_len),
         };
         for (int k = 0; k < 16; k++) {
             if (!v[k]) {
@@ -256,7 +301,7 @@ static PyObject *read_table(PyObject *self, PyObject *args) {
     s.err_fd = -1;
 
     Py_BEGIN_ALLOW_THREADS
-    scan_table(fd_dir, info_dir, &s);
+    scan_table(fd_dir, info_dir, 0, 0, &s);
     Py_END_ALLOW_THREADS
 
     PyObject *result = scan_to_python(&s, fd_dir);
@@ -266,21 +311,45 @@ static PyObject *read_table(PyObject *self, PyObject *args) {
     return result;
 }
 
-/* read_tables([(fd_dir, fdinfo_dir), ...]) -> [list | OSError, ...]
+/* read_tables([(fd_dir, fdinfo_dir), ...], parents=None) -> [list | OSError, ...]
  *
  * Every table with one release of the GIL.  Getting the GIL back is what a scanner
  * thread waits for while the resolver runs Python (up to the interpreter's switch
  * interval each time), so a chunk of tasks pays that wait once, not once per task.  A
- * table that cannot be read gives its OSError in its place, unraised. */
-static PyObject *read_tables(PyObject *self, PyObject *arg) {
+ * table that cannot be read gives its OSError in its place, unraised.
+ *
+ * parents, if given, has one (parent_pid, tid) per table, or None: an fd of table i that
+ * kcmp finds shared with parent_pid's fd of the same number comes back as the short row
+ * (fd, flags), to be resolved from the parent's row (see scan_table).  Only for a frozen
+ * tree, whose parent's table cannot change between the two reads. */
+static PyObject *read_tables(PyObject *self, PyObject *args) {
+    PyObject *arg, *parents_arg = Py_None, *parents = NULL;
+    if (!PyArg_ParseTuple(args, "O|O:read_tables", &arg, &parents_arg)) return NULL;
     PyObject *seq = PySequence_Fast(arg, "read_tables takes a sequence of (fd_dir, fdinfo_dir)");
     if (!seq) return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     PyObject **paths = calloc((size_t)(2 * n + 1), sizeof *paths);
     struct scan *scans = calloc((size_t)n + 1, sizeof *scans);
     const char **dirs = calloc((size_t)(2 * n + 1), sizeof *dirs);
+    pid_t *ids = calloc((size_t)(2 * n + 1), sizeof *ids);
     PyObject *result = NULL;
-    if (!paths || !scans || !dirs) { PyErr_NoMemory(); goto done; }
+    if (!paths || !scans || !dirs || !ids) { PyErr_NoMemory(); goto done; }
+    if (parents_arg != Py_None) {
+        parents = PySequence_Fast(parents_arg, "parents must be a sequence");
+        if (!parents) goto done;
+        if (PySequence_Fast_GET_SIZE(parents) != n) {
+            PyErr_SetString(PyExc_ValueError, "parents must have one entry per table");
+            goto done;
+        }
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *pair = PySequence_Fast_GET_ITEM(parents, i);
+            int parent, tid;
+            if (pair == Py_None) continue;
+            if (!PyArg_ParseTuple(pair, "ii", &parent, &tid)) goto done;
+            ids[2 * i] = parent;
+            ids[2 * i + 1] = tid;
+        }
+    }
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *pair = PySequence_Fast_GET_ITEM(seq, i);
         if (!PyArg_ParseTuple(pair, "O&O&", PyUnicode_FSConverter, &paths[2 * i],
@@ -292,7 +361,8 @@ static PyObject *read_tables(PyObject *self, PyObject *arg) {
     }
 
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < n; i++) scan_table(dirs[2 * i], dirs[2 * i + 1], &scans[i]);
+    for (Py_ssize_t i = 0; i < n; i++)
+        scan_table(dirs[2 * i], dirs[2 * i + 1], ids[2 * i], ids[2 * i + 1], &scans[i]);
     Py_END_ALLOW_THREADS
 
     result = PyList_New(n);
@@ -316,6 +386,8 @@ done:
     free(scans);
     free(paths);
     free(dirs);
+    free(ids);
+    Py_XDECREF(parents);
     Py_DECREF(seq);
     return result;
 }
@@ -344,9 +416,11 @@ static PyObject *kcmp_files(PyObject *self, PyObject *const *args, Py_ssize_t na
 }
 
 static PyMethodDef methods[] = {
-    {"read_tables", read_tables, METH_O,
-     "read_tables([(fd_dir, fdinfo_dir), ...]) -> [rows or OSError, ...]: read_table for"
-     " each, with a single release of the GIL."},
+    {"read_tables", read_tables, METH_VARARGS,
+     "read_tables([(fd_dir, fdinfo_dir), ...], parents=None) -> [rows or OSError, ...]:"
+     " read_table for each, with a single release of the GIL; with parents, one"
+     " (parent_pid, tid) or None per table, an fd shared with the parent's same fd is the"
+     " short row (fd, flags)."},
     {"kcmp_files", (PyCFunction)(void (*)(void))kcmp_files, METH_FASTCALL,
      "kcmp_files((pid1, fd1), (pid2, fd2)) -> kcmp(pid1, pid2, KCMP_FILE, fd1, fd2)"},
     {"read_table", read_table, METH_VARARGS,

@@ -13,7 +13,15 @@ import platform
 
 from ._errors import KernelUnsupported, translate_oserror
 
-__all__ = ["KCMP_FILE", "KCMP_FILES", "fs_magic", "kcmp", "kcmp_files", "pidfd_getfd"]
+__all__ = [
+    "KCMP_FILE",
+    "KCMP_FILES",
+    "fs_magic",
+    "kcmp",
+    "kcmp_files",
+    "pidfd_getfd",
+    "same_file",
+]
 
 KCMP_FILE = 0
 KCMP_FILES = 2
@@ -80,6 +88,16 @@ else:
             return _kcmp_files_c(a, b)
         except OSError as exc:
             raise translate_oserror(exc, pid=b[0], fd=b[1], what="kcmp") from exc
+
+
+def same_file(pid1: int, pid2: int, fd: int) -> bool:
+    """Whether ``fd`` of ``pid1`` and ``fd`` of ``pid2`` are one open file description;
+    any error (no such fd, a task gone) is False.  The fallback reader's inherited check,
+    as _fdscan.c makes it."""
+    global _kcmp_nr
+    if _kcmp_nr is None:
+        _kcmp_nr = _nr(_KCMP_NR)
+    return int(_syscall(_kcmp_nr, pid1, pid2, KCMP_FILE, fd, fd)) == 0
 
 
 def pidfd_getfd(pidfd: int, targetfd: int) -> int:
