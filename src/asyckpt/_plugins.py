@@ -195,6 +195,9 @@ class CaptureSession:
         """Whether the tree is frozen (false with ``--freeze=none``)."""
         self._timeout = SESSION_TIMEOUT if timeout is None else timeout
         self._states: dict[str, _Pending] = {}
+        # Asked once per fd a handler captures: a begin that succeeded is answered
+        # without the lock and the event (its first outcome stands).
+        self._ready: dict[str, Any] = {}
         self._lock = threading.Lock()
 
     def _started(self, name: str) -> _Pending:
@@ -205,6 +208,8 @@ class CaptureSession:
     def _state_of(self, handler: LoadedHandler) -> Any:
         if handler.begin is None:
             return None
+        if handler.name in self._ready:
+            return self._ready[handler.name]
         with self._lock:
             pending = self._states.get(handler.name)
             if pending is None:
@@ -215,7 +220,9 @@ class CaptureSession:
                     pending.set(handler.begin(self))
                 except Exception as exc:
                     pending.set(error=exc)
-        return pending.get(handler.name, self._timeout)
+        value = pending.get(handler.name, self._timeout)
+        self._ready[handler.name] = value
+        return value
 
 
 @final
