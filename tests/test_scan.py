@@ -101,3 +101,25 @@ def test_kcmp_of_a_closed_fd_is_an_asyckpt_error(zoo: Tree) -> None:
 def test_python_reader_on_a_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         _read_table_py(str(tmp_path / "fd"), str(tmp_path / "fdinfo"))
+
+
+def test_pidfd_getfd_c_and_ctypes_agree(zoo: Tree) -> None:
+    from asyckpt._fdscan import pidfd_getfd as c_getfd
+    from asyckpt._kernel import _pidfd_getfd as ctypes_getfd
+
+    pidfd = os.pidfd_open(zoo.pid)
+    try:
+        for getfd in (c_getfd, ctypes_getfd):
+            fd = getfd(pidfd, zoo.info["rw"])
+            try:
+                # The same description: kcmp says so, and it sees the offset the tree set.
+                assert kcmp(os.getpid(), zoo.pid, KCMP_FILE, fd, zoo.info["rw"]) == 0
+                assert os.lseek(fd, 0, os.SEEK_CUR) == 50
+                assert not os.get_inheritable(fd)
+            finally:
+                os.close(fd)
+            with pytest.raises(OSError) as exc_info:
+                getfd(pidfd, 60000)
+            assert exc_info.value.errno == 9  # EBADF
+    finally:
+        os.close(pidfd)

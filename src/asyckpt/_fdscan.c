@@ -415,7 +415,29 @@ static PyObject *kcmp_files(PyObject *self, PyObject *const *args, Py_ssize_t na
     return PyLong_FromLong(r);
 }
 
+#ifndef SYS_pidfd_getfd
+#define SYS_pidfd_getfd 438
+#endif
+
+/* pidfd_getfd(pidfd, fd) -> a new fd (close-on-exec) for the same open file description.
+ * Called once per pipe, socket and O_PATH symlink a capture meets, while the tree is
+ * frozen: through ctypes the call costs more than the syscall. */
+static PyObject *pidfd_getfd(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "pidfd_getfd(pidfd, fd)");
+        return NULL;
+    }
+    long pidfd = PyLong_AsLong(args[0]);
+    long fd = PyLong_AsLong(args[1]);
+    if (PyErr_Occurred()) return NULL;
+    long r = syscall(SYS_pidfd_getfd, pidfd, fd, 0);
+    if (r < 0) return PyErr_SetFromErrno(PyExc_OSError);
+    return PyLong_FromLong(r);
+}
+
 static PyMethodDef methods[] = {
+    {"pidfd_getfd", (PyCFunction)(void (*)(void))pidfd_getfd, METH_FASTCALL,
+     "pidfd_getfd(pidfd, fd) -> a duplicate of the pidfd's task's fd (pidfd_getfd(2))"},
     {"read_tables", read_tables, METH_VARARGS,
      "read_tables([(fd_dir, fdinfo_dir), ...], parents=None) -> [rows or OSError, ...]:"
      " read_table for each, with a single release of the GIL; with parents, one"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+from collections.abc import Callable
 
 from ._errors import KernelUnsupported, translate_oserror
 
@@ -100,13 +101,24 @@ def same_file(pid1: int, pid2: int, fd: int) -> bool:
     return int(_syscall(_kcmp_nr, pid1, pid2, KCMP_FILE, fd, fd)) == 0
 
 
-def pidfd_getfd(pidfd: int, targetfd: int) -> int:
+def _pidfd_getfd(pidfd: int, targetfd: int) -> int:
     """Duplicate the target's fd into this process: the same open file description."""
     res = _syscall(_PIDFD_GETFD_NR, pidfd, targetfd, 0)
     if res < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     return int(res)
+
+
+pidfd_getfd: Callable[[int, int], int] = _pidfd_getfd
+"""Duplicate the target's fd into this process: the same open file description."""
+
+try:
+    from ._fdscan import pidfd_getfd as _pidfd_getfd_c
+except ImportError:  # no C accelerator: the ctypes path above
+    pass
+else:
+    pidfd_getfd = _pidfd_getfd_c  # the same call, without ctypes' overhead
 
 
 # struct statfs begins with f_type, a machine word everywhere but s390x (an unsigned int
