@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -118,8 +119,82 @@ def test_pidfd_getfd_c_and_ctypes_agree(zoo: Tree) -> None:
                 assert not os.get_inheritable(fd)
             finally:
                 os.close(fd)
-            with pytest.raises(OSError) as exc_info:
+            with pytest.raises(OSError, match="Bad file descriptor") as exc_info:
                 getfd(pidfd, 60000)
             assert exc_info.value.errno == 9  # EBADF
     finally:
         os.close(pidfd)
+
+
+def _resolve_zoo(zoo: Tree, dedup_rows: Any) -> tuple[list[Any], Any]:
+    """Resolve every task of the (idle) zoo as a frozen capture would, with or without
+    the C dedup loop; what came out, and the builder."""
+    import asyckpt
+    from asyckpt._build import RecordBuilder
+    from asyckpt._capture import _read_mountinfo, _scan_chunk
+    from asyckpt._discover import plan_tables, walk_tree
+
+    plans = plan_tables(walk_tree(zoo.pid))
+    inherit = {p.stat.pid for p in plans if p.threads[0][1] is not None}
+    scans = _scan_chunk(list(enumerate(plans)), inherit)
+    builder = RecordBuilder(
+        asyckpt.load_handlers(autoload=False),
+        compare_files=kcmp_files,
+        read_mountinfo=_read_mountinfo,
+        dedup_rows=dedup_rows,
+    )
+    out = []
+    for scan in scans:
+        part = builder.resolve(scan)
+        assert part is not None
+        for tid, table, entries in part.tables:
+            out.append(
+                (
+                    tid,
+                    table,
+                    [
+                        (
+                            fd,
+                            cloexec,
+                            file_id,
+                            None if new is None else (new.raw, new.kind, new.handler),
+                        )
+                        for fd, cloexec, file_id, new in entries
+                    ],
+                )
+            )
+    return out, builder
+
+
+def test_dedup_loop_c_and_python_agree(zoo: Tree) -> None:
+    from asyckpt._kernel import dedup_rows
+
+    assert dedup_rows is not None
+    c_out, c_builder = _resolve_zoo(zoo, dedup_rows)
+    py_out, py_builder = _resolve_zoo(zoo, None)
+    assert c_out == py_out
+    for attr in ("file_count", "fd_count", "hint_hits"):
+        assert getattr(c_builder, attr) == getattr(py_builder, attr), attr
+    assert c_builder._files.compares == py_builder._files.compares
+    assert c_builder._files.buckets == py_builder._files.buckets
+    assert c_builder._table_fds == py_builder._table_fds
+    # The zoo shares descriptions by fork (hints) and by dup within one table (found in
+    # the index with kcmp): both paths were taken.
+    assert c_builder.hint_hits > 0
+    assert c_builder._files.compares > 0
+
+
+def test_dedup_loop_kcmp_failure_names_the_other_side(zoo: Tree) -> None:
+    from asyckpt._fdscan import dedup_rows
+
+    row = next(r for r in read_fds(zoo.pid, zoo.pid) if r[0] == zoo.info["rw"])
+    key = (row[3], row[4], row[12], row[13] & ~os.O_CLOEXEC)
+    gone = (4194999, 3)  # no such pid: kcmp fails with ESRCH
+    buckets: dict[Any, list[Any]] = {key: [(gone, 7)]}
+    entries, new, count, hits, compares, error = dedup_rows([row], zoo.pid, {}, {}, buckets, 10)
+    assert (entries, new, error) == (None, None, (3, *gone))  # ESRCH
+    assert (count, hits, compares) == (10, 0, 1)
+    # Without a bucket it is a new description, numbered after file_count.
+    entries, new, count, hits, compares, error = dedup_rows([row], zoo.pid, {}, {}, {}, 10)
+    assert entries == [(row[0], False, 11, None)]
+    assert (new, count, error) == ([0], 11, None)

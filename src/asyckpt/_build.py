@@ -21,14 +21,20 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import msgspec
 
 from ._classify import access_mode, kernel_kind, split_deleted, task_relative_path
 from ._dedup import KcmpIndex
 from ._discover import TaskPlan
-from ._errors import AsyckptError, HandlerFailed, NoSuchProcess, StrictViolation
+from ._errors import (
+    AsyckptError,
+    HandlerFailed,
+    NoSuchProcess,
+    StrictViolation,
+    translate_oserror,
+)
 from ._plugins import (
     CaptureSession,
     CaptureTree,
@@ -50,6 +56,20 @@ O_CLOEXEC = os.O_CLOEXEC
 
 Ref = tuple[int, int]
 """(tid, fd): how kcmp names an fd."""
+
+DedupRows = Callable[
+    [list[ScanRow], int, dict[int, Any], dict[int, Any], dict[Any, list[Any]], int],
+    tuple[
+        list[tuple[int, bool, int, Any]] | None,
+        list[int] | None,
+        int,
+        int,
+        int,
+        tuple[int, int, int] | None,
+    ],
+]
+"""_fdscan.dedup_rows: (rows, tid, hints, seen, buckets, file_count) -> (entries, new
+row indexes, file_count, hint hits, compares, kcmp error (errno, pid, fd) or None)."""
 
 RunAsync = Callable[..., Any]
 """Runs ``async_fn(*args)`` to completion from the resolver's worker thread."""
@@ -173,6 +193,7 @@ class RecordBuilder:
         tolerant: bool = False,
         session: CaptureSession | None = None,
         run_async: RunAsync = _trio_run_async,
+        dedup_rows: DedupRows | None = None,
     ) -> None:
         self._dispatch = dispatch
         # One chooser per capture: it caches the fs magic of each mount id, and mount ids
@@ -181,6 +202,9 @@ class RecordBuilder:
         self._run_async = run_async
         self._compare_files = compare_files
         self._files: KcmpIndex[Ref, int] = KcmpIndex(compare_files)
+        # The dedup loop in C (_fdscan.dedup_rows), when compare_files is kcmp_files and
+        # the accelerator is built; it compares with kcmp itself.
+        self._dedup_rows = dedup_rows
         # fd -> (key, ref, file id) of every table resolved, and each task's own table:
         # a child's fd N is most often its parent's fd N, inherited, so that is tried
         # first, with one kcmp, before the index's binary search.
@@ -255,6 +279,8 @@ class RecordBuilder:
         hints: dict[int, tuple[object, Ref, int]],
         seen: dict[int, tuple[object, Ref, int]],
     ) -> list[tuple[int, bool, int, NewFile | None]]:
+        if self._dedup_rows is not None and not self._tolerant:
+            return self._resolve_table_fast(pid, tid, fds, root, hints, seen)
         entries: list[tuple[int, bool, int, NewFile | None]] = []
         append = entries.append
         compare = self._compare_files
@@ -303,6 +329,44 @@ class RecordBuilder:
                 append((fd, cloexec, file_id, new))
         finally:
             ctx._close()
+        self.fd_count += len(entries)
+        return entries
+
+    def _resolve_table_fast(
+        self,
+        pid: int,
+        tid: int,
+        fds: list[ScanRow],
+        root: str,
+        hints: dict[int, tuple[object, Ref, int]],
+        seen: dict[int, tuple[object, Ref, int]],
+    ) -> list[tuple[int, bool, int, NewFile | None]]:
+        """:meth:`_resolve_table` with the per-fd dedup loop in C (``dedup_rows``, over the
+        same structures), then the new descriptions built here, in fd order.  Frozen
+        only: a kcmp failure is an error, never a task that exited."""
+        assert self._dedup_rows is not None
+        entries, new, count, hits, compares, error = self._dedup_rows(
+            fds, tid, hints, seen, self._files.buckets, self.file_count
+        )
+        self.file_count = count
+        self.hint_hits += hits
+        self._files.compares += compares
+        if error is not None:
+            err, other_pid, other_fd = error
+            exc = OSError(err, os.strerror(err))
+            raise translate_oserror(exc, pid=other_pid, fd=other_fd, what="kcmp") from exc
+        assert entries is not None
+        assert new is not None
+        if new:
+            ctx = HandlerContext(tid, self.session)
+            try:
+                for i in new:
+                    fd, cloexec, file_id, _ = entries[i]
+                    raw = cast(RawRow, fds[i])  # an inherited row is never a new file
+                    made = self._new_file(file_id, pid, tid, raw, raw[13] & ~O_CLOEXEC, root, ctx)
+                    entries[i] = (fd, cloexec, file_id, made)
+            finally:
+                ctx._close()
         self.fd_count += len(entries)
         return entries
 

@@ -43,7 +43,7 @@ from ._discover import TaskPlan, check_target, plan_tables, walk_tree
 from ._errors import FreezerError, NoSuchProcess, collapse_errors
 from ._freeze import Freezer, choose_freezer
 from ._guardian import Guardian
-from ._kernel import kcmp_files
+from ._kernel import dedup_rows, kcmp_files
 from ._order import Reorderer
 from ._plugins import CaptureSession, Dispatch, LoadedHandler, load_handlers
 from ._procparse import TaskStat
@@ -254,6 +254,7 @@ async def _capture(
         read_mountinfo=_read_mountinfo,
         strict=options.strict,
         tolerant=not freezer.consistent,
+        dedup_rows=dedup_rows,
     )
     async with _frozen(freezer, root, tree, options.freeze_timeout, guardian):
         plans = await trio.to_thread.run_sync(

@@ -415,6 +415,195 @@ static PyObject *kcmp_files(PyObject *self, PyObject *const *args, Py_ssize_t na
     return PyLong_FromLong(r);
 }
 
+/* --- dedup_rows: RecordBuilder._resolve_table's per-fd loop, for a frozen tree ------- */
+
+static PyObject *pair(long a, PyObject *b_borrowed) {
+    PyObject *t = PyTuple_New(2), *x = PyLong_FromLong(a);
+    if (!t || !x) { Py_XDECREF(t); Py_XDECREF(x); return NULL; }
+    Py_INCREF(b_borrowed);
+    PyTuple_SET_ITEM(t, 0, x);
+    PyTuple_SET_ITEM(t, 1, b_borrowed);
+    return t;
+}
+
+/* kcmp(KCMP_FILE) of (tid, fd) against a (pid, fd) ref tuple; -1 with *epid, *efd set
+ * (the ref's, as _kernel.kcmp_files names them) and errno on failure. */
+static long kcmp_ref(long tid, long fd, PyObject *ref, long *epid, long *efd) {
+    long p = PyLong_AsLong(PyTuple_GET_ITEM(ref, 0));
+    long f = PyLong_AsLong(PyTuple_GET_ITEM(ref, 1));
+    long r = syscall(SYS_kcmp, (pid_t)tid, (pid_t)p, 0 /* KCMP_FILE */, fd, f);
+    if (r < 0) { *epid = p; *efd = f; }
+    return r;
+}
+
+/* dedup_rows(rows, tid, hints, seen, buckets, file_count)
+ *   -> (entries, new, file_count, hint_hits, compares, error)
+ *
+ * The loop of _build.RecordBuilder._resolve_table, without the interpreter: for each row
+ * (ScanRow) of one table, the cheap key, the parent's hint (same key, then kcmp), else
+ * the KcmpIndex bucket of the key (binary search in kcmp order), in the same Python
+ * structures the Python loop uses, so the two can take turns.  entries holds
+ * (fd, cloexec, file_id, None) per row; new, the indexes of the rows whose description
+ * is new (their ids handed out in row order from file_count + 1), for the caller to
+ * build.  A kcmp failure stops the loop: error is then (errno, pid, fd) of the other
+ * side, as the Python loop's comparison would report it. */
+static PyObject *dedup_rows(PyObject *self, PyObject *args) {
+    PyObject *rows, *hints, *seen, *buckets;
+    long tid;
+    long long count;
+    if (!PyArg_ParseTuple(args, "O!lO!O!O!L:dedup_rows", &PyList_Type, &rows, &tid,
+                          &PyDict_Type, &hints, &PyDict_Type, &seen, &PyDict_Type, &buckets,
+                          &count))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(rows);
+    long long hits = 0, compares = 0;
+    PyObject *entries = PyList_New(n), *fresh = PyList_New(0), *error = NULL;
+    PyObject *key = NULL, *ref = NULL, *file_id = NULL;
+    if (!entries || !fresh) goto fail;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *row = PyList_GET_ITEM(rows, i);
+        if (!PyTuple_Check(row) || (PyTuple_GET_SIZE(row) != 2 && PyTuple_GET_SIZE(row) != 16)) {
+            PyErr_SetString(PyExc_TypeError, "dedup_rows: a row is a 2- or 16-tuple");
+            goto fail;
+        }
+        PyObject *fd_obj = PyTuple_GET_ITEM(row, 0);
+        long fd = PyLong_AsLong(fd_obj);
+        if (fd == -1 && PyErr_Occurred()) goto fail;
+        int is_new = 0;
+        if (PyTuple_GET_SIZE(row) == 2) {
+            unsigned long flags = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(row, 1));
+            if (PyErr_Occurred()) goto fail;
+            PyObject *hint = PyDict_GetItemWithError(hints, fd_obj);
+            if (!hint) {
+                if (!PyErr_Occurred())
+                    PyErr_Format(PyExc_RuntimeError,
+                                 "asyckpt bug: fd %ld of %ld has no parent row", fd, tid);
+                goto fail;
+            }
+            key = PyTuple_GET_ITEM(hint, 0);
+            Py_INCREF(key);
+            file_id = PyTuple_GET_ITEM(hint, 2);
+            Py_INCREF(file_id);
+            hits++;
+            PyObject *item = Py_BuildValue("(OOOO)", fd_obj, (flags & O_CLOEXEC) ? Py_True : Py_False,
+                                           file_id, Py_None);
+            if (!item) goto fail;
+            PyList_SET_ITEM(entries, i, item);
+        } else {
+            unsigned long flags = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(row, 13));
+            if (PyErr_Occurred()) goto fail;
+            int cloexec = (flags & O_CLOEXEC) != 0;
+            flags &= ~(unsigned long)O_CLOEXEC;
+            key = Py_BuildValue("(OOOk)", PyTuple_GET_ITEM(row, 3), PyTuple_GET_ITEM(row, 4),
+                                PyTuple_GET_ITEM(row, 12), flags);
+            if (!key) goto fail;
+            PyObject *hint = PyDict_GetItemWithError(hints, fd_obj);
+            if (!hint && PyErr_Occurred()) goto fail;
+            long epid = 0, efd = 0;
+            if (hint) {
+                int same_key = PyObject_RichCompareBool(PyTuple_GET_ITEM(hint, 0), key, Py_EQ);
+                if (same_key < 0) goto fail;
+                if (same_key) {
+                    long r = kcmp_ref(tid, fd, PyTuple_GET_ITEM(hint, 1), &epid, &efd);
+                    if (r < 0) goto kcmp_failed;
+                    if (r == 0) {
+                        file_id = PyTuple_GET_ITEM(hint, 2);
+                        Py_INCREF(file_id);
+                        hits++;
+                    }
+                }
+            }
+            if (!file_id) {
+                PyObject *bucket = PyDict_GetItemWithError(buckets, key);
+                if (!bucket && PyErr_Occurred()) goto fail;
+                Py_ssize_t lo = 0, hi = bucket ? PyList_GET_SIZE(bucket) : 0;
+                while (lo < hi) {
+                    Py_ssize_t mid = (lo + hi) / 2;
+                    PyObject *entry = PyList_GET_ITEM(bucket, mid);
+                    compares++;
+                    long r = kcmp_ref(tid, fd, PyTuple_GET_ITEM(entry, 0), &epid, &efd);
+                    if (r < 0) goto kcmp_failed;
+                    if (r == 0) {
+                        file_id = PyTuple_GET_ITEM(entry, 1);
+                        Py_INCREF(file_id);
+                        break;
+                    }
+                    if (r == 1) hi = mid;
+                    else if (r == 2) lo = mid + 1;
+                    else {
+                        PyErr_Format(PyExc_ValueError, "compare returned %ld, expected 0, 1 or 2", r);
+                        goto fail;
+                    }
+                }
+                if (!file_id) {
+                    is_new = 1;
+                    file_id = PyLong_FromLongLong(++count);
+                    if (!file_id) goto fail;
+                    ref = pair(tid, fd_obj);
+                    PyObject *stored = ref ? PyTuple_Pack(2, ref, file_id) : NULL;
+                    Py_CLEAR(ref);
+                    if (!stored) goto fail;
+                    int rc;
+                    if (bucket) {
+                        rc = PyList_Insert(bucket, lo, stored);
+                    } else {
+                        PyObject *fresh_bucket = PyList_New(1);
+                        if (!fresh_bucket) { Py_DECREF(stored); goto fail; }
+                        Py_INCREF(stored);
+                        PyList_SET_ITEM(fresh_bucket, 0, stored);
+                        rc = PyDict_SetItem(buckets, key, fresh_bucket);
+                        Py_DECREF(fresh_bucket);
+                    }
+                    Py_DECREF(stored);
+                    if (rc < 0) goto fail;
+                }
+            }
+            PyObject *item = Py_BuildValue("(OOOO)", fd_obj, cloexec ? Py_True : Py_False,
+                                           file_id, Py_None);
+            if (!item) goto fail;
+            PyList_SET_ITEM(entries, i, item);
+            goto resolved;
+        kcmp_failed:
+            error = Py_BuildValue("(ill)", errno, epid, efd);
+            Py_CLEAR(key);
+            Py_CLEAR(entries);
+            if (!error) goto fail;
+            break;
+        }
+    resolved:
+        ref = pair(tid, fd_obj);
+        if (!ref) goto fail;
+        {
+            PyObject *mine = PyTuple_Pack(3, key, ref, file_id);
+            if (!mine) goto fail;
+            int rc = PyDict_SetItem(seen, fd_obj, mine);
+            Py_DECREF(mine);
+            if (rc < 0) goto fail;
+        }
+        if (is_new) {
+            PyObject *index = PyLong_FromSsize_t(i);
+            if (!index || PyList_Append(fresh, index) < 0) { Py_XDECREF(index); goto fail; }
+            Py_DECREF(index);
+        }
+        Py_CLEAR(key);
+        Py_CLEAR(ref);
+        Py_CLEAR(file_id);
+    }
+    if (error) {
+        PyObject *result = Py_BuildValue("(OOLLLN)", Py_None, Py_None, count, hits, compares, error);
+        Py_DECREF(fresh);
+        return result;
+    }
+    return Py_BuildValue("(NNLLLO)", entries, fresh, count, hits, compares, Py_None);
+fail:
+    Py_XDECREF(key);
+    Py_XDECREF(ref);
+    Py_XDECREF(file_id);
+    Py_XDECREF(entries);
+    Py_XDECREF(fresh);
+    return NULL;
+}
+
 #ifndef SYS_pidfd_getfd
 #define SYS_pidfd_getfd 438
 #endif
@@ -436,6 +625,9 @@ static PyObject *pidfd_getfd(PyObject *self, PyObject *const *args, Py_ssize_t n
 }
 
 static PyMethodDef methods[] = {
+    {"dedup_rows", dedup_rows, METH_VARARGS,
+     "dedup_rows(rows, tid, hints, seen, buckets, file_count) -> (entries, new, file_count,"
+     " hint_hits, compares, error): RecordBuilder._resolve_table's dedup loop in C."},
     {"pidfd_getfd", (PyCFunction)(void (*)(void))pidfd_getfd, METH_FASTCALL,
      "pidfd_getfd(pidfd, fd) -> a duplicate of the pidfd's task's fd (pidfd_getfd(2))"},
     {"read_tables", read_tables, METH_VARARGS,

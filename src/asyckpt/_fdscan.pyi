@@ -1,3 +1,5 @@
+from typing import Any
+
 from ._procread import RawRow, ScanRow
 
 def read_table(fd_dir: str, fdinfo_dir: str) -> list[RawRow]: ...
@@ -6,3 +8,19 @@ def read_tables(
 ) -> list[list[ScanRow] | OSError]: ...
 def kcmp_files(a: tuple[int, int], b: tuple[int, int]) -> int: ...
 def pidfd_getfd(pidfd: int, fd: int, /) -> int: ...
+def dedup_rows(
+    rows: list[ScanRow],
+    tid: int,
+    hints: dict[int, Any],
+    seen: dict[int, Any],
+    buckets: dict[Any, list[Any]],
+    file_count: int,
+    /,
+) -> tuple[
+    list[tuple[int, bool, int, Any]] | None,
+    list[int] | None,
+    int,
+    int,
+    int,
+    tuple[int, int, int] | None,
+]: ...

@@ -7,16 +7,22 @@ the worker thread that is already doing a task's /proc reads.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import platform
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ._errors import KernelUnsupported, translate_oserror
+
+if TYPE_CHECKING:
+    from ._build import DedupRows
 
 __all__ = [
     "KCMP_FILE",
     "KCMP_FILES",
+    "dedup_rows",
     "fs_magic",
     "kcmp",
     "kcmp_files",
@@ -89,6 +95,12 @@ else:
             return _kcmp_files_c(a, b)
         except OSError as exc:
             raise translate_oserror(exc, pid=b[0], fd=b[1], what="kcmp") from exc
+
+
+dedup_rows: DedupRows | None = None
+"""The C dedup loop for kcmp_files (RecordBuilder's ``dedup_rows``), if built."""
+with contextlib.suppress(ImportError):  # no C accelerator: RecordBuilder's Python loop
+    from ._fdscan import dedup_rows
 
 
 def same_file(pid1: int, pid2: int, fd: int) -> bool:
