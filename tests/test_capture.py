@@ -297,3 +297,38 @@ def test_freeze_none_is_marked_inconsistent(zoo: Tree, tmp_path: Path) -> None:
     image = read_image(tmp_path / "n.ackpt")
     assert summary.freezer == image.header.freezer == "none"
     assert image.header.consistent is False
+
+
+def test_collector_paused_during_the_capture_only(
+    zoo: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cyclic collector is off while the capture runs (it would walk every row and
+    record again and again) and as it was afterwards, also after a failed capture."""
+    import gc
+
+    from asyckpt import _capture
+
+    seen = []
+    real = _capture.materialize
+
+    def spy(part: Any) -> Any:
+        seen.append(gc.isenabled())
+        return real(part)
+
+    assert gc.isenabled()
+    monkeypatch.setattr(_capture, "materialize", spy)
+    capture(zoo, tmp_path / "a.ackpt")
+    assert seen
+    assert not any(seen)
+    assert gc.isenabled()
+    with pytest.raises(asyckpt.AsyckptError):
+        capture(zoo, tmp_path / "a.ackpt")  # exists, no force: fails before capturing
+    with pytest.raises(asyckpt.StrictViolation):
+        capture(zoo, tmp_path / "b.ackpt", dispatch=own_handlers(), strict=True)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        capture(zoo, tmp_path / "c.ackpt")
+        assert not gc.isenabled()  # left as it was found
+    finally:
+        gc.enable()

@@ -31,9 +31,11 @@ Theory of operation
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
+import threading
 import time
-from collections.abc import AsyncIterator, Container, Sequence
+from collections.abc import AsyncIterator, Container, Iterator, Sequence
 
 import msgspec
 import trio
@@ -224,7 +226,12 @@ async def capture(
             if options.freeze != "none":
                 # Started early, so that its interpreter starts while the tree is discovered.
                 guardian = await trio.to_thread.run_sync(Guardian)
-            summary = await _capture(root, send, options, dispatch, guardian)
+            # The cyclic collector is paused for the capture: each of its passes walks
+            # every object the capture holds (rows, records: several hundred thousand),
+            # again and again as they pile up, a third of the resolver's time while the
+            # tree is frozen; reference counting frees nearly all of them anyway.
+            with _gc_paused():
+                summary = await _capture(root, send, options, dispatch, guardian)
     finally:
         if guardian is not None:
             with trio.CancelScope(shield=True):
@@ -304,6 +311,30 @@ async def _capture(
         frozen_ms=freezer.frozen_ms,
         capture_ms=0.0,
     )
+
+
+_gc_pauses = 0
+_gc_was_enabled = False
+_gc_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Disable the cyclic garbage collector for the block, and restore it after (nested
+    and concurrent captures included: the last to leave re-enables it)."""
+    global _gc_pauses, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pauses == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_was_enabled:
+                gc.enable()
 
 
 async def _begin(
