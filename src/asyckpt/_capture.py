@@ -44,7 +44,7 @@ from ._build import BodyRecord, GenericFd, RecordBuilder, TaskPart, TaskScan, ma
 from ._discover import TaskPlan, check_target, plan_tables, walk_tree
 from ._errors import FreezerError, NoSuchProcess, collapse_errors
 from ._freeze import Freezer, choose_freezer
-from ._guardian import Guardian
+from ._guardian import Guardian, take_guardian
 from ._kernel import dedup_rows, kcmp_files
 from ._order import Reorderer
 from ._plugins import CaptureSession, Dispatch, LoadedHandler, load_handlers
@@ -203,8 +203,12 @@ async def _frozen(
                 clean = True
             finally:
                 if guardian is not None:
-                    # Dismissed unclean, it retries the undo itself before exiting.
-                    await trio.to_thread.run_sync(lambda: guardian.dismiss(clean=clean))
+                    # Dismissed unclean, it retries the undo itself before exiting (and
+                    # is waited for); clean, it exits while the records are made, and
+                    # capture() reaps it.
+                    await trio.to_thread.run_sync(
+                        lambda: guardian.dismiss(clean=clean, wait=not clean)
+                    )
 
 
 async def capture(
@@ -225,7 +229,7 @@ async def capture(
             root = await trio.to_thread.run_sync(check_target, pid)
             if options.freeze != "none":
                 # Started early, so that its interpreter starts while the tree is discovered.
-                guardian = await trio.to_thread.run_sync(Guardian)
+                guardian = await trio.to_thread.run_sync(take_guardian)
             # The cyclic collector is paused for the capture: each of its passes walks
             # every object the capture holds (rows, records: several hundred thousand),
             # again and again as they pile up, a third of the resolver's time while the
@@ -235,7 +239,7 @@ async def capture(
     finally:
         if guardian is not None:
             with trio.CancelScope(shield=True):
-                # Nothing was frozen, or _frozen has dismissed it already.
+                # Nothing was frozen, or _frozen has dismissed it already: reaped here.
                 await trio.to_thread.run_sync(lambda: guardian.dismiss(clean=True))
     summary.capture_ms = (time.perf_counter() - started) * 1000
     return summary

@@ -253,6 +253,18 @@ async def _with_signals(coro_fn, *args):  # type: ignore[no-untyped-def]
 
 
 def _cmd_tree(args: argparse.Namespace) -> int:
+    from ._guardian import discard_prestarted, prestart
+
+    if args.freeze != "none":
+        # Its interpreter starts while this one imports trio and the plugins.
+        prestart()
+    try:
+        return _tree(args)
+    finally:
+        discard_prestarted()
+
+
+def _tree(args: argparse.Namespace) -> int:
     import trio
 
     from ._api import checkpoint_tree
