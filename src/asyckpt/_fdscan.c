@@ -16,6 +16,12 @@
  * An fd that vanishes between readdir and read is skipped (only possible on a tree
  * that is not frozen).  Any other failure raises OSError(errno, strerror, path), which
  * the caller translates.
+ *
+ * read_tables(dirs, parents) reads many tables with one release of the GIL; with
+ * parents (frozen trees only) an fd that kcmp finds shared with the parent's fd of the
+ * same number is read no further than its fdinfo and comes back as (fd, flags).  Also
+ * here, because through ctypes or the interpreter they cost several times their
+ * syscalls: kcmp_files, pidfd_getfd, and dedup_rows, the resolver's per-fd dedup loop.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
