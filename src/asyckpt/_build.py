@@ -202,8 +202,8 @@ class RecordBuilder:
         self._run_async = run_async
         self._compare_files = compare_files
         self._files: KcmpIndex[Ref, int] = KcmpIndex(compare_files)
-        # The dedup loop in C (_fdscan.dedup_rows), when compare_files is kcmp_files and
-        # the accelerator is built; it compares with kcmp itself.
+        # The dedup loop in C (_fdscan.dedup_rows), given by the capture along with
+        # compare_files=kcmp_files when the accelerator is built: it calls kcmp itself.
         self._dedup_rows = dedup_rows
         # fd -> (key, ref, file id) of every table resolved, and each task's own table:
         # a child's fd N is most often its parent's fd N, inherited, so that is tried
