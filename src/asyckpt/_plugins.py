@@ -571,9 +571,16 @@ class Installed(NamedTuple):
 def installed_handlers() -> list[Installed]:
     """Every entry point of ``asyckpt.fd_types``, sorted by name, then distribution."""
     out = []
+    # Name and version come from the distribution's METADATA, which every access parses
+    # again: once per distribution, not twice per handler (a third of loading them).
+    about: dict[int, tuple[str, str]] = {}
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        dist = ep.dist.name if ep.dist is not None else "?"
-        version = ep.dist.version if ep.dist is not None else "?"
+        dist, version = "?", "?"
+        if ep.dist is not None:
+            if id(ep.dist) not in about:
+                meta = ep.dist.metadata
+                about[id(ep.dist)] = (meta["Name"], meta["Version"])
+            dist, version = about[id(ep.dist)]
         out.append(Installed(ep.name, dist, version, ep.value, ep))
     return sorted(out, key=lambda i: (i.name, _normalize(i.distribution), i.value))
 
