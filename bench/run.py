@@ -142,9 +142,11 @@ class Exec:
 class Runner:
     """Runs commands through the timed_exec launcher compiled into ``tmp``."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, env: dict[str, str] | None = None) -> None:
         self.launcher = compile_c(TIMED_EXEC_C, tmp / "timed_exec")
         self.result = tmp / "timed_exec.result"
+        self.env = env
+        """The environment of every command (None: this one's)."""
 
     def run(self, cmd: Sequence[str], *, keep_stdout: bool = False) -> Exec:
         """Run ``cmd`` to completion; wall time from before fork to after wait4.
@@ -161,6 +163,7 @@ class Runner:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
+                env=self.env,
             )
             try:
                 launcher_rc = proc.wait()
@@ -436,7 +439,7 @@ def measure_asyckpt(runner: Runner, root: int, image: Path, rep: Rep, series: Se
     rep.asyckpt_wall_ms = ex.wall_ms
     rep.asyckpt_rss_kib = ex.maxrss_kib
     show = subprocess.run(
-        [*ASYCKPT, "show", str(image), "--json"], capture_output=True, check=False
+        [*ASYCKPT, "show", str(image), "--json"], capture_output=True, check=False, env=runner.env
     )
     if show.returncode != 0:
         raise BenchError(f"asyckpt show failed: {show.stderr.decode(errors='replace')}")
@@ -701,6 +704,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="lsof binary (default: %(default)s)",
     )
     p.add_argument(
+        "--compile-each-run",
+        action="store_true",
+        help="run asyckpt in this environment as it is, even if it makes Python compile "
+        "asyckpt's modules on every start (an editable install with "
+        "PYTHONDONTWRITEBYTECODE=1); by default they are compiled once, beforehand, into "
+        "a bytecode cache of the run's own, as an installed package's are",
+    )
+    p.add_argument(
         "--json",
         type=Path,
         metavar="FILE",
@@ -717,9 +728,41 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def bytecode_env(tmp: Path) -> dict[str, str]:
+    """The environment of an installed asyckpt: its modules' bytecode compiled once (as
+    ``pip install`` does), not on every run.
+
+    An editable install under PYTHONDONTWRITEBYTECODE=1 (as in some CI and container
+    setups) recompiles every module of asyckpt and its plugins at each start, which is
+    no cost a user's install pays.  The commands get a bytecode cache of their own
+    (PYTHONPYCACHEPREFIX in ``tmp``), filled here before anything is measured; the
+    source tree is left untouched.
+    """
+    from importlib.metadata import entry_points
+    from importlib.util import find_spec
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
+    dirs = {Path(asyckpt.__file__).parent}
+    for ep in entry_points(group="asyckpt.fd_types"):
+        spec = find_spec(ep.module.split(".")[0])
+        if spec is not None and spec.submodule_search_locations:
+            dirs.update(Path(p) for p in spec.submodule_search_locations)
+    cc = subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", *map(str, sorted(dirs))],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if cc.returncode != 0:
+        raise BenchError(f"compileall failed:\n{cc.stdout}{cc.stderr}")
+    return env
+
+
 def run(args: argparse.Namespace, tmp: Path) -> None:
     floor = compile_c(args.workloads / "floor_scan.c", tmp / "floor_scan")
-    runner = Runner(tmp)
+    runner = Runner(tmp, None if args.compile_each_run else bytecode_env(tmp))
 
     progress(f"main tree: spawn_tree.py {args.children} {args.fds}")
     main_series = bench_tree(args, runner, floor, tmp, args.children, args.fds, args.repeat)
@@ -731,9 +774,10 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
                 bench_tree(args, runner, floor, tmp, children, args.scale_fds, args.repeat)
             )
 
+    bytecode = "compiled on every run" if args.compile_each_run else "compiled once, beforehand"
     print(
         f"Machine: {machine_line(main_series.freezer, args.lsof)}; load average before the run "
-        f"{args.load_before}."
+        f"{args.load_before}; asyckpt's bytecode {bytecode}."
     )
     print()
     print(main_table(main_series, args.warmup))

@@ -163,6 +163,32 @@ def test_capture_is_deterministic(zoo: Tree, tmp_path: Path) -> None:
     assert bodies[0] == bodies[1]
 
 
+def test_image_is_the_same_whichever_reader(
+    zoo: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The C reader leaning on the parent's rows (the default, frozen), the C reader
+    reading every fd, and the pure-Python reader and dedup loop give byte-identical
+    bodies."""
+    from asyckpt import _procread
+
+    read = _procread.read_fd_tables
+    bodies = []
+    capture(zoo, tmp_path / "lean.ackpt")
+    bodies.append(_body((tmp_path / "lean.ackpt").read_bytes()))
+    with monkeypatch.context() as m:
+        m.setattr(
+            "asyckpt._capture.read_fd_tables",
+            lambda owners, **kw: read(owners, missing_ok=kw["missing_ok"]),
+        )
+        capture(zoo, tmp_path / "full.ackpt")
+    bodies.append(_body((tmp_path / "full.ackpt").read_bytes()))
+    monkeypatch.setattr(_procread, "_read_tables_c", None)
+    monkeypatch.setattr("asyckpt._capture.dedup_rows", None)
+    capture(zoo, tmp_path / "py.ackpt")
+    bodies.append(_body((tmp_path / "py.ackpt").read_bytes()))
+    assert bodies[0] == bodies[1] == bodies[2]
+
+
 def _body(data: bytes) -> bytes:
     """The bytes between the header frame and the trailer frame."""
     from asyckpt._image import MAGIC
@@ -271,3 +297,38 @@ def test_freeze_none_is_marked_inconsistent(zoo: Tree, tmp_path: Path) -> None:
     image = read_image(tmp_path / "n.ackpt")
     assert summary.freezer == image.header.freezer == "none"
     assert image.header.consistent is False
+
+
+def test_collector_paused_during_the_capture_only(
+    zoo: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cyclic collector is off while the capture runs (it would walk every row and
+    record again and again) and as it was afterwards, also after a failed capture."""
+    import gc
+
+    from asyckpt import _capture
+
+    seen = []
+    real = _capture.materialize
+
+    def spy(part: Any) -> Any:
+        seen.append(gc.isenabled())
+        return real(part)
+
+    assert gc.isenabled()
+    monkeypatch.setattr(_capture, "materialize", spy)
+    capture(zoo, tmp_path / "a.ackpt")
+    assert seen
+    assert not any(seen)
+    assert gc.isenabled()
+    with pytest.raises(asyckpt.AsyckptError):
+        capture(zoo, tmp_path / "a.ackpt")  # exists, no force: fails before capturing
+    with pytest.raises(asyckpt.StrictViolation):
+        capture(zoo, tmp_path / "b.ackpt", dispatch=own_handlers(), strict=True)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        capture(zoo, tmp_path / "c.ackpt")
+        assert not gc.isenabled()  # left as it was found
+    finally:
+        gc.enable()

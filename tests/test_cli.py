@@ -249,3 +249,34 @@ def test_bad_freeze_options_are_usage_errors(args: list[str], message: str) -> N
     assert proc.returncode == 2
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_command_exits_at_once_with_every_byte_written(tmp_path: Path) -> None:
+    """The command skips the interpreter's teardown (os._exit): what it printed is all
+    there, whatever way it ended, with main's or argparse's exit code."""
+    version = run("--version")
+    assert (version.returncode, version.stdout.strip()) == (0, "asyckpt 0.1.0")
+    helped = run("--help")
+    assert helped.returncode == 0
+    assert helped.stdout.startswith("usage: asyckpt")
+    usage = run("bogus")
+    assert usage.returncode == 2
+    assert "invalid choice" in usage.stderr
+    missing = run("show", str(tmp_path / "none.ackpt"))
+    assert missing.returncode == 6
+    # A long output, through a pipe and to its end (the demo's image, shown as JSON).
+    demo = run("tree", "-o", str(tmp_path / "d.ackpt"), "-q")
+    assert demo.returncode == 0, demo.stderr
+    shown = run("show", str(tmp_path / "d.ackpt"), "--json")
+    assert shown.returncode == 0
+    assert json.loads(shown.stdout)["stats"]["fds"] > 0
+    # A reader that leaves early is no error, and no noise.
+    head = subprocess.run(
+        f"{' '.join(ASYCKPT)} show {tmp_path / 'd.ackpt'} | head -c 10",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert head.stdout == "image: roo"
+    assert head.stderr == ""

@@ -393,6 +393,29 @@ def test_a_dead_guardian_stops_the_capture_before_anything_changes() -> None:
     guardian.dismiss(clean=True)
 
 
+def test_prestarted_guardian_is_taken_once_or_discarded(zoo: Tree, tmp_path: Path) -> None:
+    from asyckpt import _guardian
+
+    _guardian.prestart()
+    first = _guardian._prestarted
+    assert first is not None
+    _guardian.prestart()  # one at a time
+    assert _guardian._prestarted is first
+    # The next capture takes it, tells it each step and reaps it.
+    capture(zoo.pid, tmp_path / "a.ackpt")
+    assert _guardian._prestarted is None
+    assert first.dismissed
+    assert first._proc.returncode == 0
+    # One no capture took is dismissed, and its process reaped.
+    _guardian.prestart()
+    second = _guardian._prestarted
+    assert second is not None
+    _guardian.discard_prestarted()
+    assert _guardian._prestarted is None
+    assert second._proc.returncode == 0
+    _guardian.discard_prestarted()  # nothing left: a no-op
+
+
 def test_cli_says_which_cgroup_it_froze(zoo: Tree, make_cgroup: Any, tmp_path: Path) -> None:
     cg = make_cgroup(2)
     move_into(cg, zoo.pids())

@@ -6,9 +6,11 @@ for the same table; the C one is what a normal install runs.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,6 +36,33 @@ def test_c_and_python_readers_agree(zoo: Tree) -> None:
         py_rows = [RawFd(*row) for row in _read_table_py(f"{base}/fd", f"{base}/fdinfo")]
         assert c_rows == py_rows
         assert [r.fd for r in c_rows] == sorted(int(n) for n in os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_inherited_rows_c_and_python_agree(zoo: Tree) -> None:
+    """With a parent, an fd kcmp finds shared with the parent's fd of the same number is
+    the short row (fd, flags); both readers agree on which, and on everything else."""
+    from asyckpt._fdscan import read_tables
+
+    info = zoo.info
+    fork = info["fork"]
+    base = f"/proc/{fork}/task/{fork}"
+    c_rows = read_tables([(f"{base}/fd", f"{base}/fdinfo")], [(zoo.pid, fork)])[0]
+    py_rows = _read_table_py(f"{base}/fd", f"{base}/fdinfo", zoo.pid, fork)
+    assert c_rows == py_rows
+    full = {row[0]: RawFd(*row) for row in read_fds(fork, fork)}
+    assert [row[0] for row in c_rows] == sorted(full)
+    short = {row[0]: row[1] for row in c_rows if len(row) == 2}
+    # Inherited: the shared offset, the dup, the fd above 1024; its own file is not.
+    assert {info["rw"], info["dup"], info["high"]} <= short.keys()
+    assert info["child_own"] not in short
+    # The flags are the fd's own, close-on-exec included (dup2 made "high" cloexec).
+    for fd, flags in short.items():
+        assert flags == full[fd].flags
+    assert short[info["high"]] & os.O_CLOEXEC and not short[info["rw"]] & os.O_CLOEXEC
+    # Every other fd is one the parent does not share at that number.
+    parent_fds = {int(n) for n in os.listdir(f"/proc/{zoo.pid}/fd")}
+    for fd in (full.keys() - short.keys()) & parent_fds:
+        assert kcmp(zoo.pid, fork, KCMP_FILE, fd, fd) != 0
 
 
 def test_reader_sees_what_the_task_did(zoo: Tree) -> None:
@@ -113,3 +142,101 @@ def test_kcmp_epoll_tfd_finds_the_watch_not_the_fd() -> None:
         with pytest.raises(OSError, match="Bad file descriptor") as exc_info:  # not open
             kcmp_epoll_tfd(pid, 60000, pid, ep, r_tfd, 0)
         assert exc_info.value.errno == errno.EBADF
+
+
+def test_pidfd_getfd_c_and_ctypes_agree(zoo: Tree) -> None:
+    from asyckpt._fdscan import pidfd_getfd as c_getfd
+    from asyckpt._kernel import _pidfd_getfd as ctypes_getfd
+
+    pidfd = os.pidfd_open(zoo.pid)
+    try:
+        for getfd in (c_getfd, ctypes_getfd):
+            fd = getfd(pidfd, zoo.info["rw"])
+            try:
+                # The same description: kcmp says so, and it sees the offset the tree set.
+                assert kcmp(os.getpid(), zoo.pid, KCMP_FILE, fd, zoo.info["rw"]) == 0
+                assert os.lseek(fd, 0, os.SEEK_CUR) == 50
+                assert not os.get_inheritable(fd)
+            finally:
+                os.close(fd)
+            with pytest.raises(OSError, match="Bad file descriptor") as exc_info:
+                getfd(pidfd, 60000)
+            assert exc_info.value.errno == 9  # EBADF
+    finally:
+        os.close(pidfd)
+
+
+def _resolve_zoo(zoo: Tree, dedup_rows: Any) -> tuple[list[Any], Any]:
+    """Resolve every task of the (idle) zoo as a frozen capture would, with or without
+    the C dedup loop; what came out, and the builder."""
+    import asyckpt
+    from asyckpt._build import RecordBuilder
+    from asyckpt._capture import _read_mountinfo, _scan_chunk
+    from asyckpt._discover import plan_tables, walk_tree
+
+    plans = plan_tables(walk_tree(zoo.pid))
+    inherit = {p.stat.pid for p in plans if p.threads[0][1] is not None}
+    scans = _scan_chunk(list(enumerate(plans)), inherit)
+    builder = RecordBuilder(
+        asyckpt.load_handlers(autoload=False),
+        compare_files=kcmp_files,
+        read_mountinfo=_read_mountinfo,
+        dedup_rows=dedup_rows,
+    )
+    out = []
+    with contextlib.closing(builder):
+        parts = [builder.resolve(scan) for scan in scans]
+    for part in parts:
+        assert part is not None
+        for tid, table, entries in part.tables:
+            out.append(
+                (
+                    tid,
+                    table,
+                    [
+                        (
+                            fd,
+                            cloexec,
+                            file_id,
+                            None if new is None else (new.raw, new.kind, new.handler),
+                        )
+                        for fd, cloexec, file_id, new in entries
+                    ],
+                )
+            )
+    return out, builder
+
+
+def test_dedup_loop_c_and_python_agree(zoo: Tree) -> None:
+    from asyckpt._kernel import dedup_rows
+
+    assert dedup_rows is not None
+    c_out, c_builder = _resolve_zoo(zoo, dedup_rows)
+    py_out, py_builder = _resolve_zoo(zoo, None)
+    assert c_out == py_out
+    for attr in ("file_count", "fd_count", "hint_hits"):
+        assert getattr(c_builder, attr) == getattr(py_builder, attr), attr
+    assert c_builder._files.compares == py_builder._files.compares
+    assert c_builder._files.buckets == py_builder._files.buckets
+    assert c_builder._table_fds == py_builder._table_fds
+    assert c_builder._more_locks == py_builder._more_locks
+    # The zoo shares descriptions by fork (hints) and by dup within one table (found in
+    # the index with kcmp): both paths were taken.
+    assert c_builder.hint_hits > 0
+    assert c_builder._files.compares > 0
+
+
+def test_dedup_loop_kcmp_failure_names_the_other_side(zoo: Tree) -> None:
+    from asyckpt._fdscan import dedup_rows
+
+    row = next(r for r in read_fds(zoo.pid, zoo.pid) if r[0] == zoo.info["rw"])
+    key = (row[3], row[4], row[12], row[13] & ~os.O_CLOEXEC)
+    gone = (4194999, 3)  # no such pid: kcmp fails with ESRCH
+    buckets: dict[Any, list[Any]] = {key: [(gone, 7)]}
+    entries, new, count, hits, compares, error = dedup_rows([row], zoo.pid, {}, {}, buckets, 10)
+    assert (entries, new, error) == (None, None, (3, *gone))  # ESRCH
+    assert (count, hits, compares) == (10, 0, 1)
+    # Without a bucket it is a new description, numbered after file_count.
+    entries, new, count, hits, compares, error = dedup_rows([row], zoo.pid, {}, {}, {}, 10)
+    assert entries == [(row[0], False, 11, None)]
+    assert (new, count, error) == ([0], 11, None)

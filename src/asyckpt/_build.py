@@ -30,7 +30,7 @@ import errno
 import os
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import msgspec
 
@@ -72,7 +72,7 @@ from ._procparse import (
     parse_lock,
     parse_mountinfo,
 )
-from ._procread import RawRow, TaskMeta
+from ._procread import RawRow, ScanRow, TaskMeta
 from ._records import (
     NO_DATA,
     Content,
@@ -100,6 +100,30 @@ _VANISHED = frozenset({errno.ESRCH, errno.EBADF})
 
 Ref = tuple[int, int]
 """(tid, fd): how kcmp names an fd."""
+
+DedupRows = Callable[
+    [
+        list[ScanRow],
+        int,
+        dict[int, Any],
+        dict[int, Any],
+        dict[Any, list[Any]],
+        int,
+        dict[int, list[bytes]],
+    ],
+    tuple[
+        list[tuple[int, bool, int, Any]] | None,
+        list[int] | None,
+        int,
+        int,
+        int,
+        tuple[int, int, int] | None,
+    ],
+]
+"""_fdscan.dedup_rows: (rows, tid, hints, seen, buckets, file_count, more_locks) ->
+(entries, new row indexes, file_count, hint hits, compares, kcmp error (errno, pid, fd) or
+None); the fdinfo of an fd of a description seen before that lists locks is appended to
+``more_locks[file_id]``, as the Python loop does."""
 
 RunAsync = Callable[..., Any]
 """Runs ``async_fn(*args)`` to completion from the resolver's worker thread."""
@@ -136,8 +160,10 @@ class TaskScan(NamedTuple):
 
     seq: int
     plan: TaskPlan
-    tables: tuple[tuple[int, int, list[RawRow] | None], ...]
-    """(tid, table id, fds) for each table in ``plan.scan``; None if its task exited."""
+    tables: tuple[tuple[int, int, list[ScanRow] | None], ...]
+    """(tid, table id, fds) for each table in ``plan.scan``; None if its task exited.
+    An fd the scan found shared with the parent's fd of the same number is an
+    :data:`~asyckpt._procread.InheritedRow`, resolved from the parent's table."""
 
 
 class NewFile:
@@ -236,6 +262,7 @@ class RecordBuilder:
         run_async: RunAsync = _trio_run_async,
         ghost_limit: int = DEFAULT_GHOST_LIMIT,
         spool_dir: str | None = None,
+        dedup_rows: DedupRows | None = None,
     ) -> None:
         self._dispatch = dispatch
         # One chooser per capture: it caches the fs magic of each mount id, and mount ids
@@ -244,6 +271,9 @@ class RecordBuilder:
         self._run_async = run_async
         self._compare_files = compare_files
         self._files: KcmpIndex[Ref, int] = KcmpIndex(compare_files)
+        # The dedup loop in C (_fdscan.dedup_rows), given by the capture along with
+        # compare_files=kcmp_files when the accelerator is built: it calls kcmp itself.
+        self._dedup_rows = dedup_rows
         # fd -> (key, ref, file id) of every table resolved, and each task's own table:
         # a child's fd N is most often its parent's fd N, inherited, so that is tried
         # first, with one kcmp, before the index's binary search.
@@ -278,6 +308,11 @@ class RecordBuilder:
         # The records whose handler has a link hook, with the fd each was first seen
         # through, in image order: what link() walks, rather than every fd of the tree.
         self._to_link: list[tuple[NewFile, LinkRef]] = []
+
+    @property
+    def tolerant(self) -> bool:
+        """Whether tasks may exit mid-capture (the tree is not frozen)."""
+        return self._tolerant
 
     def resolve(self, scan: TaskScan) -> TaskPart | None:
         """The task, resolved; None when it exited before its fds could be read (only
@@ -320,11 +355,13 @@ class RecordBuilder:
         self,
         pid: int,
         tid: int,
-        fds: list[RawRow],
+        fds: list[ScanRow],
         root: str,
         hints: dict[int, tuple[object, Ref, int]],
         seen: dict[int, tuple[object, Ref, int]],
     ) -> list[tuple[int, bool, int, NewFile | None]]:
+        if self._dedup_rows is not None and not self._tolerant:
+            return self._resolve_table_fast(pid, tid, fds, root, hints, seen)
         entries: list[tuple[int, bool, int, NewFile | None]] = []
         append = entries.append
         compare = self._compare_files
@@ -332,6 +369,17 @@ class RecordBuilder:
         ctx = HandlerContext(tid, self.session)
         try:
             for raw in fds:
+                if len(raw) == 2:
+                    # The scan's kcmp found it shared with the parent's fd of this
+                    # number: the parent's description, nothing else to read or compare.
+                    fd, flags = raw
+                    hint = hints.get(fd)
+                    if hint is None:
+                        raise RuntimeError(f"asyckpt bug: fd {fd} of {tid} has no parent row")
+                    seen[fd] = (hint[0], (tid, fd), hint[2])
+                    append((fd, bool(flags & O_CLOEXEC), hint[2], None))
+                    self.hint_hits += 1
+                    continue
                 fd = raw[0]
                 flags = raw[13]
                 cloexec = bool(flags & O_CLOEXEC)
@@ -366,6 +414,49 @@ class RecordBuilder:
             ctx._close()
         self.fd_count += len(entries)
         return entries
+
+    def _resolve_table_fast(
+        self,
+        pid: int,
+        tid: int,
+        fds: list[ScanRow],
+        root: str,
+        hints: dict[int, tuple[object, Ref, int]],
+        seen: dict[int, tuple[object, Ref, int]],
+    ) -> list[tuple[int, bool, int, NewFile | None]]:
+        """:meth:`_resolve_table` with the per-fd dedup loop in C (``dedup_rows``, over the
+        same structures), then the new descriptions built here, in fd order.  Frozen
+        only: a kcmp failure is an error, never a task that exited."""
+        assert self._dedup_rows is not None
+        entries, new, count, hits, compares, error = self._dedup_rows(
+            fds, tid, hints, seen, self._files.buckets, self.file_count, self._more_locks
+        )
+        self.file_count = count
+        self.hint_hits += hits
+        self._files.compares += compares
+        if error is not None:
+            err, other_pid, other_fd = error
+            exc = OSError(err, os.strerror(err))
+            raise translate_oserror(exc, pid=other_pid, fd=other_fd, what="kcmp") from exc
+        assert entries is not None
+        assert new is not None
+        if new:
+            ctx = HandlerContext(tid, self.session)
+            try:
+                for i in new:
+                    fd, cloexec, file_id, _ = entries[i]
+                    raw = cast(RawRow, fds[i])  # an inherited row is never a new file
+                    made = self._new_file(file_id, pid, tid, raw, raw[13] & ~O_CLOEXEC, root, ctx)
+                    entries[i] = (fd, cloexec, file_id, made)
+            finally:
+                ctx._close()
+        self.fd_count += len(entries)
+        return entries
+
+    def close(self) -> None:
+        """Release what the builder holds open: the ghost spool and the tasks' roots."""
+        self.ghosts.close()
+        self.paths.close()
 
     def _next_id(self) -> int:
         self.file_count += 1

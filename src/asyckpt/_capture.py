@@ -12,7 +12,9 @@ Theory of operation
    hop per table (never per fd), at most ``SCAN_THREADS`` at a time.  Meanwhile each
    handler with a ``begin`` hook gets the capture session in a worker thread of its own
    (one sock_diag dump per network namespace, say), so that its per-capture work overlaps
-   the scan instead of adding to it.
+   the scan instead of adding to it.  Frozen, a child's fd that kcmp finds shared with
+   its parent's fd of the same number (inherited) is not read again: only its fdinfo,
+   for its own close-on-exec flag; the resolver takes the rest from the parent's row.
 5. *Resolve*: results arrive in any order; a :class:`Reorderer` releases them in tree
    pre-order to the single resolver, which deduplicates open file descriptions with kcmp,
    runs the handlers (which may need the live fd), reads each new description's I/O owner
@@ -46,9 +48,11 @@ Theory of operation
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
+import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Container, Iterator, Sequence
 
 import msgspec
 import trio
@@ -58,8 +62,8 @@ from ._discover import TaskPlan, check_target, plan_tables, walk_tree
 from ._errors import FreezerError, NoSuchProcess, collapse_errors
 from ._freeze import Freezer, choose_freezer
 from ._ghost import DEFAULT_GHOST_LIMIT, GhostNote
-from ._guardian import Guardian
-from ._kernel import kcmp_files
+from ._guardian import Guardian, take_guardian
+from ._kernel import dedup_rows, kcmp_files
 from ._order import Reorderer
 from ._plugins import CaptureSession, Dispatch, LoadedHandler, _Pending, load_handlers
 from ._procparse import TaskStat
@@ -178,12 +182,26 @@ def _settle_tree(
     return plan_tables(tasks)
 
 
-def _scan_chunk(chunk: list[tuple[int, TaskPlan]]) -> list[TaskScan]:
-    """Read the new fd tables of a run of tasks, in one pass of the C reader."""
+def _scan_chunk(
+    chunk: list[tuple[int, TaskPlan]], inherit: Container[int] | None = None
+) -> list[TaskScan]:
+    """Read the new fd tables of a run of tasks, in one pass of the C reader.
+
+    ``inherit``: the tasks (of a frozen tree) whose tables the resolver will have seen
+    before their children's; a child's fd shared with its parent's fd of the same number
+    is then only checked with kcmp, not read again (see RecordBuilder.resolve's hints).
+    """
     owners = [(plan.stat.pid, tid) for _, plan in chunk for tid, _ in plan.scan]
+    parents = None
+    if inherit is not None:
+        parents = [
+            plan.stat.ppid if plan.stat.ppid in inherit else 0
+            for _, plan in chunk
+            for _ in plan.scan
+        ]
     # A task that exited since it was planned reads as None: only a tree that is not
     # frozen can lose one, and the resolver leaves it out.
-    rows = iter(read_fd_tables(owners, missing_ok=True))
+    rows = iter(read_fd_tables(owners, missing_ok=True, parents=parents))
     return [
         TaskScan(index, plan, tuple((tid, table, next(rows)) for tid, table in plan.scan))
         for index, plan in chunk
@@ -217,8 +235,12 @@ async def _frozen(
                 clean = True
             finally:
                 if guardian is not None:
-                    # Dismissed unclean, it retries the undo itself before exiting.
-                    await trio.to_thread.run_sync(lambda: guardian.dismiss(clean=clean))
+                    # Dismissed unclean, it retries the undo itself before exiting (and
+                    # is waited for); clean, it exits while the records are made, and
+                    # capture() reaps it.
+                    await trio.to_thread.run_sync(
+                        lambda: guardian.dismiss(clean=clean, wait=not clean)
+                    )
 
 
 async def capture(
@@ -244,12 +266,17 @@ async def capture(
             root = await trio.to_thread.run_sync(check_target, pid)
             if options.freeze != "none":
                 # Started early, so that its interpreter starts while the tree is discovered.
-                guardian = await trio.to_thread.run_sync(Guardian)
-            summary = await _capture(root, send, options, dispatch, guardian, spool_dir)
+                guardian = await trio.to_thread.run_sync(take_guardian)
+            # The cyclic collector is paused for the capture: each of its passes walks
+            # every object the capture holds (rows, records: several hundred thousand),
+            # again and again as they pile up, a third of the resolver's time while the
+            # tree is frozen; reference counting frees nearly all of them anyway.
+            with _gc_paused():
+                summary = await _capture(root, send, options, dispatch, guardian, spool_dir)
     finally:
         if guardian is not None:
             with trio.CancelScope(shield=True):
-                # Nothing was frozen, or _frozen has dismissed it already.
+                # Nothing was frozen, or _frozen has dismissed it already: reaped here.
                 await trio.to_thread.run_sync(lambda: guardian.dismiss(clean=True))
     summary.capture_ms = (time.perf_counter() - started) * 1000
     return summary
@@ -278,12 +305,12 @@ async def _capture(
         tolerant=not freezer.consistent,
         ghost_limit=options.ghost_limit,
         spool_dir=spool_dir,
+        dedup_rows=dedup_rows,
     )
     try:
         return await _run(root, tree, builder, freezer, send, options, dispatch, guardian)
     finally:
-        builder.ghosts.close()
-        builder.paths.close()
+        builder.close()
 
 
 async def _run(
@@ -369,6 +396,30 @@ async def _run(
     )
 
 
+_gc_pauses = 0
+_gc_was_enabled = False
+_gc_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Disable the cyclic garbage collector for the block, and restore it after (nested
+    and concurrent captures included: the last to leave re-enables it)."""
+    global _gc_pauses, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pauses == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_was_enabled:
+                gc.enable()
+
+
 async def _begin(
     handler: LoadedHandler,
     session: CaptureSession,
@@ -402,12 +453,18 @@ async def _scan_and_resolve(plans: list[TaskPlan], builder: RecordBuilder) -> li
     # a thread hop costs more than reading a small task's fds, and each hop is a chance
     # to queue behind the resolver for the GIL.
     chunk = max(1, len(plans) // (SCAN_THREADS * CHUNKS_PER_THREAD))
+    # Frozen, a parent's table cannot change between its scan and its child's, so the
+    # child's scan may lean on it: tasks with a table of their own, resolved before their
+    # children (pre-order).  Unfrozen, every fd is read and compared in the resolver.
+    inherit = None
+    if not builder.tolerant:
+        inherit = {p.stat.pid for p in plans if p.threads[0][1] is not None}
     work = iter([list(enumerate(plans))[i : i + chunk] for i in range(0, len(plans), chunk)])
 
     async def scan_worker(out: trio.MemorySendChannel[list[TaskScan]]) -> None:
         async with out:
             for tasks in work:
-                scans = await trio.to_thread.run_sync(_scan_chunk, tasks)
+                scans = await trio.to_thread.run_sync(_scan_chunk, tasks, inherit)
                 try:
                     out.send_nowait(scans)
                 except trio.BrokenResourceError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -298,6 +299,18 @@ async def _with_signals(coro_fn, *args):  # type: ignore[no-untyped-def]
 
 
 def _cmd_tree(args: argparse.Namespace) -> int:
+    from ._guardian import discard_prestarted, prestart
+
+    if args.freeze != "none":
+        # Its interpreter starts while this one imports trio and the plugins.
+        prestart()
+    try:
+        return _tree(args)
+    finally:
+        discard_prestarted()
+
+
+def _tree(args: argparse.Namespace) -> int:
     import trio
 
     from ._api import checkpoint_tree
@@ -461,3 +474,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def run() -> NoReturn:
+    """The ``asyckpt`` command (and ``python -m asyckpt``): :func:`main`, then exit at
+    once, without tearing the interpreter down.
+
+    By then every file is closed, the tree thawed and every child reaped, so nothing is
+    left for the teardown to do but free each module and object one by one: 20 to 35 ms
+    after a capture (trio and the plugins loaded), a seventh of a small tree's command.
+    """
+    try:
+        code = main()
+    except SystemExit as exc:  # argparse: --help, --version and usage errors (printed)
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
+            code = 1
+    for stream in (sys.stdout, sys.stderr):
+        # A closed pipe (`| head`): nobody is left to read it.
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)

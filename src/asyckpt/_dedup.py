@@ -35,6 +35,12 @@ class KcmpIndex(Generic[R, V]):
         self._buckets: dict[Hashable, list[tuple[R, V]]] = {}
         self.compares = 0
 
+    @property
+    def buckets(self) -> dict[Hashable, list[tuple[R, V]]]:
+        """The buckets, key -> [(ref, value)] in compare order: what the C dedup loop
+        (_fdscan.dedup_rows) searches and extends in place of :meth:`lookup`."""
+        return self._buckets
+
     def lookup(self, key: Hashable, ref: R, make: Callable[[], V]) -> tuple[V, bool]:
         """Return (value, True) for a new object, after storing ``make()`` for it, or
         (the stored value, False) for an object seen before."""

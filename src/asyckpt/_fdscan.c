@@ -16,6 +16,12 @@
  * An fd that vanishes between readdir and read is skipped (only possible on a tree
  * that is not frozen).  Any other failure raises OSError(errno, strerror, path), which
  * the caller translates.
+ *
+ * read_tables(dirs, parents) reads many tables with one release of the GIL; with
+ * parents (frozen trees only) an fd that kcmp finds shared with the parent's fd of the
+ * same number is read no further than its fdinfo and comes back as (fd, flags).  Also
+ * here, because through ctypes or the interpreter they cost several times their
+ * syscalls: kcmp_files, pidfd_getfd, and dedup_rows, the resolver's per-fd dedup loop.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -37,17 +43,21 @@ struct entry {
     long long pos;
     unsigned long flags;
     long mnt_id;
-    size_t rest;        /* offset in info where the lines past the common ones start */
+    size_t rest;        /* offset in the fdinfo text where the lines past the common ones
+                           start, while it is split */
     struct stat st;
     char *link;
     ssize_t link_len;
-    char *info;
+    char *info;         /* the fdinfo lines past the common ones; NULL when there are none */
     size_t info_len;
+    int inherited;      /* the parent's fd of the same number: only fd and flags read */
 };
 
 struct scan {
     struct entry *entries;
     size_t n, cap;
+    char *buf;          /* fdinfo read buffer, reused for every fd */
+    size_t buf_cap;
     int err;            /* errno of the first hard failure, 0 if none */
     int err_fd;         /* the fd it happened on, -1 for the directories */
     const char *err_what;
@@ -64,26 +74,32 @@ static void free_scan(struct scan *s) {
         free(s->entries[i].info);
     }
     free(s->entries);
+    free(s->buf);
 }
 
-/* Read a whole fdinfo file.  seq_file hands it over in one read when it fits, so a short
- * read means the end; only a full buffer needs another read. */
-static char *read_all(int fd, size_t *len) {
-    size_t cap = INFO_CHUNK, n = 0;
-    char *buf = malloc(cap);
-    if (!buf) { errno = ENOMEM; return NULL; }
-    for (;;) {
-        ssize_t r = read(fd, buf + n, cap - n);
-        if (r < 0) { int e = errno; free(buf); errno = e; return NULL; }
-        n += (size_t)r;
-        if (n < cap || r == 0) break;
-        char *bigger = realloc(buf, cap * 2);
-        if (!bigger) { free(buf); errno = ENOMEM; return NULL; }
-        buf = bigger;
-        cap *= 2;
+/* Read a whole fdinfo file into the scan's buffer, which grows as needed and serves
+ * every fd of the scan (a buffer per fd, kept until the rows are built, made page faults
+ * a tenth of the scan).  seq_file hands a file over in one read when it fits, so a short
+ * read means the end; only a full buffer needs another read.  Returns the length, or -1
+ * with errno set. */
+static ssize_t read_all(int fd, struct scan *s) {
+    size_t n = 0;
+    if (!s->buf) {
+        s->buf = malloc(INFO_CHUNK);
+        if (!s->buf) { errno = ENOMEM; return -1; }
+        s->buf_cap = INFO_CHUNK;
     }
-    *len = n;
-    return buf;
+    for (;;) {
+        ssize_t r = read(fd, s->buf + n, s->buf_cap - n);
+        if (r < 0) return -1;
+        n += (size_t)r;
+        if (n < s->buf_cap || r == 0) break;
+        char *bigger = realloc(s->buf, s->buf_cap * 2);
+        if (!bigger) { errno = ENOMEM; return -1; }
+        s->buf = bigger;
+        s->buf_cap *= 2;
+    }
+    return (ssize_t)n;
 }
 
 static int starts(const char *p, const char *end, const char *prefix) {
@@ -91,9 +107,10 @@ static int starts(const char *p, const char *end, const char *prefix) {
     return (size_t)(end - p) >= n && memcmp(p, prefix, n) == 0;
 }
 
-/* Mirror of _procparse.split_fdinfo: consume leading pos/flags/mnt_id/ino lines. */
-static void split_fdinfo(struct entry *e) {
-    const char *p = e->info, *end = e->info + e->info_len;
+/* Mirror of _procparse.split_fdinfo: consume leading pos/flags/mnt_id/ino lines; the
+ * offset of the rest in info goes to e->rest. */
+static void split_fdinfo(struct entry *e, const char *info, size_t info_len) {
+    const char *p = info, *end = info + info_len;
     e->pos = 0; e->flags = 0; e->mnt_id = 0;
     while (p < end) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
@@ -116,10 +133,30 @@ static void split_fdinfo(struct entry *e) {
         else if (which == 2) e->mnt_id = strtol(num, NULL, base);
         p = nl ? nl + 1 : end;
     }
-    e->rest = (size_t)(p - e->info);
+    e->rest = (size_t)(p - info);
 }
 
-static void scan_table(const char *fd_dir, const char *info_dir, struct scan *s) {
+#ifndef SYS_kcmp
+#include <sys/syscall.h>
+#endif
+
+/* Whether fdinfo lines hold a lock: line (fs/locks.c prints them as "lock:\t..."). */
+static int has_lock_line(const char *text, size_t len) {
+    return len >= 5 && memmem(text, len, "lock:", 5) != NULL;
+}
+
+/* Whether fd of tid is the same open file description as the same fd number of parent
+ * (kcmp KCMP_FILE).  Any error (the parent has no such fd, is a zombie, ...) is "no":
+ * the fd is then read in full, and the resolver decides as it always did. */
+static int same_as_parent(pid_t parent, pid_t tid, int fd) {
+    return syscall(SYS_kcmp, parent, tid, 0 /* KCMP_FILE */, (long)fd, (long)fd) == 0;
+}
+
+/* parent > 0: an fd that kcmp finds shared with the parent's fd of the same number (the
+ * common case: inherited by fork) skips readlink and stat, which only repeat what the
+ * parent's row holds; its fdinfo is still read, for the fd's own close-on-exec flag. */
+static void scan_table(const char *fd_dir, const char *info_dir, pid_t parent, pid_t tid,
+                       struct scan *s) {
     int *fds = NULL;
     size_t nfds = 0, fds_cap = 0;
     int dfd = -1, ifd = -1, lfd = -1;
@@ -159,23 +196,45 @@ static void scan_table(const char *fd_dir, const char *info_dir, struct scan *s)
     for (size_t i = 0; i < nfds; i++) {
         struct entry *e = &s->entries[s->n];
         snprintf(name, sizeof name, "%d", fds[i]);
-        ssize_t n = readlinkat(dfd, name, link, PATH_MAX);
-        if (n < 0) goto fd_failed;
-        if (fstatat(dfd, name, &e->st, 0) < 0) goto fd_failed;
+        ssize_t n = 0;
+        e->inherited = parent > 0 && same_as_parent(parent, tid, fds[i]);
+        if (!e->inherited) {
+            n = readlinkat(dfd, name, link, PATH_MAX);
+            if (n < 0) goto fd_failed;
+            if (fstatat(dfd, name, &e->st, 0) < 0) goto fd_failed;
+        }
         int f = openat(ifd, name, O_RDONLY | O_CLOEXEC);
         if (f < 0) goto fd_failed;
-        e->info = read_all(f, &e->info_len);
+        ssize_t got = read_all(f, s);
         int saved = errno;
         close(f);
         errno = saved;
-        if (!e->info) goto fd_failed;
-        split_fdinfo(e);
+        if (got < 0) goto fd_failed;
+        split_fdinfo(e, s->buf, (size_t)got);
+        e->fd = fds[i];
+        if (e->inherited) {
+            /* A POSIX lock taken through an inherited fd is listed only in the fdinfo of
+             * the fds of its owner's table, so the parent's row does not show it: such an
+             * fd is read in full, for the resolver to gather its lock lines. */
+            if (!has_lock_line(s->buf + e->rest, (size_t)got - e->rest)) { s->n++; continue; }
+            e->inherited = 0;
+            n = readlinkat(dfd, name, link, PATH_MAX);
+            if (n < 0) goto fd_failed;
+            if (fstatat(dfd, name, &e->st, 0) < 0) goto fd_failed;
+        }
+        /* Only the lines past the common ones are kept (none, for most files). */
+        e->info_len = (size_t)got - e->rest;
+        e->info = NULL;
+        if (e->info_len) {
+            e->info = malloc(e->info_len);
+            if (!e->info) { errno = ENOMEM; goto fd_failed; }
+            memcpy(e->info, s->buf + e->rest, e->info_len);
+        }
         e->link = malloc((size_t)n + 1);
         if (!e->link) { free(e->info); e->info = NULL; errno = ENOMEM; goto fd_failed; }
         memcpy(e->link, link, (size_t)n);
         e->link[n] = '\0';
         e->link_len = n;
-        e->fd = fds[i];
         s->n++;
         continue;
     fd_failed:
@@ -209,6 +268,12 @@ static PyObject *scan_to_python(struct scan *s, const char *fd_dir) {
     if (!result) return NULL;
     for (size_t i = 0; i < s->n; i++) {
         struct entry *e = &s->entries[i];
+        if (e->inherited) {
+            PyObject *item = Py_BuildValue("(ik)", e->fd, e->flags);
+            if (!item) { Py_DECREF(result); return NULL; }
+            PyList_SET_ITEM(result, (Py_ssize_t)i, item);
+            continue;
+        }
         /* Built by hand, not with Py_BuildValue: this loop holds the GIL, and it is the
          * only part of a table scan that does. */
         PyObject *item = PyTuple_New(16);
@@ -231,7 +296,7 @@ static PyObject *scan_to_python(struct scan *s, const char *fd_dir) {
             PyLong_FromLongLong(e->pos),
             PyLong_FromUnsignedLong(e->flags),
             PyLong_FromLong(e->mnt_id),
-            PyBytes_FromStringAndSize(e->info + e->rest, (Py_ssize_t)(e->info_len - e->rest)),
+            PyBytes_FromStringAndSize(e->info, (Py_ssize_t)e->info_len),
         };
         for (int k = 0; k < 16; k++) {
             if (!v[k]) {
@@ -256,7 +321,7 @@ static PyObject *read_table(PyObject *self, PyObject *args) {
     s.err_fd = -1;
 
     Py_BEGIN_ALLOW_THREADS
-    scan_table(fd_dir, info_dir, &s);
+    scan_table(fd_dir, info_dir, 0, 0, &s);
     Py_END_ALLOW_THREADS
 
     PyObject *result = scan_to_python(&s, fd_dir);
@@ -266,21 +331,45 @@ static PyObject *read_table(PyObject *self, PyObject *args) {
     return result;
 }
 
-/* read_tables([(fd_dir, fdinfo_dir), ...]) -> [list | OSError, ...]
+/* read_tables([(fd_dir, fdinfo_dir), ...], parents=None) -> [list | OSError, ...]
  *
  * Every table with one release of the GIL.  Getting the GIL back is what a scanner
  * thread waits for while the resolver runs Python (up to the interpreter's switch
  * interval each time), so a chunk of tasks pays that wait once, not once per task.  A
- * table that cannot be read gives its OSError in its place, unraised. */
-static PyObject *read_tables(PyObject *self, PyObject *arg) {
+ * table that cannot be read gives its OSError in its place, unraised.
+ *
+ * parents, if given, has one (parent_pid, tid) per table, or None: an fd of table i that
+ * kcmp finds shared with parent_pid's fd of the same number comes back as the short row
+ * (fd, flags), to be resolved from the parent's row (see scan_table).  Only for a frozen
+ * tree, whose parent's table cannot change between the two reads. */
+static PyObject *read_tables(PyObject *self, PyObject *args) {
+    PyObject *arg, *parents_arg = Py_None, *parents = NULL;
+    if (!PyArg_ParseTuple(args, "O|O:read_tables", &arg, &parents_arg)) return NULL;
     PyObject *seq = PySequence_Fast(arg, "read_tables takes a sequence of (fd_dir, fdinfo_dir)");
     if (!seq) return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     PyObject **paths = calloc((size_t)(2 * n + 1), sizeof *paths);
     struct scan *scans = calloc((size_t)n + 1, sizeof *scans);
     const char **dirs = calloc((size_t)(2 * n + 1), sizeof *dirs);
+    pid_t *ids = calloc((size_t)(2 * n + 1), sizeof *ids);
     PyObject *result = NULL;
-    if (!paths || !scans || !dirs) { PyErr_NoMemory(); goto done; }
+    if (!paths || !scans || !dirs || !ids) { PyErr_NoMemory(); goto done; }
+    if (parents_arg != Py_None) {
+        parents = PySequence_Fast(parents_arg, "parents must be a sequence");
+        if (!parents) goto done;
+        if (PySequence_Fast_GET_SIZE(parents) != n) {
+            PyErr_SetString(PyExc_ValueError, "parents must have one entry per table");
+            goto done;
+        }
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *pair = PySequence_Fast_GET_ITEM(parents, i);
+            int parent, tid;
+            if (pair == Py_None) continue;
+            if (!PyArg_ParseTuple(pair, "ii", &parent, &tid)) goto done;
+            ids[2 * i] = parent;
+            ids[2 * i + 1] = tid;
+        }
+    }
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *pair = PySequence_Fast_GET_ITEM(seq, i);
         if (!PyArg_ParseTuple(pair, "O&O&", PyUnicode_FSConverter, &paths[2 * i],
@@ -292,7 +381,8 @@ static PyObject *read_tables(PyObject *self, PyObject *arg) {
     }
 
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < n; i++) scan_table(dirs[2 * i], dirs[2 * i + 1], &scans[i]);
+    for (Py_ssize_t i = 0; i < n; i++)
+        scan_table(dirs[2 * i], dirs[2 * i + 1], ids[2 * i], ids[2 * i + 1], &scans[i]);
     Py_END_ALLOW_THREADS
 
     result = PyList_New(n);
@@ -316,6 +406,8 @@ done:
     free(scans);
     free(paths);
     free(dirs);
+    free(ids);
+    Py_XDECREF(parents);
     Py_DECREF(seq);
     return result;
 }
@@ -390,10 +482,248 @@ static PyObject *fd_owner_at(PyObject *self, PyObject *const *args, Py_ssize_t n
     return result;
 }
 
+/* --- dedup_rows: RecordBuilder._resolve_table's per-fd loop, for a frozen tree ------- */
+
+static PyObject *pair(long a, PyObject *b_borrowed) {
+    PyObject *t = PyTuple_New(2), *x = PyLong_FromLong(a);
+    if (!t || !x) { Py_XDECREF(t); Py_XDECREF(x); return NULL; }
+    Py_INCREF(b_borrowed);
+    PyTuple_SET_ITEM(t, 0, x);
+    PyTuple_SET_ITEM(t, 1, b_borrowed);
+    return t;
+}
+
+/* kcmp(KCMP_FILE) of (tid, fd) against a (pid, fd) ref tuple; -1 with *epid, *efd set
+ * (the ref's, as _kernel.kcmp_files names them) and errno on failure. */
+static long kcmp_ref(long tid, long fd, PyObject *ref, long *epid, long *efd) {
+    long p = PyLong_AsLong(PyTuple_GET_ITEM(ref, 0));
+    long f = PyLong_AsLong(PyTuple_GET_ITEM(ref, 1));
+    long r = syscall(SYS_kcmp, (pid_t)tid, (pid_t)p, 0 /* KCMP_FILE */, fd, f);
+    if (r < 0) { *epid = p; *efd = f; }
+    return r;
+}
+
+/* A description seen before, through an fd whose fdinfo lists locks: its fdinfo rest is
+ * appended to more_locks[file_id], as the Python loop does (a lock shows only in the
+ * fdinfo of its owner's fds, so the first fd's lines may not hold them all). */
+static int remember_locks(PyObject *more_locks, PyObject *file_id, PyObject *row) {
+    PyObject *rest = PyTuple_GET_ITEM(row, 15);
+    if (!PyBytes_Check(rest) || !has_lock_line(PyBytes_AS_STRING(rest), (size_t)PyBytes_GET_SIZE(rest)))
+        return 0;
+    PyObject *list = PyDict_GetItemWithError(more_locks, file_id);
+    if (!list) {
+        if (PyErr_Occurred()) return -1;
+        list = PyList_New(0);
+        if (!list) return -1;
+        int rc = PyDict_SetItem(more_locks, file_id, list);
+        Py_DECREF(list);
+        if (rc < 0) return -1;
+    }
+    return PyList_Append(list, rest);
+}
+
+/* dedup_rows(rows, tid, hints, seen, buckets, file_count, more_locks=None)
+ *   -> (entries, new, file_count, hint_hits, compares, error)
+ *
+ * The loop of _build.RecordBuilder._resolve_table, without the interpreter: for each row
+ * (ScanRow) of one table, the cheap key, the parent's hint (same key, then kcmp), else
+ * the KcmpIndex bucket of the key (binary search in kcmp order), in the same Python
+ * structures the Python loop uses, so the two can take turns.  entries holds
+ * (fd, cloexec, file_id, None) per row; new, the indexes of the rows whose description
+ * is new (their ids handed out in row order from file_count + 1), for the caller to
+ * build.  A kcmp failure stops the loop: error is then (errno, pid, fd) of the other
+ * side, as the Python loop's comparison would report it.  more_locks, if given, gathers
+ * the lock lines of fds of descriptions seen before (see remember_locks). */
+static PyObject *dedup_rows(PyObject *self, PyObject *args) {
+    PyObject *rows, *hints, *seen, *buckets, *more_locks = NULL;
+    long tid;
+    long long count;
+    if (!PyArg_ParseTuple(args, "O!lO!O!O!L|O!:dedup_rows", &PyList_Type, &rows, &tid,
+                          &PyDict_Type, &hints, &PyDict_Type, &seen, &PyDict_Type, &buckets,
+                          &count, &PyDict_Type, &more_locks))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(rows);
+    long long hits = 0, compares = 0;
+    PyObject *entries = PyList_New(n), *fresh = PyList_New(0), *error = NULL;
+    PyObject *key = NULL, *ref = NULL, *file_id = NULL;
+    if (!entries || !fresh) goto fail;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *row = PyList_GET_ITEM(rows, i);
+        if (!PyTuple_Check(row) || (PyTuple_GET_SIZE(row) != 2 && PyTuple_GET_SIZE(row) != 16)) {
+            PyErr_SetString(PyExc_TypeError, "dedup_rows: a row is a 2- or 16-tuple");
+            goto fail;
+        }
+        PyObject *fd_obj = PyTuple_GET_ITEM(row, 0);
+        long fd = PyLong_AsLong(fd_obj);
+        if (fd == -1 && PyErr_Occurred()) goto fail;
+        int is_new = 0;
+        if (PyTuple_GET_SIZE(row) == 2) {
+            unsigned long flags = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(row, 1));
+            if (PyErr_Occurred()) goto fail;
+            PyObject *hint = PyDict_GetItemWithError(hints, fd_obj);
+            if (!hint) {
+                if (!PyErr_Occurred())
+                    PyErr_Format(PyExc_RuntimeError,
+                                 "asyckpt bug: fd %ld of %ld has no parent row", fd, tid);
+                goto fail;
+            }
+            key = PyTuple_GET_ITEM(hint, 0);
+            Py_INCREF(key);
+            file_id = PyTuple_GET_ITEM(hint, 2);
+            Py_INCREF(file_id);
+            hits++;
+            PyObject *item = Py_BuildValue("(OOOO)", fd_obj, (flags & O_CLOEXEC) ? Py_True : Py_False,
+                                           file_id, Py_None);
+            if (!item) goto fail;
+            PyList_SET_ITEM(entries, i, item);
+        } else {
+            unsigned long flags = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(row, 13));
+            if (PyErr_Occurred()) goto fail;
+            int cloexec = (flags & O_CLOEXEC) != 0;
+            flags &= ~(unsigned long)O_CLOEXEC;
+            key = Py_BuildValue("(OOOk)", PyTuple_GET_ITEM(row, 3), PyTuple_GET_ITEM(row, 4),
+                                PyTuple_GET_ITEM(row, 12), flags);
+            if (!key) goto fail;
+            PyObject *hint = PyDict_GetItemWithError(hints, fd_obj);
+            if (!hint && PyErr_Occurred()) goto fail;
+            long epid = 0, efd = 0;
+            if (hint) {
+                int same_key = PyObject_RichCompareBool(PyTuple_GET_ITEM(hint, 0), key, Py_EQ);
+                if (same_key < 0) goto fail;
+                if (same_key) {
+                    long r = kcmp_ref(tid, fd, PyTuple_GET_ITEM(hint, 1), &epid, &efd);
+                    if (r < 0) goto kcmp_failed;
+                    if (r == 0) {
+                        file_id = PyTuple_GET_ITEM(hint, 2);
+                        Py_INCREF(file_id);
+                        hits++;
+                    }
+                }
+            }
+            if (!file_id) {
+                PyObject *bucket = PyDict_GetItemWithError(buckets, key);
+                if (!bucket && PyErr_Occurred()) goto fail;
+                Py_ssize_t lo = 0, hi = bucket ? PyList_GET_SIZE(bucket) : 0;
+                while (lo < hi) {
+                    Py_ssize_t mid = (lo + hi) / 2;
+                    PyObject *entry = PyList_GET_ITEM(bucket, mid);
+                    compares++;
+                    long r = kcmp_ref(tid, fd, PyTuple_GET_ITEM(entry, 0), &epid, &efd);
+                    if (r < 0) goto kcmp_failed;
+                    if (r == 0) {
+                        file_id = PyTuple_GET_ITEM(entry, 1);
+                        Py_INCREF(file_id);
+                        break;
+                    }
+                    if (r == 1) hi = mid;
+                    else if (r == 2) lo = mid + 1;
+                    else {
+                        PyErr_Format(PyExc_ValueError, "compare returned %ld, expected 0, 1 or 2", r);
+                        goto fail;
+                    }
+                }
+                if (!file_id) {
+                    is_new = 1;
+                    file_id = PyLong_FromLongLong(++count);
+                    if (!file_id) goto fail;
+                    ref = pair(tid, fd_obj);
+                    PyObject *stored = ref ? PyTuple_Pack(2, ref, file_id) : NULL;
+                    Py_CLEAR(ref);
+                    if (!stored) goto fail;
+                    int rc;
+                    if (bucket) {
+                        rc = PyList_Insert(bucket, lo, stored);
+                    } else {
+                        PyObject *fresh_bucket = PyList_New(1);
+                        if (!fresh_bucket) { Py_DECREF(stored); goto fail; }
+                        Py_INCREF(stored);
+                        PyList_SET_ITEM(fresh_bucket, 0, stored);
+                        rc = PyDict_SetItem(buckets, key, fresh_bucket);
+                        Py_DECREF(fresh_bucket);
+                    }
+                    Py_DECREF(stored);
+                    if (rc < 0) goto fail;
+                }
+            }
+            PyObject *item = Py_BuildValue("(OOOO)", fd_obj, cloexec ? Py_True : Py_False,
+                                           file_id, Py_None);
+            if (!item) goto fail;
+            PyList_SET_ITEM(entries, i, item);
+            if (!is_new && more_locks && remember_locks(more_locks, file_id, row) < 0) goto fail;
+            goto resolved;
+        kcmp_failed:
+            error = Py_BuildValue("(ill)", errno, epid, efd);
+            Py_CLEAR(key);
+            Py_CLEAR(entries);
+            if (!error) goto fail;
+            break;
+        }
+    resolved:
+        ref = pair(tid, fd_obj);
+        if (!ref) goto fail;
+        {
+            PyObject *mine = PyTuple_Pack(3, key, ref, file_id);
+            if (!mine) goto fail;
+            int rc = PyDict_SetItem(seen, fd_obj, mine);
+            Py_DECREF(mine);
+            if (rc < 0) goto fail;
+        }
+        if (is_new) {
+            PyObject *index = PyLong_FromSsize_t(i);
+            if (!index || PyList_Append(fresh, index) < 0) { Py_XDECREF(index); goto fail; }
+            Py_DECREF(index);
+        }
+        Py_CLEAR(key);
+        Py_CLEAR(ref);
+        Py_CLEAR(file_id);
+    }
+    if (error) {
+        PyObject *result = Py_BuildValue("(OOLLLN)", Py_None, Py_None, count, hits, compares, error);
+        Py_DECREF(fresh);
+        return result;
+    }
+    return Py_BuildValue("(NNLLLO)", entries, fresh, count, hits, compares, Py_None);
+fail:
+    Py_XDECREF(key);
+    Py_XDECREF(ref);
+    Py_XDECREF(file_id);
+    Py_XDECREF(entries);
+    Py_XDECREF(fresh);
+    return NULL;
+}
+
+#ifndef SYS_pidfd_getfd
+#define SYS_pidfd_getfd 438
+#endif
+
+/* pidfd_getfd(pidfd, fd) -> a new fd (close-on-exec) for the same open file description.
+ * Called once per pipe, socket and O_PATH symlink a capture meets, while the tree is
+ * frozen: through ctypes the call costs more than the syscall. */
+static PyObject *pidfd_getfd(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "pidfd_getfd(pidfd, fd)");
+        return NULL;
+    }
+    long pidfd = PyLong_AsLong(args[0]);
+    long fd = PyLong_AsLong(args[1]);
+    if (PyErr_Occurred()) return NULL;
+    long r = syscall(SYS_pidfd_getfd, pidfd, fd, 0);
+    if (r < 0) return PyErr_SetFromErrno(PyExc_OSError);
+    return PyLong_FromLong(r);
+}
+
 static PyMethodDef methods[] = {
-    {"read_tables", read_tables, METH_O,
-     "read_tables([(fd_dir, fdinfo_dir), ...]) -> [rows or OSError, ...]: read_table for"
-     " each, with a single release of the GIL."},
+    {"dedup_rows", dedup_rows, METH_VARARGS,
+     "dedup_rows(rows, tid, hints, seen, buckets, file_count, more_locks=None) -> (entries,"
+     " new, file_count,"
+     " hint_hits, compares, error): RecordBuilder._resolve_table's dedup loop in C."},
+    {"pidfd_getfd", (PyCFunction)(void (*)(void))pidfd_getfd, METH_FASTCALL,
+     "pidfd_getfd(pidfd, fd) -> a duplicate of the pidfd's task's fd (pidfd_getfd(2))"},
+    {"read_tables", read_tables, METH_VARARGS,
+     "read_tables([(fd_dir, fdinfo_dir), ...], parents=None) -> [rows or OSError, ...]:"
+     " read_table for each, with a single release of the GIL; with parents, one"
+     " (parent_pid, tid) or None per table, an fd shared with the parent's same fd is the"
+     " short row (fd, flags)."},
     {"kcmp_files", (PyCFunction)(void (*)(void))kcmp_files, METH_FASTCALL,
      "kcmp_files((pid1, fd1), (pid2, fd2)) -> kcmp(pid1, pid2, KCMP_FILE, fd1, fd2)"},
     {"fd_owner", fd_owner, METH_O,

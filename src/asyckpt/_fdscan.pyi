@@ -1,7 +1,29 @@
-from ._procread import RawRow
+from typing import Any
+
+from ._procread import RawRow, ScanRow
 
 def read_table(fd_dir: str, fdinfo_dir: str) -> list[RawRow]: ...
-def read_tables(dirs: list[tuple[str, str]]) -> list[list[RawRow] | OSError]: ...
+def read_tables(
+    dirs: list[tuple[str, str]], parents: list[tuple[int, int] | None] | None = None, /
+) -> list[list[ScanRow] | OSError]: ...
 def kcmp_files(a: tuple[int, int], b: tuple[int, int]) -> int: ...
 def fd_owner(fd: int) -> tuple[int, int, int, int | None, int | None]: ...
 def fd_owner_at(pidfd: int, fd: int) -> tuple[int, int, int, int | None, int | None]: ...
+def pidfd_getfd(pidfd: int, fd: int, /) -> int: ...
+def dedup_rows(
+    rows: list[ScanRow],
+    tid: int,
+    hints: dict[int, Any],
+    seen: dict[int, Any],
+    buckets: dict[Any, list[Any]],
+    file_count: int,
+    more_locks: dict[int, list[bytes]] = ...,
+    /,
+) -> tuple[
+    list[tuple[int, bool, int, Any]] | None,
+    list[int] | None,
+    int,
+    int,
+    int,
+    tuple[int, int, int] | None,
+]: ...

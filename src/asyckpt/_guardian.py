@@ -24,7 +24,7 @@ import sys
 import time
 from typing import IO, Any
 
-__all__ = ["Guardian"]
+__all__ = ["Guardian", "discard_prestarted", "prestart", "take_guardian"]
 
 if __name__ != "__main__":  # the parent's side; the script itself needs only the stdlib
     from ._errors import FreezerError
@@ -104,6 +104,34 @@ def main() -> None:
     _undo(steps)
 
 
+_prestarted: Guardian | None = None
+
+
+def prestart() -> None:
+    """Start the guardian of this process's next capture now, so that its interpreter
+    starts while this one is still importing (the CLI calls it first thing).  Nothing
+    is reported here: a guardian that cannot start fails the capture that needs it."""
+    global _prestarted
+    if _prestarted is None:
+        with contextlib.suppress(FreezerError):
+            _prestarted = Guardian()
+
+
+def take_guardian() -> Guardian:
+    """The prestarted guardian, if there is one, else a new one."""
+    global _prestarted
+    guardian, _prestarted = _prestarted, None
+    return guardian if guardian is not None else Guardian()
+
+
+def discard_prestarted() -> None:
+    """Dismiss a prestarted guardian no capture took."""
+    global _prestarted
+    guardian, _prestarted = _prestarted, None
+    if guardian is not None:
+        guardian.dismiss(clean=True)
+
+
 class Guardian:
     """The parent's end: start the guardian, tell it each undo step, dismiss it."""
 
@@ -114,6 +142,7 @@ class Guardian:
             raise FreezerError(f"cannot start the freezer guardian: {exc.strerror}") from exc
         self._stdin: IO[str] = self._proc.stdin  # type: ignore[assignment]
         self.dismissed = False
+        self._reaped = False
 
     @staticmethod
     def _start() -> subprocess.Popen[str]:
@@ -144,21 +173,24 @@ class Guardian:
             # Without it a SIGKILL could leave the tree frozen: do not take the step.
             raise FreezerError(f"the freezer guardian is gone ({exc.strerror})") from exc
 
-    def dismiss(self, *, clean: bool) -> None:
+    def dismiss(self, *, clean: bool, wait: bool = True) -> None:
         """End the guardian: ``clean`` when everything was undone already; otherwise it
-        retries the undo itself before exiting.  Idempotent."""
-        if self.dismissed:
-            return
-        self.dismissed = True
-        try:
-            if clean:
-                self._stdin.write('["done"]\n')
-            self._stdin.close()
-        except OSError:
-            # It died; nothing to dismiss.  (close() still closes the pipe when the flush
-            # of what could not be written fails.)
-            with contextlib.suppress(OSError):
+        retries the undo itself before exiting.  Without ``wait`` it is told and left to
+        exit on its own, to be reaped by a later ``dismiss`` (which is idempotent)."""
+        if not self.dismissed:
+            self.dismissed = True
+            try:
+                if clean:
+                    self._stdin.write('["done"]\n')
                 self._stdin.close()
+            except OSError:
+                # It died; nothing to dismiss.  (close() still closes the pipe when the
+                # flush of what could not be written fails.)
+                with contextlib.suppress(OSError):
+                    self._stdin.close()
+        if not wait or self._reaped:
+            return
+        self._reaped = True
         try:
             self._proc.wait(timeout=10)
         except subprocess.TimeoutExpired:

@@ -9,6 +9,7 @@ thread that is already doing a task's /proc reads.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -16,14 +17,19 @@ import os
 import platform
 import struct
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ._errors import KernelUnsupported, translate_oserror
+
+if TYPE_CHECKING:
+    from ._build import DedupRows
 
 __all__ = [
     "KCMP_EPOLL_TFD",
     "KCMP_FILE",
     "KCMP_FILES",
     "OwnerRow",
+    "dedup_rows",
     "fd_owner",
     "fd_owner_at",
     "fs_magic",
@@ -32,6 +38,7 @@ __all__ = [
     "kcmp_files",
     "kcmp_raw",
     "pidfd_getfd",
+    "same_file",
 ]
 
 KCMP_FILE = 0
@@ -146,13 +153,40 @@ else:
             raise translate_oserror(exc, pid=b[0], fd=b[1], what="kcmp") from exc
 
 
-def pidfd_getfd(pidfd: int, targetfd: int) -> int:
+dedup_rows: DedupRows | None = None
+"""The C dedup loop for kcmp_files (RecordBuilder's ``dedup_rows``), if built."""
+with contextlib.suppress(ImportError):  # no C accelerator: RecordBuilder's Python loop
+    from ._fdscan import dedup_rows
+
+
+def same_file(pid1: int, pid2: int, fd: int) -> bool:
+    """Whether ``fd`` of ``pid1`` and ``fd`` of ``pid2`` are one open file description;
+    any error (no such fd, a task gone) is False.  The fallback reader's inherited check,
+    as _fdscan.c makes it."""
+    global _kcmp_nr
+    if _kcmp_nr is None:
+        _kcmp_nr = _nr(_KCMP_NR)
+    return int(_syscall(_kcmp_nr, pid1, pid2, KCMP_FILE, fd, fd)) == 0
+
+
+def _pidfd_getfd(pidfd: int, targetfd: int) -> int:
     """Duplicate the target's fd into this process: the same open file description."""
     res = _syscall(_PIDFD_GETFD_NR, pidfd, targetfd, 0)
     if res < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     return int(res)
+
+
+pidfd_getfd: Callable[[int, int], int] = _pidfd_getfd
+"""Duplicate the target's fd into this process: the same open file description."""
+
+try:
+    from ._fdscan import pidfd_getfd as _pidfd_getfd_c
+except ImportError:  # no C accelerator: the ctypes path above
+    pass
+else:
+    pidfd_getfd = _pidfd_getfd_c  # the same call, without ctypes' overhead
 
 
 F_GETSIG = 11

@@ -208,6 +208,9 @@ class CaptureSession:
         """Whether the tree is frozen (false with ``--freeze=none``)."""
         self._timeout = SESSION_TIMEOUT if timeout is None else timeout
         self._states: dict[str, _Pending] = {}
+        # Asked once per fd a handler captures: a begin that succeeded is answered
+        # without the lock and the event (its first outcome stands).
+        self._ready: dict[str, Any] = {}
         self._lock = threading.Lock()
 
     def _started(self, name: str) -> _Pending:
@@ -220,6 +223,8 @@ class CaptureSession:
     def _state_of(self, handler: LoadedHandler) -> Any:
         if handler.begin is None:
             return None
+        if handler.name in self._ready:
+            return self._ready[handler.name]
         with self._lock:
             pending = self._states.get(handler.name)
             if pending is None:
@@ -230,7 +235,9 @@ class CaptureSession:
                     pending.set(handler.begin(self))
                 except Exception as exc:
                     pending.set(error=exc)
-        return pending.get(handler.name, self._timeout)
+        value = pending.get(handler.name, self._timeout)
+        self._ready[handler.name] = value
+        return value
 
 
 @final
@@ -787,9 +794,16 @@ class Installed(NamedTuple):
 def installed_handlers() -> list[Installed]:
     """Every entry point of ``asyckpt.fd_types``, sorted by name, then distribution."""
     out = []
+    # Name and version come from the distribution's METADATA, which every access parses
+    # again: once per distribution, not twice per handler (a third of loading them).
+    about: dict[int, tuple[str, str]] = {}
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        dist = ep.dist.name if ep.dist is not None else "?"
-        version = ep.dist.version if ep.dist is not None else "?"
+        dist, version = "?", "?"
+        if ep.dist is not None:
+            if id(ep.dist) not in about:
+                meta = ep.dist.metadata
+                about[id(ep.dist)] = (meta["Name"], meta["Version"])
+            dist, version = about[id(ep.dist)]
         out.append(Installed(ep.name, dist, version, ep.value, ep))
     return sorted(out, key=lambda i: (i.name, _normalize(i.distribution), i.value))
 

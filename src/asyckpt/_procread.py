@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, cast
 
 from ._errors import NoSuchProcess, oserror_context, translate_oserror
 from ._procparse import TaskStat, parse_stat, split_fdinfo
 
 __all__ = [
+    "InheritedRow",
     "RawFd",
     "RawRow",
+    "ScanRow",
     "TaskMeta",
     "list_children",
     "list_threads",
@@ -101,6 +103,14 @@ RawRow = tuple[int, str, int, int, int, int, int, int, int, int, int, int, int, 
 C reader does not take the time to build)."""
 
 
+InheritedRow = tuple[int, int]
+"""(fd, flags): an fd that the scan found to be the same open file description as its
+parent's fd of the same number (kcmp), so it read only its fdinfo (for close-on-exec, the
+one fact that belongs to the fd, not the description).  The rest is the parent's row."""
+
+ScanRow = RawRow | InheritedRow
+
+
 class RawFd(NamedTuple):
     """The fields of a :data:`RawRow`, by name."""
 
@@ -141,7 +151,13 @@ def stat_fields(st: os.stat_result) -> tuple[int, int, int, int, int, int, int, 
     )
 
 
-_read_tables_c: Callable[[list[tuple[str, str]]], list[list[RawRow] | OSError]] | None
+_read_tables_c: (
+    Callable[
+        [list[tuple[str, str]], list[tuple[int, int] | None] | None],
+        list[list[ScanRow] | OSError],
+    ]
+    | None
+)
 try:
     from ._fdscan import read_tables as _read_tables_c
 except ImportError:  # built without a C compiler: the pure-Python reader below
@@ -152,31 +168,45 @@ def read_fds(pid: int, tid: int) -> list[RawRow]:
     """Read link, stat and fdinfo of every fd in the table of thread ``tid`` of ``pid``."""
     rows = read_fd_tables([(pid, tid)])[0]
     assert rows is not None
-    return rows
+    return cast(list[RawRow], rows)  # no parents: no inherited rows
 
 
 def read_fd_tables(
-    owners: list[tuple[int, int]], *, missing_ok: bool = False
-) -> list[list[RawRow] | None]:
+    owners: list[tuple[int, int]],
+    *,
+    missing_ok: bool = False,
+    parents: Sequence[int] | None = None,
+) -> list[list[ScanRow] | None]:
     """:func:`read_fds` for several (pid, tid) tables at once, in ascending fd order.
 
     With the C reader the GIL is released once for all of them.  An fd that vanishes
     between readdir and read (only possible on a tree that is not frozen) is skipped; a
     task that vanishes raises NoSuchProcess, or with ``missing_ok`` gives None.
+
+    ``parents`` (only for a frozen tree) names, per owner, the pid of a task whose table
+    is resolved before this one (0: none): an fd shared with that task's fd of the same
+    number is an :data:`InheritedRow`.
     """
     dirs = [
         (f"{PROC}/{pid}/task/{tid}/fd", f"{PROC}/{pid}/task/{tid}/fdinfo") for pid, tid in owners
     ]
+    pairs: list[tuple[int, int] | None] | None = None
+    if parents is not None:
+        pairs = [
+            (parent, tid) if parent > 0 else None
+            for parent, (_, tid) in zip(parents, owners, strict=True)
+        ]
     if _read_tables_c is not None:
-        results = _read_tables_c(dirs)
+        results = _read_tables_c(dirs, pairs)
     else:
         results = []
-        for fd_dir, info_dir in dirs:
+        for i, (fd_dir, info_dir) in enumerate(dirs):
+            pair = pairs[i] if pairs is not None else None
             try:
-                results.append(_read_table_py(fd_dir, info_dir))
+                results.append(_read_table_py(fd_dir, info_dir, *(pair or (0, 0))))
             except OSError as exc:
                 results.append(exc)
-    out: list[list[RawRow] | None] = []
+    out: list[list[ScanRow] | None] = []
     for (_pid, tid), (fd_dir, _), rows in zip(owners, dirs, results, strict=True):
         if isinstance(rows, OSError):
             if rows.errno == errno.ENOENT and rows.filename == fd_dir:
@@ -189,8 +219,10 @@ def read_fd_tables(
     return out
 
 
-def _read_table_py(fd_dir: str, info_dir: str) -> list[RawRow]:
-    """The fallback for _fdscan.read_table: the same result, several times slower."""
+def _read_table_py(fd_dir: str, info_dir: str, parent: int = 0, tid: int = 0) -> list[ScanRow]:
+    """The fallback for _fdscan.read_tables: the same result, several times slower."""
+    from ._kernel import same_file
+
     dfd = os.open(fd_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         ifd = os.open(info_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -200,13 +232,22 @@ def _read_table_py(fd_dir: str, info_dir: str) -> list[RawRow]:
             except FileNotFoundError:
                 return []  # a zombie has no fd table left
             names.sort(key=int)
-            out: list[RawRow] = []
+            out: list[ScanRow] = []
             readlink, stat, read = os.readlink, os.stat, _read
             for name in names:
                 try:
+                    info = None
+                    if parent > 0 and same_file(parent, tid, int(name)):
+                        info = read(name, dir_fd=ifd)
+                        # As the C reader: an fd listing a lock is read in full (a lock
+                        # shows only in the fdinfo of its owner's fds, not the parent's).
+                        if b"lock:" not in info:
+                            out.append((int(name), split_fdinfo(info)[1]))
+                            continue
                     link = readlink(name, dir_fd=dfd)
                     st = stat(name, dir_fd=dfd)
-                    info = read(name, dir_fd=ifd)
+                    if info is None:
+                        info = read(name, dir_fd=ifd)
                 except FileNotFoundError:
                     continue  # fd closed in the meantime; the task may still be alive
                 except OSError as exc:
