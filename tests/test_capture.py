@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -154,9 +155,22 @@ def test_bare_task_and_generic_records(zoo: Tree, zoo_image: asyckpt.Image, tmp_
     assert image.trailer.generic["pipe"] >= 1
 
 
+def _idle(pid: int) -> None:
+    """Wait until every task of the tree sleeps: a task's recorded state is part of the
+    body, and one just woken (by the previous capture's thaw) may still be running."""
+    from asyckpt._discover import walk_tree
+
+    for _ in range(1000):
+        if all(t.state in "SZ" for t in walk_tree(pid)):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"the tree of {pid} never went idle: {walk_tree(pid)}")
+
+
 def test_capture_is_deterministic(zoo: Tree, tmp_path: Path) -> None:
     bodies = []
     for n in range(2):
+        _idle(zoo.pid)
         capture(zoo, tmp_path / f"{n}.ackpt")
         data = (tmp_path / f"{n}.ackpt").read_bytes()
         bodies.append(_body(data))
@@ -173,6 +187,7 @@ def test_image_is_the_same_whichever_reader(
 
     read = _procread.read_fd_tables
     bodies = []
+    _idle(zoo.pid)
     capture(zoo, tmp_path / "lean.ackpt")
     bodies.append(_body((tmp_path / "lean.ackpt").read_bytes()))
     with monkeypatch.context() as m:
@@ -180,10 +195,12 @@ def test_image_is_the_same_whichever_reader(
             "asyckpt._capture.read_fd_tables",
             lambda owners, **kw: read(owners, missing_ok=kw["missing_ok"]),
         )
+        _idle(zoo.pid)
         capture(zoo, tmp_path / "full.ackpt")
     bodies.append(_body((tmp_path / "full.ackpt").read_bytes()))
     monkeypatch.setattr(_procread, "_read_tables_c", None)
     monkeypatch.setattr("asyckpt._capture.dedup_rows", None)
+    _idle(zoo.pid)
     capture(zoo, tmp_path / "py.ackpt")
     bodies.append(_body((tmp_path / "py.ackpt").read_bytes()))
     assert bodies[0] == bodies[1] == bodies[2]
