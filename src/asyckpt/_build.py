@@ -98,6 +98,22 @@ OWNER_TYPES = {0: "tid", 1: "pid", 2: "pgrp"}
 # (pidfd_getfd), since the scan.
 _VANISHED = frozenset({errno.ESRCH, errno.EBADF})
 
+_tuple_new: Any = tuple.__new__
+_S_IFMT = 0o170000
+# kernel_kind's answer by file type, where the link text cannot change it (anon_inode:
+# and pidfd: links, and a FIFO's path, are left to kernel_kind itself).
+_FMT_KINDS = {
+    0o100000: "reg",
+    0o040000: "dir",
+    0o120000: "link",
+    0o010000: "pipe",
+    0o140000: "socket",
+    0o020000: "chr",
+    0o060000: "blk",
+}
+_ANON_PREFIXES = ("anon_inode:", "pidfd:")
+_DELETED = " (deleted)"
+
 Ref = tuple[int, int]
 """(tid, fd): how kcmp names an fd."""
 
@@ -473,12 +489,40 @@ class RecordBuilder:
         ctx: HandlerContext,
     ) -> NewFile:
         fd, link = raw[0], raw[1]
-        st = StatInfo(*raw[2:12])
-        rest = parse_fdinfo_rest(raw[15]) if raw[15] else ()
-        facts = fd_facts(
-            pid, tid, fd, link, st, FdInfo(raw[12], raw[13], raw[14], st.st_ino, rest), root
+        # Once per description while frozen: fd_facts inlined, the named tuples made
+        # with tuple.__new__ (their generated __new__ is a Python call per tuple), the
+        # pure helpers asked only off their common path.
+        st: StatInfo = _tuple_new(StatInfo, raw[2:12])
+        mode = raw[2]
+        raw_rest = raw[15]
+        rest = parse_fdinfo_rest(raw_rest) if raw_rest else ()
+        kind = _FMT_KINDS.get(mode & _S_IFMT)
+        if (
+            kind is None
+            or link.startswith(_ANON_PREFIXES)
+            or (kind == "pipe" and not link.startswith("pipe:["))
+        ):
+            kind = kernel_kind(mode, link)
+        if link[:1] == "/" and (link.endswith(_DELETED) or raw[6] == 0):
+            path, deleted = split_deleted(link, raw[6])
+        else:
+            path, deleted = link, False
+        if root != "/":
+            path = task_relative_path(path, root)
+        facts: FdFacts = _tuple_new(
+            FdFacts,
+            (
+                pid,
+                tid,
+                fd,
+                kind,
+                link,
+                path,
+                deleted,
+                st,
+                _tuple_new(FdInfo, (raw[12], raw[13], raw[14], raw[4], rest)),
+            ),
         )
-        kind = facts.kind
         handler: LoadedHandler | None = None
         data = None
         error = None
@@ -490,15 +534,24 @@ class RecordBuilder:
         try:
             if handler is not None:
                 try:
-                    data = self._capture(handler, facts, ctx)
+                    # _capture, inlined for the common case: a synchronous handler.
+                    ctx._handler = handler
+                    if handler.is_async:
+                        record = self._run_async(handler.capture, facts, ctx)
+                    else:
+                        record = handler.capture(facts, ctx)
+                    if type(record) is not handler.record_type:
+                        handler.checked(record, "capture")  # raises TypeError
+                    data = record
                 except Exception as exc:
                     failed = HandlerFailed(handler.name, exc, pid=pid, fd=fd)
                     error, handler = self._failed(failed, kind)
             # Before the release: through the descriptor the handler took, if it did.
-            if owner_matters(kind, flags, raw[15]):
+            if owner_matters(kind, flags, raw_rest):
                 io_owner = self._io_owner(ctx, pid, fd, flags)
         finally:
-            ctx._release()
+            if ctx._taken:
+                ctx._release()
         ghost = None
         if kind == "reg" and facts.deleted and st.st_nlink == 0:
             ghost = self._ghost(file_id, facts, ctx)
@@ -568,16 +621,6 @@ class RecordBuilder:
             msg = self.ghosts.notes[-1].message().split(": ", 1)[1]
             raise StrictViolation(f"--strict: {msg}", pid=facts.pid, fd=facts.fd)
         return ghost
-
-    def _capture(
-        self, handler: LoadedHandler, facts: FdFacts, ctx: HandlerContext
-    ) -> msgspec.Struct:
-        ctx._handler = handler
-        if handler.is_async:
-            record = self._run_async(handler.capture, facts, ctx)
-        else:
-            record = handler.capture(facts, ctx)
-        return handler.checked(record, "capture")
 
     @property
     def needs_link(self) -> bool:
