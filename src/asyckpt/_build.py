@@ -817,45 +817,50 @@ def _encoded(data: msgspec.Struct | msgspec.Raw | None) -> msgspec.Raw:
 
 
 def _file_record(new: NewFile) -> File:
+    # Once per description after the thaw.  One keyword dict, unpacked: msgspec matches
+    # a dict's keys faster than a call's 29 keyword names; fields left at their default
+    # are not passed.
     raw = new.raw
-    return File(
-        id=new.id,
-        type=new.kind,
-        handler=new.handler,
-        flags=new.flags,
-        access=access_mode(new.flags),
-        pos=raw[12],
-        mnt_id=raw[14],
-        dev=raw[3],
-        ino=raw[4],
-        rdev=raw[5],
-        path=new.path,
-        deleted=new.deleted,
-        uid=raw[7],
-        gid=raw[8],
-        st_mode=raw[2],
-        nlink=raw[6],
-        size=raw[9],
-        mtime_ns=raw[10],
-        fdinfo=list(parse_fdinfo_rest(raw[15])) if raw[15] else [],
-        data=_encoded(new.data),
-        error=new.error,
-        locks=_locks(raw[15], new.more_locks),
-        owner=new.io_owner,
-        **_ghost_fields(new),
-    )
-
-
-def _ghost_fields(new: NewFile) -> dict[str, Any]:
+    flags = new.flags
+    rest = raw[15]
+    data = new.data
+    fields: dict[str, Any] = {
+        "id": new.id,
+        "type": new.kind,
+        "handler": new.handler,
+        "flags": flags,
+        "access": access_mode(flags),
+        "pos": raw[12],
+        "mnt_id": raw[14],
+        "dev": raw[3],
+        "ino": raw[4],
+        "rdev": raw[5],
+        "path": new.path,
+        "deleted": new.deleted,
+        "uid": raw[7],
+        "gid": raw[8],
+        "st_mode": raw[2],
+        "nlink": raw[6],
+        "size": raw[9],
+        "mtime_ns": raw[10],
+        "data": data if type(data) is msgspec.Raw else _encoded(data),
+        "error": new.error,
+        "owner": new.io_owner,
+        "path_state": new.path_state,
+        "allocated": raw[11] * 512,
+    }
+    if rest:
+        fields["fdinfo"] = list(parse_fdinfo_rest(rest))
+    if new.more_locks or (rest and b"lock:" in rest):
+        fields["locks"] = _locks(rest, new.more_locks)
     ghost = new.ghost
-    fields: dict[str, Any] = {"path_state": new.path_state, "allocated": new.raw[11] * 512}
     if ghost is None:
         fields["ghost"] = "none"
     else:
         fields["ghost"] = ghost.state
         fields["ghost_file"] = ghost.file
         fields["ghost_error"] = ghost.error
-    return fields
+    return File(**fields)
 
 
 def _locks(fdinfo_rest: bytes, more: list[str] | None) -> list[Lock]:
