@@ -97,6 +97,12 @@ async def checkpoint_tree(
             nursery.start_soon(run_capture)
             async with recv:
                 async for batch in recv:
+                    # Whatever else has arrived meanwhile is written in the same hop.
+                    while True:
+                        try:
+                            batch = batch + recv.receive_nowait()
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
                     await trio.to_thread.run_sync(writer.write_body, batch)
         assert summary is not None
         summary.bytes = await trio.to_thread.run_sync(

@@ -63,14 +63,14 @@ from ._build import BodyRecord, GenericFd, RecordBuilder, TaskPart, TaskScan, ma
 from ._discover import TaskPlan, check_target, plan_tables, walk_tree
 from ._errors import FreezerError, NoSuchProcess, collapse_errors
 from ._freeze import Freezer, choose_freezer
-from ._ghost import DEFAULT_GHOST_LIMIT, GhostNote
+from ._ghost import CONTENT_CHUNK, DEFAULT_GHOST_LIMIT, Chunk, GhostNote
 from ._guardian import Guardian, take_guardian
 from ._kernel import dedup_rows, kcmp_files
 from ._order import Reorderer
 from ._plugins import CaptureSession, Dispatch, LoadedHandler, _Pending, load_handlers
 from ._procparse import TaskStat
 from ._procread import read_fd_tables
-from ._records import PluginInfo
+from ._records import Content, PluginInfo
 
 __all__ = ["CaptureOptions", "CaptureSummary", "capture"]
 
@@ -366,16 +366,35 @@ async def _run(
     await trio.to_thread.run_sync(builder.paths.check, parts)
     parts = await trio.to_thread.run_sync(builder.finish, parts)
     ghosts = builder.ghosts
-    for part in parts:
-        batch = await trio.to_thread.run_sync(materialize, part)
+
+    def make(part: TaskPart) -> list[tuple[list[BodyRecord], list[Chunk | Content]]]:
+        # One thread hop per task: its records, cut after each saved ghost's file, with
+        # that ghost's content read here as long as the task's reads stay within one
+        # chunk's worth (a larger one is read a chunk per hop, as it is sent).
+        batch = materialize(part)
         if not ghosts.saved:
-            await send.send(batch)
-            continue
-        for records, chunks in await trio.to_thread.run_sync(ghosts.split, batch):
+            return [(batch, [])]
+        budget = CONTENT_CHUNK
+        out: list[tuple[list[BodyRecord], list[Chunk | Content]]] = []
+        for records, chunks in ghosts.split(batch):
+            pieces: list[Chunk | Content] = []
+            for chunk in chunks:
+                if chunk.length <= budget:
+                    budget -= chunk.length
+                    pieces.append(ghosts.read(chunk))
+                else:
+                    pieces.append(chunk)
+            out.append((records, pieces))
+        return out
+
+    for part in parts:
+        for records, pieces in await trio.to_thread.run_sync(make, part):
             if records:
                 await send.send(records)
-            for chunk in chunks:
-                await send.send([await trio.to_thread.run_sync(ghosts.read, chunk)])
+            for piece in pieces:
+                if not isinstance(piece, Content):
+                    piece = await trio.to_thread.run_sync(ghosts.read, piece)
+                await send.send([piece])
     contents, content_bytes = ghosts.totals()
     return CaptureSummary(
         root_pid=pid,
