@@ -193,6 +193,7 @@ class NewFile:
         "data",
         "deleted",
         "error",
+        "fdinfo",
         "flags",
         "ghost",
         "handler",
@@ -235,6 +236,8 @@ class NewFile:
         self.error = error
         self.ghost: Ghost | None = None
         """An unlinked regular file's content outcome (``_ghost``)."""
+        self.fdinfo: tuple[tuple[str, str], ...] = ()
+        """The fdinfo lines past the common ones, parsed (as the handler saw them)."""
         self.path_state = "unchecked"
         """Set after the thaw by :class:`_paths.PathChecker`."""
         self.io_owner = io_owner
@@ -576,6 +579,7 @@ class RecordBuilder:
             io_owner,
         )
         new.ghost = ghost
+        new.fdinfo = rest
         if handler is not None and handler.link is not None:
             self._to_link.append((new, LinkRef(pid, tid, fd)))
         return new
@@ -850,7 +854,7 @@ def _file_record(new: NewFile) -> File:
         "allocated": raw[11] * 512,
     }
     if rest:
-        fields["fdinfo"] = list(parse_fdinfo_rest(rest))
+        fields["fdinfo"] = list(new.fdinfo)
     if new.more_locks or (rest and b"lock:" in rest):
         fields["locks"] = _locks(rest, new.more_locks)
     ghost = new.ghost
