@@ -8,8 +8,9 @@ Theory of operation
    no exit path (error, cancel, Ctrl-C, SIGTERM) leaves the tree frozen.
 3. Re-walk the now frozen tree; a task forked while we were moving its parent is moved in
    and the freeze re-confirmed, for a bounded number of rounds.  Group threads by fd table.
-4. *Scan*: one trio task per process reads its fd tables in a worker thread, one thread
-   hop per table (never per fd), at most ``SCAN_THREADS`` at a time.  Meanwhile each
+4. *Scan*: ``SCAN_THREADS`` worker threads (one on two cores) read the fd tables in
+   tree order, a chunk of tasks at a time, in C without the GIL (never a thread hop per
+   fd or per table), each handing its chunks to the event loop as it goes.  Meanwhile each
    handler with a ``begin`` hook gets the capture session in a worker thread of its own
    (one sock_diag dump per network namespace, say), so that its per-capture work overlaps
    the scan instead of adding to it.  Frozen, a child's fd that kcmp finds shared with
