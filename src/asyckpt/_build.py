@@ -87,7 +87,15 @@ from ._records import (
     Thread,
 )
 
-__all__ = ["BodyRecord", "RecordBuilder", "TaskPart", "TaskScan", "fd_facts", "materialize"]
+__all__ = [
+    "BodyRecord",
+    "RecordBuilder",
+    "TaskPart",
+    "TaskScan",
+    "fd_facts",
+    "materialize",
+    "row_facts",
+]
 
 BodyRecord = MountTable | FdTable | File | Content | Fd | Task
 
@@ -169,6 +177,36 @@ def fd_facts(
         st,
         fdinfo,
     )
+
+
+def row_facts(pid: int, tid: int, raw: RawRow, root: str) -> FdFacts:
+    """:func:`fd_facts` of a scan row: equal, but made once per new description while
+    frozen, so the named tuples are made with tuple.__new__ (their generated __new__ is
+    a Python call each) and the pure helpers are asked only off their common path."""
+    fd, link, mode = raw[0], raw[1], raw[2]
+    raw_rest = raw[15]
+    kind = _FMT_KINDS.get(mode & _S_IFMT)
+    if (
+        kind is None
+        or link.startswith(_ANON_PREFIXES)
+        or (kind == "pipe" and not link.startswith("pipe:["))
+    ):
+        kind = kernel_kind(mode, link)
+    if link[:1] == "/" and (link.endswith(_DELETED) or raw[6] == 0):
+        path, deleted = split_deleted(link, raw[6])
+    else:
+        path, deleted = link, False
+    if root != "/":
+        path = task_relative_path(path, root)
+    fdinfo = _tuple_new(
+        FdInfo,
+        (raw[12], raw[13], raw[14], raw[4], parse_fdinfo_rest(raw_rest) if raw_rest else ()),
+    )
+    facts: FdFacts = _tuple_new(
+        FdFacts,
+        (pid, tid, fd, kind, link, path, deleted, _tuple_new(StatInfo, raw[2:12]), fdinfo),
+    )
+    return facts
 
 
 class TaskScan(NamedTuple):
@@ -492,40 +530,10 @@ class RecordBuilder:
         ctx: HandlerContext,
     ) -> NewFile:
         fd, link = raw[0], raw[1]
-        # Once per description while frozen: fd_facts inlined, the named tuples made
-        # with tuple.__new__ (their generated __new__ is a Python call per tuple), the
-        # pure helpers asked only off their common path.
-        st: StatInfo = _tuple_new(StatInfo, raw[2:12])
-        mode = raw[2]
+        facts = row_facts(pid, tid, raw, root)
+        kind = facts.kind
         raw_rest = raw[15]
-        rest = parse_fdinfo_rest(raw_rest) if raw_rest else ()
-        kind = _FMT_KINDS.get(mode & _S_IFMT)
-        if (
-            kind is None
-            or link.startswith(_ANON_PREFIXES)
-            or (kind == "pipe" and not link.startswith("pipe:["))
-        ):
-            kind = kernel_kind(mode, link)
-        if link[:1] == "/" and (link.endswith(_DELETED) or raw[6] == 0):
-            path, deleted = split_deleted(link, raw[6])
-        else:
-            path, deleted = link, False
-        if root != "/":
-            path = task_relative_path(path, root)
-        facts: FdFacts = _tuple_new(
-            FdFacts,
-            (
-                pid,
-                tid,
-                fd,
-                kind,
-                link,
-                path,
-                deleted,
-                st,
-                _tuple_new(FdInfo, (raw[12], raw[13], raw[14], raw[4], rest)),
-            ),
-        )
+        rest = facts.fdinfo.extra
         handler: LoadedHandler | None = None
         data = None
         error = None
@@ -556,7 +564,7 @@ class RecordBuilder:
             if ctx._taken:
                 ctx._release()
         ghost = None
-        if kind == "reg" and facts.deleted and st.st_nlink == 0:
+        if kind == "reg" and facts.deleted and raw[6] == 0:
             ghost = self._ghost(file_id, facts, ctx)
         if handler is None:
             if self._strict:
