@@ -40,11 +40,11 @@ Theory of operation
    handlers' ``finish`` hooks complete their records with what only the whole tree
    tells, and every record is encoded.
 8. *Emit*: each task's records are made from its compact resolved form and sent, one
-   batch per task, through a bounded channel to the consumer (the image writer, or a
-   library caller's ``async for``), which therefore cannot lengthen the frozen window.
-   A saved ghost's ``content`` records follow its ``file`` record, read back from the
-   spool one chunk (at most 1 MiB) per channel message, so memory stays bounded by the
-   channel's capacity.
+   batch per task, through a bounded channel to the consumer (a library caller's
+   ``async for``), which therefore cannot lengthen the frozen window; the image writer
+   is instead handed each batch in the thread that made it (``sink``).  A saved ghost's
+   ``content`` records follow its ``file`` record, read back from the spool one chunk
+   (at most 1 MiB) per batch, so memory stays bounded by the channel's capacity.
 """
 
 from __future__ import annotations
@@ -250,15 +250,20 @@ async def _frozen(
                 if done and after_thaw is not None:
                     await trio.to_thread.run_sync(freezer.thaw)
 
-                    async def run_after_thaw() -> None:
+                    async def run(fn: Callable[[], object], errors: list[BaseException]) -> None:
                         try:
-                            await trio.to_thread.run_sync(after_thaw)
-                        except Exception as exc:  # raised once the tree is restored
-                            failed.append(exc)
+                            await trio.to_thread.run_sync(fn)
+                        except Exception as exc:  # raised as it is, after the nursery
+                            errors.append(exc)
 
+                    # The release's error goes first; the check's is raised once the
+                    # tree is restored.
+                    released: list[BaseException] = []
                     async with trio.open_nursery() as nursery:
-                        nursery.start_soon(run_after_thaw)
-                        await trio.to_thread.run_sync(freezer.release)
+                        nursery.start_soon(run, after_thaw, failed)
+                        nursery.start_soon(run, freezer.release, released)
+                    if released:
+                        raise released[0]
                 else:
                     await trio.to_thread.run_sync(freezer.release)
                 clean = True
@@ -281,12 +286,16 @@ async def capture(
     dispatch: Dispatch | None = None,
     *,
     spool_dir: str | None = None,
+    sink: Callable[[list[BodyRecord]], object] | None = None,
 ) -> CaptureSummary:
     """Capture the tree rooted at ``pid``, sending lists of records in image order (a
     task's, cut after each file whose ``content`` records follow, one per list).
 
-    Unlinked files' content is spooled in an unnamed file in ``spool_dir`` (default: the
-    temporary directory) until it is sent.  Closes ``send`` when done.  Raises
+    With ``sink``, each list is instead handed to ``sink`` in the worker thread that made
+    it (the image writer: no channel, no thread of its own, no hop per list), and
+    nothing is sent.  Unlinked files' content is spooled in an unnamed file in
+    ``spool_dir`` (default: the temporary directory) until it is sent.  Closes ``send``
+    when done.  Raises
     AsyckptError subclasses; the tree is thawed and back in its cgroups before any
     exception (or cancellation) leaves this function.
     """
@@ -304,7 +313,7 @@ async def capture(
             # tree is frozen; reference counting frees nearly all of them anyway.  And
             # the GIL changes hands sooner (see _tuned).
             with _tuned():
-                summary = await _capture(root, send, options, dispatch, guardian, spool_dir)
+                summary = await _capture(root, send, options, dispatch, guardian, spool_dir, sink)
     finally:
         if guardian is not None:
             with trio.CancelScope(shield=True):
@@ -321,6 +330,7 @@ async def _capture(
     dispatch: Dispatch | None,
     guardian: Guardian | None,
     spool_dir: str | None = None,
+    sink: Callable[[list[BodyRecord]], object] | None = None,
 ) -> CaptureSummary:
     pid = root.pid
     if dispatch is None:
@@ -340,7 +350,7 @@ async def _capture(
         dedup_rows=dedup_rows,
     )
     try:
-        return await _run(root, tree, builder, freezer, send, options, dispatch, guardian)
+        return await _run(root, tree, builder, freezer, send, options, dispatch, guardian, sink)
     finally:
         builder.close()
 
@@ -354,6 +364,7 @@ async def _run(
     options: CaptureOptions,
     dispatch: Dispatch,
     guardian: Guardian | None,
+    sink: Callable[[list[BodyRecord]], object] | None = None,
 ) -> CaptureSummary:
     pid = root.pid
     parts: list[TaskPart] = []
@@ -414,7 +425,19 @@ async def _run(
             out.append((records, pieces))
         return out
 
+    def make_into(part: TaskPart, sink: Callable[[list[BodyRecord]], object]) -> None:
+        for records, pieces in make(part):
+            if records:
+                sink(records)
+            for piece in pieces:
+                sink([piece if isinstance(piece, Content) else ghosts.read(piece)])
+
     for part in parts:
+        if sink is not None:
+            # Made and written in the same hop: two threads taking turns with the GIL
+            # (one making records, one encoding them) cost a third more than one.
+            await trio.to_thread.run_sync(make_into, part, sink)
+            continue
         for records, pieces in await trio.to_thread.run_sync(make, part):
             if records:
                 await send.send(records)
