@@ -44,7 +44,7 @@ import asyckpt
 
 DEFAULT_WORKLOADS = Path(__file__).resolve().parents[2] / "shared" / "workloads"
 ASYCKPT = [sys.executable, "-m", "asyckpt"]
-TOOLS = ("asyckpt", "lsof", "floor", "startup")
+TOOLS = ("asyckpt", "lsof", "floor", "startup", "python")
 PR_SET_CHILD_SUBREAPER = 36
 SPAWN_TIMEOUT = 120.0
 REAP_TIMEOUT = 10.0
@@ -403,6 +403,7 @@ class Rep:
     floor_rss_kib: int = 0
     floor_fds: int = 0
     startup_wall_ms: float = 0.0
+    python_wall_ms: float = 0.0
 
 
 @dataclass
@@ -474,6 +475,14 @@ def measure_startup(runner: Runner, rep: Rep) -> None:
     rep.startup_wall_ms = ex.wall_ms
 
 
+def measure_python(runner: Runner, rep: Rep) -> None:
+    # The interpreter alone, as this environment starts it (site-packages' .pth files
+    # included): what every Python command pays before its first import.
+    ex = runner.run([sys.executable, "-c", "pass"])
+    _check("python -c pass", ex)
+    rep.python_wall_ms = ex.wall_ms
+
+
 def bench_tree(
     args: argparse.Namespace,
     runner: Runner,
@@ -492,6 +501,7 @@ def bench_tree(
             "lsof": lambda rep: measure_lsof(runner, args.lsof, pids, rep),
             "floor": lambda rep: measure_floor(runner, floor, pids, rep),
             "startup": lambda rep: measure_startup(runner, rep),
+            "python": lambda rep: measure_python(runner, rep),
         }
         for i in range(args.warmup + repeat):
             rep = Rep()
@@ -581,6 +591,7 @@ def main_table(s: Series, warmup: int) -> str:
         ("  asyckpt `frozen_ms` (tree frozen)", "frozen_ms", None),
         ("  asyckpt `freezing_ms` (waiting for the freeze)", "freezing_ms", None),
         ("`asyckpt --version` (interpreter start + imports)", "startup_wall_ms", None),
+        ("`python -c pass` (interpreter start alone, this environment)", "python_wall_ms", None),
     ]
     out = [
         f"{s.tasks} tasks, {s.fds:,} fds, {s.files:,} open file descriptions "

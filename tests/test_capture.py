@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -320,29 +321,37 @@ def test_collector_paused_during_the_capture_only(
     zoo: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The cyclic collector is off while the capture runs (it would walk every row and
-    record again and again) and as it was afterwards, also after a failed capture."""
+    record again and again) and as it was afterwards, also after a failed capture; the
+    switch interval likewise shortened, then restored."""
     import gc
 
     from asyckpt import _capture
 
     seen = []
+    switch = []
     real = _capture.materialize
 
     def spy(part: Any) -> Any:
         seen.append(gc.isenabled())
+        switch.append(sys.getswitchinterval())
         return real(part)
 
     assert gc.isenabled()
+    before = sys.getswitchinterval()
     monkeypatch.setattr(_capture, "materialize", spy)
     capture(zoo, tmp_path / "a.ackpt")
     assert seen
     assert not any(seen)
     assert gc.isenabled()
+    # The switch interval too: shortened during the capture, restored after.
+    assert set(switch) == {min(before, _capture.SWITCH_INTERVAL)}
+    assert sys.getswitchinterval() == before
     with pytest.raises(asyckpt.AsyckptError):
         capture(zoo, tmp_path / "a.ackpt")  # exists, no force: fails before capturing
     with pytest.raises(asyckpt.StrictViolation):
         capture(zoo, tmp_path / "b.ackpt", dispatch=own_handlers(), strict=True)
     assert gc.isenabled()
+    assert sys.getswitchinterval() == before
     gc.disable()
     try:
         capture(zoo, tmp_path / "c.ackpt")

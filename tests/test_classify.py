@@ -166,3 +166,55 @@ POSIX = b"lock:\t1: POSIX  ADVISORY  WRITE 7 fe:00:12 0 EOF\n"
 )
 def test_owner_matters(kind: str, flags: int, rest: bytes, read: bool) -> None:
     assert owner_matters(kind, flags, rest) is read
+
+
+# --- row_facts: what the resolver tells a handler, made fast, equals fd_facts ----------
+
+ROW_CASES = [
+    # (st_mode, link, nlink, root, fdinfo rest past the common lines)
+    (stat.S_IFREG | 0o644, "/etc/passwd", 1, "/", b""),
+    (stat.S_IFREG | 0o644, "/tmp/x (deleted)", 0, "/", b""),
+    (stat.S_IFREG | 0o644, "/tmp/x (deleted)", 2, "/", b""),  # another link keeps it
+    (stat.S_IFREG | 0o644, "/tmp/gone", 0, "/", b""),  # nlink 0, no suffix
+    (stat.S_IFREG | 0o777, "/memfd:buf (deleted)", 0, "/", b""),
+    (stat.S_IFREG | 0o644, "/srv/jail/etc/x", 1, "/srv/jail", b""),
+    (stat.S_IFREG | 0o644, "/srv/jail", 1, "/srv/jail", b""),
+    (stat.S_IFREG | 0o644, "/srv/jail/x (deleted)", 0, "/srv/jail", b""),
+    (stat.S_IFREG | 0o644, "/elsewhere/x", 1, "/srv/jail", b""),
+    (
+        stat.S_IFREG | 0o644,
+        "/var/lock/x",
+        1,
+        "/",
+        b"lock:\t1: FLOCK  ADVISORY  WRITE 1 fd:00:1 0 EOF\n",
+    ),
+    (stat.S_IFDIR | 0o755, "/etc", 2, "/", b""),
+    (stat.S_IFLNK | 0o777, "/usr/bin/python3", 1, "/", b""),
+    (stat.S_IFIFO | 0o600, "pipe:[211729]", 1, "/", b""),
+    (stat.S_IFIFO | 0o644, "/run/myfifo", 1, "/", b""),
+    (stat.S_IFIFO | 0o644, "/run/myfifo (deleted)", 0, "/", b""),
+    (stat.S_IFSOCK | 0o777, "socket:[8812]", 1, "/", b""),
+    (stat.S_IFCHR | 0o666, "/dev/null", 1, "/", b""),
+    (stat.S_IFBLK | 0o660, "/dev/vda", 1, "/", b""),
+    (0, "anon_inode:[eventfd]", 1, "/", b"eventfd-count:                0\neventfd-id: 1\n"),
+    (stat.S_IFREG | 0o600, "anon_inode:[timerfd]", 1, "/", b"clockid: 1\n"),
+    (stat.S_IFREG | 0o600, "pidfd:[1234]", 1, "/", b"Pid:\t1234\n"),
+    (0o170000, "/odd", 1, "/", b""),  # no file type asyckpt knows
+    (stat.S_IFREG | 0o644, "relative (deleted)", 0, "/srv/jail", b""),
+]
+
+
+@pytest.mark.parametrize(("mode", "link", "nlink", "root", "rest"), ROW_CASES)
+def test_row_facts_equals_fd_facts(
+    mode: int, link: str, nlink: int, root: str, rest: bytes
+) -> None:
+    from asyckpt._build import fd_facts, row_facts
+    from asyckpt._plugins import FdFacts, StatInfo
+    from asyckpt._procparse import FdInfo, parse_fdinfo_rest
+
+    raw = (7, link, mode, 65024, 4242, 0, nlink, 1000, 100, 97, 123_456_789, 8, 5, 0o2, 27, rest)
+    st = StatInfo(*raw[2:12])
+    info = FdInfo(raw[12], raw[13], raw[14], st.st_ino, parse_fdinfo_rest(rest) if rest else ())
+    facts = row_facts(11, 12, raw, root)
+    assert facts == fd_facts(11, 12, 7, link, st, info, root)
+    assert (type(facts), type(facts.st), type(facts.fdinfo)) == (FdFacts, StatInfo, FdInfo)

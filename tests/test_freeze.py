@@ -181,6 +181,45 @@ def test_a_cgroup_frozen_before_stays_frozen(
     assert summary.fds > 0
 
 
+@pytest.mark.parametrize("freeze", ["cgroup-v1", "cgroup-v2"])
+def test_paths_are_checked_thawed_while_the_tree_moves_back(
+    freeze: str, zoo: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The path checks run once the tree is thawed, alongside its move back to its
+    cgroups; one that fails still leaves the tree back where it was, and no image."""
+    from asyckpt import _paths
+
+    before = cgroups(zoo)
+    seen: list[tuple[str, ...]] = []
+    frozen: list[Path | None] = []
+    real = _paths.PathChecker.check
+
+    def spy(self: Any, parts: Any) -> None:
+        seen.append(tuple(task_state(pid) for pid in zoo.pids()))
+        frozen.append(frozen_transient(zoo.pid, os.getpid()))
+        real(self, parts)
+
+    monkeypatch.setattr(_paths.PathChecker, "check", spy)
+    summary = capture(zoo.pid, tmp_path / "x.ackpt", freeze=freeze)
+    assert summary.freezer_scope == "transient"
+    assert len(seen) == 1
+    # Thawed: no task of the tree is stopped by the freezer (D on v1) any more.
+    assert all(state in "SR" for state in seen[0]), seen
+    assert frozen == [None]
+    files = read_image(tmp_path / "x.ackpt").files
+    assert any(f.path_state == "ok" for f in files.values())
+    assert_running_where_it_was(zoo, before)
+
+    def broken(self: Any, parts: Any) -> None:
+        raise RuntimeError("path check failed")
+
+    monkeypatch.setattr(_paths.PathChecker, "check", broken)
+    with pytest.raises(RuntimeError, match="path check failed"):
+        capture(zoo.pid, tmp_path / "y.ackpt", freeze=freeze)
+    assert not (tmp_path / "y.ackpt").exists()
+    assert_running_where_it_was(zoo, before)
+
+
 def test_transient_refuses_a_tree_in_a_frozen_cgroup(
     zoo: Tree, spawn: Any, make_cgroup: Any, tmp_path: Path
 ) -> None:

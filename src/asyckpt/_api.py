@@ -84,21 +84,19 @@ async def checkpoint_tree(
     options = options or CaptureOptions()
     writer = await trio.to_thread.run_sync(lambda: ImageWriter(dest, force=force))
     try:
-        send, recv = trio.open_memory_channel[list[BodyRecord]](BATCH_BUFFER)
-        summary: CaptureSummary | None = None
-
-        async def run_capture() -> None:
-            nonlocal summary
-            # Unlinked files' content waits in the image's directory, like its body.
-            spool_dir = os.path.dirname(writer.dest)
-            summary = await capture(pid, send, options, dispatch, spool_dir=spool_dir)
-
-        async with collapse_errors(), trio.open_nursery() as nursery:
-            nursery.start_soon(run_capture)
-            async with recv:
-                async for batch in recv:
-                    await trio.to_thread.run_sync(writer.write_body, batch)
-        assert summary is not None
+        send, recv = trio.open_memory_channel[list[BodyRecord]](0)
+        with recv:
+            # The records are written by the thread that makes them (capture's sink);
+            # unlinked files' content waits in the image's directory, like its body.
+            async with collapse_errors():
+                summary = await capture(
+                    pid,
+                    send,
+                    options,
+                    dispatch,
+                    spool_dir=os.path.dirname(writer.dest),
+                    sink=writer.write_body,
+                )
         summary.bytes = await trio.to_thread.run_sync(
             writer.finish, make_header(summary), make_trailer(summary)
         )

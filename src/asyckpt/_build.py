@@ -87,7 +87,15 @@ from ._records import (
     Thread,
 )
 
-__all__ = ["BodyRecord", "RecordBuilder", "TaskPart", "TaskScan", "fd_facts", "materialize"]
+__all__ = [
+    "BodyRecord",
+    "RecordBuilder",
+    "TaskPart",
+    "TaskScan",
+    "fd_facts",
+    "materialize",
+    "row_facts",
+]
 
 BodyRecord = MountTable | FdTable | File | Content | Fd | Task
 
@@ -97,6 +105,22 @@ OWNER_TYPES = {0: "tid", 1: "pid", 2: "pgrp"}
 # Races of an unfrozen capture: the task exited (pidfd_open), or closed the fd
 # (pidfd_getfd), since the scan.
 _VANISHED = frozenset({errno.ESRCH, errno.EBADF})
+
+_tuple_new: Any = tuple.__new__
+_S_IFMT = 0o170000
+# kernel_kind's answer by file type, where the link text cannot change it (anon_inode:
+# and pidfd: links, and a FIFO's path, are left to kernel_kind itself).
+_FMT_KINDS = {
+    0o100000: "reg",
+    0o040000: "dir",
+    0o120000: "link",
+    0o010000: "pipe",
+    0o140000: "socket",
+    0o020000: "chr",
+    0o060000: "blk",
+}
+_ANON_PREFIXES = ("anon_inode:", "pidfd:")
+_DELETED = " (deleted)"
 
 Ref = tuple[int, int]
 """(tid, fd): how kcmp names an fd."""
@@ -155,6 +179,36 @@ def fd_facts(
     )
 
 
+def row_facts(pid: int, tid: int, raw: RawRow, root: str) -> FdFacts:
+    """:func:`fd_facts` of a scan row: equal, but made once per new description while
+    frozen, so the named tuples are made with tuple.__new__ (their generated __new__ is
+    a Python call each) and the pure helpers are asked only off their common path."""
+    fd, link, mode = raw[0], raw[1], raw[2]
+    raw_rest = raw[15]
+    kind = _FMT_KINDS.get(mode & _S_IFMT)
+    if (
+        kind is None
+        or link.startswith(_ANON_PREFIXES)
+        or (kind == "pipe" and not link.startswith("pipe:["))
+    ):
+        kind = kernel_kind(mode, link)
+    if link[:1] == "/" and (link.endswith(_DELETED) or raw[6] == 0):
+        path, deleted = split_deleted(link, raw[6])
+    else:
+        path, deleted = link, False
+    if root != "/":
+        path = task_relative_path(path, root)
+    fdinfo = _tuple_new(
+        FdInfo,
+        (raw[12], raw[13], raw[14], raw[4], parse_fdinfo_rest(raw_rest) if raw_rest else ()),
+    )
+    facts: FdFacts = _tuple_new(
+        FdFacts,
+        (pid, tid, fd, kind, link, path, deleted, _tuple_new(StatInfo, raw[2:12]), fdinfo),
+    )
+    return facts
+
+
 class TaskScan(NamedTuple):
     """What the concurrent phase read for one task: its new fd tables."""
 
@@ -177,6 +231,7 @@ class NewFile:
         "data",
         "deleted",
         "error",
+        "fdinfo",
         "flags",
         "ghost",
         "handler",
@@ -219,6 +274,8 @@ class NewFile:
         self.error = error
         self.ghost: Ghost | None = None
         """An unlinked regular file's content outcome (``_ghost``)."""
+        self.fdinfo: tuple[tuple[str, str], ...] = ()
+        """The fdinfo lines past the common ones, parsed (as the handler saw them)."""
         self.path_state = "unchecked"
         """Set after the thaw by :class:`_paths.PathChecker`."""
         self.io_owner = io_owner
@@ -473,12 +530,10 @@ class RecordBuilder:
         ctx: HandlerContext,
     ) -> NewFile:
         fd, link = raw[0], raw[1]
-        st = StatInfo(*raw[2:12])
-        rest = parse_fdinfo_rest(raw[15]) if raw[15] else ()
-        facts = fd_facts(
-            pid, tid, fd, link, st, FdInfo(raw[12], raw[13], raw[14], st.st_ino, rest), root
-        )
+        facts = row_facts(pid, tid, raw, root)
         kind = facts.kind
+        raw_rest = raw[15]
+        rest = facts.fdinfo.extra
         handler: LoadedHandler | None = None
         data = None
         error = None
@@ -490,17 +545,26 @@ class RecordBuilder:
         try:
             if handler is not None:
                 try:
-                    data = self._capture(handler, facts, ctx)
+                    # _capture, inlined for the common case: a synchronous handler.
+                    ctx._handler = handler
+                    if handler.is_async:
+                        record = self._run_async(handler.capture, facts, ctx)
+                    else:
+                        record = handler.capture(facts, ctx)
+                    if type(record) is not handler.record_type:
+                        handler.checked(record, "capture")  # raises TypeError
+                    data = record
                 except Exception as exc:
                     failed = HandlerFailed(handler.name, exc, pid=pid, fd=fd)
                     error, handler = self._failed(failed, kind)
             # Before the release: through the descriptor the handler took, if it did.
-            if owner_matters(kind, flags, raw[15]):
+            if owner_matters(kind, flags, raw_rest):
                 io_owner = self._io_owner(ctx, pid, fd, flags)
         finally:
-            ctx._release()
+            if ctx._taken:
+                ctx._release()
         ghost = None
-        if kind == "reg" and facts.deleted and st.st_nlink == 0:
+        if kind == "reg" and facts.deleted and raw[6] == 0:
             ghost = self._ghost(file_id, facts, ctx)
         if handler is None:
             if self._strict:
@@ -523,6 +587,7 @@ class RecordBuilder:
             io_owner,
         )
         new.ghost = ghost
+        new.fdinfo = rest
         if handler is not None and handler.link is not None:
             self._to_link.append((new, LinkRef(pid, tid, fd)))
         return new
@@ -568,16 +633,6 @@ class RecordBuilder:
             msg = self.ghosts.notes[-1].message().split(": ", 1)[1]
             raise StrictViolation(f"--strict: {msg}", pid=facts.pid, fd=facts.fd)
         return ghost
-
-    def _capture(
-        self, handler: LoadedHandler, facts: FdFacts, ctx: HandlerContext
-    ) -> msgspec.Struct:
-        ctx._handler = handler
-        if handler.is_async:
-            record = self._run_async(handler.capture, facts, ctx)
-        else:
-            record = handler.capture(facts, ctx)
-        return handler.checked(record, "capture")
 
     @property
     def needs_link(self) -> bool:
@@ -774,45 +829,50 @@ def _encoded(data: msgspec.Struct | msgspec.Raw | None) -> msgspec.Raw:
 
 
 def _file_record(new: NewFile) -> File:
+    # Once per description after the thaw.  One keyword dict, unpacked: msgspec matches
+    # a dict's keys faster than a call's 29 keyword names; fields left at their default
+    # are not passed.
     raw = new.raw
-    return File(
-        id=new.id,
-        type=new.kind,
-        handler=new.handler,
-        flags=new.flags,
-        access=access_mode(new.flags),
-        pos=raw[12],
-        mnt_id=raw[14],
-        dev=raw[3],
-        ino=raw[4],
-        rdev=raw[5],
-        path=new.path,
-        deleted=new.deleted,
-        uid=raw[7],
-        gid=raw[8],
-        st_mode=raw[2],
-        nlink=raw[6],
-        size=raw[9],
-        mtime_ns=raw[10],
-        fdinfo=list(parse_fdinfo_rest(raw[15])) if raw[15] else [],
-        data=_encoded(new.data),
-        error=new.error,
-        locks=_locks(raw[15], new.more_locks),
-        owner=new.io_owner,
-        **_ghost_fields(new),
-    )
-
-
-def _ghost_fields(new: NewFile) -> dict[str, Any]:
+    flags = new.flags
+    rest = raw[15]
+    data = new.data
+    fields: dict[str, Any] = {
+        "id": new.id,
+        "type": new.kind,
+        "handler": new.handler,
+        "flags": flags,
+        "access": access_mode(flags),
+        "pos": raw[12],
+        "mnt_id": raw[14],
+        "dev": raw[3],
+        "ino": raw[4],
+        "rdev": raw[5],
+        "path": new.path,
+        "deleted": new.deleted,
+        "uid": raw[7],
+        "gid": raw[8],
+        "st_mode": raw[2],
+        "nlink": raw[6],
+        "size": raw[9],
+        "mtime_ns": raw[10],
+        "data": data if type(data) is msgspec.Raw else _encoded(data),
+        "error": new.error,
+        "owner": new.io_owner,
+        "path_state": new.path_state,
+        "allocated": raw[11] * 512,
+    }
+    if rest:
+        fields["fdinfo"] = list(new.fdinfo)
+    if new.more_locks or (rest and b"lock:" in rest):
+        fields["locks"] = _locks(rest, new.more_locks)
     ghost = new.ghost
-    fields: dict[str, Any] = {"path_state": new.path_state, "allocated": new.raw[11] * 512}
     if ghost is None:
         fields["ghost"] = "none"
     else:
         fields["ghost"] = ghost.state
         fields["ghost_file"] = ghost.file
         fields["ghost_error"] = ghost.error
-    return fields
+    return File(**fields)
 
 
 def _locks(fdinfo_rest: bytes, more: list[str] | None) -> list[Lock]:

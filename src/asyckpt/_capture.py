@@ -8,8 +8,9 @@ Theory of operation
    no exit path (error, cancel, Ctrl-C, SIGTERM) leaves the tree frozen.
 3. Re-walk the now frozen tree; a task forked while we were moving its parent is moved in
    and the freeze re-confirmed, for a bounded number of rounds.  Group threads by fd table.
-4. *Scan*: one trio task per process reads its fd tables in a worker thread, one thread
-   hop per table (never per fd), at most ``SCAN_THREADS`` at a time.  Meanwhile each
+4. *Scan*: ``SCAN_THREADS`` worker threads (one on two cores) read the fd tables in
+   tree order, a chunk of tasks at a time, in C without the GIL (never a thread hop per
+   fd or per table), each handing its chunks to the event loop as it goes.  Meanwhile each
    handler with a ``begin`` hook gets the capture session in a worker thread of its own
    (one sock_diag dump per network namespace, say), so that its per-capture work overlaps
    the scan instead of adding to it.  Frozen, a child's fd that kcmp finds shared with
@@ -32,17 +33,18 @@ Theory of operation
 7. *Thaw* as soon as linking is done and the ``begin`` of every handler that
    captured an fd has returned (what it read must be of the frozen moment too; the
    others' are abandoned): only /proc reads, kcmp, handlers and ghost copies happen
-   while frozen.  Then each recorded path is looked up through its task's root (kept
-   while frozen) to tell whether it still names the file (``_paths``: after the thaw,
-   because the filesystem is not frozen anyway and a lookup per description would
-   lengthen the frozen window); the handlers' ``finish`` hooks complete their records
-   with what only the whole tree tells, and every record is encoded.
+   while frozen.  Then, while the tasks are moved back to their cgroups, each recorded
+   path is looked up through its task's root (kept while frozen) to tell whether it
+   still names the file (``_paths``: after the thaw, because the filesystem is not
+   frozen anyway and a lookup per description would lengthen the frozen window); the
+   handlers' ``finish`` hooks complete their records with what only the whole tree
+   tells, and every record is encoded.
 8. *Emit*: each task's records are made from its compact resolved form and sent, one
-   batch per task, through a bounded channel to the consumer (the image writer, or a
-   library caller's ``async for``), which therefore cannot lengthen the frozen window.
-   A saved ghost's ``content`` records follow its ``file`` record, read back from the
-   spool one chunk (at most 1 MiB) per channel message, so memory stays bounded by the
-   channel's capacity.
+   batch per task, through a bounded channel to the consumer (a library caller's
+   ``async for``), which therefore cannot lengthen the frozen window; the image writer
+   is instead handed each batch in the thread that made it (``sink``).  A saved ghost's
+   ``content`` records follow its ``file`` record, read back from the spool one chunk
+   (at most 1 MiB) per batch, so memory stays bounded by the channel's capacity.
 """
 
 from __future__ import annotations
@@ -50,9 +52,11 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+import os
+import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Container, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Container, Iterator, Sequence
 
 import msgspec
 import trio
@@ -61,29 +65,34 @@ from ._build import BodyRecord, GenericFd, RecordBuilder, TaskPart, TaskScan, ma
 from ._discover import TaskPlan, check_target, plan_tables, walk_tree
 from ._errors import FreezerError, NoSuchProcess, collapse_errors
 from ._freeze import Freezer, choose_freezer
-from ._ghost import DEFAULT_GHOST_LIMIT, GhostNote
+from ._ghost import CONTENT_CHUNK, DEFAULT_GHOST_LIMIT, Chunk, GhostNote
 from ._guardian import Guardian, take_guardian
 from ._kernel import dedup_rows, kcmp_files
 from ._order import Reorderer
 from ._plugins import CaptureSession, Dispatch, LoadedHandler, _Pending, load_handlers
 from ._procparse import TaskStat
 from ._procread import read_fd_tables
-from ._records import PluginInfo
+from ._records import Content, PluginInfo
 
 __all__ = ["CaptureOptions", "CaptureSummary", "capture"]
 
-SCAN_THREADS = 2
-"""Worker threads reading fd tables at once.  The C reader releases the GIL for a whole
-table, so they run in parallel with each other and with the resolver; more threads than
-cores only add contention."""
+SCAN_THREADS = max(1, min(2, len(os.sched_getaffinity(0)) - 1))
+"""Worker threads reading fd tables at once: the cores left once the resolver has one,
+at most two.  The C reader releases the GIL for a whole table, so they run in parallel
+with each other and with the resolver; more threads than cores only add contention.  On
+two cores one reader is faster than two: with two, three threads share the cores, the
+resolver (the critical path once the reader is ahead) loses its core to them about a
+sixth of the time, and the readers slow each other down in the kernel (measured: frozen
+window 10 ms shorter, scan CPU 10 ms less, for the 27k-fd benchmark tree)."""
 
 BATCH_BUFFER = 8
 """Task batches the channel holds before the builder waits for its consumer.  Small, so
 memory stays bounded; a consumer slower than the scan lengthens the frozen window."""
 
 CHUNKS_PER_THREAD = 8
-"""Each scan worker gets about this many chunks of tasks: enough to pipeline with the
-resolver, few enough that thread hops stay cheap for trees of thousands of tasks."""
+"""The tasks are cut into about this many chunks per scan worker (counting at least two
+workers): enough to pipeline with the resolver, few enough that thread hops stay cheap
+for trees of thousands of tasks."""
 
 MAX_FREEZE_ROUNDS = 5
 
@@ -215,7 +224,12 @@ async def _frozen(
     tree: Sequence[TaskStat],
     freeze_timeout: float,
     guardian: Guardian | None,
+    after_thaw: Callable[[], object] | None = None,
 ) -> AsyncIterator[None]:
+    """Frozen for the block.  ``after_thaw``, when the block ended normally, runs in a
+    thread of its own once the tree is thawed, while the tasks are moved back to their
+    cgroups (kernel work: about 0.5 ms per task, that need not wait)."""
+    done = False
     try:
         if freezer.consistent:
             assert guardian is not None
@@ -226,12 +240,32 @@ async def _frozen(
         await trio.to_thread.run_sync(freezer.add, [t.pid for t in tree if t.state != "Z"])
         await trio.to_thread.run_sync(freezer.freeze, freeze_timeout)
         yield
+        done = True
     finally:
         # Thawing must happen whatever ended the block, cancellation included.
         with trio.CancelScope(shield=True):
             clean = False
+            failed: list[BaseException] = []
             try:
-                await trio.to_thread.run_sync(freezer.release)
+                if done and after_thaw is not None:
+                    await trio.to_thread.run_sync(freezer.thaw)
+
+                    async def run(fn: Callable[[], object], errors: list[BaseException]) -> None:
+                        try:
+                            await trio.to_thread.run_sync(fn)
+                        except Exception as exc:  # raised as it is, after the nursery
+                            errors.append(exc)
+
+                    # The release's error goes first; the check's is raised once the
+                    # tree is restored.
+                    released: list[BaseException] = []
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(run, after_thaw, failed)
+                        nursery.start_soon(run, freezer.release, released)
+                    if released:
+                        raise released[0]
+                else:
+                    await trio.to_thread.run_sync(freezer.release)
                 clean = True
             finally:
                 if guardian is not None:
@@ -241,6 +275,8 @@ async def _frozen(
                     await trio.to_thread.run_sync(
                         lambda: guardian.dismiss(clean=clean, wait=not clean)
                     )
+        if failed:
+            raise failed[0]
 
 
 async def capture(
@@ -250,12 +286,16 @@ async def capture(
     dispatch: Dispatch | None = None,
     *,
     spool_dir: str | None = None,
+    sink: Callable[[list[BodyRecord]], object] | None = None,
 ) -> CaptureSummary:
     """Capture the tree rooted at ``pid``, sending lists of records in image order (a
     task's, cut after each file whose ``content`` records follow, one per list).
 
-    Unlinked files' content is spooled in an unnamed file in ``spool_dir`` (default: the
-    temporary directory) until it is sent.  Closes ``send`` when done.  Raises
+    With ``sink``, each list is instead handed to ``sink`` in the worker thread that made
+    it (the image writer: no channel, no thread of its own, no hop per list), and
+    nothing is sent.  Unlinked files' content is spooled in an unnamed file in
+    ``spool_dir`` (default: the temporary directory) until it is sent.  Closes ``send``
+    when done.  Raises
     AsyckptError subclasses; the tree is thawed and back in its cgroups before any
     exception (or cancellation) leaves this function.
     """
@@ -270,9 +310,10 @@ async def capture(
             # The cyclic collector is paused for the capture: each of its passes walks
             # every object the capture holds (rows, records: several hundred thousand),
             # again and again as they pile up, a third of the resolver's time while the
-            # tree is frozen; reference counting frees nearly all of them anyway.
-            with _gc_paused():
-                summary = await _capture(root, send, options, dispatch, guardian, spool_dir)
+            # tree is frozen; reference counting frees nearly all of them anyway.  And
+            # the GIL changes hands sooner (see _tuned).
+            with _tuned():
+                summary = await _capture(root, send, options, dispatch, guardian, spool_dir, sink)
     finally:
         if guardian is not None:
             with trio.CancelScope(shield=True):
@@ -289,6 +330,7 @@ async def _capture(
     dispatch: Dispatch | None,
     guardian: Guardian | None,
     spool_dir: str | None = None,
+    sink: Callable[[list[BodyRecord]], object] | None = None,
 ) -> CaptureSummary:
     pid = root.pid
     if dispatch is None:
@@ -308,7 +350,7 @@ async def _capture(
         dedup_rows=dedup_rows,
     )
     try:
-        return await _run(root, tree, builder, freezer, send, options, dispatch, guardian)
+        return await _run(root, tree, builder, freezer, send, options, dispatch, guardian, sink)
     finally:
         builder.close()
 
@@ -322,9 +364,14 @@ async def _run(
     options: CaptureOptions,
     dispatch: Dispatch,
     guardian: Guardian | None,
+    sink: Callable[[list[BodyRecord]], object] | None = None,
 ) -> CaptureSummary:
     pid = root.pid
-    async with _frozen(freezer, root, tree, options.freeze_timeout, guardian):
+    parts: list[TaskPart] = []
+    # Each recorded path is looked up while the tasks are moved back to their cgroups.
+    async with _frozen(
+        freezer, root, tree, options.freeze_timeout, guardian, lambda: builder.paths.check(parts)
+    ):
         plans = await trio.to_thread.run_sync(
             _settle_tree, root, tree, freezer, options.freeze_timeout
         )
@@ -355,19 +402,49 @@ async def _run(
                     scope.cancel()
     # Thawed: records are finished, made and handed on only now, so neither making them
     # nor a slow consumer of the channel can lengthen the frozen window.
-    await trio.to_thread.run_sync(builder.paths.check, parts)
     parts = await trio.to_thread.run_sync(builder.finish, parts)
     ghosts = builder.ghosts
-    for part in parts:
-        batch = await trio.to_thread.run_sync(materialize, part)
+
+    def make(part: TaskPart) -> list[tuple[list[BodyRecord], list[Chunk | Content]]]:
+        # One thread hop per task: its records, cut after each saved ghost's file, with
+        # that ghost's content read here as long as the task's reads stay within one
+        # chunk's worth (a larger one is read a chunk per hop, as it is sent).
+        batch = materialize(part)
         if not ghosts.saved:
-            await send.send(batch)
+            return [(batch, [])]
+        budget = CONTENT_CHUNK
+        out: list[tuple[list[BodyRecord], list[Chunk | Content]]] = []
+        for records, chunks in ghosts.split(batch):
+            pieces: list[Chunk | Content] = []
+            for chunk in chunks:
+                if chunk.length <= budget:
+                    budget -= chunk.length
+                    pieces.append(ghosts.read(chunk))
+                else:
+                    pieces.append(chunk)
+            out.append((records, pieces))
+        return out
+
+    def make_into(part: TaskPart, sink: Callable[[list[BodyRecord]], object]) -> None:
+        for records, pieces in make(part):
+            if records:
+                sink(records)
+            for piece in pieces:
+                sink([piece if isinstance(piece, Content) else ghosts.read(piece)])
+
+    for part in parts:
+        if sink is not None:
+            # Made and written in the same hop: two threads taking turns with the GIL
+            # (one making records, one encoding them) cost a third more than one.
+            await trio.to_thread.run_sync(make_into, part, sink)
             continue
-        for records, chunks in await trio.to_thread.run_sync(ghosts.split, batch):
+        for records, pieces in await trio.to_thread.run_sync(make, part):
             if records:
                 await send.send(records)
-            for chunk in chunks:
-                await send.send([await trio.to_thread.run_sync(ghosts.read, chunk)])
+            for piece in pieces:
+                if not isinstance(piece, Content):
+                    piece = await trio.to_thread.run_sync(ghosts.read, piece)
+                await send.send([piece])
     contents, content_bytes = ghosts.totals()
     return CaptureSummary(
         root_pid=pid,
@@ -396,28 +473,41 @@ async def _run(
     )
 
 
-_gc_pauses = 0
+SWITCH_INTERVAL = 0.0005
+"""The interpreter's switch interval (seconds) during a capture, instead of the default
+5 ms.  A fd reader that ends a table in C needs the GIL to hand its rows over, and the
+resolver, pure Python, holds it until the interval forces a switch: with one reader on
+two cores, it is the reader that is on the critical path while frozen.  Measured on the
+27k-fd benchmark tree: about 10 ms less frozen."""
+
+_tunings = 0
 _gc_was_enabled = False
-_gc_lock = threading.Lock()
+_switch_was = 0.0
+_tuning_lock = threading.Lock()
 
 
 @contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Disable the cyclic garbage collector for the block, and restore it after (nested
-    and concurrent captures included: the last to leave re-enables it)."""
-    global _gc_pauses, _gc_was_enabled
-    with _gc_lock:
-        if _gc_pauses == 0:
+def _tuned() -> Iterator[None]:
+    """For the block: the cyclic garbage collector disabled and the switch interval
+    shortened (``SWITCH_INTERVAL``), both restored after (nested and concurrent captures
+    included: the last to leave restores them as the first found them)."""
+    global _tunings, _gc_was_enabled, _switch_was
+    with _tuning_lock:
+        if _tunings == 0:
             _gc_was_enabled = gc.isenabled()
             gc.disable()
-        _gc_pauses += 1
+            _switch_was = sys.getswitchinterval()
+            sys.setswitchinterval(min(_switch_was, SWITCH_INTERVAL))
+        _tunings += 1
     try:
         yield
     finally:
-        with _gc_lock:
-            _gc_pauses -= 1
-            if _gc_pauses == 0 and _gc_was_enabled:
-                gc.enable()
+        with _tuning_lock:
+            _tunings -= 1
+            if _tunings == 0:
+                sys.setswitchinterval(_switch_was)
+                if _gc_was_enabled:
+                    gc.enable()
 
 
 async def _begin(
@@ -452,7 +542,7 @@ async def _scan_and_resolve(plans: list[TaskPlan], builder: RecordBuilder) -> li
     # trio would start one task per process in no particular order.  Tasks go in chunks:
     # a thread hop costs more than reading a small task's fds, and each hop is a chance
     # to queue behind the resolver for the GIL.
-    chunk = max(1, len(plans) // (SCAN_THREADS * CHUNKS_PER_THREAD))
+    chunk = max(1, len(plans) // (max(2, SCAN_THREADS) * CHUNKS_PER_THREAD))
     # Frozen, a parent's table cannot change between its scan and its child's, so the
     # child's scan may lean on it: tasks with a table of their own, resolved before their
     # children (pre-order).  Unfrozen, every fd is read and compared in the resolver.
@@ -461,14 +551,32 @@ async def _scan_and_resolve(plans: list[TaskPlan], builder: RecordBuilder) -> li
         inherit = {p.stat.pid for p in plans if p.threads[0][1] is not None}
     work = iter([list(enumerate(plans))[i : i + chunk] for i in range(0, len(plans), chunk)])
 
+    # Each worker is one thread for all its chunks, handing each chunk's scans to the
+    # event loop without waiting for it: a thread hop per chunk made the reader wait,
+    # between chunks, for the event loop, which itself waits for the resolver's GIL
+    # (about 30 ms of the frozen window, for the 27k-fd benchmark tree).
+    resolver_gone = threading.Event()
+
+    def deliver(out: trio.MemorySendChannel[list[TaskScan]], scans: list[TaskScan]) -> None:
+        try:
+            out.send_nowait(scans)
+        except trio.BrokenResourceError:
+            resolver_gone.set()  # the resolver failed; its error is the one to report
+
+    def scan_loop(
+        out: trio.MemorySendChannel[list[TaskScan]], token: trio.lowlevel.TrioToken
+    ) -> None:
+        for tasks in work:
+            trio.from_thread.check_cancelled()
+            if resolver_gone.is_set():
+                return
+            token.run_sync_soon(deliver, out, _scan_chunk(tasks, inherit))
+
     async def scan_worker(out: trio.MemorySendChannel[list[TaskScan]]) -> None:
         async with out:
-            for tasks in work:
-                scans = await trio.to_thread.run_sync(_scan_chunk, tasks, inherit)
-                try:
-                    out.send_nowait(scans)
-                except trio.BrokenResourceError:
-                    return  # the resolver failed; its error is the one to report
+            # Closed after the last chunk's delivery: the event loop runs callbacks in
+            # the order they were queued, this thread's result after its deliveries.
+            await trio.to_thread.run_sync(scan_loop, out, trio.lowlevel.current_trio_token())
 
     def resolve_all(ready: list[TaskScan]) -> list[TaskPart]:
         return [part for scan in ready if (part := builder.resolve(scan)) is not None]
@@ -480,6 +588,13 @@ async def _scan_and_resolve(plans: list[TaskPlan], builder: RecordBuilder) -> li
         async with scans_recv:
             async for scans in scans_recv:
                 ready = [r for scan in scans for r in reorder.push(scan.seq, scan)]
+                # Whatever else has arrived meanwhile goes in the same thread hop.
+                while True:
+                    try:
+                        more = scans_recv.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    ready += [r for scan in more for r in reorder.push(scan.seq, scan)]
                 if ready:
                     parts.extend(await trio.to_thread.run_sync(resolve_all, ready))
     if reorder.released != len(plans):

@@ -103,5 +103,5 @@ def owner_matters(kind: str, flags: int, fdinfo_rest: bytes) -> bool:
     if flags & O_PATH:
         return False
     if kind == "reg" or kind == "dir":
-        return bool(flags & O_ASYNC) or holds_lease(fdinfo_rest)
+        return bool(flags & O_ASYNC) or (b"lock:" in fdinfo_rest and holds_lease(fdinfo_rest))
     return True

@@ -227,6 +227,11 @@ class Freezer:
             self.frozen_ms = (time.perf_counter() - self._frozen_at) * 1000
             self._frozen_at = None
 
+    def thaw(self) -> None:
+        """Thaw only, ahead of :meth:`release` (which must still follow, and does the
+        rest).  Idempotent."""
+        Freezer.release(self)
+
 
 class _CgroupFreezer(Freezer):
     consistent = True
@@ -237,6 +242,8 @@ class _CgroupFreezer(Freezer):
         self.name = hierarchy.name
         self._path: str | None = None
         self._thaw = True
+        # Set once thaw() has thawed it, so that release() does not ask again.
+        self._thawed = False
 
     def members(self) -> set[int]:
         assert self._path is not None
@@ -245,6 +252,7 @@ class _CgroupFreezer(Freezer):
     def freeze(self, timeout: float) -> None:
         assert self._path is not None
         start = time.perf_counter()
+        self._thawed = False
         if self._thaw:
             self._note("thaw", *self.h.thaw_step(self._path))
         try:
@@ -265,12 +273,22 @@ class _CgroupFreezer(Freezer):
 
     def _thaw_now(self, errors: list[str]) -> None:
         assert self._path is not None
-        if self._thaw:
+        if self._thaw and not self._thawed:
             try:
                 self.h.request(self._path, False)
             except OSError as exc:
                 errors.append(f"thaw {self._path}: {exc.strerror}")
+                return  # maybe still frozen: release tries again
+            self._thawed = True
         super().release()
+
+    def thaw(self) -> None:
+        if self._path is None:
+            return
+        errors: list[str] = []
+        self._thaw_now(errors)
+        if errors:
+            raise FreezerError("could not thaw the tree: " + "; ".join(errors))
 
 
 class InPlaceFreezer(_CgroupFreezer):

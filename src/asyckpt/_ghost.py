@@ -14,9 +14,10 @@ to it) whose allocated size (st_blocks * 512, as CRIU counts) is within the ghos
   there is one): no bytes pass through Python while the tree is frozen, and holes are
   never copied;
 * after the thaw, :meth:`GhostSpool.split` and :meth:`GhostSpool.read` turn the spool
-  into ``content`` records of at most :data:`CONTENT_CHUNK` bytes, one per thread hop and
-  channel message, so memory stays bounded by the channel's few batches whatever the
-  files' sizes.
+  into ``content`` records of at most :data:`CONTENT_CHUNK` bytes, one per channel
+  message (and per thread hop, but for a task's first chunk's worth of them, read in the
+  hop that makes its records), so memory stays bounded by the channel's few batches
+  whatever the files' sizes.
 
 Pure helpers (:func:`ghost_state`, :func:`chunk_plan`, :func:`format_size`) are tested on
 literal input; the rest is I/O at the edge.

@@ -24,6 +24,7 @@ cover; a family nobody dumps: SCTP, vsock, AF_ALG...) keeps what its fd told, wi
 
 from __future__ import annotations
 
+import _socket
 import errno
 import os
 import socket
@@ -245,15 +246,16 @@ class SocketHandler:
         fd = ctx.take_fd(facts.fd)
         # Most sockets are unix ones: a socket object of that family reads the options;
         # another family gets one of its own, for its addresses.  (Letting Python detect
-        # the family costs more, and makes enums.)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)
+        # the family costs more, and makes enums.)  The bare _socket type: socket.socket's
+        # __init__ and detach are Python calls, made once per socket while frozen.
+        sock = _socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)
         try:
             domain = sock.getsockopt(SOL_SOCKET, socket.SO_DOMAIN)
             stype = sock.getsockopt(SOL_SOCKET, socket.SO_TYPE)
             protocol = sock.getsockopt(SOL_SOCKET, socket.SO_PROTOCOL)
             if domain != socket.AF_UNIX:
                 sock.detach()
-                sock = socket.socket(domain, stype, protocol, fd)
+                sock = _socket.socket(domain, stype, protocol, fd)
             record = _from_fd(sock, facts.st.st_ino, domain, stype, protocol)
         finally:
             sock.detach()  # the fd is ctx's to close
@@ -322,7 +324,7 @@ class SocketHandler:
         return out
 
 
-def _from_fd(sock: socket.socket, ino: int, domain: int, stype: int, protocol: int) -> Socket:
+def _from_fd(sock: _socket.socket, ino: int, domain: int, stype: int, protocol: int) -> Socket:
     family = family_name(domain)
     record = Socket(
         diag=False,
