@@ -314,12 +314,7 @@ class InPlaceFreezer(_CgroupFreezer):
         return []
 
     def release(self) -> None:
-        if self._path is None:
-            return
-        errors: list[str] = []
-        self._thaw_now(errors)
-        if errors:
-            raise FreezerError("could not thaw the tree: " + "; ".join(errors))
+        self.thaw()  # nothing moved in, so nothing to move back or remove
 
 
 class TransientFreezer(_CgroupFreezer):
