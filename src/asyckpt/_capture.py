@@ -87,7 +87,8 @@ window 10 ms shorter, scan CPU 10 ms less, for the 27k-fd benchmark tree)."""
 
 BATCH_BUFFER = 8
 """Task batches the channel holds before the builder waits for its consumer.  Small, so
-memory stays bounded; a consumer slower than the scan lengthens the frozen window."""
+memory stays bounded; records are sent only after the thaw, so a slow consumer slows the
+capture, never the frozen window."""
 
 CHUNKS_PER_THREAD = 8
 """The tasks are cut into about this many chunks per scan worker (counting at least two
@@ -295,9 +296,8 @@ async def capture(
     it (the image writer: no channel, no thread of its own, no hop per list), and
     nothing is sent.  Unlinked files' content is spooled in an unnamed file in
     ``spool_dir`` (default: the temporary directory) until it is sent.  Closes ``send``
-    when done.  Raises
-    AsyckptError subclasses; the tree is thawed and back in its cgroups before any
-    exception (or cancellation) leaves this function.
+    when done.  Raises AsyckptError subclasses; the tree is thawed and back in its
+    cgroups before any exception (or cancellation) leaves this function.
     """
     started = time.perf_counter()
     guardian = None
