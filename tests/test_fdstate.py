@@ -234,3 +234,34 @@ def test_the_fallback_reads_the_same_owner() -> None:
     finally:
         for fd in (r, w, pidfd):
             os.close(fd)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_an_owner_that_cannot_be_read_costs_the_owner_not_the_capture(strict: bool) -> None:
+    # A real refusal: the owner of an fd of a process that has exited (ESRCH from
+    # pidfd_open), as pidfd_getfd's EPERM would be without ptrace access.
+    from asyckpt._build import RecordBuilder
+    from asyckpt._kernel import kcmp_files
+    from asyckpt._plugins import HandlerContext
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    builder = RecordBuilder(
+        asyckpt.load_handlers(autoload=False),
+        compare_files=kcmp_files,
+        read_mountinfo=lambda pid: "",
+        strict=strict,
+    )
+    ctx = HandlerContext(child.pid)
+    try:
+        if strict:
+            with pytest.raises(asyckpt.NoSuchProcess) as exc_info:
+                builder._io_owner(ctx, child.pid, 3, 0)
+            assert (exc_info.value.pid, exc_info.value.fd) == (child.pid, 3)
+        else:
+            owner, error = builder._io_owner(ctx, child.pid, 3, 0)
+            assert owner is None
+            assert error == "I/O owner: No such process"
+    finally:
+        ctx._close()
+        builder.close()

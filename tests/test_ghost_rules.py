@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
+from pathlib import Path
 
 import pytest
 
@@ -176,3 +178,34 @@ def test_path_state(
 )
 def test_proc_pid_path(path: str, mount_point: str, expected: bool) -> None:
     assert proc_pid_path(path, mount_point) is expected
+
+
+def test_the_copy_stops_at_the_limit_whatever_the_blocks_say(tmp_path: Path) -> None:
+    # A filesystem may report fewer blocks than the data it holds (compression) or none
+    # (FUSE, 9p): the limit bounds the bytes copied, not only the blocks reported.
+    from asyckpt._ghost import GhostSpool
+
+    path = tmp_path / "big"
+    path.write_bytes(b"x" * 10000)
+    spool = GhostSpool(4096, str(tmp_path))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        small = os.open(tmp_path, os.O_RDONLY | os.O_TMPFILE | os.O_RDWR)
+        os.write(small, b"y" * 100)
+        saved = spool.capture(1, 10, 3, "/small", 1, 1, 100, 0, lambda _: small)
+        big = spool.capture(2, 10, 4, "/big", 1, 2, 10000, 0, lambda _: fd)  # "0 blocks"
+        assert (saved.state, big.state, big.extents) == ("saved", "too-big", [])
+        assert big.error == "its data (9.8 KiB or more)"
+        assert spool.notes[-1].message() == (
+            "pid 10 fd 4: unlinked file /big: its data (9.8 KiB or more) exceeds "
+            "--ghost-limit 4 KiB; not saved"
+        )
+        # What was spooled before stays whole, and nothing of the big file is kept.
+        assert spool._spool is not None
+        assert os.fstat(spool._spool.fileno()).st_size == 100
+        (chunk,) = chunk_plan(1, saved.extents)
+        assert spool.read(chunk).data == b"y" * 100
+        os.close(small)
+    finally:
+        os.close(fd)
+        spool.close()

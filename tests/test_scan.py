@@ -240,3 +240,31 @@ def test_dedup_loop_kcmp_failure_names_the_other_side(zoo: Tree) -> None:
     entries, new, count, hits, compares, error = dedup_rows([row], zoo.pid, {}, {}, {}, 10)
     assert entries == [(row[0], False, 11, None)]
     assert (new, count, error) == ([0], 11, None)
+
+
+def test_a_child_read_against_a_parent_that_vanished_is_an_error() -> None:
+    # With two readers a child's chunk can be read (its inherited fds as short rows)
+    # before its parent's, and the parent killed in between (SIGKILL reaches a frozen
+    # task): the child's rows then have nothing to be resolved against.
+    import asyckpt
+    from asyckpt._build import RecordBuilder, TaskScan
+    from asyckpt._discover import TaskPlan
+    from asyckpt._procparse import TaskStat
+    from asyckpt._procread import TaskMeta
+
+    def plan(pid: int, ppid: int, table: int) -> TaskPlan:
+        stat = TaskStat(pid, "t", "S", ppid, 0, 1, 100)
+        return TaskPlan(stat, TaskMeta(0, 0, "/", 0), ((pid, table),), ((pid, table),))
+
+    builder = RecordBuilder(
+        asyckpt.load_handlers(autoload=False),
+        compare_files=kcmp_files,
+        read_mountinfo=lambda pid: "",
+    )
+    with contextlib.closing(builder):
+        parent = TaskScan(1, plan(4000001, 4000000, 2), ((4000001, 2, None),))
+        assert builder.resolve(parent) is None  # it vanished before its table was read
+        child = TaskScan(2, plan(4000002, 4000001, 3), ((4000002, 3, [(0, 0o2)]),))
+        with pytest.raises(NoSuchProcess) as exc_info:
+            builder.resolve(child)
+    assert exc_info.value.pid == 4000001

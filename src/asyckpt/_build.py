@@ -240,6 +240,7 @@ class NewFile:
         "kind",
         "more_locks",
         "owner",
+        "owner_error",
         "path",
         "path_state",
         "raw",
@@ -279,6 +280,8 @@ class NewFile:
         self.path_state = "unchecked"
         """Set after the thaw by :class:`_paths.PathChecker`."""
         self.io_owner = io_owner
+        self.owner_error: str | None = None
+        """Why the I/O owner could not be read (``io_owner`` is then None)."""
         self.more_locks: list[str] | None = None
         """``lock:`` lines of the description's other fds (a POSIX lock shows only in
         the fdinfo of its owner's fds), set by :meth:`RecordBuilder.finish`."""
@@ -388,6 +391,15 @@ class RecordBuilder:
         if any(fds for _, _, fds in scan.tables):
             self.paths.open_root(pid, meta.mnt_ns, meta.root)
         parent_table = self._task_table.get(plan.stat.ppid)
+        if parent_table is None and any(
+            len(row) == 2 for _, _, fds in scan.tables for row in fds or ()
+        ):
+            # Its fds were read as shared with its parent's, whose own table was never read:
+            # the parent was killed meanwhile (SIGKILL reaches a frozen task).
+            raise NoSuchProcess(
+                "the process exited during the capture, after its child's fds were read",
+                pid=plan.stat.ppid,
+            )
         hints = self._table_fds.get(parent_table, {}) if parent_table is not None else {}
         tables = []
         for tid, table_id, fds in scan.tables:
@@ -541,7 +553,7 @@ class RecordBuilder:
             handler = self._choose(facts)
         except HandlerFailed as err:  # a claims() predicate raised
             error, handler = self._failed(err, kind)
-        io_owner = None
+        io_owner = owner_error = None
         try:
             if handler is not None:
                 try:
@@ -559,7 +571,7 @@ class RecordBuilder:
                     error, handler = self._failed(failed, kind)
             # Before the release: through the descriptor the handler took, if it did.
             if owner_matters(kind, flags, raw_rest):
-                io_owner = self._io_owner(ctx, pid, fd, flags)
+                io_owner, owner_error = self._io_owner(ctx, pid, fd, flags)
         finally:
             if ctx._taken:
                 ctx._release()
@@ -588,20 +600,28 @@ class RecordBuilder:
         )
         new.ghost = ghost
         new.fdinfo = rest
+        new.owner_error = owner_error
         if handler is not None and handler.link is not None:
             self._to_link.append((new, LinkRef(pid, tid, fd)))
         return new
 
-    def _io_owner(self, ctx: HandlerContext, pid: int, fd: int, flags: int) -> Owner | None:
+    def _io_owner(
+        self, ctx: HandlerContext, pid: int, fd: int, flags: int
+    ) -> tuple[Owner | None, str | None]:
+        """The description's I/O owner (None if none is set), or why it could not be
+        read: a refusal (pidfd_getfd needs ptrace access; an older kernel has no pidfd
+        for a thread) costs the owner, not the capture, unless --strict."""
         try:
             kind, owner, sig, uid, euid = ctx._io_owner(fd)
         except OSError as exc:
             if self._tolerant and exc.errno in _VANISHED:
-                return None
-            raise translate_oserror(exc, pid=pid, fd=fd, what="I/O owner") from exc
+                return None, None
+            if self._strict:
+                raise translate_oserror(exc, pid=pid, fd=fd, what="I/O owner") from exc
+            return None, f"I/O owner: {exc.strerror or exc}"
         async_io = bool(flags & O_ASYNC)
         if not (owner or sig or async_io):
-            return None
+            return None, None
         return Owner(
             pid=owner,
             type=OWNER_TYPES.get(kind, str(kind)),
@@ -609,7 +629,7 @@ class RecordBuilder:
             async_io=async_io,
             uid=uid,
             euid=euid,
-        )
+        ), None
 
     def _ghost(self, file_id: int, facts: FdFacts, ctx: HandlerContext) -> Ghost:
         """An unlinked regular file: copy its content (once per inode), or say why not."""
@@ -863,6 +883,8 @@ def _file_record(new: NewFile) -> File:
     }
     if rest:
         fields["fdinfo"] = list(new.fdinfo)
+    if new.owner_error is not None:
+        fields["owner_error"] = new.owner_error
     if new.more_locks or (rest and b"lock:" in rest):
         fields["locks"] = _locks(rest, new.more_locks)
     ghost = new.ghost

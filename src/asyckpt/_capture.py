@@ -249,7 +249,13 @@ async def _frozen(
             failed: list[BaseException] = []
             try:
                 if done and after_thaw is not None:
-                    await trio.to_thread.run_sync(freezer.thaw)
+                    try:
+                        await trio.to_thread.run_sync(freezer.thaw)
+                    except Exception:
+                        # The release still runs: it thaws again, moves the tasks back
+                        # and removes the cgroup (its error, if any, chained to this one).
+                        await trio.to_thread.run_sync(freezer.release)
+                        raise
 
                     async def run(fn: Callable[[], object], errors: list[BaseException]) -> None:
                         try:

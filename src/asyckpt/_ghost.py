@@ -142,12 +142,24 @@ class GhostNote(NamedTuple):
 
     def message(self) -> str:
         where = f"pid {self.pid} fd {self.fd}: unlinked file {self.path}"
+        if self.state == "too-big" and self.error is not None:
+            return (
+                f"{where}: {self.error} exceeds --ghost-limit {format_size(self.limit)}; not saved"
+            )
         if self.state == "too-big":
             return (
                 f"{where} ({format_size(self.allocated)} allocated) exceeds --ghost-limit "
                 f"{format_size(self.limit)}; not saved"
             )
         return f"{where}: content not saved: {self.error}"
+
+
+class _OverLimit(Exception):
+    """An unlinked file has more data than the ghost limit, whatever its blocks say."""
+
+    def __init__(self, data: int) -> None:
+        super().__init__(data)
+        self.data = data
 
 
 class GhostSpool:
@@ -187,6 +199,11 @@ class GhostSpool:
                 ghost.extents = self._copy(take_fd(fd), size)
                 ghost.state, ghost.file = "saved", file_id
                 self.saved[file_id] = ghost
+            except _OverLimit as over:
+                # Fewer blocks than data: a compressing filesystem, or one that reports
+                # no blocks at all (FUSE, 9p...).  The limit bounds what is copied.
+                ghost.state = "too-big"
+                ghost.error = f"its data ({format_size(over.data)} or more)"
             except OSError as exc:
                 ghost.state, ghost.error = "failed", f"{exc.strerror or exc}"
         if ghost.state in ("too-big", "failed"):
@@ -206,9 +223,15 @@ class GhostSpool:
                 self._spool = tempfile.TemporaryFile(dir=self._dir)  # noqa: SIM115
             out = self._spool.fileno()
             # Where the last copy really ended, even if it failed half-way.
-            self._end = os.lseek(out, 0, os.SEEK_END)
+            self._end = begin = os.lseek(out, 0, os.SEEK_END)
             extents = []
             for start, end in data_extents(src, size):
+                data = self._end - begin + (end - start)
+                if data > self.limit:
+                    # Nothing of this file stays in the spool.
+                    os.ftruncate(out, begin)
+                    self._end = begin
+                    raise _OverLimit(data)
                 pos = start
                 while pos < end:
                     n = os.sendfile(out, src, pos, end - pos)

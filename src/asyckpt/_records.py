@@ -204,7 +204,9 @@ class File(_Record, tag="file", kw_only=True, gc=False):
     allocated: int = 0
     """Bytes allocated on disk (st_blocks * 512): what the ghost limit is compared to."""
     ghost_error: str | None = None
-    """Why an unlinked file's content could not be copied (``ghost`` ``failed``)."""
+    """Why an unlinked file's content could not be copied (``ghost`` ``failed``), or, for
+    ``too-big``, when its data outgrew the limit although its ``allocated`` did not (a
+    compressing filesystem, or one that reports no blocks)."""
 
     locks: list[Lock] = []
     """The locks and leases held through this description, by any task of the tree
@@ -212,6 +214,8 @@ class File(_Record, tag="file", kw_only=True, gc=False):
     owner: Owner | None = None
     """Its I/O owner, when one is set (docs/image-format.md says for which kinds it is
     read)."""
+    owner_error: str | None = None
+    """Why the I/O owner could not be read (``owner`` is then None)."""
 
 
 class Content(_Record, tag="content", kw_only=True, gc=False):

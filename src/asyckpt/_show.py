@@ -187,7 +187,8 @@ def ghost_text(f: File, image: Image) -> str:
         else:
             notes.append(f"content saved with file {f.ghost_file}")
     elif f.ghost == "too-big":
-        notes.append(f"content NOT saved: {format_size(f.allocated)} allocated, over the limit")
+        what = f.ghost_error or f"{format_size(f.allocated)} allocated"
+        notes.append(f"content NOT saved: {what}, over the limit")
     elif f.ghost == "off":
         notes.append("content not saved (--ghost-limit 0)")
     elif f.ghost == "failed":
@@ -336,6 +337,8 @@ def render_table(image: Image, plugins: Mapping[str, ImagePlugin] | None = None)
                     name += f" {text}"
                 if f.locks or f.owner is not None:
                     name += f" [{state_text(f.locks, f.owner)}]"
+                if f.owner_error is not None:
+                    name += f" [{f.owner_error}]"
                 if f.handler is None:
                     name += "  [generic" + (f": {f.error}]" if f.error else "]")
                 fdcol = f"{fd.fd}{_fd_mode(f)}{'e' if fd.cloexec else ''}"
