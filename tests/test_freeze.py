@@ -220,6 +220,35 @@ def test_paths_are_checked_thawed_while_the_tree_moves_back(
     assert_running_where_it_was(zoo, before)
 
 
+@pytest.mark.parametrize("freeze", ["cgroup-v1", "cgroup-v2"])
+def test_a_failed_thaw_still_moves_the_tree_back(
+    freeze: str, zoo: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thaw ahead of the path checks fails (as a cgroupfs write can): the release
+    still runs in asyckpt itself (not only the guardian's undo), thawing again and moving
+    every task back, and the error is reported."""
+    from asyckpt import _freeze
+
+    before = cgroups(zoo)
+    released: list[str] = []
+    release = _freeze.TransientFreezer.release
+
+    def failing_thaw(self: Any) -> None:
+        raise FreezerError("could not thaw the tree: injected")
+
+    def spy(self: Any) -> None:
+        released.append(self.name)
+        release(self)
+
+    monkeypatch.setattr(_freeze._CgroupFreezer, "thaw", failing_thaw)
+    monkeypatch.setattr(_freeze.TransientFreezer, "release", spy)
+    with pytest.raises(FreezerError, match="injected"):
+        capture(zoo.pid, tmp_path / "x.ackpt", freeze=freeze)
+    assert released == [freeze]
+    assert not (tmp_path / "x.ackpt").exists()
+    assert_running_where_it_was(zoo, before)
+
+
 def test_transient_refuses_a_tree_in_a_frozen_cgroup(
     zoo: Tree, spawn: Any, make_cgroup: Any, tmp_path: Path
 ) -> None:
