@@ -40,18 +40,24 @@ Theory of operation
    handlers' ``finish`` hooks complete their records with what only the whole tree
    tells, and every record is encoded.
 8. *Emit*: each task's records are made from its compact resolved form and sent, one
-   batch per task, through a bounded channel to the consumer (a library caller's
-   ``async for``), which therefore cannot lengthen the frozen window; the image writer
-   is instead handed each batch in the thread that made it (``sink``).  A saved ghost's
+   batch per task, through one bounded channel (``BATCH_BUFFER``) to its one consumer,
+   which takes them in order: the caller's ``async for`` (``open_capture``) or the image
+   writer (``checkpoint_tree``: the same stream, written as it comes).  Records are sent
+   only after the thaw, so no consumer can lengthen the frozen window.  A saved ghost's
    ``content`` records follow its ``file`` record, read back from the spool one chunk
    (at most 1 MiB) per batch, so memory stays bounded by the channel's capacity.
+
+Memory: while frozen, every task's scan rows and resolved form are held (the records
+can only be made once the whole tree is known), plus at most ``SCAN_AHEAD`` chunks read
+but not yet resolved.  After the thaw, the resolved forms shrink as records are made,
+and the channel holds at most ``BATCH_BUFFER`` batches (one task's records each, or one
+content chunk of at most 1 MiB).
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import math
 import os
 import sys
 import threading
@@ -90,6 +96,11 @@ BATCH_BUFFER = 8
 memory stays bounded; records are sent only after the thaw, so a slow consumer slows the
 capture, never the frozen window."""
 
+SCAN_AHEAD = 4
+"""Chunks of tasks a reader may have read that the resolver has not taken yet (the
+scan channel's capacity).  The resolver is rarely behind (one reader on two cores is
+the critical path while frozen), so this bounds memory without making a reader wait."""
+
 CHUNKS_PER_THREAD = 8
 """The tasks are cut into about this many chunks per scan worker (counting at least two
 workers): enough to pipeline with the resolver, few enough that thread hops stay cheap
@@ -111,6 +122,12 @@ class CaptureOptions(msgspec.Struct, kw_only=True, frozen=True):
     pipe_data: int = 0
     """Copy up to this many queued bytes of each pipe into the image (the pipe handler
     reads ``ctx.session.pipe_data``); 0 copies none.  At most ``PIPE_DATA_MAX``."""
+
+    tune_interpreter: bool = False
+    """For the capture, pause the cyclic garbage collector and shorten the interpreter's
+    switch interval (``SWITCH_INTERVAL``): both are process-wide, so a library caller
+    opts in; the ``asyckpt`` command does.  Restored afterwards.  Costs without it are
+    in docs/performance.md."""
 
     ghost_limit: int = DEFAULT_GHOST_LIMIT
     """Copy the content of each unlinked regular file (memfds too) whose allocated size
@@ -293,33 +310,26 @@ async def capture(
     dispatch: Dispatch | None = None,
     *,
     spool_dir: str | None = None,
-    sink: Callable[[list[BodyRecord]], object] | None = None,
 ) -> CaptureSummary:
     """Capture the tree rooted at ``pid``, sending lists of records in image order (a
-    task's, cut after each file whose ``content`` records follow, one per list).
+    task's, cut after each file whose ``content`` records follow, one per list) into
+    ``send``, which the caller owns (and closes once this returns: the summary is then
+    known before its consumer sees the end of the stream).
 
-    With ``sink``, each list is instead handed to ``sink`` in the worker thread that made
-    it (the image writer: no channel, no thread of its own, no hop per list), and
-    nothing is sent.  Unlinked files' content is spooled in an unnamed file in
-    ``spool_dir`` (default: the temporary directory) until it is sent.  Closes ``send``
-    when done.  Raises AsyckptError subclasses; the tree is thawed and back in its
-    cgroups before any exception (or cancellation) leaves this function.
+    Unlinked files' content is spooled in an unnamed file in ``spool_dir`` (default: the
+    temporary directory) until it is sent.  Raises AsyckptError subclasses; the tree is
+    thawed and back in its cgroups before any exception (or cancellation) leaves this
+    function.
     """
     started = time.perf_counter()
     guardian = None
     try:
-        async with send:
-            root = await trio.to_thread.run_sync(check_target, pid)
-            if options.freeze != "none":
-                # Started early, so that its interpreter starts while the tree is discovered.
-                guardian = await trio.to_thread.run_sync(take_guardian)
-            # The cyclic collector is paused for the capture: each of its passes walks
-            # every object the capture holds (rows, records: several hundred thousand),
-            # again and again as they pile up, a third of the resolver's time while the
-            # tree is frozen; reference counting frees nearly all of them anyway.  And
-            # the GIL changes hands sooner (see _tuned).
-            with _tuned():
-                summary = await _capture(root, send, options, dispatch, guardian, spool_dir, sink)
+        root = await trio.to_thread.run_sync(check_target, pid)
+        if options.freeze != "none":
+            # Started early, so that its interpreter starts while the tree is discovered.
+            guardian = await trio.to_thread.run_sync(take_guardian)
+        with _tuned() if options.tune_interpreter else contextlib.nullcontext():
+            summary = await _capture(root, send, options, dispatch, guardian, spool_dir)
     finally:
         if guardian is not None:
             with trio.CancelScope(shield=True):
@@ -336,7 +346,6 @@ async def _capture(
     dispatch: Dispatch | None,
     guardian: Guardian | None,
     spool_dir: str | None = None,
-    sink: Callable[[list[BodyRecord]], object] | None = None,
 ) -> CaptureSummary:
     pid = root.pid
     if dispatch is None:
@@ -356,7 +365,7 @@ async def _capture(
         dedup_rows=dedup_rows,
     )
     try:
-        return await _run(root, tree, builder, freezer, send, options, dispatch, guardian, sink)
+        return await _run(root, tree, builder, freezer, send, options, dispatch, guardian)
     finally:
         builder.close()
 
@@ -370,7 +379,6 @@ async def _run(
     options: CaptureOptions,
     dispatch: Dispatch,
     guardian: Guardian | None,
-    sink: Callable[[list[BodyRecord]], object] | None = None,
 ) -> CaptureSummary:
     pid = root.pid
     parts: list[TaskPart] = []
@@ -431,19 +439,7 @@ async def _run(
             out.append((records, pieces))
         return out
 
-    def make_into(part: TaskPart, sink: Callable[[list[BodyRecord]], object]) -> None:
-        for records, pieces in make(part):
-            if records:
-                sink(records)
-            for piece in pieces:
-                sink([piece if isinstance(piece, Content) else ghosts.read(piece)])
-
     for part in parts:
-        if sink is not None:
-            # Made and written in the same hop: two threads taking turns with the GIL
-            # (one making records, one encoding them) cost a third more than one.
-            await trio.to_thread.run_sync(make_into, part, sink)
-            continue
         for records, pieces in await trio.to_thread.run_sync(make, part):
             if records:
                 await send.send(records)
@@ -480,11 +476,11 @@ async def _run(
 
 
 SWITCH_INTERVAL = 0.0005
-"""The interpreter's switch interval (seconds) during a capture, instead of the default
-5 ms.  A fd reader that ends a table in C needs the GIL to hand its rows over, and the
-resolver, pure Python, holds it until the interval forces a switch: with one reader on
-two cores, it is the reader that is on the critical path while frozen.  Measured on the
-27k-fd benchmark tree: about 10 ms less frozen."""
+"""The interpreter's switch interval (seconds) during a tuned capture, instead of the
+default 5 ms.  A fd reader that ends a table in C needs the GIL to hand its rows over,
+and the resolver, pure Python, holds it until the interval forces a switch: with one
+reader on two cores, it is the reader that is on the critical path while frozen.
+Measured on the 27k-fd benchmark tree: about 10 ms less frozen."""
 
 _tunings = 0
 _gc_was_enabled = False
@@ -496,7 +492,12 @@ _tuning_lock = threading.Lock()
 def _tuned() -> Iterator[None]:
     """For the block: the cyclic garbage collector disabled and the switch interval
     shortened (``SWITCH_INTERVAL``), both restored after (nested and concurrent captures
-    included: the last to leave restores them as the first found them)."""
+    included: the last to leave restores them as the first found them).
+
+    The collector's passes each walk every object the capture holds (rows, records:
+    several hundred thousand), again and again as they pile up, a third of the
+    resolver's time while the tree is frozen; reference counting frees nearly all of
+    them anyway."""
     global _tunings, _gc_was_enabled, _switch_was
     with _tuning_lock:
         if _tunings == 0:
@@ -540,7 +541,7 @@ async def _begin(
 
 
 async def _scan_and_resolve(plans: list[TaskPlan], builder: RecordBuilder) -> list[TaskPart]:
-    scans_send, scans_recv = trio.open_memory_channel[list[TaskScan]](math.inf)
+    scans_send, scans_recv = trio.open_memory_channel[list[TaskScan]](SCAN_AHEAD)
     reorder: Reorderer[TaskScan] = Reorderer()
     parts: list[TaskPart] = []
     # Workers take tasks in tree order from one shared iterator, so the resolver (which
@@ -560,7 +561,12 @@ async def _scan_and_resolve(plans: list[TaskPlan], builder: RecordBuilder) -> li
     # Each worker is one thread for all its chunks, handing each chunk's scans to the
     # event loop without waiting for it: a thread hop per chunk made the reader wait,
     # between chunks, for the event loop, which itself waits for the resolver's GIL
-    # (about 30 ms of the frozen window, for the 27k-fd benchmark tree).
+    # (about 30 ms of the frozen window, for the 27k-fd benchmark tree).  The channel
+    # is bounded by credits the reader takes in its own thread before reading a chunk
+    # and the resolver gives back as it takes chunks: a credit held is a place in the
+    # channel, so a delivery never finds it full, and the reader waits (without the
+    # event loop) only when the resolver is SCAN_AHEAD chunks behind.
+    credits = threading.Semaphore(SCAN_AHEAD)
     resolver_gone = threading.Event()
 
     def deliver(out: trio.MemorySendChannel[list[TaskScan]], scans: list[TaskScan]) -> None:
@@ -573,6 +579,8 @@ async def _scan_and_resolve(plans: list[TaskPlan], builder: RecordBuilder) -> li
         out: trio.MemorySendChannel[list[TaskScan]], token: trio.lowlevel.TrioToken
     ) -> None:
         for tasks in work:
+            while not credits.acquire(timeout=0.05):
+                trio.from_thread.check_cancelled()
             trio.from_thread.check_cancelled()
             if resolver_gone.is_set():
                 return
@@ -587,22 +595,31 @@ async def _scan_and_resolve(plans: list[TaskPlan], builder: RecordBuilder) -> li
     def resolve_all(ready: list[TaskScan]) -> list[TaskPart]:
         return [part for scan in ready if (part := builder.resolve(scan)) is not None]
 
+    def take(scans: list[TaskScan]) -> list[TaskScan]:
+        credits.release()
+        return [r for scan in scans for r in reorder.push(scan.seq, scan)]
+
     async with collapse_errors(), trio.open_nursery() as nursery:
         async with scans_send:
             for _ in range(SCAN_THREADS):
                 nursery.start_soon(scan_worker, scans_send.clone())
-        async with scans_recv:
-            async for scans in scans_recv:
-                ready = [r for scan in scans for r in reorder.push(scan.seq, scan)]
-                # Whatever else has arrived meanwhile goes in the same thread hop.
-                while True:
-                    try:
-                        more = scans_recv.receive_nowait()
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                    ready += [r for scan in more for r in reorder.push(scan.seq, scan)]
-                if ready:
-                    parts.extend(await trio.to_thread.run_sync(resolve_all, ready))
+        with scans_recv:
+            try:
+                async for scans in scans_recv:
+                    ready = take(scans)
+                    # Whatever else has arrived meanwhile goes in the same thread hop.
+                    while True:
+                        try:
+                            ready += take(scans_recv.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                    if ready:
+                        parts.extend(await trio.to_thread.run_sync(resolve_all, ready))
+            finally:
+                # A reader waiting for a credit learns at once that none will come.
+                resolver_gone.set()
+                for _ in range(SCAN_THREADS):
+                    credits.release()
     if reorder.released != len(plans):
         raise RuntimeError("asyckpt bug: tasks were scanned but not resolved")
     return parts
