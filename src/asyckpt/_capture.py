@@ -67,6 +67,7 @@ from collections.abc import AsyncIterator, Callable, Container, Iterator, Sequen
 import msgspec
 import trio
 
+from ._begins import run_begin
 from ._build import BodyRecord, GenericFd, RecordBuilder, TaskPart, TaskScan, materialize
 from ._discover import TaskPlan, check_target, plan_tables, walk_tree
 from ._errors import FreezerError, NoSuchProcess, collapse_errors
@@ -75,7 +76,7 @@ from ._ghost import CONTENT_CHUNK, DEFAULT_GHOST_LIMIT, Chunk, GhostNote
 from ._guardian import Guardian, take_guardian
 from ._kernel import dedup_rows, kcmp_files
 from ._order import Reorderer
-from ._plugins import CaptureSession, Dispatch, LoadedHandler, _Pending, load_handlers
+from ._plugins import CaptureSession, Dispatch, load_handlers
 from ._procparse import TaskStat
 from ._procread import read_fd_tables
 from ._records import Content, PluginInfo
@@ -395,25 +396,33 @@ async def _run(
             pipe_data=options.pipe_data,
             consistent=freezer.consistent,
         )
-        async with collapse_errors(), trio.open_nursery() as nursery:
-            begins = {}
-            for handler in dispatch.handlers:
-                if handler.begin is not None:
+        session = builder.session
+        # Begins' threads come from a limiter of this capture's: one that hangs is
+        # abandoned with its token, which must not be one of the embedder's.
+        begun = [h for h in dispatch.handlers if h.begin is not None]
+        limiter = trio.CapacityLimiter(max(1, len(begun)))
+        try:
+            async with collapse_errors(), trio.open_nursery() as nursery:
+                begins = {}
+                for handler in begun:
                     begins[handler.name] = trio.CancelScope()
                     # Registered before the task starts, so that a resolver asking for
                     # the state first waits for this begin instead of running its own.
-                    pending = builder.session._started(handler.name)
+                    pending = session._started(handler.name)
                     nursery.start_soon(
-                        _begin, handler, builder.session, pending, begins[handler.name]
+                        run_begin, handler, session, pending, begins[handler.name], limiter
                     )
-            parts = await _scan_and_resolve(plans, builder)
-            if builder.needs_link:
-                parts = await trio.to_thread.run_sync(builder.link, parts)
-            # The thaw waits for the begins whose state the records may still need (in
-            # finish); that of a handler that captured nothing is not waited for.
-            for name, scope in begins.items():
-                if name not in builder.used:
-                    scope.cancel()
+                parts = await _scan_and_resolve(plans, builder)
+                if builder.needs_link:
+                    parts = await trio.to_thread.run_sync(builder.link, parts)
+                # The thaw waits for the begins whose state the records may still need
+                # (in finish); that of a handler that captured nothing is not waited for.
+                for name, scope in begins.items():
+                    if name not in builder.used:
+                        scope.cancel()
+        finally:
+            # Nothing waits for a begin any longer: one still running should return.
+            session.cancelled.set()
     # Thawed: records are finished, made and handed on only now, so neither making them
     # nor a slow consumer of the channel can lengthen the frozen window.
     parts = await trio.to_thread.run_sync(builder.finish, parts)
@@ -515,29 +524,6 @@ def _tuned() -> Iterator[None]:
                 sys.setswitchinterval(_switch_was)
                 if _gc_was_enabled:
                     gc.enable()
-
-
-async def _begin(
-    handler: LoadedHandler,
-    session: CaptureSession,
-    pending: _Pending,
-    unneeded: trio.CancelScope,
-) -> None:
-    """Run one handler's ``begin`` while the tree is scanned; its outcome (or error)
-    waits in the session for the handler's captures.  Bounded, so that a begin that
-    hangs cannot keep the tree frozen: past the timeout, or once ``unneeded`` is
-    cancelled (its handler captured nothing), its thread is abandoned."""
-    assert handler.begin is not None
-    begin = handler.begin
-    try:
-        with unneeded, trio.move_on_after(session._timeout):
-            pending.set(await trio.to_thread.run_sync(begin, session, abandon_on_cancel=True))
-    except Exception as exc:
-        pending.set(error=exc)
-    finally:
-        # Timed out, or abandoned: nothing may wait for it any longer (the first outcome
-        # set stands).
-        pending.set(error=TimeoutError(f"it did not finish in {session._timeout:g} s"))
 
 
 async def _scan_and_resolve(plans: list[TaskPlan], builder: RecordBuilder) -> list[TaskPart]:
