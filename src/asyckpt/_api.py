@@ -157,8 +157,9 @@ async def open_capture(
     An unlinked file's saved data comes as :class:`Content` records right after its
     :class:`File` (at most 1 MiB each), spooled meanwhile in the temporary directory.
     Leaving the block early cancels the capture; the tree is thawed before the block
-    exits either way.  An exception raised in the block propagates unchanged (the
-    capture's own error, if it failed too, is then lost only if it is a cancellation).
+    exits either way.  An exception raised in the block (a ``break`` is none) propagates
+    unchanged, the very object raised; if the capture failed as well, the two come
+    together in an exception group.
     """
     async with _open_stream(pid, options or CaptureOptions(), dispatch, None) as stream:
         yield stream

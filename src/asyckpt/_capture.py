@@ -10,10 +10,11 @@ Theory of operation
    and the freeze re-confirmed, for a bounded number of rounds.  Group threads by fd table.
 4. *Scan*: ``SCAN_THREADS`` worker threads (one on two cores) read the fd tables in
    tree order, a chunk of tasks at a time, in C without the GIL (never a thread hop per
-   fd or per table), each handing its chunks to the event loop as it goes.  Meanwhile each
-   handler with a ``begin`` hook gets the capture session in a worker thread of its own
-   (one sock_diag dump per network namespace, say), so that its per-capture work overlaps
-   the scan instead of adding to it.  Frozen, a child's fd that kcmp finds shared with
+   fd or per table), each handing its chunks to the event loop as it goes, at most
+   ``SCAN_AHEAD`` chunks ahead of the resolver.  Meanwhile each handler with a ``begin``
+   hook gets the capture session in a worker thread of its own (one sock_diag dump per
+   network namespace, say; ``_begins``), so that its per-capture work overlaps the scan
+   instead of adding to it.  Frozen, a child's fd that kcmp finds shared with
    its parent's fd of the same number (inherited) is not read again: only its fdinfo,
    for its own close-on-exec flag; the resolver takes the rest from the parent's row.
 5. *Resolve*: results arrive in any order; a :class:`Reorderer` releases them in tree
