@@ -449,8 +449,10 @@ async def _run(
             out.append((records, pieces))
         return out
 
-    for part in parts:
-        for records, pieces in await trio.to_thread.run_sync(make, part):
+    # Popped, so that each task's resolved form is freed once its records are made.
+    parts.reverse()
+    while parts:
+        for records, pieces in await trio.to_thread.run_sync(make, parts.pop()):
             if records:
                 await send.send(records)
             for piece in pieces:
