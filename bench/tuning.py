@@ -30,7 +30,7 @@ import asyckpt
 from asyckpt import CaptureOptions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import DEFAULT_WORKLOADS, spawned_tree
+from run import DEFAULT_WORKLOADS, _become_subreaper, spawned_tree, warn
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -48,6 +48,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if not _become_subreaper():  # to reap the killed tree's orphans, as run.py does
+        warn("could not become a child subreaper; killed tasks are left to init to reap")
     runs: dict[bool, list[asyckpt.CaptureSummary]] = {False: [], True: []}
     with tempfile.TemporaryDirectory(prefix="asyckpt-tuning-") as tmp:
         dest = Path(tmp) / "t.ackpt"
