@@ -198,15 +198,16 @@ async def _open_stream(
                 nursery.cancel_scope.cancel()
                 recv.close()
     except BaseExceptionGroup as group:
-        if raised is not None and all(
-            exc is raised or isinstance(exc, trio.Cancelled) for exc in group.exceptions
-        ):
-            # The block's own exception, as it was raised (trio's as_safe_channel rule):
-            # neither wrapped, nor chained to the group it travelled in.
-            context = raised.__context__
+        errors = [exc for exc in group.exceptions if not isinstance(exc, trio.Cancelled)]
+        if len(errors) == 1 and (raised is None or errors[0] is raised):
+            # One side's exception (the block's, or else the capture's), as it was
+            # raised (trio's as_safe_channel rule): neither wrapped, nor chained to the
+            # group it travelled in.
+            error = errors[0]
+            context = error.__context__
             try:
-                raise raised
+                raise error
             finally:
-                raised.__context__ = context
-                del raised
+                error.__context__ = context
+                del error
         raise_collapsed(group)
