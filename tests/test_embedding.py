@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +170,33 @@ def test_checkpoint_tree_writes_the_stream_open_capture_hands_out(
     _idle(zoo.pid)
     trio.run(lambda: asyckpt.checkpoint_tree(zoo.pid, tmp_path / "z.ackpt"))
     assert body and _body((tmp_path / "z.ackpt").read_bytes()) == body
+
+
+def test_the_reader_stays_within_scan_ahead_of_a_slow_resolver(
+    spawn: Any, shared_workloads: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scan channel is bounded: a reader gets at most SCAN_AHEAD chunks ahead of
+    what the resolver has taken (and at most that many more are taken, unresolved)."""
+    from asyckpt import _build, _capture
+
+    tree = spawn(shared_workloads / "spawn_tree.py", "30", "20")
+    counts = {"read": 0, "resolved": 0, "ahead": 0}
+    scan_chunk, resolve = _capture._scan_chunk, _build.RecordBuilder.resolve
+
+    def counting_scan(chunk: Any, inherit: Any = None) -> Any:
+        out = scan_chunk(chunk, inherit)
+        counts["read"] += len(chunk)
+        counts["ahead"] = max(counts["ahead"], counts["read"] - counts["resolved"])
+        return out
+
+    def slow_resolve(self: Any, scan: Any) -> Any:
+        time.sleep(0.01)
+        counts["resolved"] += 1
+        return resolve(self, scan)
+
+    monkeypatch.setattr(_capture, "_scan_chunk", counting_scan)
+    monkeypatch.setattr(_build.RecordBuilder, "resolve", slow_resolve)
+    summary = trio.run(lambda: asyckpt.checkpoint_tree(tree.pid, tmp_path / "s.ackpt"))
+    assert summary.tasks == 31 == counts["read"] == counts["resolved"]
+    # One task per chunk on this tree.
+    assert 1 <= counts["ahead"] <= 2 * _capture.SCAN_AHEAD + _capture.SCAN_THREADS
