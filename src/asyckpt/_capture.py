@@ -49,8 +49,9 @@ Theory of operation
    (at most 1 MiB) per batch, so memory stays bounded by the channel's capacity.
 
 Memory: while frozen, every task's scan rows and resolved form are held (the records
-can only be made once the whole tree is known), plus at most ``SCAN_AHEAD`` chunks read
-but not yet resolved.  After the thaw, the resolved forms shrink as records are made,
+can only be made once the whole tree is known), plus the rows of at most twice
+``SCAN_AHEAD`` chunks read but not yet resolved (in the channel, and taken by the
+resolver in one hop).  After the thaw, the resolved forms shrink as records are made,
 and the channel holds at most ``BATCH_BUFFER`` batches (one task's records each, or one
 content chunk of at most 1 MiB).
 """
