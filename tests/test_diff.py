@@ -248,6 +248,18 @@ def test_text_is_escaped() -> None:
     assert text.splitlines()[-1] == "summary: 1 tasks added, 1 fds opened"
 
 
+def test_hostile_record_values_still_print() -> None:
+    # A socket record whose state is a msgpack extension, not a string: shown as text.
+    ext = msgspec.Raw(b"\x82\xa4kind\xaeasyckpt.socket\xa5state\xd4\x01\x02")
+    a = file(1, "socket:[1]", type="socket", ino=1)
+    b = file(1, "socket:[1]", type="socket", ino=1, data=ext)
+    d = one({3: a}, {3: b})
+    assert [(c.field, c.a) for c in d.changed] == [("state", None)]
+    doc = json.loads(msgspec.json.encode(d))
+    assert isinstance(doc["changed"][0]["b"], str)
+    assert "\x1b" not in render_diff(d)
+
+
 def test_json_contract() -> None:
     d = one({4: file(2, "/old")}, {3: file(1, pos=5), 4: file(2, "/old", pos=9)})
     doc = json.loads(msgspec.json.encode(d))

@@ -31,7 +31,7 @@ import msgspec
 from ._escape import escape
 from ._image import Image
 from ._records import File, Task
-from ._show import _lock_text, _raw
+from ._show import _jsonable, _lock_text, _raw
 
 __all__ = [
     "DiffSummary",
@@ -238,7 +238,9 @@ class _Differ:
             self.summary.unlinked_held += 1
         if fb.type not in _BY_INODE:
             return
-        da, db = _raw(fa), _raw(fb)
+        # JSON values only (an image's msgpack may hold extension types): the diff is
+        # printed as JSON.
+        da, db = _jsonable(_raw(fa)), _jsonable(_raw(fb))
         for field in _DATA_FIELDS:
             if da.get(field) != db.get(field):
                 change(field, da.get(field), db.get(field))
