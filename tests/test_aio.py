@@ -104,14 +104,25 @@ def big_tree(spawn: Any, shared_workloads: Path) -> Tree:
     return tree
 
 
-def test_timeout_100ms_in_thaws_before_it_completes(big_tree: Tree, tmp_path: Path) -> None:
+async def capture_to(pid: int, dest: Path) -> None:
+    await asyckpt.aio.checkpoint_tree(pid, dest)
+
+
+async def stream_all(pid: int, dest: Path) -> None:
+    await consume(asyckpt.aio.open_capture(pid))
+
+
+@pytest.mark.parametrize("capture", [capture_to, stream_all])
+def test_timeout_100ms_in_thaws_before_it_completes(
+    big_tree: Tree, tmp_path: Path, capture: Callable[[int, Path], Coroutine[Any, Any, None]]
+) -> None:
     before = snapshot(big_tree)
     dest = tmp_path / "big.ackpt"
 
     async def main() -> float:
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.1):
-                await asyckpt.aio.checkpoint_tree(big_tree.pid, dest)
+                await capture(big_tree.pid, dest)
         # The cancellation is complete: the tree must be restored by now.
         return time.monotonic()
 
