@@ -287,6 +287,13 @@ held = []
 log = open(os.path.join(sys.argv[1], "app.log"), "a")
 print(os.getpid(), flush=True)
 for line in sys.stdin:
+    if line == "serve\\n":  # a listener and a connected pair
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        held += [srv, *socket.socketpair()]
+        print(" ".join(str(h.fileno()) for h in held[-3:]), flush=True)
+        continue
     n = int(line)
     for _ in range(n):
         held.append(socket.socket())
@@ -322,7 +329,7 @@ def leaker(tmp_path: Path) -> Any:
         tree.kill()
 
 
-def leak(tree: Tree, n: int) -> list[int]:
+def leak(tree: Tree, n: int | str) -> list[int]:
     assert tree.proc.stdin is not None and tree.proc.stdout is not None
     tree.proc.stdin.write(f"{n}\n")
     tree.proc.stdin.flush()
@@ -355,6 +362,22 @@ def test_diff_of_a_leaking_child(leaker: Tree, tmp_path: Path) -> None:
     same_json = json.loads(asyckpt("diff", str(b), str(b), "--json").stdout)
     assert all(same_json[k] == [] for k in ("tasks_added", "tasks_removed", "opened", "closed"))
     assert same_json["changed"] == []
+
+
+def test_diff_counts_a_new_listener_and_connection(leaker: Tree, tmp_path: Path) -> None:
+    a, b = tmp_path / "a.ackpt", tmp_path / "b.ackpt"
+    assert asyckpt("tree", str(leaker.pid), "-o", str(a), "-q").returncode == 0
+    opened = leak(leaker, "serve")
+    assert asyckpt("tree", str(leaker.pid), "-o", str(b), "-q").returncode == 0
+    proc = asyckpt("diff", str(a), str(b), "--json")
+    assert proc.returncode == 1, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert [o["fd"] for o in doc["opened"]] == opened
+    summary = doc["summary"]
+    # the listener; both ends of the connected pair (both held by the child)
+    assert (summary["listeners"], summary["connections"]) == (1, 2)
+    text = asyckpt("diff", str(a), str(b)).stdout.splitlines()[-1]
+    assert text == "summary: 3 fds opened, 1 new listeners, 2 new connections"
 
 
 def test_diff_errors(tmp_path: Path) -> None:
