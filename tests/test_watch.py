@@ -137,6 +137,32 @@ def test_watch_catches_a_leak_within_two_intervals(leaker: Tree, tmp_path: Path)
     assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(e.path) for e in events[-2:])
 
 
+def test_aio_watch_catches_the_leak(leaker: Tree, tmp_path: Path) -> None:
+    import asyncio
+
+    import asyckpt.aio
+
+    async def main() -> list[asyckpt.WatchEvent]:
+        events = []
+        async with asyncio.timeout(30):
+            async for event in asyckpt.aio.watch(
+                leaker.pid, every=EVERY, keep=1, directory=tmp_path
+            ):
+                events.append(event)
+                if len(events) == 1:
+                    os.kill(leaker.pid, signal.SIGUSR1)
+                else:
+                    return events
+        raise AssertionError("unreachable")
+
+    first, second = asyncio.run(main())
+    assert first.diff is None and second.diff is not None
+    [opened] = second.diff.opened
+    assert (opened.pid, opened.type) == (leaker.pid, "socket")
+    assert second.look.at - leaks(leaker)[opened.fd] <= 2 * EVERY
+    assert os.listdir(tmp_path) == [os.path.basename(second.path)]
+
+
 def test_watch_command_ctrl_c(leaker: Tree, tmp_path: Path) -> None:
     before = cgroup_of(leaker.pid)
     proc = subprocess.Popen(

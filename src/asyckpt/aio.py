@@ -34,14 +34,14 @@ from typing import Any, Generic, TypeVar
 
 import trio
 
-from . import _api
+from . import _api, _watch
 from ._build import BodyRecord
 from ._capture import CaptureOptions, CaptureSummary
 from ._image import Image
 from ._image import read_image as _read_image
 from ._plugins import Dispatch
 
-__all__ = ["CaptureStream", "checkpoint_tree", "open_capture", "read_image"]
+__all__ = ["CaptureStream", "Watcher", "checkpoint_tree", "open_capture", "read_image", "watch"]
 
 T = TypeVar("T")
 
@@ -264,6 +264,50 @@ async def open_capture(
         exc = run.done.exception()
         if exc is not None and not isinstance(exc, _RunCancelled):
             raise exc
+
+
+class Watcher:
+    """:func:`asyckpt.watch` for asyncio: an async iterator of :class:`WatchEvent`."""
+
+    def __init__(self, inner: _watch.Watcher) -> None:
+        self._inner = inner
+
+    def __aiter__(self) -> Watcher:
+        return self
+
+    async def __anext__(self) -> _watch.WatchEvent:
+        # One trio run per step: between steps the watcher's state is plain data (the
+        # last look and image, the images kept), so a cancelled step leaves it whole.
+        run = _TrioRun(self._inner.__anext__, name=f"asyckpt-watch-{self._inner.pid}")
+        return await run.result()
+
+
+def watch(
+    pid: int,
+    *,
+    every: float = 10.0,
+    on_growth: int = 1,
+    keep: int = 5,
+    directory: str | os.PathLike[str] = ".",
+    options: CaptureOptions | None = None,
+    dispatch: Dispatch | None = None,
+) -> Watcher:
+    """:func:`asyckpt.watch` for asyncio, with the same arguments and events::
+
+    async for event in asyckpt.aio.watch(pid, every=10, directory="/var/tmp/w"):
+        ...
+    """
+    return Watcher(
+        _watch.watch(
+            pid,
+            every=every,
+            on_growth=on_growth,
+            keep=keep,
+            directory=directory,
+            options=options,
+            dispatch=dispatch,
+        )
+    )
 
 
 async def read_image(path: str | os.PathLike[str]) -> Image:
