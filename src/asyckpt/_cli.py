@@ -200,7 +200,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Print what changed from image A to image B: tasks added and removed, "
         "fds opened, closed or pointing at another file, and fields that changed.  "
         "Exit 0 when nothing changed, 1 when something did, 2 and up on errors.",
-        epilog=EPILOG,
+        epilog=DIFF_EPILOG + EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     d.add_argument("a", metavar="A", help="the older image")
@@ -282,6 +282,12 @@ def _at_least_one(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
     return int(text)
 
+
+DIFF_EPILOG = """\
+diff exits as diff(1) does: 0 the images are the same, 1 they differ, 2 and up on
+errors, with the codes below; its own internal errors exit 11, not 1.
+
+"""
 
 PLUGINS_EPILOG = """\
 environment:
