@@ -5,6 +5,8 @@
         async for record in stream:
             ...
     image = await asyckpt.aio.read_image("tree.ackpt")
+    async for event in asyckpt.aio.watch(pid, every=10):
+        ...
 
 Each call runs the trio pipeline in a thread of its own (``trio.run`` there), and the
 asyncio side waits on a future the thread completes.  Not trio's guest mode: in guest
