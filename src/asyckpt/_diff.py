@@ -228,16 +228,17 @@ class _Differ:
             va, vb = getattr(fa, field), getattr(fb, field)
             if va != vb:
                 change(field, va, vb)
-        locks_a = [_lock_text(lock) for lock in fa.locks]
-        locks_b = [_lock_text(lock) for lock in fb.locks]
-        if locks_a != locks_b:
-            change("locks", locks_a, locks_b)
+        if fa.locks or fb.locks:
+            locks_a = [_lock_text(lock) for lock in fa.locks]
+            locks_b = [_lock_text(lock) for lock in fb.locks]
+            if locks_a != locks_b:
+                change("locks", locks_a, locks_b)
         if ca != cb:
             change("cloexec", ca, cb)
         if _is_unlinked(fb) and not _is_unlinked(fa):
             self.summary.unlinked_held += 1
-        if fb.type not in _BY_INODE:
-            return
+        if fb.type not in _BY_INODE or fa.data == fb.data:
+            return  # (most records are unchanged: not decoded at all)
         # JSON values only (an image's msgpack may hold extension types): the diff is
         # printed as JSON.
         da, db = _jsonable(_raw(fa)), _jsonable(_raw(fb))
