@@ -163,7 +163,8 @@ def test_aio_watch_catches_the_leak(leaker: Tree, tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == [os.path.basename(second.path)]
 
 
-def test_watch_command_ctrl_c(leaker: Tree, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_watch_command_stops_on_a_signal(leaker: Tree, tmp_path: Path, sig: int) -> None:
     before = cgroup_of(leaker.pid)
     proc = subprocess.Popen(
         [
@@ -196,7 +197,7 @@ def test_watch_command_ctrl_c(leaker: Tree, tmp_path: Path) -> None:
                 break
         else:
             raise AssertionError(f"no leak reported: {lines}")
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=20)
     finally:
         if proc.poll() is None:
