@@ -97,7 +97,7 @@ def leaks(tree: Tree) -> dict[int, float]:
     return {int(fd): float(t) for fd, t in (line.split() for line in text.splitlines())}
 
 
-EVERY = 0.4
+EVERY = 0.5
 ASYCKPT = [sys.executable, "-m", "asyckpt"]
 
 
