@@ -15,7 +15,7 @@ import pytest
 import trio
 
 import asyckpt
-from asyckpt._watch import Look, should_capture
+from asyckpt._watch import Look, same_root, should_capture
 
 from .conftest import _ROOTS, Tree, asyckpt_cgroups, cgroup_of
 
@@ -44,6 +44,18 @@ def lk(fds: int, *tasks: tuple[int, float]) -> Look:
 )
 def test_should_capture(last: Look, now: Look, on_growth: int, capture: bool) -> None:
     assert should_capture(last, now, on_growth) is capture
+
+
+@pytest.mark.parametrize(
+    ("first", "now", "same"),
+    [
+        (lk(1, (10, 1.0)), lk(1, (10, 1.0), (11, 2.0)), True),
+        (lk(1, (10, 1.0)), lk(1, (10, 5.0)), False),  # pid 10 reused by another process
+        (lk(1, (10, 1.0), (11, 2.0)), lk(1, (10, 1.0)), True),  # a child exited
+    ],
+)
+def test_same_root(first: Look, now: Look, same: bool) -> None:
+    assert same_root(first, now, 10) is same
 
 
 def test_bad_arguments() -> None:

@@ -30,7 +30,7 @@ from ._errors import NoSuchProcess
 from ._image import Image, read_image
 from ._plugins import Dispatch
 
-__all__ = ["Look", "WatchEvent", "Watcher", "look", "should_capture", "watch"]
+__all__ = ["Look", "WatchEvent", "Watcher", "look", "same_root", "should_capture", "watch"]
 
 
 class Look(NamedTuple):
@@ -87,6 +87,12 @@ def should_capture(last: Look, now: Look, on_growth: int) -> bool:
     return now.fds - last.fds >= on_growth or not now.tasks <= last.tasks
 
 
+def same_root(first: Look, now: Look, pid: int) -> bool:
+    """Whether ``now`` still shows the root process ``first`` showed: a pid reused by
+    another process after the root exited is not the watched tree."""
+    return {t for t in now.tasks if t[0] == pid} == {t for t in first.tasks if t[0] == pid}
+
+
 def _image_path(directory: str, pid: int) -> str:
     # Microseconds: two captures of one watch never share a name; a name taken by
     # another watch is refused by the writer (no --force), never replaced.
@@ -124,20 +130,24 @@ class Watcher:
         self.dispatch = dispatch
         self._kept: deque[str] = deque()
         self._last: tuple[Look, Image] | None = None
-        self._look = Look(frozenset(), 0, 0.0)
+        self._look = self._first = Look(frozenset(), 0, 0.0)
 
     def __aiter__(self) -> Watcher:
         return self
 
     async def __anext__(self) -> WatchEvent:
         if self._last is None:
-            now = self._look = await trio.to_thread.run_sync(look, self.pid)
+            now = self._look = self._first = await trio.to_thread.run_sync(look, self.pid)
         else:
             while True:
                 # On a fixed cadence, not an interval after the capture: a capture
                 # (or a slow caller) delays the next look only by what it overran.
                 await trio.sleep(max(0.0, self._look.at + self.every - time.monotonic()))
                 now = self._look = await trio.to_thread.run_sync(look, self.pid)
+                if not same_root(self._first, now, self.pid):
+                    raise NoSuchProcess(
+                        "the watched process has exited; its pid now names another", pid=self.pid
+                    )
                 if should_capture(self._last[0], now, self.on_growth):
                     break
         return await self._capture(now)
