@@ -304,7 +304,7 @@ def build_graph(image: Image, options: GraphOptions | None = None) -> Graph:
             edges += _outside_edges(c.endpoint, node, objects, line, node_of)
         for target in watches.get(node.id, ()):
             if target in node_of:
-                edges.append(Edge(node.id, node_of[target], "watch", "watches", "forward", line))
+                edges.append(Edge(node.id, node_of[target], "watch", "", "forward", line))
 
     task_nodes = []
     drawn_files = set(node_of)
@@ -318,7 +318,7 @@ def build_graph(image: Image, options: GraphOptions | None = None) -> Graph:
     shown = sum(1 for o in objects if not o.outside)
     heading = (
         f"asyckpt image of pid {header.root_pid} on {header.hostname}, {header.time}",
-        f"{len(task_nodes)} tasks, {shown} shared objects"
+        f"{_count(len(task_nodes), 'task')}, {_count(shown, 'shared object')}"
         + (
             "; private fds left out (--shared-only)"
             if shared_only
@@ -326,6 +326,10 @@ def build_graph(image: Image, options: GraphOptions | None = None) -> Graph:
         ),
     )
     return Graph(heading, tuple(task_nodes), tuple(objects), tuple(edges), shared_only)
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def _outside_edges(
@@ -489,7 +493,11 @@ def _legend(kinds: list[str], shared_only: bool) -> list[str]:
     out.append(
         "    legend_note [shape=plaintext, fontsize=8, label=\"edge label: the task's fds on it"
         "\\l(3w = fd 3, written; r read, u read-write, p O_PATH)\\l"
-        'arrows: data flow through a pipe\\lbold line: parent to child\\l"];'
+        "fd 3u in each task: the same fds in every task holding it\\l"
+        "#7: the OBJ column of asyckpt show\\l"
+        "arrows: data flow through a pipe\\lbold line: parent to child\\l"
+        "dotted: an epoll watches it\\l"
+        'dashed: a connection waiting on a listener\\l"];'
     )
     out.append(f"    {names[-1]} -> legend_note [style=invis];")
     out.append("  }")
