@@ -244,7 +244,8 @@ def build_graph(image: Image, options: GraphOptions | None = None) -> Graph:
         held = tuple((h, f) for h in holders.get(f.id, ()))
         pids = frozenset(h.pid for h, _ in held)
         title = f"{_KIND_WORDS.get(kind_of(f), f.type)} #{f.id}"
-        node = ObjectNode(f"o{f.id}", kind_of(f), title, f.path, (f.id,))
+        name = f.path + (" (deleted)" if f.deleted else "")
+        node = ObjectNode(f"o{f.id}", kind_of(f), title, name, (f.id,))
         candidates.append(_Candidate(node, None, held, pids, False))
 
     # Shared: held by several tasks of the image (drawn or not: a subtree's link to the
@@ -379,7 +380,7 @@ def _private(
     for fid in sorted(per_file, key=lambda i: min(h.fd for h in per_file[i])):
         f = image.files[fid]
         label = _fds_label([(h, f) for h in per_file[fid]])
-        rows.append(f"{label}  {f.path}")
+        rows.append(f"{label}  {f.path}" + (" (deleted)" if f.deleted else ""))
     return rows
 
 
