@@ -183,7 +183,7 @@ def test_literal_image_every_task_and_object_once(tmp_path: Path) -> None:
     assert edges["o8", "o7"].kind == "pending"
     assert objects["o4"].same_fds == "5u"
     rows = {t.pid: t.rows for t in graph.tasks}
-    assert rows == {100: ("8u  socket:[605]", "9u  /run/q"), 101: ()}
+    assert rows == {100: ("8u  socket:[605]", "9u  /run/q (deleted)"), 101: ()}
 
 
 def test_literal_image_shared_only(tmp_path: Path) -> None:
