@@ -308,9 +308,9 @@ def build_graph(image: Image, options: GraphOptions | None = None) -> Graph:
                 edges.append(Edge(node.id, node_of[target], "watch", "", "forward", line))
 
     task_nodes = []
-    drawn_files = set(node_of)
+    privates = _private(image, holders, set(node_of), keep)
     for t in tasks:
-        private = _private(image, t, holders, drawn_files, keep)
+        private = privates.get(t.pid, [])
         rows = private[:MAX_ROWS] if not shared_only else []
         task_nodes.append(
             TaskNode(f"t{t.pid}", t.pid, t.comm, t.state, tuple(rows), len(private) - len(rows))
@@ -363,25 +363,26 @@ def _outside_edges(
 
 def _private(
     image: Image,
-    task: Task,
     holders: Mapping[int, list[Holder]],
     drawn: set[int],
     keep: Callable[[File], bool],
-) -> list[str]:
-    """The task's fds on files not drawn as objects, one line per file: ``3u 5u /path``."""
-    per_file: dict[int, list[Holder]] = {}
+) -> dict[int, list[str]]:
+    """Each task's fds on files not drawn as objects, one line per file (``3u 5u /path``),
+    by pid: one pass over the holders, whatever the number of tasks."""
+    per_task: dict[int, dict[int, list[Holder]]] = {}
     for fid, hs in holders.items():
         if fid in drawn or not keep(image.files[fid]):
             continue
         for h in hs:
-            if h.pid == task.pid:
-                per_file.setdefault(fid, []).append(h)
-    rows = []
-    for fid in sorted(per_file, key=lambda i: min(h.fd for h in per_file[i])):
-        f = image.files[fid]
-        label = _fds_label([(h, f) for h in per_file[fid]])
-        rows.append(f"{label}  {f.path}" + (" (deleted)" if f.deleted else ""))
-    return rows
+            per_task.setdefault(h.pid, {}).setdefault(fid, []).append(h)
+    out: dict[int, list[str]] = {}
+    for pid, per_file in per_task.items():
+        rows = out[pid] = []
+        for fid in sorted(per_file, key=lambda i: min(h.fd for h in per_file[i])):
+            f = image.files[fid]
+            label = _fds_label([(h, f) for h in per_file[fid]])
+            rows.append(f"{label}  {f.path}" + (" (deleted)" if f.deleted else ""))
+    return out
 
 
 # --- DOT -------------------------------------------------------------------------------
