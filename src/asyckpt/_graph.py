@@ -206,10 +206,70 @@ class _Candidate(NamedTuple):
     """An end outside the tree, or a connection pending on a listener."""
 
 
+def _candidates(
+    image: Image, holders: Mapping[int, list[Holder]], keep: Callable[[File], bool]
+) -> list[_Candidate]:
+    """Every object that may be drawn: each pipe, FIFO and connection (its ends
+    together), and each other open file description, of the kinds kept."""
+    files = image.files
+    out: list[_Candidate] = []
+    in_endpoint: set[int] = set()
+    for ep in endpoints(image):
+        ids = tuple(e.file for e in ep.ends if e.file is not None)
+        if not ids:
+            # A client outside the tree waiting on a listener of the tree: no task of
+            # the tree holds anything of it.
+            continue
+        first = files[ids[0]]
+        in_endpoint.update(ids)
+        if not keep(first):
+            continue
+        held = tuple((h, files[e.file]) for e in ep.ends if e.file is not None for h in e.holders)
+        reaches_out = any(e.outside or e.pending_on is not None for e in ep.ends)
+        title = _KIND_WORDS[kind_of(first)] if ep.kind != "socket" else ep.label or "socket"
+        node = ObjectNode(f"o{ids[0]}", kind_of(first), title, ep.name, ids)
+        out.append(_Candidate(node, ep, held, frozenset(h.pid for h, _ in held), reaches_out))
+    for f in files.values():
+        if f.id in in_endpoint or not keep(f):
+            continue
+        held = tuple((h, f) for h in holders.get(f.id, ()))
+        title = f"{_KIND_WORDS.get(kind_of(f), f.type)} #{f.id}"
+        name = f.path + (" (deleted)" if f.deleted else "")
+        node = ObjectNode(f"o{f.id}", kind_of(f), title, name, (f.id,))
+        out.append(_Candidate(node, None, held, frozenset(h.pid for h, _ in held), False))
+    return out
+
+
+def _add_linked(
+    image: Image,
+    candidates: list[_Candidate],
+    chosen: set[str],
+    drawn_pids: set[int],
+    shared_only: bool,
+) -> dict[str, list[int]]:
+    """Add to ``chosen`` the objects drawn for their links: a listener a drawn
+    connection waits on, an epoll watching a drawn object (unless ``shared_only``).
+    Returns the file ids each epoll watches, by node id."""
+    by_file = {fid: c for c in candidates for fid in c.node.files}
+    for c in candidates:
+        if c.node.id in chosen and c.endpoint is not None:
+            for e in c.endpoint.ends:
+                if e.pending_on is not None and e.pending_on in by_file:
+                    chosen.add(by_file[e.pending_on].node.id)
+    watches: dict[str, list[int]] = {}
+    for c in candidates:
+        if c.node.kind == "epoll" and c.pids & drawn_pids:
+            targets = _raw(image.files[c.node.files[0]]).get("targets")
+            found = [t.get("file") for t in targets if isinstance(t, dict)] if targets else []
+            ids = watches[c.node.id] = [i for i in found if isinstance(i, int) and i in by_file]
+            if not shared_only and any(by_file[i].node.id in chosen for i in ids):
+                chosen.add(c.node.id)
+    return watches
+
+
 def build_graph(image: Image, options: GraphOptions | None = None) -> Graph:
     """What to draw.  Raises ``ValueError`` for a ``pid`` the image has no task for."""
     options = options or GraphOptions()
-    files = image.files
     wanted = options.kinds
     drawn_pids = {t.pid for t in image.tasks}
     if options.pid is not None:
@@ -222,32 +282,7 @@ def build_graph(image: Image, options: GraphOptions | None = None) -> Graph:
         return wanted is None or kind_of(f) in wanted
 
     holders = _holders(image)
-    candidates: list[_Candidate] = []
-    in_endpoint: set[int] = set()
-    for ep in endpoints(image):
-        ids = tuple(e.file for e in ep.ends if e.file is not None)
-        if not ids:
-            continue  # a client outside the tree waiting on a listener: drawn with it
-        first = files[ids[0]]
-        in_endpoint.update(ids)
-        if not keep(first):
-            continue
-        held = tuple((h, files[e.file]) for e in ep.ends if e.file is not None for h in e.holders)
-        reaches_out = any(e.outside or e.pending_on is not None for e in ep.ends)
-        title = _KIND_WORDS[kind_of(first)] if ep.kind != "socket" else ep.label or "socket"
-        node = ObjectNode(f"o{ids[0]}", kind_of(first), title, ep.name, ids)
-        pids = frozenset(h.pid for h, _ in held)
-        candidates.append(_Candidate(node, ep, held, pids, reaches_out))
-    for f in files.values():
-        if f.id in in_endpoint or not keep(f):
-            continue
-        held = tuple((h, f) for h in holders.get(f.id, ()))
-        pids = frozenset(h.pid for h, _ in held)
-        title = f"{_KIND_WORDS.get(kind_of(f), f.type)} #{f.id}"
-        name = f.path + (" (deleted)" if f.deleted else "")
-        node = ObjectNode(f"o{f.id}", kind_of(f), title, name, (f.id,))
-        candidates.append(_Candidate(node, None, held, pids, False))
-
+    candidates = _candidates(image, holders, keep)
     # Shared: held by several tasks of the image (drawn or not: a subtree's link to the
     # rest of the tree is a link too), and by at least one drawn task.
     shared = [c for c in candidates if len(c.pids) > 1 and c.pids & drawn_pids]
@@ -257,22 +292,7 @@ def build_graph(image: Image, options: GraphOptions | None = None) -> Graph:
     chosen = {c.node.id for c in shared}
     if not shared_only:
         chosen.update(c.node.id for c in candidates if c.reaches_out and c.pids & drawn_pids)
-    by_file = {fid: c for c in candidates for fid in c.node.files}
-    # A listener that a drawn connection waits on is drawn: the wait is an edge to it.
-    for c in candidates:
-        if c.node.id in chosen and c.endpoint is not None:
-            for e in c.endpoint.ends:
-                if e.pending_on is not None and e.pending_on in by_file:
-                    chosen.add(by_file[e.pending_on].node.id)
-    # An epoll watching a drawn object is drawn (unless shared_only: then only if shared).
-    watches: dict[str, list[int]] = {}
-    for c in candidates:
-        if c.node.kind == "epoll" and c.pids & drawn_pids:
-            targets = _raw(files[c.node.files[0]]).get("targets")
-            found = [t.get("file") for t in targets if isinstance(t, dict)] if targets else []
-            watches[c.node.id] = [i for i in found if isinstance(i, int) and i in by_file]
-            if not shared_only and any(by_file[i].node.id in chosen for i in watches[c.node.id]):
-                chosen.add(c.node.id)
+    watches = _add_linked(image, candidates, chosen, drawn_pids, shared_only)
 
     drawn = [c for c in candidates if c.node.id in chosen]
     drawn.sort(key=lambda c: c.node.files[0])
