@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
 import shutil
 import stat
@@ -438,6 +439,24 @@ def test_cli_errors(tmp_path: Path) -> None:
     proc = run(image, "-o", str(tmp_path / "old.dot"), "--force")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "old.dot").read_text().startswith("digraph asyckpt {")
+
+
+def test_cli_no_png_to_a_terminal(tmp_path: Path) -> None:
+    literal_image(tmp_path)
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [*ASYCKPT, "graph", str(tmp_path / "e.ackpt"), "--format", "png"],
+            stdout=follower,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert proc.returncode == 2
+    assert "a PNG is not for a terminal" in proc.stderr
 
 
 @needs_dot

@@ -35,8 +35,8 @@ EPILOG = """\
 exit codes:
   0 success              5 output path unusable     9 plugin error
   1 internal error       6 not a valid image       10 kernel lacks a feature
-  2 usage error          7 freezer error           130 interrupted (SIGINT/SIGTERM)
-  3 bad target pid       8 --strict violation      11 Graphviz (dot) missing or failed
+  2 usage error          7 freezer error           11 Graphviz (dot) missing or failed
+  3 bad target pid       8 --strict violation     130 interrupted (SIGINT/SIGTERM)
   4 permission denied
 """
 
