@@ -299,6 +299,20 @@ def test_hostile_names_are_escaped_and_quoted(tmp_path: Path) -> None:
         assert drawn["t10"].startswith(want.replace("\\", "\\\\"))
 
 
+def test_negative_ids_are_node_ids_too(tmp_path: Path) -> None:
+    # An image is input: nothing in its grammar keeps a pid or a file id positive.
+    shared = reg(-4, "/x")
+    path = write_image(
+        tmp_path / "n.ackpt", [(-7, 1, "a", [(3, shared)]), (8, -7, "b", [(3, shared)])]
+    )
+    image = read_image(path)
+    graph = build_graph(image, GraphOptions(shared_only=False))
+    check_graph(image, graph)
+    check_dot(graph)
+    assert {t.id for t in graph.tasks} == {"tn7", "t8"}
+    assert to_dot(graph) == to_dot(build_graph(image, GraphOptions(shared_only=False)))
+
+
 def _unquote(text: str) -> str:
     """A DOT quoted string's text: ``\\"`` is a quote; a doubled backslash one backslash
     (``\\l``, ``\\n`` between lines are left as they are)."""

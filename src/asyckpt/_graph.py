@@ -143,6 +143,12 @@ class Graph(NamedTuple):
     shared_only: bool
 
 
+def _nid(prefix: str, number: int) -> str:
+    """A DOT node id, a bare word whatever the number (an image is input: a pid or a
+    file id may be negative)."""
+    return f"{prefix}{number}" if number >= 0 else f"{prefix}n{-number}"
+
+
 def kind_of(f: File) -> str:
     """The ``KINDS`` word of a file: its type, or ``epoll`` for an epoll instance."""
     if f.type == "anon" and f.path == "anon_inode:[eventpoll]":
@@ -227,7 +233,7 @@ def _candidates(
         held = tuple((h, files[e.file]) for e in ep.ends if e.file is not None for h in e.holders)
         reaches_out = any(e.outside or e.pending_on is not None for e in ep.ends)
         title = _KIND_WORDS[kind_of(first)] if ep.kind != "socket" else ep.label or "socket"
-        node = ObjectNode(f"o{ids[0]}", kind_of(first), title, ep.name, ids)
+        node = ObjectNode(_nid("o", ids[0]), kind_of(first), title, ep.name, ids)
         out.append(_Candidate(node, ep, held, frozenset(h.pid for h, _ in held), reaches_out))
     for f in files.values():
         if f.id in in_endpoint or not keep(f):
@@ -235,7 +241,7 @@ def _candidates(
         held = tuple((h, f) for h in holders.get(f.id, ()))
         title = f"{_KIND_WORDS.get(kind_of(f), f.type)} #{f.id}"
         name = f.path + (" (deleted)" if f.deleted else "")
-        node = ObjectNode(f"o{f.id}", kind_of(f), title, name, (f.id,))
+        node = ObjectNode(_nid("o", f.id), kind_of(f), title, name, (f.id,))
         out.append(_Candidate(node, None, held, frozenset(h.pid for h, _ in held), False))
     return out
 
@@ -301,7 +307,7 @@ def build_graph(image: Image, options: GraphOptions | None = None) -> Graph:
     edges: list[Edge] = []
     for t in tasks:
         if t.ppid in drawn_pids and t.pid != options.pid:
-            edges.append(Edge(f"t{t.ppid}", f"t{t.pid}", "tree"))
+            edges.append(Edge(_nid("t", t.ppid), _nid("t", t.pid), "tree"))
     objects: list[ObjectNode] = []
     for c in drawn:
         node, line = c.node, KIND_COLORS.get(c.node.kind, KIND_COLORS["anon"])[1]
@@ -320,7 +326,7 @@ def build_graph(image: Image, options: GraphOptions | None = None) -> Graph:
         for pid in sorted(per_task):
             items = per_task[pid]
             direction = _data_dir(f for _, f in items) if piped else "none"
-            edges.append(Edge(f"t{pid}", node.id, "fd", labels[pid], direction, line))
+            edges.append(Edge(_nid("t", pid), node.id, "fd", labels[pid], direction, line))
         if c.endpoint is not None:
             edges += _outside_edges(c.endpoint, node, objects, line, node_of)
         for target in watches.get(node.id, ()):
@@ -333,7 +339,9 @@ def build_graph(image: Image, options: GraphOptions | None = None) -> Graph:
         private = privates.get(t.pid, [])
         rows = private[:MAX_ROWS] if not shared_only else []
         task_nodes.append(
-            TaskNode(f"t{t.pid}", t.pid, t.comm, t.state, tuple(rows), len(private) - len(rows))
+            TaskNode(
+                _nid("t", t.pid), t.pid, t.comm, t.state, tuple(rows), len(private) - len(rows)
+            )
         )
     header = image.header
     shown = sum(1 for o in objects if not o.outside)
