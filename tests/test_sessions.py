@@ -459,3 +459,34 @@ def test_a_hung_begin_is_abandoned_once_and_never_piles_up(
     # Once it returned, a capture starts it again.
     capture(zoo, tmp_path / "again.ackpt", Hung, Polite)
     assert len(Hung.started) == 2
+
+
+class Quick(Recorder):
+    name = "quick"
+    kinds = frozenset({"blk"})  # claims nothing of the zoo: given up on at once
+    record_type = PoliteNote  # type: ignore[assignment]
+
+    def begin(self, session: CaptureSession) -> None:
+        pass
+
+
+def test_a_begin_given_up_on_before_it_ran_is_not_counted_as_hung(
+    zoo: Tree, tmp_path: Path
+) -> None:
+    from asyckpt._begins import _Run, abandoned_begins
+
+    # Given up on before its thread ran (a cancellation at once): never run, not hung.
+    run = _Run("quick")
+    run.abandon()
+    assert "quick" not in abandoned_begins()
+    assert run.call(load_handler(Quick), CaptureSession([zoo.pid])) is None
+    assert "quick" not in abandoned_begins()
+    # Real captures whose begin is not needed, one after the other: none is refused.
+    dispatch = dispatch_with(Quick, Recorder.fresh())
+    for n in range(5):
+        trio.run(
+            lambda n=n: asyckpt.checkpoint_tree(zoo.pid, tmp_path / f"{n}.ackpt", dispatch=dispatch)
+        )
+        assert "quick" not in abandoned_begins()
+        pipes = [f for f in read_image(tmp_path / f"{n}.ackpt").files.values() if f.type == "pipe"]
+        assert pipes and all(f.error is None for f in pipes)

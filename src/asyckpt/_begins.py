@@ -39,15 +39,21 @@ def abandoned_begins() -> dict[str, int]:
 class _Run:
     """One begin's thread, as the capture and the thread both see it (under ``_lock``)."""
 
-    __slots__ = ("abandoned", "done", "name")
+    __slots__ = ("abandoned", "done", "name", "started", "unwanted")
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.started = False
         self.done = False
+        self.unwanted = False
         self.abandoned = False
 
     def call(self, handler: LoadedHandler, session: CaptureSession) -> Any:
         assert handler.begin is not None
+        with _lock:
+            if self.unwanted:
+                return None  # given up on before its thread ran: not run at all
+            self.started = True
         try:
             return handler.begin(session)
         finally:
@@ -59,8 +65,11 @@ class _Run:
                         del _abandoned[self.name]
 
     def abandon(self) -> None:
+        """Nobody waits for it any more: counted as abandoned while it still runs."""
         with _lock:
-            if not self.done and not self.abandoned:
+            if not self.started:
+                self.unwanted = True
+            elif not self.done and not self.abandoned:
                 self.abandoned = True
                 _abandoned[self.name] = _abandoned.get(self.name, 0) + 1
 
