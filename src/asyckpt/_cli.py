@@ -454,6 +454,8 @@ def _tree(args: argparse.Namespace) -> int:
         disable_plugins=tuple(args.disable_plugin),
         pipe_data=args.pipe_data,
         ghost_limit=args.ghost_limit,
+        # The command owns its process: the collector paused, a shorter switch interval.
+        tune_interpreter=True,
     )
 
     # Loaded here rather than by the capture, so that conflicts are reported as warnings
