@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from asyckpt._plugins import installed_handlers
+from asyckpt._plugins.loading import installed_handlers
 
 from .conftest import asyckpt_cgroups
 

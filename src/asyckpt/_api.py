@@ -17,7 +17,7 @@ from ._build import BodyRecord
 from ._capture import BATCH_BUFFER, CaptureOptions, CaptureSummary, capture
 from ._errors import raise_collapsed
 from ._image import ImageWriter
-from ._plugins import Dispatch
+from ._plugins.dispatch import Dispatch
 from ._records import FORMAT_VERSION, Header, Trailer
 
 __all__ = ["CaptureStream", "checkpoint_tree", "open_capture"]

@@ -53,17 +53,11 @@ from ._errors import (
 )
 from ._ghost import DEFAULT_GHOST_LIMIT, Ghost, GhostSpool
 from ._paths import PathChecker
-from ._plugins import (
-    CaptureLinks,
-    CaptureSession,
-    CaptureTree,
-    Dispatch,
-    FdFacts,
-    HandlerContext,
-    LinkRef,
-    LoadedHandler,
-    StatInfo,
-)
+from ._plugins.contract import FdFacts, LinkRef, StatInfo
+from ._plugins.dispatch import Dispatch
+from ._plugins.links import CaptureLinks
+from ._plugins.loaded import LoadedHandler
+from ._plugins.session import CaptureSession, CaptureTree, HandlerContext
 from ._procparse import (
     FdInfo,
     lock_texts,

@@ -78,7 +78,9 @@ from ._ghost import CONTENT_CHUNK, DEFAULT_GHOST_LIMIT, Chunk, GhostNote
 from ._guardian import Guardian, take_guardian
 from ._kernel import dedup_rows, kcmp_files
 from ._order import Reorderer
-from ._plugins import CaptureSession, Dispatch, load_handlers
+from ._plugins.dispatch import Dispatch
+from ._plugins.loading import load_handlers
+from ._plugins.session import CaptureSession
 from ._procparse import TaskStat
 from ._procread import read_fd_tables
 from ._records import Content, PluginInfo

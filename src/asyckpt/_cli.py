@@ -16,7 +16,7 @@ from ._errors import AsyckptError, OutputError, UsageError, collapse_errors
 if TYPE_CHECKING:
     from ._capture import CaptureSummary
     from ._image import Image
-    from ._plugins import Dispatch
+    from ._plugins.dispatch import Dispatch
 
 # trio and the capture pipeline are imported by the commands that use them: `show` and
 # `--version` start faster without.
@@ -488,7 +488,7 @@ def _tree(args: argparse.Namespace) -> int:
 
 
 def _load_handlers(args: argparse.Namespace) -> Dispatch:
-    from ._plugins import load_handlers
+    from ._plugins.loading import load_handlers
 
     dispatch = load_handlers(disabled=args.disable_plugin, enabled=args.plugin, warn=False)
     for conflict in dispatch.conflicts:
@@ -498,7 +498,7 @@ def _load_handlers(args: argparse.Namespace) -> Dispatch:
 
 def _cmd_show(args: argparse.Namespace) -> int:
     from ._image import read_image
-    from ._plugins import image_plugins
+    from ._plugins.loading import image_plugins
     from ._show import endpoints, render_endpoints, render_table, to_json_doc
 
     image = read_image(args.image)
@@ -544,7 +544,7 @@ def _extract(image: Image, file_id: str, out: str) -> int:
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
-    from ._plugins import AUTOLOAD_ENV, autoload_disabled, survey
+    from ._plugins.loading import AUTOLOAD_ENV, autoload_disabled, survey
 
     found = survey(disabled=args.disable_plugin, enabled=args.plugin)
     rows = [("NAME", "DISTRIBUTION", "VERSION", "STATE", "PRIO", "RECORD", "HOOKS", "CLAIMS")]

@@ -136,7 +136,7 @@ class RawFd(NamedTuple):
 
 def stat_fields(st: os.stat_result) -> tuple[int, int, int, int, int, int, int, int, int, int]:
     """The stat fields asyckpt keeps, in the order of ``RawRow[2:12]`` and of
-    :class:`~asyckpt._plugins.StatInfo` (the C reader writes the same order)."""
+    :class:`~asyckpt._plugins.contract.StatInfo` (the C reader writes the same order)."""
     return (
         st.st_mode,
         st.st_dev,

@@ -18,7 +18,7 @@ import msgspec
 
 from ._ghost import format_size
 from ._image import Image
-from ._plugins import ImagePlugin
+from ._plugins.loading import ImagePlugin
 from ._records import NO_DATA, File, Lock, Owner, PluginInfo
 
 __all__ = [

@@ -41,7 +41,7 @@ from ._build import BodyRecord
 from ._capture import CaptureOptions, CaptureSummary
 from ._image import Image
 from ._image import read_image as _read_image
-from ._plugins import Dispatch
+from ._plugins.dispatch import Dispatch
 
 __all__ = ["CaptureStream", "Watcher", "checkpoint_tree", "open_capture", "read_image", "watch"]
 

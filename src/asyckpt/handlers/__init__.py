@@ -11,7 +11,8 @@ from typing import ClassVar
 
 import msgspec
 
-from .._plugins import FdFacts, HandlerContext
+from .._plugins.contract import FdFacts
+from .._plugins.session import HandlerContext
 
 __all__ = ["DirHandler", "DirRecord", "LinkHandler", "LinkRecord", "RegHandler", "RegRecord"]
 
