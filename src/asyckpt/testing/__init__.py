@@ -32,7 +32,7 @@ import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast, get_args
 
 import msgspec
 
@@ -54,7 +54,7 @@ from .._plugins import (
 )
 from .._procparse import FdInfo, parse_fdinfo
 from .._procread import stat_fields
-from .._records import FORMAT_VERSION, Fd, FdTable, File, Header, Task, Trailer
+from .._records import FORMAT_VERSION, Fd, FdTable, File, FileType, Header, Task, Trailer
 from .._show import Renderer, to_json_doc
 
 __all__ = [
@@ -333,9 +333,11 @@ def roundtrip(
         consistent=False,
         plugins=[loaded.info()],
     )
+    if kind not in get_args(FileType):
+        raise ValueError(f"{kind!r} is not a file type an image holds: {get_args(FileType)}")
     file = File(
         id=1,
-        type=kind,
+        type=cast(FileType, kind),
         handler=loaded.name,
         flags=os.O_RDONLY,
         access="r",
