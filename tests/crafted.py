@@ -120,9 +120,16 @@ def seed() -> list[Rec]:
     }
     epoll = {
         "kind": "asyckpt.epoll",
-        "targets": [{"tfd": 4, "events": 1, "data": 7, "pos": 0, "ino": 5000, "dev": 14, "file": 3}],
+        "targets": [
+            {"tfd": 4, "events": 1, "data": 7, "pos": 0, "ino": 5000, "dev": 14, "file": 3}
+        ],
         "linked": True,
     }
+    sock1, sock2 = _socket(7001, peer_ino=7002), _socket(7002, peer_ino=7001)
+    listener = _socket(7003, state="LISTEN", pending=[7004, 7009])
+    ghost = {"deleted": True, "nlink": 0, "path_state": "deleted", "ghost": "saved"}
+    ghost |= {"ghost_file": 9, "size": 10000}
+    tty = {"kind": "asyckpt.tty", "x": 1.5}
     mounts: Rec = {
         "kind": "mounts",
         "id": 4026531841,
@@ -139,21 +146,21 @@ def seed() -> list[Rec]:
         {"kind": "fd", "fd": 2, "file": 3, "cloexec": True},
         _file(4, "fifo", "/tmp/fifo", access="r", ino=6000),
         {"kind": "fd", "fd": 4, "file": 4, "cloexec": False},
-        _file(5, "socket", "socket:[7001]", handler="sockets", ino=7001, data=_socket(7001, peer_ino=7002)),
+        _file(5, "socket", "socket:[7001]", handler="sockets", ino=7001, data=sock1),
         {"kind": "fd", "fd": 5, "file": 5, "cloexec": False},
-        _file(6, "socket", "socket:[7002]", handler="sockets", ino=7002, data=_socket(7002, peer_ino=7001)),
+        _file(6, "socket", "socket:[7002]", handler="sockets", ino=7002, data=sock2),
         {"kind": "fd", "fd": 6, "file": 6, "cloexec": False},
-        _file(7, "socket", "socket:[7003]", handler="sockets", ino=7003, data=_socket(7003, state="LISTEN", pending=[7004, 7009])),
+        _file(7, "socket", "socket:[7003]", handler="sockets", ino=7003, data=listener),
         {"kind": "fd", "fd": 7, "file": 7, "cloexec": False},
         _file(8, "anon", "anon_inode:[eventpoll]", handler="epoll", data=epoll),
         {"kind": "fd", "fd": 8, "file": 8, "cloexec": False},
-        _file(9, "reg", "/tmp/gone", deleted=True, nlink=0, path_state="deleted", ghost="saved", ghost_file=9, size=10000),
+        _file(9, "reg", "/tmp/gone", **ghost),
         {"kind": "content", "file": 9, "offset": 0, "data": b"A" * 100},
         {"kind": "content", "file": 9, "offset": 8192, "data": b"B" * 10},
         {"kind": "fd", "fd": 9, "file": 9, "cloexec": False},
         {"kind": "fdtable", "id": 2, "owner": 101, "count": 2},
         {"kind": "fd", "fd": 0, "file": 1, "cloexec": False},
-        _file(10, "chr", "/dev/pts/3", handler="tty", rdev=(136 << 8) | 3, data={"kind": "asyckpt.tty", "x": 1.5}),
+        _file(10, "chr", "/dev/pts/3", handler="tty", rdev=(136 << 8) | 3, data=tty),
         {"kind": "fd", "fd": 3, "file": 10, "cloexec": False},
         _file(11, "socket", "socket:[7004]", ino=7004, data=None),
         {"kind": "fdtable", "id": 3, "owner": 102, "count": 2},
@@ -220,9 +227,7 @@ def encode(rec: Any) -> bytes:
     return msgspec.msgpack.encode(rec)
 
 
-def build(
-    records: list[Any], *, counts: bool = True, version: int = FORMAT_VERSION
-) -> bytes:
+def build(records: list[Any], *, counts: bool = True, version: int = FORMAT_VERSION) -> bytes:
     """The image of ``records`` (header first, trailer last), its digest recomputed."""
     records = copy.deepcopy(records)
     if counts:

@@ -35,7 +35,14 @@ from ._records import (
     Task,
     Trailer,
 )
-from ._validate import check_file, check_header, check_references, check_task, epoll_targets
+from ._validate import (
+    MAX_DATA_DEPTH,
+    check_file,
+    check_header,
+    check_references,
+    check_task,
+    epoll_targets,
+)
 
 __all__ = ["DIGEST_SIZE", "MAGIC", "MAX_FRAME", "MAX_IMAGE_SIZE", "Image", "ImageDecoder"]
 
@@ -172,8 +179,8 @@ class ImageDecoder:
             # msgspec reports a bad UTF-8 string as UnicodeDecodeError, not DecodeError.
             self._fail(f"record {index} is undecodable: {exc}")
             return False
-        except RecursionError:
-            self._fail(f"record {index} nests too deep")
+        except RecursionError:  # msgspec skipping File.data nested past the stack's depth
+            self._fail(f"record {index} nests deeper than {MAX_DATA_DEPTH} levels")
             return False
         if isinstance(rec, Trailer):
             self._trailer = rec

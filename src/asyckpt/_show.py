@@ -475,7 +475,8 @@ def endpoints(image: Image) -> list[Endpoint]:
             sockets.setdefault(f.ino, (f, _raw(f)))
     pending: dict[int, int] = {}  # a waiting client's inode -> its listener's file id
     for f, data in sockets.values():
-        for ino in data.get("pending") or ():
+        waiting = data.get("pending")
+        for ino in waiting if isinstance(waiting, list) else ():
             if isinstance(ino, int):
                 pending.setdefault(ino, f.id)
 
