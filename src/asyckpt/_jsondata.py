@@ -11,7 +11,8 @@ or fail on an array key.  So the JSON export states one replacement for each (do
 - binary becomes base64 text (as msgspec's JSON encoder writes it);
 - a map key that is a number becomes its decimal text, a binary key its base64; any other
   key (array, nil, boolean) becomes its own JSON text (``[1,2]``, ``null``, ``true``);
-- an extension type, or any other object JSON has no form for, becomes its ``repr``.
+- a MessagePack extension becomes ``{"ext": TYPE, "data": BASE64}``; any other object
+  JSON has no form for, its ``repr``.
 
 Pure; no I/O.
 """
@@ -31,6 +32,13 @@ NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
 
 # Type bytes of MessagePack's float32 and float64: data without either holds no float.
 _FLOAT_BYTES = (b"\xca", b"\xcb")
+
+
+def _other(value: Any) -> Any:
+    if isinstance(value, msgspec.msgpack.Ext):
+        data: str = msgspec.to_builtins(bytes(value.data))
+        return {"ext": value.code, "data": data}
+    return repr(value)
 
 
 def _float(value: float) -> float | str:
@@ -62,8 +70,8 @@ def _walk(value: Any) -> Any:
         return [_walk(v) for v in value]
     if value is None or isinstance(value, str | int):
         return value
-    # bytes, datetimes, Structs...: as msgspec has them in JSON, else their repr.
-    return _walk(msgspec.to_builtins(value, enc_hook=repr, str_keys=True))
+    # bytes, datetimes, Structs...: as msgspec has them in JSON; extensions as stated.
+    return _walk(msgspec.to_builtins(value, enc_hook=_other, str_keys=True))
 
 
 def json_data(value: Any, raw: bytes | None = None) -> Any:
@@ -72,7 +80,7 @@ def json_data(value: Any, raw: bytes | None = None) -> Any:
     common case (no floats in it) skip the walk."""
     if raw is not None and not any(b in raw for b in _FLOAT_BYTES):
         try:
-            return msgspec.to_builtins(value, enc_hook=repr, str_keys=True)
+            return msgspec.to_builtins(value, enc_hook=_other, str_keys=True)
         except TypeError:  # a key with no str form (an array, nil, a boolean)
             pass
     return _walk(value)
