@@ -41,7 +41,6 @@ from ._validate import (
     check_header,
     check_references,
     check_task,
-    epoll_targets,
 )
 
 __all__ = ["DIGEST_SIZE", "MAGIC", "MAX_FRAME", "MAX_IMAGE_SIZE", "Image", "ImageDecoder"]
@@ -82,7 +81,7 @@ class Image(msgspec.Struct, kw_only=True):
         return [(fd, self.files[fd.file]) for fd in self.fd_tables[table]]
 
 
-def _kind_of(payload: bytes) -> str:
+def _kind_of(payload: memoryview) -> str:
     """The ``kind`` a frame claims, for an error message about it."""
     try:
         kind = _generic.decode(payload).get("kind")
@@ -147,25 +146,44 @@ class ImageDecoder:
 
     def _frames_from_buffer(self) -> None:
         buf = self._buf
+        have = len(buf)
+        if have < 4:
+            return
+        (first,) = U32.unpack_from(buf, 0)
+        if have - 4 < first <= MAX_FRAME:
+            return  # not one whole frame yet (a long frame is copied once, when whole)
+        # One copy of the whole frames, decoded in place: a handler record (msgspec.Raw)
+        # keeps a reference to the copy rather than a copy of its own.
+        spans = []
         off = 0
-        at = self._total - len(buf)  # the input offset of buf[0]
-        while len(buf) - off >= 4:
+        too_long = None
+        while have - off >= 4:
             (n,) = U32.unpack_from(buf, off)
             if n > MAX_FRAME:
-                raise ImageCorrupt(
-                    f"{self.name} is corrupt: the frame at byte {at + off} claims {n} bytes, "
-                    f"more than the {MAX_FRAME} a frame may have"
-                )
-            if len(buf) - off - 4 < n:
+                too_long = off, n  # an error only if no trailer comes before it
                 break
-            payload = bytes(buf[off + 4 : off + 4 + n])
+            if have - off - 4 < n:
+                break
+            spans.append((off + 4, off + 4 + n))
             off += 4 + n
-            if self._frame(payload):
-                self._stage = "digest"
-                break
-        self._consume(off)
+        data = bytes(buf[:off])
+        consumed = off
+        with memoryview(data) as view:
+            for start, end in spans:
+                if self._frame(view[start:end]):
+                    self._stage = "digest"
+                    consumed = end
+                    break
+            else:
+                if too_long is not None:
+                    at = self._total - have + too_long[0]
+                    raise ImageCorrupt(
+                        f"{self.name} is corrupt: the frame at byte {at} claims {too_long[1]} "
+                        f"bytes, more than the {MAX_FRAME} a frame may have"
+                    )
+        self._consume(consumed)
 
-    def _frame(self, payload: bytes) -> bool:
+    def _frame(self, payload: memoryview) -> bool:
         """Decode and check one frame; True when it was the trailer."""
         index = self._frames
         self._frames += 1
@@ -182,18 +200,18 @@ class ImageDecoder:
         except RecursionError:  # msgspec skipping File.data nested past the stack's depth
             self._fail(f"record {index} nests deeper than {MAX_DATA_DEPTH} levels")
             return False
-        if isinstance(rec, Trailer):
+        if type(rec) is Trailer:
             self._trailer = rec
             return True
         if self._error is None:
             try:
-                if index == 0:
-                    if not isinstance(rec, Header):
-                        raise ImageCorrupt(f"{self.name} does not start with a header")
+                if index:
+                    self._body.add(rec)
+                elif type(rec) is Header:
                     check_header(self.name, rec)
                     self._body.header = rec
                 else:
-                    self._body.add(rec)
+                    raise ImageCorrupt(f"{self.name} does not start with a header")
             except ImageCorrupt as exc:
                 self._error = exc
         return False
@@ -252,41 +270,48 @@ class _Body:
     def add(self, rec: Record) -> None:
         name = self.name
         self.records += 1
-        if isinstance(rec, Content):
-            owner = self._owner
-            _check_content(name, self.version, rec, owner, self._content_end)
-            assert owner is not None
-            self.contents.setdefault(owner.id, []).append(rec)
-            self._content_end = rec.offset + len(rec.data)
-            self._content_bytes += len(rec.data)
-            return
-        self._owner = None
-        if isinstance(rec, Fd):
+        cls = type(rec)  # by frequency: fds, then files
+        if cls is not Content:
+            self._owner = None
+        if cls is Fd:
+            assert isinstance(rec, Fd)
             current = self._current
             if current is None or rec.file not in self.files:
                 raise ImageCorrupt(f"{name}: fd {rec.fd} refers to an undefined table or file")
             if current and current[-1].fd >= rec.fd:
                 raise ImageCorrupt(f"{name}: fd {rec.fd} is out of order in its fd table")
             current.append(rec)
-        elif isinstance(rec, File):
-            check_file(name, rec, self.files)
+        elif cls is File:
+            assert isinstance(rec, File)
+            watched = check_file(name, rec, self.files)
+            if watched:
+                self._watched += [(rec.id, t) for t in watched]
             self.files[rec.id] = rec
             self._owner, self._content_end = rec, 0
-            if rec.handler is not None:
-                self._watched += [(rec.id, t) for t in epoll_targets(name, rec)]
-        elif isinstance(rec, FdTable):
+        elif cls is Content:
+            assert isinstance(rec, Content)
+            owner = self._owner
+            _check_content(name, self.version, rec, owner, self._content_end)
+            assert owner is not None
+            self.contents.setdefault(owner.id, []).append(rec)
+            self._content_end = rec.offset + len(rec.data)
+            self._content_bytes += len(rec.data)
+        elif cls is FdTable:
+            assert isinstance(rec, FdTable)
             if rec.id in self.fd_tables:
                 raise ImageCorrupt(f"{name}: fd table {rec.id} is defined twice")
             self._current = self.fd_tables[rec.id] = []
             self.table_owner[rec.id] = rec.owner
             self._declared[rec.id] = rec.count
-        elif isinstance(rec, Task):
+        elif cls is Task:
+            assert isinstance(rec, Task)
             check_task(name, rec, self.fd_tables)
             self.tasks.append(rec)
-        elif isinstance(rec, MountTable):
+        elif cls is MountTable:
+            assert isinstance(rec, MountTable)
             self.mounts.append(rec)
         else:
-            raise ImageCorrupt(f"{name}: unexpected {type(rec).__name__} record in the body")
+            raise ImageCorrupt(f"{name}: unexpected {cls.__name__} record in the body")
 
     def finish(self, trailer: Trailer, checksum: str) -> Image:
         name = self.name

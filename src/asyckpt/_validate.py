@@ -31,7 +31,6 @@ __all__ = [
     "check_header",
     "check_references",
     "check_task",
-    "epoll_targets",
     "msgpack_depth",
 ]
 
@@ -59,35 +58,44 @@ def check_header(name: str, header: Header) -> None:
         )
 
 
-def check_file(name: str, rec: File, files: Mapping[int, File]) -> None:
-    """A file record against itself and the files defined before it (``files``)."""
+def check_file(name: str, rec: File, files: Mapping[int, File]) -> list[int]:
+    """A file record against itself and the files defined before it (``files``).
+
+    Returns the file ids its handler record refers to (epoll targets), which may be
+    defined later: :func:`check_references` checks them once every record is in.
+    """
     if rec.id in files:
         raise ImageCorrupt(f"{name}: file {rec.id} is defined twice")
     if rec.ghost_file is not None:
-        if rec.ghost != "saved":
-            raise ImageCorrupt(
-                f"{name}: file {rec.id}: ghost_file {rec.ghost_file} with ghost {rec.ghost!r}"
-            )
-        if rec.ghost_file != rec.id:
-            holder = files.get(rec.ghost_file)
-            if holder is None:
-                raise ImageCorrupt(
-                    f"{name}: file {rec.id}'s content is in undefined file {rec.ghost_file}"
-                )
-            if holder.ghost_file != holder.id:
-                raise ImageCorrupt(
-                    f"{name}: file {rec.id}: ghost_file {rec.ghost_file} holds no content of "
-                    "its own"
-                )
-    if rec.data != NO_DATA:
-        raw = bytes(rec.data)
-        # Fast path: fewer container headers than the limit cannot nest deeper.
-        if len(raw.translate(None, _OTHER_BYTES)) > MAX_DATA_DEPTH:
-            depth = msgpack_depth(raw, MAX_DATA_DEPTH)
-            if depth is None:
-                raise ImageCorrupt(
-                    f"{name}: file {rec.id}: data nests deeper than {MAX_DATA_DEPTH} levels"
-                )
+        _check_ghost_file(name, rec, files)
+    if rec.data == NO_DATA:
+        return []
+    raw = bytes(rec.data)
+    # Nesting needs a container header per level: a record with fewer of them than the
+    # limit (nearly all) is not walked.
+    if (
+        len(raw) > MAX_DATA_DEPTH
+        and len(raw.translate(None, _OTHER_BYTES)) > MAX_DATA_DEPTH
+        and msgpack_depth(raw, MAX_DATA_DEPTH) is None
+    ):
+        raise ImageCorrupt(f"{name}: file {rec.id}: data nests deeper than {MAX_DATA_DEPTH} levels")
+    return _epoll_targets(name, rec.id, raw) if b"asyckpt.epoll" in raw else []
+
+
+def _check_ghost_file(name: str, rec: File, files: Mapping[int, File]) -> None:
+    if rec.ghost != "saved":
+        raise ImageCorrupt(
+            f"{name}: file {rec.id}: ghost_file {rec.ghost_file} with ghost {rec.ghost!r}"
+        )
+    if rec.ghost_file == rec.id:
+        return
+    holder = files.get(rec.ghost_file or 0)
+    if holder is None:
+        raise ImageCorrupt(f"{name}: file {rec.id}'s content is in undefined file {rec.ghost_file}")
+    if holder.ghost_file != holder.id:
+        raise ImageCorrupt(
+            f"{name}: file {rec.id}: ghost_file {rec.ghost_file} holds no content of its own"
+        )
 
 
 def check_task(name: str, rec: Task, fd_tables: Mapping[int, object]) -> None:
@@ -101,12 +109,9 @@ def check_task(name: str, rec: Task, fd_tables: Mapping[int, object]) -> None:
             )
 
 
-def epoll_targets(name: str, rec: File) -> list[int]:
+def _epoll_targets(name: str, file_id: int, raw: bytes) -> list[int]:
     """The file ids an epoll record (the bundled anon handler's ``asyckpt.epoll``) says it
     watches: ``targets[].file``, by the raw fields, so checked without the handler."""
-    raw = bytes(rec.data)
-    if b"asyckpt.epoll" not in raw:
-        return []
     try:
         data = msgspec.msgpack.decode(raw)
     except msgspec.DecodeError:
@@ -115,14 +120,14 @@ def epoll_targets(name: str, rec: File) -> list[int]:
         return []
     targets = data.get("targets")
     if not isinstance(targets, list):
-        raise ImageCorrupt(f"{name}: file {rec.id}: data.targets is not an array")
+        raise ImageCorrupt(f"{name}: file {file_id}: data.targets is not an array")
     out = []
     for t in targets:
         file = t.get("file") if isinstance(t, dict) else None
         if file is not None:
             if not isinstance(file, int) or isinstance(file, bool):
                 raise ImageCorrupt(
-                    f"{name}: file {rec.id}: data.targets[].file {file!r} is not an id"
+                    f"{name}: file {file_id}: data.targets[].file {file!r} is not an id"
                 )
             out.append(file)
     return out
