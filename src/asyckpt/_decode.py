@@ -168,9 +168,25 @@ class ImageDecoder:
             off += 4 + n
         data = bytes(buf[:off])
         consumed = off
+        decode, add = _decoder.decode, self._body.add
         with memoryview(data) as view:
             for start, end in spans:
-                if self._frame(view[start:end]):
+                payload = view[start:end]
+                if self._frames and self._error is None:
+                    # The common case inline: a body record that decodes (anything else,
+                    # the trailer included, is decoded again by _frame).
+                    try:
+                        rec = decode(payload)
+                    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+                        rec = None
+                    if rec is not None and type(rec) is not Trailer:
+                        self._frames += 1
+                        try:
+                            add(rec)
+                        except ImageCorrupt as exc:
+                            self._error = exc
+                        continue
+                if self._frame(payload):
                     self._stage = "digest"
                     consumed = end
                     break

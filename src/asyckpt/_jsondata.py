@@ -30,9 +30,6 @@ __all__ = ["NON_FINITE", "json_data"]
 NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
 """The text of each infinity; NaN (which no dict can key) is ``"NaN"``."""
 
-# Type bytes of MessagePack's float32 and float64: data without either holds no float.
-_FLOAT_BYTES = (b"\xca", b"\xcb")
-
 
 def _other(value: Any) -> Any:
     if isinstance(value, msgspec.msgpack.Ext):
@@ -77,8 +74,9 @@ def _walk(value: Any) -> Any:
 def json_data(value: Any, raw: bytes | None = None) -> Any:
     """``value`` as JSON data (dicts, lists, str, int, finite float, bool, None), with the
     replacements above.  ``raw``, the MessagePack ``value`` was decoded from, lets the
-    common case (no floats in it) skip the walk."""
-    if raw is not None and not any(b in raw for b in _FLOAT_BYTES):
+    common case skip the walk: without the type bytes of float32 and float64 (0xca,
+    0xcb) anywhere in it, it holds no float."""
+    if raw is not None and b"\xca" not in raw and b"\xcb" not in raw:
         try:
             return msgspec.to_builtins(value, enc_hook=_other, str_keys=True)
         except TypeError:  # a key with no str form (an array, nil, a boolean)

@@ -112,11 +112,19 @@ class Renderer:
         return p.installed, p.loaded is not None, p.note
 
     def view(self, f: File) -> FileView:
+        return self._view(f, True)
+
+    def text(self, f: File) -> str | None:
+        """What the table appends to the file's name: ``view(f).text``, without making
+        the JSON forms the table does not print."""
+        return self._view(f, False).text
+
+    def _view(self, f: File, for_json: bool) -> FileView:
         if f.data == NO_DATA:
             return FileView(None, None, None, None)
         raw = bytes(f.data)
         try:
-            data = json_data(msgspec.msgpack.decode(raw), raw)
+            decoded = msgspec.msgpack.decode(raw)
         except msgspec.DecodeError as exc:
             return FileView(None, None, "[undecodable record]", f"undecodable record: {exc}")
         name = f.handler
@@ -128,23 +136,27 @@ class Renderer:
                 why = f"the image header lists no handler {name!r}"
             else:
                 why = f"handler {name!r} is {plugin.note if plugin else 'not installed'}"
-            return FileView(data, None, _raw_text(data), f"raw fields: {why}")
+            return _raw_view(json_data(decoded, raw), f"raw fields: {why}")
         loaded = plugin.loaded
         try:
             record = loaded.decode(f.data)
         except Exception as exc:  # the handler's own types and hooks may raise anything
             why = f"it does not decode as {loaded.distribution} {loaded.version}'s record: {exc}"
-            return FileView(data, None, _raw_text(data), f"raw fields: {why}")
+            return _raw_view(json_data(decoded, raw), f"raw fields: {why}")
         rendered = text = None
         try:
-            if loaded.render_json is not None:
+            if for_json and loaded.render_json is not None:
                 rendered = json_data(loaded.render_json(record))
             if loaded.render_text is not None:
                 text = str(loaded.render_text(record))
         except Exception as exc:
             why = f"handler {name!r} failed to render it: {type(exc).__name__}: {exc}"
-            return FileView(data, None, _raw_text(data), f"raw fields: {why}")
-        return FileView(data, rendered, text, None)
+            return _raw_view(json_data(decoded, raw), f"raw fields: {why}")
+        return FileView(json_data(decoded, raw) if for_json else None, rendered, text, None)
+
+
+def _raw_view(data: Any, note: str) -> FileView:
+    return FileView(data, None, _raw_text(data), note)
 
 
 def _raw_text(data: Any) -> str:
@@ -335,7 +347,7 @@ def render_table(image: Image, plugins: Mapping[str, ImagePlugin] | None = None)
         for owner, table in tables:
             for fd, f in image.fds(table):
                 name = f.path + (" (deleted)" if f.deleted else "") + ghost_text(f, image)
-                text = renderer.view(f).text
+                text = renderer.text(f)
                 if text:
                     name += f" {text}"
                 if f.locks or f.owner is not None:
