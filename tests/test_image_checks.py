@@ -268,6 +268,15 @@ def test_a_fifo_is_read_as_it_is_written(tmp_path: Path, image_bytes: bytes) -> 
     assert image == parse_image(image_bytes)
 
 
+def test_show_reads_a_fifo(tmp_path: Path, image_bytes: bytes) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with _writer(fifo, _chunks(image_bytes, 4096)):
+        shown = _show(str(fifo), "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert '"root_pid": 100' in shown.stdout
+
+
 def test_an_endless_stream_stops_at_the_limit(tmp_path: Path) -> None:
     """Valid-looking frames forever (empty ones): the reader stops at its limit."""
     fifo = tmp_path / "fifo"
