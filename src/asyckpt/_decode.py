@@ -4,10 +4,12 @@ Sans-I/O (as h11's parsers): :class:`ImageDecoder` is given the input in pieces 
 size (``feed``), then told it ended (``close``), and returns the verified
 :class:`Image`.  The file or pipe is read at the edge (``_image.read_image``).
 
-Memory: a frame is held only until it is decoded, and a frame is accumulated from the
-bytes that arrive, never allocated from what its length field promises; so besides the
-decoded image, the decoder holds at most the largest frame actually present.  The whole
-input is capped (``limit``), so an endless stream of valid-looking frames ends too.
+Memory: a frame is accumulated from the bytes that arrive, never allocated from what
+its length field promises, and its bytes are dropped once decoded (handler records,
+``msgspec.Raw``, keep a reference to the copy they were decoded from, as part of the
+image); so besides the decoded image, the decoder holds at most what one read brought
+and the largest frame actually present.  The whole input is capped (``limit``), so an
+endless stream of valid-looking frames ends too.
 
 Order of verdicts: the framing (magic, version, frame lengths, the trailer and digest at
 the end) first, then the digest, then the first record that failed a check (records are
