@@ -74,6 +74,8 @@ CRAFTED = [
     ("file-id-zero", _set("file", "id", 0, id=1), "`$.id`"),
     ("negative-pid", _set("task", "pid", -100, pid=100), "`$.pid`"),
     ("huge-uid", _set("task", "uid", 2**40, pid=100), "`$.uid`"),
+    ("size-past-loff_t", _set("file", "size", 2**63, id=9), "`$.size`"),
+    ("content-past-loff_t", _set("content", "offset", 2**63, offset=8192), "`$.offset`"),
     ("nan-timing", _set("trailer", "freezing_ms", math.nan), "`$.freezing_ms`"),
     ("infinite-timing", _set("trailer", "capture_ms", math.inf), "`$.capture_ms`"),
     ("unknown-freezer", _set("header", "freezer", "cgroup-v3"), "freezer 'cgroup-v3'"),

@@ -43,6 +43,8 @@ Id = Annotated[int, msgspec.Meta(ge=1)]
 U32 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)]
 U64 = Annotated[int, msgspec.Meta(ge=0)]
 """Non-negative; MessagePack holds nothing above 2**64 - 1."""
+Offset = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+"""A size or offset in a file: what the kernel's loff_t holds."""
 Pid = Annotated[int, msgspec.Meta(ge=0, le=0x7FFFFFFF)]
 FdNumber = Annotated[int, msgspec.Meta(ge=0, le=0x7FFFFFFF)]
 TtyNr = Annotated[int, msgspec.Meta(ge=-(2**31), le=0xFFFFFFFF)]
@@ -203,7 +205,7 @@ class File(_Record, tag="file", kw_only=True, gc=False):
     gid: U32 = 0
     st_mode: U32 = 0
     nlink: U64 = 0
-    size: U64 = 0
+    size: Offset = 0
     mtime_ns: int = 0
     fdinfo: list[tuple[str, str]] = []
     """fdinfo lines past pos/flags/mnt_id/ino, in kernel order."""
@@ -226,7 +228,7 @@ class File(_Record, tag="file", kw_only=True, gc=False):
     ghost_file: Id | None = None
     """The file whose ``content`` records hold this inode's data (this file, or an earlier
     description of the same inode); None unless ``ghost`` is ``saved``."""
-    allocated: U64 = 0
+    allocated: Offset = 0
     """Bytes allocated on disk (st_blocks * 512): what the ghost limit is compared to."""
     ghost_error: str | None = None
     """Why an unlinked file's content could not be copied (``ghost`` ``failed``), or, for
@@ -248,7 +250,7 @@ class Content(_Record, tag="content", kw_only=True, gc=False):
     its ``file`` record; holes between runs are not stored (format version 2)."""
 
     file: Id
-    offset: U64
+    offset: Offset
     data: bytes
 
 
