@@ -90,7 +90,8 @@ CRAFTED = [
     ("epoll-target-not-an-id", _epoll_target("three"), "targets[].file 'three'"),
     ("file-defined-twice", _insert_after("fd", _by(seed(), "file", id=1), fd=0, file=1),
      "file 1 is defined twice"),
-    ("fd-out-of-order", _set("fd", "fd", 3, file=2), "fd 2 is out of order"),
+    ("fd-out-of-order", _set("fd", "fd", 3, file=2),
+     "fd table 1: fd 2 is out of order (after fd 3)"),
     ("ghost-file-not-saved", _set("file", "ghost_file", 9, id=1), "ghost_file 9 with ghost 'none'"),
 ]  # fmt: skip
 

@@ -277,6 +277,7 @@ class _Body:
         self.contents: dict[int, list[Content]] = {}
         self.records = 0
         self._current: list[Fd] | None = None
+        self._current_id = 0
         self._declared: dict[int, int] = {}
         # The file whose content records may come next (the one just defined), and where
         # its data so far ends.
@@ -297,7 +298,10 @@ class _Body:
             if current is None or rec.file not in self.files:
                 raise ImageCorrupt(f"{name}: fd {rec.fd} refers to an undefined table or file")
             if current and current[-1].fd >= rec.fd:
-                raise ImageCorrupt(f"{name}: fd {rec.fd} is out of order in its fd table")
+                raise ImageCorrupt(
+                    f"{name}: fd table {self._current_id}: fd {rec.fd} is out of order "
+                    f"(after fd {current[-1].fd})"
+                )
             current.append(rec)
         elif cls is File:
             assert isinstance(rec, File)
@@ -319,6 +323,7 @@ class _Body:
             if rec.id in self.fd_tables:
                 raise ImageCorrupt(f"{name}: fd table {rec.id} is defined twice")
             self._current = self.fd_tables[rec.id] = []
+            self._current_id = rec.id
             self.table_owner[rec.id] = rec.owner
             self._declared[rec.id] = rec.count
         elif cls is Task:
