@@ -16,7 +16,8 @@ import pytest
 
 from asyckpt import NoSuchProcess
 from asyckpt._kernel import KCMP_FILE, kcmp, kcmp_files
-from asyckpt._procread import RawFd, _read_table_py, read_fds
+from asyckpt._procread import _read_table_py, read_fds
+from asyckpt._rows import RawFd
 
 from .conftest import Tree
 

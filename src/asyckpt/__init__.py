@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__ as __version__
+
 if TYPE_CHECKING:
     from ._api import CaptureStream as CaptureStream
     from ._api import checkpoint_tree as checkpoint_tree
@@ -69,8 +71,6 @@ if TYPE_CHECKING:
     from ._watch import Look as Look
     from ._watch import WatchEvent as WatchEvent
     from ._watch import watch as watch
-
-__version__ = "0.1.0"
 
 _LAZY = {
     "CaptureStream": "._api",

@@ -19,21 +19,16 @@ from ._errors import raise_collapsed
 from ._image import ImageWriter
 from ._plugins.dispatch import Dispatch
 from ._records import FORMAT_VERSION, Header, Trailer
+from ._version import __version__
 
 __all__ = ["CaptureStream", "checkpoint_tree", "open_capture"]
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 def make_header(summary: CaptureSummary) -> Header:
     uname = platform.uname()
     return Header(
         format_version=FORMAT_VERSION,
-        asyckpt_version=_version(),
+        asyckpt_version=__version__,
         kernel=uname.release,
         machine=uname.machine,
         hostname=socket.gethostname(),

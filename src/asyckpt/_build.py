@@ -66,7 +66,7 @@ from ._procparse import (
     parse_lock,
     parse_mountinfo,
 )
-from ._procread import RawRow, ScanRow, TaskMeta
+from ._procread import TaskMeta
 from ._records import (
     NO_DATA,
     Content,
@@ -80,6 +80,7 @@ from ._records import (
     Task,
     Thread,
 )
+from ._rows import DedupRows, RawRow, ScanRow
 
 __all__ = [
     "BodyRecord",
@@ -118,30 +119,6 @@ _DELETED = " (deleted)"
 
 Ref = tuple[int, int]
 """(tid, fd): how kcmp names an fd."""
-
-DedupRows = Callable[
-    [
-        list[ScanRow],
-        int,
-        dict[int, Any],
-        dict[int, Any],
-        dict[Any, list[Any]],
-        int,
-        dict[int, list[bytes]],
-    ],
-    tuple[
-        list[tuple[int, bool, int, Any]] | None,
-        list[int] | None,
-        int,
-        int,
-        int,
-        tuple[int, int, int] | None,
-    ],
-]
-"""_fdscan.dedup_rows: (rows, tid, hints, seen, buckets, file_count, more_locks) ->
-(entries, new row indexes, file_count, hint hits, compares, kcmp error (errno, pid, fd) or
-None); the fdinfo of an fd of a description seen before that lists locks is appended to
-``more_locks[file_id]``, as the Python loop does."""
 
 RunAsync = Callable[..., Any]
 """Runs ``async_fn(*args)`` to completion from the resolver's worker thread."""
@@ -211,7 +188,7 @@ class TaskScan(NamedTuple):
     tables: tuple[tuple[int, int, list[ScanRow] | None], ...]
     """(tid, table id, fds) for each table in ``plan.scan``; None if its task exited.
     An fd the scan found shared with the parent's fd of the same number is an
-    :data:`~asyckpt._procread.InheritedRow`, resolved from the parent's table."""
+    :data:`~asyckpt._rows.InheritedRow`, resolved from the parent's table."""
 
 
 class NewFile:

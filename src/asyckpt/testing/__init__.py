@@ -46,8 +46,8 @@ from .._plugins.loaded import LoadedHandler
 from .._plugins.loading import ImagePlugin, load_handlers
 from .._plugins.session import CaptureSession, CaptureTree, HandlerContext
 from .._procparse import FdInfo, parse_fdinfo
-from .._procread import stat_fields
 from .._records import FORMAT_VERSION, Fd, FdTable, File, FileType, Header, Task, Trailer
+from .._rows import stat_fields
 from .._show import Renderer, to_json_doc
 from .._validate import check_file
 
