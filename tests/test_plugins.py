@@ -20,7 +20,7 @@ from asyckpt import CaptureOptions, Device, FdFacts, HandlerContext, PluginError
 from asyckpt._plugins.dispatch import Dispatch, PluginConflictWarning
 from asyckpt._plugins.loading import installed_handlers, load_handlers
 from asyckpt._records import NO_DATA
-from asyckpt.handlers import LinkHandler, LinkRecord
+from asyckpt.handlers.link import LinkHandler, LinkRecord
 from asyckpt.testing import (
     capture_fd,
     dispatch_with,
