@@ -92,9 +92,9 @@ SCAN_THREADS = max(1, min(2, len(os.sched_getaffinity(0)) - 1))
 at most two.  The C reader releases the GIL for a whole table, so they run in parallel
 with each other and with the resolver; more threads than cores only add contention.  On
 two cores one reader is faster than two: with two, three threads share the cores, the
-resolver (the critical path once the reader is ahead) loses its core to them about a
-sixth of the time, and the readers slow each other down in the kernel (measured: frozen
-window 10 ms shorter, scan CPU 10 ms less, for the 27k-fd benchmark tree)."""
+resolver (the critical path once the reader is ahead) loses its core to them part of
+the time, and the readers slow each other down in the kernel (docs/performance.md,
+"Design choices, measured")."""
 
 BATCH_BUFFER = 8
 """Task batches the channel holds before the builder waits for its consumer.  Small, so
@@ -251,7 +251,7 @@ async def _frozen(
 ) -> AsyncIterator[None]:
     """Frozen for the block.  ``after_thaw``, when the block ended normally, runs in a
     thread of its own once the tree is thawed, while the tasks are moved back to their
-    cgroups (kernel work: about 0.5 ms per task, that need not wait)."""
+    cgroups (kernel work for each task, that need not wait)."""
     done = False
     try:
         if freezer.consistent:
@@ -494,8 +494,7 @@ SWITCH_INTERVAL = 0.0005
 """The interpreter's switch interval (seconds) during a tuned capture, instead of the
 default 5 ms.  A fd reader that ends a table in C needs the GIL to hand its rows over,
 and the resolver, pure Python, holds it until the interval forces a switch: with one
-reader on two cores, it is the reader that is on the critical path while frozen.
-Measured on the 27k-fd benchmark tree: about 10 ms less frozen."""
+reader on two cores, it is the reader that is on the critical path while frozen."""
 
 _tunings = 0
 _gc_was_enabled = False
@@ -510,9 +509,8 @@ def _tuned() -> Iterator[None]:
     included: the last to leave restores them as the first found them).
 
     The collector's passes each walk every object the capture holds (rows, records:
-    several hundred thousand), again and again as they pile up, a third of the
-    resolver's time while the tree is frozen; reference counting frees nearly all of
-    them anyway."""
+    several hundred thousand), again and again as they pile up, taking the resolver's
+    time while the tree is frozen; reference counting frees nearly all of them anyway."""
     global _tunings, _gc_was_enabled, _switch_was
     with _tuning_lock:
         if _tunings == 0:
@@ -551,9 +549,9 @@ async def _scan_and_resolve(plans: list[TaskPlan], builder: RecordBuilder) -> li
     work = iter([list(enumerate(plans))[i : i + chunk] for i in range(0, len(plans), chunk)])
 
     # Each worker is one thread for all its chunks, handing each chunk's scans to the
-    # event loop without waiting for it: a thread hop per chunk made the reader wait,
-    # between chunks, for the event loop, which itself waits for the resolver's GIL
-    # (about 30 ms of the frozen window, for the 27k-fd benchmark tree).  The channel
+    # event loop without waiting for it: with a thread hop per chunk the reader would
+    # wait, between chunks, for the event loop, which itself waits for the resolver's
+    # GIL, and the reader is the critical path while frozen.  The channel
     # is bounded by credits the reader takes in its own thread before reading a chunk
     # and the resolver gives back as it takes chunks: a credit held is a place in the
     # channel, so a delivery never finds it full, and the reader waits (without the

@@ -64,7 +64,7 @@ def installed_handlers() -> list[Installed]:
     """Every entry point of ``asyckpt.fd_types``, sorted by name, then distribution."""
     out = []
     # Name and version come from the distribution's METADATA, which every access parses
-    # again: once per distribution, not twice per handler (a third of loading them).
+    # again: read once per distribution, not twice per handler.
     about: dict[int, tuple[str, str]] = {}
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist, version = "?", "?"
