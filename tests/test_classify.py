@@ -208,7 +208,7 @@ ROW_CASES = [
 def test_row_facts_equals_fd_facts(
     mode: int, link: str, nlink: int, root: str, rest: bytes
 ) -> None:
-    from asyckpt._build import fd_facts, row_facts
+    from asyckpt._facts import fd_facts, row_facts
     from asyckpt._plugins.contract import FdFacts, StatInfo
     from asyckpt._procparse import FdInfo, parse_fdinfo_rest
 

@@ -215,6 +215,8 @@ LAYERS: list[tuple[str, set[str]]] = [
             "asyckpt._plugins.dispatch",
             "asyckpt._plugins.loading",
             "asyckpt.handlers",
+            "asyckpt._facts",
+            "asyckpt._parts",
             "asyckpt._build",
             "asyckpt._begins",
             "asyckpt._capture",

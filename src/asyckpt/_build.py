@@ -30,20 +30,16 @@ import errno
 import os
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 import msgspec
 
 from ._classify import (
     O_ASYNC,
     access_mode,
-    kernel_kind,
     owner_matters,
-    split_deleted,
-    task_relative_path,
 )
 from ._dedup import KcmpIndex
-from ._discover import TaskPlan
 from ._errors import (
     AsyckptError,
     HandlerFailed,
@@ -51,22 +47,21 @@ from ._errors import (
     StrictViolation,
     translate_oserror,
 )
+from ._facts import row_facts
 from ._ghost import DEFAULT_GHOST_LIMIT, Ghost, GhostSpool
+from ._parts import GenericFd, NewFile, TaskPart, TaskScan
 from ._paths import PathChecker
-from ._plugins.contract import FdFacts, LinkRef, StatInfo
+from ._plugins.contract import FdFacts, LinkRef
 from ._plugins.dispatch import Dispatch
 from ._plugins.links import CaptureLinks
 from ._plugins.loaded import LoadedHandler
 from ._plugins.session import CaptureSession, CaptureTree, HandlerContext
 from ._procparse import (
-    FdInfo,
     lock_texts,
     merge_lock_texts,
-    parse_fdinfo_rest,
     parse_lock,
     parse_mountinfo,
 )
-from ._procread import TaskMeta
 from ._records import (
     NO_DATA,
     Content,
@@ -82,15 +77,7 @@ from ._records import (
 )
 from ._rows import DedupRows, RawRow, ScanRow
 
-__all__ = [
-    "BodyRecord",
-    "RecordBuilder",
-    "TaskPart",
-    "TaskScan",
-    "fd_facts",
-    "materialize",
-    "row_facts",
-]
+__all__ = ["BodyRecord", "RecordBuilder", "materialize"]
 
 BodyRecord = MountTable | FdTable | File | Content | Fd | Task
 
@@ -101,21 +88,6 @@ OWNER_TYPES = {0: "tid", 1: "pid", 2: "pgrp"}
 # (pidfd_getfd), since the scan.
 _VANISHED = frozenset({errno.ESRCH, errno.EBADF})
 
-_tuple_new: Any = tuple.__new__
-_S_IFMT = 0o170000
-# kernel_kind's answer by file type, where the link text cannot change it (anon_inode:
-# and pidfd: links, and a FIFO's path, are left to kernel_kind itself).
-_FMT_KINDS = {
-    0o100000: "reg",
-    0o040000: "dir",
-    0o120000: "link",
-    0o010000: "pipe",
-    0o140000: "socket",
-    0o020000: "chr",
-    0o060000: "blk",
-}
-_ANON_PREFIXES = ("anon_inode:", "pidfd:")
-_DELETED = " (deleted)"
 
 Ref = tuple[int, int]
 """(tid, fd): how kcmp names an fd."""
@@ -130,152 +102,6 @@ def _trio_run_async(async_fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
     import trio
 
     return trio.from_thread.run(async_fn, *args)
-
-
-def fd_facts(
-    pid: int, tid: int, fd: int, link: str, st: StatInfo, fdinfo: FdInfo, root: str
-) -> FdFacts:
-    """What a handler is told about one fd, from what the scan read."""
-    path, deleted = split_deleted(link, st.st_nlink)
-    return FdFacts(
-        pid,
-        tid,
-        fd,
-        kernel_kind(st.st_mode, link),
-        link,
-        task_relative_path(path, root),
-        deleted,
-        st,
-        fdinfo,
-    )
-
-
-def row_facts(pid: int, tid: int, raw: RawRow, root: str) -> FdFacts:
-    """:func:`fd_facts` of a scan row: equal, but made once per new description while
-    frozen, so the named tuples are made with tuple.__new__ (their generated __new__ is
-    a Python call each) and the pure helpers are asked only off their common path."""
-    fd, link, mode = raw[0], raw[1], raw[2]
-    raw_rest = raw[15]
-    kind = _FMT_KINDS.get(mode & _S_IFMT)
-    if (
-        kind is None
-        or link.startswith(_ANON_PREFIXES)
-        or (kind == "pipe" and not link.startswith("pipe:["))
-    ):
-        kind = kernel_kind(mode, link)
-    if link[:1] == "/" and (link.endswith(_DELETED) or raw[6] == 0):
-        path, deleted = split_deleted(link, raw[6])
-    else:
-        path, deleted = link, False
-    if root != "/":
-        path = task_relative_path(path, root)
-    fdinfo = _tuple_new(
-        FdInfo,
-        (raw[12], raw[13], raw[14], raw[4], parse_fdinfo_rest(raw_rest) if raw_rest else ()),
-    )
-    facts: FdFacts = _tuple_new(
-        FdFacts,
-        (pid, tid, fd, kind, link, path, deleted, _tuple_new(StatInfo, raw[2:12]), fdinfo),
-    )
-    return facts
-
-
-class TaskScan(NamedTuple):
-    """What the concurrent phase read for one task: its new fd tables."""
-
-    seq: int
-    plan: TaskPlan
-    tables: tuple[tuple[int, int, list[ScanRow] | None], ...]
-    """(tid, table id, fds) for each table in ``plan.scan``; None if its task exited.
-    An fd the scan found shared with the parent's fd of the same number is an
-    :data:`~asyckpt._rows.InheritedRow`, resolved from the parent's table."""
-
-
-class NewFile:
-    """A description seen for the first time, with what its handler made of it.
-
-    Mutable (unlike the rest of a TaskPart): :meth:`RecordBuilder.finish` replaces the
-    record by its encoding, or the handler by None when finishing fails, in place.
-    """
-
-    __slots__ = (
-        "data",
-        "deleted",
-        "error",
-        "fdinfo",
-        "flags",
-        "ghost",
-        "handler",
-        "id",
-        "io_owner",
-        "kind",
-        "more_locks",
-        "owner",
-        "owner_error",
-        "path",
-        "path_state",
-        "raw",
-    )
-
-    def __init__(
-        self,
-        id: int,
-        raw: RawRow,
-        owner: tuple[int, int],
-        flags: int,
-        kind: str,
-        path: str,
-        deleted: bool,
-        handler: str | None,
-        data: msgspec.Struct | msgspec.Raw | None,
-        error: str | None,
-        io_owner: Owner | None = None,
-    ) -> None:
-        self.id = id
-        self.raw = raw
-        self.owner = owner
-        """(pid, fd) of the fd it was first seen through: what errors name."""
-        self.flags = flags
-        self.kind = kind
-        self.path = path
-        self.deleted = deleted
-        self.handler = handler
-        self.data = data
-        """The handler's record, encoded by :meth:`RecordBuilder.finish` after the thaw;
-        None if generic."""
-        self.error = error
-        self.ghost: Ghost | None = None
-        """An unlinked regular file's content outcome (``_ghost``)."""
-        self.fdinfo: tuple[tuple[str, str], ...] = ()
-        """The fdinfo lines past the common ones, parsed (as the handler saw them)."""
-        self.path_state = "unchecked"
-        """Set after the thaw by :class:`_paths.PathChecker`."""
-        self.io_owner = io_owner
-        self.owner_error: str | None = None
-        """Why the I/O owner could not be read (``io_owner`` is then None)."""
-        self.more_locks: list[str] | None = None
-        """``lock:`` lines of the description's other fds (a POSIX lock shows only in
-        the fdinfo of its owner's fds), set by :meth:`RecordBuilder.finish`."""
-
-
-class TaskPart(NamedTuple):
-    """One task, resolved: everything :func:`materialize` needs, and nothing live."""
-
-    plan: TaskPlan
-    meta: TaskMeta
-    mountinfo: str | None
-    """The mount table of the task's namespace, when this task is the first in it."""
-    tables: list[tuple[int, int, list[tuple[int, bool, int, NewFile | None]]]]
-    """(tid, table id, [(fd, cloexec, file id, NewFile if first seen here)])."""
-    threads: tuple[tuple[int, int | None], ...]
-    """(tid, fd table id) of every thread, the leader first."""
-
-
-class GenericFd(NamedTuple):
-    pid: int
-    fd: int
-    kind: str
-    error: str | None
 
 
 class RecordBuilder:

@@ -70,7 +70,7 @@ import msgspec
 import trio
 
 from ._begins import run_begin
-from ._build import BodyRecord, GenericFd, RecordBuilder, TaskPart, TaskScan, materialize
+from ._build import BodyRecord, RecordBuilder, materialize
 from ._discover import TaskPlan, check_target, plan_tables, walk_tree
 from ._errors import FreezerError, NoSuchProcess, collapse_errors
 from ._freeze import Freezer, choose_freezer
@@ -78,6 +78,7 @@ from ._ghost import CONTENT_CHUNK, DEFAULT_GHOST_LIMIT, Chunk, GhostNote
 from ._guardian import Guardian, take_guardian
 from ._kernel import dedup_rows, kcmp_files
 from ._order import Reorderer
+from ._parts import GenericFd, TaskPart, TaskScan
 from ._plugins.dispatch import Dispatch
 from ._plugins.loading import load_handlers
 from ._plugins.session import CaptureSession

@@ -36,8 +36,8 @@ from typing import Any, NamedTuple, cast, get_args
 
 import msgspec
 
-from .._build import fd_facts
 from .._errors import PluginError
+from .._facts import fd_facts
 from .._image import Image, ImageWriter, read_image
 from .._plugins.contract import FdFacts, LinkRef, StatInfo
 from .._plugins.dispatch import Dispatch
