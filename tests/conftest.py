@@ -153,10 +153,26 @@ def shared_workloads() -> Path:
     return SHARED_WORKLOADS
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _run_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The session's own run directory (locks, undo plans), for asyckpt in this process
+    and every asyckpt it starts: other test runs' captures are not this one's to wait for
+    or recover."""
+    path = tmp_path_factory.mktemp("run")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ASYCKPT_RUN_DIR", str(path))
+        yield path
+
+
 @pytest.fixture(autouse=True)
-def _no_leftover_cgroups() -> Iterator[None]:
+def _no_leftover_cgroups(_run_dir: Path) -> Iterator[None]:
     before = set(asyckpt_cgroups())
     yield
+    # A capture that ended, however it ended, leaves no undo plan behind.
+    plans = sorted(_run_dir.glob("*.plan"))
+    for plan in plans:
+        plan.unlink()
+    assert not plans, f"asyckpt left undo plans behind: {plans}"
     after = set(asyckpt_cgroups()) - before
     for cg in after:
         _force_release(cg)

@@ -29,16 +29,29 @@ import errno
 import os
 import select
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from ._errors import AccessDenied, FreezerError, translate_oserror
+from ._escape import escape
 from ._procparse import TaskStat, parse_cgroup, parse_cgroup_events, parse_mountinfo
+from ._rundir import acquire_locks, alive, list_plans, parse_plan
+from ._scope import (
+    PlanRef,
+    Protected,
+    refuse_busy,
+    refuse_holding,
+    refuse_in_tree,
+    refuse_stranded,
+    transient_name,
+    transient_owner,
+)
 
 if TYPE_CHECKING:
     from ._guardian import Guardian
+    from ._rundir import Locks
 
-__all__ = ["FREEZER_MODES", "Freezer", "choose_freezer", "wait_frozen"]
+__all__ = ["FREEZER_MODES", "Freezer", "choose_freezer", "claim_freezer", "wait_frozen"]
 
 FREEZER_MODES = ("auto", "cgroup-v1", "cgroup-v2", "none")
 """The fixed modes; ``cgroup:PATH`` is the other form."""
@@ -72,6 +85,10 @@ class Hierarchy:
 
     def path_of(self, rel: str) -> str:
         return self.mount + (rel if rel != "/" else "")
+
+    def rel_of(self, path: str) -> str:
+        """The inverse of :meth:`path_of`, for a path inside the mount."""
+        return (path[len(self.mount) :] if self.mount != "/" else path) or "/"
 
     def cgroup_of(self, pid: int) -> str:
         """The cgroup of ``pid`` in this hierarchy, relative to the mount."""
@@ -203,6 +220,13 @@ class Freezer:
         self.frozen_ms = 0.0
         self._frozen_at: float | None = None
         self.guardian: Guardian | None = None
+        self.locks: Locks | None = None
+
+    def close(self) -> None:
+        """Let other captures at the tree's hierarchies: after :meth:`release` (or when
+        nothing was changed).  Idempotent."""
+        if self.locks is not None:
+            self.locks.release()
 
     def _note(self, *step: object) -> None:
         if self.guardian is not None:
@@ -329,7 +353,7 @@ class TransientFreezer(_CgroupFreezer):
 
     def prepare(self, root_pid: int) -> None:
         self._root_pid = root_pid
-        path = self.h.path_of(f"/asyckpt-{os.getpid()}-{root_pid}")
+        path = self.h.path_of(transient_name(os.getpid(), root_pid))
         fallback = self.h.path_of(self.h.cgroup_of(root_pid)) + "/cgroup.procs"
         self._note("fallback", fallback)
         self._note("members", f"{path}/cgroup.procs")
@@ -337,7 +361,12 @@ class TransientFreezer(_CgroupFreezer):
         try:
             os.mkdir(path)
         except FileExistsError:
-            pass  # left by an earlier asyckpt of this same pid that died: reuse it
+            # Left by an earlier asyckpt with this pid that died: its tasks, if any, are
+            # not this tree's to move.
+            raise FreezerError(
+                f"{escape(path)} exists already, left by a capture that died: run "
+                "'asyckpt recover', then capture again"
+            ) from None
         except PermissionError:
             raise AccessDenied(
                 f"cannot create a cgroup under {self.h.mount}: run as root, or use --freeze=none"
@@ -357,7 +386,7 @@ class TransientFreezer(_CgroupFreezer):
 
     def add(self, pids: Iterable[int]) -> list[int]:
         assert self._path is not None
-        here = self._path[len(self.h.mount) :] if self.h.mount != "/" else self._path
+        here = self.h.rel_of(self._path)
         gone = []
         for pid in pids:
             try:
@@ -479,10 +508,8 @@ def _cgroup_path_mode(
     return InPlaceFreezer(h, path)
 
 
-def choose_freezer(mode: str, tree: list[TaskStat]) -> Freezer:
-    """The freezer for ``mode`` and the tree (pre-order, root first); see the module doc."""
-    if mode == "none":
-        return Freezer()
+def _checked_mode(mode: str) -> tuple[Hierarchy | None, Hierarchy | None]:
+    """The hierarchies, once ``mode`` is known and may be used by this user."""
     if mode not in FREEZER_MODES and not mode.startswith("cgroup:"):
         raise FreezerError(
             f"unknown freezer {mode!r}; choose auto, cgroup:PATH, cgroup-v1, cgroup-v2 or none"
@@ -491,10 +518,120 @@ def choose_freezer(mode: str, tree: list[TaskStat]) -> Freezer:
         v1, v2 = _hierarchies()
     except OSError as exc:
         raise translate_oserror(exc, what="reading mounts") from exc
+    if not mode.startswith("cgroup:") and os.geteuid() != 0:
+        raise AccessDenied("freezing needs root; use --freeze=none to capture unfrozen")
+    return v1, v2
+
+
+def choose_freezer(mode: str, tree: list[TaskStat], protect: Sequence[Protected] = ()) -> Freezer:
+    """The freezer for ``mode`` and the tree (pre-order, root first); see the module doc.
+    Refuses a scope that would hold one of ``protect`` (asyckpt, its guardian, their
+    ancestors).  Takes no lock: :func:`claim_freezer` is what a capture uses."""
+    if mode == "none":
+        return Freezer()
+    v1, v2 = _checked_mode(mode)
+    freezer = _choose(mode, tree, v1, v2)
+    _refuse_holding_self(freezer, tree, protect)
+    return freezer
+
+
+def claim_freezer(
+    mode: str,
+    tree: list[TaskStat],
+    *,
+    protect: Sequence[Protected] = (),
+    lock_timeout: float,
+    check: Callable[[], None] = lambda: None,
+) -> Freezer:
+    """:func:`choose_freezer`, holding the locks of the hierarchies ``mode`` may touch
+    until :meth:`Freezer.close`, and refusing a tree that another capture holds, or that
+    a dead one left behind (see ``_scope``).  Waits up to ``lock_timeout`` seconds for
+    another capture to finish; ``check`` is called meanwhile, and raises to stop."""
+    if mode == "none":
+        return Freezer()
+    v1, v2 = _checked_mode(mode)
+    locks = acquire_locks(_lock_names(mode, v1, v2), lock_timeout, check)
+    try:
+        _refuse_others(tree, v1, v2)
+        freezer = _choose(mode, tree, v1, v2)
+        _refuse_holding_self(freezer, tree, protect)
+    except BaseException:
+        locks.release()
+        raise
+    freezer.locks = locks
+    return freezer
+
+
+def _lock_names(mode: str, v1: Hierarchy | None, v2: Hierarchy | None) -> list[str]:
+    """The hierarchies a capture in ``mode`` may move tasks in or freeze: both for
+    ``auto``, which picks one only once it has looked."""
+    found = [h for h in (v1, v2) if h is not None]
+    if mode.startswith("cgroup:"):
+        path = os.path.realpath(mode[len("cgroup:") :])
+        found = [h for h in found if path == h.mount or path.startswith(h.mount + "/")]
+    elif mode != "auto":
+        found = [h for h in found if h.name == mode]
+    return [h.name for h in found]
+
+
+def _refuse_others(tree: list[TaskStat], v1: Hierarchy | None, v2: Hierarchy | None) -> None:
+    """Refuse a tree with a task in another capture's transient cgroup, or named by the
+    plan of a capture that died."""
+    places: dict[int, list[str]] = {}
+    for t in tree:
+        if t.state == "Z":
+            continue
+        for h in (v1, v2):
+            if h is None:
+                continue
+            try:
+                rel = h.cgroup_of(t.pid)
+            except (FileNotFoundError, ProcessLookupError, KeyError):
+                continue  # exited since the walk, or not in this hierarchy
+            owner = transient_owner(rel)
+            if owner is not None:
+                refuse_busy(t.pid, h.path_of(rel), owner, os.path.exists(f"/proc/{owner}"))
+            places.setdefault(t.pid, []).append(h.path_of(rel))
+    refuse_stranded(places, _dead_plans())
+
+
+def _dead_plans() -> Iterator[PlanRef]:
+    """What the plans of dead captures name (an unreadable one is ``recover``'s to
+    report)."""
+    for found in list_plans(dead_only=True):
+        try:
+            plan = parse_plan(found.data)
+        except ValueError:
+            continue
+        yield PlanRef(
+            path=found.path,
+            owner=found.owner.pid,
+            guardian_alive=plan.guardian is not None and alive(plan.guardian),
+            pids=frozenset(int(str(s[1])) for s in plan.steps if s[0] == "origin"),
+            cgroups=frozenset(os.path.dirname(str(s[1])) for s in plan.steps if s[0] == "thaw"),
+        )
+
+
+def _refuse_holding_self(
+    freezer: Freezer, tree: list[TaskStat], protect: Sequence[Protected]
+) -> None:
+    if isinstance(freezer, InPlaceFreezer):
+        h = freezer.h
+        assert freezer.cgroup is not None
+        placed = {}
+        for who in protect:
+            try:
+                placed[who] = h.cgroup_of(who.pid)
+            except (FileNotFoundError, ProcessLookupError, KeyError):
+                continue
+        refuse_holding(freezer.cgroup, h.rel_of(freezer.cgroup), placed)
+    elif freezer.consistent:
+        refuse_in_tree({t.pid for t in tree}, protect)
+
+
+def _choose(mode: str, tree: list[TaskStat], v1: Hierarchy | None, v2: Hierarchy | None) -> Freezer:
     if mode.startswith("cgroup:"):
         return _cgroup_path_mode(mode[len("cgroup:") :], tree, v1, v2)
-    if os.geteuid() != 0:
-        raise AccessDenied("freezing needs root; use --freeze=none to capture unfrozen")
     if mode == "auto":
         for h in (v2, v1):
             if h is not None:
