@@ -164,6 +164,12 @@ def _run_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield path
 
 
+@pytest.fixture
+def run_dir(_run_dir: Path) -> Path:
+    """The session's run directory (see ``_run_dir``)."""
+    return _run_dir
+
+
 @pytest.fixture(autouse=True)
 def _no_leftover_cgroups(_run_dir: Path) -> Iterator[None]:
     before = set(asyckpt_cgroups())

@@ -448,7 +448,7 @@ class TransientFreezer(_CgroupFreezer):
             raise FreezerError("could not restore the tree: " + "; ".join(errors))
 
 
-def _hierarchies() -> tuple[Hierarchy | None, Hierarchy | None]:
+def hierarchies() -> tuple[Hierarchy | None, Hierarchy | None]:
     """(v1 freezer, v2) as this process sees them."""
     v1 = v2 = None
     for m in parse_mountinfo(_read("/proc/self/mountinfo").decode()):
@@ -515,7 +515,7 @@ def _checked_mode(mode: str) -> tuple[Hierarchy | None, Hierarchy | None]:
             f"unknown freezer {mode!r}; choose auto, cgroup:PATH, cgroup-v1, cgroup-v2 or none"
         )
     try:
-        v1, v2 = _hierarchies()
+        v1, v2 = hierarchies()
     except OSError as exc:
         raise translate_oserror(exc, what="reading mounts") from exc
     if not mode.startswith("cgroup:") and os.geteuid() != 0:
