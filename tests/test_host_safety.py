@@ -309,15 +309,15 @@ def frozen_in(owner: int, root: int) -> Path:
     raise AssertionError(f"no transient cgroup of asyckpt pid {owner}")
 
 
-@pytest.mark.parametrize("freeze", ["cgroup-v1", "cgroup-v2"])
-def test_recover_after_asyckpt_and_its_guardian_are_killed(
-    freeze: str, zoo: Tree, tmp_path: Path, run_dir: Path
-) -> None:
-    before = cgroups(zoo)
+def kill_both_while_frozen(
+    tree: Tree, freeze: str, tmp_path: Path, run_dir: Path
+) -> tuple[int, Path]:
+    """Run a capture that stalls while the tree is frozen, then SIGKILL its guardian and
+    itself; returns the dead asyckpt's pid and its plan."""
     script = tmp_path / "stalled.py"
     script.write_text(STALLED)
     owner = subprocess.Popen(
-        [sys.executable, str(script), str(zoo.pid), str(tmp_path / "x.ackpt"), freeze],
+        [sys.executable, str(script), str(tree.pid), str(tmp_path / "x.ackpt"), freeze],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -328,6 +328,7 @@ def test_recover_after_asyckpt_and_its_guardian_are_killed(
         header = json.loads(plan.read_text().splitlines()[0])
         assert header["owner"][0] == owner.pid
         guardian = header["guardian"][0]
+        # The guardian first: killed, it runs no more code, so it undoes nothing.
         os.kill(guardian, signal.SIGKILL)
         os.kill(owner.pid, signal.SIGKILL)
     finally:
@@ -338,7 +339,16 @@ def test_recover_after_asyckpt_and_its_guardian_are_killed(
     deadline = time.monotonic() + 10
     while os.path.exists(f"/proc/{guardian}") and time.monotonic() < deadline:
         time.sleep(0.01)  # its new parent reaps it
-    cg = frozen_in(owner.pid, zoo.pid)
+    return owner.pid, plan
+
+
+@pytest.mark.parametrize("freeze", ["cgroup-v1", "cgroup-v2"])
+def test_recover_after_asyckpt_and_its_guardian_are_killed(
+    freeze: str, zoo: Tree, tmp_path: Path, run_dir: Path
+) -> None:
+    before = cgroups(zoo)
+    owner, plan = kill_both_while_frozen(zoo, freeze, tmp_path, run_dir)
+    cg = frozen_in(owner, zoo.pid)
     assert is_frozen(cg)
     plan_text = plan.read_text()
 
@@ -348,26 +358,71 @@ def test_recover_after_asyckpt_and_its_guardian_are_killed(
 
     proc = run("recover", "--dry-run")
     assert proc.returncode == 0, proc.stderr
-    assert f"{plan}: the capture by asyckpt pid {owner.pid} and its guardian died" in proc.stdout
+    assert f"{plan}: the capture by asyckpt pid {owner} and its guardian died" in proc.stdout
     for pid in zoo.pids():
         assert f"  would move pid {pid} to " in proc.stdout
     assert f"  would remove {cg}\n" in proc.stdout
-    assert proc.stdout.endswith("would put back 1 capture; nothing was changed (--dry-run)\n")
+    assert proc.stdout.endswith("nothing was changed (--dry-run)\n")
     assert is_frozen(cg) and plan.read_text() == plan_text
     assert {int(p) for p in (cg / "cgroup.procs").read_text().split()} == set(zoo.pids())
 
     proc = run("recover")
     assert proc.returncode == 0, proc.stderr
     assert f"  removed {cg}\n  removed the plan\n" in proc.stdout
-    assert proc.stdout.endswith("put back 1 capture\n")
     assert not plan.exists()
     assert_back_where_it_was(before)
 
-    # Nothing is left to recover, and the tree can be captured again.
+    # Nothing of it is left to recover, and the tree can be captured again.
     proc = run("recover")
-    assert (proc.returncode, proc.stdout) == (0, "nothing to recover\n")
+    assert proc.returncode == 0 and str(plan) not in proc.stdout and str(cg) not in proc.stdout
     proc = run("tree", str(zoo.pid), "-q", "-o", str(tmp_path / "y.ackpt"))
     assert proc.returncode == 0, proc.stderr
+
+
+def test_recover_a_cgroup_frozen_in_place(
+    zoo: Tree, make_cgroup: Any, tmp_path: Path, run_dir: Path
+) -> None:
+    cg = make_cgroup(2)
+    move_into(cg, zoo.pids())
+    owner, plan = kill_both_while_frozen(zoo, f"cgroup:{cg}", tmp_path, run_dir)
+    assert is_frozen(cg)
+
+    # Even in auto mode (which would leave a frozen cgroup frozen, as found).
+    proc = run("tree", str(zoo.pid), "-o", str(tmp_path / "y.ackpt"))
+    line = one_line_error(proc, 7, f"a capture by asyckpt pid {owner} died and left an undo plan")
+    assert f"({plan}): run 'asyckpt recover'" in line
+
+    proc = run("recover", "--dry-run")
+    assert f"  would thaw {cg}/cgroup.freeze\n" in proc.stdout
+    assert is_frozen(cg) and plan.exists()
+
+    proc = run("recover")
+    assert proc.returncode == 0, proc.stderr
+    assert f"  thawed {cg}/cgroup.freeze\n  removed the plan\n" in proc.stdout
+    assert not is_frozen(cg) and not plan.exists()
+    assert {int(p) for p in (cg / "cgroup.procs").read_text().split()} == set(zoo.pids())
+    assert all(task_state(p) in "SR" for p in zoo.pids())
+
+
+def test_recover_waits_for_a_live_guardian_and_drops_empty_plans(run_dir: Path) -> None:
+    """A dead owner whose guardian still runs is the guardian's to finish; a plan with
+    no header was made by an owner that died before its first step."""
+    dead = Identity(4194999, 1)  # above any pid_max: never alive
+    me = [os.getpid(), int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])]
+    busy = run_dir / f"{dead.pid}-{dead.starttime}-0.plan"
+    busy.write_text(json.dumps({"plan": 1, "owner": list(dead), "guardian": me}) + "\n")
+    empty = run_dir / f"{dead.pid}-{dead.starttime}-1.plan"
+    empty.write_text("")
+    try:
+        proc = run("recover")
+        assert proc.returncode == 0, proc.stderr
+        assert f"{busy}: its guardian (pid {os.getpid()}) is putting the tree back\n" in (
+            proc.stdout
+        )
+        assert f"{empty}: empty, nothing was changed: removed\n" in proc.stdout
+        assert busy.exists() and not empty.exists()
+    finally:
+        busy.unlink()
 
 
 def test_recover_leaves_an_unsafe_plan_alone(run_dir: Path) -> None:
