@@ -62,9 +62,10 @@ import msgspec
 import trio
 
 from ._build import BodyRecord, GenericFd, RecordBuilder, TaskPart, TaskScan, materialize
+from ._claim import claim_freezer
 from ._discover import TaskPlan, check_target, own_lineage, plan_tables, walk_tree
 from ._errors import FreezerError, NoSuchProcess, collapse_errors
-from ._freeze import Freezer, claim_freezer
+from ._freeze import Freezer
 from ._ghost import CONTENT_CHUNK, DEFAULT_GHOST_LIMIT, Chunk, GhostNote
 from ._guardian import Guardian, take_guardian
 from ._kernel import dedup_rows, kcmp_files
