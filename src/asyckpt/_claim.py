@@ -34,7 +34,7 @@ from ._scope import (
     transient_owner,
 )
 
-__all__ = ["choose_freezer", "claim_freezer"]
+__all__ = ["claim_freezer"]
 
 
 def _common_cgroup(h: Hierarchy, tree: list[TaskStat]) -> str | None:
@@ -101,18 +101,6 @@ def _checked_mode(mode: str) -> tuple[Hierarchy | None, Hierarchy | None]:
     return v1, v2
 
 
-def choose_freezer(mode: str, tree: list[TaskStat], protect: Sequence[Protected] = ()) -> Freezer:
-    """The freezer for ``mode`` and the tree (pre-order, root first); see the module doc.
-    Refuses a scope that would hold one of ``protect`` (asyckpt, its guardian, their
-    ancestors).  Takes no lock: :func:`claim_freezer` is what a capture uses."""
-    if mode == "none":
-        return Freezer()
-    v1, v2 = _checked_mode(mode)
-    freezer = _choose(mode, tree, v1, v2)
-    _refuse_holding_self(freezer, tree, protect)
-    return freezer
-
-
 def claim_freezer(
     mode: str,
     tree: list[TaskStat],
@@ -121,10 +109,12 @@ def claim_freezer(
     lock_timeout: float,
     check: Callable[[], None] = lambda: None,
 ) -> Freezer:
-    """:func:`choose_freezer`, holding the locks of the hierarchies ``mode`` may touch
-    until :meth:`Freezer.close`, and refusing a tree that another capture holds, or that
-    a dead one left behind (see ``_scope``).  Waits up to ``lock_timeout`` seconds for
-    another capture to finish; ``check`` is called meanwhile, and raises to stop."""
+    """The freezer for ``mode`` and the tree (pre-order, root first; see ``_freeze``'s
+    module doc), holding the locks of the hierarchies ``mode`` may touch until
+    :meth:`Freezer.close`.  Refuses a tree that another capture holds or that a dead one
+    left behind, and a scope that would hold one of ``protect`` (asyckpt, its guardian,
+    their ancestors; see ``_scope``).  Waits up to ``lock_timeout`` seconds for another
+    capture to finish; ``check`` is called meanwhile, and raises to stop."""
     if mode == "none":
         return Freezer()
     v1, v2 = _checked_mode(mode)

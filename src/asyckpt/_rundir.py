@@ -327,8 +327,14 @@ def _identity(value: object) -> Identity:
     raise ValueError("a process is [pid, start time]")
 
 
-_ARITY = {"thaw": (str, str), "origin": (int, str), "fallback": (str,), "members": (str,)}
-_ARITY["rmdir"] = (str,)
+_ARITY: dict[str, tuple[type, ...]] = {
+    "thaw": (str, str),
+    "origin": (int, str),
+    "fallback": (str,),
+    "members": (str,),
+    "rmdir": (str,),
+}
+"""Each step's arguments (``_guardian.undo`` reads them)."""
 
 
 def parse_plan(data: bytes) -> Plan:
