@@ -26,7 +26,7 @@ from asyckpt import CaptureOptions, FreezerError
 from asyckpt._procparse import parse_tgid
 from asyckpt._recover import check_plan
 from asyckpt._rundir import Identity, acquire_locks, parse_plan, parse_plan_name
-from asyckpt._scope import scope_holds
+from asyckpt._scope import scope_holds, transient_owner
 
 from .conftest import (
     V1_FREEZER,
@@ -423,6 +423,57 @@ def test_recover_waits_for_a_live_guardian_and_drops_empty_plans(run_dir: Path) 
         assert busy.exists() and not empty.exists()
     finally:
         busy.unlink()
+
+
+def test_a_tree_in_a_running_capture_is_busy_never_frozen_in_place(
+    zoo: Tree, tmp_path: Path
+) -> None:
+    """A capture that did not take this one's lock (another run directory) holds the
+    tree frozen in its transient cgroup, which then holds exactly the tree: the second
+    capture refuses it as busy instead of freezing that cgroup in place."""
+    before = cgroups(zoo)
+    other_run = tmp_path / "other-run"
+    script = tmp_path / "stalled.py"
+    script.write_text(STALLED)
+    owner = subprocess.Popen(
+        [sys.executable, str(script), str(zoo.pid), str(tmp_path / "x.ackpt"), "cgroup-v1"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "ASYCKPT_RUN_DIR": str(other_run)},
+    )
+    try:
+        assert owner.stdout is not None
+        assert owner.stdout.readline() == "frozen\n"
+        cg = frozen_in(owner.pid, zoo.pid)
+        proc = run("tree", str(zoo.pid), "-o", str(tmp_path / "y.ackpt"))
+        line = one_line_error(proc, 7, f"is in {cg}, the cgroup of another capture")
+        assert f"(asyckpt pid {owner.pid}), which did not wait for this one" in line
+        assert not (tmp_path / "y.ackpt").exists()
+    finally:
+        owner.kill()  # its guardian puts the tree back
+        owner.wait()
+        assert owner.stdout is not None
+        owner.stdout.close()
+    deadline = time.monotonic() + 5
+    while (asyckpt_cgroups() or list(other_run.glob("*.plan"))) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not list(other_run.glob("*.plan"))
+    assert_back_where_it_was(before)
+
+
+@pytest.mark.parametrize(
+    ("cgroup", "owner"),
+    [
+        ("/asyckpt-4242-100", 4242),
+        ("/asyckpt-4242-100/inner", 4242),
+        ("/asyckpt-test-4242-0", None),
+        ("/system.slice/asyckpt-4242-100", None),
+        ("/asyckpt-4242-100x", None),
+        ("/", None),
+    ],
+)
+def test_transient_owner(cgroup: str, owner: int | None) -> None:
+    assert transient_owner(cgroup) == owner
 
 
 def test_recover_leaves_an_unsafe_plan_alone(run_dir: Path) -> None:
