@@ -476,6 +476,54 @@ def test_transient_owner(cgroup: str, owner: int | None) -> None:
     assert transient_owner(cgroup) == owner
 
 
+def test_recover_a_cgroup_no_plan_names(zoo: Tree, tmp_path: Path) -> None:
+    """An asyckpt-PID-ROOT cgroup whose asyckpt is gone and that no plan names (an
+    asyckpt without plans made it): left to a guardian still at work, else thawed, its
+    tasks moved to the hierarchy's root cgroup, and removed."""
+    dead = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # never a live pid
+    cg = V1_FREEZER / f"asyckpt-{dead}-{zoo.pid}"
+    cg.mkdir()
+    fake = tmp_path / "_guardian.py"
+    fake.write_text("import sys, time\nprint(flush=True)\ntime.sleep(60)\n")
+    guardian = subprocess.Popen(
+        [sys.executable, str(fake), str(dead)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert guardian.stdout is not None
+        guardian.stdout.readline()
+        move_into(cg, zoo.pids())
+        (cg / "freezer.state").write_text("FROZEN")
+        proc = run("recover")
+        assert proc.returncode == 0, proc.stderr
+        assert f"{cg}: its guardian (pid {guardian.pid}) is putting the tree back\n" in (
+            proc.stdout
+        )
+        assert is_frozen(cg)
+        guardian.kill()
+        guardian.wait()
+
+        proc = run("recover")
+        assert proc.returncode == 0, proc.stderr
+        assert f"{cg}: no plan names it and its asyckpt (pid {dead}) is gone" in proc.stdout
+        assert f"  thawed {cg}/freezer.state\n" in proc.stdout
+        for pid in zoo.pids():
+            assert f"  moved pid {pid} to {V1_FREEZER}/cgroup.procs\n" in proc.stdout
+        assert f"  removed {cg}\n" in proc.stdout
+        assert not cg.exists()
+        for pid in zoo.pids():
+            assert ":freezer:/\n" in cgroup_of(pid) and task_state(pid) in "SR"
+    finally:
+        guardian.kill()
+        guardian.wait()
+        assert guardian.stdout is not None
+        guardian.stdout.close()
+        if cg.exists():
+            thaw(cg)
+            for pid in (cg / "cgroup.procs").read_text().split():
+                (V1_FREEZER / "cgroup.procs").write_text(pid)
+            cg.rmdir()
+
+
 def test_recover_leaves_an_unsafe_plan_alone(run_dir: Path) -> None:
     """A plan whose owner is dead but which would write outside the freezer
     hierarchies is reported (escaped) and left, exit 7."""

@@ -192,7 +192,9 @@ class Guardian:
     @staticmethod
     def _start() -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [sys.executable, "-I", "-S", os.path.abspath(__file__)],
+            # The owner's pid, unused by the guardian: it tells `asyckpt recover` that
+            # a dead asyckpt's guardian is still at work (its cmdline is all it has).
+            [sys.executable, "-I", "-S", os.path.abspath(__file__), str(os.getpid())],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

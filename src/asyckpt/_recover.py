@@ -164,6 +164,27 @@ def _recover_plans(
     return restored, left, named
 
 
+def _guardian_of(owner: int) -> int | None:
+    """A running guardian of the asyckpt ``owner`` (its command line ends with the
+    guardian script and the owner's pid), if there is one."""
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                args = f.read(4096).split(b"\0")
+        except OSError:
+            continue  # exited, or a kernel thread
+        # NUL-terminated arguments: [..., script, owner, b""].
+        if (
+            len(args) >= 3
+            and args[-2] == str(owner).encode()
+            and args[-3].endswith(b"/_guardian.py")
+        ):
+            return int(name)
+    return None
+
+
 def _recover_orphans(
     found: list[Hierarchy], named: set[str], dry_run: bool, say: Callable[[str], None]
 ) -> tuple[int, int]:
@@ -181,6 +202,10 @@ def _recover_orphans(
                 continue
             if os.path.exists(f"/proc/{match.group(1)}"):
                 continue  # its asyckpt (or a process with its pid) runs: not stranded
+            guardian = _guardian_of(int(match.group(1)))
+            if guardian is not None:
+                say(f"{escape(path)}: its guardian (pid {guardian}) is putting the tree back")
+                continue
             say(
                 f"{escape(path)}: no plan names it and its asyckpt (pid {match.group(1)}) "
                 "is gone: its tasks go to the root cgroup"
