@@ -18,13 +18,14 @@ Everything it prints comes from files and is escaped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from ._errors import FreezerError
+from ._errors import FreezerError, translate_oserror
 from ._escape import escape
 from ._freeze import Hierarchy, hierarchies
 from ._guardian import undo
@@ -104,7 +105,10 @@ def _printer(say: Callable[[str], None], dry_run: bool) -> Callable[..., None]:
 
 def recover(*, dry_run: bool, lock_timeout: float, say: Callable[[str], None]) -> RecoverSummary:
     """Find and put back what dead captures stranded, telling ``say`` each step."""
-    found = [h for h in hierarchies() if h is not None]
+    try:
+        found = [h for h in hierarchies() if h is not None]
+    except OSError as exc:
+        raise translate_oserror(exc, what="reading mounts") from exc
     mounts = [h.mount for h in found]
     locks: Locks | None = None
     if not dry_run:
@@ -130,7 +134,8 @@ def _recover_plans(
         if not found.data and not owner_alive:
             # Its owner died before writing the header, so before any step.
             if not dry_run:
-                os.unlink(found.path)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(found.path)
             say(f"{where}: empty, nothing was changed: {'would remove' if dry_run else 'removed'}")
             continue
         try:
@@ -157,7 +162,8 @@ def _recover_plans(
         say(f"{where}: the capture by asyckpt pid {found.owner.pid} and its guardian died")
         ok = undo([list(s) for s in plan.steps], act=not dry_run, say=report)
         if ok and not dry_run:
-            os.unlink(found.path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(found.path)
             say("  removed the plan")
         restored += ok
         left += not ok
