@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,15 +155,21 @@ def shared_workloads() -> Path:
     return SHARED_WORKLOADS
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _run_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def pytest_configure(config: pytest.Config) -> None:
     """The session's own run directory (locks, undo plans), for asyckpt in this process
     and every asyckpt it starts: other test runs' captures are not this one's to wait for
-    or recover."""
-    path = tmp_path_factory.mktemp("run")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ASYCKPT_RUN_DIR", str(path))
-        yield path
+    or recover.  Set before the test modules are imported, since some copy the
+    environment for their subprocesses when they are."""
+    os.environ["ASYCKPT_RUN_DIR"] = tempfile.mkdtemp(prefix="asyckpt-run-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(os.environ.pop("ASYCKPT_RUN_DIR", ""), ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def _run_dir() -> Path:
+    return Path(os.environ["ASYCKPT_RUN_DIR"])
 
 
 @pytest.fixture
