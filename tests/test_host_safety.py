@@ -524,6 +524,36 @@ def test_recover_a_cgroup_no_plan_names(zoo: Tree, tmp_path: Path) -> None:
             cg.rmdir()
 
 
+def test_undo_moves_a_task_whose_cgroup_is_gone_where_the_root_came_from(
+    zoo: Tree, make_cgroup: Any
+) -> None:
+    """The undo (the guardian's, and recover's) on real cgroups: a task whose own cgroup
+    was removed meanwhile goes where the tree's root came from, and is said to."""
+    from asyckpt._guardian import undo
+
+    home, transient = make_cgroup(1), make_cgroup(1)
+    gone = make_cgroup(1)
+    gone.rmdir()
+    move_into(transient, zoo.pids())
+    steps: list[list[Any]] = [
+        ["fallback", f"{home}/cgroup.procs"],
+        ["members", f"{transient}/cgroup.procs"],
+        ["rmdir", str(transient)],
+        *(["origin", pid, f"{gone}/cgroup.procs"] for pid in zoo.pids()),
+    ]
+    said: list[tuple[str, str, int | None, str | None]] = []
+    assert undo(steps, act=False, say=lambda *a: said.append(a))
+    expected = [("move", f"{home}/cgroup.procs", pid, None) for pid in sorted(zoo.pids())]
+    removed = ("remove", str(transient), None, None)
+    assert sorted(said[:-1], key=str) == sorted(expected, key=str) and said[-1] == removed
+    assert transient.exists()
+    said.clear()
+    assert undo(steps, say=lambda *a: said.append(a))
+    assert sorted(said[:-1], key=str) == sorted(expected, key=str) and said[-1] == removed
+    assert not transient.exists()
+    assert {int(p) for p in (home / "cgroup.procs").read_text().split()} == set(zoo.pids())
+
+
 def test_recover_leaves_an_unsafe_plan_alone(run_dir: Path) -> None:
     """A plan whose owner is dead but which would write outside the freezer
     hierarchies is reported (escaped) and left, exit 7."""
@@ -544,20 +574,36 @@ def test_recover_leaves_an_unsafe_plan_alone(run_dir: Path) -> None:
         plan.unlink()
 
 
-def test_a_privaterun_dir_is_required(tmp_path: Path, zoo: Tree) -> None:
-    shared = tmp_path / "run"
-    shared.mkdir(mode=0o777)
-    shared.chmod(0o777)
-    env = {**os.environ, "ASYCKPT_RUN_DIR": str(shared)}
-    proc = subprocess.run(
-        [*ASYCKPT, "tree", str(zoo.pid), "-o", str(tmp_path / "x.ackpt")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-    one_line_error(proc, 7, f"the run directory {shared} is not private")
+@pytest.mark.parametrize("kind", ["shared", "symlink", "file", "relative"])
+def test_an_unsafe_run_dir_is_refused(kind: str, tmp_path: Path, zoo: Tree) -> None:
+    """Root replays the plans it finds there: a run directory others can write, a
+    symlink, or no directory at all is refused, by a capture (before anything changes)
+    and by recover, in one line."""
+    before = cgroups(zoo)
+    run_dir = tmp_path / "run"
+    expected = {
+        "shared": f"the run directory {run_dir} is not private (owner uid 0, mode 777)",
+        "symlink": f"the run directory {run_dir} is not a directory (a symlink?)",
+        "file": f"the run directory {run_dir} is not a directory",
+        "relative": "ASYCKPT_RUN_DIR=run is not an absolute path",
+    }[kind]
+    if kind == "shared":
+        run_dir.mkdir()
+        run_dir.chmod(0o777)
+    elif kind == "symlink":
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        run_dir.symlink_to(tmp_path / "elsewhere")
+    elif kind == "file":
+        run_dir.write_text("")
+    env = {**os.environ, "ASYCKPT_RUN_DIR": "run" if kind == "relative" else str(run_dir)}
+    for command in (["tree", str(zoo.pid), "-o", str(tmp_path / "x.ackpt")], ["recover"]):
+        proc = subprocess.run(
+            [*ASYCKPT, *command], capture_output=True, text=True, timeout=120, env=env
+        )
+        one_line_error(proc, 7, expected)
     assert not (tmp_path / "x.ackpt").exists()
+    assert not (tmp_path / "elsewhere").exists() or not any((tmp_path / "elsewhere").iterdir())
+    assert_back_where_it_was(before)
 
 
 PLAN = b'{"plan": 1, "owner": [10, 20], "guardian": [11, 21]}\n'

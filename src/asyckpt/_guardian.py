@@ -16,6 +16,7 @@ The parent side is :class:`Guardian`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -95,16 +96,28 @@ def undo(steps: list[list[Any]], *, act: bool = True, say: Say = _quiet) -> bool
                 ok = False
                 say("move", procs, pid, "no cgroup to move it back to")
                 continue
-            try:
-                if act:
-                    _write(dest, str(pid))
-            except ProcessLookupError:
-                continue  # it exited meanwhile
-            except OSError as exc:
+            # A cgroup removed meanwhile: where the tree's root came from instead.
+            error = None
+            for where in dict.fromkeys([dest] if fallback is None else [dest, fallback]):
+                try:
+                    if act:
+                        _write(where, str(pid))
+                    elif not os.path.exists(where):
+                        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+                except ProcessLookupError:
+                    error = None  # it exited meanwhile
+                    break
+                except OSError as exc:
+                    error = exc.strerror or str(exc)
+                    if isinstance(exc, FileNotFoundError):
+                        continue
+                    break
+                say("move", where, pid, None)
+                error = None
+                break
+            if error is not None:
                 ok = False
-                say("move", dest, pid, exc.strerror or str(exc))
-                continue
-            say("move", dest, pid, None)
+                say("move", dest, pid, error)
     for path in rmdirs:
         if not os.path.isdir(path):
             continue
