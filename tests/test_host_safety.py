@@ -176,6 +176,17 @@ def test_a_scope_holding_the_guardian_is_refused(
     assert not (tmp_path / "x.ackpt").exists()
 
 
+def test_own_lineage_reaches_init() -> None:
+    from asyckpt._discover import own_lineage
+
+    lineage = own_lineage(4242)
+    assert [p.pid for p in lineage[:3]] == [os.getpid(), 4242, os.getppid()]
+    assert lineage[0].what == f"asyckpt itself (pid {os.getpid()})"
+    assert lineage[1].what == "asyckpt's guardian (pid 4242)"
+    assert lineage[-1].pid == 1 and lineage[-1].what.startswith("pid 1 (")
+    assert lineage[-1].what.endswith("), an ancestor of asyckpt")
+
+
 @pytest.mark.parametrize(
     ("scope", "cgroup", "holds"),
     [

@@ -31,13 +31,16 @@ def own_lineage(guardian: int | None) -> list[Protected]:
     found = [Protected(me, f"asyckpt itself (pid {me})")]
     if guardian is not None:
         found.append(Protected(guardian, f"asyckpt's guardian (pid {guardian})"))
-    for pid in _ancestors(me):
-        if pid > 1:
-            try:
-                comm = escape(read_stat(pid).comm)
-            except NoSuchProcess:
-                continue
-            found.append(Protected(pid, f"pid {pid} ({comm}), an ancestor of asyckpt"))
+    pid = me
+    while pid != 1:  # init too: freezing it would stop the whole system
+        try:
+            pid = read_stat(pid).ppid
+            if pid <= 0:
+                break  # the top of a pid namespace
+            comm = escape(read_stat(pid).comm)
+        except NoSuchProcess:
+            break  # it exited meanwhile: what is left of the chain is init's
+        found.append(Protected(pid, f"pid {pid} ({comm}), an ancestor of asyckpt"))
     return found
 
 
