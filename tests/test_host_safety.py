@@ -436,6 +436,29 @@ def test_recover_waits_for_a_live_guardian_and_drops_empty_plans(run_dir: Path) 
         busy.unlink()
 
 
+def test_a_tree_a_guardian_is_putting_back_is_busy(
+    zoo: Tree, tmp_path: Path, run_dir: Path
+) -> None:
+    """The tree is in the transient cgroup of an asyckpt that died, whose guardian (here:
+    this test process, alive) is at work: retry, not recover."""
+    dead = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # never a live pid
+    me = [os.getpid(), int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])]
+    cg = V1_FREEZER / f"asyckpt-{dead}-{zoo.pid}"
+    plan = run_dir / f"{dead}-1-0.plan"
+    plan.write_text(json.dumps({"plan": 1, "owner": [dead, 1], "guardian": me}) + "\n")
+    cg.mkdir()
+    try:
+        move_into(cg, zoo.pids())
+        proc = run("tree", str(zoo.pid), "-o", str(tmp_path / "x.ackpt"))
+        line = one_line_error(proc, 7, f"is in {cg}, the cgroup of another capture")
+        assert "which died; its guardian is putting the tree back: retry in a moment" in line
+    finally:
+        plan.unlink()
+        for pid in (cg / "cgroup.procs").read_text().split():
+            (V1_FREEZER / "cgroup.procs").write_text(pid)
+        cg.rmdir()
+
+
 def test_a_tree_in_a_running_capture_is_busy_never_frozen_in_place(
     zoo: Tree, tmp_path: Path
 ) -> None:

@@ -145,6 +145,10 @@ def _lock_names(mode: str, v1: Hierarchy | None, v2: Hierarchy | None) -> list[s
 def _refuse_others(tree: list[TaskStat], v1: Hierarchy | None, v2: Hierarchy | None) -> None:
     """Refuse a tree with a task in another capture's transient cgroup, or named by the
     plan of a capture that died."""
+    dead = list(_dead_plans())
+    # The cgroup's name gives its owner's pid only: a dead owner's plan tells a reused
+    # pid from the owner.
+    dead_owners = {plan.owner: plan.guardian_alive for plan in dead}
     places: dict[int, list[str]] = {}
     for t in tree:
         if t.state == "Z":
@@ -158,9 +162,13 @@ def _refuse_others(tree: list[TaskStat], v1: Hierarchy | None, v2: Hierarchy | N
                 continue  # exited since the walk, or not in this hierarchy
             owner = transient_owner(rel)
             if owner is not None:
-                refuse_busy(t.pid, h.path_of(rel), owner, os.path.exists(f"/proc/{owner}"))
+                if owner in dead_owners:
+                    state = "restoring" if dead_owners[owner] else "stranded"
+                else:
+                    state = "running" if os.path.exists(f"/proc/{owner}") else "stranded"
+                refuse_busy(t.pid, h.path_of(rel), owner, state)
             places.setdefault(t.pid, []).append(h.path_of(rel))
-    refuse_stranded(places, _dead_plans())
+    refuse_stranded(places, dead)
 
 
 def _dead_plans() -> Iterator[PlanRef]:

@@ -88,12 +88,18 @@ def transient_owner(cgroup: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def refuse_busy(pid: int, path: str, owner: int, owner_alive: bool) -> None:
-    """Refuse a tree with task ``pid`` in another capture's transient cgroup ``path``."""
-    if owner_alive:
+def refuse_busy(pid: int, path: str, owner: int, state: str) -> None:
+    """Refuse a tree with task ``pid`` in another capture's transient cgroup ``path``;
+    that capture (by asyckpt ``owner``) is ``running``, its guardian is ``restoring``
+    the tree, or it is ``stranded``."""
+    where = f"pid {pid} is in {escape(path)}, the cgroup of another capture (asyckpt pid {owner})"
+    if state == "running":
         raise FreezerError(
-            f"pid {pid} is in {escape(path)}, the cgroup of another capture (asyckpt pid "
-            f"{owner}), which did not wait for this one: retry once it is done",
+            f"{where}, which did not wait for this one: retry once it is done", pid=pid
+        )
+    if state == "restoring":
+        raise FreezerError(
+            f"{where}, which died; its guardian is putting the tree back: retry in a moment",
             pid=pid,
         )
     raise FreezerError(
