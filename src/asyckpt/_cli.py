@@ -492,6 +492,8 @@ def _tree(args: argparse.Namespace) -> int:
         pipe_data=args.pipe_data,
         ghost_limit=args.ghost_limit,
         lock_timeout=args.lock_timeout,
+        # The command owns its process: the collector paused, a shorter switch interval.
+        tune_interpreter=True,
     )
     LOCK_NOTICE.set(lambda msg: print(f"asyckpt: {msg}", file=sys.stderr))
 
