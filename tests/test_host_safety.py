@@ -614,11 +614,12 @@ def test_an_unsafe_run_dir_is_refused(kind: str, tmp_path: Path, zoo: Tree) -> N
     symlink, or no directory at all is refused, by a capture (before anything changes)
     and by recover, in one line."""
     before = cgroups(zoo)
-    run_dir = tmp_path / "run"
+    run_dir = tmp_path / "run\n\x1b[2J"  # a name to print escaped, on one line
+    shown = str(tmp_path / "run\\n\\x1b[2J")
     expected = {
-        "shared": f"the run directory {run_dir} is not private (owner uid 0, mode 777)",
-        "symlink": f"the run directory {run_dir} is not a directory (a symlink?)",
-        "file": f"the run directory {run_dir} is not a directory",
+        "shared": f"the run directory {shown} is not private (owner uid 0, mode 777)",
+        "symlink": f"the run directory {shown} is not a directory (a symlink?)",
+        "file": f"the run directory {shown} is not a directory",
         "relative": "ASYCKPT_RUN_DIR=run is not an absolute path",
     }[kind]
     if kind == "shared":

@@ -7,7 +7,6 @@ import os
 from typing import NamedTuple
 
 from ._errors import AccessDenied, InvalidTarget, NoSuchProcess, translate_oserror
-from ._escape import escape
 from ._kernel import KCMP_FILES, kcmp
 from ._procparse import TaskStat, parse_tgid
 from ._procread import TaskMeta, list_children, list_threads, read_stat, read_task_meta
@@ -37,7 +36,7 @@ def own_lineage(guardian: int | None) -> list[Protected]:
             pid = read_stat(pid).ppid
             if pid <= 0:
                 break  # the top of a pid namespace
-            comm = escape(read_stat(pid).comm)
+            comm = read_stat(pid).comm
         except NoSuchProcess:
             break  # it exited meanwhile: what is left of the chain is init's
         found.append(Protected(pid, f"pid {pid} ({comm}), an ancestor of asyckpt"))
@@ -61,9 +60,7 @@ def check_target(pid: int) -> TaskStat:
         raise NoSuchProcess("not a valid pid", pid=pid)
     stat = read_stat(pid)
     if stat.is_kernel_thread or pid == 2:
-        raise InvalidTarget(
-            f"{escape(stat.comm)} is a kernel thread; it has no fds to capture", pid=pid
-        )
+        raise InvalidTarget(f"{stat.comm} is a kernel thread; it has no fds to capture", pid=pid)
     # /proc/TID answers for a thread too, as if it were a process of its own.
     tgid = _thread_group(pid)
     if tgid != pid:

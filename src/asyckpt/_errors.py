@@ -3,6 +3,12 @@
 Each class carries the context needed to act on it (pid, fd, path) and the CLI exit code
 that reports it.  Raw :class:`OSError` from /proc, cgroupfs and syscalls is translated in one
 place, :func:`translate_oserror`, so that the rest of the code never guesses at errno.
+
+A message quotes names as they are (a path, a comm, a value from an image: chosen by
+whoever owns the processes or made the image), never escaped: whoever prints one escapes
+the whole message once, with ``_escape.escape`` (the CLI's ``asyckpt: error:`` and
+warning lines), so a name is neither printed raw nor escaped twice when one message
+quotes another.
 """
 
 from __future__ import annotations

@@ -35,7 +35,6 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from ._errors import AccessDenied, FreezerError, translate_oserror
-from ._escape import escape
 from ._procparse import parse_cgroup, parse_cgroup_events, parse_mountinfo
 from ._scope import transient_name
 
@@ -368,7 +367,7 @@ class TransientFreezer(_CgroupFreezer):
             # Left by an earlier asyckpt with this pid that died: its tasks, if any, are
             # not this tree's to move.
             raise FreezerError(
-                f"{escape(path)} exists already, left by a capture that died: run "
+                f"{path} exists already, left by a capture that died: run "
                 "'asyckpt recover', then capture again"
             ) from None
         except PermissionError:

@@ -200,7 +200,7 @@ def _recover_orphans(
         try:
             names = sorted(os.listdir(h.mount))
         except OSError as exc:
-            raise FreezerError(f"cannot list {escape(h.mount)}: {exc.strerror}") from exc
+            raise FreezerError(f"cannot list {h.mount}: {exc.strerror}") from exc
         for name in names:
             match = _TRANSIENT.fullmatch(name)
             path = h.path_of(f"/{name}")

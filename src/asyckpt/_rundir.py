@@ -42,7 +42,6 @@ from contextvars import ContextVar
 from typing import NamedTuple
 
 from ._errors import AccessDenied, FreezerError, NoSuchProcess
-from ._escape import escape
 from ._procread import read_stat
 
 __all__ = [
@@ -72,7 +71,8 @@ LOCK_NOTICE: ContextVar[Callable[[str], None] | None] = ContextVar(
     "asyckpt_lock_notice", default=None
 )
 """Told once, in words, when a capture starts waiting for another's lock.  The command
-sets it to print the line; a library caller may too (it is per context, not global)."""
+sets it to print the line (escaped: the message quotes a path as it is); a library
+caller may too (it is per context, not global)."""
 
 
 class Identity(NamedTuple):
@@ -112,7 +112,7 @@ def open_run_dir(*, create: bool) -> int | None:
     and ``create`` is false."""
     path = run_dir_path()
     if not os.path.isabs(path):
-        raise FreezerError(f"{RUN_DIR_ENV}={escape(path)} is not an absolute path")
+        raise FreezerError(f"{RUN_DIR_ENV}={path} is not an absolute path")
     if create:
         with contextlib.suppress(FileExistsError):
             os.mkdir(path, 0o700)
@@ -120,7 +120,7 @@ def open_run_dir(*, create: bool) -> int | None:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         if create:
-            raise FreezerError(f"cannot create the run directory {escape(path)}") from None
+            raise FreezerError(f"cannot create the run directory {path}") from None
         return None
     except OSError as exc:
         raise _run_dir_error(path, exc) from exc
@@ -128,7 +128,7 @@ def open_run_dir(*, create: bool) -> int | None:
     if st.st_uid != os.geteuid() or st.st_mode & 0o022:
         os.close(fd)
         raise FreezerError(
-            f"the run directory {escape(path)} is not private (owner uid {st.st_uid}, mode "
+            f"the run directory {path} is not private (owner uid {st.st_uid}, mode "
             f"{st.st_mode & 0o7777:o}): refusing to keep locks and undo plans there; "
             f"remove it, or set {RUN_DIR_ENV}"
         )
@@ -137,10 +137,10 @@ def open_run_dir(*, create: bool) -> int | None:
 
 def _run_dir_error(path: str, exc: OSError) -> FreezerError | AccessDenied:
     if exc.errno in (errno.EACCES, errno.EPERM):
-        return AccessDenied(f"cannot use the run directory {escape(path)}: permission denied")
+        return AccessDenied(f"cannot use the run directory {path}: permission denied")
     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-        return FreezerError(f"the run directory {escape(path)} is not a directory (a symlink?)")
-    return FreezerError(f"cannot use the run directory {escape(path)}: {exc.strerror}")
+        return FreezerError(f"the run directory {path} is not a directory (a symlink?)")
+    return FreezerError(f"cannot use the run directory {path}: {exc.strerror}")
 
 
 # --- locks -----------------------------------------------------------------------------
@@ -213,14 +213,14 @@ def _wait_for(
         holder = _holder(fd)
         if time.monotonic() >= deadline:
             raise FreezerError(
-                f"{holder} is capturing (it holds {escape(path)}); gave up waiting after "
+                f"{holder} is capturing (it holds {path}); gave up waiting after "
                 f"{timeout:g} s: retry, or wait longer with --lock-timeout"
             )
         notice = LOCK_NOTICE.get()
         if notice is not None and not told:
             told = True
             notice(
-                f"waiting for {holder} to finish its capture (it holds {escape(path)}; "
+                f"waiting for {holder} to finish its capture (it holds {path}; "
                 f"--lock-timeout {timeout:g})"
             )
         check()

@@ -19,7 +19,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 from ._errors import FreezerError
-from ._escape import escape
 
 __all__ = [
     "PlanRef",
@@ -54,7 +53,7 @@ def refuse_holding(scope_path: str, scope: str, placed: Mapping[Protected, str])
     for who, cgroup in placed.items():
         if scope_holds(scope, cgroup):
             raise FreezerError(
-                f"the freeze scope {escape(scope_path)} holds {who.what}: nothing would be "
+                f"the freeze scope {scope_path} holds {who.what}: nothing would be "
                 "left to thaw it; run asyckpt from outside that cgroup, or choose another "
                 "--freeze",
                 pid=who.pid,
@@ -92,7 +91,7 @@ def refuse_busy(pid: int, path: str, owner: int, state: str) -> None:
     """Refuse a tree with task ``pid`` in another capture's transient cgroup ``path``;
     that capture (by asyckpt ``owner``) is ``running``, its guardian is ``restoring``
     the tree, or it is ``stranded``."""
-    where = f"pid {pid} is in {escape(path)}, the cgroup of another capture (asyckpt pid {owner})"
+    where = f"pid {pid} is in {path}, the cgroup of another capture (asyckpt pid {owner})"
     if state == "running":
         raise FreezerError(
             f"{where}, which did not wait for this one: retry once it is done", pid=pid
@@ -103,7 +102,7 @@ def refuse_busy(pid: int, path: str, owner: int, state: str) -> None:
             pid=pid,
         )
     raise FreezerError(
-        f"pid {pid} is stranded in {escape(path)} by a capture that died (asyckpt pid "
+        f"pid {pid} is stranded in {path} by a capture that died (asyckpt pid "
         f"{owner}): run 'asyckpt recover' to put it back, then capture again",
         pid=pid,
     )
@@ -141,5 +140,5 @@ def refuse_stranded(places: Mapping[int, Sequence[str]], plans: Iterable[PlanRef
             )
         raise FreezerError(
             f"a capture by asyckpt pid {plan.owner} died and left an undo plan for this tree "
-            f"({escape(plan.path)}): run 'asyckpt recover', then capture again"
+            f"({plan.path}): run 'asyckpt recover', then capture again"
         )
