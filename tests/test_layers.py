@@ -201,6 +201,10 @@ LAYERS: list[tuple[str, set[str]]] = [
             "asyckpt._discover",
             "asyckpt._freeze",
             "asyckpt._guardian",
+            "asyckpt._scope",
+            "asyckpt._rundir",
+            "asyckpt._claim",
+            "asyckpt._recover",
         },
     ),
     (
