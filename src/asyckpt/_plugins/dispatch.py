@@ -15,7 +15,7 @@ from typing import NamedTuple, final
 from .._errors import HandlerFailed, PluginError
 from .._kernel import fs_magic
 from .contract import Device, FdFacts
-from .loaded import LoadedHandler, _longest
+from .loaded import LoadedHandler, longest_first
 
 __all__ = ["Chooser", "Conflict", "Dispatch", "PluginConflictWarning"]
 
@@ -75,7 +75,7 @@ class Dispatch:
         self.by_name = seen
         self.by_tag = tags
         prefixes = {p for h in self.handlers for p in h.link_prefixes}
-        self._prefixes = tuple(sorted(prefixes, key=_longest))
+        self._prefixes = tuple(sorted(prefixes, key=longest_first))
         self._majors: dict[str, frozenset[int]] = {
             kind: frozenset(d.major for h in self.handlers for d in h.devices if d.kind == kind)
             for kind in ("chr", "blk")

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from .links import CaptureLinks
     from .session import CaptureSession, CaptureTree, HandlerContext
 
-__all__ = ["LoadedHandler"]
+__all__ = ["LoadedHandler", "longest_first"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 _TAG = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+\Z")
@@ -138,7 +138,7 @@ class LoadedHandler:
         # Longest first: among one handler's prefixes the most specific is the one that
         # counts, and _plan looks them up in this order.
         self.link_prefixes = tuple(
-            sorted(set(_declared(who, handler, "link_prefixes", _prefix, ())), key=_longest)
+            sorted(set(_declared(who, handler, "link_prefixes", _prefix, ())), key=longest_first)
         )
         self.devices = frozenset(_declared(who, handler, "devices", _device, ()))
         self.fs_magic = frozenset(_declared(who, handler, "fs_magic", _magic, ()))
@@ -219,7 +219,8 @@ class LoadedHandler:
         return f"<LoadedHandler {self.distribution}[{self.name}] {self.version}>"
 
 
-def _longest(prefix: str) -> tuple[int, str]:
+def longest_first(prefix: str) -> tuple[int, str]:
+    """Sort key of link prefixes, longest first (the most specific is tried first)."""
     return (-len(prefix), prefix)
 
 
