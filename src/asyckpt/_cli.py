@@ -6,17 +6,17 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
-from ._errors import AsyckptError, OutputError, collapse_errors
+from ._errors import AsyckptError, OutputError
 
 if TYPE_CHECKING:
     from ._capture import CaptureSummary
     from ._image import Image
     from ._plugins import Dispatch
+    from ._signals import Signals
 
 # trio and the capture pipeline are imported by the commands that use them: `show` and
 # `--version` start faster without.
@@ -31,11 +31,14 @@ DEFAULT_GHOST_LIMIT = 1 << 20
 
 EXIT_INTERRUPTED = 130
 
+# Set by run(): the process ends right after main(), so signal handlers stay in place.
+_RUN_AS_COMMAND = False
+
 EPILOG = """\
 exit codes:
   0 success              5 output path unusable     9 plugin error
   1 internal error       6 not a valid image       10 kernel lacks a feature
-  2 usage error          7 freezer error           130 interrupted (SIGINT/SIGTERM)
+  2 usage error          7 freezer error           130 interrupted (SIGINT/SIGTERM/SIGHUP)
   3 bad target pid       8 --strict violation
   4 permission denied
 """
@@ -112,9 +115,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument("pid", nargs="?", type=int, help="root of the tree (default: a demo tree)")
     t.add_argument(
-        "-o", "--output", metavar="IMAGE", help="image to write (default: tree-PID.ackpt)"
+        "-o",
+        "--output",
+        metavar="IMAGE",
+        help="image to write (default: tree-PID.ackpt); '-': standard output (a pipe, a "
+        "socket or a file, not a terminal)",
     )
-    t.add_argument("--force", action="store_true", help="replace IMAGE if it exists")
+    t.add_argument(
+        "--force",
+        action="store_true",
+        help="replace IMAGE if it is a regular file or a symlink (a device node, FIFO, "
+        "socket or directory is never replaced)",
+    )
     t.add_argument(
         "--freeze",
         type=_freeze_mode,
@@ -273,31 +285,6 @@ def _report(summary: CaptureSummary, quiet: bool) -> None:
         print(f"froze {summary.freezer_cgroup} in place; {state}")
 
 
-async def _with_signals(coro_fn, *args):  # type: ignore[no-untyped-def]
-    """Run ``coro_fn`` so that SIGTERM and SIGHUP cancel it like Ctrl-C does, letting
-    the freezer's cleanup run."""
-    import trio
-
-    result = None
-    interrupted = False
-    async with collapse_errors(), trio.open_nursery() as nursery:
-
-        async def watch() -> None:
-            nonlocal interrupted
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
-                async for _ in signals:
-                    interrupted = True
-                    nursery.cancel_scope.cancel()
-                    return
-
-        nursery.start_soon(watch)
-        result = await coro_fn(*args)
-        nursery.cancel_scope.cancel()
-    if interrupted:
-        raise KeyboardInterrupt
-    return result
-
-
 def _cmd_tree(args: argparse.Namespace) -> int:
     from ._guardian import discard_prestarted, prestart
 
@@ -311,10 +298,31 @@ def _cmd_tree(args: argparse.Namespace) -> int:
 
 
 def _tree(args: argparse.Namespace) -> int:
+    from ._commit import Commit
+    from ._signals import Signals
+
+    commit = Commit()
+    # Installed before trio starts, so that trio leaves SIGINT to them.
+    with Signals(commit, restore=not _RUN_AS_COMMAND) as signals:
+        streaming = args.output == "-"
+        # The image has standard output to itself; everything else goes to stderr.
+        with contextlib.redirect_stdout(sys.stderr) if streaming else contextlib.nullcontext():
+            code = _tree_signalled(args, signals)
+        late = signals.late()
+        if late is not None:
+            print(
+                f"asyckpt: note: {late} came after the image was complete; it is kept",
+                file=sys.stderr,
+            )
+    return code
+
+
+def _tree_signalled(args: argparse.Namespace, signals: Signals) -> int:
     import trio
 
-    from ._api import checkpoint_tree
+    from ._api import write_tree
     from ._capture import CaptureOptions
+    from ._commit import Interrupted
 
     options = CaptureOptions(
         freeze=args.freeze,
@@ -330,13 +338,19 @@ def _tree(args: argparse.Namespace) -> int:
     dispatch = _load_handlers(args)
 
     def run(pid: int) -> CaptureSummary:
-        dest = args.output or f"tree-{pid}.ackpt"
-        summary: CaptureSummary = trio.run(
-            _with_signals,
-            lambda: checkpoint_tree(
-                pid, dest, force=args.force, options=options, dispatch=dispatch
+        dest: str | int = args.output or f"tree-{pid}.ackpt"
+        if dest == "-":
+            dest = sys.__stdout__.fileno() if sys.__stdout__ is not None else 1
+        summary = trio.run(
+            signals.run,
+            lambda: write_tree(
+                pid, dest, signals.commit, force=args.force, options=options, dispatch=dispatch
             ),
         )
+        if summary is None or signals.commit.state != "committed":
+            # Cancelled by a signal in time: the tree is thawed, nothing was written.
+            signals.commit.interrupt()
+            raise Interrupted("interrupted")
         return summary
 
     if args.pid is None:
@@ -349,7 +363,7 @@ def _tree(args: argparse.Namespace) -> int:
     else:
         summary = run(args.pid)
     _report(summary, args.quiet)
-    if args.pid is None and not args.quiet:
+    if args.pid is None and not args.quiet and args.output != "-":
         print(f"see it with: asyckpt show {summary.path}")
     return 0
 
@@ -447,6 +461,9 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+_INTERRUPTED = "asyckpt: interrupted; nothing was written and the tree is thawed"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -456,10 +473,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_plugins(args)
         return _cmd_show(args)
     except AsyckptError as exc:
-        print(f"asyckpt: error: {exc}", file=sys.stderr)
+        if exc.exit_code == EXIT_INTERRUPTED:
+            print(_INTERRUPTED, file=sys.stderr)
+        else:
+            print(f"asyckpt: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("asyckpt: interrupted; nothing was written and the tree is thawed", file=sys.stderr)
+        print(_INTERRUPTED, file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # `asyckpt show IMAGE | head`: the reader went away; that is not an error.
@@ -484,6 +504,8 @@ def run() -> NoReturn:
     left for the teardown to do but free each module and object one by one: 20 to 35 ms
     after a capture (trio and the plugins loaded), a seventh of a small tree's command.
     """
+    global _RUN_AS_COMMAND
+    _RUN_AS_COMMAND = True
     try:
         code = main()
     except SystemExit as exc:  # argparse: --help, --version and usage errors (printed)

@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -45,6 +46,7 @@ def _undo(steps: list[list[Any]]) -> None:
     fallback = None
     members_of: list[str] = []
     rmdirs: list[str] = []
+    names: dict[tuple[str, int, int, str], list[Any]] = {}
     for step in steps:
         op = step[0]
         if op == "thaw":
@@ -62,6 +64,12 @@ def _undo(steps: list[list[Any]]) -> None:
             members_of.append(step[1])
         elif op == "rmdir":
             rmdirs.append(step[1])
+        elif op == "unlink":
+            key = (step[1], step[2], step[3], step[4])
+            names.setdefault(key, []).append(tuple(step[5:7]) if len(step) >= 7 else None)
+    for (directory, dev, ino, name), idents in names.items():
+        with contextlib.suppress(OSError):
+            _unlink(directory, (dev, ino), name, idents)
     for procs in members_of:
         try:
             with open(procs) as f:
@@ -85,6 +93,22 @@ def _undo(steps: list[list[Any]]) -> None:
                 break
             except OSError:
                 time.sleep(0.01)
+
+
+def _unlink(directory: str, dir_ident: tuple[int, int], name: str, idents: list[Any]) -> None:
+    """Remove ``name`` in ``directory`` if that is still the directory asyckpt wrote in
+    and the name still holds one of the inodes it made (an ident of None: any regular
+    file, for a name told before it was created)."""
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(dfd)
+        if (st.st_dev, st.st_ino) != dir_ident:
+            return
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        if (st.st_dev, st.st_ino) in idents or (None in idents and stat.S_ISREG(st.st_mode)):
+            os.unlink(name, dir_fd=dfd)
+    finally:
+        os.close(dfd)
 
 
 def main() -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "kcmp_files",
     "kcmp_raw",
     "pidfd_getfd",
+    "rename_exchange",
     "same_file",
 ]
 
@@ -249,3 +250,15 @@ def fs_magic(path: str) -> int:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)
     return int(_F_TYPE.from_buffer(buf).value)
+
+
+_RENAME_EXCHANGE = 2
+
+
+def rename_exchange(dirfd: int, a: str, b: str) -> None:
+    """renameat2(RENAME_EXCHANGE): swap the names ``a`` and ``b`` of directory ``dirfd``
+    in one step, whatever each is.  EINVAL where the filesystem cannot."""
+    res = _libc.renameat2(dirfd, os.fsencode(a), dirfd, os.fsencode(b), _RENAME_EXCHANGE)
+    if res != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), a, None, b)
