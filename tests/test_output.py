@@ -1,0 +1,373 @@
+"""Where the image goes: device nodes, FIFOs and sockets at -o are never touched, the
+image has no name until it is complete (SIGKILL at any moment leaves nothing), -o -
+streams it, and the exit code always agrees with what is at -o, whatever signal comes
+when."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from asyckpt._errors import OutputError
+from asyckpt._image import ImageWriter, read_image
+from asyckpt._target import path_refusal, stream_refusal
+
+from .conftest import Tree, asyckpt_cgroups, task_state
+from .test_image_format import make_body, make_header, make_trailer
+
+ASYCKPT = [sys.executable, "-m", "asyckpt"]
+
+# How many random moments the randomized tests try (ASYCKPT_TEST_TRIALS=100 for a soak).
+TRIALS = int(os.environ.get("ASYCKPT_TEST_TRIALS", "20"))
+
+NOISE = ("Traceback", "Exception ignored", "KeyboardInterrupt")
+
+
+# --- the judgement, on literal modes ------------------------------------------------------
+
+REG, LNK, DIR = stat.S_IFREG | 0o644, stat.S_IFLNK | 0o777, stat.S_IFDIR | 0o755
+CHR, BLK, FIFO, SOCK = stat.S_IFCHR | 0o666, stat.S_IFBLK | 0o660, stat.S_IFIFO, stat.S_IFSOCK
+
+
+@pytest.mark.parametrize(
+    ("mode", "force", "refusal"),
+    [
+        (None, False, None),
+        (None, True, None),
+        (REG, False, "exists; use --force to replace it"),
+        (REG, True, None),
+        (LNK, False, "exists; use --force to replace it"),
+        (LNK, True, None),
+        (DIR, False, "is a directory"),
+        (DIR, True, "is a directory"),
+        (CHR, True, "is a character device; only a regular file or a symlink is ever replaced"),
+        (CHR, False, "is a character device; only a regular file or a symlink is ever replaced"),
+        (BLK, True, "is a block device; only a regular file or a symlink is ever replaced"),
+        (FIFO, True, "is a FIFO; only a regular file or a symlink is ever replaced"),
+        (SOCK, True, "is a socket; only a regular file or a symlink is ever replaced"),
+    ],
+)
+def test_path_refusal(mode: int | None, force: bool, refusal: str | None) -> None:
+    assert path_refusal(mode, force=force) == refusal
+
+
+@pytest.mark.parametrize(
+    ("mode", "terminal", "refusal"),
+    [
+        (FIFO, False, None),
+        (SOCK, False, None),
+        (REG, False, None),
+        (CHR, True, "is a terminal; redirect it to a file or a pipe"),
+        (CHR, False, "is a character device; only a pipe, a socket or a regular file"),
+        (BLK, False, "is a block device; only a pipe, a socket or a regular file"),
+        (DIR, False, "is a directory; only a pipe, a socket or a regular file"),
+    ],
+)
+def test_stream_refusal(mode: int, terminal: bool, refusal: str | None) -> None:
+    assert stream_refusal(mode, terminal=terminal) == refusal
+
+
+# --- what is at -o: made by the test, in tmp_path ----------------------------------------
+
+
+def _char_device(path: Path) -> Path:
+    # Made here (major 1, minor 3: what /dev/null is), never the system's own node.
+    os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    return path
+
+
+def _fifo(path: Path) -> Path:
+    os.mkfifo(path, 0o600)
+    return path
+
+
+@pytest.fixture
+def unix_socket(tmp_path: Path) -> Iterator[Callable[[Path], Path]]:
+    made: list[socket.socket] = []
+
+    def bind(path: Path) -> Path:
+        s = socket.socket(socket.AF_UNIX)
+        made.append(s)
+        s.bind(str(path))
+        return path
+
+    yield bind
+    for s in made:
+        s.close()
+
+
+def _identity(path: Path) -> tuple[int, int, int, int]:
+    st = os.lstat(path)
+    return st.st_ino, st.st_mode, st.st_rdev, st.st_mtime_ns
+
+
+KINDS = ["chardev", "fifo", "socket", "dir"]
+
+
+def _make(kind: str, path: Path, unix_socket: Callable[[Path], Path]) -> Path:
+    if kind == "chardev":
+        return _char_device(path)
+    if kind == "fifo":
+        return _fifo(path)
+    if kind == "socket":
+        return unix_socket(path)
+    path.mkdir()
+    return path
+
+
+@pytest.mark.parametrize("force", [False, True])
+@pytest.mark.parametrize("kind", KINDS)
+def test_writer_never_replaces_a_special_file(
+    kind: str, force: bool, tmp_path: Path, unix_socket: Callable[[Path], Path]
+) -> None:
+    dest = _make(kind, tmp_path / "out", unix_socket)
+    before = _identity(dest)
+    with pytest.raises(OutputError, match="is a ") as info:
+        ImageWriter(dest, force=force)
+    assert info.value.exit_code == 5
+    assert _identity(dest) == before
+    assert os.listdir(tmp_path) == ["out"]
+
+
+@pytest.mark.parametrize("kind", ["chardev", "fifo", "socket", "dir"])
+def test_a_special_file_swapped_in_before_the_link_is_left_untouched(
+    kind: str, tmp_path: Path, unix_socket: Callable[[Path], Path]
+) -> None:
+    """Checked again at the link: a regular file at -o when the capture began, replaced
+    by a device node (or FIFO, socket, directory) before the image is complete."""
+    dest = tmp_path / "out"
+    dest.write_bytes(b"old")
+    writer = ImageWriter(dest, force=True)
+    writer.write_body(make_body())
+    dest.unlink()
+    _make(kind, dest, unix_socket)
+    before = _identity(dest)
+    with pytest.raises(OutputError, match="only a regular file|is a directory"):
+        writer.finish(make_header(), make_trailer())
+    assert _identity(dest) == before
+    assert os.listdir(tmp_path) == ["out"]
+
+
+def test_force_replaces_a_symlink_not_its_target(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_bytes(b"untouched")
+    dest = tmp_path / "out.ackpt"
+    dest.symlink_to(elsewhere)
+    writer = ImageWriter(dest, force=True)
+    writer.write_body(make_body())
+    writer.finish(make_header(), make_trailer())
+    assert not dest.is_symlink()
+    assert read_image(dest).trailer.records == 9
+    assert elsewhere.read_bytes() == b"untouched"
+    assert sorted(os.listdir(tmp_path)) == ["elsewhere", "out.ackpt"]
+
+
+def test_force_onto_a_name_that_appeared_meanwhile(tmp_path: Path) -> None:
+    dest = tmp_path / "out.ackpt"
+    writer = ImageWriter(dest, force=True)
+    writer.write_body(make_body())
+    dest.write_bytes(b"someone else's, replaceable with --force")
+    writer.finish(make_header(), make_trailer())
+    assert read_image(dest).trailer.records == 9
+    assert os.listdir(tmp_path) == ["out.ackpt"]
+
+
+def run(*args: str, **kw: Any) -> subprocess.CompletedProcess[bytes]:
+    kw.setdefault("stdout", subprocess.PIPE)
+    return subprocess.run(ASYCKPT + list(args), stderr=subprocess.PIPE, timeout=120, **kw)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[bytes], code: int, text: str) -> None:
+    err = proc.stderr.decode()
+    assert proc.returncode == code, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("asyckpt: error: ") and text in err, err
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+@pytest.mark.parametrize("kind", KINDS)
+def test_cli_refuses_a_special_file_before_freezing(
+    kind: str,
+    force: list[str],
+    zoo: Tree,
+    tmp_path: Path,
+    unix_socket: Callable[[Path], Path],
+) -> None:
+    dest = _make(kind, tmp_path / "out", unix_socket)
+    before = _identity(dest)
+    proc = run("tree", str(zoo.pid), "-o", str(dest), *force)
+    assert_one_line_error(proc, 5, f"{dest} is a")
+    assert _identity(dest) == before
+    assert os.listdir(tmp_path) == ["out"]
+    assert all(task_state(pid) in "SR" for pid in zoo.pids())
+
+
+# --- -o -: a stream ----------------------------------------------------------------------
+
+
+def test_stream_through_a_pipe(zoo: Tree, tmp_path: Path) -> None:
+    proc = run("tree", str(zoo.pid), "-o", "-")
+    assert proc.returncode == 0, proc.stderr
+    # The report goes to stderr: standard output is the image's alone.
+    assert b"standard output: " in proc.stderr and b"tasks" in proc.stderr
+    image = tmp_path / "piped.ackpt"
+    image.write_bytes(proc.stdout)
+    assert read_image(image).header.root_pid == zoo.pid
+    assert os.listdir(tmp_path) == ["piped.ackpt"]
+
+
+def test_stream_into_a_regular_file(zoo: Tree, tmp_path: Path) -> None:
+    image = tmp_path / "redirected.ackpt"
+    with image.open("wb") as out:
+        proc = run("tree", str(zoo.pid), "-o", "-", "-q", stdout=out)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == b""
+    assert read_image(image).header.root_pid == zoo.pid
+
+
+def test_stream_refuses_a_terminal(zoo: Tree, tmp_path: Path) -> None:
+    leader, terminal = os.openpty()
+    try:
+        proc = run("tree", str(zoo.pid), "-o", "-", stdout=terminal)
+    finally:
+        os.close(terminal)
+        os.close(leader)
+    assert_one_line_error(proc, 5, "standard output is a terminal")
+    assert not asyckpt_cgroups()
+    assert all(task_state(pid) in "SR" for pid in zoo.pids())
+
+
+def test_stream_whose_reader_leaves_is_an_output_error(
+    spawn: Any, shared_workloads: Path
+) -> None:
+    tree = spawn(shared_workloads / "spawn_tree.py", "2", "1500")
+    r, w = os.pipe()
+    os.close(r)  # nobody will read
+    try:
+        proc = run("tree", str(tree.pid), "-o", "-", stdout=w)
+    finally:
+        os.close(w)
+    assert_one_line_error(proc, 5, "closed by its reader")
+    assert not asyckpt_cgroups()
+
+
+# --- SIGKILL at random moments: nothing new is left ---------------------------------------
+
+
+def _settle(asyckpt_pid: int, tree: Tree, directory: Path, allowed: set[str]) -> set[str]:
+    """Wait for the guardians of a killed asyckpt: its cgroups gone, the tree running,
+    only ``allowed`` names in ``directory``; returns what is there in the end."""
+    deadline = time.monotonic() + 10
+    while True:
+        left = {p.name for p in directory.iterdir()}
+        busy = [cg for cg in asyckpt_cgroups() if cg.name.startswith(f"asyckpt-{asyckpt_pid}-")]
+        running = all(task_state(pid) in "SR" for pid in tree.pids())
+        if (left <= allowed and not busy and running) or time.monotonic() > deadline:
+            return left
+        time.sleep(0.01)
+
+
+def _timed_run(argv: list[str]) -> float:
+    started = time.monotonic()
+    proc = subprocess.run(argv, capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return time.monotonic() - started
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new", "force-replace"])
+def test_sigkill_at_random_moments_leaves_nothing_new(
+    existing: bool, spawn: Any, shared_workloads: Path, tmp_path: Path
+) -> None:
+    tree = spawn(shared_workloads / "spawn_tree.py", "3", "1500")
+    out = tmp_path / "out"
+    out.mkdir()
+    dest = out / "x.ackpt"
+    argv = [*ASYCKPT, "tree", str(tree.pid), "-o", str(dest), "-q", "--force"]
+    duration = _timed_run(argv)
+    rng = random.Random(os.environ.get("ASYCKPT_TEST_SEED"))
+    outcomes = {"nothing": 0, "old": 0, "image": 0}
+    for _ in range(TRIALS):
+        for p in out.iterdir():
+            p.unlink()
+        if existing:
+            dest.write_bytes(b"old")
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0, duration * 1.1))
+        proc.kill()
+        proc.wait()
+        left = _settle(proc.pid, tree, out, {"x.ackpt"})
+        assert left <= {"x.ackpt"}, f"left behind: {left}"
+        assert not [cg for cg in asyckpt_cgroups() if f"-{proc.pid}-" in cg.name]
+        if not left:
+            assert not existing, "the old file was removed, no image in its place"
+            outcomes["nothing"] += 1
+        elif dest.read_bytes() == b"old":
+            outcomes["old"] += 1
+        else:
+            read_image(dest)  # complete and valid, never a part
+            outcomes["image"] += 1
+    print(outcomes)
+
+
+# --- signals at random moments: the exit code tells the truth -------------------------------
+
+
+def _handles_signals(pid: int) -> bool:
+    """asyckpt's own handlers are in place (SIGHUP caught: only they catch it)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = int(status.split("SigCgt:")[1].split()[0], 16)
+    return bool(caught & (1 << (signal.SIGHUP - 1)))
+
+
+def test_signals_at_random_moments(spawn: Any, shared_workloads: Path, tmp_path: Path) -> None:
+    tree = spawn(shared_workloads / "spawn_tree.py", "3", "1500")
+    dest = tmp_path / "x.ackpt"
+    argv = [*ASYCKPT, "tree", str(tree.pid), "-o", str(dest)]
+    duration = _timed_run(argv)
+    dest.unlink()
+    rng = random.Random(os.environ.get("ASYCKPT_TEST_SEED"))
+    outcomes: dict[tuple[str, int], int] = {}
+    for trial in range(TRIALS):
+        signum = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)[trial % 3]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        started = time.monotonic()
+        while not _handles_signals(proc.pid) and proc.poll() is None:
+            time.sleep(0.001)
+        # Half over the whole run, half over its last part (the final write and link).
+        elapsed = time.monotonic() - started
+        rest = max(duration - elapsed, 0.01)
+        time.sleep(rng.uniform(0, rest) if trial % 2 else rng.uniform(rest * 0.6, rest * 1.1))
+        if proc.poll() is None:
+            proc.send_signal(signum)
+        out, err = proc.communicate(timeout=60)
+        text = err.decode()
+        assert not any(n in text for n in NOISE), text
+        if proc.returncode == 130:
+            assert not dest.exists(), "exit 130, but an image was written"
+            assert text == "asyckpt: interrupted; nothing was written and the tree is thawed\n"
+        else:
+            assert proc.returncode == 0, text
+            read_image(dest)
+            for line in text.splitlines():
+                assert "came after the image was complete; it is kept" in line, text
+            dest.unlink()
+        assert not asyckpt_cgroups()
+        assert all(task_state(pid) in "SR" for pid in tree.pids())
+        outcomes[(signal.Signals(signum).name, proc.returncode)] = (
+            outcomes.get((signal.Signals(signum).name, proc.returncode), 0) + 1
+        )
+    print(outcomes)
