@@ -153,7 +153,7 @@ def test_a_special_file_swapped_in_before_the_link_is_left_untouched(
     dest.unlink()
     _make(kind, dest, unix_socket)
     before = _identity(dest)
-    with pytest.raises(OutputError, match="only a regular file|is a directory"):
+    with pytest.raises(OutputError, match=r"only a regular file|is a directory"):
         writer.finish(make_header(), make_trailer())
     assert _identity(dest) == before
     assert os.listdir(tmp_path) == ["out"]
@@ -248,9 +248,7 @@ def test_stream_refuses_a_terminal(zoo: Tree, tmp_path: Path) -> None:
     assert all(task_state(pid) in "SR" for pid in zoo.pids())
 
 
-def test_stream_whose_reader_leaves_is_an_output_error(
-    spawn: Any, shared_workloads: Path
-) -> None:
+def test_stream_whose_reader_leaves_is_an_output_error(spawn: Any, shared_workloads: Path) -> None:
     tree = spawn(shared_workloads / "spawn_tree.py", "2", "1500")
     r, w = os.pipe()
     os.close(r)  # nobody will read
@@ -353,7 +351,7 @@ def test_signals_at_random_moments(spawn: Any, shared_workloads: Path, tmp_path:
         time.sleep(rng.uniform(0, rest) if trial % 2 else rng.uniform(rest * 0.6, rest * 1.1))
         if proc.poll() is None:
             proc.send_signal(signum)
-        out, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=60)
         text = err.decode()
         assert not any(n in text for n in NOISE), text
         if proc.returncode == 130:
