@@ -5,6 +5,8 @@ when."""
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import random
 import signal
@@ -28,7 +30,8 @@ from .test_image_format import make_body, make_header, make_trailer
 
 ASYCKPT = [sys.executable, "-m", "asyckpt"]
 
-# How many random moments the randomized tests try (ASYCKPT_TEST_TRIALS=100 for a soak).
+# How many random moments the randomized tests try (ASYCKPT_TEST_TRIALS=100 for a soak;
+# ASYCKPT_TEST_SEED to replay one).
 TRIALS = int(os.environ.get("ASYCKPT_TEST_TRIALS", "20"))
 
 NOISE = ("Traceback", "Exception ignored", "KeyboardInterrupt")
@@ -260,6 +263,79 @@ def test_stream_whose_reader_leaves_is_an_output_error(spawn: Any, shared_worklo
     assert not asyckpt_cgroups()
 
 
+# --- a filesystem without O_TMPFILE: a hidden name, removed by the guardian -------------
+
+
+@pytest.fixture
+def no_tmpfile_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """An empty directory on a filesystem without O_TMPFILE (or RENAME_EXCHANGE): a FUSE
+    filesystem served by tests/notmpfile_fs.py, unmounted afterwards."""
+    mnt = tmp_path_factory.mktemp("notmpfile")
+    server = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "notmpfile_fs.py"), str(mnt)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        assert server.stdout.readline() == "ready\n", "the FUSE server did not start"
+        yield mnt
+    finally:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.umount2(bytes(mnt), MNT_DETACH)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        if server.stdout is not None:
+            server.stdout.close()
+
+
+MNT_DETACH = 2
+
+
+def test_the_fallback_filesystem_really_lacks_o_tmpfile(no_tmpfile_dir: Path) -> None:
+    with pytest.raises(OSError, match="not supported") as info:
+        os.open(no_tmpfile_dir, os.O_TMPFILE | os.O_RDWR, 0o600)
+    assert info.value.errno == errno.EOPNOTSUPP
+
+
+def test_fallback_writes_under_a_hidden_name_until_complete(no_tmpfile_dir: Path) -> None:
+    dest = no_tmpfile_dir / "out.ackpt"
+    writer = ImageWriter(dest)
+    writer.write_body(make_body())
+    (temp,) = os.listdir(no_tmpfile_dir)  # the body's spool has no name
+    assert temp.startswith(".out.ackpt.asyckpt-") and temp.endswith(".tmp")
+    assert stat.S_IMODE(os.stat(no_tmpfile_dir / temp).st_mode) == 0o600
+    writer.finish(make_header(), make_trailer())
+    assert os.listdir(no_tmpfile_dir) == ["out.ackpt"]
+    assert read_image(dest).trailer.records == 9
+
+
+def test_fallback_abort_and_refusal_leave_nothing(no_tmpfile_dir: Path) -> None:
+    writer = ImageWriter(no_tmpfile_dir / "out.ackpt")
+    writer.write_body(make_body())
+    writer.abort()
+    assert os.listdir(no_tmpfile_dir) == []
+    writer = ImageWriter(no_tmpfile_dir / "out.ackpt")
+    (no_tmpfile_dir / "out.ackpt").write_bytes(b"someone else's")
+    with pytest.raises(OutputError, match="exists"):
+        writer.finish(make_header(), make_trailer())
+    assert os.listdir(no_tmpfile_dir) == ["out.ackpt"]
+    assert (no_tmpfile_dir / "out.ackpt").read_bytes() == b"someone else's"
+
+
+def test_fallback_force_replaces_without_rename_exchange(no_tmpfile_dir: Path) -> None:
+    dest = no_tmpfile_dir / "out.ackpt"
+    dest.write_bytes(b"old")
+    writer = ImageWriter(dest, force=True)
+    writer.write_body(make_body())
+    writer.finish(make_header(), make_trailer())
+    assert os.listdir(no_tmpfile_dir) == ["out.ackpt"]
+    assert read_image(dest).trailer.records == 9
+
+
 # --- SIGKILL at random moments: nothing new is left ---------------------------------------
 
 
@@ -283,19 +359,25 @@ def _timed_run(argv: list[str]) -> float:
     return time.monotonic() - started
 
 
+@pytest.mark.parametrize("fs", ["o_tmpfile", "no_o_tmpfile"])
 @pytest.mark.parametrize("existing", [False, True], ids=["new", "force-replace"])
 def test_sigkill_at_random_moments_leaves_nothing_new(
-    existing: bool, spawn: Any, shared_workloads: Path, tmp_path: Path
+    existing: bool, fs: str, spawn: Any, shared_workloads: Path, request: pytest.FixtureRequest
 ) -> None:
     tree = spawn(shared_workloads / "spawn_tree.py", "3", "1500")
-    out = tmp_path / "out"
-    out.mkdir()
+    if fs == "o_tmpfile":
+        out = request.getfixturevalue("tmp_path") / "out"
+        out.mkdir()
+    else:
+        out = request.getfixturevalue("no_tmpfile_dir")
     dest = out / "x.ackpt"
     argv = [*ASYCKPT, "tree", str(tree.pid), "-o", str(dest), "-q", "--force"]
     duration = _timed_run(argv)
     rng = random.Random(os.environ.get("ASYCKPT_TEST_SEED"))
     outcomes = {"nothing": 0, "old": 0, "image": 0}
-    for _ in range(TRIALS):
+    # The common case gets every trial; the rarer paths a quarter each.
+    trials = TRIALS if (fs, existing) == ("o_tmpfile", False) else max(TRIALS // 4, 3)
+    for _ in range(trials):
         for p in out.iterdir():
             p.unlink()
         if existing:
