@@ -286,28 +286,23 @@ def _report(summary: CaptureSummary, quiet: bool) -> None:
 
 
 def _cmd_tree(args: argparse.Namespace) -> int:
-    from ._guardian import discard_prestarted, prestart
-
-    if args.freeze != "none":
-        # Its interpreter starts while this one imports trio and the plugins.
-        prestart()
-    try:
-        return _tree(args)
-    finally:
-        discard_prestarted()
-
-
-def _tree(args: argparse.Namespace) -> int:
     from ._commit import Commit
+    from ._guardian import discard_prestarted, prestart
     from ._signals import Signals
 
-    commit = Commit()
-    # Installed before trio starts, so that trio leaves SIGINT to them.
-    with Signals(commit, restore=not _RUN_AS_COMMAND) as signals:
-        streaming = args.output == "-"
-        # The image has standard output to itself; everything else goes to stderr.
-        with contextlib.redirect_stdout(sys.stderr) if streaming else contextlib.nullcontext():
-            code = _tree_signalled(args, signals)
+    # First thing, and before trio starts (so that trio leaves SIGINT to them): from here
+    # a signal is recorded, never raised.
+    with Signals(Commit(), restore=not _RUN_AS_COMMAND) as signals:
+        if args.freeze != "none":
+            # Its interpreter starts while this one imports trio and the plugins.
+            prestart()
+        try:
+            # The image has standard output to itself; everything else goes to stderr.
+            streaming = args.output == "-"
+            with contextlib.redirect_stdout(sys.stderr) if streaming else contextlib.nullcontext():
+                code = _tree(args, signals)
+        finally:
+            discard_prestarted()
         late = signals.late()
         if late is not None:
             print(
@@ -317,7 +312,7 @@ def _tree(args: argparse.Namespace) -> int:
     return code
 
 
-def _tree_signalled(args: argparse.Namespace, signals: Signals) -> int:
+def _tree(args: argparse.Namespace, signals: Signals) -> int:
     import trio
 
     from ._api import write_tree
@@ -338,9 +333,8 @@ def _tree_signalled(args: argparse.Namespace, signals: Signals) -> int:
     dispatch = _load_handlers(args)
 
     def run(pid: int) -> CaptureSummary:
-        dest: str | int = args.output or f"tree-{pid}.ackpt"
-        if dest == "-":
-            dest = sys.__stdout__.fileno() if sys.__stdout__ is not None else 1
+        # "-": file descriptor 1 (sys.stdout is stderr meanwhile, see _cmd_tree).
+        dest: str | int = 1 if args.output == "-" else args.output or f"tree-{pid}.ackpt"
         summary = trio.run(
             signals.run,
             lambda: write_tree(

@@ -105,6 +105,9 @@ class ImageWriter:
         return self.target.spool_dir
 
     def write_body(self, records: Iterable[msgspec.Struct]) -> None:
+        """Spool records (in the thread that made them, after the thaw)."""
+        if not self.records:
+            self.target.warm()
         buf = self._buf
         buf.clear()
         encode_into = self._encoder.encode_into

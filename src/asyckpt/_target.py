@@ -167,6 +167,7 @@ class PathTarget:
         self._temp: str | None = None
         """The image's own temporary name, where the filesystem has no O_TMPFILE."""
         self._sweeper: _Sweeper | None = None
+        self._replacing = False
         self.committed = False
         if not self.name:  # "/"
             raise OutputError(f"{escape(self.path)} is a directory")
@@ -177,15 +178,14 @@ class PathTarget:
         except OSError as exc:
             raise OutputError(f"cannot write in {escape(self.directory)}: {exc.strerror}") from exc
         try:
-            self._sweeper = sweeper = _Sweeper(self.directory, _ident(os.fstat(self.dirfd)))
+            self._sweeper = _Sweeper(self.directory, _ident(os.fstat(self.dirfd)))
             found = self._lstat()
             self._judge(found)
             self.fd = self._tmpfile()
             if self.fd < 0:
                 self.fd, self._temp = self._named()
-            elif found is not None:
-                # The replacement will need a name for a moment (see _replace).
-                sweeper.start()
+            # The replacement will need a name for a moment (see _replace).
+            self._replacing = found is not None
         except OSError as exc:
             self.abort()
             raise OutputError(f"cannot write in {escape(self.directory)}: {exc.strerror}") from exc
@@ -196,6 +196,14 @@ class PathTarget:
     @property
     def spool_dir(self) -> str:
         return self.directory
+
+    def warm(self) -> None:
+        """Once the tree is thawed: start the guardian a replacement will need, so that
+        its interpreter starts while the records are made, not while the tree is frozen
+        (nor at the link)."""
+        if self._replacing:
+            self._replacing = False
+            self._guard.start()
 
     @property
     def _guard(self) -> _Sweeper:
@@ -361,6 +369,9 @@ class StreamTarget:
     @property
     def spool_dir(self) -> str | None:
         return None  # the temporary directory
+
+    def warm(self) -> None:
+        pass
 
     def unnamed(self) -> int:
         import tempfile
