@@ -3,10 +3,11 @@
 small in-memory FUSE server speaking the kernel's protocol on /dev/fuse directly (no
 libfuse on this machine, and none needed).
 
-usage: notmpfile_fs.py MOUNTPOINT
+usage: notmpfile_fs.py MOUNTPOINT [--noreplace]
 Mounts itself at MOUNTPOINT, prints "ready", and serves until unmounted.  It answers
 TMPFILE with ENOSYS, as a filesystem that lacks it does (the kernel then says EOPNOTSUPP
-to open(O_TMPFILE)), and RENAME2 likewise (so renameat2's RENAME_EXCHANGE is EINVAL).
+to open(O_TMPFILE)), and RENAME2 likewise (renameat2 with any flag is EINVAL), or with
+--noreplace, supports RENAME_NOREPLACE but not RENAME_EXCHANGE (as vfat did before 6.0).
 Regular files, directories, hard links, rename and unlink are real; nothing else is.
 """
 
@@ -49,8 +50,9 @@ class Node:
 
 
 class Fs:
-    def __init__(self) -> None:
+    def __init__(self, noreplace: bool) -> None:
         self.nodes = {1: Node(1, stat.S_IFDIR | 0o755)}
+        self.noreplace = noreplace
 
     def new(self, mode: int) -> Node:
         node = Node(max(self.nodes) + 1, mode)
@@ -119,9 +121,18 @@ class Fs:
             del node.children[names()[0]]
             child.nlink -= 1
             return b""
-        if op == 12:  # RENAME
+        if op in (12, 45):  # RENAME, RENAME2
             (newdir,) = struct.unpack_from("<Q", body)
-            old, new = body[8:].split(b"\0")[:2]
+            skip, flags = 8, 0
+            if op == 45:
+                if not self.noreplace:
+                    raise OSError(errno.ENOSYS, "")
+                skip, flags = 16, struct.unpack_from("<I", body, 8)[0]
+                if flags & ~1:
+                    raise OSError(errno.EINVAL, "")
+            old, new = body[skip:].split(b"\0")[:2]
+            if flags and new in self.nodes[newdir].children:
+                raise OSError(errno.EEXIST, "")
             moved = self.child(nodeid, old)
             target = self.nodes[newdir]
             replaced = target.children.get(new)
@@ -166,12 +177,12 @@ class Fs:
             return out
         if op in (18, 20, 25, 29, 30, 38):  # RELEASE, FSYNC, FLUSH, RELEASEDIR, FSYNCDIR, DESTROY
             return b""
-        # TMPFILE (51) and RENAME2 (45) among them: what this filesystem lacks.
+        # TMPFILE (51) among them: what this filesystem lacks.
         raise OSError(errno.ENOSYS, "")
 
 
-def serve(fd: int, reply: Callable[[int, int, bytes], None]) -> None:
-    fs = Fs()
+def serve(fd: int, reply: Callable[[int, int, bytes], None], noreplace: bool) -> None:
+    fs = Fs(noreplace)
     while True:
         try:
             buf = os.read(fd, (1 << 17) + (1 << 16))
@@ -208,7 +219,7 @@ def main() -> None:
                 raise
 
     print("ready", flush=True)
-    serve(fd, reply)
+    serve(fd, reply, "--noreplace" in sys.argv[2:])
 
 
 if __name__ == "__main__":

@@ -266,13 +266,17 @@ def test_stream_whose_reader_leaves_is_an_output_error(spawn: Any, shared_worklo
 # --- a filesystem without O_TMPFILE: a hidden name, removed by the guardian -------------
 
 
-@pytest.fixture
-def no_tmpfile_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """An empty directory on a filesystem without O_TMPFILE (or RENAME_EXCHANGE): a FUSE
-    filesystem served by tests/notmpfile_fs.py, unmounted afterwards."""
+@pytest.fixture(params=["no-rename2", "noreplace"])
+def no_tmpfile_dir(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Path]:
+    """An empty directory on a filesystem without O_TMPFILE nor RENAME_EXCHANGE, with or
+    without RENAME_NOREPLACE: a FUSE filesystem served by tests/notmpfile_fs.py,
+    unmounted afterwards."""
     mnt = tmp_path_factory.mktemp("notmpfile")
+    flags = ["--noreplace"] if request.param == "noreplace" else []
     server = subprocess.Popen(
-        [sys.executable, str(Path(__file__).parent / "notmpfile_fs.py"), str(mnt)],
+        [sys.executable, str(Path(__file__).parent / "notmpfile_fs.py"), str(mnt), *flags],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -359,24 +363,14 @@ def _timed_run(argv: list[str]) -> float:
     return time.monotonic() - started
 
 
-@pytest.mark.parametrize("fs", ["o_tmpfile", "no_o_tmpfile"])
-@pytest.mark.parametrize("existing", [False, True], ids=["new", "force-replace"])
-def test_sigkill_at_random_moments_leaves_nothing_new(
-    existing: bool, fs: str, spawn: Any, shared_workloads: Path, request: pytest.FixtureRequest
-) -> None:
-    tree = spawn(shared_workloads / "spawn_tree.py", "3", "1500")
-    if fs == "o_tmpfile":
-        out = request.getfixturevalue("tmp_path") / "out"
-        out.mkdir()
-    else:
-        out = request.getfixturevalue("no_tmpfile_dir")
+def _kill_at_random_moments(tree: Tree, out: Path, existing: bool, trials: int) -> None:
+    """Run the capture ``trials`` times into ``out``, each SIGKILLed at a random moment:
+    what is left must be the old file (or nothing) or the complete image, nothing else."""
     dest = out / "x.ackpt"
     argv = [*ASYCKPT, "tree", str(tree.pid), "-o", str(dest), "-q", "--force"]
     duration = _timed_run(argv)
     rng = random.Random(os.environ.get("ASYCKPT_TEST_SEED"))
     outcomes = {"nothing": 0, "old": 0, "image": 0}
-    # The common case gets every trial; the rarer paths a quarter each.
-    trials = TRIALS if (fs, existing) == ("o_tmpfile", False) else max(TRIALS // 4, 3)
     for _ in range(trials):
         for p in out.iterdir():
             p.unlink()
@@ -398,6 +392,24 @@ def test_sigkill_at_random_moments_leaves_nothing_new(
             read_image(dest)  # complete and valid, never a part
             outcomes["image"] += 1
     print(outcomes)
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new", "force-replace"])
+def test_sigkill_at_random_moments_leaves_nothing_new(
+    existing: bool, spawn: Any, shared_workloads: Path, tmp_path: Path
+) -> None:
+    tree = spawn(shared_workloads / "spawn_tree.py", "3", "1500")
+    # The common case gets every trial, the replacement a quarter.
+    _kill_at_random_moments(tree, tmp_path, existing, TRIALS // 4 if existing else TRIALS)
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new", "force-replace"])
+def test_sigkill_without_o_tmpfile_leaves_nothing_new(
+    existing: bool, spawn: Any, shared_workloads: Path, no_tmpfile_dir: Path
+) -> None:
+    """The hidden temporary name is removed by the guardian."""
+    tree = spawn(shared_workloads / "spawn_tree.py", "3", "1500")
+    _kill_at_random_moments(tree, no_tmpfile_dir, existing, max(TRIALS // 8, 2))
 
 
 # --- signals at random moments: the exit code tells the truth -------------------------------
@@ -451,3 +463,31 @@ def test_signals_at_random_moments(spawn: Any, shared_workloads: Path, tmp_path:
             outcomes.get((signal.Signals(signum).name, proc.returncode), 0) + 1
         )
     print(outcomes)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_just_after_the_link_keeps_the_image(
+    signum: int, zoo: Tree, tmp_path: Path
+) -> None:
+    dest = tmp_path / "x.ackpt"
+    for _ in range(10):  # until the signal is sent before asyckpt has exited
+        proc = subprocess.Popen(
+            [*ASYCKPT, "tree", str(zoo.pid), "-o", str(dest), "-q"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        while not dest.exists() and proc.poll() is None:
+            pass
+        sent = proc.poll() is None
+        if sent:
+            proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        read_image(dest)
+        dest.unlink()
+        if sent:
+            break
+    # Unless it came after the last word too: then nothing at all is said.
+    name = signal.Signals(signum).name
+    late = f"asyckpt: note: {name} came after the image was complete; it is kept\n"
+    assert err.decode() in ("", late)

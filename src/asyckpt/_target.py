@@ -41,6 +41,8 @@ __all__ = ["PathTarget", "StreamTarget", "path_refusal", "stream_refusal"]
 
 # What open(O_TMPFILE) says where the filesystem cannot make unnamed files.
 _NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)
+# What renameat2 says where the filesystem lacks the flag asked for.
+_NO_RENAME2 = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
 
 _KINDS = {
     stat.S_IFCHR: "character device",
@@ -263,14 +265,11 @@ class PathTarget:
         try:
             for _ in range(3):
                 try:
-                    self._link(self.name)
+                    self._place()
                 except FileExistsError:
                     if self._replace():
                         break
-                    continue  # it vanished meanwhile: link again
-                if self._temp is not None:
-                    os.unlink(self._temp, dir_fd=self.dirfd)
-                    self._temp = None
+                    continue  # it vanished meanwhile: again
                 break
             else:
                 raise OutputError(f"{escape(self.path)} keeps changing; nothing was written")
@@ -285,18 +284,34 @@ class PathTarget:
             raise OutputError(f"writing {escape(self.path)}: {exc.strerror}") from exc
 
     def _link(self, name: str) -> None:
-        if self._temp is not None:
+        """Name the unnamed image ``name``; EEXIST rather than replace anything."""
+        # linkat(AT_SYMLINK_FOLLOW) of the magic link: the way to name an O_TMPFILE that
+        # needs no CAP_DAC_READ_SEARCH (AT_EMPTY_PATH does).
+        os.link(f"/proc/self/fd/{self.fd}", name, dst_dir_fd=self.dirfd)
+
+    def _place(self) -> None:
+        """Give the image its name, never replacing anything (EEXIST instead)."""
+        from ._kernel import RENAME_NOREPLACE, renameat2
+
+        if self._temp is None:
+            self._link(self.name)
+            return
+        try:
+            renameat2(self.dirfd, self._temp, self.name, RENAME_NOREPLACE)
+        except OSError as exc:
+            if exc.errno not in _NO_RENAME2:
+                raise
+            # Without renameat2 flags: link, then drop the temporary name.  (vfat has the
+            # flags but no hard links, so the rename comes first.)
             fd = self.dirfd
-            os.link(self._temp, name, src_dir_fd=fd, dst_dir_fd=fd, follow_symlinks=False)
-        else:
-            # linkat(AT_SYMLINK_FOLLOW) of the magic link: the way to name an O_TMPFILE
-            # that needs no CAP_DAC_READ_SEARCH (AT_EMPTY_PATH does).
-            os.link(f"/proc/self/fd/{self.fd}", name, dst_dir_fd=self.dirfd)
+            os.link(self._temp, self.name, src_dir_fd=fd, dst_dir_fd=fd, follow_symlinks=False)
+            os.unlink(self._temp, dir_fd=fd)
+        self._temp = None
 
     def _replace(self) -> bool:
         """Swap the image in for what is at the name, if that may be replaced; False if
         the name vanished meanwhile."""
-        from ._kernel import rename_exchange
+        from ._kernel import RENAME_EXCHANGE, renameat2
 
         found = self._lstat()
         self._judge(found)
@@ -311,11 +326,11 @@ class PathTarget:
         # Once exchanged, the old file is at the temporary name until removed.
         self._guard.note(temp, _ident(found))
         try:
-            rename_exchange(self.dirfd, temp, self.name)
+            renameat2(self.dirfd, temp, self.name, RENAME_EXCHANGE)
         except OSError as exc:
             if exc.errno == errno.ENOENT:
                 return False
-            if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            if exc.errno not in _NO_RENAME2:
                 raise
             # No exchange on this filesystem: check once more, right before the rename.
             again = self._lstat()
@@ -328,7 +343,7 @@ class PathTarget:
         reason = path_refusal(taken.st_mode, force=True)
         if reason is not None:
             # Swapped in since the check: put it back, untouched.
-            rename_exchange(self.dirfd, temp, self.name)
+            renameat2(self.dirfd, temp, self.name, RENAME_EXCHANGE)
             raise OutputError(f"{escape(self.path)} {reason}")
         os.unlink(temp, dir_fd=self.dirfd)
         self._temp = None
