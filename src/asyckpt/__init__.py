@@ -29,8 +29,10 @@ if TYPE_CHECKING:
     from ._errors import NotAnImage as NotAnImage
     from ._errors import OutputError as OutputError
     from ._errors import PluginError as PluginError
+    from ._errors import RendererError as RendererError
     from ._errors import StrictViolation as StrictViolation
     from ._errors import TargetError as TargetError
+    from ._errors import UsageError as UsageError
     from ._image import Image as Image
     from ._image import read_image as read_image
     from ._plugins import AUTOLOAD_ENV as AUTOLOAD_ENV
@@ -79,8 +81,10 @@ _LAZY = {
     "NotAnImage": "._errors",
     "OutputError": "._errors",
     "PluginError": "._errors",
+    "RendererError": "._errors",
     "StrictViolation": "._errors",
     "TargetError": "._errors",
+    "UsageError": "._errors",
     "Image": "._image",
     "read_image": "._image",
     "AUTOLOAD_ENV": "._plugins",

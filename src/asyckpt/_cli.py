@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
-from ._errors import AsyckptError, OutputError
+from ._errors import AsyckptError, OutputError, UsageError
 
 if TYPE_CHECKING:
     from ._capture import CaptureSummary
@@ -38,8 +38,8 @@ EPILOG = """\
 exit codes:
   0 success              5 output path unusable     9 plugin error
   1 internal error       6 not a valid image       10 kernel lacks a feature
-  2 usage error          7 freezer error           130 interrupted (SIGINT/SIGTERM/SIGHUP)
-  3 bad target pid       8 --strict violation
+  2 usage error          7 freezer error           11 Graphviz (dot) missing or failed
+  3 bad target pid       8 --strict violation     130 interrupted (SIGINT/SIGTERM/SIGHUP)
   4 permission denied
 """
 
@@ -192,6 +192,41 @@ def _parser() -> argparse.ArgumentParser:
         "new file OUT, holes as holes, instead of printing the image",
     )
     _plugin_options(s)
+
+    g = sub.add_parser(
+        "graph",
+        help="draw an image: the tree and what its tasks share",
+        description="Draw the tree of an image and what its tasks share (pipes, socket "
+        "connections, open files held by several tasks, epoll targets): DOT, or SVG and PNG "
+        "through Graphviz's dot.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g.add_argument("image", help="image file")
+    g.add_argument(
+        "-o", "--output", metavar="OUT", help="picture to write (default: standard output)"
+    )
+    g.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    g.add_argument(
+        "--format",
+        choices=("svg", "png", "dot"),
+        help="what to write (default: from OUT's suffix .svg, .png, .dot or .gv, else svg); "
+        "svg and png need Graphviz's dot",
+    )
+    g.add_argument(
+        "--kinds",
+        metavar="KIND,...",
+        help="draw only fds of these kinds: pipe, fifo, socket, reg, dir, link, chr, blk, "
+        "epoll, anon (default: all)",
+    )
+    g.add_argument("--pid", type=int, help="draw only the task PID and its descendants")
+    g.add_argument(
+        "--shared-only",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="leave out the fds no other task shares (default: only for trees of more than "
+        "50 tasks or 500 shared objects)",
+    )
 
     pl = sub.add_parser(
         "plugins",
@@ -395,17 +430,13 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-class _UsageError(AsyckptError):
-    exit_code = 2
-
-
 def _extract(image: Image, file_id: str, out: str) -> int:
     """``show --extract``: an unlinked file's saved content, as a sparse file."""
     f = image.files.get(int(file_id)) if file_id.isdigit() else None
     if f is None:
-        raise _UsageError(f"the image has no file {file_id!r}")
+        raise UsageError(f"the image has no file {file_id!r}")
     if f.ghost != "saved" or f.ghost_file is None:
-        raise _UsageError(f"file {file_id} has no saved content (ghost: {f.ghost})")
+        raise UsageError(f"file {file_id} has no saved content (ghost: {f.ghost})")
     try:
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except OSError as exc:
@@ -465,6 +496,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_tree(args)
         if args.command == "plugins":
             return _cmd_plugins(args)
+        if args.command == "graph":
+            from ._graph_cmd import run
+
+            return run(args)
         return _cmd_show(args)
     except AsyckptError as exc:
         if exc.exit_code == EXIT_INTERRUPTED:
