@@ -491,3 +491,17 @@ def test_a_signal_just_after_the_link_keeps_the_image(
     name = signal.Signals(signum).name
     late = f"asyckpt: note: {name} came after the image was complete; it is kept\n"
     assert err.decode() in ("", late)
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_graph_output_never_replaces_a_device_node(force: list[str], tmp_path: Path) -> None:
+    """``graph -o`` writes its pictures the same way as the image."""
+    from .test_endpoints import literal_image
+
+    literal_image(tmp_path)
+    dest = _char_device(tmp_path / "x.dot")
+    before = _identity(dest)
+    proc = run("graph", str(tmp_path / "e.ackpt"), "-o", str(dest), *force)
+    assert_one_line_error(proc, 5, "is a character device")
+    assert _identity(dest) == before
+    assert sorted(os.listdir(tmp_path)) == ["e.ackpt", "x.dot"]

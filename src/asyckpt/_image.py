@@ -163,6 +163,8 @@ class ImageWriter:
                 # Past this point the reader has the whole image: no stop any more.
                 write_all(out, last)
                 target.committed = True
+                if target.regular:  # `-o - > FILE`: as durable as -o FILE
+                    os.fsync(out)
             self.bytes = size + len(last)
         except OSError as exc:
             self.abort()

@@ -156,11 +156,12 @@ def _ident(st: os.stat_result) -> tuple[int, int]:
 
 
 class PathTarget:
-    """IMAGE's directory, its checked name, and the unnamed file the image is written
-    into.  Sync, for worker threads.  Creating it checks the name and creates the file,
-    so a refused or unwritable destination fails before anything is frozen."""
+    """IMAGE's directory, its checked name, and the unnamed file (``mode``, 0600 unless
+    told) the image is written into.  Sync, for worker threads.  Creating it checks the
+    name and creates the file, so a refused or unwritable destination fails before
+    anything is frozen.  (``graph -o`` writes its pictures through it too.)"""
 
-    def __init__(self, dest: str | os.PathLike[str], *, force: bool) -> None:
+    def __init__(self, dest: str | os.PathLike[str], *, force: bool, mode: int = 0o600) -> None:
         self.path = os.path.abspath(dest)
         self.directory, self.name = os.path.split(self.path)
         self.force = force
@@ -186,6 +187,8 @@ class PathTarget:
             self.fd = self._tmpfile()
             if self.fd < 0:
                 self.fd, self._temp = self._named()
+            if mode != 0o600:
+                os.fchmod(self.fd, mode)  # exactly, whatever the umask
             # The replacement will need a name for a moment (see _replace).
             self._replacing = found is not None
         except OSError as exc:
