@@ -505,3 +505,14 @@ def test_graph_output_never_replaces_a_device_node(force: list[str], tmp_path: P
     assert_one_line_error(proc, 5, "is a character device")
     assert _identity(dest) == before
     assert sorted(os.listdir(tmp_path)) == ["e.ackpt", "x.dot"]
+
+
+def test_fallback_keeps_other_spools_out_of_the_directory(
+    no_tmpfile_dir: Path, tmp_path: Path
+) -> None:
+    writer = ImageWriter(tmp_path / "x.ackpt")
+    assert writer.spool_dir == str(tmp_path)
+    writer.abort()
+    writer = ImageWriter(no_tmpfile_dir / "x.ackpt")
+    assert writer.spool_dir is None  # the temporary directory
+    writer.abort()

@@ -171,6 +171,7 @@ class PathTarget:
         """The image's own temporary name, where the filesystem has no O_TMPFILE."""
         self._sweeper: _Sweeper | None = None
         self._replacing = False
+        self._unnamed = True
         self.committed = False
         if not self.name:  # "/"
             raise OutputError(f"{escape(self.path)} is a directory")
@@ -185,7 +186,8 @@ class PathTarget:
             found = self._lstat()
             self._judge(found)
             self.fd = self._tmpfile()
-            if self.fd < 0:
+            self._unnamed = self.fd >= 0
+            if not self._unnamed:
                 self.fd, self._temp = self._named()
             if mode != 0o600:
                 os.fchmod(self.fd, mode)  # exactly, whatever the umask
@@ -199,8 +201,11 @@ class PathTarget:
             raise
 
     @property
-    def spool_dir(self) -> str:
-        return self.directory
+    def spool_dir(self) -> str | None:
+        """Where the capture's other spools go (unlinked files' content): next to the
+        image, unless only a named file could be made there (then the temporary
+        directory: only the image's own names are the guardian's to remove)."""
+        return self.directory if self._unnamed else None
 
     def warm(self) -> None:
         """Once the tree is thawed: start the guardian a replacement will need, so that
