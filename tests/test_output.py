@@ -162,6 +162,27 @@ def test_a_special_file_swapped_in_before_the_link_is_left_untouched(
     assert os.listdir(tmp_path) == ["out"]
 
 
+def test_a_device_node_swapped_in_after_the_last_check_is_put_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The narrowest race: a device node takes the name between the last lstat and the
+    exchange.  The lstat is made to answer what it saw before the swap; the exchange,
+    the judgement of what it took out and the exchange back are the kernel's."""
+    dest = tmp_path / "out"
+    dest.write_bytes(b"old")
+    writer = ImageWriter(dest, force=True)
+    writer.write_body(make_body())
+    stale = os.lstat(dest)
+    dest.unlink()
+    _char_device(dest)
+    before = _identity(dest)
+    monkeypatch.setattr(writer.target, "_lstat", lambda: stale)
+    with pytest.raises(OutputError, match="is a character device"):
+        writer.finish(make_header(), make_trailer())
+    assert _identity(dest) == before
+    assert os.listdir(tmp_path) == ["out"]
+
+
 def test_force_replaces_a_symlink_not_its_target(tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.write_bytes(b"untouched")
