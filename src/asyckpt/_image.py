@@ -34,6 +34,7 @@ from typing import IO, Protocol
 import msgspec
 
 from ._errors import ImageCorrupt, ImageVersionError, NotAnImage, OutputError
+from ._escape import escape
 from ._records import (
     FORMAT_VERSION,
     READABLE_VERSIONS,
@@ -170,9 +171,9 @@ class ImageWriter:
             self.abort()
             if exc.errno == errno.EPIPE:
                 raise OutputError(
-                    f"{self.dest} was closed by its reader before the image was complete"
+                    f"{escape(self.dest)} was closed by its reader before the image was complete"
                 ) from None
-            raise OutputError(f"writing {self.dest}: {exc.strerror}") from exc
+            raise OutputError(f"writing {escape(self.dest)}: {exc.strerror}") from exc
         except BaseException:
             self.abort()
             raise
