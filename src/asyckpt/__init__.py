@@ -16,6 +16,13 @@ if TYPE_CHECKING:
     from ._api import open_capture as open_capture
     from ._capture import CaptureOptions as CaptureOptions
     from ._capture import CaptureSummary as CaptureSummary
+    from ._diff import DiffSummary as DiffSummary
+    from ._diff import FdRef as FdRef
+    from ._diff import FieldChange as FieldChange
+    from ._diff import ImageDiff as ImageDiff
+    from ._diff import ImageRef as ImageRef
+    from ._diff import TaskRef as TaskRef
+    from ._diff import diff as diff
     from ._errors import AccessDenied as AccessDenied
     from ._errors import AsyckptError as AsyckptError
     from ._errors import FreezerError as FreezerError
@@ -59,6 +66,9 @@ if TYPE_CHECKING:
     from ._records import Owner as Owner
     from ._records import Task as Task
     from ._records import Trailer as Trailer
+    from ._watch import Look as Look
+    from ._watch import WatchEvent as WatchEvent
+    from ._watch import watch as watch
 
 __version__ = "0.1.0"
 
@@ -68,6 +78,13 @@ _LAZY = {
     "open_capture": "._api",
     "CaptureOptions": "._capture",
     "CaptureSummary": "._capture",
+    "DiffSummary": "._diff",
+    "FdRef": "._diff",
+    "FieldChange": "._diff",
+    "ImageDiff": "._diff",
+    "ImageRef": "._diff",
+    "TaskRef": "._diff",
+    "diff": "._diff",
     "AccessDenied": "._errors",
     "AsyckptError": "._errors",
     "FreezerError": "._errors",
@@ -111,6 +128,9 @@ _LAZY = {
     "Owner": "._records",
     "Task": "._records",
     "Trailer": "._records",
+    "Look": "._watch",
+    "WatchEvent": "._watch",
+    "watch": "._watch",
 }
 
 __all__ = sorted(_LAZY)
