@@ -9,6 +9,7 @@ import ctypes
 import errno
 import os
 import random
+import select
 import signal
 import socket
 import stat
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from asyckpt._errors import OutputError
+from asyckpt._errors import ImageError, OutputError
 from asyckpt._image import ImageWriter, read_image
 from asyckpt._target import path_refusal, stream_refusal
 
@@ -537,3 +538,50 @@ def test_fallback_keeps_other_spools_out_of_the_directory(
     writer = ImageWriter(no_tmpfile_dir / "x.ackpt")
     assert writer.spool_dir is None  # the temporary directory
     writer.abort()
+
+
+def test_a_stream_whose_reader_stalls_still_stops_at_a_signal(
+    spawn: Any, shared_workloads: Path, tmp_path: Path
+) -> None:
+    """The image (megabytes) is far larger than the pipe: asyckpt waits for room, and a
+    signal then still ends it (exit 130), the stream cut short of its digest."""
+    tree = spawn(shared_workloads / "spawn_tree.py", "2", "1500")
+    proc = subprocess.Popen(
+        [*ASYCKPT, "tree", str(tree.pid), "-o", "-"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    try:
+        # Readable: the image has begun; it cannot all fit, so asyckpt waits for room.
+        assert select.select([proc.stdout], [], [], 60)[0], "no image began"
+        time.sleep(0.2)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)  # without reading: the reader stays stalled
+        out, err = proc.communicate()
+    finally:
+        if proc.poll() is None:  # stuck: the test fails, but leaves nothing running
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert err.decode() == "asyckpt: interrupted; nothing was written and the tree is thawed\n"
+    cut = tmp_path / "cut.ackpt"
+    cut.write_bytes(out)
+    with pytest.raises(ImageError):
+        read_image(cut)
+    assert not asyckpt_cgroups()
+
+
+def test_stream_into_a_socket(zoo: Tree, tmp_path: Path) -> None:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        proc = subprocess.Popen(
+            [*ASYCKPT, "tree", str(zoo.pid), "-o", "-", "-q"], stdout=theirs.fileno()
+        )
+        theirs.close()
+        data = b"".join(iter(lambda: ours.recv(1 << 16), b""))
+        assert proc.wait(timeout=60) == 0
+    image = tmp_path / "socket.ackpt"
+    image.write_bytes(data)
+    assert read_image(image).header.root_pid == zoo.pid

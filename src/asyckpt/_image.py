@@ -132,6 +132,7 @@ class ImageWriter:
         target = self.target
         streaming = not isinstance(target, PathTarget)
         stop = gate.check if streaming and gate is not None else None
+        piece = 1 << 20 if isinstance(target, PathTarget) else target.piece
         digest = hashlib.sha256()
         out = target.fd
         size = 0
@@ -139,7 +140,7 @@ class ImageWriter:
         def emit(data: bytes | bytearray | memoryview) -> None:
             nonlocal size
             digest.update(data)
-            write_all(out, data, stop)
+            write_all(out, data, stop, piece)
             size += len(data)
 
         try:

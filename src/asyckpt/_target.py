@@ -83,11 +83,15 @@ def stream_refusal(mode: int, *, terminal: bool) -> str | None:
 
 
 def write_all(
-    fd: int, data: bytes | bytearray | memoryview, stop: Callable[[], object] | None = None
+    fd: int,
+    data: bytes | bytearray | memoryview,
+    stop: Callable[[], object] | None = None,
+    piece: int = 1 << 20,
 ) -> None:
-    """Write every byte of ``data`` to ``fd``.  For a stream, ``stop`` (which raises to
-    stop) is asked before each piece and while waiting for room, so that a reader that
-    stopped reading cannot hold an interruption up for longer than the poll."""
+    """Write every byte of ``data`` to ``fd``, ``piece`` bytes at a time.  For a stream,
+    ``stop`` (which raises to stop) is asked before each piece and every 100 ms while
+    waiting for room, so that a reader that stops reading cannot hold an interruption
+    up: with pieces of PIPE_BUF, a write after POLLOUT never blocks."""
     view = memoryview(data)
     poller = None
     if stop is not None:
@@ -98,7 +102,7 @@ def write_all(
             while not poller.poll(100):
                 stop()
             stop()
-        n = os.write(fd, view[: 1 << 16])
+        n = os.write(fd, view[:piece])
         view = view[n:]
 
 
@@ -388,6 +392,9 @@ class StreamTarget:
         if reason is not None:
             raise OutputError(f"{display} {reason}")
         self.regular = stat.S_ISREG(st.st_mode)
+        # A pipe or socket with room (POLLOUT) takes PIPE_BUF bytes without blocking, not
+        # necessarily more; a regular file never blocks.
+        self.piece = 1 << 20 if self.regular else select.PIPE_BUF
 
     @property
     def spool_dir(self) -> str | None:
