@@ -585,3 +585,16 @@ def test_stream_into_a_socket(zoo: Tree, tmp_path: Path) -> None:
     image = tmp_path / "socket.ackpt"
     image.write_bytes(data)
     assert read_image(image).header.root_pid == zoo.pid
+
+
+def test_tree_into_show_through_a_pipe(zoo: Tree) -> None:
+    """``asyckpt tree PID -o - | asyckpt show -``: two real processes and a real pipe."""
+    tree = subprocess.Popen(
+        [*ASYCKPT, "tree", str(zoo.pid), "-o", "-", "-q"], stdout=subprocess.PIPE
+    )
+    assert tree.stdout is not None
+    show = subprocess.run([*ASYCKPT, "show", "-"], stdin=tree.stdout, capture_output=True)
+    tree.stdout.close()
+    assert tree.wait(timeout=60) == 0
+    assert show.returncode == 0, show.stderr
+    assert f"# pid {zoo.pid}".encode() in show.stdout
