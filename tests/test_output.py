@@ -598,3 +598,72 @@ def test_tree_into_show_through_a_pipe(zoo: Tree) -> None:
     assert tree.wait(timeout=60) == 0
     assert show.returncode == 0, show.stderr
     assert f"# pid {zoo.pid}".encode() in show.stdout
+
+
+def test_undo_removes_only_the_temporary_it_was_told_of(tmp_path: Path) -> None:
+    """The guardian's (and ``recover``'s) side: a name is removed while it holds the
+    inode asyckpt made there, in the directory it wrote in; a dry run only says so."""
+    from asyckpt._guardian import undo
+
+    d = os.stat(tmp_path)
+    ours = tmp_path / ".x.ackpt.asyckpt-0123456789ab.tmp"
+    ours.write_bytes(b"partial")
+    theirs = tmp_path / ".x.ackpt.asyckpt-ba9876543210.tmp"
+    theirs.write_bytes(b"someone else's, under a name asyckpt noted")
+    st = os.stat(ours)
+    steps = [
+        ["unlink", str(tmp_path), d.st_dev, d.st_ino, ours.name, st.st_dev, st.st_ino],
+        ["unlink", str(tmp_path), d.st_dev, d.st_ino, theirs.name, 0, 0],  # not its inode
+    ]
+    said: list[tuple[str, str]] = []
+    assert undo(steps, act=False, say=lambda verb, path, pid, error: said.append((verb, path)))
+    assert said == [("remove", str(ours))]
+    assert ours.exists()
+    assert undo(steps)
+    assert not ours.exists() and theirs.exists()
+
+
+WRITER = """
+import os, sys, time
+from asyckpt._image import ImageWriter
+writer = ImageWriter(sys.argv[1])
+print(writer.target._guard._guardian.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_recover_removes_a_temporary_whose_writer_and_guardian_both_died(
+    no_tmpfile_dir: Path, tmp_path: Path
+) -> None:
+    """The hidden name's removal is in the undo plan on disk too: when asyckpt and its
+    guardian both die, ``asyckpt recover`` removes it."""
+    env = {**os.environ, "ASYCKPT_RUN_DIR": str(tmp_path / "run")}
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(no_tmpfile_dir / "x.ackpt")],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert writer.stdout is not None
+        guardian = int(writer.stdout.readline())
+        (temp,) = os.listdir(no_tmpfile_dir)
+        os.kill(guardian, signal.SIGKILL)  # ours: the writer's guardian, by its pid
+        writer.kill()
+        writer.wait()
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+        if writer.stdout is not None:
+            writer.stdout.close()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{guardian}").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)  # reaped by init once it is gone
+    assert os.listdir(no_tmpfile_dir) == [temp]  # nobody removed it
+    proc = subprocess.run(
+        [*ASYCKPT, "recover"], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"removed {no_tmpfile_dir / temp}" in proc.stdout
+    assert os.listdir(no_tmpfile_dir) == []

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import select
 import stat
 from collections.abc import Callable
@@ -37,7 +38,7 @@ from collections.abc import Callable
 from ._errors import OutputError
 from ._escape import escape
 
-__all__ = ["PathTarget", "StreamTarget", "path_refusal", "stream_refusal"]
+__all__ = ["PathTarget", "StreamTarget", "is_temp_name", "path_refusal", "stream_refusal"]
 
 # What open(O_TMPFILE) says where the filesystem cannot make unnamed files.
 _NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)
@@ -140,7 +141,10 @@ class _Sweeper:
             if not self._ready:
                 self._guardian.wait_ready()
                 self._ready = True
-            self._guardian.note("unlink", self._directory, *self._ident, name, *(ident or ()))
+            if ident is None:
+                self._guardian.note("unlink_new", self._directory, *self._ident, name)
+            else:
+                self._guardian.note("unlink", self._directory, *self._ident, name, *ident)
         except FreezerError as exc:
             raise OutputError(f"{exc.msg}; nothing was written") from exc
 
@@ -153,6 +157,14 @@ class _Sweeper:
 
 def _temp_name(name: str) -> str:
     return f".{name}.asyckpt-{os.urandom(6).hex()}.tmp"
+
+
+_TEMP_NAME = re.compile(r"\.[^/]+\.asyckpt-[0-9a-f]{12}\.tmp")
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is one :func:`_temp_name` makes (what an undo plan may remove)."""
+    return _TEMP_NAME.fullmatch(name) is not None
 
 
 def _ident(st: os.stat_result) -> tuple[int, int]:
