@@ -651,6 +651,14 @@ PLAN = b'{"plan": 1, "owner": [10, 20], "guardian": [11, 21]}\n'
         (PLAN + b'["origin", 5, "/c/cgroup.procs"]\n', (("origin", 5, "/c/cgroup.procs"),)),
         # The last line was being written when its owner died: not taken.
         (PLAN + b'["rmdir", "/c/x"]\n["origin", 5, "/c/cg', (("rmdir", "/c/x"),)),
+        (
+            PLAN + b'["unlink_new", "/d", 1, 2, ".x.asyckpt-0123456789ab.tmp"]\n'
+            b'["unlink", "/d", 1, 2, ".x.asyckpt-0123456789ab.tmp", 3, 4]\n',
+            (
+                ("unlink_new", "/d", 1, 2, ".x.asyckpt-0123456789ab.tmp"),
+                ("unlink", "/d", 1, 2, ".x.asyckpt-0123456789ab.tmp", 3, 4),
+            ),
+        ),
     ],
 )
 def test_parse_plan(data: bytes, steps: tuple[tuple[object, ...], ...]) -> None:
@@ -713,6 +721,11 @@ V1 = "/sys/fs/cgroup/freezer"
         ([("rmdir", f"{V1}/x")], f"it would remove {V1}/x"),
         ([("rmdir", f"{V1}/a/asyckpt-1-2")], "it would remove"),
         ([("rmdir", V1)], "it would remove"),
+        # An image writer's plan: only its own temporary names (see _target).
+        ([("unlink", "/srv", 1, 2, ".x.ackpt.asyckpt-0123456789ab.tmp", 3, 4)], None),
+        ([("unlink_new", "/etc", 1, 2, "passwd")], "it would remove /etc/passwd"),
+        ([("unlink", "/", 1, 2, "./etc/x.asyckpt-0123456789ab.tmp")], "it would remove"),
+        ([("unlink", "/srv", 1, 2, ".x.asyckpt-0123456789AB.tmp")], "it would remove"),
     ],
 )
 def test_check_plan(steps: list[tuple[object, ...]], why: str | None) -> None:

@@ -20,6 +20,7 @@ import errno
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -59,6 +60,7 @@ def undo(steps: list[list[Any]], *, act: bool = True, say: Say = _quiet) -> bool
     fallback = None
     members_of: list[str] = []
     rmdirs: list[str] = []
+    names: dict[tuple[str, int, int, str], list[Any]] = {}
     ok = True
     for step in steps:
         op = step[0]
@@ -84,6 +86,20 @@ def undo(steps: list[list[Any]], *, act: bool = True, say: Say = _quiet) -> bool
             members_of.append(step[1])
         elif op == "rmdir":
             rmdirs.append(step[1])
+        elif op in ("unlink", "unlink_new"):
+            key = (step[1], step[2], step[3], step[4])
+            names.setdefault(key, []).append(tuple(step[5:7]) if op == "unlink" else None)
+    for (directory, dev, ino, name), idents in names.items():
+        # An image's temporary names (see _target), if they still hold what it made.
+        path = os.path.join(directory, name)
+        try:
+            if _unlink(directory, (dev, ino), name, idents, act=act):
+                say("remove", path, None, None)
+        except FileNotFoundError:
+            pass  # never made, or renamed into place
+        except OSError as exc:
+            ok = False
+            say("remove", path, None, exc.strerror or str(exc))
     for procs in members_of:
         try:
             with open(procs) as f:
@@ -136,6 +152,28 @@ def undo(steps: list[list[Any]], *, act: bool = True, say: Say = _quiet) -> bool
         ok = ok and error is None
         say("remove", path, None, error)
     return ok
+
+
+def _unlink(
+    directory: str, dir_ident: tuple[int, int], name: str, idents: list[Any], *, act: bool
+) -> bool:
+    """Remove ``name`` in ``directory`` if that is still the directory asyckpt wrote in
+    and the name still holds one of the inodes it made (an ident of None: any regular
+    file, for a name told before it was created).  Whether it was (would be) removed."""
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(dfd)
+        if (st.st_dev, st.st_ino) != dir_ident:
+            return False
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        ours = (st.st_dev, st.st_ino) in idents
+        if not ours and not (None in idents and stat.S_ISREG(st.st_mode)):
+            return False
+        if act:
+            os.unlink(name, dir_fd=dfd)
+        return True
+    finally:
+        os.close(dfd)
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ from ._escape import escape
 from ._freeze import Hierarchy, hierarchies
 from ._guardian import undo
 from ._rundir import PLAN_MAX, Locks, acquire_locks, alive, list_plans, parse_plan
+from ._target import is_temp_name
 
 __all__ = ["RecoverSummary", "check_plan", "command", "recover"]
 
@@ -68,7 +69,8 @@ def check_plan(steps: Sequence[tuple[object, ...]], mounts: Sequence[str]) -> st
 
     A capture's plan only thaws a freezer file, moves a pid into a ``cgroup.procs``,
     reads a transient cgroup's members and removes that cgroup, all inside the freezer
-    hierarchies (``mounts``).  Pure: the caller reads the mounts."""
+    hierarchies (``mounts``); an image writer's, only removes its own temporary names
+    (``.IMAGE.asyckpt-XXXXXXXXXXXX.tmp``).  Pure: the caller reads the mounts."""
     for step in steps:
         op, path = step[0], str(step[-1] if step[0] != "thaw" else step[1])
         if op == "thaw":
@@ -85,6 +87,8 @@ def check_plan(steps: Sequence[tuple[object, ...]], mounts: Sequence[str]) -> st
                 return f"it would move the tasks of {escape(path)}"
         elif op == "rmdir" and not _transient(path, mounts):
             return f"it would remove {escape(path)}"
+        elif op in ("unlink", "unlink_new") and not is_temp_name(str(step[4])):
+            return f"it would remove {escape(os.path.join(str(step[1]), str(step[4])))}"
     return None
 
 

@@ -333,6 +333,10 @@ _ARITY: dict[str, tuple[type, ...]] = {
     "fallback": (str,),
     "members": (str,),
     "rmdir": (str,),
+    # An image writer's temporary name (see _target): directory, its (dev, ino), name,
+    # and the inode it holds; or, told before it is created, any regular file there.
+    "unlink": (str, int, int, str, int, int),
+    "unlink_new": (str, int, int, str),
 }
 """Each step's arguments (``_guardian.undo`` reads them)."""
 
