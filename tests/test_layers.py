@@ -223,6 +223,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "asyckpt._parts",
             "asyckpt._build",
             "asyckpt._begins",
+            "asyckpt._tuning",
             "asyckpt._capture",
             "asyckpt._api",
             "asyckpt.aio",

@@ -59,13 +59,11 @@ content chunk of at most 1 MiB).
 from __future__ import annotations
 
 import contextlib
-import gc
 import math
 import os
-import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Container, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Container, Sequence
 
 import msgspec
 import trio
@@ -87,6 +85,7 @@ from ._plugins.session import CaptureSession
 from ._procparse import TaskStat
 from ._procread import read_fd_tables
 from ._records import Content, PluginInfo
+from ._tuning import tuned
 
 __all__ = ["CaptureOptions", "CaptureSummary", "capture"]
 
@@ -133,7 +132,7 @@ class CaptureOptions(msgspec.Struct, kw_only=True, frozen=True):
 
     tune_interpreter: bool = False
     """For the capture, pause the cyclic garbage collector and shorten the interpreter's
-    switch interval (``SWITCH_INTERVAL``): both are process-wide, so a library caller
+    switch interval (``_tuning.SWITCH_INTERVAL``): both are process-wide, so a library caller
     opts in; the ``asyckpt`` command does.  Restored afterwards.  Costs without it are
     in docs/performance.md."""
 
@@ -344,7 +343,7 @@ async def capture(
         if options.freeze != "none":
             # Started early, so that its interpreter starts while the tree is discovered.
             guardian = await trio.to_thread.run_sync(take_guardian)
-        with _tuned() if options.tune_interpreter else contextlib.nullcontext():
+        with tuned() if options.tune_interpreter else contextlib.nullcontext():
             summary = await _capture(root, send, options, dispatch, guardian, spool_dir)
     finally:
         if guardian is not None:
@@ -512,46 +511,6 @@ async def _run(
         content_bytes=content_bytes,
         ghost_notes=list(ghosts.notes),
     )
-
-
-SWITCH_INTERVAL = 0.0005
-"""The interpreter's switch interval (seconds) during a tuned capture, instead of the
-default 5 ms.  A fd reader that ends a table in C needs the GIL to hand its rows over,
-and the resolver, pure Python, holds it until the interval forces a switch: with one
-reader on two cores, it is the reader that is on the critical path while frozen."""
-
-_tunings = 0
-_gc_was_enabled = False
-_switch_was = 0.0
-_tuning_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def _tuned() -> Iterator[None]:
-    """For the block: the cyclic garbage collector disabled and the switch interval
-    shortened (``SWITCH_INTERVAL``), both restored after (nested and concurrent captures
-    included: the last to leave restores them as the first found them).
-
-    The collector's passes each walk every object the capture holds (rows, records:
-    several hundred thousand), again and again as they pile up, taking the resolver's
-    time while the tree is frozen; reference counting frees nearly all of them anyway."""
-    global _tunings, _gc_was_enabled, _switch_was
-    with _tuning_lock:
-        if _tunings == 0:
-            _gc_was_enabled = gc.isenabled()
-            gc.disable()
-            _switch_was = sys.getswitchinterval()
-            sys.setswitchinterval(min(_switch_was, SWITCH_INTERVAL))
-        _tunings += 1
-    try:
-        yield
-    finally:
-        with _tuning_lock:
-            _tunings -= 1
-            if _tunings == 0:
-                sys.setswitchinterval(_switch_was)
-                if _gc_was_enabled:
-                    gc.enable()
 
 
 async def _scan_and_resolve(plans: list[TaskPlan], builder: RecordBuilder) -> list[TaskPart]:
