@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import Tree, asyckpt_cgroups, task_state
+from .conftest import SPAWN_TREE, Tree, asyckpt_cgroups, task_state
 
 ASYCKPT = [sys.executable, "-m", "asyckpt"]
 
@@ -200,10 +200,8 @@ def test_show_rejects_truncated_and_missing(zoo: Tree, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_signal_while_frozen_thaws(
-    signum: int, spawn: Any, shared_workloads: Path, tmp_path: Path
-) -> None:
-    tree = spawn(shared_workloads / "spawn_tree.py", "4", "1500")
+def test_signal_while_frozen_thaws(signum: int, spawn: Any, tmp_path: Path) -> None:
+    tree = spawn(SPAWN_TREE, "4", "1500")
     dest = tmp_path / "x.ackpt"
     proc = subprocess.Popen(
         [*ASYCKPT, "tree", str(tree.pid), "-o", str(dest)], stderr=subprocess.PIPE, text=True
