@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager, contextmanager
 
 __all__ = [
     "AccessDenied",
+    "AmbiguousTarget",
     "AsyckptError",
     "FreezerError",
     "HandlerFailed",
@@ -78,6 +79,11 @@ class NoSuchProcess(TargetError):
 
 class InvalidTarget(TargetError):
     """The process exists but must not be frozen: a kernel thread, init, or asyckpt itself."""
+
+
+class AmbiguousTarget(TargetError):
+    """``asyckpt tree --name/--user`` matched several separate trees: which to capture is
+    the user's choice (the message lists them)."""
 
 
 class AccessDenied(AsyckptError):
