@@ -59,11 +59,8 @@ def build_core_wheel(tmp: Path, wheels: Path) -> Path:
             shutil.copytree(ROOT / name, src / name, ignore=BUILD_LEFTOVERS)
         else:
             shutil.copy2(ROOT / name, src / name)
-    proc = run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-index"]
-        + ["--no-build-isolation", "--quiet", "-w", wheels, src],
-        env=offline_env(),
-    )
+    wheel = ["wheel", "--no-deps", "--no-index", "--no-build-isolation", "--quiet"]
+    proc = run([sys.executable, "-m", "pip", *wheel, "-w", wheels, src], env=offline_env())
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (wheel,) = wheels.glob("asyckpt-*.whl")
     return wheel
