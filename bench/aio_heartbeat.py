@@ -158,7 +158,7 @@ def main() -> None:
 
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
-        f"\n{args.children + 1} tasks (spawn_tree.py {args.children} {args.fds}); "
+        f"\n{args.children + 1} tasks (spawn_tree {args.children} {args.fds}); "
         f"{args.repeat} rounds after a warm-up; load average after: {load}\n"
     )
     print("| mode | longest gap ms, median | longest gap ms, max | capture ms, median |")

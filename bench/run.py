@@ -359,7 +359,8 @@ def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
 
 @contextlib.contextmanager
 def spawned_tree(children: int, per: int, tmp: Path) -> Iterator[tuple[int, list[int]]]:
-    """Start ``spawn_tree.py children per``; yield (root pid, all pids); always kill it."""
+    """Start ``python -m asyckpt.testing.spawn_tree children per``; yield (root pid, all
+    pids); always kill it."""
     preflight(children, per)
     proc = subprocess.Popen(
         [*SPAWN_TREE, str(children), str(per)],
@@ -591,7 +592,7 @@ def main_table(s: Series, warmup: int) -> str:
     ]
     out = [
         f"{s.tasks} tasks, {s.fds:,} fds, {s.files:,} open file descriptions "
-        f"(`spawn_tree.py {s.children} {s.per_task}`); {len(s.reps)} repetitions "
+        f"(`spawn_tree {s.children} {s.per_task}`); {len(s.reps)} repetitions "
         f"after {warmup} warm-up, tools interleaved; times are wall-clock ms.",
         "",
         "| measurement | median ms | min–max ms | peak RSS MiB |",
@@ -761,12 +762,12 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     floor = compile_c(FLOOR_SOURCE, tmp / "floor_scan")
     runner = Runner(tmp, None if args.compile_each_run else bytecode_env(tmp))
 
-    progress(f"main tree: spawn_tree.py {args.children} {args.fds}")
+    progress(f"main tree: spawn_tree {args.children} {args.fds}")
     main_series = bench_tree(args, runner, floor, tmp, args.children, args.fds, args.repeat)
     scale_series = []
     if args.scales:
         for children in args.scale_children:
-            progress(f"scales: spawn_tree.py {children} {args.scale_fds}")
+            progress(f"scales: spawn_tree {children} {args.scale_fds}")
             scale_series.append(
                 bench_tree(args, runner, floor, tmp, children, args.scale_fds, args.repeat)
             )
