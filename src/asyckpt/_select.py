@@ -21,7 +21,6 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from ._errors import AmbiguousTarget, NoSuchProcess
-from ._escape import escape
 
 __all__ = ["ProcView", "parse_user", "pick_root", "process_view", "select_root"]
 
@@ -53,7 +52,7 @@ class Criteria(NamedTuple):
     def describe(self) -> str:
         words = []
         if self.pattern is not None:
-            words.append(f"--name {escape(self.pattern)}")
+            words.append(f"--name {self.pattern}")
         if self.uid is not None:
             words.append(f"--user {self.uid}")
         return " ".join(words)
@@ -66,7 +65,7 @@ def parse_user(text: str) -> int:
     except KeyError:
         if text.isascii() and text.isdigit() and int(text) < 1 << 32:
             return int(text)
-    raise ValueError(f"no user named {escape(text)}, and not a uid")
+    raise ValueError(f"no user named {text!r}, and not a uid")
 
 
 def _excluded(procs: dict[int, ProcView], me: int) -> set[int]:
@@ -116,9 +115,9 @@ def pick_root(view: Iterable[ProcView], criteria: Criteria, me: int) -> ProcView
 
 
 def ambiguity(criteria: Criteria, roots: Sequence[ProcView]) -> str:
-    """One line: how many separate trees match, and which (escaped; at most
-    :data:`SHOWN_CANDIDATES`)."""
-    shown = ", ".join(f"{p.pid} ({escape(p.name)}, uid {p.uid})" for p in roots[:SHOWN_CANDIDATES])
+    """How many separate trees match, and which (at most :data:`SHOWN_CANDIDATES`).
+    Names are raw, as in every error: the command escapes the line it prints."""
+    shown = ", ".join(f"{p.pid} ({p.name}, uid {p.uid})" for p in roots[:SHOWN_CANDIDATES])
     more = len(roots) - SHOWN_CANDIDATES
     tail = f" and {more} more" if more > 0 else ""
     return (

@@ -6,6 +6,11 @@ record type and rendered by its optional ``render_json``/``render_text`` hooks. 
 image stays readable on a machine without its plugins; a note says what was shown raw.
 The caller (the CLI) loads the handlers (``_plugins.image_plugins``); this module does
 no I/O.
+
+Every name in an image was chosen by whoever owned the captured processes, so the text
+renderers pass each line they make through ``_escape.escape`` (a newline in a name cannot
+split a row, an escape sequence never reaches the terminal), and the JSON export's handler
+data goes through ``_jsondata.json_data`` (no NaN, no key JSON cannot hold).
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from ._escape import escape
 from ._ghost import format_size
 from ._image import Image
+from ._jsondata import json_data
 from ._plugins import ImagePlugin
 from ._records import NO_DATA, File, Lock, Owner, PluginInfo
 
@@ -75,12 +82,6 @@ def state_text(locks: list[Lock], owner: Owner | None) -> str:
     return "; ".join(parts)
 
 
-def _jsonable(value: Any) -> Any:
-    # bytes become base64 (as msgspec's JSON encoder writes them); whatever JSON has no
-    # form for (a msgpack extension) becomes its repr rather than failing the export.
-    return msgspec.to_builtins(value, enc_hook=repr)
-
-
 class FileView(NamedTuple):
     """How ``show`` presents one file's handler record."""
 
@@ -111,10 +112,19 @@ class Renderer:
         return p.installed, p.loaded is not None, p.note
 
     def view(self, f: File) -> FileView:
+        return self._view(f, True)
+
+    def text(self, f: File) -> str | None:
+        """What the table appends to the file's name: ``view(f).text``, without making
+        the JSON forms the table does not print."""
+        return self._view(f, False).text
+
+    def _view(self, f: File, for_json: bool) -> FileView:
         if f.data == NO_DATA:
             return FileView(None, None, None, None)
+        raw = bytes(f.data)
         try:
-            data = _jsonable(msgspec.msgpack.decode(f.data))
+            decoded = msgspec.msgpack.decode(raw)
         except msgspec.DecodeError as exc:
             return FileView(None, None, "[undecodable record]", f"undecodable record: {exc}")
         name = f.handler
@@ -126,23 +136,27 @@ class Renderer:
                 why = f"the image header lists no handler {name!r}"
             else:
                 why = f"handler {name!r} is {plugin.note if plugin else 'not installed'}"
-            return FileView(data, None, _raw_text(data), f"raw fields: {why}")
+            return _raw_view(json_data(decoded, raw), f"raw fields: {why}")
         loaded = plugin.loaded
         try:
             record = loaded.decode(f.data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except Exception as exc:  # the handler's own types and hooks may raise anything
             why = f"it does not decode as {loaded.distribution} {loaded.version}'s record: {exc}"
-            return FileView(data, None, _raw_text(data), f"raw fields: {why}")
+            return _raw_view(json_data(decoded, raw), f"raw fields: {why}")
         rendered = text = None
         try:
-            if loaded.render_json is not None:
-                rendered = _jsonable(loaded.render_json(record))
+            if for_json and loaded.render_json is not None:
+                rendered = json_data(loaded.render_json(record))
             if loaded.render_text is not None:
                 text = str(loaded.render_text(record))
         except Exception as exc:
             why = f"handler {name!r} failed to render it: {type(exc).__name__}: {exc}"
-            return FileView(data, None, _raw_text(data), f"raw fields: {why}")
-        return FileView(data, rendered, text, None)
+            return _raw_view(json_data(decoded, raw), f"raw fields: {why}")
+        return FileView(json_data(decoded, raw) if for_json else None, rendered, text, None)
+
+
+def _raw_view(data: Any, note: str) -> FileView:
+    return FileView(data, None, _raw_text(data), note)
 
 
 def _raw_text(data: Any) -> str:
@@ -255,7 +269,8 @@ def tty_name(tty_nr: int, names: Mapping[int, str]) -> str | None:
     slave, a console...), else ``major:minor``; None without one."""
     if not tty_nr:
         return None
-    return names.get(tty_nr) or _dev(tty_nr)
+    dev = tty_nr & 0xFFFFFFFF  # stat prints this 32-bit number signed
+    return names.get(dev) or _dev(dev)
 
 
 def _plugin_line(p: PluginInfo, renderer: Renderer) -> str:
@@ -332,7 +347,7 @@ def render_table(image: Image, plugins: Mapping[str, ImagePlugin] | None = None)
         for owner, table in tables:
             for fd, f in image.fds(table):
                 name = f.path + (" (deleted)" if f.deleted else "") + ghost_text(f, image)
-                text = renderer.view(f).text
+                text = renderer.text(f)
                 if text:
                     name += f" {text}"
                 if f.locks or f.owner is not None:
@@ -355,7 +370,17 @@ def render_table(image: Image, plugins: Mapping[str, ImagePlugin] | None = None)
         "FD: number, then r/w/u(read-write)/p(O_PATH), e = close-on-exec; "
         "OBJ: open file description, * = shared by several fds"
     )
-    return "\n".join(lines)
+    return _text(lines)
+
+
+def _text(lines: list[str]) -> str:
+    """The lines as one text, each escaped: whatever a name holds stays on its line."""
+    # Most lines are printable ASCII without a backslash, which escape leaves as they are:
+    # three C-speed checks spare them its regular expression.
+    return "\n".join(
+        line if line.isascii() and line.isprintable() and "\\" not in line else escape(line)
+        for line in lines
+    )
 
 
 # --- endpoints (show --endpoints): who holds each end of a pipe or a connection ------------
@@ -467,7 +492,8 @@ def endpoints(image: Image) -> list[Endpoint]:
             sockets.setdefault(f.ino, (f, _raw(f)))
     pending: dict[int, int] = {}  # a waiting client's inode -> its listener's file id
     for f, data in sockets.values():
-        for ino in data.get("pending") or ():
+        waiting = data.get("pending")
+        for ino in waiting if isinstance(waiting, list) else ():
             if isinstance(ino, int):
                 pending.setdefault(ino, f.id)
 
@@ -554,4 +580,4 @@ def render_endpoints(image: Image) -> str:
         for end in e.ends:
             who = end.role if e.kind != "socket" else f"socket:[{end.ino}]" if end.ino else "peer"
             lines.append(f"  {who:<22} {_end_text(end, image)}")
-    return "\n".join(lines)
+    return _text(lines)
