@@ -64,6 +64,16 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
+    return value
+
+
 def _size(text: str) -> int:
     """``--pipe-data``: bytes, with an optional K or M (binary) suffix; 0 is off."""
     number, unit = text, ""
@@ -179,6 +189,14 @@ def _parser() -> argparse.ArgumentParser:
         help="copy the content of each unlinked file (and memfd) whose allocated size is at "
         "most SIZE (K, M, G: binary units) into the image, holes left out; a larger one is "
         "reported and not saved, or fails --strict (default: 1M; 0: never copy)",
+    )
+    t.add_argument(
+        "--lock-timeout",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="wait that long for another capture of the same cgroup hierarchy to finish "
+        "(default: 10; 0: fail at once)",
     )
     _plugin_options(t)
     t.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
@@ -314,6 +332,24 @@ def _parser() -> argparse.ArgumentParser:
         help="as for tree (default: 10)",
     )
     _plugin_options(w)
+    r = sub.add_parser(
+        "recover",
+        help="put back trees stranded by captures that died with their guardian",
+        description="Find undo plans (in /run/asyckpt, or $ASYCKPT_RUN_DIR) and asyckpt-* "
+        "cgroups left by captures whose asyckpt and guardian both died; thaw them, move "
+        "every task back to its cgroup and remove the transient cgroups, saying what was "
+        "done.  Exit 0 when nothing is left stranded, 7 when something could not be put back.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument("--dry-run", action="store_true", help="say what would be done; change nothing")
+    r.add_argument(
+        "--lock-timeout",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="wait that long for running captures to finish (default: 10)",
+    )
     return p
 
 
@@ -474,6 +510,7 @@ def _tree(args: argparse.Namespace) -> int:
 
     from ._api import checkpoint_tree
     from ._capture import CaptureOptions
+    from ._rundir import LOCK_NOTICE
 
     options = CaptureOptions(
         freeze=args.freeze,
@@ -482,9 +519,11 @@ def _tree(args: argparse.Namespace) -> int:
         disable_plugins=tuple(args.disable_plugin),
         pipe_data=args.pipe_data,
         ghost_limit=args.ghost_limit,
+        lock_timeout=args.lock_timeout,
         # The command owns its process: the collector paused, a shorter switch interval.
         tune_interpreter=True,
     )
+    LOCK_NOTICE.set(lambda msg: print(f"asyckpt: {escape(msg)}", file=sys.stderr))
 
     # Loaded here rather than by the capture, so that conflicts are reported as warnings
     # like the rest, and a broken plugin fails before any tree is started or frozen.
@@ -637,6 +676,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ._cmd_watch import cmd_watch
 
             return cmd_watch(args, _load_handlers(args))
+        if args.command == "recover":
+            from ._recover import command
+
+            return command(dry_run=args.dry_run, lock_timeout=args.lock_timeout)
         return _cmd_show(args)
     except AsyckptError as exc:
         print(f"asyckpt: error: {escape(str(exc))}", file=sys.stderr)
