@@ -33,6 +33,10 @@ if TYPE_CHECKING:
     from ._errors import TargetError as TargetError
     from ._image import Image as Image
     from ._image import read_image as read_image
+    from ._names import escape_name as escape_name
+    from ._names import name_bytes as name_bytes
+    from ._names import os_name as os_name
+    from ._names import split_name as split_name
     from ._plugins import AUTOLOAD_ENV as AUTOLOAD_ENV
     from ._plugins import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP
     from ._plugins import CaptureLinks as CaptureLinks
@@ -82,6 +86,10 @@ _LAZY = {
     "StrictViolation": "._errors",
     "TargetError": "._errors",
     "Image": "._image",
+    "escape_name": "._names",
+    "name_bytes": "._names",
+    "os_name": "._names",
+    "split_name": "._names",
     "read_image": "._image",
     "AUTOLOAD_ENV": "._plugins",
     "ENTRY_POINT_GROUP": "._plugins",

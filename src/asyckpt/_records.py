@@ -2,6 +2,10 @@
 
 Tags are pinned by hand: a class rename must never change the on-disk format.  Fields are
 only ever added, with defaults, never renamed or reordered (docs/image-format.md).
+
+A name (path, comm, mount point...) is bytes to the kernel: its field holds it when it is
+valid UTF-8, else its escaped form, with the exact bytes in the field's ``_bytes``
+companion (format version 3; ``_names``).
 """
 
 from __future__ import annotations
@@ -28,10 +32,11 @@ __all__ = [
     "Trailer",
 ]
 
-FORMAT_VERSION = 2
-"""Written by this asyckpt; 2 added the ``content`` record (docs/image-format.md)."""
+FORMAT_VERSION = 3
+"""Written by this asyckpt; 2 added the ``content`` record, 3 the ``_bytes`` companions
+of name fields (docs/image-format.md)."""
 
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (1, 2, 3)
 """Format versions this asyckpt reads."""
 
 # msgpack nil: File.data of a generic record.  (msgspec cannot decode ``Raw | None``.)
@@ -73,6 +78,9 @@ class Header(_Record, tag="header", kw_only=True):
     cgroup frozen where it is) or ``none``."""
     pre_frozen: bool = False
     """The cgroup was frozen before asyckpt came, and was left frozen."""
+    hostname_bytes: bytes | None = None
+    freezer_cgroup_bytes: bytes | None = None
+    """The exact bytes of ``hostname`` and ``freezer_cgroup`` when not UTF-8."""
 
 
 class MountEntry(msgspec.Struct, kw_only=True, array_like=True):
@@ -84,6 +92,11 @@ class MountEntry(msgspec.Struct, kw_only=True, array_like=True):
     options: str
     fstype: str
     source: str
+    root_bytes: bytes | None = None
+    mount_point_bytes: bytes | None = None
+    fstype_bytes: bytes | None = None
+    source_bytes: bytes | None = None
+    """The exact bytes of each name when not UTF-8 (version 3)."""
 
 
 class MountTable(_Record, tag="mounts", kw_only=True):
@@ -216,6 +229,11 @@ class File(_Record, tag="file", kw_only=True, gc=False):
     read)."""
     owner_error: str | None = None
     """Why the I/O owner could not be read (``owner`` is then None)."""
+    path_bytes: bytes | None = None
+    """``path``'s exact bytes when they are not UTF-8 (``path`` is then escaped)."""
+    fdinfo_bytes: list[bytes] | None = None
+    """When an fdinfo value is not UTF-8: every value's exact bytes, in ``fdinfo``'s
+    order (its values are then all escaped)."""
 
 
 class Content(_Record, tag="content", kw_only=True, gc=False):
@@ -259,6 +277,9 @@ class Task(_Record, tag="task", kw_only=True):
     tty_nr: int = 0
     """The controlling terminal's device number (userspace dev_t, stat field 7); 0 for
     none."""
+    comm_bytes: bytes | None = None
+    root_bytes: bytes | None = None
+    """The exact bytes of ``comm`` and ``root`` when not UTF-8."""
 
 
 class Trailer(_Record, tag="trailer", kw_only=True):

@@ -18,8 +18,9 @@ import msgspec
 
 from ._ghost import format_size
 from ._image import Image
+from ._names import json_name, json_names, json_names_in
 from ._plugins import ImagePlugin
-from ._records import NO_DATA, File, Lock, Owner, PluginInfo
+from ._records import NO_DATA, File, Lock, MountEntry, Owner, PluginInfo
 
 __all__ = [
     "End",
@@ -114,7 +115,7 @@ class Renderer:
         if f.data == NO_DATA:
             return FileView(None, None, None, None)
         try:
-            data = _jsonable(msgspec.msgpack.decode(f.data))
+            data = _jsonable(json_names_in(msgspec.msgpack.decode(f.data)))
         except msgspec.DecodeError as exc:
             return FileView(None, None, "[undecodable record]", f"undecodable record: {exc}")
         name = f.handler
@@ -136,7 +137,7 @@ class Renderer:
         rendered = text = None
         try:
             if loaded.render_json is not None:
-                rendered = _jsonable(loaded.render_json(record))
+                rendered = _jsonable(json_names_in(loaded.render_json(record)))
             if loaded.render_text is not None:
                 text = str(loaded.render_text(record))
         except Exception as exc:
@@ -157,6 +158,8 @@ def _file_doc(f: File, renderer: Renderer, image: Image) -> dict[str, Any]:
     view = renderer.view(f)
     doc["data"] = view.data
     doc["fdinfo"] = [list(kv) for kv in f.fdinfo]
+    json_name(doc, "path", f.path_bytes)
+    json_names(doc, "fdinfo", f.fdinfo_bytes)
     doc["rendered"] = view.rendered
     doc["note"] = view.note
     # Where the saved data is, not the data itself (show --extract writes that out).
@@ -203,6 +206,8 @@ def to_json_doc(image: Image, plugins: Mapping[str, ImagePlugin] | None = None) 
     renderer = Renderer(image, plugins)
     doc: dict[str, Any] = msgspec.to_builtins(h)
     doc.pop("kind", None)
+    json_name(doc, "hostname", h.hostname_bytes)
+    json_name(doc, "freezer_cgroup", h.freezer_cgroup_bytes)
     for pdoc in doc["plugins"]:
         installed, loaded, note = renderer.plugin_notes(pdoc["name"])
         pdoc.update(installed=installed, loaded=loaded, note=note)
@@ -221,13 +226,15 @@ def to_json_doc(image: Image, plugins: Mapping[str, ImagePlugin] | None = None) 
     }
     doc["checksum"] = f"sha256:{image.checksum}"
     doc["mounts"] = [
-        {"id": m.id, "mounts": [msgspec.structs.asdict(e) for e in m.mounts]} for m in image.mounts
+        {"id": m.id, "mounts": [_mount_doc(e) for e in m.mounts]} for m in image.mounts
     ]
     tasks = []
     ttys = tty_names(image)
     for task in image.tasks:
         tdoc = msgspec.to_builtins(task)
         tdoc.pop("kind", None)
+        json_name(tdoc, "comm", task.comm_bytes)
+        json_name(tdoc, "root", task.root_bytes)
         tdoc["tty"] = tty_name(task.tty_nr, ttys)
         tdoc["threads"] = [{"tid": th.tid, "fd_table": th.fd_table} for th in task.threads]
         tdoc["fds"] = [
@@ -237,6 +244,13 @@ def to_json_doc(image: Image, plugins: Mapping[str, ImagePlugin] | None = None) 
         tasks.append(tdoc)
     doc["tasks"] = tasks
     doc["files"] = [_file_doc(f, renderer, image) for f in image.files.values()]
+    return doc
+
+
+def _mount_doc(e: MountEntry) -> dict[str, Any]:
+    doc = msgspec.structs.asdict(e)
+    for field in ("root", "mount_point", "fstype", "source"):
+        json_name(doc, field, getattr(e, f"{field}_bytes"))
     return doc
 
 

@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 
-from asyckpt import CaptureSession, CaptureTree, FdFacts, HandlerContext
+from asyckpt import CaptureSession, CaptureTree, FdFacts, HandlerContext, os_name, split_name
+from asyckpt import escape_name as escape
 
 if TYPE_CHECKING:
     from . import diag
@@ -93,7 +94,11 @@ class Socket(
     """No thread of the tree is in the socket's namespace (its task moved after making
     it, or it was passed from elsewhere): that namespace was dumped for it."""
     state: str | None = None
-    """The kernel's socket state: ``ESTABLISHED``, ``LISTEN``, ``CLOSE`` (unconnected)..."""
+    """The kernel's socket state: ``ESTABLISHED``, ``LISTEN``, ``CLOSE`` (unconnected)...
+    (the table shows ``CLOSE`` as ``UNCONN``, as ss does)."""
+    state_number: int | None = None
+    """The state's number as sock_diag gives it (``TCP_ESTABLISHED`` 1 ... ``TCP_CLOSE``
+    7, ``TCP_LISTEN`` 10), also for a family that reuses those states."""
     recv_queue: int | None = None
     """Bytes waiting to be read (unix dgram: the first datagram's length); for a
     listener, the connections waiting to be accepted."""
@@ -110,7 +115,12 @@ class Socket(
 
     # unix
     name: str | None = None
-    """The bound name: a path, or for an abstract one ``@`` and the name (NULs as @)."""
+    """The bound name: a path, or for an abstract one ``@`` and the name.  A name that
+    is not UTF-8 (or, abstract, holds a NUL after its first) is escaped instead
+    (``asyckpt.split_name``), its exact bytes in ``name_bytes``."""
+    name_bytes: bytes | None = None
+    """The name's exact bytes (an abstract one's with its leading NUL), when ``name``
+    is not them; None otherwise."""
     abstract: bool = False
     name_state: str | None = None
     """A path name: ``ok`` (the path leads to the node it was bound to), ``unlinked``
@@ -159,6 +169,8 @@ class Socket(
     # packet
     interface: str | None = None
     """The interface it is bound to, as named in its namespace; None: every one."""
+    interface_bytes: bytes | None = None
+    """The interface name's exact bytes, when not UTF-8 (``interface`` escaped)."""
     ifindex: int | None = None
     ethertype: int | None = None
     """The protocol it receives (3 is ETH_P_ALL)."""
@@ -179,6 +191,8 @@ _NETLINK_PROTOCOLS = {
     16: "generic",
 }
 _SHUTDOWN = {1: "read", 2: "write", 3: "both"}
+_TCP_CLOSE = 7
+"""The state of a socket that is not connected (ss: ``UNCONN``)."""
 _UCRED = struct.Struct("=iII")
 _NO_UID = 0xFFFFFFFF
 
@@ -214,13 +228,19 @@ def _inet_proto(stype: int, protocol: int) -> str | None:
     return {6: "tcp", 17: "udp", 136: "udplite"}.get(protocol)
 
 
-def _unix_name(raw: bytes | str) -> tuple[str | None, bool]:
-    if isinstance(raw, str):
-        return raw or None, False
+def unix_name(raw: bytes) -> tuple[str | None, bytes | None, bool]:
+    """(name, name_bytes, abstract) of a unix socket's sun_path as sock_diag gives it:
+    the names are bytes, kept exactly (``Socket.name``)."""
     if raw[:1] == b"\0":
-        return "@" + raw[1:].decode("utf-8", "backslashreplace").replace("\0", "@"), True
-    text = raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-    return text or None, False
+        text, exact = split_name(raw[1:].decode("utf-8", "surrogateescape"))
+        if exact is None and "\0" not in text:
+            return "@" + text, None, True
+        return escape(raw), raw, True
+    path = raw.split(b"\0", 1)[0]
+    if not path:
+        return None, None, False
+    text, exact = split_name(path.decode("utf-8", "surrogateescape"))
+    return text, exact, False
 
 
 class SocketHandler:
@@ -320,7 +340,8 @@ class SocketHandler:
         return "[" + ", ".join(_describe(record)) + "]"
 
     def render_json(self, record: Socket) -> dict[str, Any]:
-        out: dict[str, Any] = msgspec.to_builtins(record)
+        # Bytes stay bytes: the JSON export shows names (``name_bytes``) by its rule.
+        out: dict[str, Any] = msgspec.to_builtins(record, builtin_types=(bytes,))
         return out
 
 
@@ -371,11 +392,13 @@ def _join(record: Socket, what: str, entry: diag.Diag, dump: NetnsDump, dumps: D
     record.diag = True
     record.netns = dump.netns
     if isinstance(entry, diag.UnixDiag):
+        record.state_number = entry.state
         record.state = diag.TCP_STATES.get(entry.state, str(entry.state))
         if entry.name is not None:
-            record.name, record.abstract = _unix_name(entry.name)
+            record.name, record.name_bytes, record.abstract = unix_name(entry.name)
             if entry.vfs is not None and record.name and not record.abstract:
-                record.name_state = _name_state(record.name, entry.vfs, dumps, record.ino)
+                path = os_name(record.name, record.name_bytes)
+                record.name_state = _name_state(path, entry.vfs, dumps, record.ino)
         record.peer_ino = entry.peer or None
         record.pending = list(entry.pending)
         record.recv_queue, record.send_queue = entry.rqueue, entry.wqueue
@@ -384,6 +407,7 @@ def _join(record: Socket, what: str, entry: diag.Diag, dump: NetnsDump, dumps: D
         record.shutdown = _SHUTDOWN.get(entry.shutdown or 0)
         record.owner_uid = entry.uid
     elif isinstance(entry, diag.InetDiag):
+        record.state_number = entry.state
         record.state = diag.TCP_STATES.get(entry.state, str(entry.state))
         record.recv_queue, record.send_queue = entry.rqueue, entry.wqueue
         record.owner_uid = entry.uid
@@ -409,6 +433,7 @@ def _join(record: Socket, what: str, entry: diag.Diag, dump: NetnsDump, dumps: D
             if record.peer_ino is None and entry.state == 1:
                 record.peer_queued_on = dumps.inet_queued_on(dump, what, entry)
     elif isinstance(entry, diag.NetlinkDiag):
+        record.state_number = entry.state
         record.state = diag.TCP_STATES.get(entry.state, str(entry.state))
         record.port_id = entry.portid
         record.dst_port_id = entry.dst_portid
@@ -417,8 +442,8 @@ def _join(record: Socket, what: str, entry: diag.Diag, dump: NetnsDump, dumps: D
     elif isinstance(entry, diag.PacketDiag):
         record.ethertype = entry.protocol
         record.ifindex = entry.ifindex
-        if entry.ifindex:
-            record.interface = dump.ifnames.get(entry.ifindex)
+        if entry.ifindex and (ifname := dump.ifnames.get(entry.ifindex)) is not None:
+            record.interface, record.interface_bytes = split_name(ifname)
         record.owner_uid = entry.uid
 
 
@@ -445,24 +470,42 @@ def _name_state(name: str, vfs: tuple[int, int], dumps: Dumps, ino: int) -> str 
     return state
 
 
+def _shown_name(r: Socket) -> str:
+    """The bound name, escaped from its exact bytes (an abstract one after its ``@``)."""
+    assert r.name is not None
+    if r.name_bytes is None:
+        return escape(r.name)
+    if r.abstract:
+        return "@" + escape(r.name_bytes[1:])
+    return escape(r.name_bytes)
+
+
+def endpoint_text(address: str, port: int | None) -> str:
+    """``address:port``, an IPv6 address in brackets (``[::1]:41460``), as lsof and ss
+    print them: its own colons would make the port ambiguous."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 def _describe(r: Socket) -> list[str]:
     words = [" ".join(filter(None, [r.proto or r.family, r.type if not r.proto else None]))]
     if r.family in ("inet", "inet6") and r.proto:
         words[0] = f"{r.proto}{'6' if r.family == 'inet6' else ''}"
     if r.state:
-        words[0] += f" {r.state}"
+        words[0] += f" {'UNCONN' if r.state_number == _TCP_CLOSE else r.state}"
     if r.name:
         words.append(
-            f"name {r.name}" + (f" ({r.name_state})" if r.name_state not in (None, "ok") else "")
+            f"name {_shown_name(r)}"
+            + (f" ({r.name_state})" if r.name_state not in (None, "ok") else "")
         )
     if r.local_address is not None:
-        local = f"{r.local_address}:{r.local_port}"
-        remote = f" -> {r.remote_address}:{r.remote_port}" if r.remote_address else ""
+        local = endpoint_text(r.local_address, r.local_port)
+        remote = f" -> {endpoint_text(r.remote_address, r.remote_port)}" if r.remote_address else ""
         words.append(local + remote)
     if r.port_id is not None:
         words.append(f"port {r.port_id}" + (f" groups {r.groups}" if r.groups else ""))
     if r.family == "packet":
-        words.append(f"if {r.interface or 'any'} proto 0x{r.ethertype or 0:04x}")
+        ifname = escape(r.interface, r.interface_bytes) if r.interface is not None else "any"
+        words.append(f"if {ifname} proto 0x{r.ethertype or 0:04x}")
     if r.peer_ino:
         where = "in the tree" if r.peer_in_tree else "outside the tree"
         words.append(f"peer socket:[{r.peer_ino}] {where}")
