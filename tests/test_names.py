@@ -1,0 +1,232 @@
+"""Names as the kernel has them: bytes, kept exactly from the kernel to the image, its
+JSON export and back (docs/image-format.md, "Names").
+
+The rules on literal input, then a real tree (tests/workloads/odd_names.py) holding files,
+a comm, a root, a mount, an fdinfo value and socket names that are not UTF-8 or are
+made to mislead; and files really named "x (deleted)".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+import asyckpt
+from asyckpt import File, name_bytes, os_name, read_image, split_name
+from asyckpt._escape import unescape
+from asyckpt._image import MAGIC, parse_image
+from asyckpt._names import json_name, json_names, json_names_in, split_names, text
+
+from .conftest import WORKLOADS, Tree
+from .test_capture import capture, fds_of
+from .test_cli import run
+from .test_image_format import frame, make_body, valid_parts, with_digest
+
+# --- the rule, on literal input --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "exact"),
+    [
+        (b"plain", "plain", None),
+        (b"caf\xc3\xa9", "café", None),
+        (b"line\nbreak", "line\nbreak", None),  # valid UTF-8: kept as it is
+        (b"esc\x1b[31mred", "esc\x1b[31mred", None),
+        (b"bad\xff\xfebytes", "bad\\xff\\xfebytes", b"bad\xff\xfebytes"),
+        (b"back\\slash\xff", "back\\\\slash\\xff", b"back\\slash\xff"),
+        (b"\xed\xa0\x80", "\\xed\\xa0\\x80", b"\xed\xa0\x80"),  # an encoded surrogate
+    ],
+)
+def test_split_name(raw: bytes, field: str, exact: bytes | None) -> None:
+    value = raw.decode("utf-8", "surrogateescape")  # as os.readlink returns it
+    assert split_name(value) == (field, exact)
+    assert name_bytes(field, exact) == raw
+    assert os_name(field, exact) == value
+    if exact is not None:
+        assert unescape(field) == raw
+
+
+def test_split_names_all_or_none() -> None:
+    assert split_names(["a", "b"]) == (["a", "b"], None)
+    odd = "t\udcff"
+    assert split_names(["a\\b", odd]) == (["a\\\\b", "t\\xff"], [b"a\\b", b"t\xff"])
+    assert text("fine\n") == "fine\n"
+    assert text("no such file: /x\udcff") == "no such file: /x\\xff"
+
+
+def test_json_names() -> None:
+    doc: dict[str, Any] = {"path": "bad\\xff", "path_bytes": b"bad\xff", "comm": "c"}
+    json_name(doc, "path", b"bad\xff")
+    json_name(doc, "comm", None)
+    assert doc == {"path": "bad\\xff", "path_encoding": "escaped", "comm": "c"}
+    doc = {"fdinfo": [["iff", "t\\xff"], ["x", "1"]], "fdinfo_bytes": [b"t\xff", b"1"]}
+    json_names(doc, "fdinfo", doc["fdinfo_bytes"])
+    assert doc == {"fdinfo": [["iff", "t\\xff"], ["x", "1"]], "fdinfo_encoding": "escaped"}
+    # A plugin's record, however deep; bytes that are not a name's are left alone.
+    data = {
+        "name": "@x",
+        "name_bytes": b"\0x\xff",
+        "content": b"\xff",
+        "inner": [{"interface": "t", "interface_bytes": None}],
+    }
+    assert json_names_in(data) == {
+        "name": "\\x00x\\xff",
+        "name_encoding": "escaped",
+        "content": b"\xff",
+        "inner": [{"interface": "t"}],
+    }
+
+
+def test_version_2_images_are_still_read() -> None:
+    """An image written before names had ``_bytes`` companions reads as before, each
+    companion None."""
+    records, trailer = valid_parts()
+    head = MAGIC + struct.pack(">I", 2)
+    v2_file = msgspec.msgpack.decode(msgspec.msgpack.encode(make_body()[1]))
+    for k in ("path_bytes", "fdinfo_bytes"):
+        del v2_file[k]
+    for r in records:
+        head += frame(msgspec.msgpack.encode(v2_file if r is records[2] else r))
+    image = parse_image(with_digest(head + frame(msgspec.msgpack.encode(trailer))))
+    f = image.files[1]
+    assert (f.path_bytes, f.fdinfo_bytes) == (None, None)
+    assert name_bytes(f.path, f.path_bytes) == f.path.encode()
+
+
+# --- a real tree -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def odd(spawn: Any) -> Tree:
+    tree: Tree = spawn(WORKLOADS / "odd_names.py")
+    return tree
+
+
+def _raw(info: Tree, key: str) -> bytes:
+    return os.fsencode(info.info["workdir"]) + b"/" + info.info["names"][key].encode("latin-1")
+
+
+def _socket_data(image: asyckpt.Image, f: File) -> dict[str, Any]:
+    data = msgspec.msgpack.decode(f.data)
+    assert isinstance(data, dict), f.error
+    return data
+
+
+def test_odd_names_survive_byte_exact(odd: Tree, tmp_path: Path) -> None:
+    """Every name that is not UTF-8 is in the image exactly, and in the JSON export
+    escaped with its stated encoding; the others as they are."""
+    info = odd.info
+    out = tmp_path / "odd.ackpt"
+    capture(odd, out)
+    image = read_image(out)
+    fds = fds_of(image, odd.pid)
+    for key in ("bad", "line", "esc"):
+        f = fds[info[key]][1]
+        assert name_bytes(f.path, f.path_bytes) == _raw(odd, key)
+        assert os.path.samefile(os_name(f.path, f.path_bytes), f"/proc/{odd.pid}/fd/{info[key]}")
+    bad = fds[info["bad"]][1]
+    assert bad.path_bytes == _raw(odd, "bad") and "\\xff\\xfe" in bad.path
+    assert fds[info["line"]][1].path_bytes is None  # valid UTF-8: the text itself
+
+    child = next(t for t in image.tasks if t.pid == info["odd"]["pid"])
+    assert name_bytes(child.comm, child.comm_bytes) == b"c\xff\x1b[2J"
+    assert name_bytes(child.root, child.root_bytes) == os.fsencode(info["workdir"]) + b"/mnt\xff"
+    child_fds = fds_of(image, child.pid)
+    inner = child_fds[info["odd"]["inner"]][1]
+    assert (inner.path, inner.path_bytes) == ("/in\\xff", b"/in\xff")
+    tun = child_fds[info["odd"]["tun"]][1]
+    assert tun.fdinfo_bytes is not None
+    values = dict(zip([k for k, _ in tun.fdinfo], tun.fdinfo_bytes, strict=True))
+    assert values["iff"] == b"t\xff\xfe"
+    sources = [
+        name_bytes(m.source, m.source_bytes)
+        for table in image.mounts
+        for m in table.mounts
+        if m.fstype == "tmpfs"
+    ]
+    assert b"src\xff" in sources
+
+    listener = _socket_data(image, fds[info["listener"]][1])
+    assert listener["name_bytes"] == os.fsencode(info["workdir"]) + b"/sock\xff\xfe"
+    assert listener["name_state"] == "ok"  # looked up by its exact bytes
+    abstract = _socket_data(image, fds[info["abstract"]][1])
+    assert (abstract["name_bytes"], abstract["abstract"]) == (b"\0abs\xff", True)
+
+    # The JSON export: valid JSON, every name's bytes recovered exactly.
+    proc = run("show", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+
+    def exact(d: dict[str, Any], field: str) -> bytes:
+        if d.get(f"{field}_encoding") == "escaped":
+            return unescape(d[field])
+        assert f"{field}_encoding" not in d
+        return str(d[field]).encode()
+
+    files = {f["id"]: f for f in doc["files"]}
+    for key in ("bad", "line", "esc"):
+        assert exact(files[fds[info[key]][1].id], "path") == _raw(odd, key)
+    assert files[bad.id]["path_encoding"] == "escaped"
+    assert "path_bytes" not in files[bad.id]
+    tdoc = next(t for t in doc["tasks"] if t["pid"] == child.pid)
+    assert exact(tdoc, "comm") == b"c\xff\x1b[2J"
+    tun_doc = files[tun.id]
+    assert tun_doc["fdinfo_encoding"] == "escaped"
+    assert [unescape(v) for k, v in tun_doc["fdinfo"] if k == "iff"] == [b"t\xff\xfe"]
+    for view in ("data", "rendered"):
+        sock = files[fds[info["listener"]][1].id][view]
+        assert exact(sock, "name") == listener["name_bytes"]
+        assert exact(files[fds[info["abstract"]][1].id][view], "name") == b"\0abs\xff"
+    mount_docs = [e for m in doc["mounts"] for e in m["mounts"] if e["fstype"] == "tmpfs"]
+    assert b"src\xff" in [exact(e, "source") for e in mount_docs]
+
+
+def test_a_name_really_ending_in_deleted(odd: Tree, tmp_path: Path) -> None:
+    """The kernel's " (deleted)" suffix is stripped only when it is the kernel's."""
+    info, wd = odd.info, odd.info["workdir"]
+    out = tmp_path / "odd.ackpt"
+    capture(odd, out)
+    fds = fds_of(read_image(out), odd.pid)
+
+    def state(key: str) -> tuple[str, bool, str]:
+        f = fds[info[key]][1]
+        return f.path, f.deleted, f.path_state
+
+    assert state("live_deleted") == (f"{wd}/x (deleted)", False, "ok")
+    assert state("dead_deleted") == (f"{wd}/gone/x (deleted)", True, "deleted")
+    assert state("plain_deleted") == (f"{wd}/plain", True, "deleted")
+    assert state("linked_deleted") == (f"{wd}/gone/y (deleted)", True, "deleted-linked")
+
+
+def test_sockets_print_as_ss_does(odd: Tree, tmp_path: Path) -> None:
+    """IPv6 endpoints in brackets; an unconnected socket UNCONN, its record keeping the
+    kernel's state (CLOSE, 7)."""
+    info = odd.info
+    out = tmp_path / "odd.ackpt"
+    capture(odd, out)
+    image = read_image(out)
+    fds = fds_of(image, odd.pid)
+    for key in ("udp", "unbound"):
+        data = _socket_data(image, fds[info[key]][1])
+        assert (data["state"], data["state_number"]) == ("CLOSE", 7)
+    proc = run("show", str(out))
+    assert proc.returncode == 0, proc.stderr
+    rows = {int(line.split()[2].rstrip("rwupe")): line for line in _rows(proc.stdout, odd.pid)}
+    assert "[udp UNCONN, 127.0.0.1:" in rows[info["udp"]]
+    assert "[unix dgram UNCONN" in rows[info["unbound"]]
+    port, client = info["port6"], info["client6_port"]
+    assert f"tcp6 ESTABLISHED, [::1]:{client} -> [::1]:{port}," in rows[info["client6"]]
+
+
+def _rows(table: str, pid: int) -> list[str]:
+    return [
+        line
+        for line in table.splitlines()
+        if len(line.split()) > 3 and line.split()[1] == str(pid) and line.split()[2][0].isdigit()
+    ]
