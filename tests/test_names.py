@@ -19,11 +19,11 @@ import pytest
 
 import asyckpt
 from asyckpt import File, name_bytes, os_name, read_image, split_name
-from asyckpt._escape import unescape
+from asyckpt._escape import escape, unescape
 from asyckpt._image import MAGIC, parse_image
 from asyckpt._names import json_name, json_names, json_names_in, split_names, text
 
-from .conftest import WORKLOADS, Tree
+from .conftest import V2_ROOT, WORKLOADS, Tree, _force_release, move_into
 from .test_capture import capture, fds_of
 from .test_cli import run
 from .test_image_format import frame, make_body, valid_parts, with_digest
@@ -230,3 +230,21 @@ def _rows(table: str, pid: int) -> list[str]:
         for line in table.splitlines()
         if len(line.split()) > 3 and line.split()[1] == str(pid) and line.split()[2][0].isdigit()
     ]
+
+
+def test_a_cgroup_whose_name_is_not_utf8(zoo: Tree, tmp_path: Path) -> None:
+    """Frozen in place, a delegated cgroup's name (chosen by its delegate) is kept
+    exactly in the header."""
+    if not V2_ROOT.is_dir():
+        pytest.fail(f"{V2_ROOT} is not mounted on this machine")
+    cg = V2_ROOT / f"asyckpt-test-{os.getpid()}-odd\udcff"
+    cg.mkdir()
+    try:
+        move_into(cg, zoo.pids())
+        capture(zoo, tmp_path / "x.ackpt", freeze=f"cgroup:{cg}")
+        header = read_image(tmp_path / "x.ackpt").header
+        assert header.freezer_cgroup is not None
+        assert name_bytes(header.freezer_cgroup, header.freezer_cgroup_bytes) == bytes(cg)
+        assert header.freeze_mode == "cgroup:" + escape(str(cg))  # as asked: a message
+    finally:
+        _force_release(cg)
