@@ -18,15 +18,16 @@ import msgspec
 import pytest
 
 import asyckpt
-from asyckpt import File, name_bytes, os_name, read_image, split_name
+from asyckpt import File, ImageCorrupt, name_bytes, os_name, read_image, split_name
 from asyckpt._escape import escape, unescape
 from asyckpt._image import MAGIC, parse_image
 from asyckpt._names import json_name, json_names, json_names_in, split_names, text
+from asyckpt._records import Holders, OutsideFd
 
 from .conftest import V2_ROOT, WORKLOADS, Tree, _force_release, move_into
 from .test_capture import capture, fds_of
 from .test_cli import run
-from .test_image_format import frame, make_body, valid_parts, with_digest
+from .test_image_format import assemble, frame, make_body, valid_parts, with_digest
 
 # --- the rule, on literal input --------------------------------------------------------
 
@@ -248,3 +249,77 @@ def test_a_cgroup_whose_name_is_not_utf8(zoo: Tree, tmp_path: Path) -> None:
         assert header.freeze_mode == "cgroup:" + escape(str(cg))  # as asked: a message
     finally:
         _force_release(cg)
+
+
+# --- ends outside the tree (tree --endpoints=system) ------------------------------------
+
+
+def _fds_on(pid: int, link: str) -> list[int]:
+    out = []
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{name}") == link:
+                out.append(int(name))
+        except FileNotFoundError:
+            continue
+    return sorted(out)
+
+
+def test_endpoints_system_names_the_process_outside(odd: Tree, tmp_path: Path) -> None:
+    """A socketpair's and a pipe's other ends are held only by a process outside the tree:
+    the capture names it, pid/comm fd, and says the search was not frozen."""
+    info = odd.info
+    outsider = info["outsider"]["pid"]
+    comm = Path(f"/proc/{outsider}/comm").read_text().strip()
+    out = tmp_path / "sys.ackpt"
+    summary = capture(odd, out, endpoints="system")
+    assert summary.endpoints == "system"
+    image = read_image(out)
+    assert image.header.endpoints == "system"
+    fds = fds_of(image, odd.pid)
+    pair = _socket_data(image, fds[info["pair"]][1])
+    peer = pair["peer_ino"]
+    assert pair["peer_in_tree"] is False
+    pipe = fds[info["pipe_r"]][1]
+    found = {(h.type, h.ino): h for h in image.outside}
+    on_peer = found[("socket", peer)].fds
+    assert [(o.pid, o.comm, o.fd, o.access) for o in on_peer] == [
+        (outsider, comm, fd, "rw") for fd in _fds_on(outsider, f"socket:[{peer}]")
+    ]
+    on_pipe = [(o.pid, o.fd, o.access) for o in found[("pipe", pipe.ino)].fds]
+    assert (outsider, info["outsider"]["pipe_w"], "w") in on_pipe
+    assert not any(o.pid == odd.pid for h in image.outside for o in h.fds)  # the tree's own
+
+    proc = run("show", "--endpoints", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "searched for after the thaw (not frozen" in proc.stdout
+    fd = on_peer[0].fd
+    assert f"socket:[{peer}]       ! outside the tree: {outsider}/{comm} fd {fd}u" in proc.stdout
+    assert f"! outside the tree: {outsider}/{comm} fd {info['outsider']['pipe_w']}w" in proc.stdout
+    doc = json.loads(run("show", "--endpoints", "--json", str(out)).stdout)
+    ends = [e for ep in doc["endpoints"] for e in ep["ends"] if e["ino"] == peer]
+    assert ends[0]["outside_fds"] == [{"pid": outsider, "comm": comm, "fd": fd, "access": "rw"}]
+
+
+def test_endpoints_default_does_not_search(odd: Tree, tmp_path: Path) -> None:
+    out = tmp_path / "tree.ackpt"
+    capture(odd, out)
+    image = read_image(out)
+    assert (image.header.endpoints, image.outside) == ("tree", [])
+    proc = run("show", "--endpoints", str(out))
+    assert "! outside the tree (or closed)" in proc.stdout
+    assert "searched" not in proc.stdout
+
+
+def test_holders_records_come_last_and_only_in_version_3() -> None:
+    records, trailer = valid_parts()
+    holders = Holders(
+        type="pipe", dev=15, ino=7, fds=[OutsideFd(pid=9, comm="x", fd=3, access="w")]
+    )
+    trailer.records += 1
+    image = parse_image(assemble([*records, holders], trailer))
+    assert image.outside == [holders]
+    with pytest.raises(ImageCorrupt, match="after the holders"):
+        parse_image(assemble([records[0], holders, *records[1:]], trailer))
+    with pytest.raises(ImageCorrupt, match="holders record in a version 2 image"):
+        parse_image(assemble([*records, holders], trailer, version=2))

@@ -82,6 +82,7 @@ from ._records import (
     Fd,
     FdTable,
     File,
+    Holders,
     Lock,
     MountEntry,
     MountTable,
@@ -100,7 +101,7 @@ __all__ = [
     "row_facts",
 ]
 
-BodyRecord = MountTable | FdTable | File | Content | Fd | Task
+BodyRecord = MountTable | FdTable | File | Content | Fd | Task | Holders
 
 O_CLOEXEC = os.O_CLOEXEC
 OWNER_TYPES = {0: "tid", 1: "pid", 2: "pgrp"}

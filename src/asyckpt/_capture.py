@@ -69,10 +69,11 @@ from ._ghost import CONTENT_CHUNK, DEFAULT_GHOST_LIMIT, Chunk, GhostNote
 from ._guardian import Guardian, take_guardian
 from ._kernel import dedup_rows, kcmp_files
 from ._order import Reorderer
+from ._outside import ENDPOINTS_MODES, search, targets
 from ._plugins import CaptureSession, Dispatch, LoadedHandler, _Pending, load_handlers
 from ._procparse import TaskStat
 from ._procread import read_fd_tables
-from ._records import Content, PluginInfo
+from ._records import Content, Holders, PluginInfo
 
 __all__ = ["CaptureOptions", "CaptureSummary", "capture"]
 
@@ -117,7 +118,14 @@ class CaptureOptions(msgspec.Struct, kw_only=True, frozen=True):
     (st_blocks * 512) is at most this many bytes; 0 copies none.  A larger one is
     recorded ``too-big`` (``CaptureSummary.ghost_notes``), or fails a ``strict`` capture."""
 
+    endpoints: str = "tree"
+    """``system``: after the thaw, search the processes outside the tree for the other
+    ends of its pipes, FIFOs and connections (``Holders`` records, ``_outside``);
+    ``tree``: do not."""
+
     def __post_init__(self) -> None:
+        if self.endpoints not in ENDPOINTS_MODES:
+            raise ValueError(f"endpoints must be one of {', '.join(ENDPOINTS_MODES)}")
         if not 0 <= self.pipe_data <= PIPE_DATA_MAX:
             raise ValueError(f"pipe_data must be between 0 and {PIPE_DATA_MAX} bytes")
         if self.ghost_limit < 0:
@@ -158,6 +166,10 @@ class CaptureSummary(msgspec.Struct, kw_only=True):
     content_bytes: int = 0
     ghost_notes: list[GhostNote] = []
     """Unlinked files whose content is not in the image: over the limit, or failed."""
+    endpoints: str = "tree"
+    """As asked (``CaptureOptions.endpoints``)."""
+    outside_holders: int = 0
+    """With endpoints ``system``: the objects found held outside the tree."""
 
 
 def _read_mountinfo(pid: int) -> str:
@@ -451,6 +463,17 @@ async def _run(
                 if not isinstance(piece, Content):
                     piece = await trio.to_thread.run_sync(ghosts.read, piece)
                 await send.send([piece])
+    holders: list[Holders] = []
+    if options.endpoints == "system":
+        # After everything else, the tree thawed: the rest of the system is not frozen.
+        in_tree = {p.stat.pid for p in plans}
+        holders = await trio.to_thread.run_sync(lambda: search(targets(parts), in_tree))
+        if holders:
+            batch: list[BodyRecord] = list(holders)
+            if sink is not None:
+                await trio.to_thread.run_sync(sink, batch)
+            else:
+                await send.send(batch)
     contents, content_bytes = ghosts.totals()
     return CaptureSummary(
         root_pid=pid,
@@ -476,6 +499,8 @@ async def _run(
         contents=contents,
         content_bytes=content_bytes,
         ghost_notes=list(ghosts.notes),
+        endpoints=options.endpoints,
+        outside_holders=len(holders),
     )
 
 

@@ -153,6 +153,14 @@ def _parser() -> argparse.ArgumentParser:
         "most SIZE (K, M, G: binary units) into the image, holes left out; a larger one is "
         "reported and not saved, or fails --strict (default: 1M; 0: never copy)",
     )
+    t.add_argument(
+        "--endpoints",
+        choices=("tree", "system"),
+        default="tree",
+        help="system: after the thaw, search the processes outside the tree for the other "
+        "ends of its pipes, FIFOs and connections, and record them (not frozen: a search, "
+        "not a snapshot); shown by 'show --endpoints' (default: tree, no search)",
+    )
     _plugin_options(t)
     t.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 
@@ -252,6 +260,11 @@ def _report(summary: CaptureSummary, quiet: bool) -> None:
         f"freezing {summary.freezing_ms:.2f} ms, frozen {summary.frozen_ms:.2f} ms, "
         f"total {summary.capture_ms:.1f} ms"
     )
+    if summary.endpoints == "system":
+        print(
+            f"searched outside the tree after the thaw: {summary.outside_holders} of its "
+            "pipes and peers held there (see: asyckpt show --endpoints)"
+        )
     if summary.ghosts_saved:
         print(
             f"content of {summary.ghosts_saved} unlinked file(s) saved: "
@@ -323,6 +336,7 @@ def _tree(args: argparse.Namespace) -> int:
         disable_plugins=tuple(args.disable_plugin),
         pipe_data=args.pipe_data,
         ghost_limit=args.ghost_limit,
+        endpoints=args.endpoints,
     )
 
     # Loaded here rather than by the capture, so that conflicts are reported as warnings

@@ -4,10 +4,11 @@ Grammar (all integers big-endian; docs/image-format.md says the same at more len
 
     IMAGE   ::= MAGIC VERSION HEADER BODY TRAILER DIGEST
     MAGIC   ::= 89 41 43 4B 50 54 0D 0A 1A 0A        ("\\x89ACKPT\\r\\n\\x1a\\n", 10 bytes)
-    VERSION ::= u32 format version                   (currently 2; 1 is read too)
+    VERSION ::= u32 format version                   (currently 3; 1 and 2 are read too)
     FRAME   ::= u32 LEN, then LEN bytes: one msgpack map with a "kind" key
     HEADER  ::= FRAME of kind "header"
     BODY    ::= { FRAME of kind "mounts" | "fdtable" | "file" | "content" | "fd" | "task" }
+                { FRAME of kind "holders" }           (version 3: after every task)
     TRAILER ::= FRAME of kind "trailer"
     DIGEST  ::= 32 bytes: sha256 of every byte before it, then end of file
 
@@ -42,6 +43,7 @@ from ._records import (
     FdTable,
     File,
     Header,
+    Holders,
     MountTable,
     Record,
     Task,
@@ -175,6 +177,9 @@ class Image(msgspec.Struct, kw_only=True):
     contents: dict[int, list[Content]] = {}
     """The ``content`` records of each file whose unlinked data was saved, in offset
     order (``File.ghost`` ``saved``, ``File.ghost_file`` its own id)."""
+    outside: list[Holders] = []
+    """Who outside the tree held its pipes, FIFOs and peers, searched for after the thaw
+    (``Header.endpoints`` ``system``)."""
 
     def fds(self, table: int | None) -> list[tuple[Fd, File]]:
         """The fds of one fd table (a Task's ``fd_table``) with their open files."""
@@ -269,6 +274,13 @@ def parse_image(data: bytes, *, name: str = "image") -> Image:
             content_bytes += len(rec.data)
             continue
         owner = None
+        if isinstance(rec, Holders):
+            if version < 3:
+                raise ImageCorrupt(f"{name}: a holders record in a version {version} image")
+            image.outside.append(rec)
+            continue
+        if image.outside:
+            raise ImageCorrupt(f"{name}: a {type(rec).__name__} record after the holders")
         if isinstance(rec, Fd):
             if current is None or rec.file not in image.files:
                 raise ImageCorrupt(f"{name}: fd {rec.fd} refers to an undefined table or file")

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from ._escape import escape
+from ._records import OutsideFd
 
 __all__ = [
     "ESCAPED",
@@ -28,6 +29,7 @@ __all__ = [
     "json_names_in",
     "name_bytes",
     "os_name",
+    "outside_fd_json",
     "split_name",
     "split_names",
     "text",
@@ -128,3 +130,10 @@ def json_names_in(value: object) -> object:
         for item in value.values():
             json_names_in(item)
     return value
+
+
+def outside_fd_json(fd: OutsideFd) -> dict[str, object]:
+    """A holder outside the tree, in the JSON export (its comm by the rule)."""
+    doc: dict[str, object] = {"pid": fd.pid, "comm": fd.comm, "fd": fd.fd, "access": fd.access}
+    json_name(doc, "comm", fd.comm_bytes)
+    return doc

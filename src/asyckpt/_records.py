@@ -21,9 +21,11 @@ __all__ = [
     "FdTable",
     "File",
     "Header",
+    "Holders",
     "Lock",
     "MountEntry",
     "MountTable",
+    "OutsideFd",
     "Owner",
     "PluginInfo",
     "Record",
@@ -78,6 +80,9 @@ class Header(_Record, tag="header", kw_only=True):
     cgroup frozen where it is) or ``none``."""
     pre_frozen: bool = False
     """The cgroup was frozen before asyckpt came, and was left frozen."""
+    endpoints: str = "tree"
+    """``system`` when who outside the tree holds its pipes' and connections' other ends
+    was searched for after the thaw (``holders`` records); ``tree``: not searched."""
     hostname_bytes: bytes | None = None
     freezer_cgroup_bytes: bytes | None = None
     """The exact bytes of ``hostname`` and ``freezer_cgroup`` when not UTF-8."""
@@ -282,6 +287,32 @@ class Task(_Record, tag="task", kw_only=True):
     """The exact bytes of ``comm`` and ``root`` when not UTF-8."""
 
 
+class OutsideFd(msgspec.Struct, kw_only=True, array_like=True):
+    """An fd of a process outside the tree on one of the tree's pipes, FIFOs or peers."""
+
+    pid: int
+    comm: str
+    fd: int
+    access: str
+    """``r``, ``w``, ``rw`` or ``path``, from its fdinfo flags (which end of a pipe)."""
+    comm_bytes: bytes | None = None
+    """``comm``'s exact bytes when not UTF-8."""
+
+
+class Holders(_Record, tag="holders", kw_only=True):
+    """Who outside the tree held one of its objects, searched for after the thaw
+    (``tree --endpoints=system``; format version 3): after every task of the body."""
+
+    type: str
+    """``pipe``, ``fifo`` or ``socket``."""
+    dev: int
+    ino: int
+    """The object: a pipe or FIFO of the tree, or the socket at the other end of one of
+    the tree's (``peer_ino``, ``pending``)."""
+    fds: list[OutsideFd]
+    """In ascending (pid, fd) order."""
+
+
 class Trailer(_Record, tag="trailer", kw_only=True):
     tasks: int
     fd_tables: int
@@ -301,4 +332,4 @@ class Trailer(_Record, tag="trailer", kw_only=True):
     """Data bytes those records hold."""
 
 
-Record = Header | MountTable | FdTable | File | Content | Fd | Task | Trailer
+Record = Header | MountTable | FdTable | File | Content | Fd | Task | Holders | Trailer

@@ -18,9 +18,9 @@ import msgspec
 
 from ._ghost import format_size
 from ._image import Image
-from ._names import json_name, json_names, json_names_in
+from ._names import escape_name, json_name, json_names, json_names_in, outside_fd_json
 from ._plugins import ImagePlugin
-from ._records import NO_DATA, File, Lock, MountEntry, Owner, PluginInfo
+from ._records import NO_DATA, File, Lock, MountEntry, OutsideFd, Owner, PluginInfo
 
 __all__ = [
     "End",
@@ -284,8 +284,11 @@ def _dev(dev: int) -> str:
     return f"{os.major(dev)}:{os.minor(dev)}"
 
 
+_FD_MODES = {"r": "r", "w": "w", "rw": "u", "path": "p"}
+
+
 def _fd_mode(f: File) -> str:
-    return {"r": "r", "w": "w", "rw": "u", "path": "p"}[f.access]
+    return _FD_MODES[f.access]
 
 
 def render_table(image: Image, plugins: Mapping[str, ImagePlugin] | None = None) -> str:
@@ -402,6 +405,8 @@ class End(NamedTuple):
     pending_on: int | None = None
     """The server end of a connection not accepted yet: the file id of the listener it
     waits on."""
+    outside_fds: tuple[OutsideFd, ...] = ()
+    """An end outside the tree: the fds found on it after the thaw (``holders``)."""
 
     @property
     def outside(self) -> bool:
@@ -415,6 +420,7 @@ class End(NamedTuple):
             "fds": [{"pid": h.pid, "tid": h.tid, "fd": h.fd} for h in self.holders],
             "outside": self.outside,
             "pending_on": self.pending_on,
+            "outside_fds": [outside_fd_json(o) for o in self.outside_fds],
         }
 
 
@@ -472,6 +478,7 @@ def endpoints(image: Image) -> list[Endpoint]:
     """Every pipe and FIFO, and every socket with a peer, in order of first appearance,
     with the task/fd at each end (as ``lsof +E`` shows them)."""
     holders = _holders(image)
+    outside = {(h.type, h.dev, h.ino): h.fds for h in image.outside}
     pipes: dict[tuple[int, int], list[File]] = {}
     sockets: dict[int, tuple[File, dict[str, Any]]] = {}
     for f in image.files.values():
@@ -495,9 +502,11 @@ def endpoints(image: Image) -> list[Endpoint]:
             End(_PIPE_ROLES.get(f.access, f.access), f.ino, f.id, tuple(holders.get(f.id, ())))
             for f in files
         ]
+        found = outside.get((first.type, first.dev, first.ino), [])
         for side in ("read", "write"):
-            if not any(e.role in (side, "read-write") for e in ends):
-                ends.append(End(side, first.ino, None, ()))
+            theirs = tuple(o for o in found if o.access in (side[0], "rw"))
+            if theirs or not any(e.role in (side, "read-write") for e in ends):
+                ends.append(End(side, first.ino, None, (), None, theirs))
         name = f"pipe:[{first.ino}]" if first.type == "pipe" else first.path
         label = "" if first.type == "pipe" else f"FIFO, ino {first.ino}"
         if first.deleted:
@@ -522,7 +531,7 @@ def endpoints(image: Image) -> list[Endpoint]:
             if peer in same_ino:
                 ends += ends_of(peer, same_ino[peer], "socket")
             else:
-                ends.append(End("socket", peer, None, ()))
+                ends.append(End("socket", peer, None, (), None, _held(outside, f, peer)))
             name = f"socket:[{ino}] <-> socket:[{peer}]"
         words = [str(data[k]) for k in ("family", "type") if isinstance(data.get(k), str)]
         out.append((f.id, Endpoint("socket", name, " ".join(words), tuple(ends))))
@@ -531,11 +540,27 @@ def endpoints(image: Image) -> list[Endpoint]:
         if ino not in done:
             f = image.files[listener]
             words = [str(v) for k in ("family", "type") if isinstance(v := _raw(f).get(k), str)]
-            ends = [End("socket", ino, None, ()), End("socket", 0, None, (), listener)]
+            ends = [
+                End("socket", ino, None, (), None, _held(outside, f, ino)),
+                End("socket", 0, None, (), listener),
+            ]
             name = f"socket:[{ino}] -> listener socket:[{f.ino}]"
             out.append((listener, Endpoint("socket", name, " ".join(words), tuple(ends))))
     out.sort(key=lambda pair: pair[0])
     return [e for _, e in out]
+
+
+def _held(
+    outside: dict[tuple[str, int, int], list[OutsideFd]], f: File, ino: int
+) -> tuple[OutsideFd, ...]:
+    """The fds outside the tree on socket ``ino``, of the same sockfs as ``f``."""
+    return tuple(outside.get(("socket", f.dev, ino), ()))
+
+
+def _outside_text(o: OutsideFd) -> str:
+    """``pid/comm fd N`` and its mode, as lsof +E names the process at the other end."""
+    mode = _FD_MODES.get(o.access, "?")
+    return f"{o.pid}/{escape_name(o.comm, o.comm_bytes)} fd {o.fd}{mode}"
 
 
 def _end_text(end: End, image: Image) -> str:
@@ -543,6 +568,10 @@ def _end_text(end: End, image: Image) -> str:
         listener = image.files[end.pending_on]
         return f"pending on listener socket:[{listener.ino}] (file {listener.id}), not accepted"
     if end.file is None:
+        if end.outside_fds:
+            return "! outside the tree: " + ", ".join(map(_outside_text, end.outside_fds))
+        if image.header.endpoints == "system":
+            return "! outside the tree: no holder found (closed)"
         return "! outside the tree (or closed)"
     f = image.files[end.file]
     fds = ", ".join(
@@ -562,6 +591,11 @@ def render_endpoints(image: Image) -> str:
         f"pipes: {kinds['pipe']}, FIFOs: {kinds['fifo']}, connections: {kinds['socket']}; "
         f"with an end outside the tree (!): {outside}"
     ]
+    if image.header.endpoints == "system":
+        lines.append(
+            "ends outside the tree: searched for after the thaw (not frozen: "
+            "they may have changed since the capture)"
+        )
     for e in eps:
         lines.append("")
         lines.append(f"{e.kind} {e.name}" + (f"  ({e.label})" if e.label else ""))
