@@ -10,7 +10,7 @@ rotating order so all three see the same machine state:
 * ``floor_scan PID PID ...``, compiled here with ``cc -O2``: per fd one readlink, one
   stat and one fdinfo read, in one thread: what reading the same /proc data must cost.
 
-It prints Markdown tables (for the README) with medians, and a second table for trees of
+It prints Markdown tables (for docs/performance.md) with medians, and a second table for trees of
 1, 21 and 201 tasks.  Everything it starts is killed by process group and reaped, the
 temporary directory is removed, and leftover asyckpt cgroups are reported.
 
