@@ -56,8 +56,10 @@ if TYPE_CHECKING:
     from ._records import FdTable as FdTable
     from ._records import File as File
     from ._records import Header as Header
+    from ._records import Holders as Holders
     from ._records import Lock as Lock
     from ._records import MountTable as MountTable
+    from ._records import OutsideFd as OutsideFd
     from ._records import Owner as Owner
     from ._records import Task as Task
     from ._records import Trailer as Trailer
@@ -110,8 +112,10 @@ _LAZY = {
     "FdTable": "._records",
     "File": "._records",
     "Header": "._records",
+    "Holders": "._records",
     "Lock": "._records",
     "MountTable": "._records",
+    "OutsideFd": "._records",
     "Owner": "._records",
     "Task": "._records",
     "Trailer": "._records",
