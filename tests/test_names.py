@@ -22,6 +22,7 @@ from asyckpt import File, ImageCorrupt, name_bytes, os_name, read_image, split_n
 from asyckpt._escape import escape, unescape
 from asyckpt._image import MAGIC, parse_image
 from asyckpt._names import json_name, json_names, json_names_in, split_names, text
+from asyckpt._outside import _linked_inos
 from asyckpt._records import Holders, OutsideFd
 
 from .conftest import V2_ROOT, WORKLOADS, Tree, _force_release, move_into
@@ -323,3 +324,16 @@ def test_holders_records_come_last_and_only_in_version_3() -> None:
         parse_image(assemble([records[0], holders, *records[1:]], trailer))
     with pytest.raises(ImageCorrupt, match="holders record in a version 2 image"):
         parse_image(assemble([*records, holders], trailer, version=2))
+
+
+@pytest.mark.parametrize(
+    ("data", "inos"),
+    [
+        (msgspec.Raw(msgspec.msgpack.encode({"peer_ino": 7, "pending": [8, 9]})), [7, 8, 9]),
+        ({"peer_ino": 0, "pending": [True, -1, "x", 5]}, [5]),  # not a socket's inode
+        (msgspec.Raw(b"\xc1"), []),  # undecodable: no link, not a failure
+        (None, []),
+    ],
+)
+def test_the_sockets_a_record_links(data: Any, inos: list[int]) -> None:
+    assert _linked_inos(data) == inos
