@@ -111,30 +111,44 @@ def search(wanted: list[Target], exclude: Iterable[int]) -> list[Holders]:
     for pid in pids:
         if pid in skip:
             continue
-        fd_dir = f"{PROC}/{pid}/fd"
         try:
-            fds = sorted(map(int, os.listdir(fd_dir)))
+            dfd = os.open(f"{PROC}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:  # it exited, or is not ours to read
             continue
-        comm: tuple[str, bytes | None] | None = None
-        for fd in fds:
-            try:
-                link = os.readlink(f"{fd_dir}/{fd}")
-            except OSError:
-                continue
-            target = by_link.get(link)
-            if target is None:
-                continue
-            fd_facts = _fd_access(pid, fd, target)
-            if fd_facts is None:
-                continue
-            if comm is None:
-                comm = _comm(pid)
-            text, raw = comm
-            found.setdefault(target, []).append(
-                OutsideFd(pid=pid, comm=text, fd=fd, access=fd_facts, comm_bytes=raw)
-            )
+        try:
+            hits = _hits(dfd, by_link)
+        finally:
+            os.close(dfd)
+        if not hits:
+            continue
+        text, raw = _comm(pid)
+        for fd, target in hits:
+            access = _fd_access(pid, fd, target)
+            if access is not None:
+                found.setdefault(target, []).append(
+                    OutsideFd(pid=pid, comm=text, fd=fd, access=access, comm_bytes=raw)
+                )
     return [Holders(type=t.type, dev=t.dev, ino=t.ino, fds=found[t]) for t in wanted if t in found]
+
+
+def _hits(dfd: int, by_link: dict[str, Target]) -> list[tuple[int, Target]]:
+    """The fds of one fd directory whose link names a target, in fd order (the commonest
+    work of the search: one readlink per fd of the machine, relative to the directory)."""
+    readlink, get = os.readlink, by_link.get
+    out = []
+    try:
+        names = os.listdir(dfd)
+    except OSError:
+        return []
+    for name in names:
+        try:
+            target = get(readlink(name, dir_fd=dfd))
+        except OSError:
+            continue  # closed meanwhile
+        if target is not None:
+            out.append((int(name), target))
+    out.sort()
+    return out
 
 
 def _fd_access(pid: int, fd: int, target: Target) -> str | None:
