@@ -206,6 +206,30 @@ def test_a_name_really_ending_in_deleted(odd: Tree, tmp_path: Path) -> None:
     assert state("linked_deleted") == (f"{wd}/gone/y (deleted)", True, "deleted-linked")
 
 
+@pytest.mark.parametrize("reader", ["c", "python"])
+def test_a_path_longer_than_path_max(
+    reader: str, odd: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel gives no link text for it (ENAMETOOLONG): the fd is recorded without a
+    name, path_state too-long, an unlinked one's content saved; not a failed capture.
+    The same with either fd reader."""
+    if reader == "python":
+        monkeypatch.setattr("asyckpt._procread._read_tables_c", None)
+        monkeypatch.setattr("asyckpt._capture.dedup_rows", None)
+    info = odd.info
+    out = tmp_path / "odd.ackpt"
+    capture(odd, out)
+    image = read_image(out)
+    fds = fds_of(image, odd.pid)
+    deep, gone = fds[info["deep"]][1], fds[info["deep_unlinked"]][1]
+    assert (deep.path, deep.deleted, deep.path_state, deep.size) == ("", False, "too-long", 8)
+    assert (gone.path, gone.deleted, gone.path_state, gone.ghost) == ("", True, "too-long", "saved")
+    assert b"".join(c.data for c in image.contents[gone.id]) == b"far down, unlinked"
+    proc = run("show", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "[path longer than PATH_MAX: the kernel does not give it]" in proc.stdout
+
+
 def test_sockets_print_as_ss_does(odd: Tree, tmp_path: Path) -> None:
     """IPv6 endpoints in brackets; an unconnected socket UNCONN, its record keeping the
     kernel's state (CLOSE, 7)."""

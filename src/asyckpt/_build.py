@@ -54,7 +54,7 @@ from ._errors import (
 from ._ghost import DEFAULT_GHOST_LIMIT, Ghost, GhostSpool
 from ._names import split_name, split_names
 from ._names import text as as_text
-from ._paths import PathChecker
+from ._paths import PATH_KINDS, PathChecker
 from ._plugins import (
     CaptureLinks,
     CaptureSession,
@@ -562,6 +562,10 @@ class RecordBuilder:
         facts = row_facts(pid, tid, raw, root)
         if facts.deleted and raw[6] and link.endswith(_DELETED) and _named_so(facts):
             facts = facts._replace(path=facts.path + _DELETED, deleted=False)
+        elif not link and raw[6] == 0 and facts.kind in PATH_KINDS:
+            # No link text (a path too long for the kernel to give): unlinked all the
+            # same, by its nlink, and its content is saved like any other's.
+            facts = facts._replace(deleted=True)
         kind = facts.kind
         raw_rest = raw[15]
         rest = facts.fdinfo.extra

@@ -61,7 +61,7 @@ def decide(
 ) -> str:
     """The ``path_state`` of one description (see ``File.path_state``)."""
     if kind not in PATH_KINDS or not path.startswith("/"):
-        return "none"
+        return _no_path(kind, path)
     if in_proc_pid and (deleted or found != (dev, ino)):
         # Its process exited (or the pid was reused: a new directory); procfs inodes are
         # never replaced otherwise.
@@ -73,6 +73,12 @@ def decide(
     if isinstance(found, int):
         return "missing" if found in _GONE else "unchecked"
     return "ok" if found == (dev, ino) else "replaced"
+
+
+def _no_path(kind: str, path: str) -> str:
+    # A kind opened by a path with no link text at all: the kernel would not give it,
+    # longer than PATH_MAX (readlink's ENAMETOOLONG; the readers record it empty).
+    return "too-long" if kind in PATH_KINDS and not path else "none"
 
 
 class PathChecker:
@@ -112,7 +118,7 @@ class PathChecker:
                         continue
                     raw = new.raw
                     if new.kind not in PATH_KINDS or not new.path.startswith("/"):
-                        new.path_state = "none"
+                        new.path_state = _no_path(new.kind, new.path)
                         continue
                     mount_point = procs.get(raw[14])
                     in_proc = mount_point is not None and proc_pid_path(new.path, mount_point)

@@ -219,6 +219,17 @@ def read_fd_tables(
     return out
 
 
+def _readlink_name(readlink: Callable[..., str], name: str, dfd: int) -> str:
+    """The link text, or "" when the kernel will not give it (a path longer than
+    PATH_MAX: ENAMETOOLONG), as the C reader does."""
+    try:
+        return readlink(name, dir_fd=dfd)
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            return ""
+        raise
+
+
 def _read_table_py(fd_dir: str, info_dir: str, parent: int = 0, tid: int = 0) -> list[ScanRow]:
     """The fallback for _fdscan.read_tables: the same result, several times slower."""
     from ._kernel import same_file
@@ -244,7 +255,7 @@ def _read_table_py(fd_dir: str, info_dir: str, parent: int = 0, tid: int = 0) ->
                         if b"lock:" not in info:
                             out.append((int(name), split_fdinfo(info)[1]))
                             continue
-                    link = readlink(name, dir_fd=dfd)
+                    link = _readlink_name(readlink, name, dfd)
                     st = stat(name, dir_fd=dfd)
                     if info is None:
                         info = read(name, dir_fd=ifd)

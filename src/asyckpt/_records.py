@@ -210,7 +210,8 @@ class File(_Record, tag="file", kw_only=True, gc=False):
     ``deleted-linked`` (its name unlinked, another hard link keeps it), ``replaced`` (the
     path names another inode now), ``missing`` (nothing there now), ``proc-exited`` (a
     /proc/PID/... file whose process has exited), ``none`` (no path: pipes, sockets,
-    anon inodes, namespace files), ``unchecked`` (could not be checked; version 1)."""
+    anon inodes, namespace files), ``too-long`` (``path`` empty: longer than PATH_MAX,
+    the kernel does not give it), ``unchecked`` (could not be checked; version 1)."""
     ghost: str = "unchecked"
     """An unlinked regular file's content: ``none`` (not an unlinked regular file),
     ``saved`` (in the ``content`` records after the file ``ghost_file``), ``too-big``

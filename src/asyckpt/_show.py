@@ -174,6 +174,7 @@ _PATH_NOTES = {
     "replaced": "path now names another file",
     "missing": "path no longer exists",
     "proc-exited": "its process has exited",
+    "too-long": "path longer than PATH_MAX: the kernel does not give it",
     "unchecked": "path not checked",
 }
 

@@ -5,8 +5,9 @@ byte), then idles until killed.  Layout:
   root: files named b"bad\\xff\\xfebytes", "line\\nbreak", "esc\\x1b[31mred"; a live file
         really named "x (deleted)"; an unlinked file also named "x (deleted)"; an unlinked
         "plain"; a file named "y (deleted)" whose name was unlinked while another hard
-        link keeps it; a unix listener bound at b"sock\\xff\\xfe" and a client connected to
-        it; an abstract unix socket b"\\0abs\\xff"; an unbound unix datagram socket; an
+        link keeps it; a file whose path is longer than PATH_MAX, and an unlinked one; a
+        unix listener bound at b"sock\\xff\\xfe" and a client connected to it; an
+        abstract unix socket b"\\0abs\\xff"; an unbound unix datagram socket; an
         unconnected UDP socket; a TCP connection over ::1 (both ends); the read end of a
         pipe and one end of a unix socketpair whose other ends only "outsider" holds;
   child "odd": comm b"c\\xff\\x1b[2J", in a mount and network namespace of its own: a
@@ -105,6 +106,19 @@ def main(workdir: str) -> None:
     os.unlink(os.path.join(sub, b"x (deleted)"))
     out["plain_deleted"] = os.open(p(b"plain"), os.O_RDWR | os.O_CREAT, 0o644)
     os.unlink(p(b"plain"))
+    # A path longer than PATH_MAX: made one directory at a time, relative to the last.
+    level = os.open(wd, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(45):
+        os.mkdir(b"d" * 100, dir_fd=level)
+        deeper = os.open(b"d" * 100, os.O_RDONLY | os.O_DIRECTORY, dir_fd=level)
+        os.close(level)
+        level = deeper
+    out["deep"] = os.open(b"deep", os.O_RDWR | os.O_CREAT, 0o644, dir_fd=level)
+    os.write(out["deep"], b"far down")  # type: ignore[arg-type]
+    out["deep_unlinked"] = os.open(b"gone", os.O_RDWR | os.O_CREAT, 0o644, dir_fd=level)
+    os.write(out["deep_unlinked"], b"far down, unlinked")  # type: ignore[arg-type]
+    os.unlink(b"gone", dir_fd=level)
+    os.close(level)
     linked = os.path.join(sub, b"y (deleted)")
     out["linked_deleted"] = os.open(linked, os.O_RDWR | os.O_CREAT, 0o644)
     os.link(linked, p(b"y-other-name"))
