@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from asyckpt._escape import escape, unescape
 from asyckpt._image import MAGIC, parse_image
 from asyckpt._names import json_name, json_names, json_names_in, split_names, text
 from asyckpt._outside import _linked_inos
+from asyckpt._procparse import parse_cgroup
 from asyckpt._records import Holders, OutsideFd
 
 from .conftest import V2_ROOT, WORKLOADS, Tree, _force_release, move_into
@@ -361,3 +364,45 @@ def test_holders_records_come_last_and_only_in_version_3() -> None:
 )
 def test_the_sockets_a_record_links(data: Any, inos: list[int]) -> None:
     assert _linked_inos(data) == inos
+
+
+@pytest.mark.parametrize("freeze", ["cgroup-v1", "cgroup-v2", "auto"])
+def test_a_tree_in_a_cgroup_whose_name_is_not_utf8(freeze: str, zoo: Tree, tmp_path: Path) -> None:
+    """Moved into a transient cgroup and back (or frozen where it is), from a cgroup
+    whose name is not UTF-8: back exactly where it was."""
+    if not V2_ROOT.is_dir():
+        pytest.fail(f"{V2_ROOT} is not mounted on this machine")
+    cg = V2_ROOT / f"asyckpt-test-{os.getpid()}-tree\udcff"
+    cg.mkdir()
+    try:
+        move_into(cg, zoo.pids())
+        before = {pid: Path(f"/proc/{pid}/cgroup").read_bytes() for pid in zoo.pids()}
+        capture(zoo, tmp_path / "x.ackpt", freeze=freeze)
+        assert read_image(tmp_path / "x.ackpt").header.consistent
+        after = {pid: Path(f"/proc/{pid}/cgroup").read_bytes() for pid in zoo.pids()}
+        assert after == before
+    finally:
+        _force_release(cg)
+
+
+def test_a_mount_of_asyckpts_own_whose_name_is_not_utf8(zoo: Tree, tmp_path: Path) -> None:
+    """asyckpt reads its own mount table to find the freezer: a mount point there that is
+    not UTF-8 (any user can make one: a USB stick's label) must not fail every capture.
+    asyckpt runs in a mount namespace of its own, gone when it exits."""
+    odd = os.fsencode(tmp_path) + b"/usb\xff"
+    os.mkdir(odd)
+    script = 'mount -t tmpfs asyckpt-test "$1" && exec "$2" -m asyckpt tree "$3" -o "$4" -q'
+    proc = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+         odd, sys.executable, str(zoo.pid), str(tmp_path / "x.ackpt")],
+        capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert read_image(tmp_path / "x.ackpt").header.consistent
+
+
+def test_parse_cgroup_keeps_a_name_that_is_not_utf8() -> None:
+    assert parse_cgroup(b"0::/user\xff.slice\n4:freezer:/\n") == {
+        "": "/user\udcff.slice",
+        "freezer": "/",
+    }

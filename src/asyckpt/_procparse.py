@@ -269,7 +269,9 @@ def parse_cgroup(data: bytes) -> dict[str, str]:
     and a named hierarchy keeps its ``name=`` prefix.
     """
     result: dict[str, str] = {}
-    for line in data.decode().splitlines():
+    # A cgroup's name is bytes, chosen by whoever it is delegated to: kept as os
+    # functions take it (surrogateescape), to move a task back exactly there.
+    for line in data.decode("utf-8", "surrogateescape").splitlines():
         _hid, controllers, path = line.split(":", 2)
         if not controllers:
             result[""] = path
