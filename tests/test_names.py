@@ -228,6 +228,8 @@ def test_a_path_longer_than_path_max(
     assert (deep.path, deep.deleted, deep.path_state, deep.size) == ("", False, "too-long", 8)
     assert (gone.path, gone.deleted, gone.path_state, gone.ghost) == ("", True, "too-long", "saved")
     assert b"".join(c.data for c in image.contents[gone.id]) == b"far down, unlinked"
+    chrooted = next(t for t in image.tasks if t.pid == info["deep_root"])
+    assert chrooted.root == ""  # its root's path is too long as well
     proc = run("show", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "[path longer than PATH_MAX: the kernel does not give it]" in proc.stdout
@@ -288,7 +290,7 @@ def _fds_on(pid: int, link: str) -> list[int]:
         try:
             if os.readlink(f"/proc/{pid}/fd/{name}") == link:
                 out.append(int(name))
-        except FileNotFoundError:
+        except OSError:  # closed, or a path too long to read
             continue
     return sorted(out)
 

@@ -92,6 +92,11 @@ class PathChecker:
         key = (mnt_ns, root)
         if key in self._roots:
             return
+        if not root:
+            # Its root's path is longer than PATH_MAX: the recorded paths are not
+            # relative to it, so they cannot be looked up through it (left unchecked).
+            self._roots[key] = None
+            return
         try:
             self._roots[key] = os.open(
                 f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC

@@ -90,7 +90,7 @@ def read_task_meta(pid: int) -> TaskMeta:
     with oserror_context(pid=pid, what="task metadata"):
         st = os.stat(f"{PROC}/{pid}")
         try:
-            root = os.readlink(f"{PROC}/{pid}/root")
+            root = _readlink_name(os.readlink, f"{PROC}/{pid}/root")
             mnt_ns = os.stat(f"{PROC}/{pid}/ns/mnt").st_ino
         except FileNotFoundError:
             # A zombie keeps its /proc entry but has dropped its fs and namespaces.
@@ -219,7 +219,7 @@ def read_fd_tables(
     return out
 
 
-def _readlink_name(readlink: Callable[..., str], name: str, dfd: int) -> str:
+def _readlink_name(readlink: Callable[..., str], name: str, dfd: int | None = None) -> str:
     """The link text, or "" when the kernel will not give it (a path longer than
     PATH_MAX: ENAMETOOLONG), as the C reader does."""
     try:

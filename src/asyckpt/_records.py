@@ -285,7 +285,8 @@ class Task(_Record, tag="task", kw_only=True):
     none."""
     comm_bytes: bytes | None = None
     root_bytes: bytes | None = None
-    """The exact bytes of ``comm`` and ``root`` when not UTF-8."""
+    """The exact bytes of ``comm`` and ``root`` when not UTF-8.  (``root`` is empty when
+    longer than PATH_MAX: the kernel does not give it.)"""
 
 
 class OutsideFd(msgspec.Struct, kw_only=True, array_like=True):

@@ -14,6 +14,7 @@ byte), then idles until killed.  Layout:
         tmpfs from source b"src\\xff" mounted on b"mnt\\xff" (its root: it chroots
         there), a file b"in\\xff" on it, a tun device named b"t\\xff\\xfe" (its fdinfo
         says so);
+  child "deep_root": chrooted in the directory longer than PATH_MAX;
   "outsider": forked twice, so that it is not in the tree (its parent exits), in the
         tree's process group (killed with it).
 """
@@ -65,6 +66,14 @@ def odd_child(ready: int, workdir: bytes) -> None:
     idle()
 
 
+def deep_root_child(ready: int, level: int) -> None:
+    """Chrooted where its root's path is longer than PATH_MAX."""
+    os.fchdir(level)
+    os.chroot(".")
+    os.write(ready, b"{}\n")
+    idle()
+
+
 def outsider(ready: int, pipe_w: int, pair: socket.socket) -> None:
     """The grandchild: its parent exits at once, so it is reparented out of the tree."""
     if os.fork() != 0:
@@ -113,6 +122,8 @@ def main(workdir: str) -> None:
         deeper = os.open(b"d" * 100, os.O_RDONLY | os.O_DIRECTORY, dir_fd=level)
         os.close(level)
         level = deeper
+    deep_root, _ = start(deep_root_child, level)
+    out["deep_root"] = deep_root
     out["deep"] = os.open(b"deep", os.O_RDWR | os.O_CREAT, 0o644, dir_fd=level)
     os.write(out["deep"], b"far down")  # type: ignore[arg-type]
     out["deep_unlinked"] = os.open(b"gone", os.O_RDWR | os.O_CREAT, 0o644, dir_fd=level)
