@@ -25,7 +25,7 @@ from asyckpt._escape import escape, unescape
 from asyckpt._image import MAGIC, parse_image
 from asyckpt._names import json_name, json_names, json_names_in, split_names, text
 from asyckpt._outside import _linked_inos
-from asyckpt._procparse import parse_cgroup
+from asyckpt._procparse import parse_cgroup, parse_fdinfo, parse_fdinfo_rest, parse_mountinfo
 from asyckpt._records import Holders, OutsideFd
 
 from .conftest import V2_ROOT, WORKLOADS, Tree, _force_release, move_into
@@ -408,3 +408,23 @@ def test_parse_cgroup_keeps_a_name_that_is_not_utf8() -> None:
         "": "/user\udcff.slice",
         "freezer": "/",
     }
+
+
+def test_kernel_lines_end_at_newlines_only() -> None:
+    """A name may hold what str.splitlines and str.strip take for line ends and blanks
+    (\\x1c, \\x85, \\u2028, \\xa0): the kernel's lines end at "\\n", its padding is blanks
+    and tabs."""
+    odd = "t\x1ca\u2028b\x85\xa0"
+    rest = f"iff:\t{odd}\nlock:\t1: FLOCK  ADVISORY  WRITE 1 00:01:2 0 EOF\n".encode()
+    assert parse_fdinfo_rest(rest) == (
+        ("iff", odd),
+        ("lock", "1: FLOCK  ADVISORY  WRITE 1 00:01:2 0 EOF"),
+    )
+    assert parse_fdinfo(b"pos:\t0\nflags:\t02\nmnt_id:\t9\nino:\t5\n" + rest).extra[0] == (
+        "iff",
+        odd,
+    )
+    line = f"36 35 0:40 / /mnt/{odd} rw,relatime shared:1 - tmpfs src{odd} rw\n"
+    (mount,) = parse_mountinfo(line)
+    assert (mount.mount_point, mount.source) == (f"/mnt/{odd}", f"src{odd}")
+    assert parse_cgroup(f"0::/a{odd}\n".encode()) == {"": f"/a{odd}"}
