@@ -428,3 +428,23 @@ def test_kernel_lines_end_at_newlines_only() -> None:
     (mount,) = parse_mountinfo(line)
     assert (mount.mount_point, mount.source) == (f"/mnt/{odd}", f"src{odd}")
     assert parse_cgroup(f"0::/a{odd}\n".encode()) == {"": f"/a{odd}"}
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"path": "innocent", "path_bytes": b"evil\xff"},
+        {"path": "bad\\xff", "path_bytes": b"bad\xfe"},
+        {"fdinfo": [("iff", "t")], "fdinfo_bytes": [b"t", b"u"]},
+        {"fdinfo": [("iff", "t")], "fdinfo_bytes": [b"t\xff"]},
+    ],
+)
+def test_a_name_that_is_not_its_bytes_is_refused(changes: dict[str, Any]) -> None:
+    """What is printed must be the name that is kept: a crafted image whose escaped text
+    disagrees with its bytes is corrupt."""
+    records, trailer = valid_parts()
+    records[2] = msgspec.structs.replace(records[2], **changes)
+    with pytest.raises(ImageCorrupt, match="is not its"):
+        parse_image(assemble(records, trailer))
+    records[2] = msgspec.structs.replace(records[2], path="ok", path_bytes=None, fdinfo_bytes=None)
+    parse_image(assemble(records, trailer))

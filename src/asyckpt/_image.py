@@ -35,6 +35,7 @@ from typing import IO
 import msgspec
 
 from ._errors import ImageCorrupt, ImageVersionError, NotAnImage, OutputError
+from ._names import bad_name
 from ._records import (
     FORMAT_VERSION,
     READABLE_VERSIONS,
@@ -247,6 +248,8 @@ def parse_image(data: bytes, *, name: str = "image") -> Image:
     header = records[0]
     if not isinstance(header, Header):
         raise ImageCorrupt(f"{name} does not start with a header")
+    for rec in records:
+        _check_names(name, rec)
     image = Image(
         header=header,
         mounts=[],
@@ -334,6 +337,20 @@ def parse_image(data: bytes, *, name: str = "image") -> Image:
     if counts != expected:
         raise ImageCorrupt(f"{name}: body counts {counts} disagree with the trailer {expected}")
     return image
+
+
+def _check_names(name: str, rec: object) -> None:
+    """A name field and its ``_bytes`` must agree (docs/image-format.md, "Names")."""
+    inner: list[object] = [rec]
+    if isinstance(rec, MountTable):
+        inner = list(rec.mounts)
+    elif isinstance(rec, Holders):
+        inner = list(rec.fds)
+    for part in inner:
+        field = bad_name(part)
+        if field is not None:
+            kind = type(rec).__name__.lower()
+            raise ImageCorrupt(f"{name}: a {kind} record's {field} is not its {field}_bytes")
 
 
 def _check_content(name: str, version: int, rec: Content, owner: File | None, end: int) -> None:

@@ -19,10 +19,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from ._escape import escape
-from ._records import OutsideFd
+from ._records import File, Header, MountEntry, OutsideFd, Task
 
 __all__ = [
     "ESCAPED",
+    "bad_name",
     "escape_name",
     "json_name",
     "json_names",
@@ -137,3 +138,28 @@ def outside_fd_json(fd: OutsideFd) -> dict[str, object]:
     doc: dict[str, object] = {"pid": fd.pid, "comm": fd.comm, "fd": fd.fd, "access": fd.access}
     json_name(doc, "comm", fd.comm_bytes)
     return doc
+
+
+_NAME_FIELDS: dict[type, tuple[str, ...]] = {
+    Header: ("hostname", "freezer_cgroup"),
+    MountEntry: ("root", "mount_point", "fstype", "source"),
+    File: ("path",),
+    Task: ("comm", "root"),
+    OutsideFd: ("comm",),
+}
+
+
+def bad_name(record: object) -> str | None:
+    """The first name field of a decoded record whose text is not what its ``_bytes``
+    say (the escaped form of them), or None.  An image's reader refuses such a record:
+    what is printed must be the name that is kept.  ``fdinfo_bytes`` must match
+    ``fdinfo`` value for value."""
+    for field in _NAME_FIELDS.get(type(record), ()):
+        raw = getattr(record, f"{field}_bytes")
+        if raw is not None and getattr(record, field) != escape(raw):
+            return field
+    if isinstance(record, File) and record.fdinfo_bytes is not None:
+        values = [value for _, value in record.fdinfo]
+        if values != [escape(raw) for raw in record.fdinfo_bytes]:
+            return "fdinfo"
+    return None
