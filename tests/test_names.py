@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 import pytest
+import trio
 
 import asyckpt
 from asyckpt import File, ImageCorrupt, name_bytes, os_name, read_image, split_name
@@ -30,7 +31,7 @@ from asyckpt._records import Holders, OutsideFd
 
 from .conftest import V2_ROOT, WORKLOADS, Tree, _force_release, move_into
 from .test_capture import capture, fds_of
-from .test_cli import run
+from .test_cli import assert_one_line_error, run
 from .test_image_format import assemble, frame, make_body, valid_parts, with_digest
 
 # --- the rule, on literal input --------------------------------------------------------
@@ -448,3 +449,22 @@ def test_a_name_that_is_not_its_bytes_is_refused(changes: dict[str, Any]) -> Non
         parse_image(assemble(records, trailer))
     records[2] = msgspec.structs.replace(records[2], path="ok", path_bytes=None, fdinfo_bytes=None)
     parse_image(assemble(records, trailer))
+
+
+def test_open_capture_streams_the_holders_last(odd: Tree) -> None:
+    async def collect() -> list[Any]:
+        options = asyckpt.CaptureOptions(endpoints="system")
+        async with asyckpt.open_capture(odd.pid, options=options) as stream:
+            return [record async for record in stream]
+
+    records = trio.run(collect)
+    kinds = [type(r).__name__ for r in records]
+    first = kinds.index("Holders")
+    assert first > kinds.index("Task") and set(kinds[first:]) == {"Holders"}
+    with pytest.raises(ValueError, match="endpoints must be one of tree, system"):
+        asyckpt.CaptureOptions(endpoints="everything")
+
+
+def test_endpoints_option_is_checked() -> None:
+    proc = run("tree", "1", "--endpoints", "everything")
+    assert_one_line_error(proc, 2, "invalid choice: 'everything'")
