@@ -1,10 +1,12 @@
-"""Embedding asyckpt in a trio program: stream a capture, then write an image.
+"""Embedding asyckpt in a trio program: stream a capture, write an image, then watch
+the tree until it leaks.
 
     python examples/embed_trio.py [PID]
 
-Without PID it starts a small child process of its own to look at, and kills it after.
-Everything here is public API (``import asyckpt``); nothing blocks the event loop, and
-a cancellation at any point leaves the captured tree running and thawed.
+Without PID it starts a small child process of its own to look at (it leaks a socket a
+second), and kills it after.  Everything here is public API (``import asyckpt``); nothing
+blocks the event loop, and a cancellation at any point leaves the captured tree running
+and thawed.  (For asyncio programs: examples/supervisor_asyncio.py.)
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ import trio
 import asyckpt
 
 CHILD = """
-import os, signal, sys
+import os, socket, sys, time
 log = open(os.path.join(sys.argv[1], "app.log"), "a")   # a regular file
-r, w = os.pipe()                                         # kept generic until a pipe plugin
+r, w = os.pipe()
 print(os.getpid(), flush=True)
-signal.pause()
+held = []
+while True:
+    time.sleep(1)
+    held.append(socket.socket())                         # the leak: never closed
 """
 
 
@@ -49,6 +54,19 @@ async def supervise(pid: int, workdir: str) -> None:
     for task in image.tasks:
         for fd, f in image.fds(task.fd_table):
             print(f"  pid {task.pid} fd {fd.fd}: {f.type:<6} {f.path}")
+
+    # 4. Watch the tree: an unfrozen look every half second, a capture (and its diff
+    #    against the previous one) once it holds more fds, the last two images kept.
+    watchdir = os.path.join(workdir, "watch")
+    os.mkdir(watchdir)
+    with trio.fail_after(30):
+        async for event in asyckpt.watch(pid, every=0.5, keep=2, directory=watchdir):
+            if event.diff is None:
+                print(f"watching: first capture {os.path.basename(event.path)}")
+                continue
+            for opened in event.diff.opened:
+                print(f"watch caught: pid {opened.pid} fd {opened.fd} {opened.type} {opened.path}")
+            break
 
 
 def main() -> None:

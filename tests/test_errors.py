@@ -25,8 +25,10 @@ from asyckpt._errors import (
     NotAnImage,
     OutputError,
     PluginError,
+    RendererError,
     StrictViolation,
     TargetError,
+    UsageError,
     collapse_errors,
     oserror_context,
     translate_oserror,
@@ -59,6 +61,8 @@ EXIT_CODES = [
     (PluginError, 9, AsyckptError),
     (HandlerFailed, 8, AsyckptError),
     (KernelUnsupported, 10, AsyckptError),
+    (UsageError, 2, AsyckptError),
+    (RendererError, 11, AsyckptError),
 ]
 
 

@@ -16,6 +16,13 @@ if TYPE_CHECKING:
     from ._api import open_capture as open_capture
     from ._capture import CaptureOptions as CaptureOptions
     from ._capture import CaptureSummary as CaptureSummary
+    from ._diff import DiffSummary as DiffSummary
+    from ._diff import FdRef as FdRef
+    from ._diff import FieldChange as FieldChange
+    from ._diff import ImageDiff as ImageDiff
+    from ._diff import ImageRef as ImageRef
+    from ._diff import TaskRef as TaskRef
+    from ._diff import diff as diff
     from ._errors import AccessDenied as AccessDenied
     from ._errors import AsyckptError as AsyckptError
     from ._errors import FreezerError as FreezerError
@@ -29,8 +36,10 @@ if TYPE_CHECKING:
     from ._errors import NotAnImage as NotAnImage
     from ._errors import OutputError as OutputError
     from ._errors import PluginError as PluginError
+    from ._errors import RendererError as RendererError
     from ._errors import StrictViolation as StrictViolation
     from ._errors import TargetError as TargetError
+    from ._errors import UsageError as UsageError
     from ._image import Image as Image
     from ._image import read_image as read_image
     from ._names import escape_name as escape_name
@@ -63,6 +72,9 @@ if TYPE_CHECKING:
     from ._records import Owner as Owner
     from ._records import Task as Task
     from ._records import Trailer as Trailer
+    from ._watch import Look as Look
+    from ._watch import WatchEvent as WatchEvent
+    from ._watch import watch as watch
 
 __version__ = "0.1.0"
 
@@ -72,6 +84,13 @@ _LAZY = {
     "open_capture": "._api",
     "CaptureOptions": "._capture",
     "CaptureSummary": "._capture",
+    "DiffSummary": "._diff",
+    "FdRef": "._diff",
+    "FieldChange": "._diff",
+    "ImageDiff": "._diff",
+    "ImageRef": "._diff",
+    "TaskRef": "._diff",
+    "diff": "._diff",
     "AccessDenied": "._errors",
     "AsyckptError": "._errors",
     "FreezerError": "._errors",
@@ -85,8 +104,10 @@ _LAZY = {
     "NotAnImage": "._errors",
     "OutputError": "._errors",
     "PluginError": "._errors",
+    "RendererError": "._errors",
     "StrictViolation": "._errors",
     "TargetError": "._errors",
+    "UsageError": "._errors",
     "Image": "._image",
     "escape_name": "._names",
     "name_bytes": "._names",
@@ -119,6 +140,9 @@ _LAZY = {
     "Owner": "._records",
     "Task": "._records",
     "Trailer": "._records",
+    "Look": "._watch",
+    "WatchEvent": "._watch",
+    "watch": "._watch",
 }
 
 __all__ = sorted(_LAZY)

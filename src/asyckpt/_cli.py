@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
-from ._errors import AsyckptError, OutputError, collapse_errors
+from ._errors import AsyckptError, OutputError, UsageError, collapse_errors
 
 if TYPE_CHECKING:
     from ._capture import CaptureSummary
@@ -30,14 +30,17 @@ _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 DEFAULT_GHOST_LIMIT = 1 << 20
 
 EXIT_INTERRUPTED = 130
+# `diff` exits 1 when the images differ, as diff(1) does, so its internal errors (1
+# elsewhere) take a code of their own.
+EXIT_DIFF_INTERNAL = 12
 
 EPILOG = """\
 exit codes:
   0 success              5 output path unusable     9 plugin error
   1 internal error       6 not a valid image       10 kernel lacks a feature
-  2 usage error          7 freezer error           130 interrupted (SIGINT/SIGTERM)
-  3 bad target pid       8 --strict violation
-  4 permission denied
+  2 usage error          7 freezer error           11 Graphviz (dot) missing or failed
+  3 bad target pid       8 --strict violation      12 internal error in diff (its 1: different)
+  4 permission denied                             130 interrupted (SIGINT/SIGTERM)
 """
 
 
@@ -189,6 +192,41 @@ def _parser() -> argparse.ArgumentParser:
     )
     _plugin_options(s)
 
+    g = sub.add_parser(
+        "graph",
+        help="draw an image: the tree and what its tasks share",
+        description="Draw the tree of an image and what its tasks share (pipes, socket "
+        "connections, open files held by several tasks, epoll targets): DOT, or SVG and PNG "
+        "through Graphviz's dot.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g.add_argument("image", help="image file")
+    g.add_argument(
+        "-o", "--output", metavar="OUT", help="picture to write (default: standard output)"
+    )
+    g.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    g.add_argument(
+        "--format",
+        choices=("svg", "png", "dot"),
+        help="what to write (default: from OUT's suffix .svg, .png, .dot or .gv, else svg); "
+        "svg and png need Graphviz's dot",
+    )
+    g.add_argument(
+        "--kinds",
+        metavar="KIND,...",
+        help="draw only fds of these kinds: pipe, fifo, socket, reg, dir, link, chr, blk, "
+        "epoll, anon (default: all)",
+    )
+    g.add_argument("--pid", type=int, help="draw only the task PID and its descendants")
+    g.add_argument(
+        "--shared-only",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="leave out the fds no other task shares (default: only for trees of more than "
+        "50 tasks or 500 shared objects)",
+    )
+
     pl = sub.add_parser(
         "plugins",
         help="list the fd-type handlers",
@@ -198,8 +236,101 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _plugin_options(pl)
+
+    d = sub.add_parser(
+        "diff",
+        help="compare two images of one tree",
+        description="Print what changed from image A to image B: tasks added and removed, "
+        "fds opened, closed or pointing at another file, and fields that changed.  "
+        "Exit 0 when nothing changed, 1 when something did, 2 and up on errors.",
+        epilog=DIFF_EPILOG + EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    d.add_argument("a", metavar="A", help="the older image")
+    d.add_argument("b", metavar="B", help="the newer image")
+    d.add_argument("--json", action="store_true", help="print the diff as JSON")
+
+    w = sub.add_parser(
+        "watch",
+        help="capture a tree whenever its fd count grows",
+        description="Look at the tree rooted at PID every interval without freezing it "
+        "(its processes and fd counts); when its fds grew by N or more since the last "
+        "capture, or a process appeared, capture it into DIR and print what changed.  "
+        "Runs until Ctrl-C, SIGTERM or SIGHUP (exit 0).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    w.add_argument("pid", type=int, help="root of the tree")
+    w.add_argument(
+        "--every",
+        type=_duration,
+        default=10.0,
+        metavar="DURATION",
+        help="how often to look (seconds, or with ms, s, m, h; default: 10s)",
+    )
+    w.add_argument(
+        "--on-growth",
+        type=_at_least_one,
+        default=1,
+        metavar="N",
+        help="capture when the fds grew by N or more since the last capture (default: 1)",
+    )
+    w.add_argument(
+        "--keep",
+        type=_at_least_one,
+        default=5,
+        metavar="K",
+        help="keep the last K images, removing older ones this watch wrote (default: 5)",
+    )
+    w.add_argument(
+        "-o", "--output", metavar="DIR", default=".", help="where to write images (default: .)"
+    )
+    w.add_argument(
+        "--freeze", type=_freeze_mode, default="auto", metavar="MODE", help="as for tree"
+    )
+    w.add_argument(
+        "--freeze-timeout",
+        type=_positive_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="as for tree (default: 10)",
+    )
+    _plugin_options(w)
     return p
 
+
+_DURATION_UNITS = (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0))
+
+
+def _duration(text: str) -> float:
+    """``--every``: seconds, or a number with ``ms``, ``s``, ``m`` or ``h``."""
+    number, scale = text, 1.0
+    for unit, unit_scale in _DURATION_UNITS:
+        if text.endswith(unit):
+            number, scale = text[: -len(unit)], unit_scale
+            break
+    try:
+        value = float(number) * scale
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a positive duration (seconds, or with ms, s, m, h: 500ms, 10s)"
+        )
+    return value
+
+
+def _at_least_one(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+DIFF_EPILOG = """\
+diff exits as diff(1) does: 0 the images are the same, 1 they differ, 2 and up on
+errors, with the codes below; its own internal errors exit 12, not 1.
+
+"""
 
 PLUGINS_EPILOG = """\
 environment:
@@ -401,17 +532,13 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-class _UsageError(AsyckptError):
-    exit_code = 2
-
-
 def _extract(image: Image, file_id: str, out: str) -> int:
     """``show --extract``: an unlinked file's saved content, as a sparse file."""
     f = image.files.get(int(file_id)) if file_id.isdigit() else None
     if f is None:
-        raise _UsageError(f"the image has no file {file_id!r}")
+        raise UsageError(f"the image has no file {file_id!r}")
     if f.ghost != "saved" or f.ghost_file is None:
-        raise _UsageError(f"file {file_id} has no saved content (ghost: {f.ghost})")
+        raise UsageError(f"file {file_id} has no saved content (ghost: {f.ghost})")
     try:
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except OSError as exc:
@@ -468,6 +595,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_tree(args)
         if args.command == "plugins":
             return _cmd_plugins(args)
+        if args.command == "graph":
+            from ._graph_cmd import run
+
+            return run(args)
+        if args.command == "diff":
+            from ._cmd_diff import cmd_diff
+
+            return cmd_diff(args)
+        if args.command == "watch":
+            from ._cmd_watch import cmd_watch
+
+            return cmd_watch(args, _load_handlers(args))
         return _cmd_show(args)
     except AsyckptError as exc:
         print(f"asyckpt: error: {exc}", file=sys.stderr)
@@ -487,7 +626,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "(a bug: please report it; ASYCKPT_DEBUG=1 shows the traceback)",
             file=sys.stderr,
         )
-        return 1
+        return EXIT_DIFF_INTERNAL if args.command == "diff" else 1
 
 
 def run() -> NoReturn:

@@ -26,8 +26,10 @@ __all__ = [
     "NotAnImage",
     "OutputError",
     "PluginError",
+    "RendererError",
     "StrictViolation",
     "TargetError",
+    "UsageError",
 ]
 
 
@@ -64,6 +66,13 @@ def _rebuild(
     AsyckptError.__init__(err, msg, pid=pid, fd=fd)
     err.__dict__.update(state)
     return err
+
+
+class UsageError(AsyckptError):
+    """A command's arguments do not fit the image or each other (exit 2, as argparse's
+    own usage errors)."""
+
+    exit_code = 2
 
 
 class TargetError(AsyckptError):
@@ -136,6 +145,13 @@ class HandlerFailed(AsyckptError):
     def __init__(self, handler: str, exc: BaseException, *, pid: int, fd: int) -> None:
         super().__init__(f"handler {handler!r} failed: {type(exc).__name__}: {exc}", pid=pid, fd=fd)
         self.handler = handler
+
+
+class RendererError(AsyckptError):
+    """Graphviz's ``dot``, which ``asyckpt graph`` needs for SVG and PNG, is missing or
+    failed (exit 11)."""
+
+    exit_code = 11
 
 
 class KernelUnsupported(AsyckptError):

@@ -1,0 +1,63 @@
+"""``asyckpt graph IMAGE``: read and verify an image, draw it (``_graph``), render it
+(``_graphviz``) and write it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ._errors import UsageError
+
+__all__ = ["FORMATS", "output_format", "parse_kinds", "run"]
+
+FORMATS = ("svg", "png", "dot")
+_SUFFIXES = {".svg": "svg", ".png": "png", ".dot": "dot", ".gv": "dot"}
+
+
+def output_format(fmt: str | None, output: str | None) -> str:
+    """``--format``, else what OUT's suffix says (``.svg``, ``.png``, ``.dot``, ``.gv``),
+    else svg."""
+    if fmt is not None:
+        return fmt
+    suffix = os.path.splitext(output or "")[1].lower()
+    return _SUFFIXES.get(suffix, "svg")
+
+
+def parse_kinds(text: str | None) -> frozenset[str] | None:
+    """``--kinds pipe,socket``: None (all kinds) when not given."""
+    from ._graph import KINDS
+
+    if text is None:
+        return None
+    kinds = frozenset(k.strip() for k in text.split(",") if k.strip())
+    unknown = sorted(kinds - set(KINDS))
+    if unknown or not kinds:
+        raise UsageError(
+            f"argument --kinds: {', '.join(map(repr, unknown)) or 'nothing'} is not a kind "
+            f"(choose from {','.join(KINDS)})"
+        )
+    return kinds
+
+
+def run(args: argparse.Namespace) -> int:
+    from ._graph import GraphOptions, build_graph, to_dot
+    from ._graphviz import render, write_output
+    from ._image import read_image
+
+    kinds = parse_kinds(args.kinds)
+    fmt = output_format(args.format, args.output)
+    if args.output is None and fmt == "png" and sys.stdout.isatty():
+        raise UsageError("a PNG is not for a terminal: give -o OUT or redirect the output")
+    image = read_image(args.image)
+    if args.pid is not None and all(t.pid != args.pid for t in image.tasks):
+        raise UsageError(f"the image has no task {args.pid}")
+    graph = build_graph(image, GraphOptions(kinds, args.pid, args.shared_only))
+    text = to_dot(graph)
+    data = text.encode() if fmt == "dot" else render(text, fmt)
+    if args.output is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        write_output(args.output, data, force=args.force)
+    return 0
