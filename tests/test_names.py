@@ -468,3 +468,44 @@ def test_open_capture_streams_the_holders_last(odd: Tree) -> None:
 def test_endpoints_option_is_checked() -> None:
     proc = run("tree", "1", "--endpoints", "everything")
     assert_one_line_error(proc, 2, "invalid choice: 'everything'")
+
+
+def test_diff_shows_names_by_the_rule() -> None:
+    """diff prints a name that is not UTF-8 escaped once, and its JSON states the
+    encoding, as show's export does."""
+    from asyckpt._diff import render_diff
+
+    from .test_diff import file, image, task
+
+    path, path_bytes = split_name("/srv/bad\udcff")
+    comm, comm_bytes = split_name("c\udcfe")
+    a = image([task(10, 1)], {1: {}})
+    b = image(
+        [task(10, 1), task(12, 2, comm=comm, comm_bytes=comm_bytes)],
+        {1: {4: file(2, path, path_bytes=path_bytes)}, 2: {}},
+    )
+    d = asyckpt.diff(a, b)
+    text = render_diff(d)
+    assert "+ task 12 (c\\xfe) ppid 1" in text
+    assert "+ pid 10 fd 4: reg /srv/bad\\xff" in text
+    doc = json.loads(msgspec.json.encode(d))
+    assert doc["tasks_added"][0] == {
+        "pid": 12, "starttime": 100, "comm": "c\\xfe", "ppid": 1, "comm_encoding": "escaped"
+    }  # fmt: skip
+    assert doc["opened"][0]["path_encoding"] == "escaped"
+    assert unescape(doc["opened"][0]["path"]) == b"/srv/bad\xff"
+    plain = json.loads(
+        msgspec.json.encode(asyckpt.diff(a, image([task(10, 1), task(13, 3)], {1: {}, 3: {}})))
+    )
+    assert plain["tasks_added"] == [{"pid": 13, "starttime": 100, "comm": "svc", "ppid": 1}]
+
+
+def test_graph_shows_names_escaped_once(odd: Tree, tmp_path: Path) -> None:
+    out = tmp_path / "odd.ackpt"
+    capture(odd, out)
+    proc = run("graph", str(out), "--format", "dot", "-o", str(tmp_path / "g.dot"))
+    assert proc.returncode == 0, proc.stderr
+    dot = (tmp_path / "g.dot").read_text()
+    # In DOT quotes a backslash is doubled: \\xff there is the escaped byte, shown \xff.
+    assert "c\\\\xff\\\\x1b[2J" in dot
+    assert "\\\\\\\\x" not in dot  # never escaped twice

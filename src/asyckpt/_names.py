@@ -31,6 +31,7 @@ __all__ = [
     "name_bytes",
     "os_name",
     "outside_fd_json",
+    "shown",
     "split_name",
     "split_names",
     "text",
@@ -91,6 +92,12 @@ def escape_name(value: str | bytes, raw: bytes | None = None) -> str:
     :func:`asyckpt._escape.escape` of its exact bytes (never of the escaped text, which
     would escape it twice)."""
     return escape(raw if raw is not None else value)
+
+
+def shown(value: str, encoding: object) -> str:
+    """A name from a JSON-facing record (its text and ``X_encoding``) as printed:
+    escaped once (an ``escaped`` one is so already)."""
+    return value if encoding == ESCAPED else escape(value)
 
 
 def json_name(doc: dict[str, object], field: str, raw: bytes | None) -> None:
