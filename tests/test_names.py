@@ -189,6 +189,9 @@ def test_odd_names_survive_byte_exact(odd: Tree, tmp_path: Path) -> None:
         sock = files[fds[info["listener"]][1].id][view]
         assert exact(sock, "name") == listener["name_bytes"]
         assert exact(files[fds[info["abstract"]][1].id][view], "name") == b"\0abs\xff"
+    proc = run("show", "--json", "--endpoints", str(out))
+    fifo = next(e for e in json.loads(proc.stdout)["endpoints"] if e["kind"] == "fifo")
+    assert (exact(fifo, "name"), fifo["name_encoding"]) == (_raw(odd, "fifo"), "escaped")
     mount_docs = [e for m in doc["mounts"] for e in m["mounts"] if e["fstype"] == "tmpfs"]
     assert b"src\xff" in [exact(e, "source") for e in mount_docs]
 

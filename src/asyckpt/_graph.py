@@ -234,7 +234,9 @@ def _candidates(
         held = tuple((h, files[e.file]) for e in ep.ends if e.file is not None for h in e.holders)
         reaches_out = any(e.outside or e.pending_on is not None for e in ep.ends)
         title = _KIND_WORDS[kind_of(first)] if ep.kind != "socket" else ep.label or "socket"
-        node = ObjectNode(_nid("o", ids[0]), kind_of(first), title, ep.name, ids)
+        node = ObjectNode(
+            _nid("o", ids[0]), kind_of(first), title, os_name(ep.name, ep.name_bytes), ids
+        )
         out.append(_Candidate(node, ep, held, frozenset(h.pid for h, _ in held), reaches_out))
     for f in files.values():
         if f.id in in_endpoint or not keep(f):

@@ -434,14 +434,18 @@ class Endpoint(NamedTuple):
     """``pipe:[ino]``, the FIFO's path, or ``socket:[ino] <-> socket:[peer]``."""
     label: str
     ends: tuple[End, ...]
+    name_bytes: bytes | None = None
+    """A FIFO's path's exact bytes, when not UTF-8 (``name`` is then escaped)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, object] = {
             "kind": self.kind,
             "name": self.name,
             "label": self.label,
             "ends": [e.to_json() for e in self.ends],
         }
+        json_name(doc, "name", self.name_bytes)
+        return doc
 
 
 def _holders(image: Image) -> dict[int, list[Holder]]:
@@ -512,7 +516,8 @@ def endpoints(image: Image) -> list[Endpoint]:
         label = "" if first.type == "pipe" else f"FIFO, ino {first.ino}"
         if first.deleted:
             label += ", unlinked"
-        out.append((first.id, Endpoint(first.type, name, label, tuple(ends))))
+        exact = first.path_bytes if first.type == "fifo" else None
+        out.append((first.id, Endpoint(first.type, name, label, tuple(ends), exact)))
     same_ino: dict[int, list[File]] = {}
     for f in image.files.values():
         if f.type == "socket":
