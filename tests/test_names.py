@@ -85,7 +85,7 @@ def test_json_names() -> None:
         "name": "\\x00x\\xff",
         "name_encoding": "escaped",
         "content": b"\xff",
-        "inner": [{"interface": "t"}],
+        "inner": [{"interface": "t", "interface_bytes": None}],  # raw fields, unchanged
     }
 
 
@@ -118,7 +118,7 @@ def _raw(info: Tree, key: str) -> bytes:
     return os.fsencode(info.info["workdir"]) + b"/" + info.info["names"][key].encode("latin-1")
 
 
-def _socket_data(image: asyckpt.Image, f: File) -> dict[str, Any]:
+def _data(image: asyckpt.Image, f: File) -> dict[str, Any]:
     data = msgspec.msgpack.decode(f.data)
     assert isinstance(data, dict), f.error
     return data
@@ -158,10 +158,18 @@ def test_odd_names_survive_byte_exact(odd: Tree, tmp_path: Path) -> None:
     ]
     assert b"src\xff" in sources
 
-    listener = _socket_data(image, fds[info["listener"]][1])
+    memfd = fds[info["memfd"]][1]
+    assert memfd.handler == "memfd", memfd.error
+    assert _data(image, memfd)["name_bytes"] == b"mem\xff"
+    inotify = fds[info["inotify"]][1]
+    assert inotify.handler == "inotify", inotify.error
+    (watch,) = _data(image, inotify)["watches"]
+    assert watch["path_bytes"] == os.fsencode(info["workdir"]) + b"/watched\xff"
+
+    listener = _data(image, fds[info["listener"]][1])
     assert listener["name_bytes"] == os.fsencode(info["workdir"]) + b"/sock\xff\xfe"
     assert listener["name_state"] == "ok"  # looked up by its exact bytes
-    abstract = _socket_data(image, fds[info["abstract"]][1])
+    abstract = _data(image, fds[info["abstract"]][1])
     assert (abstract["name_bytes"], abstract["abstract"]) == (b"\0abs\xff", True)
 
     # The JSON export: valid JSON, every name's bytes recovered exactly.
@@ -248,7 +256,7 @@ def test_sockets_print_as_ss_does(odd: Tree, tmp_path: Path) -> None:
     image = read_image(out)
     fds = fds_of(image, odd.pid)
     for key in ("udp", "unbound"):
-        data = _socket_data(image, fds[info[key]][1])
+        data = _data(image, fds[info[key]][1])
         assert (data["state"], data["state_number"]) == ("CLOSE", 7)
     proc = run("show", str(out))
     assert proc.returncode == 0, proc.stderr
@@ -311,7 +319,7 @@ def test_endpoints_system_names_the_process_outside(odd: Tree, tmp_path: Path) -
     image = read_image(out)
     assert image.header.endpoints == "system"
     fds = fds_of(image, odd.pid)
-    pair = _socket_data(image, fds[info["pair"]][1])
+    pair = _data(image, fds[info["pair"]][1])
     peer = pair["peer_ino"]
     assert pair["peer_in_tree"] is False
     pipe = fds[info["pipe_r"]][1]

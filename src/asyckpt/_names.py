@@ -122,8 +122,8 @@ def json_names(doc: dict[str, object], field: str, raws: Iterable[bytes] | None)
 
 def json_names_in(value: object) -> object:
     """A handler record decoded from MessagePack (maps, lists, bytes), with the rule
-    applied to every map holding a text field ``X`` and a ``X_bytes`` (bin or nil)
-    beside it, however deep: how the JSON export shows a plugin's names
+    applied to every map holding a text field ``X`` and a ``X_bytes`` (bin) beside
+    it, however deep: how the JSON export shows a plugin's names
     (docs/plugins.md).  Maps are changed in place; returns ``value``."""
     if isinstance(value, list):
         for item in value:
@@ -131,9 +131,8 @@ def json_names_in(value: object) -> object:
     elif isinstance(value, dict):
         for key in [k for k in value if isinstance(k, str) and k.endswith("_bytes")]:
             raw = value[key]
-            if isinstance(value.get(key[: -len("_bytes")]), str) and (
-                raw is None or isinstance(raw, bytes)
-            ):
+            # A nil companion is left as the record has it: its raw fields, unchanged.
+            if isinstance(value.get(key[: -len("_bytes")]), str) and isinstance(raw, bytes):
                 json_name(value, key[: -len("_bytes")], raw)
         for item in value.values():
             json_names_in(item)

@@ -5,12 +5,13 @@ byte), then idles until killed.  Layout:
   root: files named b"bad\\xff\\xfebytes", "line\\nbreak", "esc\\x1b[31mred"; a live
         file really named "x (deleted)"; an unlinked file also named "x (deleted)"; an
         unlinked "plain"; a file named "y (deleted)" whose name was unlinked while
-        another hard link keeps it; a FIFO b"fifo\\xff" (both ends); a file whose path
-        is longer than PATH_MAX, and an unlinked one; a unix listener bound at
-        b"sock\\xff\\xfe" and a client connected to it; an abstract unix socket
-        b"\\0abs\\xff"; an unbound unix datagram socket; an unconnected UDP socket; a
-        TCP connection over ::1 (both ends); the read end of a pipe and one end of a
-        unix socketpair whose other ends only "outsider" holds;
+        another hard link keeps it; a memfd b"mem\\xff"; an inotify watch on
+        b"watched\\xff"; a FIFO b"fifo\\xff" (both ends); a file whose path is longer
+        than PATH_MAX, and an unlinked one; a unix listener bound at b"sock\\xff\\xfe"
+        and a client connected to it; an abstract unix socket b"\\0abs\\xff"; an unbound
+        unix datagram socket; an unconnected UDP socket; a TCP connection over ::1 (both
+        ends); the read end of a pipe and one end of a unix socketpair whose other ends
+        only "outsider" holds;
   child "odd": comm b"c\\xff\\x1b[2J", in a mount and network namespace of its own: a
         tmpfs from source b"src\\xff" mounted on b"mnt\\xff" (its root: it chroots
         there), a file b"in\\xff" on it, a tun device named b"t\\xff\\xfe" (its fdinfo
@@ -110,6 +111,12 @@ def main(workdir: str) -> None:
         out[key] = os.open(p(name), os.O_RDWR | os.O_CREAT, 0o644)
         names[key] = name.decode("latin-1")
 
+    out["memfd"] = os.memfd_create("mem\udcff")  # b"mem\xff"
+    os.mkdir(p(b"watched\xff"))
+    libc = ctypes.CDLL(None, use_errno=True)
+    out["inotify"] = libc.inotify_init1(0)
+    if libc.inotify_add_watch(out["inotify"], p(b"watched\xff"), 0x100) < 0:
+        raise OSError(ctypes.get_errno(), "inotify_add_watch")
     os.mkfifo(p(b"fifo\xff"))
     out["fifo"] = os.open(p(b"fifo\xff"), os.O_RDWR)
     names["fifo"] = "fifo\xff"
