@@ -213,19 +213,6 @@ def row_facts(pid: int, tid: int, raw: RawRow, root: str) -> FdFacts:
     return facts
 
 
-def _named_so(facts: FdFacts) -> bool:
-    """Whether a file the kernel shows with its " (deleted)" suffix, yet with links left,
-    is really named so: its name, suffix included, names it (through the task's root,
-    while the tree is frozen).  Else its name was unlinked while another hard link keeps
-    it (``deleted-linked``).  Asked only of such files, which are rare: one lookup each.
-    (With no link left the suffix is the kernel's, whatever the name.)"""
-    try:
-        st = os.lstat(f"/proc/{facts.pid}/root{facts.path}{_DELETED}")
-    except OSError:
-        return False
-    return (st.st_dev, st.st_ino) == (facts.st.st_dev, facts.st.st_ino)
-
-
 class TaskScan(NamedTuple):
     """What the concurrent phase read for one task: its new fd tables."""
 
@@ -560,9 +547,7 @@ class RecordBuilder:
     ) -> NewFile:
         fd, link = raw[0], raw[1]
         facts = row_facts(pid, tid, raw, root)
-        if facts.deleted and raw[6] and link.endswith(_DELETED) and _named_so(facts):
-            facts = facts._replace(path=facts.path + _DELETED, deleted=False)
-        elif not link and raw[6] == 0 and facts.kind in PATH_KINDS:
+        if not link and raw[6] == 0 and facts.kind in PATH_KINDS:
             # No link text (a path too long for the kernel to give): unlinked all the
             # same, by its nlink, and its content is saved like any other's.
             facts = facts._replace(deleted=True)

@@ -69,7 +69,7 @@ def split_deleted(link: str, nlink: int) -> tuple[str, bool]:
     path the kernel shows without the suffix.  A file really named "x (deleted)" is
     indistinguishable here from an unlinked "x" that another hard link keeps: telling
     them apart needs a look at the filesystem, which this pure function does not take
-    (the capture looks up the whole name when nlink > 0: ``_build._named_so``).
+    (the path checks look the whole name up when nlink > 0, after the thaw: ``_paths``).
     """
     if link.endswith(_DELETED) and link.startswith("/"):
         return link[: -len(_DELETED)], True

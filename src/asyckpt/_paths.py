@@ -6,6 +6,12 @@ while another hard link keeps the inode (``deleted-linked``), another file may h
 put at the path (``replaced``), the path may be gone with no " (deleted)" (a /proc/PID
 file whose process exited: ``proc-exited``; a file in a removed directory: ``missing``).
 
+A link text ending in " (deleted)" while the file has links left is ambiguous: its name
+was unlinked while another hard link keeps it, or the file is really named so.  The
+whole name is looked up with the rest: if it names the file itself, the suffix is the
+name's own, and the file is not unlinked.  (With no link left the suffix is always the
+kernel's.)
+
 When: the deleted states come from what the frozen scan read; the path itself is looked
 up *after the thaw*, in a worker thread, through the task's root as it was while frozen
 (an O_PATH descriptor of ``/proc/PID/root`` opened once per (mount namespace, root)
@@ -38,6 +44,8 @@ Found = tuple[int, int] | int | None
 """What the path names now: (dev, ino), an errno, or None (not looked up)."""
 
 _GONE = (errno.ENOENT, errno.ENOTDIR)
+DELETED = " (deleted)"
+"""What the kernel appends to the link text of a file whose name was unlinked."""
 
 
 def proc_pid_path(path: str, mount_point: str) -> bool:
@@ -127,12 +135,14 @@ class PathChecker:
                         continue
                     mount_point = procs.get(raw[14])
                     in_proc = mount_point is not None and proc_pid_path(new.path, mount_point)
+                    if new.deleted and raw[6] and raw[1].endswith(DELETED) and rootfd is not None:
+                        whole = new.path + DELETED
+                        if _cached(cache, rootfd, whole) == (raw[3], raw[4]):
+                            # The suffix is the file's own name: it is not unlinked.
+                            new.path, new.deleted = whole, False
                     found: Found = None
                     if rootfd is not None and (not new.deleted or in_proc):
-                        key = (rootfd, new.path)
-                        if key not in cache:
-                            cache[key] = _lookup(rootfd, new.path)
-                        found = cache[key]
+                        found = _cached(cache, rootfd, new.path)
                     new.path_state = decide(
                         new.kind, new.path, new.deleted, raw[6], raw[3], raw[4], in_proc, found
                     )
@@ -142,6 +152,13 @@ class PathChecker:
             if fd is not None:
                 os.close(fd)
         self._roots.clear()
+
+
+def _cached(cache: dict[tuple[int | None, str], Found], rootfd: int, path: str) -> Found:
+    key = (rootfd, path)
+    if key not in cache:
+        cache[key] = _lookup(rootfd, path)
+    return cache[key]
 
 
 def _lookup(rootfd: int, path: str) -> Found:
