@@ -238,6 +238,7 @@ def test_open_capture_streams_records_in_order(zoo: Tree) -> None:
         async with asyckpt.open_capture(zoo.pid) as stream:
             async for rec in stream:
                 records.append(rec)
+            assert stream.summary is not None  # known as soon as the stream ended
         return records, stream.summary
 
     records, summary = trio.run(main)
@@ -257,13 +258,20 @@ def test_open_capture_streams_records_in_order(zoo: Tree) -> None:
 
 
 def test_leaving_the_stream_early_thaws(zoo: Tree) -> None:
+    before = {pid: cgroup_of(pid) for pid in zoo.pids()}
+
     async def main() -> None:
         async with asyckpt.open_capture(zoo.pid) as stream:
             async for _rec in stream:
-                assert asyckpt_cgroups()  # frozen right now
+                # Records come only once the tree is thawed and back in its cgroups.
+                assert not asyckpt_cgroups()
+                assert {pid: cgroup_of(pid) for pid in zoo.pids()} == before
                 break
+        reached.append(True)
 
+    reached: list[bool] = []
     trio.run(main)
+    assert reached  # leaving early is not an error
     assert not asyckpt_cgroups()
     assert all(task_state(pid) in "SR" for pid in zoo.pids())
 
@@ -320,9 +328,10 @@ def test_freeze_none_is_marked_inconsistent(zoo: Tree, tmp_path: Path) -> None:
 def test_collector_paused_during_the_capture_only(
     zoo: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The cyclic collector is off while the capture runs (it would walk every row and
-    record again and again) and as it was afterwards, also after a failed capture; the
-    switch interval likewise shortened, then restored."""
+    """Asked for (tune_interpreter, as the CLI does), the cyclic collector is off while
+    the capture runs (it would walk every row and record again and again) and as it was
+    afterwards, also after a failed capture; the switch interval likewise shortened,
+    then restored."""
     import gc
 
     from asyckpt import _capture
@@ -339,7 +348,7 @@ def test_collector_paused_during_the_capture_only(
     assert gc.isenabled()
     before = sys.getswitchinterval()
     monkeypatch.setattr(_capture, "materialize", spy)
-    capture(zoo, tmp_path / "a.ackpt")
+    capture(zoo, tmp_path / "a.ackpt", tune_interpreter=True)
     assert seen
     assert not any(seen)
     assert gc.isenabled()
@@ -347,14 +356,17 @@ def test_collector_paused_during_the_capture_only(
     assert set(switch) == {min(before, _capture.SWITCH_INTERVAL)}
     assert sys.getswitchinterval() == before
     with pytest.raises(asyckpt.AsyckptError):
-        capture(zoo, tmp_path / "a.ackpt")  # exists, no force: fails before capturing
+        # exists, no force: fails before capturing
+        capture(zoo, tmp_path / "a.ackpt", tune_interpreter=True)
     with pytest.raises(asyckpt.StrictViolation):
-        capture(zoo, tmp_path / "b.ackpt", dispatch=own_handlers(), strict=True)
+        capture(
+            zoo, tmp_path / "b.ackpt", dispatch=own_handlers(), strict=True, tune_interpreter=True
+        )
     assert gc.isenabled()
     assert sys.getswitchinterval() == before
     gc.disable()
     try:
-        capture(zoo, tmp_path / "c.ackpt")
+        capture(zoo, tmp_path / "c.ackpt", tune_interpreter=True)
         assert not gc.isenabled()  # left as it was found
     finally:
         gc.enable()

@@ -172,6 +172,25 @@ def test_odd_names_survive_byte_exact(odd: Tree, tmp_path: Path) -> None:
     abstract = _data(image, fds[info["abstract"]][1])
     assert (abstract["name_bytes"], abstract["abstract"]) == (b"\0abs\xff", True)
 
+    # The table: every name on its row, escaped once, whoever printed it (the core, a
+    # handler's render_text).
+    proc = run("show", str(out))
+    assert proc.returncode == 0, proc.stderr
+    table = proc.stdout
+    for shown in (
+        "/bad\\xff\\xfebytes",
+        "/line\\nbreak",
+        "/esc\\x1b[31mred",
+        "(c\\xff\\x1b[2J)",
+        "[memfd 'mem\\xff'",
+        "=" + info["workdir"] + "/watched\\xff]",
+        "name " + info["workdir"] + "/sock\\xff\\xfe,",
+        "name @abs\\xff,",
+    ):
+        assert shown in table, shown
+    assert "\\\\" not in table  # nothing escaped twice
+    assert "\x1b" not in table and "\n/" not in table
+
     # The JSON export: valid JSON, every name's bytes recovered exactly.
     proc = run("show", "--json", str(out))
     assert proc.returncode == 0, proc.stderr
@@ -336,7 +355,8 @@ def test_endpoints_system_names_the_process_outside(odd: Tree, tmp_path: Path) -
     assert proc.returncode == 0, proc.stderr
     assert "searched for after the thaw (not frozen" in proc.stdout
     fd = on_peer[0].fd
-    assert f"socket:[{peer}]       ! outside the tree: {outsider}/{comm} fd {fd}u" in proc.stdout
+    lines = [" ".join(line.split()) for line in proc.stdout.splitlines()]
+    assert f"socket:[{peer}] ! outside the tree: {outsider}/{comm} fd {fd}u" in lines
     assert f"! outside the tree: {outsider}/{comm} fd {info['outsider']['pipe_w']}w" in proc.stdout
     doc = json.loads(run("show", "--endpoints", "--json", str(out)).stdout)
     ends = [e for ep in doc["endpoints"] for e in ep["ends"] if e["ino"] == peer]

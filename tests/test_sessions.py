@@ -371,3 +371,122 @@ def test_no_link_hook_no_link_phase(zoo: Tree, tmp_path: Path) -> None:
         assert len(built) == 1  # once per capture, not per record
     finally:
         asyckpt._plugins.CaptureLinks.__init__ = original  # type: ignore[method-assign]
+
+
+class Hung(Recorder):
+    """A begin that really hangs: it ignores ``session.cancelled`` and blocks until the
+    test releases it."""
+
+    name = "hung"
+    release = threading.Event()
+    started: ClassVar[list[float]] = []
+
+    def begin(self, session: CaptureSession) -> None:
+        self.started.append(time.monotonic())
+        self.release.wait()
+
+
+class PoliteNote(msgspec.Struct, tag="test.polite", tag_field="kind"):
+    pass
+
+
+class Polite(Recorder):
+    """A begin that honours the contract: bounded by ``time_left()``, it returns as soon
+    as ``session.cancelled`` is set."""
+
+    name = "polite"
+    kinds = frozenset({"blk"})  # claims nothing of the zoo: not waited for
+    record_type = PoliteNote  # type: ignore[assignment]
+    returned: ClassVar[list[tuple[float, float]]] = []
+
+    def begin(self, session: CaptureSession) -> None:
+        left = session.time_left()
+        session.cancelled.wait(left + 60)
+        self.returned.append((left, time.monotonic()))
+
+
+def test_a_hung_begin_is_abandoned_once_and_never_piles_up(
+    zoo: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyckpt._plugins
+    from asyckpt._begins import abandoned_begins
+
+    monkeypatch.setattr(asyckpt._plugins, "SESSION_TIMEOUT", 0.5)
+    Hung.release.clear()
+    Hung.started.clear()
+    Polite.returned.clear()
+    dispatch = dispatch_with(Hung, Polite)
+    limiter_used: list[int] = []
+
+    async def three_captures() -> list[asyckpt.CaptureSummary]:
+        # One long-lived trio program, as an embedding supervisor is.
+        out = []
+        for n in range(3):
+            dest = tmp_path / f"{n}.ackpt"
+            out.append(await asyckpt.checkpoint_tree(zoo.pid, dest, dispatch=dispatch))
+            limiter_used.append(trio.to_thread.current_default_thread_limiter().borrowed_tokens)
+        return out
+
+    try:
+        summaries = trio.run(three_captures)
+        deadline = time.monotonic() + 5
+        while len(Polite.returned) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # Started once: the next captures saw it still running and did not start another.
+        assert len(Hung.started) == 1
+        assert abandoned_begins()["hung"] == 1
+        # The embedder's thread limiter lends nothing to the hung thread.
+        assert limiter_used == [0, 0, 0]
+        first, *later = [read_image(tmp_path / f"{n}.ackpt") for n in range(3)]
+        pipes = [f for f in first.files.values() if f.type == "pipe"]
+        assert pipes and all("did not finish in 0.5 s" in (f.error or "") for f in pipes)
+        for image in later:
+            pipes = [f for f in image.files.values() if f.type == "pipe"]
+            assert pipes and all("still running" in (f.error or "") for f in pipes)
+        # Only the first capture waited for the timeout.
+        assert summaries[0].frozen_ms >= 400
+        assert all(s.frozen_ms < 400 for s in summaries[1:])
+        # A begin that follows the contract learned it should stop, and did, each time.
+        assert len(Polite.returned) == 3
+        assert all(0 < left <= 0.5 for left, _ in Polite.returned)
+        assert all(task_state(pid) in "SR" for pid in zoo.pids())
+    finally:
+        Hung.release.set()
+    deadline = time.monotonic() + 5
+    while "hung" in abandoned_begins() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert "hung" not in abandoned_begins()
+    # Once it returned, a capture starts it again.
+    capture(zoo, tmp_path / "again.ackpt", Hung, Polite)
+    assert len(Hung.started) == 2
+
+
+class Quick(Recorder):
+    name = "quick"
+    kinds = frozenset({"blk"})  # claims nothing of the zoo: given up on at once
+    record_type = PoliteNote  # type: ignore[assignment]
+
+    def begin(self, session: CaptureSession) -> None:
+        pass
+
+
+def test_a_begin_given_up_on_before_it_ran_is_not_counted_as_hung(
+    zoo: Tree, tmp_path: Path
+) -> None:
+    from asyckpt._begins import _Run, abandoned_begins
+
+    # Given up on before its thread ran (a cancellation at once): never run, not hung.
+    run = _Run("quick")
+    run.abandon()
+    assert "quick" not in abandoned_begins()
+    assert run.call(load_handler(Quick), CaptureSession([zoo.pid])) is None
+    assert "quick" not in abandoned_begins()
+    # Real captures whose begin is not needed, one after the other: none is refused.
+    dispatch = dispatch_with(Quick, Recorder.fresh())
+    for n in range(5):
+        trio.run(
+            lambda n=n: asyckpt.checkpoint_tree(zoo.pid, tmp_path / f"{n}.ackpt", dispatch=dispatch)
+        )
+        assert "quick" not in abandoned_begins()
+        pipes = [f for f in read_image(tmp_path / f"{n}.ackpt").files.values() if f.type == "pipe"]
+        assert pipes and all(f.error is None for f in pipes)

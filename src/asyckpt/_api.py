@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from itertools import chain
 
 import trio
 
 from ._build import BodyRecord
 from ._capture import BATCH_BUFFER, CaptureOptions, CaptureSummary, capture
-from ._errors import collapse_errors
+from ._errors import raise_collapsed
 from ._image import ImageWriter
 from ._names import split_name, text
 from ._plugins import Dispatch
@@ -85,7 +87,8 @@ async def checkpoint_tree(
 
     The tree is frozen (``options.freeze``) only while its fds are read.  The image is
     written atomically with mode 0600; on any failure or cancellation nothing is left
-    at ``dest`` and the tree is thawed before the exception propagates.
+    at ``dest`` and the tree is thawed before the exception propagates.  This is
+    :func:`open_capture` with the image writer as the stream's consumer.
 
     Raises:
         AsyckptError: a subclass saying what went wrong (see the README's exit codes).
@@ -93,19 +96,12 @@ async def checkpoint_tree(
     options = options or CaptureOptions()
     writer = await trio.to_thread.run_sync(lambda: ImageWriter(dest, force=force))
     try:
-        send, recv = trio.open_memory_channel[list[BodyRecord]](0)
-        with recv:
-            # The records are written by the thread that makes them (capture's sink);
-            # unlinked files' content waits in the image's directory, like its body.
-            async with collapse_errors():
-                summary = await capture(
-                    pid,
-                    send,
-                    options,
-                    dispatch,
-                    spool_dir=os.path.dirname(writer.dest),
-                    sink=writer.write_body,
-                )
+        # Unlinked files' content waits in the image's directory, like its body.
+        async with _open_stream(pid, options, dispatch, os.path.dirname(writer.dest)) as stream:
+            while batches := await stream._take_batches():
+                await trio.to_thread.run_sync(writer.write_body, chain.from_iterable(batches))
+        summary = stream.summary
+        assert summary is not None  # the stream ended: the capture returned
         summary.bytes = await trio.to_thread.run_sync(
             writer.finish, make_header(summary), make_trailer(summary)
         )
@@ -125,7 +121,6 @@ class CaptureStream:
     def __init__(self, recv: trio.MemoryReceiveChannel[list[BodyRecord]]) -> None:
         self._recv = recv
         self._pending: list[BodyRecord] = []
-        self._exhausted = False
         self.summary: CaptureSummary | None = None
 
     def __aiter__(self) -> CaptureStream:
@@ -138,9 +133,21 @@ class CaptureStream:
             try:
                 self._pending = (await self._recv.receive())[::-1]
             except trio.EndOfChannel:
-                self._exhausted = True
                 raise StopAsyncIteration from None
         return self._pending.pop()
+
+    async def _take_batches(self) -> list[list[BodyRecord]]:
+        """The batches that have arrived (waiting for one), in order; [] at the end.
+        For a consumer that handles many at a time (the image writer: one thread hop)."""
+        try:
+            batches = [await self._recv.receive()]
+        except trio.EndOfChannel:
+            return []
+        while True:
+            try:
+                batches.append(self._recv.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return batches
 
 
 @asynccontextmanager
@@ -159,22 +166,57 @@ async def open_capture(
     An unlinked file's saved data comes as :class:`Content` records right after its
     :class:`File` (at most 1 MiB each), spooled meanwhile in the temporary directory.
     Leaving the block early cancels the capture; the tree is thawed before the block
-    exits either way.
+    exits either way.  An exception raised in the block (a ``break`` is none) propagates
+    unchanged, the very object raised; if the capture failed as well, the two come
+    together in an exception group.
     """
-    options = options or CaptureOptions()
+    async with _open_stream(pid, options or CaptureOptions(), dispatch, None) as stream:
+        yield stream
+
+
+@asynccontextmanager
+async def _open_stream(
+    pid: int, options: CaptureOptions, dispatch: Dispatch | None, spool_dir: str | None
+) -> AsyncIterator[CaptureStream]:
+    """The capture as a producer task feeding one bounded channel, whose one consumer is
+    the block (the caller's ``async for``, or the image writer)."""
     send, recv = trio.open_memory_channel[list[BodyRecord]](BATCH_BUFFER)
     stream = CaptureStream(recv)
 
-    async def run_capture() -> None:
-        stream.summary = await capture(pid, send, options, dispatch)
+    async def produce() -> None:
+        # Closed (without a checkpoint, which in a cancelled scope would replace an
+        # exception with Cancelled) only once the summary is set: a consumer that saw
+        # the end of the stream finds it.
+        # A BrokenResourceError means the consumer left early: it is being cancelled.
+        with send, contextlib.suppress(trio.BrokenResourceError):
+            stream.summary = await capture(pid, send, options, dispatch, spool_dir=spool_dir)
 
-    async with collapse_errors(), trio.open_nursery() as nursery:
-        nursery.start_soon(run_capture)
-        async with recv:
+    raised: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(produce)
             try:
                 yield stream
+            except BaseException as exc:
+                raised = exc
+                raise
             finally:
-                # A consumer that stops early must not leave the capture blocked on a
-                # full channel: cancel it (its own finally thaws the tree).
-                if not stream._exhausted:
-                    nursery.cancel_scope.cancel()
+                # Cancelled before the channel is closed, so that a capture blocked on
+                # a full channel ends as cancelled (its own finally thaws the tree), not
+                # as broken.  Done once the stream ended too: the capture has returned.
+                nursery.cancel_scope.cancel()
+                recv.close()
+    except BaseExceptionGroup as group:
+        errors = [exc for exc in group.exceptions if not isinstance(exc, trio.Cancelled)]
+        if len(errors) == 1 and (raised is None or errors[0] is raised):
+            # One side's exception (the block's, or else the capture's), as it was
+            # raised (trio's as_safe_channel rule): neither wrapped, nor chained to the
+            # group it travelled in.
+            error = errors[0]
+            context = error.__context__
+            try:
+                raise error
+            finally:
+                error.__context__ = context
+                del error
+        raise_collapsed(group)

@@ -10,10 +10,11 @@ Theory of operation
    and the freeze re-confirmed, for a bounded number of rounds.  Group threads by fd table.
 4. *Scan*: ``SCAN_THREADS`` worker threads (one on two cores) read the fd tables in
    tree order, a chunk of tasks at a time, in C without the GIL (never a thread hop per
-   fd or per table), each handing its chunks to the event loop as it goes.  Meanwhile each
-   handler with a ``begin`` hook gets the capture session in a worker thread of its own
-   (one sock_diag dump per network namespace, say), so that its per-capture work overlaps
-   the scan instead of adding to it.  Frozen, a child's fd that kcmp finds shared with
+   fd or per table), each handing its chunks to the event loop as it goes, at most
+   ``SCAN_AHEAD`` chunks ahead of the resolver.  Meanwhile each handler with a ``begin``
+   hook gets the capture session in a worker thread of its own (one sock_diag dump per
+   network namespace, say; ``_begins``), so that its per-capture work overlaps the scan
+   instead of adding to it.  Frozen, a child's fd that kcmp finds shared with
    its parent's fd of the same number (inherited) is not read again: only its fdinfo,
    for its own close-on-exec flag; the resolver takes the rest from the parent's row.
 5. *Resolve*: results arrive in any order; a :class:`Reorderer` releases them in tree
@@ -40,27 +41,36 @@ Theory of operation
    handlers' ``finish`` hooks complete their records with what only the whole tree
    tells, and every record is encoded.
 8. *Emit*: each task's records are made from its compact resolved form and sent, one
-   batch per task, through a bounded channel to the consumer (a library caller's
-   ``async for``), which therefore cannot lengthen the frozen window; the image writer
-   is instead handed each batch in the thread that made it (``sink``).  A saved ghost's
+   batch per task, through one bounded channel (``BATCH_BUFFER``) to its one consumer,
+   which takes them in order: the caller's ``async for`` (``open_capture``) or the image
+   writer (``checkpoint_tree``: the same stream, written as it comes).  Records are sent
+   only after the thaw, so no consumer can lengthen the frozen window.  A saved ghost's
    ``content`` records follow its ``file`` record, read back from the spool one chunk
    (at most 1 MiB) per batch, so memory stays bounded by the channel's capacity.
+
+Memory: while frozen, every task's scan rows and resolved form are held (the records
+can only be made once the whole tree is known), plus the rows of at most twice
+``SCAN_AHEAD`` chunks read but not yet resolved (in the channel, and taken by the
+resolver in one hop).  After the thaw, the resolved forms shrink as records are made,
+and the channel holds at most ``BATCH_BUFFER`` batches (one task's records each, or one
+content chunk of at most 1 MiB).
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import math
 import os
 import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Container, Iterator, Sequence
+from typing import Literal
 
 import msgspec
 import trio
 
+from ._begins import run_begin
 from ._build import BodyRecord, GenericFd, RecordBuilder, TaskPart, TaskScan, materialize
 from ._discover import TaskPlan, check_target, plan_tables, walk_tree
 from ._errors import FreezerError, NoSuchProcess, collapse_errors
@@ -70,7 +80,7 @@ from ._guardian import Guardian, take_guardian
 from ._kernel import dedup_rows, kcmp_files
 from ._order import Reorderer
 from ._outside import ENDPOINTS_MODES, search, targets
-from ._plugins import CaptureSession, Dispatch, LoadedHandler, _Pending, load_handlers
+from ._plugins import CaptureSession, Dispatch, load_handlers
 from ._procparse import TaskStat
 from ._procread import read_fd_tables
 from ._records import Content, Holders, PluginInfo
@@ -90,6 +100,11 @@ BATCH_BUFFER = 8
 """Task batches the channel holds before the builder waits for its consumer.  Small, so
 memory stays bounded; records are sent only after the thaw, so a slow consumer slows the
 capture, never the frozen window."""
+
+SCAN_AHEAD = 4
+"""Chunks of tasks a reader may have read that the resolver has not taken yet (the
+scan channel's capacity).  The resolver is rarely behind (one reader on two cores is
+the critical path while frozen), so this bounds memory without making a reader wait."""
 
 CHUNKS_PER_THREAD = 8
 """The tasks are cut into about this many chunks per scan worker (counting at least two
@@ -113,12 +128,18 @@ class CaptureOptions(msgspec.Struct, kw_only=True, frozen=True):
     """Copy up to this many queued bytes of each pipe into the image (the pipe handler
     reads ``ctx.session.pipe_data``); 0 copies none.  At most ``PIPE_DATA_MAX``."""
 
+    tune_interpreter: bool = False
+    """For the capture, pause the cyclic garbage collector and shorten the interpreter's
+    switch interval (``SWITCH_INTERVAL``): both are process-wide, so a library caller
+    opts in; the ``asyckpt`` command does.  Restored afterwards.  Costs without it are
+    in docs/performance.md."""
+
     ghost_limit: int = DEFAULT_GHOST_LIMIT
     """Copy the content of each unlinked regular file (memfds too) whose allocated size
     (st_blocks * 512) is at most this many bytes; 0 copies none.  A larger one is
     recorded ``too-big`` (``CaptureSummary.ghost_notes``), or fails a ``strict`` capture."""
 
-    endpoints: str = "tree"
+    endpoints: Literal["tree", "system"] = "tree"
     """``system``: after the thaw, search the processes outside the tree for the other
     ends of its pipes, FIFOs and connections (``Holders`` records, ``_outside``);
     ``tree``: do not."""
@@ -166,7 +187,7 @@ class CaptureSummary(msgspec.Struct, kw_only=True):
     content_bytes: int = 0
     ghost_notes: list[GhostNote] = []
     """Unlinked files whose content is not in the image: over the limit, or failed."""
-    endpoints: str = "tree"
+    endpoints: Literal["tree", "system"] = "tree"
     """As asked (``CaptureOptions.endpoints``)."""
     outside_holders: int = 0
     """With endpoints ``system``: the objects found held outside the tree."""
@@ -305,33 +326,26 @@ async def capture(
     dispatch: Dispatch | None = None,
     *,
     spool_dir: str | None = None,
-    sink: Callable[[list[BodyRecord]], object] | None = None,
 ) -> CaptureSummary:
     """Capture the tree rooted at ``pid``, sending lists of records in image order (a
-    task's, cut after each file whose ``content`` records follow, one per list).
+    task's, cut after each file whose ``content`` records follow, one per list) into
+    ``send``, which the caller owns (and closes once this returns: the summary is then
+    known before its consumer sees the end of the stream).
 
-    With ``sink``, each list is instead handed to ``sink`` in the worker thread that made
-    it (the image writer: no channel, no thread of its own, no hop per list), and
-    nothing is sent.  Unlinked files' content is spooled in an unnamed file in
-    ``spool_dir`` (default: the temporary directory) until it is sent.  Closes ``send``
-    when done.  Raises AsyckptError subclasses; the tree is thawed and back in its
-    cgroups before any exception (or cancellation) leaves this function.
+    Unlinked files' content is spooled in an unnamed file in ``spool_dir`` (default: the
+    temporary directory) until it is sent.  Raises AsyckptError subclasses; the tree is
+    thawed and back in its cgroups before any exception (or cancellation) leaves this
+    function.
     """
     started = time.perf_counter()
     guardian = None
     try:
-        async with send:
-            root = await trio.to_thread.run_sync(check_target, pid)
-            if options.freeze != "none":
-                # Started early, so that its interpreter starts while the tree is discovered.
-                guardian = await trio.to_thread.run_sync(take_guardian)
-            # The cyclic collector is paused for the capture: each of its passes walks
-            # every object the capture holds (rows, records: several hundred thousand),
-            # again and again as they pile up, a third of the resolver's time while the
-            # tree is frozen; reference counting frees nearly all of them anyway.  And
-            # the GIL changes hands sooner (see _tuned).
-            with _tuned():
-                summary = await _capture(root, send, options, dispatch, guardian, spool_dir, sink)
+        root = await trio.to_thread.run_sync(check_target, pid)
+        if options.freeze != "none":
+            # Started early, so that its interpreter starts while the tree is discovered.
+            guardian = await trio.to_thread.run_sync(take_guardian)
+        with _tuned() if options.tune_interpreter else contextlib.nullcontext():
+            summary = await _capture(root, send, options, dispatch, guardian, spool_dir)
     finally:
         if guardian is not None:
             with trio.CancelScope(shield=True):
@@ -348,7 +362,6 @@ async def _capture(
     dispatch: Dispatch | None,
     guardian: Guardian | None,
     spool_dir: str | None = None,
-    sink: Callable[[list[BodyRecord]], object] | None = None,
 ) -> CaptureSummary:
     pid = root.pid
     if dispatch is None:
@@ -368,7 +381,7 @@ async def _capture(
         dedup_rows=dedup_rows,
     )
     try:
-        return await _run(root, tree, builder, freezer, send, options, dispatch, guardian, sink)
+        return await _run(root, tree, builder, freezer, send, options, dispatch, guardian)
     finally:
         builder.close()
 
@@ -382,7 +395,6 @@ async def _run(
     options: CaptureOptions,
     dispatch: Dispatch,
     guardian: Guardian | None,
-    sink: Callable[[list[BodyRecord]], object] | None = None,
 ) -> CaptureSummary:
     pid = root.pid
     parts: list[TaskPart] = []
@@ -399,25 +411,33 @@ async def _run(
             pipe_data=options.pipe_data,
             consistent=freezer.consistent,
         )
-        async with collapse_errors(), trio.open_nursery() as nursery:
-            begins = {}
-            for handler in dispatch.handlers:
-                if handler.begin is not None:
+        session = builder.session
+        # Begins' threads come from a limiter of this capture's: one that hangs is
+        # abandoned with its token, which must not be one of the embedder's.
+        begun = [h for h in dispatch.handlers if h.begin is not None]
+        limiter = trio.CapacityLimiter(max(1, len(begun)))
+        try:
+            async with collapse_errors(), trio.open_nursery() as nursery:
+                begins = {}
+                for handler in begun:
                     begins[handler.name] = trio.CancelScope()
                     # Registered before the task starts, so that a resolver asking for
                     # the state first waits for this begin instead of running its own.
-                    pending = builder.session._started(handler.name)
+                    pending = session._started(handler.name)
                     nursery.start_soon(
-                        _begin, handler, builder.session, pending, begins[handler.name]
+                        run_begin, handler, session, pending, begins[handler.name], limiter
                     )
-            parts = await _scan_and_resolve(plans, builder)
-            if builder.needs_link:
-                parts = await trio.to_thread.run_sync(builder.link, parts)
-            # The thaw waits for the begins whose state the records may still need (in
-            # finish); that of a handler that captured nothing is not waited for.
-            for name, scope in begins.items():
-                if name not in builder.used:
-                    scope.cancel()
+                parts = await _scan_and_resolve(plans, builder)
+                if builder.needs_link:
+                    parts = await trio.to_thread.run_sync(builder.link, parts)
+                # The thaw waits for the begins whose state the records may still need
+                # (in finish); that of a handler that captured nothing is not waited for.
+                for name, scope in begins.items():
+                    if name not in builder.used:
+                        scope.cancel()
+        finally:
+            # Nothing waits for a begin any longer: one still running should return.
+            session.cancelled.set()
     # Thawed: records are finished, made and handed on only now, so neither making them
     # nor a slow consumer of the channel can lengthen the frozen window.
     parts = await trio.to_thread.run_sync(builder.finish, parts)
@@ -443,20 +463,12 @@ async def _run(
             out.append((records, pieces))
         return out
 
-    def make_into(part: TaskPart, sink: Callable[[list[BodyRecord]], object]) -> None:
-        for records, pieces in make(part):
-            if records:
-                sink(records)
-            for piece in pieces:
-                sink([piece if isinstance(piece, Content) else ghosts.read(piece)])
-
-    for part in parts:
-        if sink is not None:
-            # Made and written in the same hop: two threads taking turns with the GIL
-            # (one making records, one encoding them) cost a third more than one.
-            await trio.to_thread.run_sync(make_into, part, sink)
-            continue
-        for records, pieces in await trio.to_thread.run_sync(make, part):
+    # What to search outside the tree for, known before the parts are freed below.
+    wanted = targets(parts) if options.endpoints == "system" else []
+    # Popped, so that each task's resolved form is freed once its records are made.
+    parts.reverse()
+    while parts:
+        for records, pieces in await trio.to_thread.run_sync(make, parts.pop()):
             if records:
                 await send.send(records)
             for piece in pieces:
@@ -467,13 +479,9 @@ async def _run(
     if options.endpoints == "system":
         # After everything else, the tree thawed: the rest of the system is not frozen.
         in_tree = {p.stat.pid for p in plans}
-        holders = await trio.to_thread.run_sync(lambda: search(targets(parts), in_tree))
+        holders = await trio.to_thread.run_sync(search, wanted, in_tree)
         if holders:
-            batch: list[BodyRecord] = list(holders)
-            if sink is not None:
-                await trio.to_thread.run_sync(sink, batch)
-            else:
-                await send.send(batch)
+            await send.send(list[BodyRecord](holders))
     contents, content_bytes = ghosts.totals()
     return CaptureSummary(
         root_pid=pid,
@@ -505,11 +513,11 @@ async def _run(
 
 
 SWITCH_INTERVAL = 0.0005
-"""The interpreter's switch interval (seconds) during a capture, instead of the default
-5 ms.  A fd reader that ends a table in C needs the GIL to hand its rows over, and the
-resolver, pure Python, holds it until the interval forces a switch: with one reader on
-two cores, it is the reader that is on the critical path while frozen.  Measured on the
-27k-fd benchmark tree: about 10 ms less frozen."""
+"""The interpreter's switch interval (seconds) during a tuned capture, instead of the
+default 5 ms.  A fd reader that ends a table in C needs the GIL to hand its rows over,
+and the resolver, pure Python, holds it until the interval forces a switch: with one
+reader on two cores, it is the reader that is on the critical path while frozen.
+Measured on the 27k-fd benchmark tree: about 10 ms less frozen."""
 
 _tunings = 0
 _gc_was_enabled = False
@@ -521,7 +529,12 @@ _tuning_lock = threading.Lock()
 def _tuned() -> Iterator[None]:
     """For the block: the cyclic garbage collector disabled and the switch interval
     shortened (``SWITCH_INTERVAL``), both restored after (nested and concurrent captures
-    included: the last to leave restores them as the first found them)."""
+    included: the last to leave restores them as the first found them).
+
+    The collector's passes each walk every object the capture holds (rows, records:
+    several hundred thousand), again and again as they pile up, a third of the
+    resolver's time while the tree is frozen; reference counting frees nearly all of
+    them anyway."""
     global _tunings, _gc_was_enabled, _switch_was
     with _tuning_lock:
         if _tunings == 0:
@@ -541,31 +554,8 @@ def _tuned() -> Iterator[None]:
                     gc.enable()
 
 
-async def _begin(
-    handler: LoadedHandler,
-    session: CaptureSession,
-    pending: _Pending,
-    unneeded: trio.CancelScope,
-) -> None:
-    """Run one handler's ``begin`` while the tree is scanned; its outcome (or error)
-    waits in the session for the handler's captures.  Bounded, so that a begin that
-    hangs cannot keep the tree frozen: past the timeout, or once ``unneeded`` is
-    cancelled (its handler captured nothing), its thread is abandoned."""
-    assert handler.begin is not None
-    begin = handler.begin
-    try:
-        with unneeded, trio.move_on_after(session._timeout):
-            pending.set(await trio.to_thread.run_sync(begin, session, abandon_on_cancel=True))
-    except Exception as exc:
-        pending.set(error=exc)
-    finally:
-        # Timed out, or abandoned: nothing may wait for it any longer (the first outcome
-        # set stands).
-        pending.set(error=TimeoutError(f"it did not finish in {session._timeout:g} s"))
-
-
 async def _scan_and_resolve(plans: list[TaskPlan], builder: RecordBuilder) -> list[TaskPart]:
-    scans_send, scans_recv = trio.open_memory_channel[list[TaskScan]](math.inf)
+    scans_send, scans_recv = trio.open_memory_channel[list[TaskScan]](SCAN_AHEAD)
     reorder: Reorderer[TaskScan] = Reorderer()
     parts: list[TaskPart] = []
     # Workers take tasks in tree order from one shared iterator, so the resolver (which
@@ -585,7 +575,12 @@ async def _scan_and_resolve(plans: list[TaskPlan], builder: RecordBuilder) -> li
     # Each worker is one thread for all its chunks, handing each chunk's scans to the
     # event loop without waiting for it: a thread hop per chunk made the reader wait,
     # between chunks, for the event loop, which itself waits for the resolver's GIL
-    # (about 30 ms of the frozen window, for the 27k-fd benchmark tree).
+    # (about 30 ms of the frozen window, for the 27k-fd benchmark tree).  The channel
+    # is bounded by credits the reader takes in its own thread before reading a chunk
+    # and the resolver gives back as it takes chunks: a credit held is a place in the
+    # channel, so a delivery never finds it full, and the reader waits (without the
+    # event loop) only when the resolver is SCAN_AHEAD chunks behind.
+    credits = threading.Semaphore(SCAN_AHEAD)
     resolver_gone = threading.Event()
 
     def deliver(out: trio.MemorySendChannel[list[TaskScan]], scans: list[TaskScan]) -> None:
@@ -598,6 +593,8 @@ async def _scan_and_resolve(plans: list[TaskPlan], builder: RecordBuilder) -> li
         out: trio.MemorySendChannel[list[TaskScan]], token: trio.lowlevel.TrioToken
     ) -> None:
         for tasks in work:
+            while not credits.acquire(timeout=0.05):
+                trio.from_thread.check_cancelled()
             trio.from_thread.check_cancelled()
             if resolver_gone.is_set():
                 return
@@ -612,22 +609,31 @@ async def _scan_and_resolve(plans: list[TaskPlan], builder: RecordBuilder) -> li
     def resolve_all(ready: list[TaskScan]) -> list[TaskPart]:
         return [part for scan in ready if (part := builder.resolve(scan)) is not None]
 
+    def take(scans: list[TaskScan]) -> list[TaskScan]:
+        credits.release()
+        return [r for scan in scans for r in reorder.push(scan.seq, scan)]
+
     async with collapse_errors(), trio.open_nursery() as nursery:
         async with scans_send:
             for _ in range(SCAN_THREADS):
                 nursery.start_soon(scan_worker, scans_send.clone())
-        async with scans_recv:
-            async for scans in scans_recv:
-                ready = [r for scan in scans for r in reorder.push(scan.seq, scan)]
-                # Whatever else has arrived meanwhile goes in the same thread hop.
-                while True:
-                    try:
-                        more = scans_recv.receive_nowait()
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                    ready += [r for scan in more for r in reorder.push(scan.seq, scan)]
-                if ready:
-                    parts.extend(await trio.to_thread.run_sync(resolve_all, ready))
+        with scans_recv:
+            try:
+                async for scans in scans_recv:
+                    ready = take(scans)
+                    # Whatever else has arrived meanwhile goes in the same thread hop.
+                    while True:
+                        try:
+                            ready += take(scans_recv.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                    if ready:
+                        parts.extend(await trio.to_thread.run_sync(resolve_all, ready))
+            finally:
+                # A reader waiting for a credit learns at once that none will come.
+                resolver_gone.set()
+                for _ in range(SCAN_THREADS):
+                    credits.release()
     if reorder.released != len(plans):
         raise RuntimeError("asyckpt bug: tasks were scanned but not resolved")
     return parts

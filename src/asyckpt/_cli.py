@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from ._errors import AsyckptError, OutputError, UsageError, collapse_errors
+from ._escape import escape
 
 if TYPE_CHECKING:
     from ._capture import CaptureSummary
@@ -175,7 +176,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    s.add_argument("image", help="image file")
+    s.add_argument(
+        "image", help="image file (a regular file or a FIFO), or - to read standard input"
+    )
     s.add_argument("--json", action="store_true", help="print the JSON export")
     s.add_argument(
         "--endpoints",
@@ -359,7 +362,8 @@ def _plugin_options(p: argparse.ArgumentParser) -> None:
 
 
 def _warn(msg: str) -> None:
-    print(f"asyckpt: warning: {msg}", file=sys.stderr)
+    # Names in messages are raw (paths, comms, handler errors): escaped once, here.
+    print(f"asyckpt: warning: {escape(msg)}", file=sys.stderr)
 
 
 def _report(summary: CaptureSummary, quiet: bool) -> None:
@@ -377,7 +381,7 @@ def _report(summary: CaptureSummary, quiet: bool) -> None:
     if summary.vanished:
         _warn(f"{summary.vanished} tasks exited during the capture and are not in the image")
     for note in summary.ghost_notes:
-        print(f"asyckpt: {note.message()}", file=sys.stderr)
+        print(f"asyckpt: {escape(note.message())}", file=sys.stderr)
     if summary.unverified:
         _warn(
             f"{summary.unverified} fds of exiting tasks could not be checked for sharing; "
@@ -386,7 +390,8 @@ def _report(summary: CaptureSummary, quiet: bool) -> None:
     if quiet:
         return
     print(
-        f"{summary.path}: {summary.tasks} tasks, {summary.fds} fds, {summary.files} open files, "
+        f"{escape(str(summary.path))}: {summary.tasks} tasks, {summary.fds} fds, "
+        f"{summary.files} open files, "
         f"{summary.bytes} bytes; freezer {summary.freezer}, "
         f"freezing {summary.freezing_ms:.2f} ms, frozen {summary.frozen_ms:.2f} ms, "
         f"total {summary.capture_ms:.1f} ms"
@@ -468,6 +473,8 @@ def _tree(args: argparse.Namespace) -> int:
         pipe_data=args.pipe_data,
         ghost_limit=args.ghost_limit,
         endpoints=args.endpoints,
+        # The command owns its process: the collector paused, a shorter switch interval.
+        tune_interpreter=True,
     )
 
     # Loaded here rather than by the capture, so that conflicts are reported as warnings
@@ -495,7 +502,7 @@ def _tree(args: argparse.Namespace) -> int:
         summary = run(args.pid)
     _report(summary, args.quiet)
     if args.pid is None and not args.quiet:
-        print(f"see it with: asyckpt show {summary.path}")
+        print(f"see it with: asyckpt show {escape(str(summary.path))}")
     return 0
 
 
@@ -509,21 +516,25 @@ def _load_handlers(args: argparse.Namespace) -> Dispatch:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from ._image import read_image
+    from ._image import read_image, read_image_fd
     from ._plugins import image_plugins
     from ._show import endpoints, render_endpoints, render_table, to_json_doc
 
-    image = read_image(args.image)
+    if args.image == "-":
+        image = read_image_fd(sys.stdin.fileno(), name="standard input")
+    else:
+        image = read_image(args.image)
     if args.extract:
         size = _extract(image, *args.extract)
-        print(f"wrote {size} bytes to {args.extract[1]}")
+        print(f"wrote {size} bytes to {escape(args.extract[1])}")
         return 0
     plugins = image_plugins(image.header.plugins, disabled=args.disable_plugin, enabled=args.plugin)
     if args.json:
         doc = to_json_doc(image, plugins)
         if args.endpoints:
             doc["endpoints"] = [e.to_json() for e in endpoints(image)]
-        json.dump(doc, sys.stdout, indent=1)
+        # allow_nan=False: the export is JSON (to_json_doc replaces what JSON cannot hold).
+        json.dump(doc, sys.stdout, indent=1, allow_nan=False)
         sys.stdout.write("\n")
     elif args.endpoints:
         sys.stdout.write(render_endpoints(image) + "\n")
@@ -609,7 +620,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_watch(args, _load_handlers(args))
         return _cmd_show(args)
     except AsyckptError as exc:
-        print(f"asyckpt: error: {exc}", file=sys.stderr)
+        print(f"asyckpt: error: {escape(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("asyckpt: interrupted; nothing was written and the tree is thawed", file=sys.stderr)
@@ -622,7 +633,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("ASYCKPT_DEBUG"):
             raise
         print(
-            f"asyckpt: internal error: {type(exc).__name__}: {exc} "
+            f"asyckpt: internal error: {type(exc).__name__}: {escape(str(exc))} "
             "(a bug: please report it; ASYCKPT_DEBUG=1 shows the traceback)",
             file=sys.stderr,
         )

@@ -25,7 +25,10 @@ __all__ = ["cmd_watch"]
 
 
 async def _watch(args: argparse.Namespace, dispatch: Dispatch) -> None:
-    options = CaptureOptions(freeze=args.freeze, freeze_timeout=args.freeze_timeout)
+    # The command owns its process: each capture tuned as `asyckpt tree`'s is.
+    options = CaptureOptions(
+        freeze=args.freeze, freeze_timeout=args.freeze_timeout, tune_interpreter=True
+    )
     events = watch(
         args.pid,
         every=args.every,

@@ -30,9 +30,10 @@ import msgspec
 
 from ._escape import escape
 from ._image import Image
+from ._jsondata import json_data
 from ._names import ESCAPED, shown
 from ._records import File, Task
-from ._show import _jsonable, _lock_text, _raw
+from ._show import _lock_text, _raw
 
 __all__ = [
     "DiffSummary",
@@ -265,7 +266,7 @@ class _Differ:
             return  # (most records are unchanged: not decoded at all)
         # JSON values only (an image's msgpack may hold extension types): the diff is
         # printed as JSON.
-        da, db = _jsonable(_raw(fa)), _jsonable(_raw(fb))
+        da, db = json_data(_raw(fa)), json_data(_raw(fb))
         for field in _DATA_FIELDS:
             if da.get(field) != db.get(field):
                 change(field, da.get(field), db.get(field))

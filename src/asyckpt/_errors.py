@@ -3,6 +3,12 @@
 Each class carries the context needed to act on it (pid, fd, path) and the CLI exit code
 that reports it.  Raw :class:`OSError` from /proc, cgroupfs and syscalls is translated in one
 place, :func:`translate_oserror`, so that the rest of the code never guesses at errno.
+
+A message quotes names as they are (a path, a comm, a value from an image: chosen by
+whoever owns the processes or made the image), never escaped: whoever prints one escapes
+the whole message once, with ``_escape.escape`` (the CLI's ``asyckpt: error:`` and
+warning lines), so a name is neither printed raw nor escaped twice when one message
+quotes another.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import errno
 import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from typing import NoReturn
 
 __all__ = [
     "AccessDenied",
@@ -207,22 +214,27 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]
             yield exc
 
 
-@asynccontextmanager
-async def collapse_errors() -> AsyncIterator[None]:
-    """Turn a nursery's exception group back into the documented exceptions.
+def raise_collapsed(group: BaseExceptionGroup[BaseException]) -> NoReturn:
+    """Raise a nursery's exception group as the documented exceptions.
 
     Concurrent scanners can fail together (a tree killed mid-capture makes every one of
     them see NoSuchProcess).  When every failure is an AsyckptError the first is raised,
     ``from`` the group so none is lost; a KeyboardInterrupt wins over everything; a group
-    holding anything else is a bug and propagates untouched.
+    holding anything else (a bug, or cancellation) propagates untouched.
     """
+    leaves = list(_leaves(group))
+    for exc in leaves:
+        if isinstance(exc, KeyboardInterrupt):
+            raise KeyboardInterrupt from group
+    if leaves and all(isinstance(exc, AsyckptError) for exc in leaves):
+        raise leaves[0] from group
+    raise group
+
+
+@asynccontextmanager
+async def collapse_errors() -> AsyncIterator[None]:
+    """:func:`raise_collapsed` for a nursery's exception group raised in the block."""
     try:
         yield
     except BaseExceptionGroup as group:
-        leaves = list(_leaves(group))
-        for exc in leaves:
-            if isinstance(exc, KeyboardInterrupt):
-                raise KeyboardInterrupt from group
-        if leaves and all(isinstance(exc, AsyckptError) for exc in leaves):
-            raise leaves[0] from group
-        raise
+        raise_collapsed(group)

@@ -324,6 +324,23 @@ static PyObject *scan_to_python(struct scan *s, const char *fd_dir) {
     return result;
 }
 
+/* A descriptor or process id handed in from Python: an int in [lo, INT_MAX], so that
+ * the C int or pid_t it becomes is the number Python meant (never a truncation of it). */
+static int int_arg(PyObject *o, long lo, const char *what, int *out) {
+    if (!PyLong_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int, not %.100s", what, Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    long v = PyLong_AsLong(o);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    if (v < lo || v > INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "%s out of range: %ld", what, v);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
 static PyObject *read_table(PyObject *self, PyObject *args) {
     PyObject *fd_dir_obj, *info_dir_obj;
     if (!PyArg_ParseTuple(args, "O&O&", PyUnicode_FSConverter, &fd_dir_obj,
@@ -359,9 +376,11 @@ static PyObject *read_table(PyObject *self, PyObject *args) {
 static PyObject *read_tables(PyObject *self, PyObject *args) {
     PyObject *arg, *parents_arg = Py_None, *parents = NULL;
     if (!PyArg_ParseTuple(args, "O|O:read_tables", &arg, &parents_arg)) return NULL;
-    PyObject *seq = PySequence_Fast(arg, "read_tables takes a sequence of (fd_dir, fdinfo_dir)");
+    /* Copies, not PySequence_Fast views: converting a path may run Python code
+     * (__fspath__), which could shrink a list being indexed. */
+    PyObject *seq = PySequence_Tuple(arg);
     if (!seq) return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Py_ssize_t n = PyTuple_GET_SIZE(seq);
     PyObject **paths = calloc((size_t)(2 * n + 1), sizeof *paths);
     struct scan *scans = calloc((size_t)n + 1, sizeof *scans);
     const char **dirs = calloc((size_t)(2 * n + 1), sizeof *dirs);
@@ -369,23 +388,33 @@ static PyObject *read_tables(PyObject *self, PyObject *args) {
     PyObject *result = NULL;
     if (!paths || !scans || !dirs || !ids) { PyErr_NoMemory(); goto done; }
     if (parents_arg != Py_None) {
-        parents = PySequence_Fast(parents_arg, "parents must be a sequence");
+        parents = PySequence_Tuple(parents_arg);
         if (!parents) goto done;
-        if (PySequence_Fast_GET_SIZE(parents) != n) {
+        if (PyTuple_GET_SIZE(parents) != n) {
             PyErr_SetString(PyExc_ValueError, "parents must have one entry per table");
             goto done;
         }
         for (Py_ssize_t i = 0; i < n; i++) {
-            PyObject *pair = PySequence_Fast_GET_ITEM(parents, i);
+            PyObject *pair = PyTuple_GET_ITEM(parents, i);
             int parent, tid;
             if (pair == Py_None) continue;
-            if (!PyArg_ParseTuple(pair, "ii", &parent, &tid)) goto done;
+            if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+                PyErr_SetString(PyExc_TypeError, "parents: each is None or (parent_pid, tid)");
+                goto done;
+            }
+            if (int_arg(PyTuple_GET_ITEM(pair, 0), 0, "parent pid", &parent) < 0
+                || int_arg(PyTuple_GET_ITEM(pair, 1), 0, "tid", &tid) < 0)
+                goto done;
             ids[2 * i] = parent;
             ids[2 * i + 1] = tid;
         }
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *pair = PySequence_Fast_GET_ITEM(seq, i);
+        PyObject *pair = PyTuple_GET_ITEM(seq, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_SetString(PyExc_TypeError, "read_tables: each table is (fd_dir, fdinfo_dir)");
+            goto done;
+        }
         if (!PyArg_ParseTuple(pair, "O&O&", PyUnicode_FSConverter, &paths[2 * i],
                               PyUnicode_FSConverter, &paths[2 * i + 1]))
             goto done;
@@ -439,12 +468,13 @@ static PyObject *kcmp_files(PyObject *self, PyObject *const *args, Py_ssize_t na
         PyErr_SetString(PyExc_TypeError, "kcmp_files((pid, fd), (pid, fd))");
         return NULL;
     }
-    long p1 = PyLong_AsLong(PyTuple_GET_ITEM(args[0], 0));
-    long f1 = PyLong_AsLong(PyTuple_GET_ITEM(args[0], 1));
-    long p2 = PyLong_AsLong(PyTuple_GET_ITEM(args[1], 0));
-    long f2 = PyLong_AsLong(PyTuple_GET_ITEM(args[1], 1));
-    if (PyErr_Occurred()) return NULL;
-    long r = syscall(SYS_kcmp, (pid_t)p1, (pid_t)p2, 0 /* KCMP_FILE */, f1, f2);
+    int p1, f1, p2, f2;
+    if (int_arg(PyTuple_GET_ITEM(args[0], 0), 0, "pid", &p1) < 0
+        || int_arg(PyTuple_GET_ITEM(args[0], 1), 0, "fd", &f1) < 0
+        || int_arg(PyTuple_GET_ITEM(args[1], 0), 0, "pid", &p2) < 0
+        || int_arg(PyTuple_GET_ITEM(args[1], 1), 0, "fd", &f2) < 0)
+        return NULL;
+    long r = syscall(SYS_kcmp, (pid_t)p1, (pid_t)p2, 0 /* KCMP_FILE */, (long)f1, (long)f2);
     if (r < 0) return PyErr_SetFromErrno(PyExc_OSError);
     return PyLong_FromLong(r);
 }
@@ -474,9 +504,9 @@ static PyObject *owner_tuple(int fd) {
 
 /* fd_owner(fd) -> (type, pid, sig, uid, euid): on a descriptor of ours. */
 static PyObject *fd_owner(PyObject *self, PyObject *arg) {
-    long fd = PyLong_AsLong(arg);
-    if (fd == -1 && PyErr_Occurred()) return NULL;
-    return owner_tuple((int)fd);
+    int fd;
+    if (int_arg(arg, 0, "fd", &fd) < 0) return NULL;
+    return owner_tuple(fd);
 }
 
 /* fd_owner_at(pidfd, fd) -> the same, for the task's fd: pidfd_getfd(2), so the same open
@@ -486,10 +516,11 @@ static PyObject *fd_owner_at(PyObject *self, PyObject *const *args, Py_ssize_t n
         PyErr_SetString(PyExc_TypeError, "fd_owner_at(pidfd, fd)");
         return NULL;
     }
-    long pidfd = PyLong_AsLong(args[0]), target = PyLong_AsLong(args[1]);
-    if (PyErr_Occurred()) return NULL;
+    int pidfd, target;
+    if (int_arg(args[0], 0, "pidfd", &pidfd) < 0 || int_arg(args[1], 0, "fd", &target) < 0)
+        return NULL;
     int fd = (int)syscall(438 /* SYS_pidfd_getfd, the same on every architecture */,
-                          (int)pidfd, (int)target, 0);
+                          pidfd, target, 0);
     if (fd < 0) return PyErr_SetFromErrno(PyExc_OSError);
     PyObject *result = owner_tuple(fd);
     close(fd);
@@ -507,11 +538,29 @@ static PyObject *pair(long a, PyObject *b_borrowed) {
     return t;
 }
 
-/* kcmp(KCMP_FILE) of (tid, fd) against a (pid, fd) ref tuple; -1 with *epid, *efd set
- * (the ref's, as _kernel.kcmp_files names them) and errno on failure. */
-static long kcmp_ref(long tid, long fd, PyObject *ref, long *epid, long *efd) {
-    long p = PyLong_AsLong(PyTuple_GET_ITEM(ref, 0));
-    long f = PyLong_AsLong(PyTuple_GET_ITEM(ref, 1));
+/* A (pid, fd) reference as the dedup structures hold it: an exact 2-tuple of exact ints
+ * that fit a pid_t and an int.  Exact types, so that reading one runs no Python code. */
+static int ref_values(PyObject *ref, long *pid, long *fd) {
+    if (!PyTuple_CheckExact(ref) || PyTuple_GET_SIZE(ref) != 2
+        || !PyLong_CheckExact(PyTuple_GET_ITEM(ref, 0))
+        || !PyLong_CheckExact(PyTuple_GET_ITEM(ref, 1))) {
+        PyErr_SetString(PyExc_TypeError, "dedup_rows: a reference is a (pid, fd) tuple of ints");
+        return -1;
+    }
+    *pid = PyLong_AsLong(PyTuple_GET_ITEM(ref, 0));
+    if (*pid == -1 && PyErr_Occurred()) return -1;
+    *fd = PyLong_AsLong(PyTuple_GET_ITEM(ref, 1));
+    if (*fd == -1 && PyErr_Occurred()) return -1;
+    if (*pid < 1 || *pid > INT_MAX || *fd < 0 || *fd > INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "dedup_rows: reference (%ld, %ld) out of range", *pid, *fd);
+        return -1;
+    }
+    return 0;
+}
+
+/* kcmp(KCMP_FILE) of (tid, fd) against a validated (pid, fd) ref; -1 with *epid, *efd
+ * set (the ref's, as _kernel.kcmp_files names them) and errno on failure. */
+static long kcmp_ref(long tid, long fd, long p, long f, long *epid, long *efd) {
     long r = syscall(SYS_kcmp, (pid_t)tid, (pid_t)p, 0 /* KCMP_FILE */, fd, f);
     if (r < 0) { *epid = p; *efd = f; }
     return r;
@@ -522,7 +571,7 @@ static long kcmp_ref(long tid, long fd, PyObject *ref, long *epid, long *efd) {
  * fdinfo of its owner's fds, so the first fd's lines may not hold them all). */
 static int remember_locks(PyObject *more_locks, PyObject *file_id, PyObject *row) {
     PyObject *rest = PyTuple_GET_ITEM(row, 15);
-    if (!PyBytes_Check(rest) || !has_lock_line(PyBytes_AS_STRING(rest), (size_t)PyBytes_GET_SIZE(rest)))
+    if (!has_lock_line(PyBytes_AS_STRING(rest), (size_t)PyBytes_GET_SIZE(rest)))
         return 0;
     PyObject *list = PyDict_GetItemWithError(more_locks, file_id);
     if (!list) {
@@ -532,8 +581,59 @@ static int remember_locks(PyObject *more_locks, PyObject *file_id, PyObject *row
         int rc = PyDict_SetItem(more_locks, file_id, list);
         Py_DECREF(list);
         if (rc < 0) return -1;
+        return PyList_Append(list, rest);  /* kept alive by the dict: no code ran since */
+    }
+    if (!PyList_Check(list)) {
+        PyErr_SetString(PyExc_TypeError, "dedup_rows: more_locks values are lists");
+        return -1;
     }
     return PyList_Append(list, rest);
+}
+
+/* The shape of one scan row, checked before anything reads it: an exact tuple, either
+ * (fd, flags) or the 16 fields of read_table, with exact ints where the loop reads
+ * numbers or builds dict keys (a subclass could run Python code in __hash__ or __eq__)
+ * and bytes for the fdinfo rest.  Sets *fd. */
+static int check_row(PyObject *row, long *fd) {
+    static const int ints16[] = {0, 3, 4, 12, 13};
+    if (!PyTuple_CheckExact(row) || (PyTuple_GET_SIZE(row) != 2 && PyTuple_GET_SIZE(row) != 16)) {
+        PyErr_SetString(PyExc_TypeError, "dedup_rows: a row is a 2- or 16-tuple");
+        return -1;
+    }
+    if (PyTuple_GET_SIZE(row) == 2) {
+        if (!PyLong_CheckExact(PyTuple_GET_ITEM(row, 0)) || !PyLong_CheckExact(PyTuple_GET_ITEM(row, 1))) {
+            PyErr_SetString(PyExc_TypeError, "dedup_rows: a short row is (fd, flags), two ints");
+            return -1;
+        }
+    } else {
+        for (size_t k = 0; k < sizeof ints16 / sizeof *ints16; k++) {
+            if (!PyLong_CheckExact(PyTuple_GET_ITEM(row, ints16[k]))) {
+                PyErr_Format(PyExc_TypeError, "dedup_rows: field %d of a row must be an int",
+                             ints16[k]);
+                return -1;
+            }
+        }
+        if (!PyBytes_CheckExact(PyTuple_GET_ITEM(row, 15))) {
+            PyErr_SetString(PyExc_TypeError, "dedup_rows: field 15 of a row must be bytes");
+            return -1;
+        }
+    }
+    *fd = PyLong_AsLong(PyTuple_GET_ITEM(row, 0));
+    if (*fd == -1 && PyErr_Occurred()) return -1;
+    if (*fd < 0 || *fd > INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "dedup_rows: fd %ld out of range", *fd);
+        return -1;
+    }
+    return 0;
+}
+
+/* A parent's hint, (key, ref, file_id): an exact 3-tuple whose ref is valid. */
+static int check_hint(PyObject *hint, long *pid, long *fd) {
+    if (!PyTuple_CheckExact(hint) || PyTuple_GET_SIZE(hint) != 3) {
+        PyErr_SetString(PyExc_TypeError, "dedup_rows: a hint is a (key, ref, file_id) tuple");
+        return -1;
+    }
+    return ref_values(PyTuple_GET_ITEM(hint, 1), pid, fd);
 }
 
 /* dedup_rows(rows, tid, hints, seen, buckets, file_count, more_locks=None)
@@ -547,38 +647,55 @@ static int remember_locks(PyObject *more_locks, PyObject *file_id, PyObject *row
  * is new (their ids handed out in row order from file_count + 1), for the caller to
  * build.  A kcmp failure stops the loop: error is then (errno, pid, fd) of the other
  * side, as the Python loop's comparison would report it.  more_locks, if given, gathers
- * the lock lines of fds of descriptions seen before (see remember_locks). */
+ * the lock lines of fds of descriptions seen before (see remember_locks).
+ *
+ * Every shape is checked before it is read (TypeError, ValueError), so no argument can
+ * crash the interpreter.  The rows are read from a copy of the list, and every object
+ * borrowed from a dict is held while used: a dict lookup may run Python code (a stored
+ * key's __eq__), which may change the dicts and lists it was handed. */
 static PyObject *dedup_rows(PyObject *self, PyObject *args) {
-    PyObject *rows, *hints, *seen, *buckets, *more_locks = NULL;
+    PyObject *rows_arg, *hints, *seen, *buckets, *more_locks = NULL;
     long tid;
     long long count;
-    if (!PyArg_ParseTuple(args, "O!lO!O!O!L|O!:dedup_rows", &PyList_Type, &rows, &tid,
+    if (!PyArg_ParseTuple(args, "O!lO!O!O!L|O!:dedup_rows", &PyList_Type, &rows_arg, &tid,
                           &PyDict_Type, &hints, &PyDict_Type, &seen, &PyDict_Type, &buckets,
                           &count, &PyDict_Type, &more_locks))
         return NULL;
-    Py_ssize_t n = PyList_GET_SIZE(rows);
+    if (tid < 1 || tid > INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "dedup_rows: tid %ld out of range", tid);
+        return NULL;
+    }
+    PyObject *rows = PyList_AsTuple(rows_arg);
+    if (!rows) return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(rows);
+    if (count < 0 || count > LLONG_MAX - n) {
+        PyErr_SetString(PyExc_ValueError, "dedup_rows: file_count out of range");
+        Py_DECREF(rows);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long fd;
+        if (check_row(PyTuple_GET_ITEM(rows, i), &fd) < 0) { Py_DECREF(rows); return NULL; }
+    }
     long long hits = 0, compares = 0;
     PyObject *entries = PyList_New(n), *fresh = PyList_New(0), *error = NULL;
-    PyObject *key = NULL, *ref = NULL, *file_id = NULL;
+    PyObject *key = NULL, *ref = NULL, *file_id = NULL, *hint = NULL, *bucket = NULL;
     if (!entries || !fresh) goto fail;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *row = PyList_GET_ITEM(rows, i);
-        if (!PyTuple_Check(row) || (PyTuple_GET_SIZE(row) != 2 && PyTuple_GET_SIZE(row) != 16)) {
-            PyErr_SetString(PyExc_TypeError, "dedup_rows: a row is a 2- or 16-tuple");
-            goto fail;
-        }
+        PyObject *row = PyTuple_GET_ITEM(rows, i);
         PyObject *fd_obj = PyTuple_GET_ITEM(row, 0);
-        long fd = PyLong_AsLong(fd_obj);
-        if (fd == -1 && PyErr_Occurred()) goto fail;
+        long fd = PyLong_AsLong(fd_obj), hpid = 0, hfd = 0;
         int is_new = 0;
+        hint = PyDict_GetItemWithError(hints, fd_obj);
+        if (!hint && PyErr_Occurred()) goto fail;
+        Py_XINCREF(hint);
+        if (hint && check_hint(hint, &hpid, &hfd) < 0) goto fail;
         if (PyTuple_GET_SIZE(row) == 2) {
             unsigned long flags = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(row, 1));
             if (PyErr_Occurred()) goto fail;
-            PyObject *hint = PyDict_GetItemWithError(hints, fd_obj);
             if (!hint) {
-                if (!PyErr_Occurred())
-                    PyErr_Format(PyExc_RuntimeError,
-                                 "asyckpt bug: fd %ld of %ld has no parent row", fd, tid);
+                PyErr_Format(PyExc_RuntimeError,
+                             "asyckpt bug: fd %ld of %ld has no parent row", fd, tid);
                 goto fail;
             }
             key = PyTuple_GET_ITEM(hint, 0);
@@ -598,14 +715,12 @@ static PyObject *dedup_rows(PyObject *self, PyObject *args) {
             key = Py_BuildValue("(OOOk)", PyTuple_GET_ITEM(row, 3), PyTuple_GET_ITEM(row, 4),
                                 PyTuple_GET_ITEM(row, 12), flags);
             if (!key) goto fail;
-            PyObject *hint = PyDict_GetItemWithError(hints, fd_obj);
-            if (!hint && PyErr_Occurred()) goto fail;
             long epid = 0, efd = 0;
             if (hint) {
                 int same_key = PyObject_RichCompareBool(PyTuple_GET_ITEM(hint, 0), key, Py_EQ);
                 if (same_key < 0) goto fail;
                 if (same_key) {
-                    long r = kcmp_ref(tid, fd, PyTuple_GET_ITEM(hint, 1), &epid, &efd);
+                    long r = kcmp_ref(tid, fd, hpid, hfd, &epid, &efd);
                     if (r < 0) goto kcmp_failed;
                     if (r == 0) {
                         file_id = PyTuple_GET_ITEM(hint, 2);
@@ -615,14 +730,27 @@ static PyObject *dedup_rows(PyObject *self, PyObject *args) {
                 }
             }
             if (!file_id) {
-                PyObject *bucket = PyDict_GetItemWithError(buckets, key);
+                bucket = PyDict_GetItemWithError(buckets, key);
                 if (!bucket && PyErr_Occurred()) goto fail;
+                Py_XINCREF(bucket);
+                if (bucket && !PyList_CheckExact(bucket)) {
+                    PyErr_SetString(PyExc_TypeError, "dedup_rows: a bucket is a list");
+                    goto fail;
+                }
+                /* No Python code runs from here to the insertion: the bucket keeps its size. */
                 Py_ssize_t lo = 0, hi = bucket ? PyList_GET_SIZE(bucket) : 0;
                 while (lo < hi) {
-                    Py_ssize_t mid = (lo + hi) / 2;
+                    Py_ssize_t mid = lo + (hi - lo) / 2;
                     PyObject *entry = PyList_GET_ITEM(bucket, mid);
+                    long p, f;
+                    if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2) {
+                        PyErr_SetString(PyExc_TypeError,
+                                        "dedup_rows: a bucket entry is a (ref, file_id) tuple");
+                        goto fail;
+                    }
+                    if (ref_values(PyTuple_GET_ITEM(entry, 0), &p, &f) < 0) goto fail;
                     compares++;
-                    long r = kcmp_ref(tid, fd, PyTuple_GET_ITEM(entry, 0), &epid, &efd);
+                    long r = kcmp_ref(tid, fd, p, f, &epid, &efd);
                     if (r < 0) goto kcmp_failed;
                     if (r == 0) {
                         file_id = PyTuple_GET_ITEM(entry, 1);
@@ -658,6 +786,7 @@ static PyObject *dedup_rows(PyObject *self, PyObject *args) {
                     Py_DECREF(stored);
                     if (rc < 0) goto fail;
                 }
+                Py_CLEAR(bucket);
             }
             PyObject *item = Py_BuildValue("(OOOO)", fd_obj, cloexec ? Py_True : Py_False,
                                            file_id, Py_None);
@@ -669,6 +798,8 @@ static PyObject *dedup_rows(PyObject *self, PyObject *args) {
             error = Py_BuildValue("(ill)", errno, epid, efd);
             Py_CLEAR(key);
             Py_CLEAR(entries);
+            Py_CLEAR(hint);
+            Py_CLEAR(bucket);
             if (!error) goto fail;
             break;
         }
@@ -690,7 +821,9 @@ static PyObject *dedup_rows(PyObject *self, PyObject *args) {
         Py_CLEAR(key);
         Py_CLEAR(ref);
         Py_CLEAR(file_id);
+        Py_CLEAR(hint);
     }
+    Py_DECREF(rows);
     if (error) {
         PyObject *result = Py_BuildValue("(OOLLLN)", Py_None, Py_None, count, hits, compares, error);
         Py_DECREF(fresh);
@@ -701,8 +834,11 @@ fail:
     Py_XDECREF(key);
     Py_XDECREF(ref);
     Py_XDECREF(file_id);
+    Py_XDECREF(hint);
+    Py_XDECREF(bucket);
     Py_XDECREF(entries);
     Py_XDECREF(fresh);
+    Py_DECREF(rows);
     return NULL;
 }
 
@@ -718,9 +854,9 @@ static PyObject *pidfd_getfd(PyObject *self, PyObject *const *args, Py_ssize_t n
         PyErr_SetString(PyExc_TypeError, "pidfd_getfd(pidfd, fd)");
         return NULL;
     }
-    long pidfd = PyLong_AsLong(args[0]);
-    long fd = PyLong_AsLong(args[1]);
-    if (PyErr_Occurred()) return NULL;
+    int pidfd, fd;
+    if (int_arg(args[0], 0, "pidfd", &pidfd) < 0 || int_arg(args[1], 0, "fd", &fd) < 0)
+        return NULL;
     long r = syscall(SYS_pidfd_getfd, pidfd, fd, 0);
     if (r < 0) return PyErr_SetFromErrno(PyExc_OSError);
     return PyLong_FromLong(r);

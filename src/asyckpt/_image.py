@@ -1,20 +1,21 @@
-"""The image file: grammar, atomic writing, and verified reading.
+"""The image file: grammar, atomic writing, and reading files and pipes (the decoding and
+every check are ``_decode``'s and ``_validate``'s).
 
 Grammar (all integers big-endian; docs/image-format.md says the same at more length)::
 
     IMAGE   ::= MAGIC VERSION HEADER BODY TRAILER DIGEST
     MAGIC   ::= 89 41 43 4B 50 54 0D 0A 1A 0A        ("\\x89ACKPT\\r\\n\\x1a\\n", 10 bytes)
-    VERSION ::= u32 format version                   (currently 3; 1 and 2 are read too)
+    VERSION ::= u32 format version                   (currently 2; 1 is read too)
     FRAME   ::= u32 LEN, then LEN bytes: one msgpack map with a "kind" key
     HEADER  ::= FRAME of kind "header"
     BODY    ::= { FRAME of kind "mounts" | "fdtable" | "file" | "content" | "fd" | "task" }
-                { FRAME of kind "holders" }           (version 3: after every task)
     TRAILER ::= FRAME of kind "trailer"
     DIGEST  ::= 32 bytes: sha256 of every byte before it, then end of file
 
 The digest covers every byte, the trailer's counts and timings included, and the
 trailer's counts must match the body: a truncated, spliced or corrupted image is rejected
-whole, before any record is used.
+whole, before any record is used.  A reader reads only regular files and pipes, a chunk at
+a time (``_decode``: memory bounded by the largest frame present, not by a length field).
 Like PNG's, the magic catches text-mode mangling and a file that is not an image at all.
 
 The header names what is only known once the capture ends (plugins used), so the body is
@@ -27,36 +28,20 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import struct
+import select
+import stat
 import tempfile
 from collections.abc import Iterable
 from typing import IO
 
 import msgspec
 
-from ._errors import ImageCorrupt, ImageVersionError, NotAnImage, OutputError
-from ._names import bad_name
-from ._records import (
-    FORMAT_VERSION,
-    READABLE_VERSIONS,
-    Content,
-    Fd,
-    FdTable,
-    File,
-    Header,
-    Holders,
-    MountTable,
-    Record,
-    Task,
-    Trailer,
-)
+from ._decode import MAGIC, MAX_IMAGE_SIZE, Image, ImageDecoder
+from ._decode import U32 as _U32
+from ._errors import NotAnImage, OutputError
+from ._records import FORMAT_VERSION, Header, Trailer
 
-__all__ = ["MAGIC", "Image", "ImageWriter", "read_image"]
-
-MAGIC = b"\x89ACKPT\r\n\x1a\n"
-_U32 = struct.Struct(">I")
-_MAX_FRAME = 1 << 30
-_DIGEST_SIZE = 32
+__all__ = ["MAGIC", "Image", "ImageWriter", "parse_image", "read_image", "read_image_fd"]
 
 
 class ImageWriter:
@@ -162,209 +147,74 @@ def _frame(payload: bytes) -> bytes:
     return _U32.pack(len(payload)) + payload
 
 
-class Image(msgspec.Struct, kw_only=True):
-    """A verified image, decoded."""
+def read_image(path: str | os.PathLike[str], *, limit: int = MAX_IMAGE_SIZE) -> Image:
+    """Read and verify a whole image: magic, version, framing, checksum, every record and
+    every reference between them (docs/image-format.md, "What a reader checks").
 
-    header: Header
-    mounts: list[MountTable]
-    fd_tables: dict[int, list[Fd]]
-    """Fd records of each table, in fd order."""
-    table_owner: dict[int, int]
-    files: dict[int, File]
-    tasks: list[Task]
-    trailer: Trailer
-    checksum: str
-    """The image's sha256 digest (hex), as its last 32 bytes hold it."""
-    contents: dict[int, list[Content]] = {}
-    """The ``content`` records of each file whose unlinked data was saved, in offset
-    order (``File.ghost`` ``saved``, ``File.ghost_file`` its own id)."""
-    outside: list[Holders] = []
-    """Who outside the tree held its pipes, FIFOs and peers, searched for after the thaw
-    (``Header.endpoints`` ``system``)."""
-
-    def fds(self, table: int | None) -> list[tuple[Fd, File]]:
-        """The fds of one fd table (a Task's ``fd_table``) with their open files."""
-        if table is None:
-            return []
-        return [(fd, self.files[fd.file]) for fd in self.fd_tables[table]]
-
-
-_decoder = msgspec.msgpack.Decoder(Record)
-
-
-def read_image(path: str | os.PathLike[str]) -> Image:
-    """Read and verify a whole image: magic, version, framing, checksum and counts."""
+    ``path`` must be a regular file or a FIFO: a device (``/dev/zero`` never ends, and
+    opening one may act on it), a socket or a directory is refused before it is opened.
+    At most ``limit`` bytes are read.
+    """
+    name = os.fsdecode(path)
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except IsADirectoryError:
-        raise NotAnImage(f"{path} is a directory") from None
+        st = os.stat(path)
     except OSError as exc:
-        raise NotAnImage(f"cannot read {path}: {exc.strerror}") from exc
-    return parse_image(data, name=str(path))
+        raise NotAnImage(f"cannot read {name}: {exc.strerror}") from exc
+    _check_kind(st.st_mode, name)
+    # A FIFO's open waits for its writer, as reading a pipe should; anything else is
+    # opened without waiting, in case it was replaced by something that would.
+    fifo = stat.S_ISFIFO(st.st_mode)
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | (0 if fifo else os.O_NONBLOCK)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise NotAnImage(f"cannot read {name}: {exc.strerror}") from exc
+    try:
+        now = os.fstat(fd)
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            raise NotAnImage(f"{name} was replaced while it was being opened")
+        os.set_blocking(fd, True)
+        return read_image_fd(fd, name=name, limit=limit)
+    finally:
+        os.close(fd)
+
+
+def read_image_fd(fd: int, *, name: str, limit: int = MAX_IMAGE_SIZE) -> Image:
+    """Read and verify an image from an open file descriptor (``show -``: standard
+    input), which must be a regular file or a pipe; it is read to its end, not closed."""
+    _check_kind(os.fstat(fd).st_mode, name)
+    decoder = ImageDecoder(name, limit=limit)
+    while True:
+        try:
+            chunk = os.read(fd, _CHUNK)
+        except BlockingIOError:  # a non-blocking pipe we were handed
+            select.select([fd], [], [])
+            continue
+        except OSError as exc:
+            raise NotAnImage(f"cannot read {name}: {exc.strerror}") from exc
+        if not chunk:
+            return decoder.close()
+        decoder.feed(chunk)
+
+
+_CHUNK = 1 << 20
+_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def _check_kind(mode: int, name: str) -> None:
+    if stat.S_ISREG(mode) or stat.S_ISFIFO(mode):
+        return
+    what = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+    raise NotAnImage(f"{name} is {what}, not an image file or a pipe")
 
 
 def parse_image(data: bytes, *, name: str = "image") -> Image:
-    if not data.startswith(MAGIC):
-        if MAGIC.startswith(data):
-            raise ImageCorrupt(f"{name} is truncated inside its magic number")
-        raise NotAnImage(f"{name} is not an asyckpt image")
-    off = len(MAGIC)
-    if len(data) < off + 4:
-        raise ImageCorrupt(f"{name} is truncated before its format version")
-    (version,) = _U32.unpack_from(data, off)
-    if version not in READABLE_VERSIONS:
-        raise ImageVersionError(
-            f"{name} has image format version {version}; this asyckpt reads "
-            + " and ".join(map(str, READABLE_VERSIONS))
-        )
-    off += 4
-    end = len(data) - _DIGEST_SIZE
-    view = memoryview(data)[:end] if end >= off else memoryview(b"")
-    frames: list[memoryview] = []
-    while off < end:
-        if off + 4 > end:
-            raise ImageCorrupt(f"{name} is truncated inside a frame header at byte {off}")
-        (n,) = _U32.unpack_from(data, off)
-        if n > _MAX_FRAME or off + 4 + n > end:
-            raise ImageCorrupt(f"{name} is truncated: frame at byte {off} runs past the end")
-        frames.append(view[off + 4 : off + 4 + n])
-        off += 4 + n
-    if len(frames) < 2:
-        raise ImageCorrupt(f"{name} is truncated: no header and trailer")
-    try:
-        trailer = _decoder.decode(frames[-1])
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        # msgspec reports a bad UTF-8 tag as UnicodeDecodeError, not DecodeError.
-        trailer = None
-    if not isinstance(trailer, Trailer):
-        raise ImageCorrupt(f"{name} is truncated: it does not end with a trailer")
-    if hashlib.sha256(view).digest() != data[end:]:
-        raise ImageCorrupt(f"{name} is corrupt: checksum mismatch")
-    try:
-        records = [_decoder.decode(payload) for payload in frames[:-1]]
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise ImageCorrupt(f"{name} has an undecodable record: {exc}") from exc
-    header = records[0]
-    if not isinstance(header, Header):
-        raise ImageCorrupt(f"{name} does not start with a header")
-    for rec in records:
-        _check_names(name, rec)
-    image = Image(
-        header=header,
-        mounts=[],
-        fd_tables={},
-        table_owner={},
-        files={},
-        tasks=[],
-        trailer=trailer,
-        checksum=data[end:].hex(),
-        contents={},
-    )
-    current: list[Fd] | None = None
-    declared: dict[int, int] = {}
-    # The file whose content records may come next (the one just defined), and where
-    # its data so far ends.
-    owner: File | None = None
-    content_end = 0
-    content_bytes = 0
-    for rec in records[1:]:
-        if isinstance(rec, Content):
-            _check_content(name, version, rec, owner, content_end)
-            assert owner is not None
-            image.contents.setdefault(owner.id, []).append(rec)
-            content_end = rec.offset + len(rec.data)
-            content_bytes += len(rec.data)
-            continue
-        owner = None
-        if isinstance(rec, Holders):
-            if version < 3:
-                raise ImageCorrupt(f"{name}: a holders record in a version {version} image")
-            image.outside.append(rec)
-            continue
-        if image.outside:
-            raise ImageCorrupt(f"{name}: a {type(rec).__name__} record after the holders")
-        if isinstance(rec, Fd):
-            if current is None or rec.file not in image.files:
-                raise ImageCorrupt(f"{name}: fd {rec.fd} refers to an undefined table or file")
-            current.append(rec)
-        elif isinstance(rec, File):
-            ghost_file = rec.ghost_file
-            if ghost_file is not None and ghost_file != rec.id and ghost_file not in image.files:
-                raise ImageCorrupt(
-                    f"{name}: file {rec.id}'s content is in undefined file {rec.ghost_file}"
-                )
-            image.files[rec.id] = rec
-            owner, content_end = rec, 0
-        elif isinstance(rec, FdTable):
-            if rec.id in image.fd_tables:
-                raise ImageCorrupt(f"{name}: fd table {rec.id} is defined twice")
-            current = image.fd_tables[rec.id] = []
-            image.table_owner[rec.id] = rec.owner
-            declared[rec.id] = rec.count
-        elif isinstance(rec, Task):
-            if rec.fd_table is not None and rec.fd_table not in image.fd_tables:
-                raise ImageCorrupt(f"{name}: task {rec.pid} refers to an undefined fd table")
-            image.tasks.append(rec)
-        elif isinstance(rec, MountTable):
-            image.mounts.append(rec)
-        else:
-            raise ImageCorrupt(f"{name}: unexpected {type(rec).__name__} record in the body")
-    for table, count in declared.items():
-        if len(image.fd_tables[table]) != count:
-            raise ImageCorrupt(
-                f"{name}: fd table {table} declares {count} fds "
-                f"but holds {len(image.fd_tables[table])}"
-            )
-    counts = (
-        len(image.tasks),
-        len(image.fd_tables),
-        sum(len(v) for v in image.fd_tables.values()),
-        len(image.files),
-        len(records) - 1,
-        sum(len(v) for v in image.contents.values()),
-        content_bytes,
-    )
-    expected = (
-        trailer.tasks,
-        trailer.fd_tables,
-        trailer.fds,
-        trailer.files,
-        trailer.records,
-        trailer.contents,
-        trailer.content_bytes,
-    )
-    if counts != expected:
-        raise ImageCorrupt(f"{name}: body counts {counts} disagree with the trailer {expected}")
-    return image
-
-
-def _check_names(name: str, rec: object) -> None:
-    """A name field and its ``_bytes`` must agree (docs/image-format.md, "Names")."""
-    inner: list[object] = [rec]
-    if isinstance(rec, MountTable):
-        inner = list(rec.mounts)
-    elif isinstance(rec, Holders):
-        inner = list(rec.fds)
-    for part in inner:
-        field = bad_name(part)
-        if field is not None:
-            kind = type(rec).__name__.lower()
-            raise ImageCorrupt(f"{name}: a {kind} record's {field} is not its {field}_bytes")
-
-
-def _check_content(name: str, version: int, rec: Content, owner: File | None, end: int) -> None:
-    """A content record must follow its own file (or that file's previous content), in
-    ascending, non-overlapping order, within the file's size, and only for a saved
-    ghost."""
-    if version < 2:
-        raise ImageCorrupt(f"{name}: a content record in a version {version} image")
-    if owner is None or rec.file != owner.id:
-        raise ImageCorrupt(f"{name}: content of file {rec.file} does not follow that file")
-    if owner.ghost != "saved" or owner.ghost_file != owner.id:
-        raise ImageCorrupt(f"{name}: content for file {rec.file}, whose data is not saved there")
-    if not rec.data or rec.offset < end or rec.offset + len(rec.data) > owner.size:
-        raise ImageCorrupt(
-            f"{name}: content of file {rec.file} at {rec.offset} (+{len(rec.data)}) is "
-            f"empty, out of order or past its size {owner.size}"
-        )
+    """Verify and decode an image held in memory."""
+    decoder = ImageDecoder(name, limit=max(len(data), 1))
+    decoder.feed(data)
+    return decoder.close()

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
 import msgspec
 
 from ._classify import access_mode
 from ._names import split_name
 from ._procparse import split_fdinfo
-from ._records import Holders, OutsideFd
+from ._records import Access, Holders, OutsideFd
 
 if TYPE_CHECKING:
     from ._build import TaskPart
@@ -45,7 +45,7 @@ PROC = "/proc"
 class Target(NamedTuple):
     """An object of the tree whose holders outside it are looked for."""
 
-    type: str
+    type: Literal["pipe", "fifo", "socket"]
     """``pipe``, ``fifo`` or ``socket``."""
     dev: int
     ino: int
@@ -88,8 +88,8 @@ def targets(parts: Iterable[TaskPart]) -> list[Target]:
                     continue
                 raw = new.raw
                 if new.kind in ("pipe", "fifo"):
-                    key = (new.kind, raw[3], raw[4])
-                    objects.setdefault(key, Target(new.kind, raw[3], raw[4], raw[1]))
+                    kind = cast(Literal["pipe", "fifo"], new.kind)
+                    objects.setdefault((kind, raw[3], raw[4]), Target(kind, raw[3], raw[4], raw[1]))
                 elif new.kind == "socket":
                     held.add(raw[4])
                     peers += [(raw[3], ino) for ino in _linked_inos(new.data)]
@@ -151,7 +151,7 @@ def _hits(dfd: int, by_link: dict[str, Target]) -> list[tuple[int, Target]]:
     return out
 
 
-def _fd_access(pid: int, fd: int, target: Target) -> str | None:
+def _fd_access(pid: int, fd: int, target: Target) -> Access | None:
     """The fd's access mode, or None when it is not on ``target`` after all (a FIFO's
     path names another file; the fd was closed meanwhile)."""
     try:
@@ -163,7 +163,7 @@ def _fd_access(pid: int, fd: int, target: Target) -> str | None:
             _, flags, _, _ = split_fdinfo(f.read(4096))
     except OSError:
         return None
-    return access_mode(flags)
+    return cast(Access, access_mode(flags))
 
 
 def _comm(pid: int) -> tuple[str, bytes | None]:

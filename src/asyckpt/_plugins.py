@@ -21,6 +21,7 @@ import inspect
 import os
 import re
 import threading
+import time
 import warnings
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, ClassVar, NamedTuple, Protocol, final, runtime_checkable
@@ -207,11 +208,21 @@ class CaptureSession:
         self.consistent = consistent
         """Whether the tree is frozen (false with ``--freeze=none``)."""
         self._timeout = SESSION_TIMEOUT if timeout is None else timeout
+        self._deadline = time.monotonic() + self._timeout
+        self.cancelled = threading.Event()
+        """Set once asyckpt stops waiting for this capture's begins (the tree is thawed,
+        the timeout passed, or the capture failed or was cancelled): a ``begin`` still
+        running should return (wait on it, not ``time.sleep``)."""
         self._states: dict[str, _Pending] = {}
         # Asked once per fd a handler captures: a begin that succeeded is answered
         # without the lock and the event (its first outcome stands).
         self._ready: dict[str, Any] = {}
         self._lock = threading.Lock()
+
+    def time_left(self) -> float:
+        """Seconds asyckpt still waits for a ``begin``: the bound for its blocking calls
+        (a socket's timeout, a ``wait``); 0 once past."""
+        return max(0.0, self._deadline - time.monotonic())
 
     def _started(self, name: str) -> _Pending:
         """Register a handler's begin as started (by the capture, concurrently): from

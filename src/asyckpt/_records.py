@@ -10,6 +10,8 @@ companion (format version 3; ``_names``).
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import msgspec
 
 __all__ = [
@@ -41,6 +43,39 @@ of name fields (docs/image-format.md)."""
 READABLE_VERSIONS = (1, 2, 3)
 """Format versions this asyckpt reads."""
 
+# Ranges a reader enforces (docs/image-format.md, "What a reader checks"): a record that
+# breaks one is ImageCorrupt, never a value the renderers must guess about.
+Id = Annotated[int, msgspec.Meta(ge=1)]
+"""An id of the image (fd table, file): numbered from 1."""
+U32 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)]
+U64 = Annotated[int, msgspec.Meta(ge=0)]
+"""Non-negative; MessagePack holds nothing above 2**64 - 1."""
+Offset = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+"""A size or offset in a file: what the kernel's loff_t holds."""
+Pid = Annotated[int, msgspec.Meta(ge=0, le=0x7FFFFFFF)]
+FdNumber = Annotated[int, msgspec.Meta(ge=0, le=0x7FFFFFFF)]
+TtyNr = Annotated[int, msgspec.Meta(ge=-(2**31), le=0xFFFFFFFF)]
+"""stat's tty_nr: a 32-bit device number the kernel prints signed."""
+Millis = Annotated[float, msgspec.Meta(ge=0.0, le=1e15)]
+"""A duration: finite and non-negative (NaN and infinities are refused)."""
+
+FileType = Literal["reg", "dir", "link", "pipe", "fifo", "socket", "chr", "blk", "anon"]
+Access = Literal["r", "w", "rw", "path"]
+PathState = Literal[
+    "ok",
+    "deleted",
+    "deleted-linked",
+    "replaced",
+    "missing",
+    "proc-exited",
+    "none",
+    "unchecked",
+    "too-long",
+]
+GhostState = Literal["none", "saved", "too-big", "off", "failed", "unchecked"]
+FreezerKind = Literal["cgroup-v1", "cgroup-v2", "none"]
+FreezerScope = Literal["transient", "in-place", "none"]
+
 # msgpack nil: File.data of a generic record.  (msgspec cannot decode ``Raw | None``.)
 NO_DATA = msgspec.Raw(b"\xc0")
 
@@ -66,7 +101,7 @@ class Header(_Record, tag="header", kw_only=True):
     hostname: str
     time: str
     """Capture time, ISO 8601 in UTC."""
-    root_pid: int
+    root_pid: Pid
     freezer: str
     """``cgroup-v1``, ``cgroup-v2`` or ``none``."""
     freezer_cgroup: str | None = None
@@ -80,7 +115,7 @@ class Header(_Record, tag="header", kw_only=True):
     cgroup frozen where it is) or ``none``."""
     pre_frozen: bool = False
     """The cgroup was frozen before asyckpt came, and was left frozen."""
-    endpoints: str = "tree"
+    endpoints: Literal["tree", "system"] = "tree"
     """``system`` when who outside the tree holds its pipes' and connections' other ends
     was searched for after the thaw (``holders`` records); ``tree``: not searched."""
     hostname_bytes: bytes | None = None
@@ -89,8 +124,8 @@ class Header(_Record, tag="header", kw_only=True):
 
 
 class MountEntry(msgspec.Struct, kw_only=True, array_like=True):
-    mnt_id: int
-    parent_id: int
+    mnt_id: U64
+    parent_id: U64
     dev: str
     root: str
     mount_point: str
@@ -107,7 +142,7 @@ class MountEntry(msgspec.Struct, kw_only=True, array_like=True):
 class MountTable(_Record, tag="mounts", kw_only=True):
     """The mount table of one mount namespace, so ``File.mnt_id`` can be interpreted."""
 
-    id: int
+    id: U64
     """The namespace's inode number (``stat /proc/PID/ns/mnt``)."""
     mounts: list[MountEntry]
 
@@ -115,10 +150,10 @@ class MountTable(_Record, tag="mounts", kw_only=True):
 class FdTable(_Record, tag="fdtable", kw_only=True):
     """Starts an fd table; its ``count`` Fd records follow, in ascending fd order."""
 
-    id: int
-    owner: int
+    id: Id
+    owner: Pid
     """The pid or tid whose table was read."""
-    count: int
+    count: U32
 
 
 class Lock(msgspec.Struct, kw_only=True):
@@ -157,46 +192,46 @@ class Owner(msgspec.Struct, kw_only=True):
     """Who the I/O signals of an open file description go to (``F_GETOWN_EX``), with
     which signal (``F_GETSIG``), and whether ``O_ASYNC`` is set."""
 
-    pid: int
+    pid: Pid
     """The owner, in asyckpt's pid namespace (as the image's pids are); 0 for none, or
     one not visible from there."""
     type: str
     """``tid``, ``pid`` or ``pgrp`` (F_OWNER_TID, F_OWNER_PID, F_OWNER_PGRP)."""
-    signal: int
+    signal: U32
     """The signal sent (``F_SETSIG``); 0 means SIGIO, the default."""
     async_io: bool
     """``O_ASYNC``: readiness sends the signal (only for files that support it)."""
-    uid: int | None = None
+    uid: U32 | None = None
     """The uid and euid of whoever set the owner (``F_GETOWNER_UIDS``, which needs a
     kernel with CONFIG_CHECKPOINT_RESTORE); None without, or with no owner set."""
-    euid: int | None = None
+    euid: U32 | None = None
 
 
 class File(_Record, tag="file", kw_only=True, gc=False):
     """One open file description, written once, before the first Fd that refers to it."""
 
-    id: int
-    type: str
+    id: Id
+    type: FileType
     """Kernel-level kind: reg, dir, link, pipe, fifo, socket, chr, blk, anon."""
     handler: str | None
     """The handler that captured ``data``; None for a generic record."""
-    flags: int
+    flags: U32
     """Open flags as fdinfo reports them, with O_CLOEXEC removed."""
-    access: str
+    access: Access
     """``r``, ``w``, ``rw`` or ``path`` (O_PATH)."""
     pos: int
-    mnt_id: int
-    dev: int
-    ino: int
-    rdev: int = 0
+    mnt_id: U64
+    dev: U64
+    ino: U64
+    rdev: U64 = 0
     path: str
     """The fd's target as the owning task sees it, relative to the task's root."""
     deleted: bool = False
-    uid: int = 0
-    gid: int = 0
-    st_mode: int = 0
-    nlink: int = 0
-    size: int = 0
+    uid: U32 = 0
+    gid: U32 = 0
+    st_mode: U32 = 0
+    nlink: U64 = 0
+    size: Offset = 0
     mtime_ns: int = 0
     fdinfo: list[tuple[str, str]] = []
     """fdinfo lines past pos/flags/mnt_id/ino, in kernel order."""
@@ -205,22 +240,22 @@ class File(_Record, tag="file", kw_only=True, gc=False):
     msgpack nil when there is none."""
     error: str | None = None
     """Why the handler failed, when it did; the record is then generic."""
-    path_state: str = "unchecked"
+    path_state: PathState = "unchecked"
     """Whether ``path`` still names this file: ``ok``, ``deleted`` (unlinked, nlink 0),
     ``deleted-linked`` (its name unlinked, another hard link keeps it), ``replaced`` (the
     path names another inode now), ``missing`` (nothing there now), ``proc-exited`` (a
     /proc/PID/... file whose process has exited), ``none`` (no path: pipes, sockets,
     anon inodes, namespace files), ``too-long`` (``path`` empty: longer than PATH_MAX,
     the kernel does not give it), ``unchecked`` (could not be checked; version 1)."""
-    ghost: str = "unchecked"
+    ghost: GhostState = "unchecked"
     """An unlinked regular file's content: ``none`` (not an unlinked regular file),
     ``saved`` (in the ``content`` records after the file ``ghost_file``), ``too-big``
     (``allocated`` exceeds the ghost limit), ``off`` (ghost limit 0), ``failed``
     (``ghost_error`` says why); ``unchecked`` in version 1 images."""
-    ghost_file: int | None = None
+    ghost_file: Id | None = None
     """The file whose ``content`` records hold this inode's data (this file, or an earlier
     description of the same inode); None unless ``ghost`` is ``saved``."""
-    allocated: int = 0
+    allocated: Offset = 0
     """Bytes allocated on disk (st_blocks * 512): what the ghost limit is compared to."""
     ghost_error: str | None = None
     """Why an unlinked file's content could not be copied (``ghost`` ``failed``), or, for
@@ -246,41 +281,41 @@ class Content(_Record, tag="content", kw_only=True, gc=False):
     """A run of an unlinked file's data (a data extent, or a piece of one), right after
     its ``file`` record; holes between runs are not stored (format version 2)."""
 
-    file: int
-    offset: int
+    file: Id
+    offset: Offset
     data: bytes
 
 
 class Fd(_Record, tag="fd", kw_only=True, gc=False):
-    fd: int
-    file: int
+    fd: FdNumber
+    file: Id
     cloexec: bool
 
 
 class Thread(msgspec.Struct, kw_only=True, array_like=True):
-    tid: int
-    fd_table: int | None
+    tid: Pid
+    fd_table: Id | None
 
 
 class Task(_Record, tag="task", kw_only=True):
-    pid: int
-    ppid: int
+    pid: Pid
+    ppid: Pid
     comm: str
-    starttime: int
+    starttime: U64
     """Clock ticks after boot (stat field 22): with pid, the task's identity."""
     state: str
-    uid: int
-    gid: int
-    fd_table: int | None
+    uid: U32
+    gid: U32
+    fd_table: Id | None
     """None for a zombie, which holds no files."""
     threads: list[Thread] = []
-    mnt_ns: int = 0
+    mnt_ns: U64 = 0
     root: str = "/"
-    session: int = 0
+    session: Pid = 0
     """The session and process group ids (stat fields 6 and 5), as the frozen tree had
     them; 0 in images that predate these fields."""
-    pgrp: int = 0
-    tty_nr: int = 0
+    pgrp: Pid = 0
+    tty_nr: TtyNr = 0
     """The controlling terminal's device number (userspace dev_t, stat field 7); 0 for
     none."""
     comm_bytes: bytes | None = None
@@ -292,10 +327,10 @@ class Task(_Record, tag="task", kw_only=True):
 class OutsideFd(msgspec.Struct, kw_only=True, array_like=True):
     """An fd of a process outside the tree on one of the tree's pipes, FIFOs or peers."""
 
-    pid: int
+    pid: Pid
     comm: str
-    fd: int
-    access: str
+    fd: FdNumber
+    access: Access
     """``r``, ``w``, ``rw`` or ``path``, from its fdinfo flags (which end of a pipe)."""
     comm_bytes: bytes | None = None
     """``comm``'s exact bytes when not UTF-8."""
@@ -305,10 +340,9 @@ class Holders(_Record, tag="holders", kw_only=True):
     """Who outside the tree held one of its objects, searched for after the thaw
     (``tree --endpoints=system``; format version 3): after every task of the body."""
 
-    type: str
-    """``pipe``, ``fifo`` or ``socket``."""
-    dev: int
-    ino: int
+    type: Literal["pipe", "fifo", "socket"]
+    dev: U64
+    ino: U64
     """The object: a pipe or FIFO of the tree, or the socket at the other end of one of
     the tree's (``peer_ino``, ``pending``)."""
     fds: list[OutsideFd]
@@ -316,21 +350,21 @@ class Holders(_Record, tag="holders", kw_only=True):
 
 
 class Trailer(_Record, tag="trailer", kw_only=True):
-    tasks: int
-    fd_tables: int
-    fds: int
-    files: int
-    records: int
+    tasks: U64
+    fd_tables: U64
+    fds: U64
+    files: U64
+    records: U64
     """Body records between header and trailer."""
-    generic: dict[str, int] = {}
+    generic: dict[str, U64] = {}
     """Files no handler claimed, by kind."""
-    handler_errors: int = 0
-    freezing_ms: float = 0.0
-    frozen_ms: float = 0.0
-    capture_ms: float = 0.0
-    contents: int = 0
+    handler_errors: U64 = 0
+    freezing_ms: Millis = 0.0
+    frozen_ms: Millis = 0.0
+    capture_ms: Millis = 0.0
+    contents: U64 = 0
     """``content`` records in the body."""
-    content_bytes: int = 0
+    content_bytes: U64 = 0
     """Data bytes those records hold."""
 
 

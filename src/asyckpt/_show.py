@@ -6,6 +6,11 @@ record type and rendered by its optional ``render_json``/``render_text`` hooks. 
 image stays readable on a machine without its plugins; a note says what was shown raw.
 The caller (the CLI) loads the handlers (``_plugins.image_plugins``); this module does
 no I/O.
+
+Every name in an image was chosen by whoever owned the captured processes, so the text
+renderers pass each line they make through ``_escape.escape`` (a newline in a name cannot
+split a row, an escape sequence never reaches the terminal), and the JSON export's handler
+data goes through ``_jsondata.json_data`` (no NaN, no key JSON cannot hold).
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from ._escape import escape
 from ._ghost import format_size
 from ._image import Image
-from ._names import escape_name, json_name, json_names, json_names_in, outside_fd_json
+from ._jsondata import json_data
+from ._names import json_name, json_names, json_names_in, os_name, outside_fd_json
 from ._plugins import ImagePlugin
 from ._records import NO_DATA, File, Lock, MountEntry, OutsideFd, Owner, PluginInfo
 
@@ -76,12 +83,6 @@ def state_text(locks: list[Lock], owner: Owner | None) -> str:
     return "; ".join(parts)
 
 
-def _jsonable(value: Any) -> Any:
-    # bytes become base64 (as msgspec's JSON encoder writes them); whatever JSON has no
-    # form for (a msgpack extension) becomes its repr rather than failing the export.
-    return msgspec.to_builtins(value, enc_hook=repr)
-
-
 class FileView(NamedTuple):
     """How ``show`` presents one file's handler record."""
 
@@ -112,10 +113,21 @@ class Renderer:
         return p.installed, p.loaded is not None, p.note
 
     def view(self, f: File) -> FileView:
+        return self._view(f, True)
+
+    def text(self, f: File) -> str | None:
+        """What the table appends to the file's name: ``view(f).text``, without making
+        the JSON forms the table does not print."""
+        return self._view(f, False).text
+
+    def _view(self, f: File, for_json: bool) -> FileView:
         if f.data == NO_DATA:
             return FileView(None, None, None, None)
+        raw = bytes(f.data)
         try:
-            data = _jsonable(json_names_in(msgspec.msgpack.decode(f.data)))
+            # Names first (a name's bytes become its escaped text and encoding), then
+            # whatever else JSON has no form for.
+            decoded = json_names_in(msgspec.msgpack.decode(raw))
         except msgspec.DecodeError as exc:
             return FileView(None, None, "[undecodable record]", f"undecodable record: {exc}")
         name = f.handler
@@ -127,23 +139,27 @@ class Renderer:
                 why = f"the image header lists no handler {name!r}"
             else:
                 why = f"handler {name!r} is {plugin.note if plugin else 'not installed'}"
-            return FileView(data, None, _raw_text(data), f"raw fields: {why}")
+            return _raw_view(json_data(decoded, raw), f"raw fields: {why}")
         loaded = plugin.loaded
         try:
             record = loaded.decode(f.data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except Exception as exc:  # the handler's own types and hooks may raise anything
             why = f"it does not decode as {loaded.distribution} {loaded.version}'s record: {exc}"
-            return FileView(data, None, _raw_text(data), f"raw fields: {why}")
+            return _raw_view(json_data(decoded, raw), f"raw fields: {why}")
         rendered = text = None
         try:
-            if loaded.render_json is not None:
-                rendered = _jsonable(json_names_in(loaded.render_json(record)))
+            if for_json and loaded.render_json is not None:
+                rendered = json_data(json_names_in(loaded.render_json(record)))
             if loaded.render_text is not None:
                 text = str(loaded.render_text(record))
         except Exception as exc:
             why = f"handler {name!r} failed to render it: {type(exc).__name__}: {exc}"
-            return FileView(data, None, _raw_text(data), f"raw fields: {why}")
-        return FileView(data, rendered, text, None)
+            return _raw_view(json_data(decoded, raw), f"raw fields: {why}")
+        return FileView(json_data(decoded, raw) if for_json else None, rendered, text, None)
+
+
+def _raw_view(data: Any, note: str) -> FileView:
+    return FileView(data, None, _raw_text(data), note)
 
 
 def _raw_text(data: Any) -> str:
@@ -270,7 +286,8 @@ def tty_name(tty_nr: int, names: Mapping[int, str]) -> str | None:
     slave, a console...), else ``major:minor``; None without one."""
     if not tty_nr:
         return None
-    return names.get(tty_nr) or _dev(tty_nr)
+    dev = tty_nr & 0xFFFFFFFF  # stat prints this 32-bit number signed
+    return names.get(dev) or _dev(dev)
 
 
 def _plugin_line(p: PluginInfo, renderer: Renderer) -> str:
@@ -331,6 +348,7 @@ def render_table(image: Image, plugins: Mapping[str, ImagePlugin] | None = None)
     ttys = tty_names(image)
     for task in image.tasks:
         lines.append("")
+        comm = os_name(task.comm, task.comm_bytes)
         tty = tty_name(task.tty_nr, ttys)
         shared = [p for p in table_users.get(task.fd_table or 0, []) if p != task.pid]
         note = f", fd table shared with {', '.join(map(str, shared))}" if shared else ""
@@ -338,7 +356,7 @@ def render_table(image: Image, plugins: Mapping[str, ImagePlugin] | None = None)
         if unshared:
             note += f", threads with own fd tables: {', '.join(map(str, unshared))}"
         lines.append(
-            f"# pid {task.pid} ({task.comm}) ppid {task.ppid}, state {task.state}, "
+            f"# pid {task.pid} ({comm}) ppid {task.ppid}, state {task.state}, "
             f"{len(task.threads)} thread(s), fd table {task.fd_table}{note}"
             + (f", session {task.session}" if task.session else "")
             + (f", tty {tty}" if tty else "")
@@ -349,8 +367,10 @@ def render_table(image: Image, plugins: Mapping[str, ImagePlugin] | None = None)
         ]
         for owner, table in tables:
             for fd, f in image.fds(table):
-                name = f.path + (" (deleted)" if f.deleted else "") + ghost_text(f, image)
-                text = renderer.view(f).text
+                # The name as the kernel has it: _text escapes the whole line, once.
+                name = os_name(f.path, f.path_bytes) + (" (deleted)" if f.deleted else "")
+                name += ghost_text(f, image)
+                text = renderer.text(f)
                 if text:
                     name += f" {text}"
                 if f.locks or f.owner is not None:
@@ -364,7 +384,7 @@ def render_table(image: Image, plugins: Mapping[str, ImagePlugin] | None = None)
                     fdcol = f"{owner}/{fdcol}"
                 obj = f"{f.id}" + ("*" if refs.get(f.id, 0) > 1 else "")
                 lines.append(
-                    f"{task.comm[:15]:<15} {task.pid:>7} {fdcol:>6} {f.type:<6} "
+                    f"{comm[:15]:<15} {task.pid:>7} {fdcol:>6} {f.type:<6} "
                     f"{flag_names(f.flags):<16} {f.pos:>10} {obj:>6} {_dev(f.dev):>7} "
                     f"{f.ino:>10} {name}"
                 )
@@ -373,7 +393,17 @@ def render_table(image: Image, plugins: Mapping[str, ImagePlugin] | None = None)
         "FD: number, then r/w/u(read-write)/p(O_PATH), e = close-on-exec; "
         "OBJ: open file description, * = shared by several fds"
     )
-    return "\n".join(lines)
+    return _text(lines)
+
+
+def _text(lines: list[str]) -> str:
+    """The lines as one text, each escaped: whatever a name holds stays on its line."""
+    # Most lines are printable ASCII without a backslash, which escape leaves as they are:
+    # three C-speed checks spare them its regular expression.
+    return "\n".join(
+        line if line.isascii() and line.isprintable() and "\\" not in line else escape(line)
+        for line in lines
+    )
 
 
 # --- endpoints (show --endpoints): who holds each end of a pipe or a connection ------------
@@ -453,12 +483,13 @@ def _holders(image: Image) -> dict[int, list[Holder]]:
     several tasks lists its fds for each)."""
     out: dict[int, list[Holder]] = {}
     for task in image.tasks:
+        comm = os_name(task.comm, task.comm_bytes)
         tables = [(task.pid, task.fd_table)] + [
             (th.tid, th.fd_table) for th in task.threads if th.fd_table != task.fd_table
         ]
         for tid, table in tables:
             for fd, f in image.fds(table):
-                out.setdefault(f.id, []).append(Holder(task.pid, tid, fd.fd, task.comm))
+                out.setdefault(f.id, []).append(Holder(task.pid, tid, fd.fd, comm))
     return out
 
 
@@ -483,7 +514,9 @@ def endpoints(image: Image) -> list[Endpoint]:
     """Every pipe and FIFO, and every socket with a peer, in order of first appearance,
     with the task/fd at each end (as ``lsof +E`` shows them)."""
     holders = _holders(image)
-    outside = {(h.type, h.dev, h.ino): h.fds for h in image.outside}
+    outside: dict[tuple[str, int, int], list[OutsideFd]] = {
+        (h.type, h.dev, h.ino): h.fds for h in image.outside
+    }
     pipes: dict[tuple[int, int], list[File]] = {}
     sockets: dict[int, tuple[File, dict[str, Any]]] = {}
     for f in image.files.values():
@@ -493,7 +526,8 @@ def endpoints(image: Image) -> list[Endpoint]:
             sockets.setdefault(f.ino, (f, _raw(f)))
     pending: dict[int, int] = {}  # a waiting client's inode -> its listener's file id
     for f, data in sockets.values():
-        for ino in data.get("pending") or ():
+        waiting = data.get("pending")
+        for ino in waiting if isinstance(waiting, list) else ():
             if isinstance(ino, int):
                 pending.setdefault(ino, f.id)
 
@@ -557,7 +591,7 @@ def endpoints(image: Image) -> list[Endpoint]:
 
 
 def _held(
-    outside: dict[tuple[str, int, int], list[OutsideFd]], f: File, ino: int
+    outside: Mapping[tuple[str, int, int], list[OutsideFd]], f: File, ino: int
 ) -> tuple[OutsideFd, ...]:
     """The fds outside the tree on socket ``ino``, of the same sockfs as ``f``."""
     return tuple(outside.get(("socket", f.dev, ino), ()))
@@ -566,7 +600,7 @@ def _held(
 def _outside_text(o: OutsideFd) -> str:
     """``pid/comm fd N`` and its mode, as lsof +E names the process at the other end."""
     mode = _FD_MODES.get(o.access, "?")
-    return f"{o.pid}/{escape_name(o.comm, o.comm_bytes)} fd {o.fd}{mode}"
+    return f"{o.pid}/{os_name(o.comm, o.comm_bytes)} fd {o.fd}{mode}"
 
 
 def _end_text(end: End, image: Image) -> str:
@@ -604,8 +638,9 @@ def render_endpoints(image: Image) -> str:
         )
     for e in eps:
         lines.append("")
-        lines.append(f"{e.kind} {e.name}" + (f"  ({e.label})" if e.label else ""))
+        name = os_name(e.name, e.name_bytes)
+        lines.append(f"{e.kind} {name}" + (f"  ({e.label})" if e.label else ""))
         for end in e.ends:
             who = end.role if e.kind != "socket" else f"socket:[{end.ino}]" if end.ino else "peer"
             lines.append(f"  {who:<22} {_end_text(end, image)}")
-    return "\n".join(lines)
+    return _text(lines)

@@ -32,7 +32,7 @@ import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast, get_args
 
 import msgspec
 
@@ -54,8 +54,9 @@ from .._plugins import (
 )
 from .._procparse import FdInfo, parse_fdinfo
 from .._procread import stat_fields
-from .._records import FORMAT_VERSION, Fd, FdTable, File, Header, Task, Trailer
+from .._records import FORMAT_VERSION, Fd, FdTable, File, FileType, Header, Task, Trailer
 from .._show import Renderer, to_json_doc
+from .._validate import check_file
 
 __all__ = [
     "CapturedFd",
@@ -317,7 +318,11 @@ def roundtrip(
     handler: object, record: msgspec.Struct, *, kind: str = "reg", path: str = "/roundtrip"
 ) -> RoundTrip:
     """Write ``record`` as the record of one file in a real image (``kind``, ``path``),
-    read the image back, verified, and render the file with ``handler`` installed."""
+    read the image back, verified, and render the file with ``handler`` installed.
+
+    The other files the record names by id (epoll targets: the links a reader checks,
+    docs/image-format.md) are in the image too, as placeholders holding nothing, so that
+    the image is whole."""
     loaded = load_handler(handler)
     if type(record) is not loaded.record_type:
         raise TypeError(f"{type(record).__name__} is not {loaded.name}'s record_type")
@@ -333,9 +338,11 @@ def roundtrip(
         consistent=False,
         plugins=[loaded.info()],
     )
+    if kind not in get_args(FileType):
+        raise ValueError(f"{kind!r} is not a file type an image holds: {get_args(FileType)}")
     file = File(
         id=1,
-        type=kind,
+        type=cast(FileType, kind),
         handler=loaded.name,
         flags=os.O_RDONLY,
         access="r",
@@ -346,9 +353,26 @@ def roundtrip(
         path=path,
         data=msgspec.Raw(msgspec.msgpack.encode(record)),
     )
+    linked = sorted(set(check_file("roundtrip", file, {})) - {1})
+    placeholders = [
+        File(
+            id=i,
+            type="anon",
+            handler=None,
+            flags=os.O_RDONLY,
+            access="r",
+            pos=0,
+            mnt_id=0,
+            dev=0,
+            ino=0,
+            path=f"roundtrip:[linked file {i}]",
+        )
+        for i in linked
+    ]
     body = [
         FdTable(id=1, owner=1, count=1),
         file,
+        *placeholders,
         Fd(fd=3, file=1, cloexec=False),
         Task(pid=1, ppid=0, comm="roundtrip", starttime=0, state="S", uid=0, gid=0, fd_table=1),
     ]
@@ -356,7 +380,8 @@ def roundtrip(
         writer = ImageWriter(Path(tmp) / "roundtrip.ackpt")
         try:
             writer.write_body(body)
-            writer.finish(header, Trailer(tasks=1, fd_tables=1, fds=1, files=1, records=0))
+            trailer = Trailer(tasks=1, fd_tables=1, fds=1, files=1 + len(placeholders), records=0)
+            writer.finish(header, trailer)
         finally:
             writer.abort()
         image = read_image(writer.dest)

@@ -29,7 +29,7 @@ from asyckpt import (
     CaptureTree,
     FdFacts,
     HandlerContext,
-    escape_name,
+    os_name,
     split_name,
 )
 
@@ -286,7 +286,7 @@ class InotifyHandler:
 def _watch_text(watch: InotifyWatch) -> str:
     if watch.path is None:
         return str(watch.wd)
-    path = escape_name(watch.path, watch.path_bytes)
+    path = os_name(watch.path, watch.path_bytes)  # show escapes the line it prints
     return f"{watch.wd}={path}" + (" (deleted)" if watch.deleted else "")
 
 
@@ -462,7 +462,7 @@ class MemFdHandler:
         )
 
     def render_text(self, record: MemFd) -> str:
-        text = f"memfd '{escape_name(record.name, record.name_bytes)}' size={record.size}"
+        text = f"memfd '{os_name(record.name, record.name_bytes)}' size={record.size}"
         if record.seals:
             text += " seals=" + "|".join(_flag_names(record.seals, SEALS))
         if record.hugetlb:

@@ -471,13 +471,14 @@ def _name_state(name: str, vfs: tuple[int, int], dumps: Dumps, ino: int) -> str 
 
 
 def _shown_name(r: Socket) -> str:
-    """The bound name, escaped from its exact bytes (an abstract one after its ``@``)."""
+    """The bound name as the kernel has it (an abstract one after its ``@``): show
+    escapes every line it prints, once."""
     assert r.name is not None
     if r.name_bytes is None:
-        return escape(r.name)
+        return r.name
     if r.abstract:
-        return "@" + escape(r.name_bytes[1:])
-    return escape(r.name_bytes)
+        return "@" + os_name("", r.name_bytes[1:])
+    return os_name(r.name, r.name_bytes)
 
 
 def endpoint_text(address: str, port: int | None) -> str:
@@ -504,7 +505,7 @@ def _describe(r: Socket) -> list[str]:
     if r.port_id is not None:
         words.append(f"port {r.port_id}" + (f" groups {r.groups}" if r.groups else ""))
     if r.family == "packet":
-        ifname = escape(r.interface, r.interface_bytes) if r.interface is not None else "any"
+        ifname = os_name(r.interface, r.interface_bytes) if r.interface is not None else "any"
         words.append(f"if {ifname} proto 0x{r.ethertype or 0:04x}")
     if r.peer_ino:
         where = "in the tree" if r.peer_in_tree else "outside the tree"
