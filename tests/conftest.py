@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,10 +155,38 @@ def shared_workloads() -> Path:
     return SHARED_WORKLOADS
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The session's own run directory (locks, undo plans), for asyckpt in this process
+    and every asyckpt it starts: other test runs' captures are not this one's to wait for
+    or recover.  Set before the test modules are imported, since some copy the
+    environment for their subprocesses when they are."""
+    os.environ["ASYCKPT_RUN_DIR"] = tempfile.mkdtemp(prefix="asyckpt-run-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(os.environ.pop("ASYCKPT_RUN_DIR", ""), ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def _run_dir() -> Path:
+    return Path(os.environ["ASYCKPT_RUN_DIR"])
+
+
+@pytest.fixture
+def run_dir(_run_dir: Path) -> Path:
+    """The session's run directory (see ``_run_dir``)."""
+    return _run_dir
+
+
 @pytest.fixture(autouse=True)
-def _no_leftover_cgroups() -> Iterator[None]:
+def _no_leftover_cgroups(_run_dir: Path) -> Iterator[None]:
     before = set(asyckpt_cgroups())
     yield
+    # A capture that ended, however it ended, leaves no undo plan behind.
+    plans = sorted(_run_dir.glob("*.plan"))
+    for plan in plans:
+        plan.unlink()
+    assert not plans, f"asyckpt left undo plans behind: {plans}"
     after = set(asyckpt_cgroups()) - before
     for cg in after:
         _force_release(cg)

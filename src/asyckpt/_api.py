@@ -15,6 +15,7 @@ import trio
 
 from ._build import BodyRecord
 from ._capture import BATCH_BUFFER, CaptureOptions, CaptureSummary, capture
+from ._commit import Commit
 from ._errors import raise_collapsed
 from ._image import ImageWriter
 from ._names import split_name, text
@@ -77,7 +78,7 @@ def make_trailer(summary: CaptureSummary) -> Trailer:
 
 async def checkpoint_tree(
     pid: int,
-    dest: str | os.PathLike[str],
+    dest: str | os.PathLike[str] | int,
     *,
     force: bool = False,
     options: CaptureOptions | None = None,
@@ -86,24 +87,62 @@ async def checkpoint_tree(
     """Capture the process tree rooted at ``pid`` into the image file ``dest``.
 
     The tree is frozen (``options.freeze``) only while its fds are read.  The image is
-    written atomically with mode 0600; on any failure or cancellation nothing is left
-    at ``dest`` and the tree is thawed before the exception propagates.  This is
+    written into an unnamed file (mode 0600) and linked to ``dest`` once complete: on
+    any failure, or a cancellation before that link, nothing is left at ``dest`` (nor
+    anywhere else) and the tree is thawed before the exception propagates.  A
+    cancellation that comes after the link does not undo it: the call returns.  This is
     :func:`open_capture` with the image writer as the stream's consumer.
 
+    ``dest`` may instead be an open file descriptor, a pipe, a socket or a regular file,
+    into which the image is streamed once complete (``summary.path`` is then its name,
+    such as ``"standard output"``).  With ``force``, an existing regular file or symlink
+    at ``dest`` is replaced; a device node, FIFO, socket or directory never is.
+
     Raises:
-        AsyckptError: a subclass saying what went wrong (see the README's exit codes).
+        AsyckptError: a subclass saying what went wrong (see docs/cli.md's exit codes).
     """
+    return await write_tree(pid, dest, Commit(), force=force, options=options, dispatch=dispatch)
+
+
+class _TrioGate:
+    """The writer's gate in a trio program: a cancellation of the calling task, or an
+    interruption of ``commit``, stops the image before it becomes visible."""
+
+    def __init__(self, commit: Commit) -> None:
+        self._commit = commit
+
+    def check(self) -> None:
+        trio.from_thread.check_cancelled()
+        self._commit.check()
+
+    def commit(self) -> None:
+        trio.from_thread.check_cancelled()
+        self._commit.commit()
+
+
+async def write_tree(
+    pid: int,
+    dest: str | os.PathLike[str] | int,
+    commit: Commit,
+    *,
+    force: bool = False,
+    options: CaptureOptions | None = None,
+    dispatch: Dispatch | None = None,
+) -> CaptureSummary:
+    """:func:`checkpoint_tree`, the image made visible only through ``commit`` (which
+    the command races against its signals)."""
     options = options or CaptureOptions()
     writer = await trio.to_thread.run_sync(lambda: ImageWriter(dest, force=force))
     try:
-        # Unlinked files' content waits in the image's directory, like its body.
-        async with _open_stream(pid, options, dispatch, os.path.dirname(writer.dest)) as stream:
+        # Unlinked files' content waits next to the image, like its body (see
+        # PathTarget.spool_dir for where it cannot).
+        async with _open_stream(pid, options, dispatch, writer.spool_dir) as stream:
             while batches := await stream._take_batches():
                 await trio.to_thread.run_sync(writer.write_body, chain.from_iterable(batches))
         summary = stream.summary
         assert summary is not None  # the stream ended: the capture returned
         summary.bytes = await trio.to_thread.run_sync(
-            writer.finish, make_header(summary), make_trailer(summary)
+            writer.finish, make_header(summary), make_trailer(summary), _TrioGate(commit)
         )
         summary.path = writer.dest
         return summary

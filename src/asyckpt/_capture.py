@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import os
 import sys
 import threading
@@ -72,9 +73,10 @@ import trio
 
 from ._begins import run_begin
 from ._build import BodyRecord, GenericFd, RecordBuilder, TaskPart, TaskScan, materialize
-from ._discover import TaskPlan, check_target, plan_tables, walk_tree
+from ._claim import claim_freezer
+from ._discover import TaskPlan, check_target, own_lineage, plan_tables, walk_tree
 from ._errors import FreezerError, NoSuchProcess, collapse_errors
-from ._freeze import Freezer, choose_freezer
+from ._freeze import Freezer
 from ._ghost import CONTENT_CHUNK, DEFAULT_GHOST_LIMIT, Chunk, GhostNote
 from ._guardian import Guardian, take_guardian
 from ._kernel import dedup_rows, kcmp_files
@@ -144,9 +146,15 @@ class CaptureOptions(msgspec.Struct, kw_only=True, frozen=True):
     ends of its pipes, FIFOs and connections (``Holders`` records, ``_outside``);
     ``tree``: do not."""
 
+    lock_timeout: float = 10.0
+    """Seconds to wait for another capture holding the same cgroup hierarchy (the
+    locks in the run directory) before failing; 0 fails at once."""
+
     def __post_init__(self) -> None:
         if self.endpoints not in ENDPOINTS_MODES:
             raise ValueError(f"endpoints must be one of {', '.join(ENDPOINTS_MODES)}")
+        if not 0 <= self.lock_timeout < math.inf:
+            raise ValueError("lock_timeout must be a non-negative number of seconds")
         if not 0 <= self.pipe_data <= PIPE_DATA_MAX:
             raise ValueError(f"pipe_data must be between 0 and {PIPE_DATA_MAX} bytes")
         if self.ghost_limit < 0:
@@ -315,6 +323,8 @@ async def _frozen(
                     await trio.to_thread.run_sync(
                         lambda: guardian.dismiss(clean=clean, wait=not clean)
                     )
+                # The tree is back: another capture of it may start.
+                freezer.close()
         if failed:
             raise failed[0]
 
@@ -369,21 +379,34 @@ async def _capture(
             lambda: load_handlers(disabled=options.disable_plugins)
         )
     tree = await trio.to_thread.run_sync(walk_tree, pid)
-    freezer = await trio.to_thread.run_sync(choose_freezer, options.freeze, tree)
-    builder = RecordBuilder(
-        dispatch,
-        compare_files=kcmp_files,
-        read_mountinfo=_read_mountinfo,
-        strict=options.strict,
-        tolerant=not freezer.consistent,
-        ghost_limit=options.ghost_limit,
-        spool_dir=spool_dir,
-        dedup_rows=dedup_rows,
+    protect = own_lineage(guardian.pid if guardian is not None else None)
+    # Holding the locks of the hierarchies it may touch, until the tree is restored.
+    freezer = await trio.to_thread.run_sync(
+        lambda: claim_freezer(
+            options.freeze,
+            tree,
+            protect=protect,
+            lock_timeout=options.lock_timeout,
+            check=trio.from_thread.check_cancelled,
+        )
     )
     try:
-        return await _run(root, tree, builder, freezer, send, options, dispatch, guardian)
+        builder = RecordBuilder(
+            dispatch,
+            compare_files=kcmp_files,
+            read_mountinfo=_read_mountinfo,
+            strict=options.strict,
+            tolerant=not freezer.consistent,
+            ghost_limit=options.ghost_limit,
+            spool_dir=spool_dir,
+            dedup_rows=dedup_rows,
+        )
+        try:
+            return await _run(root, tree, builder, freezer, send, options, dispatch, guardian)
+        finally:
+            builder.close()
     finally:
-        builder.close()
+        freezer.close()
 
 
 async def _run(

@@ -6,18 +6,18 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
-from ._errors import AsyckptError, OutputError, UsageError, collapse_errors
+from ._errors import AsyckptError, OutputError, UsageError
 from ._escape import escape
 
 if TYPE_CHECKING:
     from ._capture import CaptureSummary
     from ._image import Image
     from ._plugins import Dispatch
+    from ._signals import Signals
 
 # trio and the capture pipeline are imported by the commands that use them: `show` and
 # `--version` start faster without.
@@ -35,13 +35,16 @@ EXIT_INTERRUPTED = 130
 # elsewhere) take a code of their own.
 EXIT_DIFF_INTERNAL = 12
 
+# Set by run(): the process ends right after main(), so signal handlers stay in place.
+_RUN_AS_COMMAND = False
+
 EPILOG = """\
 exit codes:
   0 success              5 output path unusable     9 plugin error
   1 internal error       6 not a valid image       10 kernel lacks a feature
   2 usage error          7 freezer error           11 Graphviz (dot) missing or failed
   3 bad target pid       8 --strict violation      12 internal error in diff (its 1: different)
-  4 permission denied                             130 interrupted (SIGINT/SIGTERM)
+  4 permission denied                             130 interrupted (SIGINT/SIGTERM/SIGHUP)
 """
 
 
@@ -60,6 +63,16 @@ def _positive_seconds(text: str) -> float:
         value = -1.0
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
     return value
 
 
@@ -116,9 +129,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument("pid", nargs="?", type=int, help="root of the tree (default: a demo tree)")
     t.add_argument(
-        "-o", "--output", metavar="IMAGE", help="image to write (default: tree-PID.ackpt)"
+        "-o",
+        "--output",
+        metavar="IMAGE",
+        help="image to write (default: tree-PID.ackpt); '-': standard output (a pipe, a "
+        "socket or a file, not a terminal)",
     )
-    t.add_argument("--force", action="store_true", help="replace IMAGE if it exists")
+    t.add_argument(
+        "--force",
+        action="store_true",
+        help="replace IMAGE if it is a regular file or a symlink (a device node, FIFO, "
+        "socket or directory is never replaced)",
+    )
     t.add_argument(
         "--freeze",
         type=_freeze_mode,
@@ -156,6 +178,14 @@ def _parser() -> argparse.ArgumentParser:
         help="copy the content of each unlinked file (and memfd) whose allocated size is at "
         "most SIZE (K, M, G: binary units) into the image, holes left out; a larger one is "
         "reported and not saved, or fails --strict (default: 1M; 0: never copy)",
+    )
+    t.add_argument(
+        "--lock-timeout",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="wait that long for another capture of the same cgroup hierarchy to finish "
+        "(default: 10; 0: fail at once)",
     )
     t.add_argument(
         "--endpoints",
@@ -299,6 +329,24 @@ def _parser() -> argparse.ArgumentParser:
         help="as for tree (default: 10)",
     )
     _plugin_options(w)
+    r = sub.add_parser(
+        "recover",
+        help="put back trees stranded by captures that died with their guardian",
+        description="Find undo plans (in /run/asyckpt, or $ASYCKPT_RUN_DIR) and asyckpt-* "
+        "cgroups left by captures whose asyckpt and guardian both died; thaw them, move "
+        "every task back to its cgroup and remove the transient cgroups, saying what was "
+        "done.  Exit 0 when nothing is left stranded, 7 when something could not be put back.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument("--dry-run", action="store_true", help="say what would be done; change nothing")
+    r.add_argument(
+        "--lock-timeout",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="wait that long for running captures to finish (default: 10)",
+    )
     return p
 
 
@@ -422,48 +470,40 @@ def _report(summary: CaptureSummary, quiet: bool) -> None:
         print(f"froze {summary.freezer_cgroup} in place; {state}")
 
 
-async def _with_signals(coro_fn, *args):  # type: ignore[no-untyped-def]
-    """Run ``coro_fn`` so that SIGTERM and SIGHUP cancel it like Ctrl-C does, letting
-    the freezer's cleanup run."""
-    import trio
-
-    result = None
-    interrupted = False
-    async with collapse_errors(), trio.open_nursery() as nursery:
-
-        async def watch() -> None:
-            nonlocal interrupted
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
-                async for _ in signals:
-                    interrupted = True
-                    nursery.cancel_scope.cancel()
-                    return
-
-        nursery.start_soon(watch)
-        result = await coro_fn(*args)
-        nursery.cancel_scope.cancel()
-    if interrupted:
-        raise KeyboardInterrupt
-    return result
-
-
 def _cmd_tree(args: argparse.Namespace) -> int:
+    from ._commit import Commit
     from ._guardian import discard_prestarted, prestart
+    from ._signals import Signals
 
-    if args.freeze != "none":
-        # Its interpreter starts while this one imports trio and the plugins.
-        prestart()
-    try:
-        return _tree(args)
-    finally:
-        discard_prestarted()
+    # First thing, and before trio starts (so that trio leaves SIGINT to them): from here
+    # a signal is recorded, never raised.
+    with Signals(Commit(), restore=not _RUN_AS_COMMAND) as signals:
+        if args.freeze != "none":
+            # Its interpreter starts while this one imports trio and the plugins.
+            prestart()
+        try:
+            # The image has standard output to itself; everything else goes to stderr.
+            streaming = args.output == "-"
+            with contextlib.redirect_stdout(sys.stderr) if streaming else contextlib.nullcontext():
+                code = _tree(args, signals)
+        finally:
+            discard_prestarted()
+        late = signals.late()
+        if late is not None:
+            print(
+                f"asyckpt: note: {late} came after the image was complete; it is kept",
+                file=sys.stderr,
+            )
+    return code
 
 
-def _tree(args: argparse.Namespace) -> int:
+def _tree(args: argparse.Namespace, signals: Signals) -> int:
     import trio
 
-    from ._api import checkpoint_tree
+    from ._api import write_tree
     from ._capture import CaptureOptions
+    from ._commit import Interrupted
+    from ._rundir import LOCK_NOTICE
 
     options = CaptureOptions(
         freeze=args.freeze,
@@ -473,22 +513,29 @@ def _tree(args: argparse.Namespace) -> int:
         pipe_data=args.pipe_data,
         ghost_limit=args.ghost_limit,
         endpoints=args.endpoints,
+        lock_timeout=args.lock_timeout,
         # The command owns its process: the collector paused, a shorter switch interval.
         tune_interpreter=True,
     )
+    LOCK_NOTICE.set(lambda msg: print(f"asyckpt: {escape(msg)}", file=sys.stderr))
 
     # Loaded here rather than by the capture, so that conflicts are reported as warnings
     # like the rest, and a broken plugin fails before any tree is started or frozen.
     dispatch = _load_handlers(args)
 
     def run(pid: int) -> CaptureSummary:
-        dest = args.output or f"tree-{pid}.ackpt"
-        summary: CaptureSummary = trio.run(
-            _with_signals,
-            lambda: checkpoint_tree(
-                pid, dest, force=args.force, options=options, dispatch=dispatch
+        # "-": file descriptor 1 (sys.stdout is stderr meanwhile, see _cmd_tree).
+        dest: str | int = 1 if args.output == "-" else args.output or f"tree-{pid}.ackpt"
+        summary = trio.run(
+            signals.run,
+            lambda: write_tree(
+                pid, dest, signals.commit, force=args.force, options=options, dispatch=dispatch
             ),
         )
+        if summary is None or signals.commit.state != "committed":
+            # Cancelled by a signal in time: the tree is thawed, nothing was written.
+            signals.commit.interrupt()
+            raise Interrupted("interrupted")
         return summary
 
     if args.pid is None:
@@ -501,7 +548,7 @@ def _tree(args: argparse.Namespace) -> int:
     else:
         summary = run(args.pid)
     _report(summary, args.quiet)
-    if args.pid is None and not args.quiet:
+    if args.pid is None and not args.quiet and args.output != "-":
         print(f"see it with: asyckpt show {escape(str(summary.path))}")
     return 0
 
@@ -599,6 +646,9 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+_INTERRUPTED = "asyckpt: interrupted; nothing was written and the tree is thawed"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -618,12 +668,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ._cmd_watch import cmd_watch
 
             return cmd_watch(args, _load_handlers(args))
+        if args.command == "recover":
+            from ._recover import command
+
+            return command(dry_run=args.dry_run, lock_timeout=args.lock_timeout)
         return _cmd_show(args)
     except AsyckptError as exc:
-        print(f"asyckpt: error: {escape(str(exc))}", file=sys.stderr)
+        if exc.exit_code == EXIT_INTERRUPTED:
+            print(_INTERRUPTED, file=sys.stderr)
+        else:
+            print(f"asyckpt: error: {escape(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("asyckpt: interrupted; nothing was written and the tree is thawed", file=sys.stderr)
+        print(_INTERRUPTED, file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # `asyckpt show IMAGE | head`: the reader went away; that is not an error.
@@ -648,6 +705,8 @@ def run() -> NoReturn:
     left for the teardown to do but free each module and object one by one: 20 to 35 ms
     after a capture (trio and the plugins loaded), a seventh of a small tree's command.
     """
+    global _RUN_AS_COMMAND
+    _RUN_AS_COMMAND = True
     try:
         code = main()
     except SystemExit as exc:  # argparse: --help, --version and usage errors (printed)

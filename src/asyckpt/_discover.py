@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
-from ._errors import AccessDenied, InvalidTarget, NoSuchProcess
+from ._errors import AccessDenied, InvalidTarget, NoSuchProcess, translate_oserror
 from ._kernel import KCMP_FILES, kcmp
-from ._procparse import TaskStat
+from ._procparse import TaskStat, parse_tgid
 from ._procread import TaskMeta, list_children, list_threads, read_stat, read_task_meta
+from ._scope import Protected
 
-__all__ = ["TaskPlan", "check_target", "plan_tables", "walk_tree"]
+__all__ = ["TaskPlan", "check_target", "own_lineage", "plan_tables", "walk_tree"]
 
 
 def _ancestors(pid: int) -> list[int]:
@@ -22,13 +23,48 @@ def _ancestors(pid: int) -> list[int]:
     return chain
 
 
+def own_lineage(guardian: int | None) -> list[Protected]:
+    """asyckpt itself, its guardian and every ancestor of either: what no freeze may
+    hold.  (The guardian's ancestors are asyckpt's, or init once asyckpt is gone.)"""
+    me = os.getpid()
+    found = [Protected(me, f"asyckpt itself (pid {me})")]
+    if guardian is not None:
+        found.append(Protected(guardian, f"asyckpt's guardian (pid {guardian})"))
+    pid = me
+    while pid != 1:  # init too: freezing it would stop the whole system
+        try:
+            pid = read_stat(pid).ppid
+            if pid <= 0:
+                break  # the top of a pid namespace
+            comm = read_stat(pid).comm
+        except NoSuchProcess:
+            break  # it exited meanwhile: what is left of the chain is init's
+        found.append(Protected(pid, f"pid {pid} ({comm}), an ancestor of asyckpt"))
+    return found
+
+
+def _thread_group(pid: int) -> int:
+    """The process ``pid`` belongs to: itself, unless ``pid`` is a thread's id."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            return parse_tgid(f.read())
+    except FileNotFoundError:
+        raise NoSuchProcess("no such process", pid=pid) from None
+    except OSError as exc:
+        raise translate_oserror(exc, pid=pid, what=f"/proc/{pid}/status") from exc
+
+
 def check_target(pid: int) -> TaskStat:
     """Refuse, with a clear reason, a pid that must not or cannot be frozen."""
     if pid <= 0:
         raise NoSuchProcess("not a valid pid", pid=pid)
     stat = read_stat(pid)
     if stat.is_kernel_thread or pid == 2:
-        raise InvalidTarget(f"{stat.comm!r} is a kernel thread; it has no fds to capture", pid=pid)
+        raise InvalidTarget(f"{stat.comm} is a kernel thread; it has no fds to capture", pid=pid)
+    # /proc/TID answers for a thread too, as if it were a process of its own.
+    tgid = _thread_group(pid)
+    if tgid != pid:
+        raise InvalidTarget(f"{pid} is a thread of {tgid}; capture {tgid}", pid=pid)
     if pid == 1:
         raise InvalidTarget("refusing to freeze init (pid 1) and with it the whole system", pid=pid)
     me = os.getpid()

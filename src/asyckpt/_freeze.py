@@ -5,7 +5,9 @@ A frozen tree is an outage, so every way out of :meth:`Freezer.freeze` ends in
 moves every task back to the cgroup it came from, and removes the transient cgroup.  The
 caller runs release in a ``finally``, shielded from cancellation; for the exits no
 ``finally`` sees (SIGKILL), a :class:`~asyckpt._guardian.Guardian` is told how to undo
-each step *before* it is taken.
+each step *before* it is taken, and the step is written to the capture's undo plan on
+disk, for ``asyckpt recover`` should the guardian die too.  Which freezer a tree gets,
+and the checks made before it is used, are ``_claim``'s.
 
 Modes (``--freeze``):
 
@@ -33,12 +35,22 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from ._errors import AccessDenied, FreezerError, translate_oserror
-from ._procparse import TaskStat, parse_cgroup, parse_cgroup_events, parse_mountinfo
+from ._procparse import parse_cgroup, parse_cgroup_events, parse_mountinfo
+from ._scope import transient_name
 
 if TYPE_CHECKING:
     from ._guardian import Guardian
+    from ._rundir import Locks
 
-__all__ = ["FREEZER_MODES", "Freezer", "choose_freezer", "wait_frozen"]
+__all__ = [
+    "FREEZER_MODES",
+    "Freezer",
+    "Hierarchy",
+    "InPlaceFreezer",
+    "TransientFreezer",
+    "hierarchies",
+    "wait_frozen",
+]
 
 FREEZER_MODES = ("auto", "cgroup-v1", "cgroup-v2", "none")
 """The fixed modes; ``cgroup:PATH`` is the other form."""
@@ -73,9 +85,17 @@ class Hierarchy:
     def path_of(self, rel: str) -> str:
         return self.mount + (rel if rel != "/" else "")
 
+    def rel_of(self, path: str) -> str:
+        """The inverse of :meth:`path_of`, for a path inside the mount."""
+        return (path[len(self.mount) :] if self.mount != "/" else path) or "/"
+
     def cgroup_of(self, pid: int) -> str:
         """The cgroup of ``pid`` in this hierarchy, relative to the mount."""
         return parse_cgroup(_read(f"/proc/{pid}/cgroup"))[self.controller]
+
+    def controllers(self, path: str) -> list[bytes]:
+        """The controllers of a v2 cgroup (what a move into or out of it changes)."""
+        return _read(f"{path}/cgroup.controllers").split()
 
     def can_freeze(self, path: str) -> bool:
         return os.path.exists(os.path.join(path, self.state_file))
@@ -203,6 +223,13 @@ class Freezer:
         self.frozen_ms = 0.0
         self._frozen_at: float | None = None
         self.guardian: Guardian | None = None
+        self.locks: Locks | None = None
+
+    def close(self) -> None:
+        """Let other captures at the tree's hierarchies: after :meth:`release` (or when
+        nothing was changed).  Idempotent."""
+        if self.locks is not None:
+            self.locks.release()
 
     def _note(self, *step: object) -> None:
         if self.guardian is not None:
@@ -329,7 +356,7 @@ class TransientFreezer(_CgroupFreezer):
 
     def prepare(self, root_pid: int) -> None:
         self._root_pid = root_pid
-        path = self.h.path_of(f"/asyckpt-{os.getpid()}-{root_pid}")
+        path = self.h.path_of(transient_name(os.getpid(), root_pid))
         fallback = self.h.path_of(self.h.cgroup_of(root_pid)) + "/cgroup.procs"
         self._note("fallback", fallback)
         self._note("members", f"{path}/cgroup.procs")
@@ -337,7 +364,12 @@ class TransientFreezer(_CgroupFreezer):
         try:
             os.mkdir(path)
         except FileExistsError:
-            pass  # left by an earlier asyckpt of this same pid that died: reuse it
+            # Left by an earlier asyckpt with this pid that died: its tasks, if any, are
+            # not this tree's to move.
+            raise FreezerError(
+                f"{path} exists already, left by a capture that died: run "
+                "'asyckpt recover', then capture again"
+            ) from None
         except PermissionError:
             raise AccessDenied(
                 f"cannot create a cgroup under {self.h.mount}: run as root, or use --freeze=none"
@@ -346,7 +378,7 @@ class TransientFreezer(_CgroupFreezer):
             raise FreezerError(f"cannot create cgroup {path}: {exc.strerror}") from exc
         self._path = self.cgroup = path
         if self.h.version == 2:
-            controllers = _read(f"{path}/cgroup.controllers").split()
+            controllers = self.h.controllers(path)
             if controllers:
                 self.release()
                 raise FreezerError(
@@ -357,7 +389,7 @@ class TransientFreezer(_CgroupFreezer):
 
     def add(self, pids: Iterable[int]) -> list[int]:
         assert self._path is not None
-        here = self._path[len(self.h.mount) :] if self.h.mount != "/" else self._path
+        here = self.h.rel_of(self._path)
         gone = []
         for pid in pids:
             try:
@@ -419,7 +451,7 @@ class TransientFreezer(_CgroupFreezer):
             raise FreezerError("could not restore the tree: " + "; ".join(errors))
 
 
-def _hierarchies() -> tuple[Hierarchy | None, Hierarchy | None]:
+def hierarchies() -> tuple[Hierarchy | None, Hierarchy | None]:
     """(v1 freezer, v2) as this process sees them."""
     v1 = v2 = None
     # Any user may mount something under a name that is not UTF-8 (a USB stick's label).
@@ -429,114 +461,3 @@ def _hierarchies() -> tuple[Hierarchy | None, Hierarchy | None]:
         elif m.fstype == "cgroup2" and v2 is None:
             v2 = Hierarchy(2, m.mount_point)
     return v1, v2
-
-
-def _common_cgroup(h: Hierarchy, tree: list[TaskStat]) -> str | None:
-    """The deepest cgroup holding every live task of the tree, relative to the mount."""
-    paths = []
-    for t in tree:
-        if t.state == "Z":
-            continue
-        try:
-            paths.append(h.cgroup_of(t.pid))
-        except (FileNotFoundError, ProcessLookupError, KeyError):
-            return None
-    return os.path.commonpath(paths) if paths else None
-
-
-def _in_place(h: Hierarchy, rel: str, tree: list[TaskStat]) -> InPlaceFreezer | None:
-    """An in-place freezer when the cgroup holds exactly the tree, else None."""
-    if rel == "/":
-        return None  # the root cgroup cannot be frozen
-    path = h.path_of(rel)
-    if not h.can_freeze(path):
-        return None
-    live = {t.pid for t in tree if t.state != "Z"}
-    return InPlaceFreezer(h, path) if h.members(path) == live else None
-
-
-def _cgroup_path_mode(
-    spec: str, tree: list[TaskStat], v1: Hierarchy | None, v2: Hierarchy | None
-) -> Freezer:
-    path = os.path.realpath(spec)
-    if not os.path.exists(path):
-        raise FreezerError(f"cgroup {spec} does not exist")
-    if not os.path.isfile(os.path.join(path, "cgroup.procs")):
-        raise FreezerError(f"{spec} is not a cgroup (no cgroup.procs in it)")
-    for h in (v1, v2):
-        if h is not None and (path == h.mount or path.startswith(h.mount + "/")):
-            break
-    else:
-        raise FreezerError(
-            f"{spec} is in no freezer hierarchy (v1 freezer: "
-            f"{v1.mount if v1 else 'not mounted'}, v2: {v2.mount if v2 else 'not mounted'})"
-        )
-    if not h.can_freeze(path):
-        raise FreezerError(f"{spec} cannot be frozen (the root cgroup never can)")
-    members = h.members(path)
-    outside = [t.pid for t in tree if t.state != "Z" and t.pid not in members]
-    if outside:
-        raise FreezerError(f"pid {outside[0]} of the tree is not inside {spec}", pid=outside[0])
-    return InPlaceFreezer(h, path)
-
-
-def choose_freezer(mode: str, tree: list[TaskStat]) -> Freezer:
-    """The freezer for ``mode`` and the tree (pre-order, root first); see the module doc."""
-    if mode == "none":
-        return Freezer()
-    if mode not in FREEZER_MODES and not mode.startswith("cgroup:"):
-        raise FreezerError(
-            f"unknown freezer {mode!r}; choose auto, cgroup:PATH, cgroup-v1, cgroup-v2 or none"
-        )
-    try:
-        v1, v2 = _hierarchies()
-    except OSError as exc:
-        raise translate_oserror(exc, what="reading mounts") from exc
-    if mode.startswith("cgroup:"):
-        return _cgroup_path_mode(mode[len("cgroup:") :], tree, v1, v2)
-    if os.geteuid() != 0:
-        raise AccessDenied("freezing needs root; use --freeze=none to capture unfrozen")
-    if mode == "auto":
-        for h in (v2, v1):
-            if h is not None:
-                rel = _common_cgroup(h, tree)
-                found = _in_place(h, rel, tree) if rel is not None else None
-                if found is not None:
-                    return found
-    for h in (v1, v2):
-        if h is None or mode not in ("auto", h.name):
-            continue
-        for t in tree:
-            if t.state == "Z":
-                continue
-            try:
-                rel = h.cgroup_of(t.pid)
-            except (FileNotFoundError, ProcessLookupError):
-                continue  # exited since the walk: nothing to move
-            if rel != "/" and h.state(h.path_of(rel)) != "THAWED":
-                raise FreezerError(
-                    f"pid {t.pid} is in {h.path_of(rel)}, which is frozen already; "
-                    f"use --freeze=cgroup:{h.path_of(rel)}",
-                    pid=t.pid,
-                )
-            # A non-root v2 cgroup's cgroup.controllers are those its parent enabled for it,
-            # so what charges its tasks; the root's lists what could be enabled, and its
-            # tasks are charged to nothing a move would leave (prepare() checks the other
-            # end: the transient cgroup's own controllers).
-            if (
-                h.version == 2
-                and rel != "/"
-                and _read(f"{h.path_of(rel)}/cgroup.controllers").split()
-            ):
-                raise FreezerError(
-                    f"pid {t.pid} is in {h.path_of(rel)}, which has controllers: moving it "
-                    "into a transient cgroup would change its resource accounting; use "
-                    f"--freeze=cgroup:PATH (a cgroup holding the tree) or --freeze=none",
-                    pid=t.pid,
-                )
-        return TransientFreezer(h)
-    wanted = "a cgroup freezer" if mode == "auto" else f"the {mode} freezer"
-    raise FreezerError(
-        f"no {wanted} here (v1 freezer: {v1.mount if v1 else 'not mounted'}, "
-        f"v2: {v2.mount if v2 else 'not mounted'}); use --freeze=none"
-    )

@@ -8,11 +8,9 @@ is a :class:`~asyckpt._errors.RendererError` (exit 11) saying how to install it.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import subprocess
-import tempfile
 
 from ._errors import OutputError, RendererError
 from ._escape import escape
@@ -46,38 +44,18 @@ def render(dot_text: str, fmt: str) -> bytes:
 
 
 def write_output(dest: str, data: bytes, *, force: bool) -> None:
-    """Write ``data`` to ``dest`` atomically (a temporary file in its directory, then
-    renamed): a failure leaves no partial file.  An existing ``dest`` is replaced only
-    with ``force``."""
-    path = os.path.abspath(dest)
-    directory = os.path.dirname(path)
-    if os.path.isdir(path):
-        raise OutputError(f"{escape(dest)} is a directory")
-    if not force and os.path.lexists(path):
-        raise OutputError(f"{escape(dest)} exists; use --force to replace it")
+    """Write ``data`` to ``dest`` as an image is written (see ``_target``): unnamed until
+    complete, then linked into place, so a failure or a kill leaves nothing; an existing
+    ``dest`` is replaced only with ``force``, and only if it is a regular file or a
+    symlink (a device node, FIFO, socket or directory never is)."""
+    from ._target import PathTarget, write_all
+
+    target = PathTarget(dest, force=force, mode=0o644)  # a picture, meant to be shared
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
-    except FileNotFoundError:
-        raise OutputError(f"directory {escape(directory)} does not exist") from None
-    except OSError as exc:
-        raise OutputError(f"cannot write in {escape(directory)}: {exc.strerror}") from exc
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)  # a picture, meant to be shared (mkstemp made it 0600)
-        if force:
-            os.replace(tmp, path)
-        else:
-            # link() refuses to replace a file that appeared since the check.
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise OutputError(f"{escape(dest)} exists; use --force to replace it") from None
-            os.unlink(tmp)
+        write_all(target.fd, data)
+        os.fsync(target.fd)
+        target.commit()
     except OSError as exc:
         raise OutputError(f"writing {escape(dest)}: {exc.strerror}") from exc
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        target.abort()

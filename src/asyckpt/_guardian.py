@@ -16,18 +16,22 @@ The parent side is :class:`Guardian`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
-__all__ = ["Guardian", "discard_prestarted", "prestart", "take_guardian"]
+__all__ = ["Guardian", "discard_prestarted", "prestart", "take_guardian", "undo"]
 
 if __name__ != "__main__":  # the parent's side; the script itself needs only the stdlib
-    from ._errors import FreezerError
+    from ._errors import FreezerError, NoSuchProcess
+    from ._rundir import PlanWriter, identity
 
 
 def _write(path: str, value: str) -> None:
@@ -38,22 +42,42 @@ def _write(path: str, value: str) -> None:
         os.close(fd)
 
 
-def _undo(steps: list[list[Any]]) -> None:
-    """Thaw, move tasks back, remove the transient cgroup: each step best effort, since
-    nobody is left to report to."""
+Say = Callable[[str, str, int | None, str | None], None]
+"""What :func:`undo` reports: (verb, path, pid, error): ``thaw`` a freezer file,
+``move`` pid to a cgroup.procs, ``remove`` a cgroup; ``error`` is None when it worked."""
+
+
+def _quiet(verb: str, path: str, pid: int | None, error: str | None) -> None:
+    pass
+
+
+def undo(steps: list[list[Any]], *, act: bool = True, say: Say = _quiet) -> bool:
+    """Thaw, move tasks back, remove the transient cgroup: each step best effort (the
+    guardian has nobody left to report to; ``recover`` reports through ``say``).
+    Without ``act`` nothing is changed, and ``say`` hears what would be.  Returns whether
+    every step worked."""
     origins: dict[int, str] = {}
     fallback = None
     members_of: list[str] = []
     rmdirs: list[str] = []
+    names: dict[tuple[str, int, int, str], list[Any]] = {}
+    ok = True
     for step in steps:
         op = step[0]
         if op == "thaw":
-            for _ in range(3):
+            if not os.path.isdir(os.path.dirname(step[1])):
+                continue  # removed already: nothing to thaw
+            error = None
+            for _ in range(3 if act else 0):
                 try:
                     _write(step[1], step[2])
+                    error = None
                     break
-                except OSError:
+                except OSError as exc:
+                    error = exc.strerror or str(exc)
                     time.sleep(0.01)
+            ok = ok and error is None
+            say("thaw", step[1], None, error)
         elif op == "origin":
             origins[int(step[1])] = step[2]
         elif op == "fallback":
@@ -62,29 +86,94 @@ def _undo(steps: list[list[Any]]) -> None:
             members_of.append(step[1])
         elif op == "rmdir":
             rmdirs.append(step[1])
+        elif op in ("unlink", "unlink_new"):
+            key = (step[1], step[2], step[3], step[4])
+            names.setdefault(key, []).append(tuple(step[5:7]) if op == "unlink" else None)
+    for (directory, dev, ino, name), idents in names.items():
+        # An image's temporary names (see _target), if they still hold what it made.
+        path = os.path.join(directory, name)
+        try:
+            if _unlink(directory, (dev, ino), name, idents, act=act):
+                say("remove", path, None, None)
+        except FileNotFoundError:
+            pass  # never made, or renamed into place
+        except OSError as exc:
+            ok = False
+            say("remove", path, None, exc.strerror or str(exc))
     for procs in members_of:
         try:
             with open(procs) as f:
                 pids = [int(p) for p in f.read().split()]
         except OSError:
-            continue
+            continue  # removed already: nobody left in it
         for pid in pids:
             dest = origins.get(pid, fallback)
             if dest is None:
+                ok = False
+                say("move", procs, pid, "no cgroup to move it back to")
                 continue
-            # It exited meanwhile, or its origin is gone: there is nothing better to do.
-            with contextlib.suppress(OSError):
-                _write(dest, str(pid))
+            # A cgroup removed meanwhile: where the tree's root came from instead.
+            error = None
+            for where in dict.fromkeys([dest] if fallback is None else [dest, fallback]):
+                try:
+                    if act:
+                        _write(where, str(pid))
+                    elif not os.path.exists(where):
+                        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+                except ProcessLookupError:
+                    error = None  # it exited meanwhile
+                    break
+                except OSError as exc:
+                    error = exc.strerror or str(exc)
+                    if isinstance(exc, FileNotFoundError):
+                        continue
+                    break
+                say("move", where, pid, None)
+                error = None
+                break
+            if error is not None:
+                ok = False
+                say("move", dest, pid, error)
     for path in rmdirs:
+        if not os.path.isdir(path):
+            continue
+        error = None
         # Tasks that just exited may still be counted for a moment.
-        for _ in range(100):
+        for _ in range(100 if act else 0):
             try:
                 os.rmdir(path)
+                error = None
                 break
             except FileNotFoundError:
                 break
-            except OSError:
+            except OSError as exc:
+                error = exc.strerror or str(exc)
                 time.sleep(0.01)
+        ok = ok and error is None
+        say("remove", path, None, error)
+    return ok
+
+
+def _unlink(
+    directory: str, dir_ident: tuple[int, int], name: str, idents: list[Any], *, act: bool
+) -> bool:
+    """Remove ``name`` in ``directory`` if that is still the directory asyckpt wrote in
+    and the name still holds one of the inodes it made (an ident of None: any regular
+    file, for a name told before it was created).  Whether it was (would be) removed."""
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(dfd)
+        if (st.st_dev, st.st_ino) != dir_ident:
+            return False
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        ours = (st.st_dev, st.st_ino) in idents
+        if not ours and not (None in idents and stat.S_ISREG(st.st_mode)):
+            return False
+        if act:
+            os.unlink(name, dir_fd=dfd)
+        return True
+    finally:
+        os.close(dfd)
 
 
 def main() -> None:
@@ -96,12 +185,18 @@ def main() -> None:
     sys.stdout.flush()
     sys.stdout.close()
     steps: list[list[Any]] = []
+    plan = None
     for line in sys.stdin:
         step = json.loads(line)
         if step[0] == "done":
             return
+        if step[0] == "plan":
+            plan = step[1]  # the same steps, on disk for `asyckpt recover`
+            continue
         steps.append(step)
-    _undo(steps)
+    if undo(steps) and plan is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(plan)
 
 
 _prestarted: Guardian | None = None
@@ -141,13 +236,16 @@ class Guardian:
         except OSError as exc:
             raise FreezerError(f"cannot start the freezer guardian: {exc.strerror}") from exc
         self._stdin: IO[str] = self._proc.stdin  # type: ignore[assignment]
+        self._plan: PlanWriter | None = None
         self.dismissed = False
         self._reaped = False
 
     @staticmethod
     def _start() -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [sys.executable, "-I", "-S", os.path.abspath(__file__)],
+            # The owner's pid, unused by the guardian: it tells `asyckpt recover` that
+            # a dead asyckpt's guardian is still at work (its cmdline is all it has).
+            [sys.executable, "-I", "-S", os.path.abspath(__file__), str(os.getpid())],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -164,10 +262,28 @@ class Guardian:
         if line != "ready\n":
             raise FreezerError("the freezer guardian did not start; nothing was frozen")
 
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
     def note(self, *step: object) -> None:
-        """Tell the guardian how to undo the step about to be taken."""
+        """Tell the guardian how to undo the step about to be taken, and write it to the
+        capture's plan on disk (for ``asyckpt recover``, should both processes die)."""
+        line = json.dumps(step) + "\n"
         try:
-            self._stdin.write(json.dumps(step) + "\n")
+            if self._plan is None:
+                try:
+                    self._plan = PlanWriter(identity(self._proc.pid))
+                except NoSuchProcess:
+                    raise FreezerError("the freezer guardian is gone (it exited)") from None
+                self._plan.note(line)
+                self._stdin.write(json.dumps(["plan", self._plan.path]) + "\n")
+            else:
+                self._plan.note(line)
+        except OSError as exc:
+            raise FreezerError(f"cannot write the undo plan: {exc.strerror}") from exc
+        try:
+            self._stdin.write(line)
             self._stdin.flush()
         except OSError as exc:
             # Without it a SIGKILL could leave the tree frozen: do not take the step.
@@ -179,6 +295,10 @@ class Guardian:
         exit on its own, to be reaped by a later ``dismiss`` (which is idempotent)."""
         if not self.dismissed:
             self.dismissed = True
+            if self._plan is not None:
+                # Undone: the plan goes.  Otherwise the guardian removes it once it has
+                # undone everything itself, or it stays for `asyckpt recover`.
+                self._plan.remove() if clean else self._plan.close()
             try:
                 if clean:
                     self._stdin.write('["done"]\n')

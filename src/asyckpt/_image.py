@@ -20,63 +20,83 @@ Like PNG's, the magic catches text-mode mangling and a file that is not an image
 
 The header names what is only known once the capture ends (plugins used), so the body is
 spooled to an unnamed temporary file while it streams in, and the image is assembled at
-the end: temporary file in the destination directory, mode 0600, fsync, rename.
+the end: into an unnamed file in the destination directory, mode 0600, fsynced, then
+linked into place (``_target``); or, for ``-o -``, streamed once complete.
 """
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import hashlib
 import os
 import select
 import stat
-import tempfile
 from collections.abc import Iterable
-from typing import IO
+from typing import IO, Protocol
 
 import msgspec
 
 from ._decode import MAGIC, MAX_IMAGE_SIZE, Image, ImageDecoder
 from ._decode import U32 as _U32
 from ._errors import NotAnImage, OutputError
+from ._escape import escape
 from ._records import FORMAT_VERSION, Header, Trailer
 
 __all__ = ["MAGIC", "Image", "ImageWriter", "parse_image", "read_image", "read_image_fd"]
 
 
-class ImageWriter:
-    """Writes one image atomically.  Sync: the pipeline calls it from worker threads.
+class Gate(Protocol):
+    """What :meth:`ImageWriter.finish` asks before the image becomes visible (a
+    :class:`~asyckpt._commit.Commit`, or one that also checks a trio cancellation)."""
 
-    Creating the writer already creates the temporary file, so an unwritable destination
-    or an existing file fails before anything is frozen.
+    def check(self) -> None:
+        """Raise to stop: nothing is made visible."""
+
+    def commit(self) -> None:
+        """Right before the step that makes the image visible; raise to stop."""
+
+
+class ImageWriter:
+    """Writes one image.  Sync: the pipeline calls it from worker threads.
+
+    ``dest`` is a path, or an open file descriptor to stream the image into (``-o -``).
+    The body is spooled to an unnamed file while it streams in; :meth:`finish` assembles
+    the image behind its header and makes it visible in one step (see ``_target``: an
+    unnamed file linked into place, a device node or FIFO never replaced).  Creating the
+    writer checks the destination and creates its files, so a refused or unwritable
+    destination fails before anything is frozen.
     """
 
-    def __init__(self, dest: str | os.PathLike[str], *, force: bool = False) -> None:
-        self.dest = os.path.abspath(dest)
-        self.force = force
-        directory = os.path.dirname(self.dest)
-        if os.path.isdir(self.dest):
-            raise OutputError(f"{self.dest} is a directory")
-        if not force and os.path.lexists(self.dest):
-            raise OutputError(f"{self.dest} exists; use --force to replace it")
+    def __init__(self, dest: str | os.PathLike[str] | int, *, force: bool = False) -> None:
+        from ._target import PathTarget, StreamTarget
+
+        self.target: PathTarget | StreamTarget
+        if isinstance(dest, int):
+            name = "standard output" if dest == 1 else f"fd {dest}"
+            self.target = StreamTarget(dest, display=name)
+        else:
+            self.target = PathTarget(dest, force=force)
+        self.dest = self.target.path
+        """The image's absolute path, or the name of the stream."""
         try:
-            fd, self._tmp = tempfile.mkstemp(
-                prefix=f".{os.path.basename(self.dest)}.", suffix=".tmp", dir=directory
-            )
-        except FileNotFoundError:
-            raise OutputError(f"directory {directory} does not exist") from None
-        except OSError as exc:
-            raise OutputError(f"cannot write in {directory}: {exc.strerror}") from exc
-        self._out: IO[bytes] = os.fdopen(fd, "wb")  # mkstemp makes it 0600
-        # Unnamed (O_TMPFILE): nothing to clean up if we die.  It outlives __init__, so
-        # no context manager; abort() and finish() close it.
-        self._spool: IO[bytes] = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115
+            self._spool: IO[bytes] = os.fdopen(self.target.unnamed(), "w+b")
+        except BaseException:
+            self.abort()
+            raise
         self._encoder = msgspec.msgpack.Encoder()
         self._buf = bytearray()
         self.records = 0
         self.bytes = 0
 
+    @property
+    def spool_dir(self) -> str | None:
+        """Where other spools of this capture belong (None: the temporary directory)."""
+        return self.target.spool_dir
+
     def write_body(self, records: Iterable[msgspec.Struct]) -> None:
+        """Spool records (in the thread that made them, after the thaw)."""
+        if not self.records:
+            self.target.warm()
         buf = self._buf
         buf.clear()
         encode_into = self._encoder.encode_into
@@ -88,14 +108,28 @@ class ImageWriter:
             self.records += 1
         self._spool.write(buf)
 
-    def finish(self, header: Header, trailer: Trailer) -> int:
-        """Assemble, fsync and rename the image; returns its size in bytes."""
+    def finish(self, header: Header, trailer: Trailer, gate: Gate | None = None) -> int:
+        """Assemble the image and make it visible; returns its size in bytes.
+
+        ``gate.commit()`` is called right before the image becomes visible (its link,
+        or a stream's last bytes), ``gate.check()`` between the pieces of a stream;
+        either raises to stop, and nothing is made visible then.
+        """
+        from ._target import PathTarget, write_all
+
+        target = self.target
+        streaming = not isinstance(target, PathTarget)
+        stop = gate.check if streaming and gate is not None else None
+        piece = 1 << 20 if isinstance(target, PathTarget) else target.piece
         digest = hashlib.sha256()
-        out = self._out
+        out = target.fd
+        size = 0
 
         def emit(data: bytes | bytearray | memoryview) -> None:
+            nonlocal size
             digest.update(data)
-            out.write(data)
+            write_all(out, data, stop, piece)
+            size += len(data)
 
         try:
             emit(MAGIC + _U32.pack(FORMAT_VERSION))
@@ -106,41 +140,44 @@ class ImageWriter:
                 emit(chunk)
             trailer.records = self.records
             emit(_frame(self._encoder.encode(trailer)))
-            out.write(digest.digest())
-            out.flush()
-            os.fsync(out.fileno())
-            self.bytes = out.tell()
-            out.close()
-            self._spool.close()
-            if self.force:
-                os.replace(self._tmp, self.dest)
+            last = digest.digest()
+            if isinstance(target, PathTarget):
+                write_all(out, last)
+                os.fsync(out)
+                if gate is not None:
+                    gate.commit()
+                target.commit()
             else:
-                # link() refuses to replace a file that appeared since we checked.
-                try:
-                    os.link(self._tmp, self.dest)
-                except FileExistsError:
-                    raise OutputError(f"{self.dest} exists; use --force to replace it") from None
-                os.unlink(self._tmp)
-            dfd = os.open(os.path.dirname(self.dest), os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+                if gate is not None:
+                    gate.commit()
+                # Past this point the reader has the whole image: no stop any more.
+                write_all(out, last)
+                target.committed = True
+                if target.regular:  # `-o - > FILE`: as durable as -o FILE
+                    os.fsync(out)
+            self.bytes = size + len(last)
         except OSError as exc:
             self.abort()
-            raise OutputError(f"writing {self.dest}: {exc.strerror}") from exc
+            if exc.errno == errno.EPIPE:
+                raise OutputError(
+                    f"{escape(self.dest)} was closed by its reader before the image was complete"
+                ) from None
+            raise OutputError(f"writing {escape(self.dest)}: {exc.strerror}") from exc
         except BaseException:
             self.abort()
             raise
+        self.abort()  # closes what is left open; the image stays
         return self.bytes
 
     def abort(self) -> None:
-        """Remove every trace of the unfinished image.  Idempotent."""
-        for f in (self._out, self._spool):
-            if not f.closed:
-                f.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._tmp)
+        """Remove every trace of an image that was not made visible.  Idempotent."""
+        spool = getattr(self, "_spool", None)
+        if spool is not None and not spool.closed:
+            spool.close()
+        from ._target import PathTarget
+
+        if isinstance(self.target, PathTarget):
+            self.target.abort()
 
 
 def _frame(payload: bytes) -> bytes:

@@ -28,6 +28,8 @@ __all__ = [
     "KCMP_EPOLL_TFD",
     "KCMP_FILE",
     "KCMP_FILES",
+    "RENAME_EXCHANGE",
+    "RENAME_NOREPLACE",
     "OwnerRow",
     "dedup_rows",
     "fd_owner",
@@ -38,6 +40,7 @@ __all__ = [
     "kcmp_files",
     "kcmp_raw",
     "pidfd_getfd",
+    "renameat2",
     "same_file",
 ]
 
@@ -249,3 +252,17 @@ def fs_magic(path: str) -> int:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)
     return int(_F_TYPE.from_buffer(buf).value)
+
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+
+
+def renameat2(dirfd: int, a: str, b: str, flags: int) -> None:
+    """renameat2(2) within directory ``dirfd``: RENAME_NOREPLACE (fail with EEXIST rather
+    than replace ``b``) or RENAME_EXCHANGE (swap ``a`` and ``b`` in one step, whatever
+    each is).  EINVAL where the filesystem cannot."""
+    res = _libc.renameat2(dirfd, os.fsencode(a), dirfd, os.fsencode(b), flags)
+    if res != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), a, None, b)

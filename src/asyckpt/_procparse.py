@@ -26,6 +26,7 @@ __all__ = [
     "parse_lock",
     "parse_mountinfo",
     "parse_stat",
+    "parse_tgid",
     "split_fdinfo",
     "unescape_mount_path",
 ]
@@ -274,6 +275,14 @@ def parse_mountinfo(text: str) -> list[Mount]:
             )
         )
     return mounts
+
+
+def parse_tgid(data: bytes) -> int:
+    """The thread group id (the process's pid) from ``/proc/PID/status``."""
+    for line in data.splitlines():
+        if line.startswith(b"Tgid:"):
+            return int(line[5:])
+    raise ValueError("no Tgid line")
 
 
 def parse_cgroup(data: bytes) -> dict[str, str]:
