@@ -222,6 +222,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "asyckpt._facts",
             "asyckpt._parts",
             "asyckpt._build",
+            "asyckpt._materialize",
             "asyckpt._begins",
             "asyckpt._tuning",
             "asyckpt._capture",

@@ -13,11 +13,11 @@ from itertools import chain
 
 import trio
 
-from ._build import BodyRecord
 from ._capture import BATCH_BUFFER, CaptureOptions, CaptureSummary, capture
 from ._commit import Commit
 from ._errors import raise_collapsed
 from ._image import ImageWriter
+from ._materialize import BodyRecord
 from ._names import split_name, text
 from ._plugins.dispatch import Dispatch
 from ._records import FORMAT_VERSION, Header, Trailer

@@ -70,7 +70,7 @@ import msgspec
 import trio
 
 from ._begins import run_begin
-from ._build import BodyRecord, RecordBuilder, materialize
+from ._build import RecordBuilder
 from ._claim import claim_freezer
 from ._discover import TaskPlan, check_target, own_lineage, plan_tables, walk_tree
 from ._errors import FreezerError, NoSuchProcess, collapse_errors
@@ -78,6 +78,7 @@ from ._freeze import Freezer
 from ._ghost import CONTENT_CHUNK, DEFAULT_GHOST_LIMIT, Chunk, GhostNote
 from ._guardian import Guardian, take_guardian
 from ._kernel import dedup_rows, kcmp_files
+from ._materialize import BodyRecord, materialize
 from ._order import Reorderer
 from ._outside import ENDPOINTS_MODES, search, targets
 from ._parts import GenericFd, TaskPart, TaskScan
