@@ -230,6 +230,19 @@ LAYERS: list[tuple[str, set[str]]] = [
             "asyckpt.aio",
         },
     ),
+    ("command line: the commands' parsers and runners", {"asyckpt._cliargs"}),
+    (
+        "command line: the commands",
+        {
+            "asyckpt._cmd_tree",
+            "asyckpt._cmd_show",
+            "asyckpt._graph_cmd",
+            "asyckpt._cmd_plugins",
+            "asyckpt._cmd_diff",
+            "asyckpt._cmd_watch",
+            "asyckpt._cmd_recover",
+        },
+    ),
     ("command line", {"asyckpt._cli", "asyckpt.__main__"}),
 ]
 
