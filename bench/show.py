@@ -24,8 +24,9 @@ from pathlib import Path
 from run import ASYCKPT, _become_subreaper, spawned_tree, warn
 
 from asyckpt import read_image
+from asyckpt._endpoints import endpoints, render_endpoints
 from asyckpt._plugins.loading import image_plugins
-from asyckpt._show import endpoints, render_endpoints, render_table, to_json_doc
+from asyckpt._show import render_table, to_json_doc
 
 
 def best(repeat: int, fn: Callable[[], object]) -> float:

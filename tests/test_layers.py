@@ -225,12 +225,15 @@ LAYERS: list[tuple[str, set[str]]] = [
             "asyckpt._materialize",
             "asyckpt._begins",
             "asyckpt._tuning",
+            "asyckpt._scanning",
             "asyckpt._capture",
             "asyckpt._api",
             "asyckpt.aio",
         },
     ),
-    ("command line: the commands' parsers and runners", {"asyckpt._cliargs"}),
+    # Views of a written image (they read it, and name the plugins that render records).
+    ("image views", {"asyckpt._show", "asyckpt._endpoints", "asyckpt._diff", "asyckpt._graph"}),
+    ("command line: what the commands share", {"asyckpt._cliargs"}),
     (
         "command line: the commands",
         {

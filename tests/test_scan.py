@@ -172,12 +172,13 @@ def _resolve_zoo(zoo: Tree, dedup_rows: Any) -> tuple[list[Any], Any]:
     the C dedup loop; what came out, and the builder."""
     import asyckpt
     from asyckpt._build import RecordBuilder
-    from asyckpt._capture import _read_mountinfo, _scan_chunk
+    from asyckpt._capture import _read_mountinfo
     from asyckpt._discover import plan_tables, walk_tree
+    from asyckpt._scanning import scan_chunk
 
     plans = plan_tables(walk_tree(zoo.pid))
     inherit = {p.stat.pid for p in plans if p.threads[0][1] is not None}
-    scans = _scan_chunk(list(enumerate(plans)), inherit)
+    scans = scan_chunk(list(enumerate(plans)), inherit)
     builder = RecordBuilder(
         asyckpt.load_handlers(autoload=False),
         compare_files=kcmp_files,

@@ -49,9 +49,10 @@ def register(sub: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ._endpoints import endpoints, render_endpoints
     from ._image import read_image, read_image_fd
     from ._plugins.loading import image_plugins
-    from ._show import endpoints, render_endpoints, render_table, to_json_doc
+    from ._show import render_table, to_json_doc
 
     if args.image == "-":
         image = read_image_fd(sys.stdin.fileno(), name="standard input")
