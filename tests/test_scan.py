@@ -66,6 +66,33 @@ def test_inherited_rows_c_and_python_agree(zoo: Tree) -> None:
         assert kcmp(zoo.pid, fork, KCMP_FILE, fd, fd) != 0
 
 
+def test_rows_have_names_and_one_type_whichever_reader(zoo: Tree) -> None:
+    """Rows are read by name: both readers make the C extension's struct sequences,
+    whose fields are _rows' NamedTuples' (the types without the C extension)."""
+    from asyckpt import _fdscan
+    from asyckpt._rows import InheritedFd
+
+    assert _fdscan.FdRow.n_fields == len(RawFd._fields)  # no hidden field
+    assert [f for f in RawFd._fields if hasattr(_fdscan.FdRow, f)] == list(RawFd._fields)
+    assert _fdscan.InheritedFd.n_fields == len(InheritedFd._fields) == 2
+    assert all(hasattr(_fdscan.InheritedFd, f) for f in InheritedFd._fields)
+    fork = zoo.info["fork"]
+    base = f"/proc/{fork}/task/{fork}"
+    c_rows = _fdscan.read_tables([(f"{base}/fd", f"{base}/fdinfo")], [(zoo.pid, fork)])[0]
+    py_rows = _read_table_py(f"{base}/fd", f"{base}/fdinfo", zoo.pid, fork)
+    assert isinstance(c_rows, list)
+    for c_row, py_row in zip(c_rows, py_rows, strict=True):
+        assert type(c_row) is type(py_row)
+        expected = _fdscan.InheritedFd if len(c_row) == 2 else _fdscan.FdRow
+        assert type(c_row) is expected
+    full = next(r for r in c_rows if len(r) == 16)
+    assert isinstance(full, _fdscan.FdRow)
+    assert (full.fd, full.st_ino, full.fdinfo_rest) == (full[0], full[4], full[15])
+    short = next(r for r in c_rows if len(r) == 2)
+    assert isinstance(short, _fdscan.InheritedFd)
+    assert (short.fd, short.flags) == tuple(short)
+
+
 def test_reader_sees_what_the_task_did(zoo: Tree) -> None:
     rows = {r.fd: r for r in map(RawFd._make, read_fds(zoo.pid, zoo.pid))}
     rw = rows[zoo.info["rw"]]

@@ -231,13 +231,13 @@ class RecordBuilder:
                     append((fd, bool(flags & O_CLOEXEC), hint[2], None))
                     self.hint_hits += 1
                     continue
-                fd = raw[0]
-                flags = raw[13]
+                fd = raw.fd
+                flags = raw.flags
                 cloexec = bool(flags & O_CLOEXEC)
                 flags &= ~O_CLOEXEC
                 # The cheap key: equal for every fd of one description, rarely equal for
                 # two (separate open()s of one file at one offset); kcmp decides.
-                key = (raw[3], raw[4], raw[12], flags)
+                key = (raw.st_dev, raw.st_ino, raw.pos, flags)
                 ref = (tid, fd)
                 new: NewFile | None = None
                 hint = hints.get(fd)
@@ -257,8 +257,8 @@ class RecordBuilder:
                     file_id, is_new = self._next_id(), True
                 if is_new:
                     new = self._new_file(file_id, pid, tid, raw, flags, root, ctx)
-                elif raw[15] and b"lock:" in raw[15]:
-                    self._more_locks.setdefault(file_id, []).append(raw[15])
+                elif raw.fdinfo_rest and b"lock:" in raw.fdinfo_rest:
+                    self._more_locks.setdefault(file_id, []).append(raw.fdinfo_rest)
                 seen[fd] = (key, ref, file_id)
                 append((fd, cloexec, file_id, new))
         finally:
@@ -297,7 +297,7 @@ class RecordBuilder:
                 for i in new:
                     fd, cloexec, file_id, _ = entries[i]
                     raw = cast(RawRow, fds[i])  # an inherited row is never a new file
-                    made = self._new_file(file_id, pid, tid, raw, raw[13] & ~O_CLOEXEC, root, ctx)
+                    made = self._new_file(file_id, pid, tid, raw, raw.flags & ~O_CLOEXEC, root, ctx)
                     entries[i] = (fd, cloexec, file_id, made)
             finally:
                 ctx._close()
@@ -323,14 +323,14 @@ class RecordBuilder:
         root: str,
         ctx: HandlerContext,
     ) -> NewFile:
-        fd, link = raw[0], raw[1]
+        fd, link = raw.fd, raw.link
         facts = row_facts(pid, tid, raw, root)
-        if not link and raw[6] == 0 and facts.kind in PATH_KINDS:
+        if not link and raw.st_nlink == 0 and facts.kind in PATH_KINDS:
             # No link text (a path too long for the kernel to give): unlinked all the
             # same, by its nlink, and its content is saved like any other's.
             facts = facts._replace(deleted=True)
         kind = facts.kind
-        raw_rest = raw[15]
+        raw_rest = raw.fdinfo_rest
         rest = facts.fdinfo.extra
         handler: LoadedHandler | None = None
         data = None
@@ -362,7 +362,7 @@ class RecordBuilder:
             if ctx._taken:
                 ctx._release()
         ghost = None
-        if kind == "reg" and facts.deleted and raw[6] == 0:
+        if kind == "reg" and facts.deleted and raw.st_nlink == 0:
             ghost = self._ghost(file_id, facts, ctx)
         if handler is None:
             if self._strict:
@@ -462,7 +462,7 @@ class RecordBuilder:
         links = CaptureLinks(
             session,
             (
-                (new.raw[3], new.raw[4], new.id, tid, new.raw[0])
+                (new.raw.st_dev, new.raw.st_ino, new.id, tid, new.raw.fd)
                 for part in parts
                 for tid, _, entries in part.tables
                 for _, _, _, new in entries
@@ -500,7 +500,7 @@ class RecordBuilder:
         tree = CaptureTree(
             session,
             (
-                (new.kind, new.raw[3], new.raw[4])
+                (new.kind, new.raw.st_dev, new.raw.st_ino)
                 for part in parts
                 for _, _, entries in part.tables
                 for _, _, _, new in entries
