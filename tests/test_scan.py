@@ -278,7 +278,7 @@ def test_a_child_read_against_a_parent_that_vanished_is_an_error() -> None:
     import asyckpt
     from asyckpt._build import RecordBuilder
     from asyckpt._discover import TaskPlan
-    from asyckpt._parts import TaskScan
+    from asyckpt._parts import ScannedTable, TaskScan
     from asyckpt._procparse import TaskStat
     from asyckpt._procread import TaskMeta
 
@@ -292,9 +292,38 @@ def test_a_child_read_against_a_parent_that_vanished_is_an_error() -> None:
         read_mountinfo=lambda pid: "",
     )
     with contextlib.closing(builder):
-        parent = TaskScan(1, plan(4000001, 4000000, 2), ((4000001, 2, None),))
+        parent = TaskScan(1, plan(4000001, 4000000, 2), (ScannedTable(4000001, 2, None),))
         assert builder.resolve(parent) is None  # it vanished before its table was read
-        child = TaskScan(2, plan(4000002, 4000001, 3), ((4000002, 3, [(0, 0o2)]),))
+        child = TaskScan(2, plan(4000002, 4000001, 3), (ScannedTable(4000002, 3, [(0, 0o2)]),))
         with pytest.raises(NoSuchProcess) as exc_info:
             builder.resolve(child)
     assert exc_info.value.pid == 4000001
+
+
+def test_scanned_and_resolved_tables_have_names(zoo: Tree) -> None:
+    """TaskScan.tables and TaskPart.tables are named, table by table, and say the same
+    tables: each thread's table, its fds and what they resolved to."""
+    import asyckpt
+    from asyckpt._build import RecordBuilder
+    from asyckpt._capture import _read_mountinfo
+    from asyckpt._discover import plan_tables, walk_tree
+    from asyckpt._parts import ResolvedTable, ScannedTable
+    from asyckpt._scanning import scan_chunk
+
+    plans = plan_tables(walk_tree(zoo.pid))
+    scans = scan_chunk(list(enumerate(plans)))
+    builder = RecordBuilder(
+        asyckpt.load_handlers(autoload=False),
+        compare_files=kcmp_files,
+        read_mountinfo=_read_mountinfo,
+    )
+    with contextlib.closing(builder):
+        for scan in scans:
+            part = builder.resolve(scan)
+            assert part is not None
+            assert all(type(t) is ScannedTable for t in scan.tables)
+            assert all(type(t) is ResolvedTable for t in part.tables)
+            for scanned, resolved in zip(scan.tables, part.tables, strict=True):
+                assert (resolved.tid, resolved.table) == (scanned.tid, scanned.table)
+                assert scanned.fds is not None
+                assert [e[0] for e in resolved.entries] == [row.fd for row in scanned.fds]

@@ -49,7 +49,7 @@ from ._errors import (
 )
 from ._facts import row_facts
 from ._ghost import DEFAULT_GHOST_LIMIT, Ghost, GhostSpool
-from ._parts import GenericFd, NewFile, TaskPart, TaskScan
+from ._parts import FdEntry, GenericFd, NewFile, ResolvedTable, TaskPart, TaskScan
 from ._paths import PATH_KINDS, PathChecker
 from ._plugins.contract import FdFacts, LinkRef
 from ._plugins.dispatch import Dispatch
@@ -161,7 +161,7 @@ class RecordBuilder:
         possible when the tree is not frozen)."""
         plan, meta = scan.plan, scan.plan.meta
         pid = plan.stat.pid
-        if any(fds is None for _, _, fds in scan.tables):
+        if any(t.fds is None for t in scan.tables):
             if scan.seq == 0:
                 raise NoSuchProcess("the process exited during the capture", pid=pid)
             self.vanished += 1
@@ -170,12 +170,10 @@ class RecordBuilder:
         if meta.mnt_ns and meta.mnt_ns not in self._mnt_seen:
             self._mnt_seen.add(meta.mnt_ns)
             mountinfo = self._read_mountinfo(pid)
-        if any(fds for _, _, fds in scan.tables):
+        if any(t.fds for t in scan.tables):
             self.paths.open_root(pid, meta.mnt_ns, meta.root)
         parent_table = self._task_table.get(plan.stat.ppid)
-        if parent_table is None and any(
-            len(row) == 2 for _, _, fds in scan.tables for row in fds or ()
-        ):
+        if parent_table is None and any(len(row) == 2 for t in scan.tables for row in t.fds or ()):
             # Its fds were read as shared with its parent's, whose own table was never read:
             # the parent was killed meanwhile (SIGKILL reaches a frozen task).
             raise NoSuchProcess(
@@ -189,7 +187,7 @@ class RecordBuilder:
             seen: dict[int, tuple[object, Ref, int]] = {}
             self._table_fds[table_id] = seen
             entries = self._resolve_table(pid, tid, fds, meta.root, hints, seen)
-            tables.append((tid, table_id, entries))
+            tables.append(ResolvedTable(tid, table_id, entries))
             self.table_count += 1
         # A table first seen in a task that has exited since was never read: the threads
         # that shared it are recorded without one.
@@ -210,10 +208,10 @@ class RecordBuilder:
         root: str,
         hints: dict[int, tuple[object, Ref, int]],
         seen: dict[int, tuple[object, Ref, int]],
-    ) -> list[tuple[int, bool, int, NewFile | None]]:
+    ) -> list[FdEntry]:
         if self._dedup_rows is not None and not self._tolerant:
             return self._resolve_table_fast(pid, tid, fds, root, hints, seen)
-        entries: list[tuple[int, bool, int, NewFile | None]] = []
+        entries: list[FdEntry] = []
         append = entries.append
         compare = self._compare_files
         lookup = self._files.lookup
@@ -274,7 +272,7 @@ class RecordBuilder:
         root: str,
         hints: dict[int, tuple[object, Ref, int]],
         seen: dict[int, tuple[object, Ref, int]],
-    ) -> list[tuple[int, bool, int, NewFile | None]]:
+    ) -> list[FdEntry]:
         """:meth:`_resolve_table` with the per-fd dedup loop in C (``dedup_rows``, over the
         same structures), then the new descriptions built here, in fd order.  Frozen
         only: a kcmp failure is an error, never a task that exited."""
@@ -458,7 +456,7 @@ class RecordBuilder:
         # candidates of file_of and epoll_target, and each fd table by the thread it
         # was read through (an epoll's own, to try its targets' numbers first): each
         # indexed only if a hook asks.
-        tables = {tid: entries for part in parts for tid, _, entries in part.tables}
+        tables = {t.tid: t.entries for part in parts for t in part.tables}
         links = CaptureLinks(
             session,
             (

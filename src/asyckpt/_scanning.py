@@ -17,7 +17,7 @@ from ._build import RecordBuilder
 from ._discover import TaskPlan
 from ._errors import collapse_errors
 from ._order import Reorderer
-from ._parts import TaskPart, TaskScan
+from ._parts import ScannedTable, TaskPart, TaskScan
 from ._procread import read_fd_tables
 
 __all__ = ["CHUNKS_PER_THREAD", "SCAN_AHEAD", "SCAN_THREADS", "scan_and_resolve", "scan_chunk"]
@@ -63,7 +63,9 @@ def scan_chunk(
     # frozen can lose one, and the resolver leaves it out.
     rows = iter(read_fd_tables(owners, missing_ok=True, parents=parents))
     return [
-        TaskScan(index, plan, tuple((tid, table, next(rows)) for tid, table in plan.scan))
+        TaskScan(
+            index, plan, tuple(ScannedTable(tid, table, next(rows)) for tid, table in plan.scan)
+        )
         for index, plan in chunk
     ]
 
