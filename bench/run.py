@@ -283,7 +283,7 @@ def preflight(children: int, per: int, depth: int) -> None:
     """Refuse a tree that the fd or task limits would make spawn_tree fail on."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     # A child holds the root's fds (inherited) plus its own, plus a few.
-    need = 2 * fds_opened(per) + 32
+    need = (2 if children else 1) * fds_opened(per) + 32
     if hard != resource.RLIM_INFINITY and need > hard:
         raise BenchError(
             f"{per} fds per task needs about {need} open files per process, but the hard "
