@@ -27,7 +27,7 @@ from run import ASYCKPT, Runner, _become_subreaper, spawned_tree, warn
 
 from asyckpt import read_image
 from asyckpt._jsonexport import iter_json_export
-from asyckpt._plugins import image_plugins
+from asyckpt._plugins.loading import image_plugins
 from asyckpt._show import render_endpoints, render_table
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__ as __version__
+
 if TYPE_CHECKING:
     from ._api import CaptureStream as CaptureStream
     from ._api import checkpoint_tree as checkpoint_tree
@@ -43,35 +45,39 @@ if TYPE_CHECKING:
     from ._errors import UsageError as UsageError
     from ._image import Image as Image
     from ._image import read_image as read_image
-    from ._plugins import AUTOLOAD_ENV as AUTOLOAD_ENV
-    from ._plugins import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP
-    from ._plugins import CaptureLinks as CaptureLinks
-    from ._plugins import CaptureSession as CaptureSession
-    from ._plugins import CaptureTree as CaptureTree
-    from ._plugins import Device as Device
-    from ._plugins import Dispatch as Dispatch
-    from ._plugins import FdFacts as FdFacts
-    from ._plugins import FdHandler as FdHandler
-    from ._plugins import HandlerContext as HandlerContext
-    from ._plugins import PluginConflictWarning as PluginConflictWarning
-    from ._plugins import StatInfo as StatInfo
-    from ._plugins import load_handlers as load_handlers
+    from ._names import escape_name as escape_name
+    from ._names import name_bytes as name_bytes
+    from ._names import os_name as os_name
+    from ._names import split_name as split_name
+    from ._plugins.contract import Device as Device
+    from ._plugins.contract import FdFacts as FdFacts
+    from ._plugins.contract import FdHandler as FdHandler
+    from ._plugins.contract import StatInfo as StatInfo
+    from ._plugins.dispatch import Dispatch as Dispatch
+    from ._plugins.dispatch import PluginConflictWarning as PluginConflictWarning
+    from ._plugins.links import CaptureLinks as CaptureLinks
+    from ._plugins.loading import AUTOLOAD_ENV as AUTOLOAD_ENV
+    from ._plugins.loading import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP
+    from ._plugins.loading import load_handlers as load_handlers
+    from ._plugins.session import CaptureSession as CaptureSession
+    from ._plugins.session import CaptureTree as CaptureTree
+    from ._plugins.session import HandlerContext as HandlerContext
     from ._records import FORMAT_VERSION as FORMAT_VERSION
     from ._records import Content as Content
     from ._records import Fd as Fd
     from ._records import FdTable as FdTable
     from ._records import File as File
     from ._records import Header as Header
+    from ._records import Holders as Holders
     from ._records import Lock as Lock
     from ._records import MountTable as MountTable
+    from ._records import OutsideFd as OutsideFd
     from ._records import Owner as Owner
     from ._records import Task as Task
     from ._records import Trailer as Trailer
     from ._watch import Look as Look
     from ._watch import WatchEvent as WatchEvent
     from ._watch import watch as watch
-
-__version__ = "0.1.0"
 
 _LAZY = {
     "CaptureStream": "._api",
@@ -105,28 +111,34 @@ _LAZY = {
     "TargetError": "._errors",
     "UsageError": "._errors",
     "Image": "._image",
+    "escape_name": "._names",
+    "name_bytes": "._names",
+    "os_name": "._names",
+    "split_name": "._names",
     "read_image": "._image",
-    "AUTOLOAD_ENV": "._plugins",
-    "ENTRY_POINT_GROUP": "._plugins",
-    "CaptureLinks": "._plugins",
-    "CaptureSession": "._plugins",
-    "CaptureTree": "._plugins",
-    "Device": "._plugins",
-    "Dispatch": "._plugins",
-    "FdFacts": "._plugins",
-    "FdHandler": "._plugins",
-    "HandlerContext": "._plugins",
-    "PluginConflictWarning": "._plugins",
-    "StatInfo": "._plugins",
-    "load_handlers": "._plugins",
+    "AUTOLOAD_ENV": "._plugins.loading",
+    "ENTRY_POINT_GROUP": "._plugins.loading",
+    "CaptureLinks": "._plugins.links",
+    "CaptureSession": "._plugins.session",
+    "CaptureTree": "._plugins.session",
+    "Device": "._plugins.contract",
+    "Dispatch": "._plugins.dispatch",
+    "FdFacts": "._plugins.contract",
+    "FdHandler": "._plugins.contract",
+    "HandlerContext": "._plugins.session",
+    "PluginConflictWarning": "._plugins.dispatch",
+    "StatInfo": "._plugins.contract",
+    "load_handlers": "._plugins.loading",
     "FORMAT_VERSION": "._records",
     "Content": "._records",
     "Fd": "._records",
     "FdTable": "._records",
     "File": "._records",
     "Header": "._records",
+    "Holders": "._records",
     "Lock": "._records",
     "MountTable": "._records",
+    "OutsideFd": "._records",
     "Owner": "._records",
     "Task": "._records",
     "Trailer": "._records",

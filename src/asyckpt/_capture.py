@@ -59,19 +59,18 @@ content chunk of at most 1 MiB).
 from __future__ import annotations
 
 import contextlib
-import gc
 import math
 import os
-import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Container, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Container, Sequence
+from typing import Literal
 
 import msgspec
 import trio
 
 from ._begins import run_begin
-from ._build import BodyRecord, GenericFd, RecordBuilder, TaskPart, TaskScan, materialize
+from ._build import RecordBuilder
 from ._claim import claim_freezer
 from ._discover import TaskPlan, check_target, own_lineage, plan_tables, walk_tree
 from ._errors import FreezerError, NoSuchProcess, collapse_errors
@@ -79,11 +78,17 @@ from ._freeze import Freezer
 from ._ghost import CONTENT_CHUNK, DEFAULT_GHOST_LIMIT, Chunk, GhostNote
 from ._guardian import Guardian, take_guardian
 from ._kernel import dedup_rows, kcmp_files
+from ._materialize import BodyRecord, materialize
 from ._order import Reorderer
-from ._plugins import CaptureSession, Dispatch, load_handlers
+from ._outside import ENDPOINTS_MODES, search, targets
+from ._parts import GenericFd, TaskPart, TaskScan
+from ._plugins.dispatch import Dispatch
+from ._plugins.loading import load_handlers
+from ._plugins.session import CaptureSession
 from ._procparse import TaskStat
 from ._procread import read_fd_tables
-from ._records import Content, PluginInfo
+from ._records import Content, Holders, PluginInfo
+from ._tuning import tuned
 
 __all__ = ["CaptureOptions", "CaptureSummary", "capture"]
 
@@ -92,9 +97,9 @@ SCAN_THREADS = max(1, min(2, len(os.sched_getaffinity(0)) - 1))
 at most two.  The C reader releases the GIL for a whole table, so they run in parallel
 with each other and with the resolver; more threads than cores only add contention.  On
 two cores one reader is faster than two: with two, three threads share the cores, the
-resolver (the critical path once the reader is ahead) loses its core to them about a
-sixth of the time, and the readers slow each other down in the kernel (measured: frozen
-window 10 ms shorter, scan CPU 10 ms less, for the 27k-fd benchmark tree)."""
+resolver (the critical path once the reader is ahead) loses its core to them part of
+the time, and the readers slow each other down in the kernel (docs/performance.md,
+"Design choices, measured")."""
 
 BATCH_BUFFER = 8
 """Task batches the channel holds before the builder waits for its consumer.  Small, so
@@ -130,7 +135,7 @@ class CaptureOptions(msgspec.Struct, kw_only=True, frozen=True):
 
     tune_interpreter: bool = False
     """For the capture, pause the cyclic garbage collector and shorten the interpreter's
-    switch interval (``SWITCH_INTERVAL``): both are process-wide, so a library caller
+    switch interval (``_tuning.SWITCH_INTERVAL``): both are process-wide, so a library caller
     opts in; the ``asyckpt`` command does.  Restored afterwards.  Costs without it are
     in docs/performance.md."""
 
@@ -139,11 +144,18 @@ class CaptureOptions(msgspec.Struct, kw_only=True, frozen=True):
     (st_blocks * 512) is at most this many bytes; 0 copies none.  A larger one is
     recorded ``too-big`` (``CaptureSummary.ghost_notes``), or fails a ``strict`` capture."""
 
+    endpoints: Literal["tree", "system"] = "tree"
+    """``system``: after the thaw, search the processes outside the tree for the other
+    ends of its pipes, FIFOs and connections (``Holders`` records, ``_outside``);
+    ``tree``: do not."""
+
     lock_timeout: float = 10.0
     """Seconds to wait for another capture holding the same cgroup hierarchy (the
     locks in the run directory) before failing; 0 fails at once."""
 
     def __post_init__(self) -> None:
+        if self.endpoints not in ENDPOINTS_MODES:
+            raise ValueError(f"endpoints must be one of {', '.join(ENDPOINTS_MODES)}")
         if not 0 <= self.lock_timeout < math.inf:
             raise ValueError("lock_timeout must be a non-negative number of seconds")
         if not 0 <= self.pipe_data <= PIPE_DATA_MAX:
@@ -186,6 +198,10 @@ class CaptureSummary(msgspec.Struct, kw_only=True):
     content_bytes: int = 0
     ghost_notes: list[GhostNote] = []
     """Unlinked files whose content is not in the image: over the limit, or failed."""
+    endpoints: Literal["tree", "system"] = "tree"
+    """As asked (``CaptureOptions.endpoints``)."""
+    outside_holders: int = 0
+    """With endpoints ``system``: the objects found held outside the tree."""
 
 
 def _read_mountinfo(pid: int) -> str:
@@ -257,7 +273,7 @@ async def _frozen(
 ) -> AsyncIterator[None]:
     """Frozen for the block.  ``after_thaw``, when the block ended normally, runs in a
     thread of its own once the tree is thawed, while the tasks are moved back to their
-    cgroups (kernel work: about 0.5 ms per task, that need not wait)."""
+    cgroups (kernel work for each task, that need not wait)."""
     done = False
     try:
         if freezer.consistent:
@@ -341,7 +357,7 @@ async def capture(
         if options.freeze != "none":
             # Started early, so that its interpreter starts while the tree is discovered.
             guardian = await trio.to_thread.run_sync(take_guardian)
-        with _tuned() if options.tune_interpreter else contextlib.nullcontext():
+        with tuned() if options.tune_interpreter else contextlib.nullcontext():
             summary = await _capture(root, send, options, dispatch, guardian, spool_dir)
     finally:
         if guardian is not None:
@@ -473,6 +489,8 @@ async def _run(
             out.append((records, pieces))
         return out
 
+    # What to search outside the tree for, known before the parts are freed below.
+    wanted = targets(parts) if options.endpoints == "system" else []
     # Popped, so that each task's resolved form is freed once its records are made.
     parts.reverse()
     while parts:
@@ -483,6 +501,13 @@ async def _run(
                 if not isinstance(piece, Content):
                     piece = await trio.to_thread.run_sync(ghosts.read, piece)
                 await send.send([piece])
+    holders: list[Holders] = []
+    if options.endpoints == "system":
+        # After everything else, the tree thawed: the rest of the system is not frozen.
+        in_tree = {p.stat.pid for p in plans}
+        holders = await trio.to_thread.run_sync(search, wanted, in_tree)
+        if holders:
+            await send.send(list[BodyRecord](holders))
     contents, content_bytes = ghosts.totals()
     return CaptureSummary(
         root_pid=pid,
@@ -508,49 +533,9 @@ async def _run(
         contents=contents,
         content_bytes=content_bytes,
         ghost_notes=list(ghosts.notes),
+        endpoints=options.endpoints,
+        outside_holders=len(holders),
     )
-
-
-SWITCH_INTERVAL = 0.0005
-"""The interpreter's switch interval (seconds) during a tuned capture, instead of the
-default 5 ms.  A fd reader that ends a table in C needs the GIL to hand its rows over,
-and the resolver, pure Python, holds it until the interval forces a switch: with one
-reader on two cores, it is the reader that is on the critical path while frozen.
-Measured on the 27k-fd benchmark tree: about 10 ms less frozen."""
-
-_tunings = 0
-_gc_was_enabled = False
-_switch_was = 0.0
-_tuning_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def _tuned() -> Iterator[None]:
-    """For the block: the cyclic garbage collector disabled and the switch interval
-    shortened (``SWITCH_INTERVAL``), both restored after (nested and concurrent captures
-    included: the last to leave restores them as the first found them).
-
-    The collector's passes each walk every object the capture holds (rows, records:
-    several hundred thousand), again and again as they pile up, a third of the
-    resolver's time while the tree is frozen; reference counting frees nearly all of
-    them anyway."""
-    global _tunings, _gc_was_enabled, _switch_was
-    with _tuning_lock:
-        if _tunings == 0:
-            _gc_was_enabled = gc.isenabled()
-            gc.disable()
-            _switch_was = sys.getswitchinterval()
-            sys.setswitchinterval(min(_switch_was, SWITCH_INTERVAL))
-        _tunings += 1
-    try:
-        yield
-    finally:
-        with _tuning_lock:
-            _tunings -= 1
-            if _tunings == 0:
-                sys.setswitchinterval(_switch_was)
-                if _gc_was_enabled:
-                    gc.enable()
 
 
 async def _scan_and_resolve(plans: list[TaskPlan], builder: RecordBuilder) -> list[TaskPart]:
@@ -572,9 +557,9 @@ async def _scan_and_resolve(plans: list[TaskPlan], builder: RecordBuilder) -> li
     work = iter([list(enumerate(plans))[i : i + chunk] for i in range(0, len(plans), chunk)])
 
     # Each worker is one thread for all its chunks, handing each chunk's scans to the
-    # event loop without waiting for it: a thread hop per chunk made the reader wait,
-    # between chunks, for the event loop, which itself waits for the resolver's GIL
-    # (about 30 ms of the frozen window, for the 27k-fd benchmark tree).  The channel
+    # event loop without waiting for it: with a thread hop per chunk the reader would
+    # wait, between chunks, for the event loop, which itself waits for the resolver's
+    # GIL, and the reader is the critical path while frozen.  The channel
     # is bounded by credits the reader takes in its own thread before reading a chunk
     # and the resolver gives back as it takes chunks: a credit held is a place in the
     # channel, so a delivery never finds it full, and the reader waits (without the

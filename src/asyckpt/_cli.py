@@ -15,7 +15,7 @@ from ._escape import escape
 if TYPE_CHECKING:
     from ._capture import CaptureSummary
     from ._image import Image
-    from ._plugins import Dispatch
+    from ._plugins.dispatch import Dispatch
     from ._signals import Signals
 
 # trio and the capture pipeline are imported by the commands that use them: `show` and
@@ -117,7 +117,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
 
     p = _Parser(
         prog="asyckpt",
@@ -208,6 +208,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="wait that long for another capture of the same cgroup hierarchy to finish "
         "(default: 10; 0: fail at once)",
+    )
+    t.add_argument(
+        "--endpoints",
+        choices=("tree", "system"),
+        default="tree",
+        help="system: after the thaw, search the processes outside the tree for the other "
+        "ends of its pipes, FIFOs and connections, and record them (not frozen: a search, "
+        "not a snapshot); shown by 'show --endpoints' (default: tree, no search)",
     )
     _plugin_options(t)
     t.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
@@ -458,6 +466,11 @@ def _report(summary: CaptureSummary, quiet: bool) -> None:
         f"freezing {summary.freezing_ms:.2f} ms, frozen {summary.frozen_ms:.2f} ms, "
         f"total {summary.capture_ms:.1f} ms"
     )
+    if summary.endpoints == "system":
+        print(
+            f"searched outside the tree after the thaw: {summary.outside_holders} of its "
+            "pipes and peers held there (see: asyckpt show --endpoints)"
+        )
     if summary.ghosts_saved:
         print(
             f"content of {summary.ghosts_saved} unlinked file(s) saved: "
@@ -521,6 +534,7 @@ def _tree(args: argparse.Namespace, signals: Signals) -> int:
         disable_plugins=tuple(args.disable_plugin),
         pipe_data=args.pipe_data,
         ghost_limit=args.ghost_limit,
+        endpoints=args.endpoints,
         lock_timeout=args.lock_timeout,
         # The command owns its process: the collector paused, a shorter switch interval.
         tune_interpreter=True,
@@ -575,7 +589,7 @@ def _tree(args: argparse.Namespace, signals: Signals) -> int:
 
 
 def _load_handlers(args: argparse.Namespace) -> Dispatch:
-    from ._plugins import load_handlers
+    from ._plugins.loading import load_handlers
 
     dispatch = load_handlers(disabled=args.disable_plugin, enabled=args.plugin, warn=False)
     for conflict in dispatch.conflicts:
@@ -585,7 +599,7 @@ def _load_handlers(args: argparse.Namespace) -> Dispatch:
 
 def _cmd_show(args: argparse.Namespace) -> int:
     from ._image import read_image, read_image_fd
-    from ._plugins import image_plugins
+    from ._plugins.loading import image_plugins
     from ._show import render_endpoints, render_table
 
     if args.image == "-":
@@ -634,7 +648,7 @@ def _extract(image: Image, file_id: str, out: str) -> int:
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
-    from ._plugins import AUTOLOAD_ENV, autoload_disabled, survey
+    from ._plugins.loading import AUTOLOAD_ENV, autoload_disabled, survey
 
     found = survey(disabled=args.disable_plugin, enabled=args.plugin)
     rows = [("NAME", "DISTRIBUTION", "VERSION", "STATE", "PRIO", "RECORD", "HOOKS", "CLAIMS")]

@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from ._image import Image
-from ._plugins import ImagePlugin
+from ._plugins.loading import ImagePlugin
 from ._show import JsonParts, endpoints
 
 __all__ = ["iter_json_export"]
@@ -64,12 +64,20 @@ def _parts(
     image: Image, plugins: Mapping[str, ImagePlugin] | None, with_endpoints: bool
 ) -> Iterator[bytes]:
     parts = JsonParts(image, plugins)
-    head = _indented(parts.head(), 0)
+    head = parts.head()
+    endpoints_last = False
+    if with_endpoints:
+        # As the document did (``doc["endpoints"] = ...``): a key of that name already
+        # there (format 3's header field) takes the array in its place, else it goes last.
+        if "endpoints" in head:
+            head["endpoints"] = [e.to_json() for e in endpoints(image)]
+        else:
+            endpoints_last = True
     # The head is a non-empty object: "{\n ...\n}"; the arrays continue it.
-    yield head[: -len(b"\n}")]
+    yield _indented(head, 0)[: -len(b"\n}")]
     yield from _array("tasks", (parts.task(task) for task in image.tasks))
     yield from _array("files", (parts.file(f) for f in image.files.values()))
-    if with_endpoints:
+    if endpoints_last:
         yield from _array("endpoints", (e.to_json() for e in endpoints(image)))
     yield b"\n}\n"
 

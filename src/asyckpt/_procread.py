@@ -15,12 +15,9 @@ from typing import NamedTuple, cast
 
 from ._errors import NoSuchProcess, oserror_context, translate_oserror
 from ._procparse import TaskStat, parse_stat, split_fdinfo
+from ._rows import RawFd, RawRow, ScanRow, stat_fields
 
 __all__ = [
-    "InheritedRow",
-    "RawFd",
-    "RawRow",
-    "ScanRow",
     "TaskMeta",
     "list_children",
     "list_threads",
@@ -90,65 +87,12 @@ def read_task_meta(pid: int) -> TaskMeta:
     with oserror_context(pid=pid, what="task metadata"):
         st = os.stat(f"{PROC}/{pid}")
         try:
-            root = os.readlink(f"{PROC}/{pid}/root")
+            root = _readlink_name(f"{PROC}/{pid}/root")
             mnt_ns = os.stat(f"{PROC}/{pid}/ns/mnt").st_ino
         except FileNotFoundError:
             # A zombie keeps its /proc entry but has dropped its fs and namespaces.
             root, mnt_ns = "/", 0
     return TaskMeta(st.st_uid, st.st_gid, root, mnt_ns)
-
-
-RawRow = tuple[int, str, int, int, int, int, int, int, int, int, int, int, int, int, int, bytes]
-"""One fd as the readers return it: a plain tuple laid out as :class:`RawFd` (which the
-C reader does not take the time to build)."""
-
-
-InheritedRow = tuple[int, int]
-"""(fd, flags): an fd that the scan found to be the same open file description as its
-parent's fd of the same number (kcmp), so it read only its fdinfo (for close-on-exec, the
-one fact that belongs to the fd, not the description).  The rest is the parent's row."""
-
-ScanRow = RawRow | InheritedRow
-
-
-class RawFd(NamedTuple):
-    """The fields of a :data:`RawRow`, by name."""
-
-    fd: int
-    link: str
-    st_mode: int
-    st_dev: int
-    st_ino: int
-    st_rdev: int
-    st_nlink: int
-    st_uid: int
-    st_gid: int
-    st_size: int
-    st_mtime_ns: int
-    st_blocks: int
-    pos: int
-    flags: int
-    """As fdinfo says: O_CLOEXEC included when the fd is close-on-exec."""
-    mnt_id: int
-    fdinfo_rest: bytes
-    """The fdinfo lines after pos, flags, mnt_id and ino, unparsed."""
-
-
-def stat_fields(st: os.stat_result) -> tuple[int, int, int, int, int, int, int, int, int, int]:
-    """The stat fields asyckpt keeps, in the order of ``RawRow[2:12]`` and of
-    :class:`~asyckpt._plugins.StatInfo` (the C reader writes the same order)."""
-    return (
-        st.st_mode,
-        st.st_dev,
-        st.st_ino,
-        st.st_rdev,
-        st.st_nlink,
-        st.st_uid,
-        st.st_gid,
-        st.st_size,
-        st.st_mtime_ns,
-        st.st_blocks,
-    )
 
 
 _read_tables_c: (
@@ -219,6 +163,17 @@ def read_fd_tables(
     return out
 
 
+def _readlink_name(name: str, dfd: int | None = None) -> str:
+    """The link text, or "" when the kernel will not give it (a path longer than
+    PATH_MAX: ENAMETOOLONG), as the C reader does."""
+    try:
+        return os.readlink(name, dir_fd=dfd)
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            return ""
+        raise
+
+
 def _read_table_py(fd_dir: str, info_dir: str, parent: int = 0, tid: int = 0) -> list[ScanRow]:
     """The fallback for _fdscan.read_tables: the same result, several times slower."""
     from ._kernel import same_file
@@ -233,7 +188,7 @@ def _read_table_py(fd_dir: str, info_dir: str, parent: int = 0, tid: int = 0) ->
                 return []  # a zombie has no fd table left
             names.sort(key=int)
             out: list[ScanRow] = []
-            readlink, stat, read = os.readlink, os.stat, _read
+            stat, read = os.stat, _read
             for name in names:
                 try:
                     info = None
@@ -244,7 +199,7 @@ def _read_table_py(fd_dir: str, info_dir: str, parent: int = 0, tid: int = 0) ->
                         if b"lock:" not in info:
                             out.append((int(name), split_fdinfo(info)[1]))
                             continue
-                    link = readlink(name, dir_fd=dfd)
+                    link = _readlink_name(name, dfd)
                     st = stat(name, dir_fd=dfd)
                     if info is None:
                         info = read(name, dir_fd=ifd)
