@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -601,7 +600,7 @@ def _load_handlers(args: argparse.Namespace) -> Dispatch:
 def _cmd_show(args: argparse.Namespace) -> int:
     from ._image import read_image, read_image_fd
     from ._plugins.loading import image_plugins
-    from ._show import endpoints, render_endpoints, render_table, to_json_doc
+    from ._show import render_endpoints, render_table
 
     if args.image == "-":
         image = read_image_fd(sys.stdin.fileno(), name="standard input")
@@ -613,12 +612,11 @@ def _cmd_show(args: argparse.Namespace) -> int:
         return 0
     plugins = image_plugins(image.header.plugins, disabled=args.disable_plugin, enabled=args.plugin)
     if args.json:
-        doc = to_json_doc(image, plugins)
-        if args.endpoints:
-            doc["endpoints"] = [e.to_json() for e in endpoints(image)]
-        # allow_nan=False: the export is JSON (to_json_doc replaces what JSON cannot hold).
-        json.dump(doc, sys.stdout, indent=1, allow_nan=False)
-        sys.stdout.write("\n")
+        from ._jsonexport import iter_json_export
+
+        sys.stdout.flush()
+        for chunk in iter_json_export(image, plugins, with_endpoints=args.endpoints):
+            sys.stdout.buffer.write(chunk)
     elif args.endpoints:
         sys.stdout.write(render_endpoints(image) + "\n")
     else:
