@@ -65,8 +65,8 @@ def test_an_image_with_no_task_exports_empty_arrays(tmp_path: Path) -> None:
     image.write_bytes(build(records, counts=True))
     shown = run("show", str(image), "--json", "--endpoints")
     assert shown.returncode == 0, shown.stderr
-    assert b'"endpoints": [],' in shown.stdout  # format 3: in the header's field
-    assert shown.stdout.endswith(b'"tasks": [],\n "files": []\n}\n')
+    assert b'"endpoint_search": "system",' in shown.stdout  # the header's, apart from the array
+    assert shown.stdout.endswith(b'"tasks": [],\n "files": [],\n "endpoints": []\n}\n')
     assert shown.stdout == whole_document_text(image, True)
 
 

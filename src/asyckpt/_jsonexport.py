@@ -65,19 +65,11 @@ def _parts(
 ) -> Iterator[bytes]:
     parts = JsonParts(image, plugins)
     head = parts.head()
-    endpoints_last = False
-    if with_endpoints:
-        # As the document did (``doc["endpoints"] = ...``): a key of that name already
-        # there (format 3's header field) takes the array in its place, else it goes last.
-        if "endpoints" in head:
-            head["endpoints"] = [e.to_json() for e in endpoints(image)]
-        else:
-            endpoints_last = True
     # The head is a non-empty object: "{\n ...\n}"; the arrays continue it.
     yield _indented(head, 0)[: -len(b"\n}")]
     yield from _array("tasks", (parts.task(task) for task in image.tasks))
     yield from _array("files", (parts.file(f) for f in image.files.values()))
-    if endpoints_last:
+    if with_endpoints:
         yield from _array("endpoints", (e.to_json() for e in endpoints(image)))
     yield b"\n}\n"
 
