@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from ._errors import OutputError as OutputError
     from ._errors import PluginError as PluginError
     from ._errors import RendererError as RendererError
+    from ._errors import RestoreError as RestoreError
     from ._errors import StrictViolation as StrictViolation
     from ._errors import TargetError as TargetError
     from ._errors import UsageError as UsageError
@@ -66,6 +67,8 @@ if TYPE_CHECKING:
     from ._records import Owner as Owner
     from ._records import Task as Task
     from ._records import Trailer as Trailer
+    from ._restore import restore_table as restore_table
+    from ._restore_plan import RestorePlan as RestorePlan
     from ._watch import Look as Look
     from ._watch import WatchEvent as WatchEvent
     from ._watch import watch as watch
@@ -128,6 +131,9 @@ _LAZY = {
     "Owner": "._records",
     "Task": "._records",
     "Trailer": "._records",
+    "restore_table": "._restore",
+    "RestoreError": "._errors",
+    "RestorePlan": "._restore_plan",
     "Look": "._watch",
     "WatchEvent": "._watch",
     "watch": "._watch",

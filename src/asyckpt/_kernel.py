@@ -1,5 +1,5 @@
 """Thin wrappers for the syscalls Python's os module lacks: kcmp(2) (KCMP_EPOLL_TFD
-too), pidfd_getfd(2), the f_type of statfs(2), and the fcntls that read an open file
+too), pidfd_getfd(2), openat2(2), the f_type of statfs(2), and the fcntls that read an open file
 description's I/O owner.
 
 They are cheap (about a microsecond; KCMP_EPOLL_TFD walks the epoll's watches, so it
@@ -30,6 +30,8 @@ __all__ = [
     "KCMP_FILES",
     "RENAME_EXCHANGE",
     "RENAME_NOREPLACE",
+    "RESOLVE_IN_ROOT",
+    "RESOLVE_NO_MAGICLINKS",
     "OwnerRow",
     "dedup_rows",
     "fd_owner",
@@ -39,6 +41,7 @@ __all__ = [
     "kcmp_epoll_tfd",
     "kcmp_files",
     "kcmp_raw",
+    "openat2",
     "pidfd_getfd",
     "renameat2",
     "same_file",
@@ -266,3 +269,26 @@ def renameat2(dirfd: int, a: str, b: str, flags: int) -> None:
     if res != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), a, None, b)
+
+
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_IN_ROOT = 0x10
+_OPENAT2_NR = 437  # the unified syscall table: the same on every architecture
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = (("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64))
+
+
+def openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
+    """openat2(2) with mode 0: ``path`` resolved as ``resolve`` says (RESOLVE_IN_ROOT:
+    ``dirfd`` is the root, ``..`` and absolute symlinks stay inside it).  Raises OSError
+    (ENOSYS before Linux 5.6)."""
+    how = _OpenHow(flags, 0, resolve)
+    res = _syscall(
+        _OPENAT2_NR, dirfd, os.fsencode(path), ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))
+    )
+    if res < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return int(res)

@@ -1,0 +1,347 @@
+"""Rebuilding an fd table from a :class:`~asyckpt._restore_plan.RestorePlan` (the I/O).
+
+Two phases, so that a failure changes nothing: :func:`make` creates every open file
+description above the highest fd number of the plan (close-on-exec), checking each
+reopened file against the image, and closes all it made when one fails; :func:`install`
+then dups each to its fd numbers, which cannot fail for want of anything but the fd
+numbers themselves (already checked against RLIMIT_NOFILE).
+
+Paths are opened only with ``openat2`` under the root's directory fd, with
+RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS, first as O_PATH: the file is checked (type,
+device and inode, or with ``relaxed`` type and size) before it is opened for real,
+through our own O_PATH fd, so a file swapped in meanwhile is never opened.  Open flags
+never include O_CREAT, O_TRUNC, O_EXCL or O_TMPFILE (the plan removes them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import stat
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
+
+from ._decode import Image
+from ._kernel import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, openat2
+from ._restore_plan import (
+    Description,
+    EventFd,
+    Inode,
+    OpenPath,
+    Pipe,
+    PipeEnd,
+    Reopen,
+    RestoreError,
+    RestorePlan,
+    SocketEnd,
+    plan_table,
+)
+
+__all__ = ["Made", "close_all", "install", "make", "open_root", "restore_table"]
+
+_SHUTDOWN = {"read": socket.SHUT_RD, "write": socket.SHUT_WR, "both": socket.SHUT_RDWR}
+_F_SEAL_SEAL = 1
+
+
+class Made(NamedTuple):
+    """The descriptions made, one fd each (all at or above ``floor``, close-on-exec)."""
+
+    fds: list[int]
+    floor: int
+
+
+def nofile() -> int:
+    import resource
+
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def open_root(root: str) -> int:
+    """An O_PATH fd of the directory every path is resolved in."""
+    try:
+        return os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise RestoreError(f"--root {root}: {exc.strerror}") from None
+
+
+def _high(fd: int, floor: int) -> int:
+    """``fd`` moved to the lowest free number at or above ``floor``."""
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor)
+    finally:
+        os.close(fd)
+
+
+def close_all(fds: Iterable[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+class _Maker:
+    def __init__(self, plan: RestorePlan, root_fd: int, relaxed: bool, floor: int) -> None:
+        self.plan = plan
+        self.root_fd = root_fd
+        self.relaxed = relaxed
+        self.floor = floor
+        self.temp: list[int] = []  # inodes, pipes and pairs: closed once made
+        self.inodes: dict[int, int] = {}
+        self.pipes: dict[int, tuple[int, int]] = {}
+        self.pairs: dict[int, tuple[int, int]] = {}
+        self.taken: set[tuple[str, int, int]] = set()
+
+    def keep(self, fd: int) -> int:
+        high = _high(fd, self.floor)
+        self.temp.append(high)
+        return high
+
+    def description(self, d: Description) -> int:
+        make = d.make
+        if isinstance(make, OpenPath):
+            fd = self._open(make)
+        elif isinstance(make, Reopen):
+            fd = self._reopen(self._inode(make.inode), make.flags)
+        elif isinstance(make, PipeEnd):
+            fd = self._pipe_end(make)
+        elif isinstance(make, SocketEnd):
+            fd = self._socket_end(make)
+        else:
+            fd = self._eventfd(make)
+        try:
+            if d.setfl is not None:
+                fcntl.fcntl(fd, fcntl.F_SETFL, d.setfl)
+            if d.pos is not None:
+                os.lseek(fd, d.pos, os.SEEK_SET)
+            return _high(fd, self.floor)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+
+    def _open(self, make: OpenPath) -> int:
+        nofollow = os.O_NOFOLLOW if make.fmt == stat.S_IFLNK else 0
+        try:
+            opath = openat2(
+                self.root_fd,
+                make.path,
+                os.O_PATH | os.O_CLOEXEC | nofollow,
+                RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+            )
+        except OSError as exc:
+            raise _Failed(exc.strerror or str(exc)) from None
+        try:
+            st = os.fstat(opath)
+            self._check(make, st)
+            if make.flags & os.O_PATH:
+                return os.dup(opath)
+            # Through our own O_PATH fd: the very file just checked, never a re-resolution.
+            flags = (make.flags & ~os.O_NOFOLLOW) | os.O_CLOEXEC | os.O_NOCTTY
+            fd = os.open(f"/proc/self/fd/{opath}", flags)
+            if (os.fstat(fd).st_ino, os.fstat(fd).st_dev) != (st.st_ino, st.st_dev):
+                os.close(fd)
+                raise _Failed("the file changed while it was opened")
+            return fd
+        finally:
+            os.close(opath)
+
+    def _check(self, make: OpenPath, st: os.stat_result) -> None:
+        if stat.S_IFMT(st.st_mode) != make.fmt:
+            raise _Failed(
+                f"it is a {_fmt(st.st_mode)} now, not a {_fmt(make.fmt)} as in the image"
+            )
+        if make.fmt in (stat.S_IFCHR, stat.S_IFBLK) and st.st_rdev != make.rdev:
+            raise _Failed("another device now")
+        if (st.st_dev, st.st_ino) == (make.dev, make.ino):
+            return
+        if not self.relaxed:
+            raise _Failed(
+                f"another file now (inode {st.st_ino} on device {st.st_dev}, the image's "
+                f"{make.ino} on {make.dev}; --relaxed accepts one of the same type and size)"
+            )
+        if make.fmt == stat.S_IFREG and st.st_size != make.size:
+            raise _Failed(f"another file of size {st.st_size}, not {make.size} (--relaxed)")
+
+    def _reopen(self, base: int, flags: int) -> int:
+        return os.open(f"/proc/self/fd/{base}", flags | os.O_CLOEXEC | os.O_NOCTTY)
+
+    def _inode(self, index: int) -> int:
+        fd = self.inodes.get(index)
+        if fd is None:
+            fd = self.inodes[index] = self.keep(_memfd(self.plan.inodes[index]))
+        return fd
+
+    def _pipe_end(self, make: PipeEnd) -> int:
+        ends = self.pipes.get(make.pipe)
+        if ends is None:
+            r, w = _pipe(self.plan.pipes[make.pipe])
+            ends = self.pipes[make.pipe] = (self.keep(r), self.keep(w))
+        fd = ends[0 if make.end == "read" else 1]
+        key = ("pipe", make.pipe, fd)
+        if key in self.taken:  # a second description of this end
+            return self._reopen(fd, os.O_RDONLY if make.end == "read" else os.O_WRONLY)
+        self.taken.add(key)
+        return os.dup(fd)
+
+    def _socket_end(self, make: SocketEnd) -> int:
+        ends = self.pairs.get(make.pair)
+        if ends is None:
+            sotype = {
+                "stream": socket.SOCK_STREAM,
+                "dgram": socket.SOCK_DGRAM,
+                "seqpacket": socket.SOCK_SEQPACKET,
+            }[self.plan.pairs[make.pair].type]
+            a, b = socket.socketpair(socket.AF_UNIX, sotype)
+            ends = self.pairs[make.pair] = (self.keep(a.detach()), self.keep(b.detach()))
+        fd = os.dup(ends[make.end])
+        if make.shutdown is not None:
+            sock = socket.socket(fileno=os.dup(fd))
+            try:
+                sock.shutdown(_SHUTDOWN[make.shutdown])
+            finally:
+                sock.close()
+        return fd
+
+    def _eventfd(self, make: EventFd) -> int:
+        fd = os.eventfd(0, os.EFD_CLOEXEC | (os.EFD_SEMAPHORE if make.semaphore else 0))
+        if make.count:
+            os.eventfd_write(fd, make.count)
+        return fd
+
+
+class _Failed(Exception):
+    """Why one description could not be made (becomes a RestoreError naming the fd)."""
+
+
+def _fmt(mode: int) -> str:
+    return {
+        stat.S_IFREG: "regular file",
+        stat.S_IFDIR: "directory",
+        stat.S_IFLNK: "symlink",
+        stat.S_IFCHR: "character device",
+        stat.S_IFBLK: "block device",
+        stat.S_IFIFO: "FIFO",
+        stat.S_IFSOCK: "socket",
+    }.get(stat.S_IFMT(mode), "file")
+
+
+def _memfd(inode: Inode) -> int:
+    """A memfd holding the unlinked file's content, holes kept, then sealed."""
+    sealing = inode.seals != _F_SEAL_SEAL  # a memfd made without ALLOW_SEALING reads so
+    flags = os.MFD_CLOEXEC | (os.MFD_ALLOW_SEALING if sealing else 0)
+    fd = os.memfd_create(inode.name, flags)
+    try:
+        os.ftruncate(fd, inode.size)
+        for offset, data in inode.runs:
+            view = memoryview(data)
+            while view:
+                view = view[os.pwrite(fd, view, offset + len(data) - len(view)) :]
+        if sealing and inode.seals:
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, inode.seals)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _pipe(pipe: Pipe) -> tuple[int, int]:
+    """A pipe of the image's capacity with its queued data written back (packet by
+    packet when it held packets)."""
+    flags = os.O_CLOEXEC | (os.O_DIRECT if pipe.packets is not None else 0)
+    r, w = os.pipe2(flags)
+    try:
+        if fcntl.fcntl(w, fcntl.F_GETPIPE_SZ) != pipe.capacity:
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, pipe.capacity)
+        # Never blocks: more than the pipe holds is refused (EAGAIN), not waited for.
+        os.set_blocking(w, False)
+        sizes = pipe.packets if pipe.packets is not None else [len(pipe.data)]
+        offset = 0
+        for size in sizes:
+            chunk = memoryview(pipe.data)[offset : offset + size]
+            while chunk:
+                written = os.write(w, chunk)
+                chunk = chunk[written:]
+            offset += size
+        os.set_blocking(w, True)
+        return r, w
+    except BaseException:
+        close_all((r, w))
+        raise
+
+
+def _first_fd(plan: RestorePlan, index: int) -> int:
+    return next(s.fd for s in plan.fds if s.description == index)
+
+
+def make(plan: RestorePlan, *, root_fd: int, relaxed: bool = False) -> Made:
+    """Every description of the plan, made and checked, each at a fd at or above the
+    plan's highest fd number + 1.  On any failure, closes all it made and raises a
+    RestoreError naming pid, fd and kind: nothing else was changed."""
+    floor = max((s.fd for s in plan.fds), default=-1) + 1
+    limit = nofile()
+    if floor + len(plan.descriptions) + 8 > limit:
+        raise RestoreError(
+            f"restoring fds up to {floor - 1} needs {len(plan.descriptions) + 8} more free fd "
+            f"numbers above them, past RLIMIT_NOFILE ({limit})",
+            pid=plan.pid,
+        )
+    maker = _Maker(plan, root_fd, relaxed, floor)
+    made: list[int] = []
+    try:
+        for index, d in enumerate(plan.descriptions):
+            try:
+                made.append(maker.description(d))
+            except (OSError, _Failed) as exc:
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                path = d.make.path if isinstance(d.make, OpenPath) else ""
+                raise RestoreError(
+                    f"cannot restore a {d.kind}{f' ({path})' if path else ''}: {why}",
+                    pid=plan.pid,
+                    fd=_first_fd(plan, index),
+                ) from None
+    except BaseException:
+        close_all(made)
+        raise
+    finally:
+        close_all(maker.temp)
+    return Made(fds=made, floor=floor)
+
+
+def install(plan: RestorePlan, made: Made) -> None:
+    """Dup each description to its fd numbers (close-on-exec as the image says), then
+    close the made fds.  Whatever was at those numbers is closed by the dup."""
+    try:
+        for slot in plan.fds:
+            os.dup2(made.fds[slot.description], slot.fd, inheritable=not slot.cloexec)
+    finally:
+        close_all(made.fds)
+
+
+@contextlib.contextmanager
+def _root(root: str) -> Iterator[int]:
+    fd = open_root(root)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def restore_table(
+    image: Image,
+    pid: int,
+    *,
+    root: str = "/",
+    relaxed: bool = False,
+    skip: Iterable[str] = (),
+) -> RestorePlan:
+    """Rebuild, in the calling process, the fd table task ``pid`` had in ``image``: the
+    same fd numbers, flags, positions, close-on-exec and sharing between its fds.  The
+    fds at those numbers are replaced; other fds are left alone.  Raises RestoreError
+    (nothing changed) when a fd cannot be restored; returns the plan followed, whose
+    ``skipped`` lists the fds left out by ``skip``."""
+    plan = plan_table(image, pid, nofile=nofile(), skip=frozenset(skip))
+    with _root(root) as root_fd:
+        made = make(plan, root_fd=root_fd, relaxed=relaxed)
+    install(plan, made)
+    return plan

@@ -1,0 +1,151 @@
+"""``asyckpt restore IMAGE --pid PID (--hold | -- CMD [ARGS...])``.
+
+Every description is made and checked in this process (``_restore.make``), so a refusal
+is an ordinary error with nothing started.  Then a child is forked which installs them
+at their fd numbers, closes every other fd, and either holds the table (printing its pid
+here, waiting for SIGTERM) or execs CMD, where the fds marked close-on-exec vanish as
+they would have for the original task.  A status pipe (close-on-exec, above the plan's
+fd numbers) tells this process that the child is holding, or that CMD could not be run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from typing import TYPE_CHECKING
+
+from ._escape import escape
+from ._errors import RestoreError, UsageError
+
+if TYPE_CHECKING:
+    from ._restore_plan import RestorePlan
+
+__all__ = ["add_parser", "command"]
+
+_READY = b"ok"
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], epilog: str) -> None:
+    r = sub.add_parser(
+        "restore",
+        help="rebuild a task's fd table from an image",
+        description="Rebuild the fd table task PID had in IMAGE (same fd numbers, flags, "
+        "positions, close-on-exec, sharing) in a new process, then hold it (--hold: print "
+        "the holder's pid, wait for SIGTERM) or exec CMD.  Paths are opened under --root "
+        "only, never created or truncated, and checked against the image.  A kind not "
+        "restored is an error (exit 13) unless skipped with --skip KIND.",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument("image", metavar="IMAGE", help="the image")
+    r.add_argument("--pid", type=int, required=True, help="the task whose table to rebuild")
+    r.add_argument("--root", default="/", metavar="DIR", help="resolve paths in DIR (default: /)")
+    r.add_argument(
+        "--relaxed",
+        action="store_true",
+        help="accept another file of the same type (and size, for regular files) at a path",
+    )
+    r.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        metavar="KIND",
+        help="leave out the fds of this kind (reg, dir, pipe, socket...: docs/restore.md), "
+        "listing them",
+    )
+    r.add_argument("--hold", action="store_true", help="hold the table; print the holder's pid")
+    r.add_argument("cmd", nargs="*", metavar="-- CMD", help="the command to exec")
+
+
+def command(args: argparse.Namespace) -> int:
+    from ._image import read_image
+    from ._restore import close_all, install, make, nofile, open_root
+    from ._restore_plan import plan_table
+
+    if args.hold == bool(args.cmd):
+        raise UsageError("give --hold or -- CMD [ARGS...], one of them")
+    image = read_image(args.image)
+    plan = plan_table(image, args.pid, nofile=nofile(), skip=frozenset(args.skip))
+    del image
+    root_fd = open_root(args.root)
+    try:
+        made = make(plan, root_fd=root_fd, relaxed=args.relaxed)
+    finally:
+        os.close(root_fd)
+    for s in plan.skipped:
+        print(f"asyckpt: restore: skipped fd {s.fd} ({s.kind} {escape(s.path)})", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    status_r, status_w = os.pipe2(os.O_CLOEXEC)
+    if args.hold:
+        # Blocked before the fork: a SIGTERM sent as soon as the pid is known is waited
+        # for, not lost, whatever the child is doing then.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    pid = os.fork()
+    if pid == 0:
+        os.close(status_r)
+        _child(plan, made.fds, made.floor, status_w, args.cmd)  # never returns
+    if args.hold:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    os.close(status_w)
+    close_all(made.fds)
+    with os.fdopen(status_r, "rb") as status:
+        said = status.read(65536)
+    if args.hold:
+        if said != _READY:
+            os.waitpid(pid, 0)
+            raise RestoreError(f"the holder failed: {said.decode(errors='replace')}")
+        print(pid, flush=True)
+        return 0
+    if said:
+        os.waitpid(pid, 0)
+        raise RestoreError(f"cannot run {args.cmd[0]}: {said.decode(errors='replace')}")
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) % 256
+
+
+def _child(plan: RestorePlan, made: list[int], floor: int, status: int, cmd: list[str]) -> None:
+    """In the forked child: install, close every other fd, hold or exec.  Never
+    returns; reports through ``status`` (any output would go to restored fds)."""
+    try:
+        status = _above(status, max(floor, *made, 0) + 1)
+        if not cmd:
+            os.setsid()  # not killed with the terminal's process group: it holds until SIGTERM
+        from ._restore import Made, install
+
+        install(plan, Made(fds=made, floor=floor))
+        keep = sorted({s.fd for s in plan.fds} | {status})
+        for low, high in zip([-1, *keep], [*keep, nofile_limit()], strict=True):
+            if high > low + 1:  # os.closerange(n, n) would close every fd from n up
+                os.closerange(low + 1, high)
+        if cmd:
+            signal.pthread_sigmask(signal.SIG_SETMASK, set())
+            try:
+                os.execvp(cmd[0], cmd)
+            except OSError as exc:
+                os.write(status, (exc.strerror or str(exc)).encode())
+                os._exit(127)
+        os.write(status, _READY)
+        os.close(status)
+        signal.sigwait({signal.SIGTERM})
+        os._exit(0)
+    except BaseException as exc:  # nothing may unwind into the parent's code
+        try:
+            os.write(status, f"{type(exc).__name__}: {exc}".encode(errors="replace"))
+        finally:
+            os._exit(1)
+
+
+def _above(fd: int, floor: int) -> int:
+    import fcntl
+
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor)
+    os.close(fd)
+    return high
+
+
+def nofile_limit() -> int:
+    from ._restore import nofile
+
+    return nofile()

@@ -1,0 +1,411 @@
+"""From an image and a pid, a validated plan to rebuild that task's fd table (pure).
+
+Nothing here touches the system: the plan says which kernel objects to make (an
+unlinked file's inode, a pipe, a socketpair), which open file description each fd
+refers to and how to make it, and which fd numbers to install it at, every number
+checked against bounds first, so that the I/O side (``_restore``) never acts on a value
+an image merely claims.  A fd of a kind not restored is a :class:`RestoreError` naming
+pid, fd and kind, unless its kind is skipped; the plan lists what was skipped.
+
+One open file description of the image (a ``File``) is one :class:`Description`; every
+fd of the table naming it is a dup of it, so sharing within the table is kept.  Two
+descriptions of one unlinked inode (a memfd opened twice) reopen one :class:`Inode`.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import Literal
+
+import msgspec
+
+from ._errors import RestoreError, UsageError
+from ._decode import Image
+from ._records import File
+
+__all__ = [
+    "KINDS",
+    "MAX_UNLINKED_SIZE",
+    "Description",
+    "EventFd",
+    "FdSlot",
+    "Inode",
+    "OpenPath",
+    "Pipe",
+    "PipeEnd",
+    "Reopen",
+    "RestoreError",
+    "RestorePlan",
+    "Skipped",
+    "SocketEnd",
+    "SocketPair",
+    "fd_kind",
+    "plan_table",
+]
+
+KINDS = (
+    "reg", "dir", "path", "unlinked", "memfd", "chr", "blk", "fifo", "pipe", "socket",
+    "eventfd", "epoll", "timerfd", "signalfd", "inotify", "fanotify", "pidfd", "anon",
+)  # fmt: skip
+"""The words ``--skip`` takes: every kind of fd an image can hold."""
+
+RESTORED = frozenset({"reg", "dir", "path", "unlinked", "memfd", "chr", "pipe", "socket", "eventfd"})
+"""Kinds this version rebuilds (some only in part: :func:`plan_table` refuses the rest)."""
+
+MAX_UNLINKED_SIZE = 16 << 30
+"""The largest unlinked file (holes included) recreated: what one image can hold."""
+MAX_PIPE_SIZE = 1 << 30
+MAX_EVENTFD = 2**64 - 2
+MAX_PATH = 4095
+MAX_MEMFD_NAME = 249  # bytes: memfd_create(2)'s limit
+SEAL_MASK = 0x3F  # F_SEAL_SEAL .. F_SEAL_EXEC
+
+# /dev/null, /dev/zero, /dev/full, /dev/random, /dev/urandom: opening them does nothing
+# but hand out a file.  Other devices may act on open (a tape rewinds, a tty becomes
+# the controlling terminal), so they are not reopened.
+SAFE_DEVICES = frozenset({(1, 3), (1, 5), (1, 7), (1, 8), (1, 9)})
+
+# Open flags an image may not ask for: restore never creates or truncates.
+_O_TMPFILE_BIT = 0o20000000
+_NEVER = os.O_CREAT | os.O_EXCL | os.O_TRUNC | _O_TMPFILE_BIT | os.O_NOCTTY
+# What F_SETFL changes (fs/fcntl.c SETFL_MASK); O_ASYNC needs an owner, not restored.
+SETFL = os.O_APPEND | os.O_NONBLOCK | os.O_DIRECT | os.O_NOATIME
+_ACCESS = {"r": os.O_RDONLY, "w": os.O_WRONLY, "rw": os.O_RDWR, "path": os.O_PATH}
+_FMT = {"reg": stat.S_IFREG, "dir": stat.S_IFDIR, "link": stat.S_IFLNK, "chr": stat.S_IFCHR,
+        "blk": stat.S_IFBLK, "fifo": stat.S_IFIFO, "socket": stat.S_IFSOCK}  # fmt: skip
+_SOCK_TYPES = ("stream", "dgram", "seqpacket")
+
+
+class OpenPath(msgspec.Struct, tag="open", kw_only=True):
+    """Open ``path`` under the root: openat2 RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+    then checked against the image."""
+
+    path: str
+    flags: int
+    """For open(2): access mode and the flags the image records, never O_CREAT,
+    O_TRUNC, O_EXCL or O_TMPFILE."""
+    fmt: int
+    """The file type expected (S_IFREG...)."""
+    dev: int
+    ino: int
+    size: int
+    rdev: int
+
+
+class Reopen(msgspec.Struct, tag="reopen", kw_only=True):
+    """A new description of an :class:`Inode` this plan makes."""
+
+    inode: int
+    flags: int
+
+
+class PipeEnd(msgspec.Struct, tag="pipe", kw_only=True):
+    pipe: int
+    """Index into ``RestorePlan.pipes``."""
+    end: Literal["read", "write"]
+
+
+class SocketEnd(msgspec.Struct, tag="socket", kw_only=True):
+    pair: int
+    end: Literal[0, 1]
+    shutdown: Literal["read", "write", "both"] | None
+
+
+class EventFd(msgspec.Struct, tag="eventfd", kw_only=True):
+    count: int
+    semaphore: bool
+
+
+Make = OpenPath | Reopen | PipeEnd | SocketEnd | EventFd
+
+
+class Description(msgspec.Struct, kw_only=True):
+    """One open file description to make, then install at each of its fds."""
+
+    file: int
+    """The image's file id."""
+    kind: str
+    make: Make
+    setfl: int | None
+    """Flags to set with F_SETFL after making it (None: set at open)."""
+    pos: int | None
+    """The position to seek to (None: not seekable, or not restored for the kind)."""
+
+
+class FdSlot(msgspec.Struct, kw_only=True):
+    fd: int
+    description: int
+    """Index into ``RestorePlan.descriptions``."""
+    cloexec: bool
+
+
+class Inode(msgspec.Struct, kw_only=True):
+    """An unlinked file recreated as a memfd: its saved content written back at its
+    offsets, holes left as holes, then its seals."""
+
+    name: str
+    size: int
+    runs: list[tuple[int, bytes]]
+    seals: int
+
+
+class Pipe(msgspec.Struct, kw_only=True):
+    capacity: int
+    data: bytes
+    packets: list[int] | None
+    """Write ``data`` packet by packet (through an O_DIRECT end) when set."""
+
+
+class SocketPair(msgspec.Struct, kw_only=True):
+    type: Literal["stream", "dgram", "seqpacket"]
+
+
+class Skipped(msgspec.Struct, kw_only=True):
+    fd: int
+    kind: str
+    path: str
+
+
+class RestorePlan(msgspec.Struct, kw_only=True):
+    pid: int
+    inodes: list[Inode]
+    pipes: list[Pipe]
+    pairs: list[SocketPair]
+    descriptions: list[Description]
+    fds: list[FdSlot]
+    """Ascending by fd."""
+    skipped: list[Skipped]
+
+
+def _data(f: File) -> dict[str, object]:
+    """The handler's record as a plain map ({} when there is none)."""
+    try:
+        value = msgspec.msgpack.decode(f.data)
+    except (msgspec.DecodeError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def fd_kind(f: File) -> str:
+    """The ``--skip`` word for one open file description."""
+    tag = _data(f).get("kind")
+    if f.type == "anon":
+        if isinstance(tag, str) and tag.startswith("asyckpt.") and tag[8:] in KINDS:
+            return tag[8:]
+        name = f.path.removeprefix("anon_inode:").strip("[]")
+        return name if name in KINDS else "anon"
+    if f.access == "path":
+        return "path"
+    if tag == "asyckpt.memfd":
+        return "memfd"
+    if f.type == "reg" and f.deleted:
+        return "unlinked"
+    if f.type == "link":
+        return "path"
+    return f.type
+
+
+class _Refuse(Exception):
+    """A fd of this kind cannot be restored: why (becomes a RestoreError)."""
+
+
+def _int(value: object, lo: int, hi: int, what: str) -> int:
+    if type(value) is not int or not lo <= value <= hi:
+        raise _Refuse(f"{what} {value!r} out of range {lo}..{hi}")
+    return value
+
+
+class _Planner:
+    def __init__(self, image: Image, pid: int, skip: frozenset[str]) -> None:
+        self.image = image
+        self.pid = pid
+        self.skip = skip
+        self.plan = RestorePlan(
+            pid=pid, inodes=[], pipes=[], pairs=[], descriptions=[], fds=[], skipped=[]
+        )
+        self._desc: dict[int, int] = {}  # file id -> description index
+        self._inode: dict[tuple[str, int, int], int] = {}
+        self._pipe: dict[int, int] = {}  # pipe ino -> index
+        self._pair: dict[int, tuple[int, int]] = {}  # socket ino -> (pair, end)
+
+    def description(self, f: File, kind: str, table: list[File]) -> int:
+        index = self._desc.get(f.id)
+        if index is None:
+            make, setfl, pos = self._make(f, kind, table)
+            self.plan.descriptions.append(
+                Description(file=f.id, kind=kind, make=make, setfl=setfl, pos=pos)
+            )
+            index = self._desc[f.id] = len(self.plan.descriptions) - 1
+        return index
+
+    def _open_flags(self, f: File) -> int:
+        extra = f.flags & ~(os.O_ACCMODE | _NEVER | os.O_ASYNC | os.O_CLOEXEC)
+        return _ACCESS[f.access] | extra
+
+    def _make(self, f: File, kind: str, table: list[File]) -> tuple[Make, int | None, int | None]:
+        data = _data(f)
+        pos = _int(f.pos, 0, 2**63 - 1, "position")
+        if kind in ("reg", "dir", "path", "chr"):
+            if kind == "chr" and (os.major(f.rdev), os.minor(f.rdev)) not in SAFE_DEVICES:
+                raise _Refuse("a device other than null, zero, full, random, urandom")
+            if f.deleted or f.path_state in ("deleted", "deleted-linked"):
+                raise _Refuse("its path was unlinked and its content is not in the image")
+            if not f.path.startswith("/") or "\0" in f.path or len(f.path.encode()) > MAX_PATH:
+                raise _Refuse("no absolute path of at most 4095 bytes")
+            fmt = _FMT.get(f.type)
+            if fmt is None:
+                raise _Refuse(f"a {f.type} has no path")
+            flags = self._open_flags(f)
+            if kind == "path":
+                flags = os.O_PATH | (f.flags & os.O_NOFOLLOW) | (os.O_NOFOLLOW if f.type == "link" else 0)
+            if kind == "dir":
+                flags |= os.O_DIRECTORY
+            make = OpenPath(path=f.path, flags=flags, fmt=fmt, dev=f.dev, ino=f.ino,
+                            size=f.size, rdev=f.rdev)  # fmt: skip
+            return make, None, (pos if kind in ("reg", "dir") else None)
+        if kind in ("unlinked", "memfd"):
+            if data.get("hugetlb") is True:
+                raise _Refuse("a hugetlb memfd")
+            return Reopen(inode=self._inode_of(f, kind, data), flags=self._open_flags(f)), None, pos
+        if kind == "pipe":
+            return self._pipe_end(f, data, table)
+        if kind == "socket":
+            return self._socket_end(f, data, table), f.flags & SETFL, None
+        if kind == "eventfd":
+            count = _int(data.get("count"), 0, MAX_EVENTFD, "eventfd count")
+            semaphore = data.get("semaphore")
+            if not isinstance(semaphore, bool):
+                raise _Refuse("the image does not say whether it is a semaphore")
+            return EventFd(count=count, semaphore=semaphore), f.flags & SETFL, None
+        raise _Refuse("not restored by this version")
+
+    def _inode_of(self, f: File, kind: str, data: dict[str, object]) -> int:
+        size = _int(f.size, 0, MAX_UNLINKED_SIZE, "size")
+        if f.ghost == "saved" and f.ghost_file is not None:
+            key = ("ghost", f.ghost_file, 0)
+            runs = [(c.offset, c.data) for c in self.image.contents.get(f.ghost_file, [])]
+        elif size == 0:
+            key, runs = ("empty", f.dev, f.ino), []
+        else:
+            raise _Refuse(f"its content is not in the image (ghost {f.ghost})")
+        index = self._inode.get(key)
+        if index is not None:
+            return index
+        if kind == "memfd":
+            name = data.get("name")
+            if not isinstance(name, str) or "\0" in name or len(name.encode()) > MAX_MEMFD_NAME:
+                raise _Refuse("no memfd name of at most 249 bytes")
+            seals = data.get("seals")
+            seals = 0 if seals is None else _int(seals, 0, SEAL_MASK, "seals")
+        else:
+            name, seals = os.path.basename(f.path.removesuffix(" (deleted)"))[:64], 0
+        self.plan.inodes.append(Inode(name=name, size=size, runs=runs, seals=seals))
+        index = self._inode[key] = len(self.plan.inodes) - 1
+        return index
+
+    def _pipe_end(
+        self, f: File, data: dict[str, object], table: list[File]
+    ) -> tuple[Make, int | None, int | None]:
+        ino = _int(data.get("ino"), 1, 2**64 - 1, "pipe inode")
+        end = data.get("end")
+        if end not in ("read", "write"):
+            raise _Refuse(f"a pipe end {end!r}")
+        index = self._pipe.get(ino)
+        if index is None:
+            capacity = _int(data.get("capacity"), 4096, MAX_PIPE_SIZE, "pipe capacity")
+            queued = _int(data.get("queued", 0), 0, capacity, "queued bytes")
+            content, packets = self._queued(ino, queued, table)
+            self.plan.pipes.append(Pipe(capacity=capacity, data=content, packets=packets))
+            index = self._pipe[ino] = len(self.plan.pipes) - 1
+        return PipeEnd(pipe=index, end=end), f.flags & SETFL, None
+
+    def _queued(self, ino: int, queued: int, table: list[File]) -> tuple[bytes, list[int] | None]:
+        """The pipe's queued data, from the record of its read end that holds it."""
+        if queued == 0:
+            return b"", None
+        for other in table:
+            d = _data(other) if other.type == "pipe" else {}
+            if d.get("ino") == ino and isinstance(d.get("content"), bytes):
+                content = d["content"]
+                assert isinstance(content, bytes)
+                if d.get("content_truncated") or len(content) != queued:
+                    raise _Refuse(f"{queued} bytes queued, only {len(content)} in the image")
+                packets = d.get("packets")
+                if packets is None:
+                    return content, None
+                if (
+                    not isinstance(packets, list)
+                    or not all(type(n) is int and 0 < n <= 65536 for n in packets)
+                    or sum(packets) != len(content)
+                ):
+                    raise _Refuse("its packet lengths do not add up to its data")
+                return content, packets
+        raise _Refuse(f"{queued} bytes queued and not in the image (capture with --pipe-data)")
+
+    def _socket_end(self, f: File, data: dict[str, object], table: list[File]) -> Make:
+        ino = _int(data.get("ino"), 1, 2**64 - 1, "socket inode")
+        known = self._pair.get(ino)
+        shutdown = data.get("shutdown")
+        if shutdown not in (None, "read", "write", "both"):
+            raise _Refuse(f"shutdown {shutdown!r}")
+        if known is not None:
+            return SocketEnd(pair=known[0], end=1 if known[1] else 0, shutdown=shutdown)
+        sotype = data.get("type")
+        if data.get("family") != "unix" or sotype not in _SOCK_TYPES or data.get("name"):
+            raise _Refuse("only unix socketpairs within the table are restored")
+        peer = data.get("peer_ino")
+        peer_file = next(
+            (o for o in table if o.type == "socket" and o.id != f.id and _data(o).get("ino") == peer),
+            None,
+        )
+        if peer_file is None or _data(peer_file).get("peer_ino") != ino:
+            raise _Refuse("its peer is not in the table")
+        for side in (data, _data(peer_file)):
+            if side.get("recv_queue") not in (None, 0):
+                raise _Refuse("data queued in a socket is not in the image")
+        self.plan.pairs.append(SocketPair(type=sotype))
+        pair = len(self.plan.pairs) - 1
+        self._pair[ino] = (pair, 0)
+        assert isinstance(peer, int)
+        self._pair[peer] = (pair, 1)
+        return SocketEnd(pair=pair, end=0, shutdown=shutdown)
+
+
+def plan_table(
+    image: Image, pid: int, *, nofile: int, skip: frozenset[str] = frozenset()
+) -> RestorePlan:
+    """The plan to rebuild the fd table of task ``pid`` of ``image``, each fd number
+    below ``nofile`` (the restoring process's RLIMIT_NOFILE).  Raises RestoreError,
+    naming pid, fd and kind, for the first fd it cannot restore and whose kind is not in
+    ``skip``."""
+    unknown = sorted(skip - set(KINDS))
+    if unknown:
+        raise UsageError(f"--skip {unknown[0]}: not a kind ({', '.join(KINDS)})")
+    task = next((t for t in image.tasks if t.pid == pid), None)
+    if task is None:
+        raise RestoreError(f"the image holds no task {pid}", pid=pid)
+    if task.fd_table is None:
+        raise RestoreError("a zombie has no fd table to restore", pid=pid)
+    fds = image.fds(task.fd_table)
+    table = [f for _, f in fds]
+    planner = _Planner(image, pid, skip)
+    for fd, f in fds:
+        kind = fd_kind(f)
+        if fd.fd >= nofile:
+            raise RestoreError(
+                f"fd {fd.fd} is not below RLIMIT_NOFILE ({nofile})", pid=pid, fd=fd.fd
+            )
+        if kind in skip:
+            planner.plan.skipped.append(Skipped(fd=fd.fd, kind=kind, path=f.path))
+            continue
+        try:
+            index = planner.description(f, kind, table)
+        except _Refuse as why:
+            raise RestoreError(
+                f"cannot restore a {kind} ({f.path}): {why} (--skip {kind} leaves it out)",
+                pid=pid,
+                fd=fd.fd,
+            ) from None
+        planner.plan.fds.append(FdSlot(fd=fd.fd, description=index, cloexec=fd.cloexec))
+    return planner.plan

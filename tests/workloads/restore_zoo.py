@@ -1,0 +1,78 @@
+"""One process holding every kind of fd ``asyckpt restore`` rebuilds, for
+tests/test_restore.py.
+
+Usage: restore_zoo.py WORKDIR.  Prints one JSON line (its pid and the fd numbers), then
+idles until killed.  Its stdin and stderr are /dev/null; its stdout stays the pipe the
+test reads (one end of a pipe whose other end is outside the table).
+"""
+
+import fcntl
+import json
+import os
+import signal
+import socket
+import sys
+
+work = sys.argv[1]
+null = os.open("/dev/null", os.O_RDWR)
+os.dup2(null, 0)
+os.dup2(null, 2)
+os.close(null)
+fds = {}
+
+# A regular file opened for append, moved; shared by two fds (dup) and a third, cloexec.
+path = os.path.join(work, "data.txt")
+with open(path, "wb") as f:
+    f.write(b"0123456789" * 100)
+reg = os.open(path, os.O_RDWR | os.O_APPEND)
+os.lseek(reg, 123, os.SEEK_SET)
+fds["reg"] = reg
+fds["reg_dup"] = os.dup(reg)  # not inheritable: close-on-exec
+os.set_inheritable(reg, True)
+ro = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+os.lseek(ro, 7, os.SEEK_SET)
+fds["reg_ro"] = ro
+fds["dir"] = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
+fds["opath"] = os.open(path, os.O_PATH)
+fds["null"] = os.open("/dev/null", os.O_WRONLY)
+
+# A pipe with data queued, both ends in the table; a packet pipe; a pipe whose write
+# end alone is kept.
+r, w = os.pipe()
+fcntl.fcntl(r, fcntl.F_SETPIPE_SZ, 65536 * 2)
+os.write(w, b"queued bytes\n")
+os.set_blocking(r, False)
+fds["pipe_r"], fds["pipe_w"] = r, w
+pr, pw = os.pipe2(os.O_DIRECT)
+for packet in (b"one", b"two two", b"three"):
+    os.write(pw, packet)
+fds["packet_r"], fds["packet_w"] = pr, pw
+lone_r, lone_w = os.pipe()
+os.close(lone_r)
+fds["lone_w"] = lone_w
+
+# eventfds: a counter and a non-blocking semaphore.
+fds["eventfd"] = os.eventfd(41)
+os.eventfd_write(fds["eventfd"], 1)
+fds["semaphore"] = os.eventfd(3, os.EFD_SEMAPHORE | os.EFD_NONBLOCK)
+
+# A sealed memfd with a hole, and an unlinked regular file with content.
+m = os.memfd_create("zoo memfd", os.MFD_ALLOW_SEALING)
+os.pwrite(m, b"head", 0)
+os.pwrite(m, b"tail", 3 * 65536)
+fcntl.fcntl(m, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
+os.lseek(m, 2, os.SEEK_SET)
+fds["memfd"] = m
+gone = os.path.join(work, "gone.bin")
+g = os.open(gone, os.O_RDWR | os.O_CREAT, 0o600)
+os.write(g, b"unlinked content")
+os.unlink(gone)
+fds["unlinked"] = g
+
+# A connected unix socketpair, one end shut for writing.
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+b.shutdown(socket.SHUT_WR)
+fds["sock_a"], fds["sock_b"] = a.detach(), b.detach()
+
+print(json.dumps({"pid": os.getpid(), "fds": fds}), flush=True)
+signal.pause()
