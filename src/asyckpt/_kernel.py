@@ -286,7 +286,11 @@ def openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
     (ENOSYS before Linux 5.6)."""
     how = _OpenHow(flags, 0, resolve)
     res = _syscall(
-        _OPENAT2_NR, dirfd, os.fsencode(path), ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))
+        _OPENAT2_NR,
+        dirfd,
+        os.fsencode(path),
+        ctypes.byref(how),
+        ctypes.c_size_t(ctypes.sizeof(how)),
     )
     if res < 0:
         err = ctypes.get_errno()

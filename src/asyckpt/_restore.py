@@ -148,9 +148,7 @@ class _Maker:
 
     def _check(self, make: OpenPath, st: os.stat_result) -> None:
         if stat.S_IFMT(st.st_mode) != make.fmt:
-            raise _Failed(
-                f"it is a {_fmt(st.st_mode)} now, not a {_fmt(make.fmt)} as in the image"
-            )
+            raise _Failed(f"it is a {_fmt(st.st_mode)} now, not a {_fmt(make.fmt)} as in the image")
         if make.fmt in (stat.S_IFCHR, stat.S_IFBLK) and st.st_rdev != make.rdev:
             raise _Failed("another device now")
         if (st.st_dev, st.st_ino) == (make.dev, make.ino):

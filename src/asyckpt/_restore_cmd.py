@@ -14,10 +14,10 @@ import argparse
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ._escape import escape
 from ._errors import RestoreError, UsageError
+from ._escape import escape
 
 if TYPE_CHECKING:
     from ._restore_plan import RestorePlan
@@ -27,7 +27,7 @@ __all__ = ["add_parser", "command"]
 _READY = b"ok"
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], epilog: str) -> None:
+def add_parser(sub: argparse._SubParsersAction[Any], epilog: str) -> None:
     r = sub.add_parser(
         "restore",
         help="rebuild a task's fd table from an image",
@@ -61,7 +61,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], epilog:
 
 def command(args: argparse.Namespace) -> int:
     from ._image import read_image
-    from ._restore import close_all, install, make, nofile, open_root
+    from ._restore import close_all, make, nofile, open_root
     from ._restore_plan import plan_table
 
     if args.hold == bool(args.cmd):

@@ -20,8 +20,8 @@ from typing import Literal
 
 import msgspec
 
-from ._errors import RestoreError, UsageError
 from ._decode import Image
+from ._errors import RestoreError, UsageError
 from ._records import File
 
 __all__ = [
@@ -50,7 +50,9 @@ KINDS = (
 )  # fmt: skip
 """The words ``--skip`` takes: every kind of fd an image can hold."""
 
-RESTORED = frozenset({"reg", "dir", "path", "unlinked", "memfd", "chr", "pipe", "socket", "eventfd"})
+RESTORED = frozenset(
+    {"reg", "dir", "path", "unlinked", "memfd", "chr", "pipe", "socket", "eventfd"}
+)
 """Kinds this version rebuilds (some only in part: :func:`plan_table` refuses the rest)."""
 
 MAX_UNLINKED_SIZE = 16 << 30
@@ -74,7 +76,12 @@ SETFL = os.O_APPEND | os.O_NONBLOCK | os.O_DIRECT | os.O_NOATIME
 _ACCESS = {"r": os.O_RDONLY, "w": os.O_WRONLY, "rw": os.O_RDWR, "path": os.O_PATH}
 _FMT = {"reg": stat.S_IFREG, "dir": stat.S_IFDIR, "link": stat.S_IFLNK, "chr": stat.S_IFCHR,
         "blk": stat.S_IFBLK, "fifo": stat.S_IFIFO, "socket": stat.S_IFSOCK}  # fmt: skip
-_SOCK_TYPES = ("stream", "dgram", "seqpacket")
+SockType = Literal["stream", "dgram", "seqpacket"]
+_SOCK_TYPES: dict[object, SockType] = {
+    "stream": "stream",
+    "dgram": "dgram",
+    "seqpacket": "seqpacket",
+}
 
 
 class OpenPath(msgspec.Struct, tag="open", kw_only=True):
@@ -158,7 +165,7 @@ class Pipe(msgspec.Struct, kw_only=True):
 
 
 class SocketPair(msgspec.Struct, kw_only=True):
-    type: Literal["stream", "dgram", "seqpacket"]
+    type: SockType
 
 
 class Skipped(msgspec.Struct, kw_only=True):
@@ -194,6 +201,7 @@ def fd_kind(f: File) -> str:
         if isinstance(tag, str) and tag.startswith("asyckpt.") and tag[8:] in KINDS:
             return tag[8:]
         name = f.path.removeprefix("anon_inode:").strip("[]")
+        name = "epoll" if name == "eventpoll" else name
         return name if name in KINDS else "anon"
     if f.access == "path":
         return "path"
@@ -258,7 +266,11 @@ class _Planner:
                 raise _Refuse(f"a {f.type} has no path")
             flags = self._open_flags(f)
             if kind == "path":
-                flags = os.O_PATH | (f.flags & os.O_NOFOLLOW) | (os.O_NOFOLLOW if f.type == "link" else 0)
+                flags = (
+                    os.O_PATH
+                    | (f.flags & os.O_NOFOLLOW)
+                    | (os.O_NOFOLLOW if f.type == "link" else 0)
+                )
             if kind == "dir":
                 flags |= os.O_DIRECTORY
             make = OpenPath(path=f.path, flags=flags, fmt=fmt, dev=f.dev, ino=f.ino,
@@ -356,7 +368,11 @@ class _Planner:
             raise _Refuse("only unix socketpairs within the table are restored")
         peer = data.get("peer_ino")
         peer_file = next(
-            (o for o in table if o.type == "socket" and o.id != f.id and _data(o).get("ino") == peer),
+            (
+                o
+                for o in table
+                if o.type == "socket" and o.id != f.id and _data(o).get("ino") == peer
+            ),
             None,
         )
         if peer_file is None or _data(peer_file).get("peer_ino") != ino:
@@ -364,7 +380,7 @@ class _Planner:
         for side in (data, _data(peer_file)):
             if side.get("recv_queue") not in (None, 0):
                 raise _Refuse("data queued in a socket is not in the image")
-        self.plan.pairs.append(SocketPair(type=sotype))
+        self.plan.pairs.append(SocketPair(type=_SOCK_TYPES[sotype]))
         pair = len(self.plan.pairs) - 1
         self._pair[ino] = (pair, 0)
         assert isinstance(peer, int)
