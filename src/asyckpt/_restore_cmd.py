@@ -56,7 +56,27 @@ def add_parser(sub: argparse._SubParsersAction[Any], epilog: str) -> None:
         "listing them",
     )
     r.add_argument("--hold", action="store_true", help="hold the table; print the holder's pid")
-    r.add_argument("cmd", nargs="*", metavar="-- CMD", help="the command to exec")
+    r.usage = "%(prog)s IMAGE --pid PID [options] (--hold | -- CMD [ARGS...])"
+    r.__class__ = type("RestoreParser", (_CommandAfterDashes, type(r)), {})
+
+
+class _CommandAfterDashes(argparse.ArgumentParser):
+    """Everything after the first ``--`` is CMD, wherever IMAGE and the options are
+    (argparse itself would give a trailing ``nargs="*"`` positional nothing once IMAGE
+    came before the options)."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        args = list(sys.argv[1:] if args is None else args)
+        cmd: list[str] = []
+        if "--" in args:
+            cut = args.index("--")
+            args, cmd = args[:cut], args[cut + 1 :]
+        parsed, extra = super().parse_known_args(args, namespace)
+        assert parsed is not None
+        parsed.cmd = cmd
+        return parsed, extra
 
 
 def command(args: argparse.Namespace) -> int:
