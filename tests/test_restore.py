@@ -314,3 +314,30 @@ def test_hostile_names_and_numbers(hold: Any, tmp_path: Path) -> None:
     one_line_error(proc, 2, "--hold or -- CMD")
     (tmp_path / "bad.ackpt").write_bytes(b"\x89ACKPT\r\n\x1a\n" + bytes(4))
     one_line_error(hold(tmp_path / "bad.ackpt", 100), 6)
+
+
+LIBRARY = """
+import fcntl, json, os, sys
+import asyckpt
+out = fcntl.fcntl(os.open(sys.argv[3], os.O_WRONLY), fcntl.F_DUPFD_CLOEXEC, 500)
+plan = asyckpt.restore_table(asyckpt.read_image(sys.argv[1]), int(sys.argv[2]))
+fds = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
+seen = {"restored": [s.fd for s in plan.fds], "fds": fds, "reg": os.lseek(3, 0, os.SEEK_CUR)}
+os.write(out, json.dumps(seen).encode())
+"""
+
+
+def test_restore_table_in_the_calling_process(spawn: Any, tmp_path: Path) -> None:
+    tree: Tree = spawn(WORKLOADS / "restore_zoo.py")
+    image = capture(tree.pid, tmp_path / "a.ackpt")
+    (task,) = image.tasks
+    out = tmp_path / "seen.json"
+    out.touch()
+    argv = [sys.executable, "-c", LIBRARY, str(tmp_path / "a.ackpt"), str(tree.pid), str(out)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(out.read_text())
+    numbers = [fd.fd for fd, _ in image.fds(task.fd_table)]
+    assert seen["restored"] == numbers
+    assert set(numbers) <= set(seen["fds"])  # and the caller's own (500, listdir's) stay
+    assert 500 in seen["fds"] and seen["reg"] == 123
