@@ -14,8 +14,8 @@ Two ways of running the trio pipeline from asyncio are measured side by side:
 
 Each round captures the tree once per mode (images written to a temporary directory,
 then removed), after one warm-up capture per mode that is reported but not counted.
-The tree (``spawn_tree.py CHILDREN FDS``) is killed by its process group at the end,
-also on Ctrl-C.  Needs root and the shared workloads (``--workloads``).
+The tree (``python -m asyckpt.testing.spawn_tree CHILDREN FDS``) is killed by its
+process group at the end, also on Ctrl-C.  Needs root.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import trio
@@ -39,7 +38,6 @@ import asyckpt
 import asyckpt.aio
 
 HEARTBEAT = 0.005
-DEFAULT_WORKLOADS = Path(__file__).resolve().parents[2] / "shared" / "workloads"
 
 
 async def guest_checkpoint(pid: int, dest: str) -> asyckpt.CaptureSummary:
@@ -113,7 +111,6 @@ async def idle_gap(seconds: float) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--workloads", type=Path, default=DEFAULT_WORKLOADS)
     p.add_argument("--children", type=int, default=20)
     p.add_argument("--fds", type=int, default=500)
     p.add_argument("--repeat", type=int, default=5)
@@ -125,7 +122,8 @@ def main() -> None:
         tree = subprocess.Popen(
             [
                 sys.executable,
-                str(args.workloads / "spawn_tree.py"),
+                "-m",
+                "asyckpt.testing.spawn_tree",
                 str(args.children),
                 str(args.fds),
             ],
@@ -160,7 +158,7 @@ def main() -> None:
 
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
-        f"\n{args.children + 1} tasks (spawn_tree.py {args.children} {args.fds}); "
+        f"\n{args.children + 1} tasks (spawn_tree {args.children} {args.fds}); "
         f"{args.repeat} rounds after a warm-up; load average after: {load}\n"
     )
     print("| mode | longest gap ms, median | longest gap ms, max | capture ms, median |")

@@ -2,9 +2,10 @@
 back excluded: building the graph and writing DOT, in process, best of --repeat) and
 Graphviz's (``dot -Tsvg``, wall time, best of --repeat), with the sizes drawn.
 
-    sudo python bench/graph.py [--workloads DIR] [--per N] [--repeat N]
+    sudo python bench/graph.py [--per N] [--repeat N]
 
-Trees are ``spawn_tree.py CHILDREN PER`` (bench/run.py starts and kills them); needs
+Trees are ``python -m asyckpt.testing.spawn_tree CHILDREN PER`` (bench/run.py starts and
+kills them); needs
 root (the capture) and Graphviz's ``dot``.  Prints a Markdown table (docs/graph.md).
 """
 
@@ -19,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from run import ASYCKPT, DEFAULT_WORKLOADS, _become_subreaper, spawned_tree, warn
+from run import ASYCKPT, _become_subreaper, spawned_tree, warn
 
 from asyckpt import read_image
 from asyckpt._graph import build_graph, to_dot
@@ -38,7 +39,6 @@ def best(repeat: int, fn: Callable[[], object]) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--workloads", type=Path, default=DEFAULT_WORKLOADS)
     p.add_argument("--per", type=int, default=6, help="fds per task (default 6)")
     p.add_argument("--repeat", type=int, default=5)
     args = p.parse_args()
@@ -53,7 +53,7 @@ def main() -> None:
         tmp = Path(name)
         for children in SIZES:
             image = tmp / f"t{children}.ackpt"
-            with spawned_tree(args.workloads, children, args.per, tmp) as (root, _):
+            with spawned_tree(children, args.per, tmp) as (root, _):
                 subprocess.run([*ASYCKPT, "tree", str(root), "-o", str(image), "-q"], check=True)
             img = read_image(image)
             graph = build_graph(img)

@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Benchmark asyckpt against lsof and a C "floor" scanner, side by side, in one run.
 
-For a tree made by the shared workload ``spawn_tree.py``, each repetition runs, in a
+For a tree made by ``python -m asyckpt.testing.spawn_tree``, each repetition runs, in a
 rotating order so all three see the same machine state:
 
 * ``asyckpt tree ROOT -o IMG --force -q`` (wall time end to end, peak RSS), then reads
   freezing_ms / frozen_ms / capture_ms back with ``asyckpt show IMG --json``;
 * ``lsof -n -P -p PID,PID,...`` (wall time, output discarded);
-* ``floor_scan PID PID ...``, compiled here with ``cc -O2``: per fd one readlink, one
+* ``floor_scan PID PID ...`` (``floor_scan.c`` beside this file), compiled here with
+  ``cc -O2``: per fd one readlink, one
   stat and one fdinfo read, in one thread: what reading the same /proc data must cost.
 
 It prints Markdown tables (for docs/performance.md) with medians, and a second table for trees of
@@ -41,8 +42,10 @@ from pathlib import Path
 from typing import IO, Any
 
 import asyckpt
+from asyckpt.testing.spawn_tree import fds_opened
 
-DEFAULT_WORKLOADS = Path(__file__).resolve().parents[2] / "shared" / "workloads"
+FLOOR_SOURCE = Path(__file__).resolve().parent / "floor_scan.c"
+SPAWN_TREE = [sys.executable, "-m", "asyckpt.testing.spawn_tree"]
 ASYCKPT = [sys.executable, "-m", "asyckpt"]
 TOOLS = ("asyckpt", "lsof", "floor", "startup", "python")
 PR_SET_CHILD_SUBREAPER = 36
@@ -198,11 +201,6 @@ def compile_c(source: str | Path, out: Path) -> Path:
     return out
 
 
-def _held_fds(per: int) -> int:
-    """How many fds spawn_tree's fill(per) opens: pipes and socketpairs take two."""
-    return sum(2 if i % 6 in (4, 5) else 1 for i in range(per)) + 1
-
-
 def _cgroup_mounts() -> list[tuple[str, set[str], str]]:
     """(fstype, super options, mount point) of every cgroup and cgroup2 mount."""
     mounts = []
@@ -255,7 +253,7 @@ def preflight(children: int, per: int) -> None:
     """Refuse a tree that the fd or task limits would make spawn_tree fail on."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     # A child holds the root's fds (inherited) plus its own, plus a few.
-    need = 2 * _held_fds(per) + 32
+    need = 2 * fds_opened(per) + 32
     if hard != resource.RLIM_INFINITY and need > hard:
         raise BenchError(
             f"{per} fds per task needs about {need} open files per process, but the hard "
@@ -360,13 +358,12 @@ def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def spawned_tree(
-    workloads: Path, children: int, per: int, tmp: Path
-) -> Iterator[tuple[int, list[int]]]:
-    """Start ``spawn_tree.py children per``; yield (root pid, all pids); always kill it."""
+def spawned_tree(children: int, per: int, tmp: Path) -> Iterator[tuple[int, list[int]]]:
+    """Start ``python -m asyckpt.testing.spawn_tree children per``; yield (root pid, all
+    pids); always kill it."""
     preflight(children, per)
     proc = subprocess.Popen(
-        [sys.executable, str(workloads / "spawn_tree.py"), str(children), str(per)],
+        [*SPAWN_TREE, str(children), str(per)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         cwd=tmp,
@@ -494,7 +491,7 @@ def bench_tree(
 ) -> Series:
     """Warm-up rounds, then ``repeat`` measured rounds, each tool once per round."""
     series = Series(children, per)
-    with spawned_tree(args.workloads, children, per, tmp) as (root, pids):
+    with spawned_tree(children, per, tmp) as (root, pids):
         image = tmp / f"tree-{root}.ackpt"
         steps = {
             "asyckpt": lambda rep: measure_asyckpt(runner, root, image, rep, series),
@@ -595,7 +592,7 @@ def main_table(s: Series, warmup: int) -> str:
     ]
     out = [
         f"{s.tasks} tasks, {s.fds:,} fds, {s.files:,} open file descriptions "
-        f"(`spawn_tree.py {s.children} {s.per_task}`); {len(s.reps)} repetitions "
+        f"(`spawn_tree {s.children} {s.per_task}`); {len(s.reps)} repetitions "
         f"after {warmup} warm-up, tools interleaved; times are wall-clock ms.",
         "",
         "| measurement | median ms | min–max ms | peak RSS MiB |",
@@ -663,13 +660,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "about a minute on 2 cores.",
     )
     p.add_argument(
-        "--workloads",
-        type=Path,
-        default=DEFAULT_WORKLOADS,
-        metavar="DIR",
-        help="directory with spawn_tree.py and floor_scan.c (default: %(default)s)",
-    )
-    p.add_argument(
         "--children", type=int, default=20, help="children of the main tree (default: 20)"
     )
     p.add_argument(
@@ -733,9 +723,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--repeat must be at least 1 and --warmup at least 0")
     if min([args.children, args.fds, args.scale_fds, *args.scale_children]) < 0:
         p.error("tree sizes must not be negative")
-    for name in ("spawn_tree.py", "floor_scan.c"):
-        if not (args.workloads / name).is_file():
-            p.error(f"{args.workloads / name} not found (see --workloads)")
     return args
 
 
@@ -772,15 +759,15 @@ def bytecode_env(tmp: Path) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace, tmp: Path) -> None:
-    floor = compile_c(args.workloads / "floor_scan.c", tmp / "floor_scan")
+    floor = compile_c(FLOOR_SOURCE, tmp / "floor_scan")
     runner = Runner(tmp, None if args.compile_each_run else bytecode_env(tmp))
 
-    progress(f"main tree: spawn_tree.py {args.children} {args.fds}")
+    progress(f"main tree: spawn_tree {args.children} {args.fds}")
     main_series = bench_tree(args, runner, floor, tmp, args.children, args.fds, args.repeat)
     scale_series = []
     if args.scales:
         for children in args.scale_children:
-            progress(f"scales: spawn_tree.py {children} {args.scale_fds}")
+            progress(f"scales: spawn_tree {children} {args.scale_fds}")
             scale_series.append(
                 bench_tree(args, runner, floor, tmp, children, args.scale_fds, args.repeat)
             )
@@ -795,7 +782,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     if scale_series:
         print()
         print(
-            f"Scaling ({args.scale_fds} FDS_PER_CHILD, so ~{2 * _held_fds(args.scale_fds)} "
+            f"Scaling ({args.scale_fds} FDS_PER_CHILD, so ~{2 * fds_opened(args.scale_fds)} "
             "fds per child; medians; floor = the C floor scanner over the same pids):"
         )
         print()

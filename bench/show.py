@@ -2,13 +2,13 @@
 each renderer (table, endpoints, the JSON export encoded), in process, CPU time, best of
 --repeat (CPU time, not wall time: other work on the machine moves it less).
 
-    sudo python bench/show.py [--workloads DIR] [--children N] [--per N] [--repeat N]
+    sudo python bench/show.py [--children N] [--per N] [--repeat N]
     python bench/show.py --image IMG [--repeat N]
 
-Without --image, a ``spawn_tree.py CHILDREN PER`` tree (default 20 500: the 27,000-fd
-tree of bench/run.py) is captured, then killed (bench/run.py starts and kills it; the
-capture needs root).  To compare two versions of asyckpt on one image, run this with each
-(``PYTHONPATH=OTHER/src``).  Prints a Markdown table (docs/performance.md).
+Without --image, a ``python -m asyckpt.testing.spawn_tree CHILDREN PER`` tree (default
+20 500: the 27,000-fd tree of bench/run.py) is captured, then killed (bench/run.py starts
+and kills it; the capture needs root).  To compare two versions of asyckpt on one image,
+run this with each (``PYTHONPATH=OTHER/src``).  Prints a Markdown table (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from run import ASYCKPT, DEFAULT_WORKLOADS, _become_subreaper, spawned_tree, warn
+from run import ASYCKPT, _become_subreaper, spawned_tree, warn
 
 from asyckpt import read_image
 from asyckpt._plugins import image_plugins
@@ -66,7 +66,6 @@ def measure(image: Path, repeat: int) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--image", type=Path, help="measure this image (no tree is started)")
-    p.add_argument("--workloads", type=Path, default=DEFAULT_WORKLOADS)
     p.add_argument("--children", type=int, default=20)
     p.add_argument("--per", type=int, default=500, help="fds per task (default 500)")
     p.add_argument("--repeat", type=int, default=7)
@@ -79,7 +78,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="asyckpt-bench-show-") as name:
         tmp = Path(name)
         image = tmp / "big.ackpt"
-        with spawned_tree(args.workloads, args.children, args.per, tmp) as (root, _):
+        with spawned_tree(args.children, args.per, tmp) as (root, _):
             subprocess.run([*ASYCKPT, "tree", str(root), "-o", str(image), "-q"], check=True)
         measure(image, args.repeat)
 

@@ -3,7 +3,7 @@
 
 A library capture leaves the interpreter as the embedding program set it; the
 ``asyckpt`` command asks for ``tune_interpreter=True`` (the cyclic collector paused, a
-0.5 ms switch interval).  This captures one ``spawn_tree.py`` tree in-process with
+0.5 ms switch interval).  This captures one ``asyckpt.testing.spawn_tree`` tree in-process with
 ``checkpoint_tree``, alternating untuned and tuned captures (the order flips every
 round), and prints the medians of ``frozen_ms`` and ``capture_ms`` as a Markdown table.
 
@@ -30,12 +30,11 @@ import asyckpt
 from asyckpt import CaptureOptions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import DEFAULT_WORKLOADS, _become_subreaper, spawned_tree, warn
+from run import _become_subreaper, spawned_tree, warn
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--workloads", type=Path, default=DEFAULT_WORKLOADS, metavar="DIR")
     p.add_argument("--children", type=int, default=20, help="default: 20")
     p.add_argument("--fds", type=int, default=500, help="FDS_PER_CHILD (default: 500)")
     p.add_argument("--repeat", type=int, default=9, help="rounds measured (default: 9)")
@@ -53,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs: dict[bool, list[asyckpt.CaptureSummary]] = {False: [], True: []}
     with tempfile.TemporaryDirectory(prefix="asyckpt-tuning-") as tmp:
         dest = Path(tmp) / "t.ackpt"
-        with spawned_tree(args.workloads, args.children, args.fds, Path(tmp)) as (root, _):
+        with spawned_tree(args.children, args.fds, Path(tmp)) as (root, _):
             for n in range(args.warmup + args.repeat):
                 for tuned in (False, True) if n % 2 else (True, False):
                     gc.collect()  # each starts with no garbage left by the other

@@ -23,9 +23,12 @@ from typing import Any
 
 import pytest
 
+from asyckpt.testing import spawn_tree
+
 HERE = Path(__file__).resolve().parent
 WORKLOADS = HERE / "workloads"
-SHARED_WORKLOADS = HERE.parents[1] / "shared" / "workloads"
+# The many-fd tree of asyckpt.testing (bench/run.py measures on it too), run as a script.
+SPAWN_TREE = Path(spawn_tree.__file__)
 CGROUP_ROOTS = ("/sys/fs/cgroup/freezer", "/sys/fs/cgroup/unified", "/sys/fs/cgroup")
 
 
@@ -146,13 +149,6 @@ def spawn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 def zoo(spawn: Any) -> Tree:
     tree: Tree = spawn(WORKLOADS / "fd_zoo.py")
     return tree
-
-
-@pytest.fixture
-def shared_workloads() -> Path:
-    if not (SHARED_WORKLOADS / "spawn_tree.py").exists():
-        pytest.fail(f"the shared workloads are missing at {SHARED_WORKLOADS}")
-    return SHARED_WORKLOADS
 
 
 def pytest_configure(config: pytest.Config) -> None:

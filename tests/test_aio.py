@@ -15,7 +15,7 @@ import pytest
 import asyckpt
 import asyckpt.aio
 
-from .conftest import V1_FREEZER, Tree, asyckpt_cgroups, cgroup_of, task_state
+from .conftest import SPAWN_TREE, V1_FREEZER, Tree, asyckpt_cgroups, cgroup_of, task_state
 
 T = TypeVar("T")
 
@@ -98,9 +98,9 @@ def test_leaving_the_stream_early_thaws(zoo: Tree) -> None:
 
 
 @pytest.fixture
-def big_tree(spawn: Any, shared_workloads: Path) -> Tree:
+def big_tree(spawn: Any) -> Tree:
     """The benchmark's 27k-fd tree: its capture takes several hundred ms."""
-    tree: Tree = spawn(shared_workloads / "spawn_tree.py", "20", "500")
+    tree: Tree = spawn(SPAWN_TREE, "20", "500")
     return tree
 
 

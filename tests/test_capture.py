@@ -14,7 +14,7 @@ import trio
 import asyckpt
 from asyckpt import CaptureOptions, File, read_image
 
-from .conftest import Tree, asyckpt_cgroups, cgroup_of, task_state
+from .conftest import SPAWN_TREE, Tree, asyckpt_cgroups, cgroup_of, task_state
 
 FREEZERS = ["cgroup-v1", "cgroup-v2"]
 
@@ -220,8 +220,8 @@ def _body(data: bytes) -> bytes:
     return data[start:last]
 
 
-def test_spawn_tree_workload(spawn: Any, shared_workloads: Path, tmp_path: Path) -> None:
-    tree = spawn(shared_workloads / "spawn_tree.py", "3", "60")
+def test_spawn_tree_workload(spawn: Any, tmp_path: Path) -> None:
+    tree = spawn(SPAWN_TREE, "3", "60")
     summary = capture(tree, tmp_path / "t.ackpt")
     image = read_image(tmp_path / "t.ackpt")
     assert summary.tasks == 4 == len(image.tasks)
@@ -276,10 +276,8 @@ def test_leaving_the_stream_early_thaws(zoo: Tree) -> None:
     assert all(task_state(pid) in "SR" for pid in zoo.pids())
 
 
-def test_cancelling_checkpoint_tree_thaws(
-    spawn: Any, shared_workloads: Path, tmp_path: Path
-) -> None:
-    tree = spawn(shared_workloads / "spawn_tree.py", "4", "400")
+def test_cancelling_checkpoint_tree_thaws(spawn: Any, tmp_path: Path) -> None:
+    tree = spawn(SPAWN_TREE, "4", "400")
     dest = tmp_path / "c.ackpt"
 
     async def main() -> None:

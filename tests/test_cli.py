@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import Tree, asyckpt_cgroups, task_state
+from .conftest import SPAWN_TREE, Tree, asyckpt_cgroups, task_state
 
 ASYCKPT = [sys.executable, "-m", "asyckpt"]
 
@@ -200,25 +200,34 @@ def test_show_rejects_truncated_and_missing(zoo: Tree, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_signal_while_frozen_thaws(
-    signum: int, spawn: Any, shared_workloads: Path, tmp_path: Path
-) -> None:
-    tree = spawn(shared_workloads / "spawn_tree.py", "4", "1500")
+def test_signal_while_frozen_thaws(signum: int, spawn: Any, tmp_path: Path) -> None:
+    tree = spawn(SPAWN_TREE, "4", "1500")
     dest = tmp_path / "x.ackpt"
     proc = subprocess.Popen(
         [*ASYCKPT, "tree", str(tree.pid), "-o", str(dest)], stderr=subprocess.PIPE, text=True
     )
     state = Path(f"/sys/fs/cgroup/freezer/asyckpt-{proc.pid}-{tree.pid}/freezer.state")
+    # asyckpt is stopped while the freezer state is read, and signalled only if it is
+    # FROZEN then: the signal lands while the tree is frozen however loaded the machine is
+    # (read unstopped, the capture could end between the read and the signal).
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if state.read_text().strip() == "FROZEN":
-                break
-        except OSError:
-            pass
+    while True:
         if proc.poll() is not None:
             pytest.fail("the capture ended before the tree was seen frozen")
-    proc.send_signal(signum)
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            frozen = state.read_text().strip() == "FROZEN"
+        except OSError:
+            frozen = False
+        if frozen:
+            break
+        os.kill(proc.pid, signal.SIGCONT)
+        if time.monotonic() > deadline:
+            pytest.fail("the tree was never seen frozen")
+    try:
+        proc.send_signal(signum)
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err

@@ -18,7 +18,7 @@ import asyckpt
 from asyckpt import CaptureOptions
 from asyckpt.testing import dispatch_with
 
-from .conftest import Tree, asyckpt_cgroups, cgroup_of, task_state
+from .conftest import SPAWN_TREE, Tree, asyckpt_cgroups, cgroup_of, task_state
 from .test_capture import _body, _idle
 
 FROZEN_FILES = ("freezer.state", "cgroup.freeze")
@@ -68,8 +68,8 @@ def test_a_timeout_in_the_loop_propagates(zoo: Tree) -> None:
     _thawed_and_home(zoo, before)
 
 
-def test_a_timeout_around_the_block_while_frozen_thaws(spawn: Any, shared_workloads: Path) -> None:
-    tree = spawn(shared_workloads / "spawn_tree.py", "4", "400")
+def test_a_timeout_around_the_block_while_frozen_thaws(spawn: Any) -> None:
+    tree = spawn(SPAWN_TREE, "4", "400")
     before = {pid: cgroup_of(pid) for pid in tree.pids()}
     fired: list[bool] = []
 
@@ -173,13 +173,13 @@ def test_checkpoint_tree_writes_the_stream_open_capture_hands_out(
 
 
 def test_the_reader_stays_within_scan_ahead_of_a_slow_resolver(
-    spawn: Any, shared_workloads: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    spawn: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The scan channel is bounded: a reader gets at most SCAN_AHEAD chunks ahead of
     what the resolver has taken (and at most that many more are taken, unresolved)."""
     from asyckpt import _build, _capture
 
-    tree = spawn(shared_workloads / "spawn_tree.py", "30", "20")
+    tree = spawn(SPAWN_TREE, "30", "20")
     counts = {"read": 0, "resolved": 0, "ahead": 0}
     scan_chunk, resolve = _capture._scan_chunk, _build.RecordBuilder.resolve
 

@@ -13,6 +13,7 @@ import trio
 import asyckpt
 from asyckpt._errors import (
     AccessDenied,
+    AmbiguousTarget,
     AsyckptError,
     FreezerError,
     HandlerFailed,
@@ -50,6 +51,7 @@ EXIT_CODES = [
     (TargetError, 3, AsyckptError),
     (NoSuchProcess, 3, TargetError),
     (InvalidTarget, 3, TargetError),
+    (AmbiguousTarget, 3, TargetError),
     (AccessDenied, 4, AsyckptError),
     (OutputError, 5, AsyckptError),
     (ImageError, 6, AsyckptError),

@@ -140,11 +140,11 @@ def test_locks_and_owners(state_tree: Tree, tmp_path: Path, installed: bool | No
 
     # The shared description: the root's flock, and the child's POSIX lock, which only
     # the child's fdinfo lists; each once, though both fds list the flock.
-    shared = got("shared")
-    assert files_of(image, info["child"])[info["shared"]].id == shared.id
+    shared = got("inherited")
+    assert files_of(image, info["child"])[info["inherited"]].id == shared.id
     assert no_text(shared.locks) == [
-        lock("FLOCK", "WRITE", pid, node("shared"), 0, None),
-        lock("POSIX", "WRITE", info["child"], node("shared"), 20, 29),
+        lock("FLOCK", "WRITE", pid, node("inherited"), 0, None),
+        lock("POSIX", "WRITE", info["child"], node("inherited"), 20, 29),
     ]
 
 
@@ -162,7 +162,7 @@ def test_show_presents_locks_and_owners(state_tree: Tree, tmp_path: Path) -> Non
             rows[int(words[2].rstrip("rwupe"))] = line
     assert rows[info["posix"]].endswith("[locks: POSIX WRITE 0-EOF]")
     assert rows[info["ofd"]].endswith("[locks: OFDLCK WRITE 10-29]")
-    assert rows[info["shared"]].endswith("[locks: FLOCK WRITE 0-EOF, POSIX WRITE 20-29]")
+    assert rows[info["inherited"]].endswith("[locks: FLOCK WRITE 0-EOF, POSIX WRITE 20-29]")
     assert f"[owner: pgrp {info['pgrp']} sig {int(signal.SIGUSR1)} async]" in rows[info["sock"]]
     assert f"[owner: tid {pid} async]" in rows[info["pipe_w"]]
     assert "owner" not in rows[info["setown"]] and "locks" not in rows[info["setown"]]

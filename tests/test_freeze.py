@@ -17,6 +17,7 @@ from asyckpt import CaptureOptions, FreezerError, read_image
 from asyckpt._freeze import REFREEZE_AFTER, wait_frozen
 
 from .conftest import (
+    SPAWN_TREE,
     V2_ROOT,
     WORKLOADS,
     Tree,
@@ -69,9 +70,9 @@ def is_frozen(cg: Path) -> bool:
 
 @pytest.mark.parametrize("freeze", ["cgroup-v1", "cgroup-v2"])
 def test_sigkill_while_frozen_is_undone_by_the_guardian(
-    freeze: str, spawn: Any, shared_workloads: Path, tmp_path: Path
+    freeze: str, spawn: Any, tmp_path: Path
 ) -> None:
-    tree = spawn(shared_workloads / "spawn_tree.py", "4", "1500")
+    tree = spawn(SPAWN_TREE, "4", "1500")
     before = cgroups(tree)
     proc = subprocess.Popen(
         [*ASYCKPT, "tree", str(tree.pid), "-o", str(tmp_path / "x.ackpt"), f"--freeze={freeze}"],
@@ -93,10 +94,8 @@ def test_sigkill_while_frozen_is_undone_by_the_guardian(
     assert not (tmp_path / "x.ackpt").exists()
 
 
-def test_sigkill_while_frozen_in_place(
-    spawn: Any, shared_workloads: Path, make_cgroup: Any, tmp_path: Path
-) -> None:
-    tree = spawn(shared_workloads / "spawn_tree.py", "4", "1500")
+def test_sigkill_while_frozen_in_place(spawn: Any, make_cgroup: Any, tmp_path: Path) -> None:
+    tree = spawn(SPAWN_TREE, "4", "1500")
     cg = make_cgroup(2)
     move_into(cg, tree.pids())
     proc = subprocess.Popen(

@@ -34,7 +34,7 @@ from asyckpt._graph_cmd import output_format, parse_kinds
 from asyckpt._image import ImageWriter
 from asyckpt._records import FORMAT_VERSION, NO_DATA, Fd, FdTable, File, Header, Task, Trailer
 
-from .conftest import Tree
+from .conftest import SPAWN_TREE, Tree
 from .test_endpoints import literal_image
 
 ASYCKPT = [sys.executable, "-m", "asyckpt"]
@@ -352,10 +352,8 @@ def capture(pid: int, dest: Path) -> asyckpt.Image:
     return read_image(dest)
 
 
-def test_capture_with_inherited_pipes_and_socketpairs(
-    spawn: Any, shared_workloads: Path, tmp_path: Path
-) -> None:
-    tree: Tree = spawn(shared_workloads / "spawn_tree.py", "3", "6")
+def test_capture_with_inherited_pipes_and_socketpairs(spawn: Any, tmp_path: Path) -> None:
+    tree: Tree = spawn(SPAWN_TREE, "3", "6")
     image = capture(tree.pid, tmp_path / "t.ackpt")
     graph = build_graph(image, GraphOptions(shared_only=False))
     check_graph(image, graph)

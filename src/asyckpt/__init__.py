@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ._diff import TaskRef as TaskRef
     from ._diff import diff as diff
     from ._errors import AccessDenied as AccessDenied
+    from ._errors import AmbiguousTarget as AmbiguousTarget
     from ._errors import AsyckptError as AsyckptError
     from ._errors import FreezerError as FreezerError
     from ._errors import HandlerFailed as HandlerFailed
@@ -89,6 +90,7 @@ _LAZY = {
     "TaskRef": "._diff",
     "diff": "._diff",
     "AccessDenied": "._errors",
+    "AmbiguousTarget": "._errors",
     "AsyckptError": "._errors",
     "FreezerError": "._errors",
     "HandlerFailed": "._errors",

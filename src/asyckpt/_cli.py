@@ -46,6 +46,7 @@ exit codes:
   3 bad target pid       8 --strict violation      12 internal error in diff (its 1: different)
   4 permission denied                              13 restore refused (nothing changed)
                                                   130 interrupted (SIGINT/SIGTERM/SIGHUP)
+  (3 also when tree --name/--user match no process, or several separate trees)
 """
 
 
@@ -101,6 +102,15 @@ def _ghost_limit(text: str) -> int:
     return int(number) * _UNITS[unit]
 
 
+def _user(text: str) -> int:
+    from ._select import parse_user
+
+    try:
+        return parse_user(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors are one line on stderr, like every other error (exit 2)."""
 
@@ -129,6 +139,19 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     t.add_argument("pid", nargs="?", type=int, help="root of the tree (default: a demo tree)")
+    t.add_argument(
+        "--name",
+        metavar="PATTERN",
+        help="instead of PID: the root is the topmost process whose name matches PATTERN "
+        "(shell wildcards: 'nginx', 'post*'); refused if none or several trees match",
+    )
+    t.add_argument(
+        "--user",
+        type=_user,
+        metavar="USER",
+        help="instead of PID (or with --name): the topmost process owned by USER (a name "
+        "or uid; the real uid), refused if none or several trees match",
+    )
     t.add_argument(
         "-o",
         "--output",
@@ -528,7 +551,14 @@ def _tree(args: argparse.Namespace, signals: Signals) -> int:
             raise Interrupted("interrupted")
         return summary
 
-    if args.pid is None:
+    if args.name is not None or args.user is not None:
+        from ._select import select_root
+
+        root = select_root(args.name, args.user)
+        if not args.quiet:
+            print(f"capturing pid {root.pid} ({escape(root.name)})")
+        summary = run(root.pid)
+    elif args.pid is None:
         from ._demo import demo_tree
 
         with demo_tree() as pid:
@@ -538,7 +568,13 @@ def _tree(args: argparse.Namespace, signals: Signals) -> int:
     else:
         summary = run(args.pid)
     _report(summary, args.quiet)
-    if args.pid is None and not args.quiet and args.output != "-":
+    if (
+        args.pid is None
+        and args.name is None
+        and args.user is None
+        and not args.quiet
+        and args.output != "-"
+    ):
         print(f"see it with: asyckpt show {escape(str(summary.path))}")
     return 0
 
@@ -640,7 +676,10 @@ _INTERRUPTED = "asyckpt: interrupted; nothing was written and the tree is thawed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "tree" and args.pid is not None and (args.name, args.user) != (None, None):
+        parser.error("give a PID or --name/--user, not both")
     try:
         if args.command == "tree":
             return _cmd_tree(args)

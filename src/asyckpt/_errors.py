@@ -21,6 +21,7 @@ from typing import NoReturn
 
 __all__ = [
     "AccessDenied",
+    "AmbiguousTarget",
     "AsyckptError",
     "FreezerError",
     "HandlerFailed",
@@ -95,6 +96,11 @@ class NoSuchProcess(TargetError):
 
 class InvalidTarget(TargetError):
     """The process exists but must not be frozen: a kernel thread, init, or asyckpt itself."""
+
+
+class AmbiguousTarget(TargetError):
+    """``asyckpt tree --name/--user`` matched several separate trees: which to capture is
+    the user's choice (the message lists them)."""
 
 
 class AccessDenied(AsyckptError):

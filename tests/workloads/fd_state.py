@@ -89,10 +89,10 @@ def main(workdir: str) -> None:
     out["setown"] = setown
     out["opath"] = os.open(p("posix"), os.O_PATH)
 
-    shared = os.open(p("shared"), os.O_RDWR | os.O_CREAT, 0o644)
+    shared = os.open(p("inherited"), os.O_RDWR | os.O_CREAT, 0o644)
     os.write(shared, b"s" * 100)
     fcntl.flock(shared, fcntl.LOCK_EX)
-    out["shared"] = shared
+    out["inherited"] = shared
     out["nodes"][str(shared)] = node(shared)  # type: ignore[index]
 
     ready_r, ready_w = os.pipe()

@@ -117,7 +117,8 @@ def test_rendering() -> None:
 
 def test_show_and_plugins_import_neither_trio_nor_sock_diag(tmp_path: Path) -> None:
     """Start-up stays lean: listing plugins and showing an image of sockets need neither
-    trio nor this plugin's sock_diag code (nor pyroute2, which it does not use)."""
+    trio nor this plugin's sock_diag code (nor pyroute2, which only names numbers after a
+    capture's thaw)."""
     image = str(tmp_path / "s.ackpt")
     with hold_fd(code="import socket; a, b = socket.socketpair(); fd = a.fileno()") as holder:
         proc = subprocess.run(

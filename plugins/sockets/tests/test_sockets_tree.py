@@ -427,6 +427,7 @@ def test_netlink_and_packet(captured: Captured) -> None:
             "proto": "route",
             "port_id": root["netlink_port"],
             "groups": [1, 5],
+            "group_names": ["link", "ipv4_ifaddr"],
             "diag": True,
         }.items()
     )

@@ -12,7 +12,9 @@ What a socket is comes from two places, each read once per capture:
   replies are only indexed by inode then.  ``finish``, after the thaw, decodes the replies
   of the tree's own sockets and joins them to the records by inode: state, queues, owner,
   a unix socket's peer and pending connections, a netlink socket's groups, a packet
-  socket's interface, and whether the peer is held by the tree.
+  socket's interface, and whether the peer is held by the tree; then names for the
+  numbers (interfaces, ``ip netns`` names, netlink protocols and groups: names.py, with
+  pyroute2, imported only when a record has something to name).
 
 A socket no dump reported has its namespace asked of the socket itself (SIOCGSKNS):
 one that no thread of the tree is in (the task made the socket, then moved) is dumped
@@ -39,6 +41,7 @@ from asyckpt import CaptureSession, CaptureTree, FdFacts, HandlerContext
 if TYPE_CHECKING:
     from . import diag
     from .dump import Dumps, NetnsDump
+    from .names import Names
 
 # The sock_diag modules (netlink, parsing) are imported by begin and finish: `asyckpt
 # show` and `asyckpt plugins` load this handler without needing them.
@@ -89,6 +92,8 @@ class Socket(
     netns: int | None = None
     """The network namespace (its inode): of the dump that reported the socket, else
     as the socket itself says (SIOCGSKNS)."""
+    netns_name: str | None = None
+    """Its namespace's name in /run/netns (``ip netns``), if it has one."""
     netns_outside_tree: bool = False
     """No thread of the tree is in the socket's namespace (its task moved after making
     it, or it was passed from elsewhere): that namespace was dumped for it."""
@@ -155,10 +160,14 @@ class Socket(
     dst_group: int | None = None
     groups: list[int] = []
     """The multicast groups it joined (group numbers from 1)."""
+    group_names: list[str | None] = []
+    """Each group's name, in the order of ``groups`` (route: ``link``; generic:
+    ``family:group``); None where unknown.  Empty when no group has a name."""
 
-    # packet
+    # packet; inet bound to a device
     interface: str | None = None
-    """The interface it is bound to, as named in its namespace; None: every one."""
+    """The interface it is bound to (packet; inet: SO_BINDTODEVICE), as named in its
+    namespace; None: every one, or unnamed (the interface is gone)."""
     ifindex: int | None = None
     ethertype: int | None = None
     """The protocol it receives (3 is ETH_P_ALL)."""
@@ -166,18 +175,6 @@ class Socket(
 
 _TYPES = {1: "stream", 2: "dgram", 3: "raw", 4: "rdm", 5: "seqpacket", 6: "dccp", 10: "packet"}
 _FAMILIES = {1: "unix", 2: "inet", 10: "inet6", 16: "netlink", 17: "packet"}
-_NETLINK_PROTOCOLS = {
-    0: "route",
-    4: "sock_diag",
-    6: "xfrm",
-    7: "selinux",
-    9: "audit",
-    10: "fib_lookup",
-    11: "connector",
-    12: "netfilter",
-    15: "kobject_uevent",
-    16: "generic",
-}
 _SHUTDOWN = {1: "read", 2: "write", 3: "both"}
 _UCRED = struct.Struct("=iII")
 _NO_UID = 0xFFFFFFFF
@@ -292,6 +289,7 @@ class SocketHandler:
             record.diag_error = str(exc)
             return record
         found = dumps.find(record.ino)
+        dump = None
         if found is not None:
             dump, entry = found
             _join(record, entry.what, entry.decode(), dump, dumps)
@@ -306,6 +304,7 @@ class SocketHandler:
                 record.diag_error = "; ".join(errors)
         if record.netns is not None:
             record.netns_outside_tree = record.netns in dumps.adopted
+        _name(record, dump, dumps.names)
         if record.peer_ino:
             record.peer_in_tree = tree.holds("socket", record.peer_ino)
         elif record.family == "unix" and record.state == "ESTABLISHED":
@@ -356,7 +355,6 @@ def _from_fd(sock: _socket.socket, ino: int, domain: int, stype: int, protocol: 
         else:
             record.remote_address, record.remote_port = remote[0], remote[1]
     elif domain == socket.AF_NETLINK:
-        record.proto = _NETLINK_PROTOCOLS.get(protocol)
         port_id, groups = sock.getsockname()
         record.port_id = port_id
         record.groups = [b + 1 for b in range(32) if groups >> b & 1]
@@ -408,6 +406,8 @@ def _join(record: Socket, what: str, entry: diag.Diag, dump: NetnsDump, dumps: D
             record.peer_ino = dumps.inet_peer(dump, what, entry) or None
             if record.peer_ino is None and entry.state == 1:
                 record.peer_queued_on = dumps.inet_queued_on(dump, what, entry)
+        if entry.ifindex:  # SO_BINDTODEVICE
+            record.ifindex = entry.ifindex
     elif isinstance(entry, diag.NetlinkDiag):
         record.state = diag.TCP_STATES.get(entry.state, str(entry.state))
         record.port_id = entry.portid
@@ -417,9 +417,21 @@ def _join(record: Socket, what: str, entry: diag.Diag, dump: NetnsDump, dumps: D
     elif isinstance(entry, diag.PacketDiag):
         record.ethertype = entry.protocol
         record.ifindex = entry.ifindex
-        if entry.ifindex:
-            record.interface = dump.ifnames.get(entry.ifindex)
         record.owner_uid = entry.uid
+
+
+def _name(record: Socket, dump: NetnsDump | None, names: Names) -> None:
+    """Names for the record's numbers, where it has any to name (pyroute2 is imported
+    by the first that needs it)."""
+    if record.ifindex and dump is not None:
+        record.interface = names.interface(dump, record.ifindex)
+    if record.netns is not None:
+        record.netns_name = names.netns(record.netns)
+    if record.family == "netlink":
+        record.proto = names.netlink_protocol(record.protocol)
+        if record.groups:
+            group_names = names.netlink_groups(dump, record.protocol, record.groups)
+            record.group_names = group_names if any(group_names) else []
 
 
 def _name_state(name: str, vfs: tuple[int, int], dumps: Dumps, ino: int) -> str | None:
@@ -445,6 +457,15 @@ def _name_state(name: str, vfs: tuple[int, int], dumps: Dumps, ino: int) -> str 
     return state
 
 
+def _interface(r: Socket) -> str | None:
+    return r.interface or (f"if{r.ifindex}" if r.ifindex else None)
+
+
+def _groups(r: Socket) -> str:
+    names = r.group_names or [None] * len(r.groups)
+    return ",".join(n or str(g) for g, n in zip(r.groups, names, strict=False))
+
+
 def _describe(r: Socket) -> list[str]:
     words = [" ".join(filter(None, [r.proto or r.family, r.type if not r.proto else None]))]
     if r.family in ("inet", "inet6") and r.proto:
@@ -460,9 +481,11 @@ def _describe(r: Socket) -> list[str]:
         remote = f" -> {r.remote_address}:{r.remote_port}" if r.remote_address else ""
         words.append(local + remote)
     if r.port_id is not None:
-        words.append(f"port {r.port_id}" + (f" groups {r.groups}" if r.groups else ""))
+        words.append(f"port {r.port_id}" + (f" groups {_groups(r)}" if r.groups else ""))
     if r.family == "packet":
-        words.append(f"if {r.interface or 'any'} proto 0x{r.ethertype or 0:04x}")
+        words.append(f"if {_interface(r) or 'any'} proto 0x{r.ethertype or 0:04x}")
+    elif r.ifindex:
+        words.append(f"bound to {_interface(r)}")
     if r.peer_ino:
         where = "in the tree" if r.peer_in_tree else "outside the tree"
         words.append(f"peer socket:[{r.peer_ino}] {where}")
@@ -477,8 +500,9 @@ def _describe(r: Socket) -> list[str]:
         words.append(f"shut {r.shutdown}")
     if r.peer_pid:
         words.append(f"peer pid {r.peer_pid} uid {r.peer_uid}")
-    if r.netns_outside_tree:
-        words.append(f"netns {r.netns} (no task of the tree in it)")
+    if r.netns_outside_tree or r.netns_name:
+        where = " (no task of the tree in it)" if r.netns_outside_tree else ""
+        words.append(f"netns {r.netns_name or r.netns}{where}")
     if not r.diag:
         words.append("no sock_diag")
     return words

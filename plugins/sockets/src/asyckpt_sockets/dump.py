@@ -17,10 +17,12 @@ import os
 import socket
 import struct
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, TypeVar
 
 from . import diag
+from .names import Names
 
 __all__ = ["Dumps", "NetnsDump", "dump_namespaces", "dump_netns", "in_netns"]
 
@@ -82,11 +84,15 @@ class NetnsDump:
         netns: int,
         replies: list[tuple[str, int, list[bytes]]],
         errors: dict[str, str],
-        ifnames: dict[int, str],
+        ns_fd: int | None = None,
     ) -> None:
         self.netns = netns
-        self.ifnames = ifnames
-        """Interface names of the namespace, when it has packet sockets."""
+        self.ns_fd = ns_fd
+        """A descriptor of the namespace, for naming its interfaces and groups after the
+        thaw (names.py), when a task of the tree may have left it; closed with this
+        object.  None: the namespace is that of the capture's threads."""
+        if ns_fd is not None:
+            weakref.finalize(self, os.close, ns_fd)
         self._replies = replies
         self._errors = errors
         self._by_ino: dict[int, Entry] | None = None
@@ -186,25 +192,26 @@ def _index(
     raise OSError(errno.EIO, "the dump ended without NLMSG_DONE")
 
 
-def dump_netns(netns: int) -> NetnsDump:
+def dump_netns(netns: int, *, own: bool = False) -> NetnsDump:
     """Take every dump in the calling thread's network namespace (whose inode is
-    ``netns``)."""
+    ``netns``; ``own``: the capture's own, which needs no descriptor kept)."""
     replies: list[tuple[str, int, list[bytes]]] = []
     errors: dict[str, str] = {}
-    ifnames: dict[int, str] = {}
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, diag.NETLINK_SOCK_DIAG) as sock:
-        for seq, (what, family, request) in enumerate(REQUESTS, 1):
-            try:
-                bufs = _receive(sock, request(seq))
-            except OSError as exc:
-                errors[what] = _why(exc)
-                continue
-            replies.append((what, family, bufs))
-            # Interface numbers mean something only in their namespace: name them here,
-            # if there is a packet socket (an empty dump is a lone 20-byte NLMSG_DONE).
-            if family == diag.AF_PACKET and sum(map(len, bufs)) > 20:
-                ifnames = dict(socket.if_nameindex())
-    return NetnsDump(netns, replies, errors, ifnames)
+    ns_fd = None if own else os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, diag.NETLINK_SOCK_DIAG) as sock:
+            for seq, (what, family, request) in enumerate(REQUESTS, 1):
+                try:
+                    bufs = _receive(sock, request(seq))
+                except OSError as exc:
+                    errors[what] = _why(exc)
+                    continue
+                replies.append((what, family, bufs))
+    except BaseException:
+        if ns_fd is not None:
+            os.close(ns_fd)
+        raise
+    return NetnsDump(netns, replies, errors, ns_fd)
 
 
 def in_netns(ns: str | int, fn: Callable[[], T]) -> T:
@@ -257,6 +264,7 @@ class Dumps:
         self._indexes = [d.by_ino for d in self.netns.values()]
         self.failed = failed
         """Namespaces that could not be dumped at all, with why."""
+        self._names: Names | None = None
         self.adopted: set[int] = set()
         """Namespaces no thread of the tree is in, dumped for a socket living there."""
         self.holders: dict[int, int] = {}
@@ -268,6 +276,15 @@ class Dumps:
         self._tuples: dict[int, dict[tuple[Any, ...], int]] = {}
         self._queued: dict[int, int] | None = None
         self._pending: dict[int, tuple[dict[int, list[diag.InetDiag]], dict[Any, int]]] = {}
+
+    @property
+    def names(self) -> Names:
+        """Names for the numbers of this capture's records (after the thaw only)."""
+        if self._names is None:
+            with self._lock:
+                if self._names is None:
+                    self._names = Names()
+        return self._names
 
     def has(self, ino: int) -> bool:
         """Whether some dump of the capture reported the socket ``ino``."""
@@ -418,7 +435,7 @@ def dump_namespaces(tids: Iterable[int]) -> Dumps:
     for ns, tid in first.items():
         try:
             if ns == own:
-                dumps.append(dump_netns(ns))
+                dumps.append(dump_netns(ns, own=True))
             else:
                 dumps.append(in_netns(f"/proc/{tid}/ns/net", functools.partial(dump_netns, ns)))
         except OSError as exc:
