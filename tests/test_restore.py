@@ -177,6 +177,16 @@ def test_exec_closes_cloexec_fds_and_passes_the_rest(spawn: Any, tmp_path: Path)
     assert seen == seen | {"semaphore": 1, "packet": "one", "memfd": "head", "pos": 123}
 
 
+def test_exit_status_of_cmd_killed_by_a_signal(tmp_path: Path) -> None:
+    ok = tmp_path / "ok.txt"
+    ok.write_text("ok")
+    image = str(crafted(tmp_path, reg_of(ok, access="r")))
+    proc = asyckpt("restore", image, "--pid", "100", "--", "sh", "-c", "kill -TERM $$")
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+    proc = asyckpt("restore", image, "--pid", "100", "--", str(tmp_path / "no-such-cmd"))
+    one_line_error(proc, 13, "cannot run", "No such file or directory")
+
+
 def test_hold_stops_on_sigterm(spawn: Any, hold: Any, tmp_path: Path) -> None:
     tree: Tree = spawn(WORKLOADS / "restore_zoo.py")
     capture(tree.pid, tmp_path / "a.ackpt")

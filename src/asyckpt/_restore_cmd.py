@@ -99,16 +99,14 @@ def command(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
-    if args.hold:
-        # Blocked before the fork: a SIGTERM sent as soon as the pid is known is waited
-        # for, not lost, whatever the child is doing then.
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    # Blocked before the fork: a SIGTERM sent to the holder as soon as its pid is known is
+    # waited for, not lost, whatever it is doing then.  CMD gets the mask restore had.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     pid = os.fork()
     if pid == 0:
         os.close(status_r)
-        _child(plan, made.fds, made.floor, status_w, args.cmd)  # never returns
-    if args.hold:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        _child(plan, made.fds, made.floor, status_w, args.cmd, mask)  # never returns
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     os.close(status_w)
     close_all(made.fds)
     with os.fdopen(status_r, "rb") as status:
@@ -122,10 +120,18 @@ def command(args: argparse.Namespace) -> int:
     if said:
         os.waitpid(pid, 0)
         raise RestoreError(f"cannot run {args.cmd[0]}: {said.decode(errors='replace')}")
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) % 256
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    return 128 - code if code < 0 else code  # killed by signal N: 128 + N, as a shell says
 
 
-def _child(plan: RestorePlan, made: list[int], floor: int, status: int, cmd: list[str]) -> None:
+def _child(
+    plan: RestorePlan,
+    made: list[int],
+    floor: int,
+    status: int,
+    cmd: list[str],
+    mask: set[signal.Signals],
+) -> None:
     """In the forked child: install, close every other fd, hold or exec.  Never
     returns; reports through ``status`` (any output would go to restored fds)."""
     try:
@@ -140,7 +146,7 @@ def _child(plan: RestorePlan, made: list[int], floor: int, status: int, cmd: lis
             if high > low + 1:  # os.closerange(n, n) would close every fd from n up
                 os.closerange(low + 1, high)
         if cmd:
-            signal.pthread_sigmask(signal.SIG_SETMASK, set())
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             try:
                 os.execvp(cmd[0], cmd)
             except OSError as exc:
