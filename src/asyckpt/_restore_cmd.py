@@ -130,7 +130,7 @@ def _child(
     floor: int,
     status: int,
     cmd: list[str],
-    mask: set[signal.Signals],
+    mask: set[int | signal.Signals],
 ) -> None:
     """In the forked child: install, close every other fd, hold or exec.  Never
     returns; reports through ``status`` (any output would go to restored fds)."""
