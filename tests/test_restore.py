@@ -79,6 +79,7 @@ def table(image: Any, pid: int) -> dict[str, Any]:
     by_file: dict[int, set[int]] = {}
     by_object: dict[int, set[int]] = {}
     rows: dict[int, dict[str, Any]] = {}
+    left: dict[int, list[int]] = {}
     for fd, f in fds:
         data = _data(f)
         by_file.setdefault(f.id, set()).add(fd.fd)
@@ -101,10 +102,24 @@ def table(image: Any, pid: int) -> dict[str, Any]:
             "asyckpt.eventfd": ("count", "semaphore"),
             "asyckpt.memfd": ("name", "size", "seals"),
             "asyckpt.socket": ("family", "type", "state", "shutdown", "peer_in_tree"),
+            "asyckpt.signalfd": ("sigmask",),
         }.get(data.get("kind", ""), ())
         row |= {k: data.get(k) for k in keep}
+        if data.get("kind") == "asyckpt.timerfd":
+            # The time left runs on: armed, and no later than in the original.
+            row |= {k: data[k] for k in ("clockid", "ticks", "settime_flags", "it_interval")}
+            row["armed"] = data["it_value"] != [0, 0]
+            left[fd.fd] = data["it_value"]
+        if data.get("kind") == "asyckpt.epoll":
+            # A target is its events, user data and the fds of its description (the
+            # number it was added with may have been closed since).
+            fds_of = {f_.id: sorted(d.fd for d, _ in fds if d.file == f_.id) for _, f_ in fds}
+            row["targets"] = sorted(
+                (t["events"], t["data"], fds_of[t["file"]]) for t in data["targets"]
+            )
         rows[fd.fd] = row
     return {
+        "left": left,
         "fds": rows,
         "shared": sorted(sorted(s) for s in by_file.values()),
         "objects": sorted(sorted(s) for s in by_object.values()),
@@ -125,6 +140,8 @@ def test_round_trip_every_restored_kind(spawn: Any, hold: Any, tmp_path: Path) -
     assert {
         fd: (row, b["fds"].get(fd)) for fd, row in a["fds"].items() if row != b["fds"].get(fd)
     } == {}
+    left_a, left_b = a.pop("left"), b.pop("left")
+    assert all([0, 0] < left_b[fd] <= left_a[fd] for fd in left_a)
     assert a == b
     # The comparison saw what it should: data in pipes, counters, content with a hole.
     rows = a["fds"]
@@ -136,6 +153,12 @@ def test_round_trip_every_restored_kind(spawn: Any, hold: Any, tmp_path: Path) -
     assert rows[fds["unlinked"]]["content"] == b"unlinked content"
     assert [fds["reg"], fds["reg_dup"]] in a["shared"]
     assert [fds["sock_a"], fds["sock_b"]] in a["objects"]
+    assert rows[fds["epoll"]]["targets"] == sorted(
+        # EPOLLERR | EPOLLHUP (0x18) are always watched; the kernel shows them.
+        [(0x80000019, 0xDEADBEEFCAFE, [fds["pipe_r"]]), (0x1C, 7, [fds["eventfd"]])]
+    )
+    assert rows[fds["timerfd"]]["it_interval"] == [90, 0] and rows[fds["timerfd"]]["armed"]
+    assert rows[fds["signalfd"]]["sigmask"] == (1 << 9) | (1 << 11)
 
 
 CHILD = """

@@ -12,12 +12,15 @@ import pytest
 from asyckpt._errors import RestoreError, UsageError
 from asyckpt._image import parse_image
 from asyckpt._restore_plan import (
+    Epoll,
     EventFd,
     OpenPath,
     PipeEnd,
     Reopen,
     RestorePlan,
+    SignalFd,
     SocketEnd,
+    TimerFd,
     plan_table,
 )
 from tests.crafted import _file, _socket, build, seed
@@ -130,7 +133,7 @@ def test_shared_description_is_made_once() -> None:
         ([(3, reg(path_state="deleted-linked"))], ["reg", "unlinked"]),
         ([(3, _file(1, "chr", "/dev/sda", rdev=os.makedev(8, 0)))], ["chr", "device"]),
         ([(3, _file(1, "fifo", "/srv/fifo"))], ["fifo", "--skip fifo"]),
-        ([(6, _file(1, "anon", "anon_inode:[eventpoll]"))], ["pid=100, fd=6", "a epoll"]),
+        ([(6, _file(1, "anon", "anon_inode:[eventpoll]"))], ["pid=100, fd=6", "a epoll", "linked"]),
         ([(3, eventfd(count=2**64 - 1))], ["eventfd count"]),
         ([(3, eventfd(count="5"))], ["eventfd count"]),
         ([(3, eventfd(semaphore=None))], ["semaphore"]),
@@ -172,10 +175,60 @@ def test_skip_lists_and_leaves_out() -> None:
 
 
 def test_kind_from_the_handler_record() -> None:
-    epoll = {"kind": "asyckpt.epoll", "targets": [], "linked": True}
-    img = image((6, _file(1, "anon", "anon_inode:[eventpoll]", handler="epoll", data=epoll)))
-    refused(img, "cannot restore a epoll", "--skip epoll")
-    assert plan(img, skip=frozenset({"epoll"})).skipped[0].kind == "epoll"
+    inotify = {"kind": "asyckpt.inotify", "watches": [], "resolved": True}
+    img = image((6, _file(1, "anon", "anon_inode:inotify", handler="inotify", data=inotify)))
+    refused(img, "cannot restore a inotify", "--skip inotify")
+    assert plan(img, skip=frozenset({"inotify"})).skipped[0].kind == "inotify"
+
+
+def epoll(*targets: dict[str, Any], linked: bool = True) -> dict[str, Any]:
+    data = {"kind": "asyckpt.epoll", "targets": list(targets), "linked": linked}
+    return _file(9, "anon", "anon_inode:[eventpoll]", handler="epoll", data=data)
+
+
+def target(file: int | None, tfd: int, events: int = 1, data: int = 2**64 - 1) -> dict[str, Any]:
+    return {"tfd": tfd, "events": events, "data": data, "pos": 0, "ino": 1, "dev": 1, "file": file}
+
+
+def test_epoll_watches_after_their_targets_with_the_targets_numbers() -> None:
+    r = pipe(1, "read")
+    ev = eventfd(2)
+    # Listed before its targets; one added through fd 4 (still the pipe's), one through
+    # fd 40 (closed since): that one is added through the eventfd's own number.
+    p = plan(image((3, epoll(target(1, 4), target(2, 40, events=4, data=7))), (4, r), (5, ev)))
+    make = p.descriptions[0].make
+    assert isinstance(make, Epoll)
+    assert [(w.description, w.tfd, w.events, w.data) for w in make.watches] == [
+        (1, 4, 1, 2**64 - 1),
+        (2, 5, 4, 7),
+    ]
+    refused(image((3, epoll(target(None, 4))), (4, r)), "pid=100, fd=3", "not restored")
+    refused(image((3, epoll(target(1, 4))), (4, r)), "not restored", skip=frozenset({"pipe"}))
+    refused(image((3, epoll(target(1, 4), linked=False)), (4, r)), "not linked")
+    refused(image((3, epoll(target(1, 4, events=2**32))), (4, r)), "events")
+
+
+def timer(**fields: Any) -> dict[str, Any]:
+    data = {
+        "kind": "asyckpt.timerfd", "clockid": 1, "ticks": 3, "settime_flags": 1,
+        "it_value": [5, 10], "it_interval": [0, 0],
+    } | fields  # fmt: skip
+    return _file(1, "anon", "anon_inode:[timerfd]", handler="timerfd", data=data)
+
+
+def test_timerfd_and_signalfd() -> None:
+    (d,) = plan(image((3, timer()))).descriptions
+    assert d.make == TimerFd(clockid=1, settime_flags=1, value=(5, 10), interval=(0, 0), ticks=3)
+    refused(image((3, timer(clockid=3))), "clock 3")
+    refused(image((3, timer(it_value=[1, 10**9]))), "it_value")
+    refused(image((3, timer(it_interval=[1]))), "it_interval")
+    refused(image((3, timer(ticks=None))), "ticks")
+    sig = {"kind": "asyckpt.signalfd", "sigmask": 1 << 63, "signals": [64]}
+    signalfd = _file(1, "anon", "anon_inode:[signalfd]", handler="signalfd", data=sig)
+    (d,) = plan(image((3, signalfd))).descriptions
+    assert d.make == SignalFd(mask=1 << 63)
+    sig["sigmask"] = -1
+    refused(image((3, signalfd)), "signal mask")
 
 
 def test_task_and_zombie() -> None:

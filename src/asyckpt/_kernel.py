@@ -1,5 +1,6 @@
 """Thin wrappers for the syscalls Python's os module lacks: kcmp(2) (KCMP_EPOLL_TFD
-too), pidfd_getfd(2), openat2(2), the f_type of statfs(2), and the fcntls that read an open file
+too), pidfd_getfd(2), openat2(2), timerfd, signalfd and epoll_ctl with any user data
+(for restore), the f_type of statfs(2), and the fcntls that read an open file
 description's I/O owner.
 
 They are cheap (about a microsecond; KCMP_EPOLL_TFD walks the epoll's watches, so it
@@ -34,6 +35,7 @@ __all__ = [
     "RESOLVE_NO_MAGICLINKS",
     "OwnerRow",
     "dedup_rows",
+    "epoll_add",
     "fd_owner",
     "fd_owner_at",
     "fs_magic",
@@ -45,6 +47,8 @@ __all__ = [
     "pidfd_getfd",
     "renameat2",
     "same_file",
+    "signalfd",
+    "timerfd",
 ]
 
 KCMP_FILE = 0
@@ -296,3 +300,64 @@ def openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)
     return int(res)
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = (("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long))
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = (("it_interval", _Timespec), ("it_value", _Timespec))
+
+
+def _check(res: int, what: str) -> int:
+    if res < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return res
+
+
+TFD_TIMER_ABSTIME = 1
+TFD_IOC_SET_TICKS = 0x40085400  # _IOW('T', 0, u64); kernels with CONFIG_CHECKPOINT_RESTORE
+
+
+def timerfd(
+    clockid: int, flags: int, settime_flags: int, value: tuple[int, int], interval: tuple[int, int]
+) -> int:
+    """timerfd_create(2) then timerfd_settime(2); ``value`` and ``interval`` are
+    (seconds, nanoseconds)."""
+    fd = _check(_libc.timerfd_create(clockid, flags), "timerfd_create")
+    spec = _Itimerspec(_Timespec(*interval), _Timespec(*value))
+    try:
+        _check(
+            _libc.timerfd_settime(fd, settime_flags, ctypes.byref(spec), None), "timerfd_settime"
+        )
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def signalfd(mask: int, flags: int) -> int:
+    """signalfd(2) of a new fd accepting the signals of ``mask`` (bit N-1: signal N)."""
+    sigset = (ctypes.c_ulong * (1024 // (8 * ctypes.sizeof(ctypes.c_ulong))))()
+    for word in range(64 // (8 * ctypes.sizeof(ctypes.c_ulong))):
+        sigset[word] = (mask >> (word * 8 * ctypes.sizeof(ctypes.c_ulong))) & ctypes.c_ulong(
+            -1
+        ).value
+    return _check(_libc.signalfd(-1, ctypes.byref(sigset), flags), "signalfd")
+
+
+class _EpollEvent(ctypes.Structure):
+    # The kernel's struct epoll_event is packed on x86-64 only (__EPOLL_PACKED).
+    _pack_ = 1 if platform.machine() == "x86_64" else 0
+    _fields_ = (("events", ctypes.c_uint32), ("data", ctypes.c_uint64))
+
+
+EPOLL_CTL_ADD = 1
+
+
+def epoll_add(epfd: int, fd: int, events: int, data: int) -> None:
+    """epoll_ctl(2) EPOLL_CTL_ADD with any 64-bit user data (select.epoll sets it to fd)."""
+    event = _EpollEvent(events, data)
+    _check(_libc.epoll_ctl(epfd, EPOLL_CTL_ADD, fd, ctypes.byref(event)), "epoll_ctl")

@@ -18,15 +18,28 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import select
 import socket
 import stat
+import struct
+import time
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 from ._decode import Image
-from ._kernel import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, openat2
+from ._kernel import (
+    RESOLVE_IN_ROOT,
+    RESOLVE_NO_MAGICLINKS,
+    TFD_IOC_SET_TICKS,
+    TFD_TIMER_ABSTIME,
+    epoll_add,
+    openat2,
+    signalfd,
+    timerfd,
+)
 from ._restore_plan import (
     Description,
+    Epoll,
     EventFd,
     Inode,
     OpenPath,
@@ -35,7 +48,9 @@ from ._restore_plan import (
     Reopen,
     RestoreError,
     RestorePlan,
+    SignalFd,
     SocketEnd,
+    TimerFd,
     plan_table,
 )
 
@@ -91,6 +106,7 @@ class _Maker:
         self.pipes: dict[int, tuple[int, int]] = {}
         self.pairs: dict[int, tuple[int, int]] = {}
         self.taken: set[tuple[str, int, int]] = set()
+        self.made: dict[int, int] = {}  # description index -> its fd, for epoll watches
 
     def keep(self, fd: int) -> int:
         high = _high(fd, self.floor)
@@ -107,8 +123,14 @@ class _Maker:
             fd = self._pipe_end(make)
         elif isinstance(make, SocketEnd):
             fd = self._socket_end(make)
-        else:
+        elif isinstance(make, EventFd):
             fd = self._eventfd(make)
+        elif isinstance(make, TimerFd):
+            fd = _timerfd(make)
+        elif isinstance(make, SignalFd):
+            fd = signalfd(make.mask, os.O_CLOEXEC)
+        else:
+            fd = self._epoll(make)
         try:
             if d.setfl is not None:
                 fcntl.fcntl(fd, fcntl.F_SETFL, d.setfl)
@@ -201,6 +223,22 @@ class _Maker:
                 sock.close()
         return fd
 
+    def _epoll(self, make: Epoll) -> int:
+        """An empty epoll: its watches are added at install, with the targets' own fd
+        numbers (what the kernel records as ``tfd``).  Each is tried here first, on a
+        scratch epoll, so that install does not fail on one the kernel refuses."""
+        scratch = select.epoll()
+        try:
+            for w in make.watches:
+                epoll_add(scratch.fileno(), self.made[w.description], w.events, w.data)
+        finally:
+            scratch.close()
+        epoll = select.epoll()
+        try:
+            return os.dup(epoll.fileno())
+        finally:
+            epoll.close()
+
     def _eventfd(self, make: EventFd) -> int:
         fd = os.eventfd(0, os.EFD_CLOEXEC | (os.EFD_SEMAPHORE if make.semaphore else 0))
         if make.count:
@@ -237,6 +275,22 @@ def _memfd(inode: Inode) -> int:
                 view = view[os.pwrite(fd, view, offset + len(data) - len(view)) :]
         if sealing and inode.seals:
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, inode.seals)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _timerfd(make: TimerFd) -> int:
+    value = make.value
+    if make.settime_flags & TFD_TIMER_ABSTIME and value != (0, 0):
+        # The image holds the time left: absolute again on the same clock, from now.
+        ns = time.clock_gettime_ns(make.clockid) + value[0] * 10**9 + value[1]
+        value = divmod(ns, 10**9)
+    fd = timerfd(make.clockid, os.O_CLOEXEC, make.settime_flags, value, make.interval)
+    try:
+        if make.ticks:
+            fcntl.ioctl(fd, TFD_IOC_SET_TICKS, struct.pack("Q", make.ticks))
         return fd
     except BaseException:
         os.close(fd)
@@ -285,11 +339,16 @@ def make(plan: RestorePlan, *, root_fd: int, relaxed: bool = False) -> Made:
             pid=plan.pid,
         )
     maker = _Maker(plan, root_fd, relaxed, floor)
-    made: list[int] = []
+    made = maker.made
+    # Epolls last: their watches are tried on the targets, which must exist by then.
+    order = sorted(
+        range(len(plan.descriptions)), key=lambda i: isinstance(plan.descriptions[i].make, Epoll)
+    )
     try:
-        for index, d in enumerate(plan.descriptions):
+        for index in order:
+            d = plan.descriptions[index]
             try:
-                made.append(maker.description(d))
+                made[index] = maker.description(d)
             except (OSError, _Failed) as exc:
                 why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 path = d.make.path if isinstance(d.make, OpenPath) else ""
@@ -299,19 +358,24 @@ def make(plan: RestorePlan, *, root_fd: int, relaxed: bool = False) -> Made:
                     fd=_first_fd(plan, index),
                 ) from None
     except BaseException:
-        close_all(made)
+        close_all(made.values())
         raise
     finally:
         close_all(maker.temp)
-    return Made(fds=made, floor=floor)
+    return Made(fds=[made[i] for i in range(len(plan.descriptions))], floor=floor)
 
 
 def install(plan: RestorePlan, made: Made) -> None:
-    """Dup each description to its fd numbers (close-on-exec as the image says), then
-    close the made fds.  Whatever was at those numbers is closed by the dup."""
+    """Dup each description to its fd numbers (close-on-exec as the image says), add
+    the epolls' watches (tried already by :func:`make`), then close the made fds.
+    Whatever was at those numbers is closed by the dup."""
     try:
         for slot in plan.fds:
             os.dup2(made.fds[slot.description], slot.fd, inheritable=not slot.cloexec)
+        for index, d in enumerate(plan.descriptions):
+            if isinstance(d.make, Epoll):
+                for w in d.make.watches:
+                    epoll_add(made.fds[index], w.tfd, w.events, w.data)
     finally:
         close_all(made.fds)
 

@@ -28,6 +28,7 @@ __all__ = [
     "KINDS",
     "MAX_UNLINKED_SIZE",
     "Description",
+    "Epoll",
     "EventFd",
     "FdSlot",
     "Inode",
@@ -37,9 +38,40 @@ __all__ = [
     "Reopen",
     "RestoreError",
     "RestorePlan",
+    "SignalFd",
     "Skipped",
     "SocketEnd",
     "SocketPair",
+    "TimerFd",
+    "Watch",
+    "fd_kind",
+    "plan_table",
+]
+
+KINDS = (
+    "reg", "dir", "path", "unlinked", "memfd", "chr", "blk", "fifo", "pipe", "socket",
+    "eventfd", "epoll", "timerfd", "signalfd", "inotify", "fanotify", "pidfd", "anon",
+)  # fmt: skip
+"""The words ``--skip`` takes: every kind of fd an image can hold."""
+
+MAX_UNLINKED_SIZE",
+    "Description",
+    "Epoll",
+    "EventFd",
+    "FdSlot",
+    "Inode",
+    "OpenPath",
+    "Pipe",
+    "PipeEnd",
+    "Reopen",
+    "RestoreError",
+    "RestorePlan",
+    "SignalFd",
+    "Skipped",
+    "SocketEnd",
+    "SocketPair",
+    "TimerFd",
+    "Watch",
     "fd_kind",
     "plan_table",
 ]
@@ -124,7 +156,37 @@ class EventFd(msgspec.Struct, tag="eventfd", kw_only=True):
     semaphore: bool
 
 
-Make = OpenPath | Reopen | PipeEnd | SocketEnd | EventFd
+class TimerFd(msgspec.Struct, tag="timerfd", kw_only=True):
+    clockid: int
+    settime_flags: int
+    value: tuple[int, int]
+    """(seconds, nanoseconds) left until the next expiration; (0, 0): disarmed."""
+    interval: tuple[int, int]
+    ticks: int
+    """Expirations not read yet (set with TFD_IOC_SET_TICKS)."""
+
+
+class SignalFd(msgspec.Struct, tag="signalfd", kw_only=True):
+    mask: int
+
+
+class Watch(msgspec.Struct, kw_only=True):
+    """One epoll target: added once every description exists and is at its number."""
+
+    description: int
+    """Index into ``RestorePlan.descriptions``: the open file description watched."""
+    tfd: int
+    """The fd number to add it with: the image's ``tfd`` when it is one of the target's
+    fds in the table, else the target's first fd."""
+    events: int
+    data: int
+
+
+class Epoll(msgspec.Struct, tag="epoll", kw_only=True):
+    watches: list[Watch]
+
+
+Make = OpenPath | Reopen | PipeEnd | SocketEnd | EventFd | TimerFd | SignalFd | Epoll
 
 
 class Description(msgspec.Struct, kw_only=True):
@@ -218,6 +280,16 @@ class _Refuse(Exception):
     """A fd of this kind cannot be restored: why (becomes a RestoreError)."""
 
 
+CLOCKS = (0, 1, 7, 8, 9)
+"""CLOCK_REALTIME, MONOTONIC, BOOTTIME, REALTIME_ALARM, BOOTTIME_ALARM: timerfd's clocks."""
+
+
+def _timespec(value: object, what: str) -> tuple[int, int]:
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        raise _Refuse(f"{what} {value!r} is not (seconds, nanoseconds)")
+    return _int(value[0], 0, 2**62, what), _int(value[1], 0, 999_999_999, what)
+
+
 def _int(value: object, lo: int, hi: int, what: str) -> int:
     if type(value) is not int or not lo <= value <= hi:
         raise _Refuse(f"{what} {value!r} out of range {lo}..{hi}")
@@ -236,6 +308,8 @@ class _Planner:
         self._inode: dict[tuple[str, int, int], int] = {}
         self._pipe: dict[int, int] = {}  # pipe ino -> index
         self._pair: dict[int, tuple[int, int]] = {}  # socket ino -> (pair, end)
+        self._epolls: list[tuple[File, dict[str, object]]] = []
+        self.linking = -1
 
     def description(self, f: File, kind: str, table: list[File]) -> int:
         index = self._desc.get(f.id)
@@ -290,7 +364,55 @@ class _Planner:
             if not isinstance(semaphore, bool):
                 raise _Refuse("the image does not say whether it is a semaphore")
             return EventFd(count=count, semaphore=semaphore), f.flags & SETFL, None
+        if kind == "timerfd":
+            return self._timerfd(data), f.flags & SETFL, None
+        if kind == "signalfd":
+            mask = _int(data.get("sigmask"), 0, 2**64 - 1, "signal mask")
+            return SignalFd(mask=mask), f.flags & SETFL, None
+        if kind == "epoll":
+            self._epolls.append((f, data))
+            return Epoll(watches=[]), f.flags & SETFL, None  # its watches: see link_epolls
         raise _Refuse("not restored by this version")
+
+    def _timerfd(self, data: dict[str, object]) -> TimerFd:
+        clockid = data.get("clockid")
+        if clockid not in CLOCKS:
+            raise _Refuse(f"clock {clockid!r}")
+        assert isinstance(clockid, int)
+        return TimerFd(
+            clockid=clockid,
+            settime_flags=_int(data.get("settime_flags"), 0, 3, "settime flags"),
+            value=_timespec(data.get("it_value"), "it_value"),
+            interval=_timespec(data.get("it_interval"), "it_interval"),
+            ticks=_int(data.get("ticks"), 0, 2**64 - 1, "ticks"),
+        )
+
+    def link_epolls(self, slots: dict[int, list[int]]) -> None:
+        """Each epoll's watches, once every description of the table is planned:
+        ``slots`` gives each description's fd numbers."""
+        for f, data in self._epolls:
+            self.linking = self._desc[f.id]
+            make = self.plan.descriptions[self.linking].make
+            assert isinstance(make, Epoll)
+            targets = data.get("targets")
+            if data.get("linked") is not True or not isinstance(targets, list):
+                raise _Refuse("its targets were not linked to files at capture")
+            for target in targets:
+                if not isinstance(target, dict):
+                    raise _Refuse("a target that is not a map")
+                index = self._desc.get(target.get("file"))  # type: ignore[arg-type]
+                if index is None:
+                    raise _Refuse(f"a target (fd {target.get('tfd')!r}) not restored in the table")
+                numbers = slots[index]
+                tfd = target.get("tfd")
+                make.watches.append(
+                    Watch(
+                        description=index,
+                        tfd=tfd if isinstance(tfd, int) and tfd in numbers else numbers[0],
+                        events=_int(target.get("events"), 0, 0xFFFFFFFF, "events"),
+                        data=_int(target.get("data"), 0, 2**64 - 1, "user data"),
+                    )
+                )
 
     def _inode_of(self, f: File, kind: str, data: dict[str, object]) -> int:
         size = _int(f.size, 0, MAX_UNLINKED_SIZE, "size")
@@ -424,4 +546,16 @@ def plan_table(
                 fd=fd.fd,
             ) from None
         planner.plan.fds.append(FdSlot(fd=fd.fd, description=index, cloexec=fd.cloexec))
+    slots: dict[int, list[int]] = {}
+    for slot in planner.plan.fds:
+        slots.setdefault(slot.description, []).append(slot.fd)
+    try:
+        planner.link_epolls(slots)
+    except _Refuse as why:
+        # The epoll named is the one being linked: the first fd of the last one looked at.
+        raise RestoreError(
+            f"cannot restore a epoll: {why} (--skip epoll leaves it out)",
+            pid=pid,
+            fd=slots[planner.linking][0],
+        ) from None
     return planner.plan

@@ -3,15 +3,20 @@ tests/test_restore.py.
 
 Usage: restore_zoo.py WORKDIR.  Prints one JSON line (its pid and the fd numbers), then
 idles until killed.  Its stdin and stderr are /dev/null; its stdout stays the pipe the
-test reads (one end of a pipe whose other end is outside the table).
+test reads (one end of a pipe whose other end is outside the table).  The epoll is made
+with x86-64's packed struct epoll_event.
 """
 
+import ctypes
 import fcntl
 import json
 import os
+import select
 import signal
 import socket
 import sys
+
+libc = ctypes.CDLL(None, use_errno=True)
 
 work = sys.argv[1]
 null = os.open("/dev/null", os.O_RDWR)
@@ -73,6 +78,29 @@ fds["unlinked"] = g
 a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
 b.shutdown(socket.SHUT_WR)
 fds["sock_a"], fds["sock_b"] = a.detach(), b.detach()
+
+# A timerfd (Python 3.11 has no os.timerfd_create): an hour away, then every 90 s.
+fds["timerfd"] = libc.timerfd_create(1, 0)  # CLOCK_MONOTONIC
+spec = (ctypes.c_long * 4)(90, 0, 3600, 0)  # interval, value
+assert libc.timerfd_settime(fds["timerfd"], 0, spec, None) == 0
+# A non-blocking signalfd for SIGUSR1 and SIGUSR2.
+sigset = (ctypes.c_ulong * 16)((1 << (signal.SIGUSR1 - 1)) | (1 << (signal.SIGUSR2 - 1)))
+fds["signalfd"] = libc.signalfd(-1, sigset, os.O_NONBLOCK)
+# An epoll watching the pipe's read end (edge-triggered, with user data that is not an
+# fd number) and the counter, added through a fd number closed since.
+
+
+class Event(ctypes.Structure):
+    _pack_ = 1  # x86-64's packed struct epoll_event
+    _fields_ = (("events", ctypes.c_uint32), ("data", ctypes.c_uint64))
+
+
+fds["epoll"] = libc.epoll_create1(0)
+edge = Event(select.EPOLLIN | select.EPOLLET, 0xDEADBEEFCAFE)
+assert libc.epoll_ctl(fds["epoll"], 1, fds["pipe_r"], ctypes.byref(edge)) == 0
+spare = os.dup(fds["eventfd"])
+assert libc.epoll_ctl(fds["epoll"], 1, spare, ctypes.byref(Event(select.EPOLLOUT, 7))) == 0
+os.close(spare)
 
 print(json.dumps({"pid": os.getpid(), "fds": fds}), flush=True)
 signal.pause()
