@@ -54,39 +54,6 @@ KINDS = (
 )  # fmt: skip
 """The words ``--skip`` takes: every kind of fd an image can hold."""
 
-MAX_UNLINKED_SIZE",
-    "Description",
-    "Epoll",
-    "EventFd",
-    "FdSlot",
-    "Inode",
-    "OpenPath",
-    "Pipe",
-    "PipeEnd",
-    "Reopen",
-    "RestoreError",
-    "RestorePlan",
-    "SignalFd",
-    "Skipped",
-    "SocketEnd",
-    "SocketPair",
-    "TimerFd",
-    "Watch",
-    "fd_kind",
-    "plan_table",
-]
-
-KINDS = (
-    "reg", "dir", "path", "unlinked", "memfd", "chr", "blk", "fifo", "pipe", "socket",
-    "eventfd", "epoll", "timerfd", "signalfd", "inotify", "fanotify", "pidfd", "anon",
-)  # fmt: skip
-"""The words ``--skip`` takes: every kind of fd an image can hold."""
-
-RESTORED = frozenset(
-    {"reg", "dir", "path", "unlinked", "memfd", "chr", "pipe", "socket", "eventfd"}
-)
-"""Kinds this version rebuilds (some only in part: :func:`plan_table` refuses the rest)."""
-
 MAX_UNLINKED_SIZE = 16 << 30
 """The largest unlinked file (holes included) recreated: what one image can hold."""
 MAX_PIPE_SIZE = 1 << 30
