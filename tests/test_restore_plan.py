@@ -133,7 +133,10 @@ def test_shared_description_is_made_once() -> None:
         ([(3, reg(path_state="deleted-linked"))], ["reg", "unlinked"]),
         ([(3, _file(1, "chr", "/dev/sda", rdev=os.makedev(8, 0)))], ["chr", "device"]),
         ([(3, _file(1, "fifo", "/srv/fifo"))], ["fifo", "--skip fifo"]),
-        ([(6, _file(1, "anon", "anon_inode:[eventpoll]"))], ["pid=100, fd=6", "a epoll", "linked"]),
+        (
+            [(6, _file(1, "anon", "anon_inode:[eventpoll]"))],
+            ["pid=100, fd=6", "the epoll", "linked"],
+        ),
         ([(3, eventfd(count=2**64 - 1))], ["eventfd count"]),
         ([(3, eventfd(count="5"))], ["eventfd count"]),
         ([(3, eventfd(semaphore=None))], ["semaphore"]),
@@ -177,7 +180,7 @@ def test_skip_lists_and_leaves_out() -> None:
 def test_kind_from_the_handler_record() -> None:
     inotify = {"kind": "asyckpt.inotify", "watches": [], "resolved": True}
     img = image((6, _file(1, "anon", "anon_inode:inotify", handler="inotify", data=inotify)))
-    refused(img, "cannot restore a inotify", "--skip inotify")
+    refused(img, "cannot restore the inotify", "--skip inotify")
     assert plan(img, skip=frozenset({"inotify"})).skipped[0].kind == "inotify"
 
 

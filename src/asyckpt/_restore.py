@@ -353,7 +353,7 @@ def make(plan: RestorePlan, *, root_fd: int, relaxed: bool = False) -> Made:
                 why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 path = d.make.path if isinstance(d.make, OpenPath) else ""
                 raise RestoreError(
-                    f"cannot restore a {d.kind}{f' ({path})' if path else ''}: {why}",
+                    f"cannot restore the {d.kind}{f' ({path})' if path else ''}: {why}",
                     pid=plan.pid,
                     fd=_first_fd(plan, index),
                 ) from None

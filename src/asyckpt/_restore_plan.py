@@ -508,7 +508,7 @@ def plan_table(
             index = planner.description(f, kind, table)
         except _Refuse as why:
             raise RestoreError(
-                f"cannot restore a {kind} ({f.path}): {why} (--skip {kind} leaves it out)",
+                f"cannot restore the {kind} ({f.path}): {why} (--skip {kind} leaves it out)",
                 pid=pid,
                 fd=fd.fd,
             ) from None
@@ -521,7 +521,7 @@ def plan_table(
     except _Refuse as why:
         # The epoll named is the one being linked: the first fd of the last one looked at.
         raise RestoreError(
-            f"cannot restore a epoll: {why} (--skip epoll leaves it out)",
+            f"cannot restore the epoll: {why} (--skip epoll leaves it out)",
             pid=pid,
             fd=slots[planner.linking][0],
         ) from None
