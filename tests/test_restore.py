@@ -83,7 +83,7 @@ def table(image: Any, pid: int) -> dict[str, Any]:
     for fd, f in fds:
         data = _data(f)
         by_file.setdefault(f.id, set()).add(fd.fd)
-        if f.type in ("pipe", "socket"):
+        if f.type in ("pipe", "fifo", "socket"):
             by_object.setdefault(data["ino"], set()).add(fd.fd)
             if data.get("peer_ino"):
                 by_object.setdefault(data["peer_ino"], set()).add(fd.fd)
@@ -95,7 +95,7 @@ def table(image: Any, pid: int) -> dict[str, Any]:
             "cloexec": fd.cloexec,
             "content": _content(image, f),
         }
-        if f.type in ("reg", "dir", "chr") and not f.deleted:
+        if f.type in ("reg", "dir", "chr", "fifo") and not f.deleted:
             row |= {"path": f.path, "ino": f.ino, "dev": f.dev}
         keep = {
             "asyckpt.pipe": ("end", "capacity", "queued", "packet_mode", "content", "packets"),
@@ -159,6 +159,7 @@ def test_round_trip_every_restored_kind(spawn: Any, hold: Any, tmp_path: Path) -
     )
     assert rows[fds["timerfd"]]["it_interval"] == [90, 0] and rows[fds["timerfd"]]["armed"]
     assert rows[fds["signalfd"]]["sigmask"] == (1 << 9) | (1 << 11)
+    assert rows[fds["fifo_w"]]["type"] == "fifo" and [fds["fifo_r"], fds["fifo_w"]] in a["objects"]
 
 
 CHILD = """

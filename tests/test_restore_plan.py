@@ -132,7 +132,10 @@ def test_shared_description_is_made_once() -> None:
         ([(3, reg(deleted=True, path_state="deleted"))], ["unlinked", "not in the image"]),
         ([(3, reg(path_state="deleted-linked"))], ["reg", "unlinked"]),
         ([(3, _file(1, "chr", "/dev/sda", rdev=os.makedev(8, 0)))], ["chr", "device"]),
-        ([(3, _file(1, "fifo", "/srv/fifo"))], ["fifo", "--skip fifo"]),
+        (
+            [(3, _file(1, "fifo", "/srv/fifo", data=pipe(1, "read", queued=1)["data"]))],
+            ["fifo", "1 bytes queued", "--skip fifo"],
+        ),
         (
             [(6, _file(1, "anon", "anon_inode:[eventpoll]"))],
             ["pid=100, fd=6", "the epoll", "linked"],

@@ -159,8 +159,13 @@ class _Maker:
             if make.flags & os.O_PATH:
                 return os.dup(opath)
             # Through our own O_PATH fd: the very file just checked, never a re-resolution.
-            flags = (make.flags & ~os.O_NOFOLLOW) | os.O_CLOEXEC | os.O_NOCTTY
+            # A FIFO non-blocking: opening it must not wait for the other end (its flags
+            # are set after).
+            fifo = os.O_NONBLOCK if make.fmt == stat.S_IFIFO else 0
+            flags = (make.flags & ~os.O_NOFOLLOW) | os.O_CLOEXEC | os.O_NOCTTY | fifo
             fd = os.open(f"/proc/self/fd/{opath}", flags)
+            if make.capacity and fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) != make.capacity:
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, make.capacity)
             if (os.fstat(fd).st_ino, os.fstat(fd).st_dev) != (st.st_ino, st.st_dev):
                 os.close(fd)
                 raise _Failed("the file changed while it was opened")
@@ -326,6 +331,15 @@ def _first_fd(plan: RestorePlan, index: int) -> int:
     return next(s.fd for s in plan.fds if s.description == index)
 
 
+def _order(d: Description) -> int:
+    make = d.make
+    if isinstance(make, Epoll):
+        return 2
+    if isinstance(make, OpenPath) and make.fmt == stat.S_IFIFO:
+        return 1 if make.flags & os.O_ACCMODE == os.O_WRONLY else 0
+    return 0
+
+
 def make(plan: RestorePlan, *, root_fd: int, relaxed: bool = False) -> Made:
     """Every description of the plan, made and checked, each at a fd at or above the
     plan's highest fd number + 1.  On any failure, closes all it made and raises a
@@ -341,9 +355,8 @@ def make(plan: RestorePlan, *, root_fd: int, relaxed: bool = False) -> Made:
     maker = _Maker(plan, root_fd, relaxed, floor)
     made = maker.made
     # Epolls last: their watches are tried on the targets, which must exist by then.
-    order = sorted(
-        range(len(plan.descriptions)), key=lambda i: isinstance(plan.descriptions[i].make, Epoll)
-    )
+    # A FIFO's write-only ends after its readers: without one, the open fails (ENXIO).
+    order = sorted(range(len(plan.descriptions)), key=lambda i: _order(plan.descriptions[i]))
     try:
         for index in order:
             d = plan.descriptions[index]

@@ -97,6 +97,8 @@ class OpenPath(msgspec.Struct, tag="open", kw_only=True):
     ino: int
     size: int
     rdev: int
+    capacity: int = 0
+    """A FIFO's pipe size (F_SETPIPE_SZ); 0 for other files."""
 
 
 class Reopen(msgspec.Struct, tag="reopen", kw_only=True):
@@ -295,7 +297,7 @@ class _Planner:
     def _make(self, f: File, kind: str, table: list[File]) -> tuple[Make, int | None, int | None]:
         data = _data(f)
         pos = _int(f.pos, 0, 2**63 - 1, "position")
-        if kind in ("reg", "dir", "path", "chr"):
+        if kind in ("reg", "dir", "path", "chr", "fifo"):
             if kind == "chr" and (os.major(f.rdev), os.minor(f.rdev)) not in SAFE_DEVICES:
                 raise _Refuse("a device other than null, zero, full, random, urandom")
             if f.deleted or f.path_state in ("deleted", "deleted-linked"):
@@ -314,9 +316,16 @@ class _Planner:
                 )
             if kind == "dir":
                 flags |= os.O_DIRECTORY
+            capacity = 0
+            if kind == "fifo":
+                # Data queued in a FIFO lives in it, with whoever else holds it open.
+                if data.get("queued") != 0:
+                    raise _Refuse(f"{data.get('queued')!r} bytes queued in it (not restored)")
+                capacity = _int(data.get("capacity"), 4096, MAX_PIPE_SIZE, "pipe capacity")
             make = OpenPath(path=f.path, flags=flags, fmt=fmt, dev=f.dev, ino=f.ino,
-                            size=f.size, rdev=f.rdev)  # fmt: skip
-            return make, None, (pos if kind in ("reg", "dir") else None)
+                            size=f.size, rdev=f.rdev, capacity=capacity)  # fmt: skip
+            setfl = f.flags & SETFL if kind == "fifo" else None
+            return make, setfl, (pos if kind in ("reg", "dir") else None)
         if kind in ("unlinked", "memfd"):
             if data.get("hugetlb") is True:
                 raise _Refuse("a hugetlb memfd")

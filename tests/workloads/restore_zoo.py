@@ -56,6 +56,12 @@ lone_r, lone_w = os.pipe()
 os.close(lone_r)
 fds["lone_w"] = lone_w
 
+# A FIFO open at both ends (the reader non-blocking, so that opening it did not wait).
+fifo = os.path.join(work, "fifo")
+os.mkfifo(fifo)
+fds["fifo_r"] = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+fds["fifo_w"] = os.open(fifo, os.O_WRONLY)
+
 # eventfds: a counter and a non-blocking semaphore.
 fds["eventfd"] = os.eventfd(41)
 os.eventfd_write(fds["eventfd"], 1)
