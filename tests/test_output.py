@@ -26,7 +26,7 @@ from asyckpt._errors import ImageError, OutputError
 from asyckpt._image import ImageWriter, read_image
 from asyckpt._target import path_refusal, stream_refusal
 
-from .conftest import Tree, asyckpt_cgroups, task_state
+from .conftest import SPAWN_TREE, Tree, asyckpt_cgroups, task_state
 from .test_image_format import make_body, make_header, make_trailer
 
 ASYCKPT = [sys.executable, "-m", "asyckpt"]
@@ -273,8 +273,8 @@ def test_stream_refuses_a_terminal(zoo: Tree, tmp_path: Path) -> None:
     assert all(task_state(pid) in "SR" for pid in zoo.pids())
 
 
-def test_stream_whose_reader_leaves_is_an_output_error(spawn: Any, shared_workloads: Path) -> None:
-    tree = spawn(shared_workloads / "spawn_tree.py", "2", "1500")
+def test_stream_whose_reader_leaves_is_an_output_error(spawn: Any) -> None:
+    tree = spawn(SPAWN_TREE, "2", "1500")
     r, w = os.pipe()
     os.close(r)  # nobody will read
     try:
@@ -418,19 +418,19 @@ def _kill_at_random_moments(tree: Tree, out: Path, existing: bool, trials: int) 
 
 @pytest.mark.parametrize("existing", [False, True], ids=["new", "force-replace"])
 def test_sigkill_at_random_moments_leaves_nothing_new(
-    existing: bool, spawn: Any, shared_workloads: Path, tmp_path: Path
+    existing: bool, spawn: Any, tmp_path: Path
 ) -> None:
-    tree = spawn(shared_workloads / "spawn_tree.py", "3", "1500")
+    tree = spawn(SPAWN_TREE, "3", "1500")
     # The common case gets every trial, the replacement a quarter.
     _kill_at_random_moments(tree, tmp_path, existing, TRIALS // 4 if existing else TRIALS)
 
 
 @pytest.mark.parametrize("existing", [False, True], ids=["new", "force-replace"])
 def test_sigkill_without_o_tmpfile_leaves_nothing_new(
-    existing: bool, spawn: Any, shared_workloads: Path, no_tmpfile_dir: Path
+    existing: bool, spawn: Any, no_tmpfile_dir: Path
 ) -> None:
     """The hidden temporary name is removed by the guardian."""
-    tree = spawn(shared_workloads / "spawn_tree.py", "3", "1500")
+    tree = spawn(SPAWN_TREE, "3", "1500")
     _kill_at_random_moments(tree, no_tmpfile_dir, existing, max(TRIALS // 8, 2))
 
 
@@ -447,8 +447,8 @@ def _handles_signals(pid: int) -> bool:
     return bool(caught & (1 << (signal.SIGHUP - 1)))
 
 
-def test_signals_at_random_moments(spawn: Any, shared_workloads: Path, tmp_path: Path) -> None:
-    tree = spawn(shared_workloads / "spawn_tree.py", "3", "1500")
+def test_signals_at_random_moments(spawn: Any, tmp_path: Path) -> None:
+    tree = spawn(SPAWN_TREE, "3", "1500")
     dest = tmp_path / "x.ackpt"
     argv = [*ASYCKPT, "tree", str(tree.pid), "-o", str(dest)]
     duration = _timed_run(argv)
@@ -540,12 +540,10 @@ def test_fallback_keeps_other_spools_out_of_the_directory(
     writer.abort()
 
 
-def test_a_stream_whose_reader_stalls_still_stops_at_a_signal(
-    spawn: Any, shared_workloads: Path, tmp_path: Path
-) -> None:
+def test_a_stream_whose_reader_stalls_still_stops_at_a_signal(spawn: Any, tmp_path: Path) -> None:
     """The image (megabytes) is far larger than the pipe: asyckpt waits for room, and a
     signal then still ends it (exit 130), the stream cut short of its digest."""
-    tree = spawn(shared_workloads / "spawn_tree.py", "2", "1500")
+    tree = spawn(SPAWN_TREE, "2", "1500")
     proc = subprocess.Popen(
         [*ASYCKPT, "tree", str(tree.pid), "-o", "-"],
         stdout=subprocess.PIPE,
