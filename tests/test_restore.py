@@ -207,6 +207,10 @@ def test_exit_status_of_cmd_killed_by_a_signal(tmp_path: Path) -> None:
     image = str(crafted(tmp_path, reg_of(ok, access="r")))
     proc = asyckpt("restore", image, "--pid", "100", "--", "sh", "-c", "kill -TERM $$")
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+    # SIGPIPE at its default in CMD (Python, which restore is, ignores it).
+    pipe_cmd = "yes | head -c1 >/dev/null; exit ${PIPESTATUS[0]}"
+    proc = asyckpt("restore", image, "--pid", "100", "--", "bash", "-c", pipe_cmd)
+    assert proc.returncode == 128 + signal.SIGPIPE, proc.stderr
     proc = asyckpt("restore", image, "--pid", "100", "--", str(tmp_path / "no-such-cmd"))
     one_line_error(proc, 13, "cannot run", "No such file or directory")
 

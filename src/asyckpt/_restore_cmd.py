@@ -102,13 +102,19 @@ def command(args: argparse.Namespace) -> int:
     # Blocked before the fork: a SIGTERM sent to the holder as soon as its pid is known is
     # waited for, not lost, whatever it is doing then.  CMD gets the mask restore had.
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    pid = os.fork()
-    if pid == 0:
-        os.close(status_r)
-        _child(plan, made.fds, made.floor, status_w, args.cmd, mask)  # never returns
-    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-    os.close(status_w)
-    close_all(made.fds)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            os.close(status_r)
+            _child(plan, made.fds, made.floor, status_w, args.cmd, mask)  # never returns
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        os.close(status_w)
+        close_all(made.fds)
+    if args.cmd:
+        # Ctrl-C is CMD's to handle (it is in the terminal's process group too); restore
+        # waits for it and reports how it ended, as a shell does.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     with os.fdopen(status_r, "rb") as status:
         said = status.read(65536)
     if args.hold:
@@ -146,6 +152,10 @@ def _child(
             if high > low + 1:  # os.closerange(n, n) would close every fd from n up
                 os.closerange(low + 1, high)
         if cmd:
+            # Python ignores SIGPIPE and SIGXFSZ, and an ignored signal stays ignored
+            # across exec: CMD gets the defaults (as subprocess's restore_signals does).
+            for signum in (signal.SIGPIPE, signal.SIGXFSZ):
+                signal.signal(signum, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             try:
                 os.execvp(cmd[0], cmd)
