@@ -57,6 +57,14 @@ def capture(pid: int, out: Path) -> Any:
     return read_image(out)
 
 
+def capture_and_stop(tree: Tree, out: Path) -> Any:
+    """Capture the zoo, then kill it: its write lock would keep a copy from taking it."""
+    image = capture(tree.pid, out)
+    os.kill(tree.pid, signal.SIGKILL)
+    tree.proc.wait(timeout=10)
+    return image
+
+
 def _data(f: File) -> dict[str, Any]:
     value = msgspec.msgpack.decode(f.data)
     return value if isinstance(value, dict) else {}
@@ -88,6 +96,12 @@ def table(image: Any, pid: int) -> dict[str, Any]:
             if data.get("peer_ino"):
                 by_object.setdefault(data["peer_ino"], set()).add(fd.fd)
         row: dict[str, Any] = {
+            # A POSIX lock is its process's; the others, the description's (their pid
+            # is whoever took them).
+            "locks": sorted(
+                (lk.type, lk.access, lk.start, lk.end, lk.type != "POSIX" or lk.pid == pid)
+                for lk in f.locks
+            ),
             "type": f.type,
             "access": f.access,
             "flags": f.flags,
@@ -129,6 +143,11 @@ def table(image: Any, pid: int) -> dict[str, Any]:
 def test_round_trip_every_restored_kind(spawn: Any, hold: Any, tmp_path: Path) -> None:
     tree: Tree = spawn(WORKLOADS / "restore_zoo.py")
     before = capture(tree.pid, tmp_path / "a.ackpt")
+    # While the zoo lives, its write lock is its own: the copy cannot take it.
+    proc = hold(tmp_path / "a.ackpt", tree.pid)
+    one_line_error(proc, 13, f"pid={tree.pid}, fd={tree.info['fds']['reg']}", "ofd write lock")
+    os.kill(tree.pid, signal.SIGKILL)
+    tree.proc.wait(timeout=10)
     holder = hold(tmp_path / "a.ackpt", tree.pid)
     assert isinstance(holder, int), holder.stderr
     after = capture(holder, tmp_path / "b.ackpt")
@@ -137,9 +156,10 @@ def test_round_trip_every_restored_kind(spawn: Any, hold: Any, tmp_path: Path) -
     # An unlinked regular file comes back as a memfd (its name as the memfd's).
     for key in ("name", "size", "seals"):
         b["fds"][fds["unlinked"]].pop(key)
-    assert {
+    differ = {
         fd: (row, b["fds"].get(fd)) for fd, row in a["fds"].items() if row != b["fds"].get(fd)
-    } == {}
+    }
+    assert not differ, repr(differ)
     left_a, left_b = a.pop("left"), b.pop("left")
     assert all([0, 0] < left_b[fd] <= left_a[fd] for fd in left_a)
     assert a == b
@@ -159,6 +179,11 @@ def test_round_trip_every_restored_kind(spawn: Any, hold: Any, tmp_path: Path) -
     )
     assert rows[fds["timerfd"]]["it_interval"] == [90, 0] and rows[fds["timerfd"]]["armed"]
     assert rows[fds["signalfd"]]["sigmask"] == (1 << 9) | (1 << 11)
+    assert rows[fds["reg"]]["locks"] == [("OFDLCK", "WRITE", 10, 19, True)]
+    assert rows[fds["reg_ro"]]["locks"] == [
+        ("FLOCK", "READ", 0, None, True),
+        ("POSIX", "READ", 100, None, True),
+    ]
     assert rows[fds["fifo_w"]]["type"] == "fifo" and [fds["fifo_r"], fds["fifo_w"]] in a["objects"]
 
 
@@ -187,7 +212,7 @@ sys.exit(7)
 
 def test_exec_closes_cloexec_fds_and_passes_the_rest(spawn: Any, tmp_path: Path) -> None:
     tree: Tree = spawn(WORKLOADS / "restore_zoo.py")
-    image = capture(tree.pid, tmp_path / "a.ackpt")
+    image = capture_and_stop(tree, tmp_path / "a.ackpt")
     (task,) = image.tasks
     inherited = sorted(fd.fd for fd, _ in image.fds(task.fd_table) if not fd.cloexec)
     fds = tree.info["fds"]
@@ -217,7 +242,7 @@ def test_exit_status_of_cmd_killed_by_a_signal(tmp_path: Path) -> None:
 
 def test_hold_stops_on_sigterm(spawn: Any, hold: Any, tmp_path: Path) -> None:
     tree: Tree = spawn(WORKLOADS / "restore_zoo.py")
-    capture(tree.pid, tmp_path / "a.ackpt")
+    capture_and_stop(tree, tmp_path / "a.ackpt")
     holder = hold(tmp_path / "a.ackpt", tree.pid)
     assert isinstance(holder, int)
     os.kill(holder, signal.SIGTERM)
@@ -367,7 +392,7 @@ os.write(out, json.dumps(seen).encode())
 
 def test_restore_table_in_the_calling_process(spawn: Any, tmp_path: Path) -> None:
     tree: Tree = spawn(WORKLOADS / "restore_zoo.py")
-    image = capture(tree.pid, tmp_path / "a.ackpt")
+    image = capture_and_stop(tree, tmp_path / "a.ackpt")
     (task,) = image.tasks
     out = tmp_path / "seen.json"
     out.touch()

@@ -288,3 +288,29 @@ def test_socketpair_within_the_table() -> None:
     ]
     queued = _file(2, "socket", "socket:[8]", data=_socket(8, peer_ino=7, recv_queue=5))
     refused(image((3, a), (5, queued)), "queued")
+
+
+def lock(
+    type: str, access: str = "WRITE", pid: int = PID, start: int = 0, end: Any = None
+) -> dict[str, Any]:
+    text = f"1: {type} ADVISORY {access} {pid} fe:00:1001 {start} {end or 'EOF'}"
+    return {"type": type, "mode": "ADVISORY", "access": access, "pid": pid, "dev": 1,
+            "ino": 1, "start": start, "end": end, "text": text}  # fmt: skip
+
+
+def test_locks_taken_again() -> None:
+    locks = [
+        lock("FLOCK", "READ"),
+        lock("OFDLCK", pid=-1, start=10, end=19),
+        lock("POSIX", "READ", start=100),
+        lock("POSIX", pid=PID + 1),  # another task's, through a shared description
+    ]
+    (d,) = plan(image((3, reg(locks=locks)))).descriptions
+    assert [(x.type, x.write, x.start, x.length) for x in d.locks] == [
+        ("flock", False, 0, 0),
+        ("ofd", True, 10, 10),
+        ("posix", False, 100, 0),
+    ]
+    refused(image((3, reg(locks=[lock("LEASE")]))), "pid=100, fd=3", "cannot be taken again")
+    refused(image((3, reg(locks=[lock("POSIX", start=9, end=3)]))), "lock end 3")
+    refused(image((3, reg(locks=[lock("POSIX", access="UNLCK")]))), "unknown extent")

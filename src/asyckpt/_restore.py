@@ -16,6 +16,7 @@ never include O_CREAT, O_TRUNC, O_EXCL or O_TMPFILE (the plan removes them).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import select
@@ -42,6 +43,7 @@ from ._restore_plan import (
     Epoll,
     EventFd,
     Inode,
+    LockPlan,
     OpenPath,
     Pipe,
     PipeEnd,
@@ -136,6 +138,9 @@ class _Maker:
                 fcntl.fcntl(fd, fcntl.F_SETFL, d.setfl)
             if d.pos is not None:
                 os.lseek(fd, d.pos, os.SEEK_SET)
+            for lock in d.locks:
+                if lock.type != "posix":  # the process's: taken by install
+                    take_lock(fd, lock)
             return _high(fd, self.floor)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -286,6 +291,31 @@ def _memfd(inode: Inode) -> int:
         raise
 
 
+def take_lock(fd: int, lock: LockPlan) -> None:
+    """Take ``lock`` through ``fd`` without waiting; one held by another process is an
+    error saying so."""
+    try:
+        if lock.type == "flock":
+            fcntl.flock(fd, (fcntl.LOCK_EX if lock.write else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            return
+        l_type = fcntl.F_WRLCK if lock.write else fcntl.F_RDLCK
+        if lock.type == "posix":
+            fcntl.fcntl(fd, fcntl.F_SETLK, _flock(l_type, lock.start, lock.length))
+        else:
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(l_type, lock.start, lock.length))
+    except OSError as exc:
+        what = f"{lock.type} {'write' if lock.write else 'read'} lock"
+        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            raise _Failed(f"its {what} is held by another process now") from None
+        raise _Failed(f"its {what}: {exc.strerror}") from None
+
+
+def _flock(l_type: int, start: int, length: int) -> bytes:
+    """A struct flock (l_type, l_whence SEEK_SET, l_start, l_len, l_pid 0), padded to
+    the kernel's 32 bytes."""
+    return struct.pack("@hhqqi", l_type, os.SEEK_SET, start, length, 0).ljust(32, b"\0")
+
+
 def _timerfd(make: TimerFd) -> int:
     value = make.value
     if make.settime_flags & TFD_TIMER_ABSTIME and value != (0, 0):
@@ -378,10 +408,28 @@ def make(plan: RestorePlan, *, root_fd: int, relaxed: bool = False) -> Made:
     return Made(fds=[made[i] for i in range(len(plan.descriptions))], floor=floor)
 
 
+def take_posix_locks(plan: RestorePlan) -> None:
+    """Take the POSIX locks of the plan through the installed fds: last, once the
+    process has closed every other fd it will close, since closing any fd of a file
+    drops the process's POSIX locks on it.  One another process holds now is a
+    RestoreError (the fds stay in place)."""
+    for index, d in enumerate(plan.descriptions):
+        for lock in d.locks:
+            if lock.type == "posix":
+                fd = _first_fd(plan, index)
+                try:
+                    take_lock(fd, lock)
+                except _Failed as why:
+                    raise RestoreError(
+                        f"cannot restore the {d.kind}: {why}", pid=plan.pid, fd=fd
+                    ) from None
+
+
 def install(plan: RestorePlan, made: Made) -> None:
     """Dup each description to its fd numbers (close-on-exec as the image says), add
     the epolls' watches (tried already by :func:`make`), then close the made fds.
-    Whatever was at those numbers is closed by the dup."""
+    Whatever was at those numbers is closed by the dup.  The POSIX locks are for
+    :func:`take_posix_locks`, after."""
     try:
         for slot in plan.fds:
             os.dup2(made.fds[slot.description], slot.fd, inheritable=not slot.cloexec)
@@ -413,10 +461,13 @@ def restore_table(
     """Rebuild, in the calling process, the fd table task ``pid`` had in ``image``: the
     same fd numbers, flags, positions, close-on-exec and sharing between its fds.  The
     fds at those numbers are replaced; other fds are left alone.  Raises RestoreError
-    (nothing changed) when a fd cannot be restored; returns the plan followed, whose
+    when a fd cannot be restored: before anything changed, but for a POSIX lock another
+    process holds now (the fds are in place then; closing any of them drops the
+    caller's POSIX locks on its file, as always); returns the plan followed, whose
     ``skipped`` lists the fds left out by ``skip``."""
     plan = plan_table(image, pid, nofile=nofile(), skip=frozenset(skip))
     with _root(root) as root_fd:
         made = make(plan, root_fd=root_fd, relaxed=relaxed)
     install(plan, made)
+    take_posix_locks(plan)
     return plan

@@ -16,7 +16,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ._errors import RestoreError, UsageError
+from ._errors import AsyckptError, RestoreError, UsageError
 from ._escape import escape
 
 if TYPE_CHECKING:
@@ -117,15 +117,12 @@ def command(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     with os.fdopen(status_r, "rb") as status:
         said = status.read(65536)
+    if said and said != _READY:  # the child failed (and exits): its one-line reason
+        os.waitpid(pid, 0)
+        raise RestoreError(said.decode(errors="replace"))
     if args.hold:
-        if said != _READY:
-            os.waitpid(pid, 0)
-            raise RestoreError(f"the holder failed: {said.decode(errors='replace')}")
         print(pid, flush=True)
         return 0
-    if said:
-        os.waitpid(pid, 0)
-        raise RestoreError(f"cannot run {args.cmd[0]}: {said.decode(errors='replace')}")
     code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     return 128 - code if code < 0 else code  # killed by signal N: 128 + N, as a shell says
 
@@ -144,13 +141,14 @@ def _child(
         status = _above(status, max(floor, *made, 0) + 1)
         if not cmd:
             os.setsid()  # not killed with the terminal's process group: it holds until SIGTERM
-        from ._restore import Made, install
+        from ._restore import Made, install, take_posix_locks
 
         install(plan, Made(fds=made, floor=floor))
         keep = sorted({s.fd for s in plan.fds} | {status})
         for low, high in zip([-1, *keep], [*keep, nofile_limit()], strict=True):
             if high > low + 1:  # os.closerange(n, n) would close every fd from n up
                 os.closerange(low + 1, high)
+        take_posix_locks(plan)  # last: closing a fd of a file drops them
         if cmd:
             # Python ignores SIGPIPE and SIGXFSZ, and an ignored signal stays ignored
             # across exec: CMD gets the defaults (as subprocess's restore_signals does).
@@ -160,15 +158,16 @@ def _child(
             try:
                 os.execvp(cmd[0], cmd)
             except OSError as exc:
-                os.write(status, (exc.strerror or str(exc)).encode())
+                os.write(status, f"cannot run {cmd[0]}: {exc.strerror or exc}".encode())
                 os._exit(127)
         os.write(status, _READY)
         os.close(status)
         signal.sigwait({signal.SIGTERM})
         os._exit(0)
     except BaseException as exc:  # nothing may unwind into the parent's code
+        why = str(exc) if isinstance(exc, AsyckptError) else f"{type(exc).__name__}: {exc}"
         try:
-            os.write(status, f"{type(exc).__name__}: {exc}".encode(errors="replace"))
+            os.write(status, why.encode(errors="replace"))
         finally:
             os._exit(1)
 

@@ -32,6 +32,7 @@ __all__ = [
     "EventFd",
     "FdSlot",
     "Inode",
+    "LockPlan",
     "OpenPath",
     "Pipe",
     "PipeEnd",
@@ -169,6 +170,18 @@ class Description(msgspec.Struct, kw_only=True):
     """Flags to set with F_SETFL after making it (None: set at open)."""
     pos: int | None
     """The position to seek to (None: not seekable, or not restored for the kind)."""
+    locks: list[LockPlan] = []
+
+
+class LockPlan(msgspec.Struct, kw_only=True):
+    """A lock to take again: ``flock`` and ``ofd`` belong to the description (taken when
+    it is made), ``posix`` to the process (taken once the fds are in place)."""
+
+    type: Literal["flock", "ofd", "posix"]
+    write: bool
+    start: int
+    length: int
+    """Bytes from ``start``; 0: to the end of the file, however it grows."""
 
 
 class FdSlot(msgspec.Struct, kw_only=True):
@@ -249,6 +262,12 @@ class _Refuse(Exception):
     """A fd of this kind cannot be restored: why (becomes a RestoreError)."""
 
 
+_LOCK_TYPES: dict[str, Literal["flock", "ofd", "posix"]] = {
+    "FLOCK": "flock",
+    "OFDLCK": "ofd",
+    "POSIX": "posix",
+}
+
 CLOCKS = (0, 1, 7, 8, 9)
 """CLOCK_REALTIME, MONOTONIC, BOOTTIME, REALTIME_ALARM, BOOTTIME_ALARM: timerfd's clocks."""
 
@@ -284,11 +303,35 @@ class _Planner:
         index = self._desc.get(f.id)
         if index is None:
             make, setfl, pos = self._make(f, kind, table)
+            locks = self._locks(f)
             self.plan.descriptions.append(
-                Description(file=f.id, kind=kind, make=make, setfl=setfl, pos=pos)
+                Description(file=f.id, kind=kind, make=make, setfl=setfl, pos=pos, locks=locks)
             )
             index = self._desc[f.id] = len(self.plan.descriptions) - 1
         return index
+
+    def _locks(self, f: File) -> list[LockPlan]:
+        """The locks of ``f`` this task holds: flock and OFD locks (the description's),
+        and POSIX locks whose owner is this task (another task's, through a shared
+        description, are not this table's).  A lease or a lock of another kind refuses."""
+        out = []
+        for lock in f.locks:
+            kind = _LOCK_TYPES.get(lock.type or "")
+            if kind is None:
+                raise _Refuse(
+                    f"a lock or lease it holds cannot be taken again ({lock.text.strip()})"
+                )
+            if kind == "posix" and lock.pid != self.pid:
+                continue
+            if lock.access not in ("READ", "WRITE") or lock.start is None:
+                raise _Refuse(f"a lock of unknown extent ({lock.text.strip()})")
+            start = _int(lock.start, 0, 2**63 - 1, "lock start")
+            end = None if lock.end is None else _int(lock.end, start, 2**63 - 1, "lock end")
+            length = 0 if end is None else end - start + 1
+            out.append(
+                LockPlan(type=kind, write=lock.access == "WRITE", start=start, length=length)
+            )
+        return out
 
     def _open_flags(self, f: File) -> int:
         extra = f.flags & ~(os.O_ACCMODE | _NEVER | os.O_ASYNC | os.O_CLOEXEC)

@@ -14,6 +14,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import sys
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -37,6 +38,13 @@ os.set_inheritable(reg, True)
 ro = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
 os.lseek(ro, 7, os.SEEK_SET)
 fds["reg_ro"] = ro
+# Locks: an OFD write lock (bytes 10-19) through the shared description, a flock (shared)
+# and a POSIX read lock (bytes 100 to the end) through the read-only one.
+fcntl.fcntl(
+    reg, fcntl.F_OFD_SETLK, struct.pack("@hhqqi", fcntl.F_WRLCK, 0, 10, 10, 0).ljust(32, b"\0")
+)
+fcntl.flock(ro, fcntl.LOCK_SH)
+fcntl.lockf(ro, fcntl.LOCK_SH, 0, 100)
 fds["dir"] = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
 fds["opath"] = os.open(path, os.O_PATH)
 fds["null"] = os.open("/dev/null", os.O_WRONLY)
