@@ -128,6 +128,11 @@ def test_shared_description_is_made_once() -> None:
     ("entries", "words"),
     [
         ([(3, reg(pos=-1))], ["fd=3", "position -1"]),
+        ([(3, reg(flags=os.O_RDWR | os.O_ASYNC))], ["I/O owner"]),
+        (
+            [(3, reg(owner={"pid": 5, "type": "pid", "signal": 0, "async_io": False}))],
+            ["F_SETOWN"],
+        ),
         ([(3, reg(path="relative/x"))], ["absolute path"]),
         ([(3, reg(deleted=True, path_state="deleted"))], ["unlinked", "not in the image"]),
         ([(3, reg(path_state="deleted-linked"))], ["reg", "unlinked"]),

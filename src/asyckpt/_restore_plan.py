@@ -71,7 +71,8 @@ SAFE_DEVICES = frozenset({(1, 3), (1, 5), (1, 7), (1, 8), (1, 9)})
 # Open flags an image may not ask for: restore never creates or truncates.
 _O_TMPFILE_BIT = 0o20000000
 _NEVER = os.O_CREAT | os.O_EXCL | os.O_TRUNC | _O_TMPFILE_BIT | os.O_NOCTTY
-# What F_SETFL changes (fs/fcntl.c SETFL_MASK); O_ASYNC needs an owner, not restored.
+# What F_SETFL changes (fs/fcntl.c SETFL_MASK); O_ASYNC goes with an I/O owner, which
+# is refused.
 SETFL = os.O_APPEND | os.O_NONBLOCK | os.O_DIRECT | os.O_NOATIME
 _ACCESS = {"r": os.O_RDONLY, "w": os.O_WRONLY, "rw": os.O_RDWR, "path": os.O_PATH}
 _FMT = {"reg": stat.S_IFREG, "dir": stat.S_IFDIR, "link": stat.S_IFLNK, "chr": stat.S_IFCHR,
@@ -340,6 +341,8 @@ class _Planner:
     def _make(self, f: File, kind: str, table: list[File]) -> tuple[Make, int | None, int | None]:
         data = _data(f)
         pos = _int(f.pos, 0, 2**63 - 1, "position")
+        if f.owner is not None or f.flags & os.O_ASYNC:
+            raise _Refuse("its I/O owner and signal (F_SETOWN, F_SETSIG, O_ASYNC) are not restored")
         if kind in ("reg", "dir", "path", "chr", "fifo"):
             if kind == "chr" and (os.major(f.rdev), os.minor(f.rdev)) not in SAFE_DEVICES:
                 raise _Refuse("a device other than null, zero, full, random, urandom")
