@@ -42,6 +42,7 @@ from ._restore_plan import (
     Description,
     Epoll,
     EventFd,
+    FdSlot,
     Inode,
     LockPlan,
     OpenPath,
@@ -357,10 +358,6 @@ def _pipe(pipe: Pipe) -> tuple[int, int]:
         raise
 
 
-def _first_fd(plan: RestorePlan, index: int) -> int:
-    return next(s.fd for s in plan.fds if s.description == index)
-
-
 def _order(d: Description) -> int:
     make = d.make
     if isinstance(make, Epoll):
@@ -397,8 +394,8 @@ def make(plan: RestorePlan, *, root_fd: int, relaxed: bool = False) -> Made:
                 path = d.make.path if isinstance(d.make, OpenPath) else ""
                 raise RestoreError(
                     f"cannot restore the {d.kind}{f' ({path})' if path else ''}: {why}",
-                    pid=plan.pid,
-                    fd=_first_fd(plan, index),
+                    pid=d.pid,
+                    fd=d.fd,
                 ) from None
     except BaseException:
         close_all(made.values())
@@ -408,33 +405,36 @@ def make(plan: RestorePlan, *, root_fd: int, relaxed: bool = False) -> Made:
     return Made(fds=[made[i] for i in range(len(plan.descriptions))], floor=floor)
 
 
-def take_posix_locks(plan: RestorePlan) -> None:
-    """Take the POSIX locks of the plan through the installed fds: last, once the
-    process has closed every other fd it will close, since closing any fd of a file
+def take_posix_locks(plan: RestorePlan, pid: int, slots: list[FdSlot]) -> None:
+    """Take task ``pid``'s POSIX locks through its installed fds (``slots``): last, once
+    the process has closed every other fd it will close, since closing any fd of a file
     drops the process's POSIX locks on it.  One another process holds now is a
     RestoreError (the fds stay in place)."""
-    for index, d in enumerate(plan.descriptions):
+    first: dict[int, int] = {}
+    for slot in slots:
+        first.setdefault(slot.description, slot.fd)
+    for index, fd in first.items():
+        d = plan.descriptions[index]
         for lock in d.locks:
-            if lock.type == "posix":
-                fd = _first_fd(plan, index)
+            if lock.type == "posix" and lock.pid == pid:
                 try:
                     take_lock(fd, lock)
                 except _Failed as why:
                     raise RestoreError(
-                        f"cannot restore the {d.kind}: {why}", pid=plan.pid, fd=fd
+                        f"cannot restore the {d.kind}: {why}", pid=pid, fd=fd
                     ) from None
 
 
-def install(plan: RestorePlan, made: Made) -> None:
-    """Dup each description to its fd numbers (close-on-exec as the image says), add
-    the epolls' watches (tried already by :func:`make`), then close the made fds.
-    Whatever was at those numbers is closed by the dup.  The POSIX locks are for
-    :func:`take_posix_locks`, after."""
+def install(plan: RestorePlan, made: Made, pid: int, slots: list[FdSlot]) -> None:
+    """Dup each description of task ``pid``'s ``slots`` to its fd numbers (close-on-exec
+    as the image says), add the watches of the epolls this task links (tried already by
+    :func:`make`), then close the made fds.  Whatever was at those numbers is closed by
+    the dup.  The POSIX locks are for :func:`take_posix_locks`, after."""
     try:
-        for slot in plan.fds:
+        for slot in slots:
             os.dup2(made.fds[slot.description], slot.fd, inheritable=not slot.cloexec)
         for index, d in enumerate(plan.descriptions):
-            if isinstance(d.make, Epoll):
+            if isinstance(d.make, Epoll) and d.make.pid == pid:
                 for w in d.make.watches:
                     epoll_add(made.fds[index], w.tfd, w.events, w.data)
     finally:
@@ -468,6 +468,6 @@ def restore_table(
     plan = plan_table(image, pid, nofile=nofile(), skip=frozenset(skip))
     with _root(root) as root_fd:
         made = make(plan, root_fd=root_fd, relaxed=relaxed)
-    install(plan, made)
-    take_posix_locks(plan)
+    install(plan, made, pid, plan.fds)
+    take_posix_locks(plan, pid, plan.fds)
     return plan

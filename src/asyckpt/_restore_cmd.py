@@ -143,12 +143,12 @@ def _child(
             os.setsid()  # not killed with the terminal's process group: it holds until SIGTERM
         from ._restore import Made, install, take_posix_locks
 
-        install(plan, Made(fds=made, floor=floor))
+        install(plan, Made(fds=made, floor=floor), plan.pid, plan.fds)
         keep = sorted({s.fd for s in plan.fds} | {status})
         for low, high in zip([-1, *keep], [*keep, nofile_limit()], strict=True):
             if high > low + 1:  # os.closerange(n, n) would close every fd from n up
                 os.closerange(low + 1, high)
-        take_posix_locks(plan)  # last: closing a fd of a file drops them
+        take_posix_locks(plan, plan.pid, plan.fds)  # last: closing a fd of a file drops them
         if cmd:
             # Python ignores SIGPIPE and SIGXFSZ, and an ignored signal stays ignored
             # across exec: CMD gets the defaults (as subprocess's restore_signals does).

@@ -22,7 +22,7 @@ import msgspec
 
 from ._decode import Image
 from ._errors import RestoreError, UsageError
-from ._records import File
+from ._records import File, Task
 
 __all__ = [
     "KINDS",
@@ -43,10 +43,12 @@ __all__ = [
     "Skipped",
     "SocketEnd",
     "SocketPair",
+    "TaskSlots",
     "TimerFd",
     "Watch",
     "fd_kind",
     "plan_table",
+    "plan_tree",
 ]
 
 KINDS = (
@@ -155,6 +157,8 @@ class Watch(msgspec.Struct, kw_only=True):
 
 class Epoll(msgspec.Struct, tag="epoll", kw_only=True):
     watches: list[Watch]
+    pid: int
+    """The task whose process adds the watches (through its own fd numbers)."""
 
 
 Make = OpenPath | Reopen | PipeEnd | SocketEnd | EventFd | TimerFd | SignalFd | Epoll
@@ -172,6 +176,9 @@ class Description(msgspec.Struct, kw_only=True):
     pos: int | None
     """The position to seek to (None: not seekable, or not restored for the kind)."""
     locks: list[LockPlan] = []
+    pid: int = 0
+    fd: int = 0
+    """The task and fd the description is first planned for: what an error names."""
 
 
 class LockPlan(msgspec.Struct, kw_only=True):
@@ -179,6 +186,8 @@ class LockPlan(msgspec.Struct, kw_only=True):
     it is made), ``posix`` to the process (taken once the fds are in place)."""
 
     type: Literal["flock", "ofd", "posix"]
+    pid: int
+    """For a POSIX lock, the task whose process takes it."""
     write: bool
     start: int
     length: int
@@ -228,6 +237,16 @@ class RestorePlan(msgspec.Struct, kw_only=True):
     fds: list[FdSlot]
     """Ascending by fd."""
     skipped: list[Skipped]
+    tasks: list[TaskSlots] = []
+    """With ``--tree``: each task's table, parents before children; ``fds`` then holds
+    every task's slots (what the fd numbers' bound is checked on)."""
+
+
+class TaskSlots(msgspec.Struct, kw_only=True):
+    pid: int
+    parent: int | None
+    """Index into ``RestorePlan.tasks`` of the parent (None: the root)."""
+    fds: list[FdSlot]
 
 
 def _data(f: File) -> dict[str, object]:
@@ -297,8 +316,10 @@ class _Planner:
         self._inode: dict[tuple[str, int, int], int] = {}
         self._pipe: dict[int, int] = {}  # pipe ino -> index
         self._pair: dict[int, tuple[int, int]] = {}  # socket ino -> (pair, end)
-        self._epolls: list[tuple[File, dict[str, object]]] = []
+        self._epolls: list[tuple[File, dict[str, object], int]] = []
+        self.pids: frozenset[int] = frozenset({pid})
         self.linking = -1
+        self.fd = -1
 
     def description(self, f: File, kind: str, table: list[File]) -> int:
         index = self._desc.get(f.id)
@@ -306,7 +327,16 @@ class _Planner:
             make, setfl, pos = self._make(f, kind, table)
             locks = self._locks(f)
             self.plan.descriptions.append(
-                Description(file=f.id, kind=kind, make=make, setfl=setfl, pos=pos, locks=locks)
+                Description(
+                    file=f.id,
+                    kind=kind,
+                    make=make,
+                    setfl=setfl,
+                    pos=pos,
+                    locks=locks,
+                    pid=self.pid,
+                    fd=self.fd,
+                )
             )
             index = self._desc[f.id] = len(self.plan.descriptions) - 1
         return index
@@ -322,15 +352,18 @@ class _Planner:
                 raise _Refuse(
                     f"a lock or lease it holds cannot be taken again ({lock.text.strip()})"
                 )
-            if kind == "posix" and lock.pid != self.pid:
+            if kind == "posix" and lock.pid not in self.pids:
                 continue
             if lock.access not in ("READ", "WRITE") or lock.start is None:
                 raise _Refuse(f"a lock of unknown extent ({lock.text.strip()})")
             start = _int(lock.start, 0, 2**63 - 1, "lock start")
             end = None if lock.end is None else _int(lock.end, start, 2**63 - 1, "lock end")
             length = 0 if end is None else end - start + 1
+            holder = lock.pid if kind == "posix" and lock.pid is not None else self.pid
             out.append(
-                LockPlan(type=kind, write=lock.access == "WRITE", start=start, length=length)
+                LockPlan(
+                    type=kind, pid=holder, write=lock.access == "WRITE", start=start, length=length
+                )
             )
         return out
 
@@ -392,8 +425,8 @@ class _Planner:
             mask = _int(data.get("sigmask"), 0, 2**64 - 1, "signal mask")
             return SignalFd(mask=mask), f.flags & SETFL, None
         if kind == "epoll":
-            self._epolls.append((f, data))
-            return Epoll(watches=[]), f.flags & SETFL, None  # its watches: see link_epolls
+            self._epolls.append((f, data, self.pid))
+            return Epoll(watches=[], pid=self.pid), f.flags & SETFL, None  # see link_epolls
         raise _Refuse("not restored by this version")
 
     def _timerfd(self, data: dict[str, object]) -> TimerFd:
@@ -409,11 +442,12 @@ class _Planner:
             ticks=_int(data.get("ticks"), 0, 2**64 - 1, "ticks"),
         )
 
-    def link_epolls(self, slots: dict[int, list[int]]) -> None:
+    def link_epolls(self, slots: dict[int, dict[int, list[int]]]) -> None:
         """Each epoll's watches, once every description of the table is planned:
         ``slots`` gives each description's fd numbers."""
-        for f, data in self._epolls:
+        for f, data, pid in self._epolls:
             self.linking = self._desc[f.id]
+            self.pid = pid
             make = self.plan.descriptions[self.linking].make
             assert isinstance(make, Epoll)
             targets = data.get("targets")
@@ -425,7 +459,9 @@ class _Planner:
                 index = self._desc.get(target.get("file"))  # type: ignore[arg-type]
                 if index is None:
                     raise _Refuse(f"a target (fd {target.get('tfd')!r}) not restored in the table")
-                numbers = slots[index]
+                numbers = slots[pid].get(index)
+                if numbers is None:
+                    raise _Refuse(f"a target (fd {target.get('tfd')!r}) not in its task's table")
                 tfd = target.get("tfd")
                 make.watches.append(
                     Watch(
@@ -539,45 +575,68 @@ def plan_table(
     below ``nofile`` (the restoring process's RLIMIT_NOFILE).  Raises RestoreError,
     naming pid, fd and kind, for the first fd it cannot restore and whose kind is not in
     ``skip``."""
-    unknown = sorted(skip - set(KINDS))
-    if unknown:
-        raise UsageError(f"--skip {unknown[0]}: not a kind ({', '.join(KINDS)})")
     task = next((t for t in image.tasks if t.pid == pid), None)
     if task is None:
         raise RestoreError(f"the image holds no task {pid}", pid=pid)
-    if task.fd_table is None:
-        raise RestoreError("a zombie has no fd table to restore", pid=pid)
-    fds = image.fds(task.fd_table)
-    table = [f for _, f in fds]
-    planner = _Planner(image, pid, skip)
-    for fd, f in fds:
-        kind = fd_kind(f)
-        if fd.fd >= nofile:
-            raise RestoreError(
-                f"fd {fd.fd} is not below RLIMIT_NOFILE ({nofile})", pid=pid, fd=fd.fd
-            )
-        if kind in skip:
-            planner.plan.skipped.append(Skipped(fd=fd.fd, kind=kind, path=f.path))
-            continue
-        try:
-            index = planner.description(f, kind, table)
-        except _Refuse as why:
-            raise RestoreError(
-                f"cannot restore the {kind} ({f.path}): {why} (--skip {kind} leaves it out)",
-                pid=pid,
-                fd=fd.fd,
-            ) from None
-        planner.plan.fds.append(FdSlot(fd=fd.fd, description=index, cloexec=fd.cloexec))
-    slots: dict[int, list[int]] = {}
-    for slot in planner.plan.fds:
-        slots.setdefault(slot.description, []).append(slot.fd)
+    return _plan(image, [task], nofile=nofile, skip=skip, tree=False)
+
+
+def plan_tree(image: Image, *, nofile: int, skip: frozenset[str] = frozenset()) -> RestorePlan:
+    """The plan to rebuild every task's fd table, in a tree of the image's shape: each
+    open file description made once, whichever tasks share it (``tasks`` lists each
+    task's slots, parents first).  Zombies are refused (their pids cannot be had)."""
+    return _plan(image, image.tasks, nofile=nofile, skip=skip, tree=True)
+
+
+def _plan(
+    image: Image, tasks: list[Task], *, nofile: int, skip: frozenset[str], tree: bool
+) -> RestorePlan:
+    unknown = sorted(skip - set(KINDS))
+    if unknown:
+        raise UsageError(f"--skip {unknown[0]}: not a kind ({', '.join(KINDS)})")
+    planner = _Planner(image, tasks[0].pid, skip)
+    planner.pids = frozenset(t.pid for t in tasks)
+    # What a pipe's data and a socket's peer are looked for in: the table, or the tree.
+    everything = list(image.files.values())
+    index_of = {t.pid: n for n, t in enumerate(tasks)}
+    slots: dict[int, dict[int, list[int]]] = {}
+    for task in tasks:
+        if task.fd_table is None:
+            raise RestoreError("a zombie has no fd table to restore", pid=task.pid)
+        fds = image.fds(task.fd_table)
+        scope = everything if tree else [f for _, f in fds]
+        planner.pid = task.pid
+        mine: list[FdSlot] = []
+        for fd, f in fds:
+            kind = fd_kind(f)
+            if fd.fd >= nofile:
+                raise RestoreError(
+                    f"fd {fd.fd} is not below RLIMIT_NOFILE ({nofile})", pid=task.pid, fd=fd.fd
+                )
+            if kind in skip:
+                planner.plan.skipped.append(Skipped(fd=fd.fd, kind=kind, path=f.path))
+                continue
+            planner.fd = fd.fd
+            try:
+                index = planner.description(f, kind, scope)
+            except _Refuse as why:
+                raise RestoreError(
+                    f"cannot restore the {kind} ({f.path}): {why} (--skip {kind} leaves it out)",
+                    pid=task.pid,
+                    fd=fd.fd,
+                ) from None
+            mine.append(FdSlot(fd=fd.fd, description=index, cloexec=fd.cloexec))
+            slots.setdefault(task.pid, {}).setdefault(index, []).append(fd.fd)
+        parent = index_of.get(task.ppid) if tree else None
+        planner.plan.tasks.append(TaskSlots(pid=task.pid, parent=parent, fds=mine))
+        planner.plan.fds += mine
     try:
         planner.link_epolls(slots)
     except _Refuse as why:
-        # The epoll named is the one being linked: the first fd of the last one looked at.
+        d = planner.plan.descriptions[planner.linking]
         raise RestoreError(
-            f"cannot restore the epoll: {why} (--skip epoll leaves it out)",
-            pid=pid,
-            fd=slots[planner.linking][0],
+            f"cannot restore the epoll: {why} (--skip epoll leaves it out)", pid=d.pid, fd=d.fd
         ) from None
+    if not tree:
+        planner.plan.tasks = []
     return planner.plan
