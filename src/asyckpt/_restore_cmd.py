@@ -1,11 +1,11 @@
-"""``asyckpt restore IMAGE --pid PID (--hold | -- CMD [ARGS...])``.
+"""``asyckpt restore IMAGE (--pid PID | --tree) (--hold | -- CMD [ARGS...])``.
 
 Every description is made and checked in this process (``_restore.make``), so a refusal
-is an ordinary error with nothing started.  Then a child is forked which installs them
-at their fd numbers, closes every other fd, and either holds the table (printing its pid
-here, waiting for SIGTERM) or execs CMD, where the fds marked close-on-exec vanish as
-they would have for the original task.  A status pipe (close-on-exec, above the plan's
-fd numbers) tells this process that the child is holding, or that CMD could not be run.
+is an ordinary error with nothing started.  Then the holders are forked
+(``_restore_hold``), or a child which installs the table at its fd numbers, closes
+every other fd and execs CMD, where the fds marked close-on-exec vanish as they would
+have for the original task.  A status pipe (close-on-exec, above the plan's fd numbers)
+tells this process when CMD could not be run.
 """
 
 from __future__ import annotations
@@ -20,11 +20,10 @@ from ._errors import AsyckptError, RestoreError, UsageError
 from ._escape import escape
 
 if TYPE_CHECKING:
+    from ._restore import Made
     from ._restore_plan import RestorePlan
 
 __all__ = ["add_parser", "command"]
-
-_READY = b"ok"
 
 
 def add_parser(sub: argparse._SubParsersAction[Any], epilog: str) -> None:
@@ -40,7 +39,12 @@ def add_parser(sub: argparse._SubParsersAction[Any], epilog: str) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     r.add_argument("image", metavar="IMAGE", help="the image")
-    r.add_argument("--pid", type=int, required=True, help="the task whose table to rebuild")
+    r.add_argument("--pid", type=int, help="the task whose table to rebuild")
+    r.add_argument(
+        "--tree",
+        action="store_true",
+        help="rebuild every task's table, in a tree of the image's shape (with --hold)",
+    )
     r.add_argument("--root", default="/", metavar="DIR", help="resolve paths in DIR (default: /)")
     r.add_argument(
         "--relaxed",
@@ -56,7 +60,10 @@ def add_parser(sub: argparse._SubParsersAction[Any], epilog: str) -> None:
         "listing them",
     )
     r.add_argument("--hold", action="store_true", help="hold the table; print the holder's pid")
-    r.usage = "%(prog)s IMAGE --pid PID [options] (--hold | -- CMD [ARGS...])"
+    r.usage = (
+        "%(prog)s IMAGE --pid PID [options] (--hold | -- CMD [ARGS...])\n"
+        "       %(prog)s IMAGE --tree [options] --hold"
+    )
     r.__class__ = type("RestoreParser", (_CommandAfterDashes, type(r)), {})
 
 
@@ -81,13 +88,21 @@ class _CommandAfterDashes(argparse.ArgumentParser):
 
 def command(args: argparse.Namespace) -> int:
     from ._image import read_image
-    from ._restore import close_all, make, nofile, open_root
-    from ._restore_plan import plan_table
+    from ._restore import make, nofile, open_root
+    from ._restore_plan import plan_table, plan_tree
 
     if args.hold == bool(args.cmd):
         raise UsageError("give --hold or -- CMD [ARGS...], one of them")
+    if args.tree == (args.pid is not None):
+        raise UsageError("give --pid PID or --tree, one of them")
+    if args.tree and args.cmd:
+        raise UsageError("--tree holds the tree (--hold); it runs no command")
     image = read_image(args.image)
-    plan = plan_table(image, args.pid, nofile=nofile(), skip=frozenset(args.skip))
+    skip = frozenset(args.skip)
+    if args.tree:
+        plan = plan_tree(image, nofile=nofile(), skip=skip)
+    else:
+        plan = plan_table(image, args.pid, nofile=nofile(), skip=skip)
     del image
     root_fd = open_root(args.root)
     try:
@@ -98,49 +113,45 @@ def command(args: argparse.Namespace) -> int:
         print(f"asyckpt: restore: skipped fd {s.fd} ({s.kind} {escape(s.path)})", file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
+    if args.hold:
+        from ._restore_hold import hold
+
+        print(hold(plan, made), flush=True)
+        return 0
+    return _run(plan, made, args.cmd)
+
+
+def _run(plan: RestorePlan, made: Made, cmd: list[str]) -> int:
+    """Fork a child that installs the table and execs ``cmd``; wait for it and return
+    its exit status (128 + N for a signal N, as a shell says)."""
+    from ._restore import close_all
+
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
-    # Blocked before the fork: a SIGTERM sent to the holder as soon as its pid is known is
-    # waited for, not lost, whatever it is doing then.  CMD gets the mask restore had.
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     try:
         pid = os.fork()
         if pid == 0:
             os.close(status_r)
-            _child(plan, made.fds, made.floor, status_w, args.cmd, mask)  # never returns
+            _child(plan, made.fds, made.floor, status_w, cmd)  # never returns
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(status_w)
         close_all(made.fds)
-    if args.cmd:
-        # Ctrl-C is CMD's to handle (it is in the terminal's process group too); restore
-        # waits for it and reports how it ended, as a shell does.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C is CMD's to handle (it is in the terminal's process group too); restore
+    # waits for it and reports how it ended.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     with os.fdopen(status_r, "rb") as status:
         said = status.read(65536)
-    if said and said != _READY:  # the child failed (and exits): its one-line reason
+    if said:  # the child failed (and exits): its one-line reason
         os.waitpid(pid, 0)
         raise RestoreError(said.decode(errors="replace"))
-    if args.hold:
-        print(pid, flush=True)
-        return 0
     code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-    return 128 - code if code < 0 else code  # killed by signal N: 128 + N, as a shell says
+    return 128 - code if code < 0 else code
 
 
-def _child(
-    plan: RestorePlan,
-    made: list[int],
-    floor: int,
-    status: int,
-    cmd: list[str],
-    mask: set[int | signal.Signals],
-) -> None:
-    """In the forked child: install, close every other fd, hold or exec.  Never
-    returns; reports through ``status`` (any output would go to restored fds)."""
+def _child(plan: RestorePlan, made: list[int], floor: int, status: int, cmd: list[str]) -> None:
+    """In the forked child: install, close every other fd, exec CMD.  Never returns;
+    reports through ``status`` (any output would go to restored fds)."""
     try:
         status = _above(status, max(floor, *made, 0) + 1)
-        if not cmd:
-            os.setsid()  # not killed with the terminal's process group: it holds until SIGTERM
         from ._restore import Made, install, take_posix_locks
 
         install(plan, Made(fds=made, floor=floor), plan.pid, plan.fds)
@@ -149,21 +160,15 @@ def _child(
             if high > low + 1:  # os.closerange(n, n) would close every fd from n up
                 os.closerange(low + 1, high)
         take_posix_locks(plan, plan.pid, plan.fds)  # last: closing a fd of a file drops them
-        if cmd:
-            # Python ignores SIGPIPE and SIGXFSZ, and an ignored signal stays ignored
-            # across exec: CMD gets the defaults (as subprocess's restore_signals does).
-            for signum in (signal.SIGPIPE, signal.SIGXFSZ):
-                signal.signal(signum, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            try:
-                os.execvp(cmd[0], cmd)
-            except OSError as exc:
-                os.write(status, f"cannot run {cmd[0]}: {exc.strerror or exc}".encode())
-                os._exit(127)
-        os.write(status, _READY)
-        os.close(status)
-        signal.sigwait({signal.SIGTERM})
-        os._exit(0)
+        # Python ignores SIGPIPE and SIGXFSZ, and an ignored signal stays ignored across
+        # exec: CMD gets the defaults (as subprocess's restore_signals does).
+        for signum in (signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(signum, signal.SIG_DFL)
+        try:
+            os.execvp(cmd[0], cmd)
+        except OSError as exc:
+            os.write(status, f"cannot run {cmd[0]}: {exc.strerror or exc}".encode())
+            os._exit(127)
     except BaseException as exc:  # nothing may unwind into the parent's code
         why = str(exc) if isinstance(exc, AsyckptError) else f"{type(exc).__name__}: {exc}"
         try:

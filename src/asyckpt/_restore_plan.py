@@ -238,8 +238,8 @@ class RestorePlan(msgspec.Struct, kw_only=True):
     """Ascending by fd."""
     skipped: list[Skipped]
     tasks: list[TaskSlots] = []
-    """With ``--tree``: each task's table, parents before children; ``fds`` then holds
-    every task's slots (what the fd numbers' bound is checked on)."""
+    """Each task's table, parents before children (one task but with ``--tree``);
+    ``fds`` holds every task's slots."""
 
 
 class TaskSlots(msgspec.Struct, kw_only=True):
@@ -637,6 +637,4 @@ def _plan(
         raise RestoreError(
             f"cannot restore the epoll: {why} (--skip epoll leaves it out)", pid=d.pid, fd=d.fd
         ) from None
-    if not tree:
-        planner.plan.tasks = []
     return planner.plan
