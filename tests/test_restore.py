@@ -404,3 +404,64 @@ def test_restore_table_in_the_calling_process(spawn: Any, tmp_path: Path) -> Non
     assert seen["restored"] == numbers
     assert set(numbers) <= set(seen["fds"])  # and the caller's own (500, listdir's) stay
     assert 500 in seen["fds"] and seen["reg"] == 123
+
+
+def across(image: Any) -> dict[str, Any]:
+    """The sharing between the tasks of an image, tasks named by their place in it."""
+    by_file: dict[int, set[tuple[int, int]]] = {}
+    by_pipe: dict[int, set[tuple[int, int]]] = {}
+    for n, task in enumerate(image.tasks):
+        for fd, f in image.fds(task.fd_table):
+            by_file.setdefault(f.id, set()).add((n, fd.fd))
+            if f.type == "pipe":
+                by_pipe.setdefault(_data(f)["ino"], set()).add((n, fd.fd))
+    parents = [
+        next((m for m, p in enumerate(image.tasks) if p.pid == t.ppid), None) for t in image.tasks
+    ]
+    return {
+        "parents": parents,
+        "files": sorted(sorted(s) for s in by_file.values()),
+        "pipes": sorted(sorted(s) for s in by_pipe.values()),
+    }
+
+
+def test_tree_round_trip_shares_across_tasks(spawn: Any, tmp_path: Path) -> None:
+    tree: Tree = spawn(WORKLOADS / "restore_tree.py")
+    before = capture(tree.pid, tmp_path / "a.ackpt")
+    os.killpg(tree.pid, signal.SIGKILL)
+    tree.proc.wait(timeout=10)
+    proc = asyckpt("restore", str(tmp_path / "a.ackpt"), "--tree", "--hold")
+    assert proc.returncode == 0, proc.stderr
+    root = int(proc.stdout)
+    try:
+        after = capture(root, tmp_path / "b.ackpt")
+    finally:
+        os.killpg(root, signal.SIGKILL)
+    assert len(after.tasks) == len(before.tasks) == 2
+    for old, new in zip(before.tasks, after.tasks, strict=True):
+        assert table(before, old.pid) == table(after, new.pid)
+    a, b = across(before), across(after)
+    assert a == b
+    assert a["parents"] == [None, 0]
+    shared = tree.info["shared"]
+    assert [(0, shared), (1, shared)] in a["files"]  # one position, inherited
+    rows = table(after, after.tasks[1].pid)["fds"]
+    assert rows[shared]["pos"] == 42
+    assert any(len({n for n, _ in s}) == 2 for s in a["pipes"])  # parent writes, child reads
+
+
+def test_tree_refused_before_anything_starts(spawn: Any, tmp_path: Path) -> None:
+    tree: Tree = spawn(WORKLOADS / "restore_tree.py")
+    capture(tree.pid, tmp_path / "a.ackpt")
+    # The child's eventfd, skipped; an unknown word, a usage error; --tree with a CMD too.
+    proc = asyckpt("restore", str(tmp_path / "a.ackpt"), "--tree", "--hold", "--skip", "pipe")
+    assert proc.returncode == 0, proc.stderr
+    try:
+        assert proc.stderr.count("skipped fd") >= 2
+    finally:
+        os.killpg(int(proc.stdout), signal.SIGKILL)
+    for argv in (("--tree", "--", "true"), ("--tree", "--pid", "1", "--hold"), ("--hold",)):
+        proc = asyckpt("restore", str(tmp_path / "a.ackpt"), *argv)
+        one_line_error(
+            proc, 2, "one of them" if "--pid" in argv or argv == ("--hold",) else "--tree"
+        )
