@@ -23,6 +23,28 @@ import msgspec
 from ._decode import Image
 from ._errors import RestoreError, UsageError
 from ._records import File, Task
+from ._restore_model import (
+    Description,
+    Epoll,
+    EventFd,
+    FdSlot,
+    Inode,
+    LockPlan,
+    Make,
+    OpenPath,
+    Pipe,
+    PipeEnd,
+    Reopen,
+    RestorePlan,
+    SignalFd,
+    Skipped,
+    SocketEnd,
+    SocketPair,
+    SockType,
+    TaskSlots,
+    TimerFd,
+    Watch,
+)
 
 __all__ = [
     "KINDS",
@@ -79,174 +101,11 @@ SETFL = os.O_APPEND | os.O_NONBLOCK | os.O_DIRECT | os.O_NOATIME
 _ACCESS = {"r": os.O_RDONLY, "w": os.O_WRONLY, "rw": os.O_RDWR, "path": os.O_PATH}
 _FMT = {"reg": stat.S_IFREG, "dir": stat.S_IFDIR, "link": stat.S_IFLNK, "chr": stat.S_IFCHR,
         "blk": stat.S_IFBLK, "fifo": stat.S_IFIFO, "socket": stat.S_IFSOCK}  # fmt: skip
-SockType = Literal["stream", "dgram", "seqpacket"]
 _SOCK_TYPES: dict[object, SockType] = {
     "stream": "stream",
     "dgram": "dgram",
     "seqpacket": "seqpacket",
 }
-
-
-class OpenPath(msgspec.Struct, tag="open", kw_only=True):
-    """Open ``path`` under the root: openat2 RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
-    then checked against the image."""
-
-    path: str
-    flags: int
-    """For open(2): access mode and the flags the image records, never O_CREAT,
-    O_TRUNC, O_EXCL or O_TMPFILE."""
-    fmt: int
-    """The file type expected (S_IFREG...)."""
-    dev: int
-    ino: int
-    size: int
-    rdev: int
-    capacity: int = 0
-    """A FIFO's pipe size (F_SETPIPE_SZ); 0 for other files."""
-
-
-class Reopen(msgspec.Struct, tag="reopen", kw_only=True):
-    """A new description of an :class:`Inode` this plan makes."""
-
-    inode: int
-    flags: int
-
-
-class PipeEnd(msgspec.Struct, tag="pipe", kw_only=True):
-    pipe: int
-    """Index into ``RestorePlan.pipes``."""
-    end: Literal["read", "write"]
-
-
-class SocketEnd(msgspec.Struct, tag="socket", kw_only=True):
-    pair: int
-    end: Literal[0, 1]
-    shutdown: Literal["read", "write", "both"] | None
-
-
-class EventFd(msgspec.Struct, tag="eventfd", kw_only=True):
-    count: int
-    semaphore: bool
-
-
-class TimerFd(msgspec.Struct, tag="timerfd", kw_only=True):
-    clockid: int
-    settime_flags: int
-    value: tuple[int, int]
-    """(seconds, nanoseconds) left until the next expiration; (0, 0): disarmed."""
-    interval: tuple[int, int]
-    ticks: int
-    """Expirations not read yet (set with TFD_IOC_SET_TICKS)."""
-
-
-class SignalFd(msgspec.Struct, tag="signalfd", kw_only=True):
-    mask: int
-
-
-class Watch(msgspec.Struct, kw_only=True):
-    """One epoll target: added once every description exists and is at its number."""
-
-    description: int
-    """Index into ``RestorePlan.descriptions``: the open file description watched."""
-    tfd: int
-    """The fd number to add it with: the image's ``tfd`` when it is one of the target's
-    fds in the table, else the target's first fd."""
-    events: int
-    data: int
-
-
-class Epoll(msgspec.Struct, tag="epoll", kw_only=True):
-    watches: list[Watch]
-    pid: int
-    """The task whose process adds the watches (through its own fd numbers)."""
-
-
-Make = OpenPath | Reopen | PipeEnd | SocketEnd | EventFd | TimerFd | SignalFd | Epoll
-
-
-class Description(msgspec.Struct, kw_only=True):
-    """One open file description to make, then install at each of its fds."""
-
-    file: int
-    """The image's file id."""
-    kind: str
-    make: Make
-    setfl: int | None
-    """Flags to set with F_SETFL after making it (None: set at open)."""
-    pos: int | None
-    """The position to seek to (None: not seekable, or not restored for the kind)."""
-    locks: list[LockPlan] = []
-    pid: int = 0
-    fd: int = 0
-    """The task and fd the description is first planned for: what an error names."""
-
-
-class LockPlan(msgspec.Struct, kw_only=True):
-    """A lock to take again: ``flock`` and ``ofd`` belong to the description (taken when
-    it is made), ``posix`` to the process (taken once the fds are in place)."""
-
-    type: Literal["flock", "ofd", "posix"]
-    pid: int
-    """For a POSIX lock, the task whose process takes it."""
-    write: bool
-    start: int
-    length: int
-    """Bytes from ``start``; 0: to the end of the file, however it grows."""
-
-
-class FdSlot(msgspec.Struct, kw_only=True):
-    fd: int
-    description: int
-    """Index into ``RestorePlan.descriptions``."""
-    cloexec: bool
-
-
-class Inode(msgspec.Struct, kw_only=True):
-    """An unlinked file recreated as a memfd: its saved content written back at its
-    offsets, holes left as holes, then its seals."""
-
-    name: str
-    size: int
-    runs: list[tuple[int, bytes]]
-    seals: int
-
-
-class Pipe(msgspec.Struct, kw_only=True):
-    capacity: int
-    data: bytes
-    packets: list[int] | None
-    """Write ``data`` packet by packet (through an O_DIRECT end) when set."""
-
-
-class SocketPair(msgspec.Struct, kw_only=True):
-    type: SockType
-
-
-class Skipped(msgspec.Struct, kw_only=True):
-    fd: int
-    kind: str
-    path: str
-
-
-class RestorePlan(msgspec.Struct, kw_only=True):
-    pid: int
-    inodes: list[Inode]
-    pipes: list[Pipe]
-    pairs: list[SocketPair]
-    descriptions: list[Description]
-    fds: list[FdSlot]
-    """Ascending by fd."""
-    skipped: list[Skipped]
-    tasks: list[TaskSlots] = []
-    """Each task's table, parents before children (one task but with ``--tree``);
-    ``fds`` holds every task's slots."""
-
-
-class TaskSlots(msgspec.Struct, kw_only=True):
-    pid: int
-    parent: int | None
-    """Index into ``RestorePlan.tasks`` of the parent (None: the root)."""
-    fds: list[FdSlot]
 
 
 def _data(f: File) -> dict[str, object]:
