@@ -465,3 +465,31 @@ def test_tree_refused_before_anything_starts(spawn: Any, tmp_path: Path) -> None
         one_line_error(
             proc, 2, "one of them" if "--pid" in argv or argv == ("--hold",) else "--tree"
         )
+
+
+def test_restore_tree_from_trio(spawn: Any, tmp_path: Path) -> None:
+    import trio
+
+    import asyckpt
+
+    tree: Tree = spawn(WORKLOADS / "restore_tree.py")
+    before = capture(tree.pid, tmp_path / "a.ackpt")
+    os.killpg(tree.pid, signal.SIGKILL)
+    tree.proc.wait(timeout=10)
+    root = trio.run(asyckpt.restore_tree, before)
+    try:
+        after = capture(root, tmp_path / "b.ackpt")
+        assert across(after) == across(before)
+        os.kill(root, signal.SIGTERM)  # the root ends the tree
+        assert os.waitpid(root, 0)[1] == 0
+        child = after.tasks[1].pid
+        for _ in range(200):
+            if not Path(f"/proc/{child}").exists():
+                break
+            time.sleep(0.05)
+        assert not Path(f"/proc/{child}").exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(root, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(root, 0)

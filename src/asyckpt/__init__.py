@@ -69,6 +69,7 @@ if TYPE_CHECKING:
     from ._records import Task as Task
     from ._records import Trailer as Trailer
     from ._restore import restore_table as restore_table
+    from ._restore_hold import restore_tree as restore_tree
     from ._restore_plan import RestorePlan as RestorePlan
     from ._watch import Look as Look
     from ._watch import WatchEvent as WatchEvent
@@ -134,6 +135,7 @@ _LAZY = {
     "Task": "._records",
     "Trailer": "._records",
     "restore_table": "._restore",
+    "restore_tree": "._restore_hold",
     "RestoreError": "._errors",
     "RestorePlan": "._restore_plan",
     "Look": "._watch",

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import signal
+from collections.abc import Iterable
 
+from ._decode import Image
 from ._errors import AsyckptError, RestoreError
 from ._restore import Made, close_all, install, nofile, take_posix_locks
 from ._restore_plan import RestorePlan
 
-__all__ = ["hold"]
+__all__ = ["hold", "hold_tree", "restore_tree"]
 
 _READY = b"\0"  # one per holder; an error message has no NUL (paths are checked for it)
 
@@ -94,3 +97,36 @@ def _above(fd: int, floor: int) -> int:
     high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor)
     os.close(fd)
     return high
+
+
+def hold_tree(
+    image: Image, *, root: str = "/", relaxed: bool = False, skip: Iterable[str] = ()
+) -> int:
+    """``restore IMAGE --tree --hold`` in a function: plan, make, fork the holders;
+    returns the root holder's pid (a RestoreError before anything started when a fd
+    cannot be restored)."""
+    from ._restore import make, open_root
+    from ._restore_plan import plan_tree
+
+    plan = plan_tree(image, nofile=nofile(), skip=frozenset(skip))
+    root_fd = open_root(root)
+    try:
+        made = make(plan, root_fd=root_fd, relaxed=relaxed)
+    finally:
+        os.close(root_fd)
+    return hold(plan, made)
+
+
+async def restore_tree(
+    image: Image, *, root: str = "/", relaxed: bool = False, skip: Iterable[str] = ()
+) -> int:
+    """Rebuild every task's fd table of ``image`` in a new process tree of its shape,
+    descriptions shared between tasks shared again, each holder holding its table until
+    SIGTERM (to the root: it passes it to the tree).  Returns the root holder's pid; the
+    caller ends the tree (``os.killpg(pid, signal.SIGTERM)``).  Runs in a worker thread:
+    the event loop is not blocked while the files are opened and the holders start."""
+    import trio
+
+    return await trio.to_thread.run_sync(
+        functools.partial(hold_tree, image, root=root, relaxed=relaxed, skip=tuple(skip))
+    )
