@@ -115,7 +115,17 @@ def table(image: Any, pid: int) -> dict[str, Any]:
             "asyckpt.pipe": ("end", "capacity", "queued", "packet_mode", "content", "packets"),
             "asyckpt.eventfd": ("count", "semaphore"),
             "asyckpt.memfd": ("name", "size", "seals"),
-            "asyckpt.socket": ("family", "type", "state", "shutdown", "peer_in_tree"),
+            "asyckpt.socket": (
+                "family",
+                "type",
+                "state",
+                "shutdown",
+                "peer_in_tree",
+                "local_address",
+                "local_port",
+                "backlog",
+                "reuseaddr",
+            ),
             "asyckpt.signalfd": ("sigmask",),
         }.get(data.get("kind", ""), ())
         row |= {k: data.get(k) for k in keep}
@@ -179,6 +189,8 @@ def test_round_trip_every_restored_kind(spawn: Any, hold: Any, tmp_path: Path) -
     )
     assert rows[fds["timerfd"]]["it_interval"] == [90, 0] and rows[fds["timerfd"]]["armed"]
     assert rows[fds["signalfd"]]["sigmask"] == (1 << 9) | (1 << 11)
+    assert (rows[fds["tcp"]]["state"], rows[fds["tcp"]]["backlog"]) == ("LISTEN", 7)
+    assert rows[fds["tcp"]]["local_port"] and rows[fds["udp"]]["local_address"] == "::1"
     assert rows[fds["reg"]]["locks"] == [("OFDLCK", "WRITE", 10, 19, True)]
     assert rows[fds["reg_ro"]]["locks"] == [
         ("FLOCK", "READ", 0, None, True),
@@ -493,3 +505,25 @@ def test_restore_tree_from_trio(spawn: Any, tmp_path: Path) -> None:
             os.killpg(root, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(root, 0)
+
+
+def test_busy_address_is_a_clear_error(hold: Any, tmp_path: Path) -> None:
+    import socket
+
+    from tests.crafted import _socket
+
+    busy = socket.socket()
+    try:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        fields = {"family": "inet", "domain": 2, "protocol": 6, "proto": "tcp", "state": "LISTEN"}
+        fields |= {"local_address": "127.0.0.1", "local_port": port, "backlog": 5}
+        rec = _file(1, "socket", "socket:[7001]", flags=os.O_RDWR, data=_socket(7001, **fields))
+        proc = hold(crafted(tmp_path, rec), 100)
+        one_line_error(proc, 13, "pid=100, fd=3", f"address 127.0.0.1 port {port} is in use")
+    finally:
+        busy.close()
+    holder = hold(crafted(tmp_path, rec), 100)  # free now: bound and listening again
+    assert isinstance(holder, int), holder.stderr
+    assert os.readlink(f"/proc/{holder}/fd/3").startswith("socket:")

@@ -12,6 +12,7 @@ import pytest
 from asyckpt._errors import RestoreError, UsageError
 from asyckpt._image import parse_image
 from asyckpt._restore_plan import (
+    Bind,
     Epoll,
     EventFd,
     OpenPath,
@@ -319,3 +320,27 @@ def test_locks_taken_again() -> None:
     refused(image((3, reg(locks=[lock("LEASE")]))), "pid=100, fd=3", "cannot be taken again")
     refused(image((3, reg(locks=[lock("POSIX", start=9, end=3)]))), "lock end 3")
     refused(image((3, reg(locks=[lock("POSIX", access="UNLCK")]))), "unknown extent")
+
+
+def inet(**fields: Any) -> dict[str, Any]:
+    data = {"family": "inet", "domain": 2, "protocol": 6, "proto": "tcp", "state": "LISTEN"}
+    data |= {"local_address": "127.0.0.1", "local_port": 80, "backlog": 5} | fields
+    return _file(1, "socket", "socket:[7001]", data=_socket(7001, **data))
+
+
+def test_inet_listener_bound_again() -> None:
+    (d,) = plan(image((3, inet(reuseaddr=True)))).descriptions
+    assert d.make == Bind(
+        family="inet", socktype="stream", address="127.0.0.1", port=80, backlog=5,
+        reuseaddr=True, reuseport=False, netns=None,
+    )  # fmt: skip
+    refused(image((3, inet(accept_queue=2))), "accept queue")
+    refused(image((3, inet(local_address="::1"))), "another family")
+    refused(image((3, inet(local_address="127.0.0.1\n"))), "local address")
+    refused(image((3, inet(local_port=0))), "local port 0")
+    refused(image((3, inet(backlog=2**20))), "backlog")
+    refused(image((3, inet(state="ESTABLISHED"))), "only TCP listeners")
+    refused(image((3, inet(interface="eth0"))), "device")
+    udp = {"type": "dgram", "proto": "udp", "state": "CLOSE", "backlog": None}
+    assert plan(image((3, inet(**udp)))).descriptions[0].make.backlog == 0  # type: ignore[union-attr]
+    refused(image((3, inet(**udp, remote_port=53))), "connected UDP")

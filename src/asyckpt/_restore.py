@@ -39,6 +39,7 @@ from ._kernel import (
     timerfd,
 )
 from ._restore_plan import (
+    Bind,
     Description,
     Epoll,
     EventFd,
@@ -126,6 +127,8 @@ class _Maker:
             fd = self._pipe_end(make)
         elif isinstance(make, SocketEnd):
             fd = self._socket_end(make)
+        elif isinstance(make, Bind):
+            fd = _bind(make)
         elif isinstance(make, EventFd):
             fd = self._eventfd(make)
         elif isinstance(make, TimerFd):
@@ -315,6 +318,30 @@ def _flock(l_type: int, start: int, length: int) -> bytes:
     """A struct flock (l_type, l_whence SEEK_SET, l_start, l_len, l_pid 0), padded to
     the kernel's 32 bytes."""
     return struct.pack("@hhqqi", l_type, os.SEEK_SET, start, length, 0).ljust(32, b"\0")
+
+
+def _bind(make: Bind) -> int:
+    if make.netns is not None and make.netns != os.stat("/proc/self/ns/net").st_ino:
+        raise _Failed("it was in another network namespace than restore's")
+    family = socket.AF_INET if make.family == "inet" else socket.AF_INET6
+    sotype = socket.SOCK_STREAM if make.socktype == "stream" else socket.SOCK_DGRAM
+    sock = socket.socket(family, sotype)
+    try:
+        if make.reuseaddr:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if make.reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            sock.bind((make.address, make.port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise _Failed(f"address {make.address} port {make.port} is in use") from None
+            raise
+        if make.socktype == "stream":
+            sock.listen(make.backlog)
+        return sock.detach()
+    finally:
+        sock.close()
 
 
 def _timerfd(make: TimerFd) -> int:

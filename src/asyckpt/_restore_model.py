@@ -8,6 +8,7 @@ from typing import Literal
 import msgspec
 
 __all__ = [
+    "Bind",
     "Description",
     "Epoll",
     "EventFd",
@@ -70,6 +71,22 @@ class SocketEnd(msgspec.Struct, tag="socket", kw_only=True):
     shutdown: Literal["read", "write", "both"] | None
 
 
+class Bind(msgspec.Struct, tag="bind", kw_only=True):
+    """An inet socket bound again to its address: a TCP listener listening, or an
+    unconnected UDP socket."""
+
+    family: Literal["inet", "inet6"]
+    socktype: Literal["stream", "dgram"]
+    address: str
+    port: int
+    backlog: int
+    """listen(2)'s backlog (a TCP listener; 0 for UDP)."""
+    reuseaddr: bool
+    reuseport: bool
+    netns: int | None
+    """The network namespace it was in (its inode), checked to be restore's own."""
+
+
 class EventFd(msgspec.Struct, tag="eventfd", kw_only=True):
     count: int
     semaphore: bool
@@ -107,7 +124,7 @@ class Epoll(msgspec.Struct, tag="epoll", kw_only=True):
     """The task whose process adds the watches (through its own fd numbers)."""
 
 
-Make = OpenPath | Reopen | PipeEnd | SocketEnd | EventFd | TimerFd | SignalFd | Epoll
+Make = OpenPath | Reopen | PipeEnd | SocketEnd | Bind | EventFd | TimerFd | SignalFd | Epoll
 
 
 class Description(msgspec.Struct, kw_only=True):

@@ -14,6 +14,7 @@ descriptions of one unlinked inode (a memfd opened twice) reopen one :class:`Ino
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import stat
 from typing import Literal
@@ -24,6 +25,7 @@ from ._decode import Image
 from ._errors import RestoreError, UsageError
 from ._records import File, Task
 from ._restore_model import (
+    Bind,
     Description,
     Epoll,
     EventFd,
@@ -49,6 +51,7 @@ from ._restore_model import (
 __all__ = [
     "KINDS",
     "MAX_UNLINKED_SIZE",
+    "Bind",
     "Description",
     "Epoll",
     "EventFd",
@@ -155,6 +158,43 @@ def _timespec(value: object, what: str) -> tuple[int, int]:
     if not isinstance(value, list | tuple) or len(value) != 2:
         raise _Refuse(f"{what} {value!r} is not (seconds, nanoseconds)")
     return _int(value[0], 0, 2**62, what), _int(value[1], 0, 999_999_999, what)
+
+
+def _bind(data: dict[str, object]) -> Bind:
+    """A TCP listener or an unconnected UDP socket, bound again to its address."""
+    family, sotype, state = data.get("family"), data.get("type"), data.get("state")
+    if sotype == "stream" and state == "LISTEN" and data.get("proto") == "tcp":
+        if data.get("accept_queue") not in (None, 0):
+            raise _Refuse("connections wait in its accept queue (not restored)")
+        backlog = _int(data.get("backlog"), 0, 65535, "backlog")
+    elif sotype == "dgram" and state == "CLOSE" and data.get("proto") == "udp":
+        if data.get("recv_queue") not in (None, 0):
+            raise _Refuse("datagrams queued in it are not in the image")
+        if data.get("remote_port") not in (None, 0):
+            raise _Refuse("a connected UDP socket (its peer is not restored)")
+        backlog = 0
+    else:
+        raise _Refuse("only TCP listeners and unconnected UDP sockets of inet are restored")
+    if data.get("interface") is not None or data.get("ifindex") not in (None, 0):
+        raise _Refuse("bound to a device (not restored)")
+    address = data.get("local_address")
+    try:
+        ip = ipaddress.ip_address(address)  # type: ignore[arg-type]
+    except ValueError:
+        raise _Refuse(f"local address {address!r}") from None
+    if ip.version != (4 if family == "inet" else 6):
+        raise _Refuse(f"local address {address!r} of another family")
+    netns = data.get("netns")
+    return Bind(
+        family="inet" if family == "inet" else "inet6",
+        socktype="stream" if sotype == "stream" else "dgram",
+        address=str(ip),
+        port=_int(data.get("local_port"), 1, 65535, "local port"),
+        backlog=backlog,
+        reuseaddr=data.get("reuseaddr") is True,
+        reuseport=data.get("reuseport") is True,
+        netns=netns if type(netns) is int else None,
+    )
 
 
 def _int(value: object, lo: int, hi: int, what: str) -> int:
@@ -402,9 +442,11 @@ class _Planner:
             raise _Refuse(f"shutdown {shutdown!r}")
         if known is not None:
             return SocketEnd(pair=known[0], end=1 if known[1] else 0, shutdown=shutdown)
+        if data.get("family") in ("inet", "inet6"):
+            return _bind(data)
         sotype = data.get("type")
         if data.get("family") != "unix" or sotype not in _SOCK_TYPES or data.get("name"):
-            raise _Refuse("only unix socketpairs within the table are restored")
+            raise _Refuse("only unix socketpairs and inet listeners are restored")
         peer = data.get("peer_ino")
         peer_file = next(
             (

@@ -116,5 +116,15 @@ spare = os.dup(fds["eventfd"])
 assert libc.epoll_ctl(fds["epoll"], 1, spare, ctypes.byref(Event(select.EPOLLOUT, 7))) == 0
 os.close(spare)
 
+# A TCP listener (SO_REUSEADDR, backlog 7) and a bound UDP socket, on ports the kernel
+# chose.
+tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+tcp.bind(("127.0.0.1", 0))
+tcp.listen(7)
+udp = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+udp.bind(("::1", 0))
+fds["tcp"], fds["udp"] = tcp.detach(), udp.detach()
+
 print(json.dumps({"pid": os.getpid(), "fds": fds}), flush=True)
 signal.pause()
