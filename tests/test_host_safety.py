@@ -339,9 +339,13 @@ def kill_both_while_frozen(
         header = json.loads(plan.read_text().splitlines()[0])
         assert header["owner"][0] == owner.pid
         guardian = header["guardian"][0]
-        # The guardian first: killed, it runs no more code, so it undoes nothing.
-        os.kill(guardian, signal.SIGKILL)
+        # Both stopped before either dies: asyckpt would begin its own undo on seeing its
+        # guardian die, and the guardian its undo on seeing asyckpt die; a stopped process
+        # runs no code, so neither undoes anything, however long the gap between kills.
+        os.kill(guardian, signal.SIGSTOP)
+        os.kill(owner.pid, signal.SIGSTOP)
         os.kill(owner.pid, signal.SIGKILL)
+        os.kill(guardian, signal.SIGKILL)
     finally:
         owner.kill()
         owner.wait()

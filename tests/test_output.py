@@ -646,8 +646,11 @@ def test_recover_removes_a_temporary_whose_writer_and_guardian_both_died(
         assert writer.stdout is not None
         guardian = int(writer.stdout.readline())
         (temp,) = os.listdir(no_tmpfile_dir)
-        os.kill(guardian, signal.SIGKILL)  # ours: the writer's guardian, by its pid
+        # Ours, by pid; both stopped first, so neither sees the other die and undoes.
+        os.kill(guardian, signal.SIGSTOP)
+        os.kill(writer.pid, signal.SIGSTOP)
         writer.kill()
+        os.kill(guardian, signal.SIGKILL)
         writer.wait()
     finally:
         if writer.poll() is None:
