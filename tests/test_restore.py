@@ -134,6 +134,10 @@ def table(image: Any, pid: int) -> dict[str, Any]:
             row |= {k: data[k] for k in ("clockid", "ticks", "settime_flags", "it_interval")}
             row["armed"] = data["it_value"] != [0, 0]
             left[fd.fd] = data["it_value"]
+        if data.get("kind") == "asyckpt.inotify":
+            row["watches"] = [
+                (w["wd"], w["mask"], w["ino"], w["dev"], w["path"]) for w in data["watches"]
+            ]
         if data.get("kind") == "asyckpt.epoll":
             # A target is its events, user data and the fds of its description (the
             # number it was added with may have been closed since).
@@ -189,6 +193,7 @@ def test_round_trip_every_restored_kind(spawn: Any, hold: Any, tmp_path: Path) -
     )
     assert rows[fds["timerfd"]]["it_interval"] == [90, 0] and rows[fds["timerfd"]]["armed"]
     assert rows[fds["signalfd"]]["sigmask"] == (1 << 9) | (1 << 11)
+    assert sorted(w[:2] for w in rows[fds["inotify"]]["watches"]) == [(1, 0x300), (2, 0x2)]
     assert (rows[fds["tcp"]]["state"], rows[fds["tcp"]]["backlog"]) == ("LISTEN", 7)
     assert rows[fds["tcp"]]["local_port"] and rows[fds["udp"]]["local_address"] == "::1"
     assert rows[fds["reg"]]["locks"] == [("OFDLCK", "WRITE", 10, 19, True)]

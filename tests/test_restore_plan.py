@@ -11,10 +11,12 @@ import pytest
 
 from asyckpt._errors import RestoreError, UsageError
 from asyckpt._image import parse_image
+from asyckpt._restore_model import InotifyWatch
 from asyckpt._restore_plan import (
     Bind,
     Epoll,
     EventFd,
+    Inotify,
     OpenPath,
     PipeEnd,
     Reopen,
@@ -187,10 +189,34 @@ def test_skip_lists_and_leaves_out() -> None:
 
 
 def test_kind_from_the_handler_record() -> None:
-    inotify = {"kind": "asyckpt.inotify", "watches": [], "resolved": True}
-    img = image((6, _file(1, "anon", "anon_inode:inotify", handler="inotify", data=inotify)))
-    refused(img, "cannot restore the inotify", "--skip inotify")
-    assert plan(img, skip=frozenset({"inotify"})).skipped[0].kind == "inotify"
+    fanotify = {"kind": "asyckpt.fanotify", "flags": 0, "event_flags": 0, "marks": []}
+    img = image((6, _file(1, "anon", "anon_inode:[fanotify]", handler="fanotify", data=fanotify)))
+    refused(img, "cannot restore the fanotify", "--skip fanotify")
+    assert plan(img, skip=frozenset({"fanotify"})).skipped[0].kind == "fanotify"
+
+
+def watch(wd: int, path: Any = "/srv", **fields: Any) -> dict[str, Any]:
+    return {"wd": wd, "ino": 5, "dev": 6, "mask": 0x100, "ignored_mask": 0, "handle": None,
+            "path": path, "deleted": False} | fields  # fmt: skip
+
+
+def test_inotify_watches_in_order() -> None:
+    def inotify(*watches: dict[str, Any], resolved: bool = True) -> dict[str, Any]:
+        data = {"kind": "asyckpt.inotify", "watches": list(watches), "resolved": resolved}
+        return _file(1, "anon", "anon_inode:inotify", handler="inotify", data=data)
+
+    (d,) = plan(image((3, inotify(watch(2, "/b"), watch(1, "/a"))))).descriptions
+    assert d.make == Inotify(
+        watches=[
+            InotifyWatch(path="/a", mask=0x100, dev=6, ino=5),
+            InotifyWatch(path="/b", mask=0x100, dev=6, ino=5),
+        ]
+    )
+    refused(image((3, inotify(watch(1), resolved=False))), "not resolved")
+    refused(image((3, inotify(watch(1, None)))), "watch 1", "unknown or unlinked")
+    refused(image((3, inotify(watch(1, deleted=True)))), "unlinked")
+    refused(image((3, inotify(watch(1, "rel")))), "absolute path")
+    refused(image((3, inotify(watch(1, mask=2**32)))), "watch mask")
 
 
 def epoll(*targets: dict[str, Any], linked: bool = True) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Thin wrappers for the syscalls Python's os module lacks: kcmp(2) (KCMP_EPOLL_TFD
-too), pidfd_getfd(2), openat2(2), timerfd, signalfd and epoll_ctl with any user data
-(for restore), the f_type of statfs(2), and the fcntls that read an open file
+too), pidfd_getfd(2), openat2(2), timerfd, signalfd, inotify and epoll_ctl with any user
+data (for restore), the f_type of statfs(2), and the fcntls that read an open file
 description's I/O owner.
 
 They are cheap (about a microsecond; KCMP_EPOLL_TFD walks the epoll's watches, so it
@@ -39,6 +39,8 @@ __all__ = [
     "fd_owner",
     "fd_owner_at",
     "fs_magic",
+    "inotify",
+    "inotify_add_watch",
     "kcmp",
     "kcmp_epoll_tfd",
     "kcmp_files",
@@ -361,3 +363,15 @@ def epoll_add(epfd: int, fd: int, events: int, data: int) -> None:
     """epoll_ctl(2) EPOLL_CTL_ADD with any 64-bit user data (select.epoll sets it to fd)."""
     event = _EpollEvent(events, data)
     _check(_libc.epoll_ctl(epfd, EPOLL_CTL_ADD, fd, ctypes.byref(event)), "epoll_ctl")
+
+
+def inotify(flags: int) -> int:
+    """inotify_init1(2)."""
+    return _check(_libc.inotify_init1(flags), "inotify_init1")
+
+
+def inotify_add_watch(fd: int, path: str, mask: int) -> int:
+    """inotify_add_watch(2): the watch descriptor."""
+    return _check(
+        _libc.inotify_add_watch(fd, os.fsencode(path), ctypes.c_uint32(mask)), "inotify_add_watch"
+    )

@@ -34,6 +34,8 @@ from ._kernel import (
     TFD_IOC_SET_TICKS,
     TFD_TIMER_ABSTIME,
     epoll_add,
+    inotify,
+    inotify_add_watch,
     openat2,
     signalfd,
     timerfd,
@@ -45,6 +47,7 @@ from ._restore_plan import (
     EventFd,
     FdSlot,
     Inode,
+    Inotify,
     LockPlan,
     OpenPath,
     Pipe,
@@ -62,6 +65,7 @@ __all__ = ["Made", "close_all", "install", "make", "open_root", "restore_table"]
 
 _SHUTDOWN = {"read": socket.SHUT_RD, "write": socket.SHUT_WR, "both": socket.SHUT_RDWR}
 _F_SEAL_SEAL = 1
+_IN_DONT_FOLLOW = 0x02000000
 
 
 class Made(NamedTuple):
@@ -135,6 +139,8 @@ class _Maker:
             fd = _timerfd(make)
         elif isinstance(make, SignalFd):
             fd = signalfd(make.mask, os.O_CLOEXEC)
+        elif isinstance(make, Inotify):
+            fd = self._inotify(make)
         else:
             fd = self._epoll(make)
         try:
@@ -153,15 +159,7 @@ class _Maker:
 
     def _open(self, make: OpenPath) -> int:
         nofollow = os.O_NOFOLLOW if make.fmt == stat.S_IFLNK else 0
-        try:
-            opath = openat2(
-                self.root_fd,
-                make.path,
-                os.O_PATH | os.O_CLOEXEC | nofollow,
-                RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
-            )
-        except OSError as exc:
-            raise _Failed(exc.strerror or str(exc)) from None
+        opath = self._resolve(make.path, nofollow)
         try:
             st = os.fstat(opath)
             self._check(make, st)
@@ -181,6 +179,40 @@ class _Maker:
             return fd
         finally:
             os.close(opath)
+
+    def _inotify(self, make: Inotify) -> int:
+        fd = inotify(os.O_CLOEXEC)
+        try:
+            for w in make.watches:
+                try:
+                    opath = self._resolve(w.path, 0)
+                except _Failed as why:
+                    raise _Failed(f"watch on {w.path}: {why}") from None
+                try:
+                    st = os.fstat(opath)
+                    if (st.st_dev, st.st_ino) != (w.dev, w.ino) and not self.relaxed:
+                        raise _Failed(f"{w.path} is another file now (--relaxed accepts it)")
+                    # Through our O_PATH fd: the very file checked.  IN_DONT_FOLLOW would
+                    # stop at the magic link itself.
+                    inotify_add_watch(fd, f"/proc/self/fd/{opath}", w.mask & ~_IN_DONT_FOLLOW)
+                finally:
+                    os.close(opath)
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _resolve(self, path: str, nofollow: int) -> int:
+        """An O_PATH fd of ``path`` resolved inside the root."""
+        try:
+            return openat2(
+                self.root_fd,
+                path,
+                os.O_PATH | os.O_CLOEXEC | nofollow,
+                RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+            )
+        except OSError as exc:
+            raise _Failed(exc.strerror or str(exc)) from None
 
     def _check(self, make: OpenPath, st: os.stat_result) -> None:
         if stat.S_IFMT(st.st_mode) != make.fmt:

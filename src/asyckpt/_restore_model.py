@@ -14,6 +14,8 @@ __all__ = [
     "EventFd",
     "FdSlot",
     "Inode",
+    "Inotify",
+    "InotifyWatch",
     "LockPlan",
     "Make",
     "OpenPath",
@@ -124,7 +126,24 @@ class Epoll(msgspec.Struct, tag="epoll", kw_only=True):
     """The task whose process adds the watches (through its own fd numbers)."""
 
 
-Make = OpenPath | Reopen | PipeEnd | SocketEnd | Bind | EventFd | TimerFd | SignalFd | Epoll
+class InotifyWatch(msgspec.Struct, kw_only=True):
+    path: str
+    mask: int
+    dev: int
+    ino: int
+
+
+class Inotify(msgspec.Struct, tag="inotify", kw_only=True):
+    """A new inotify instance, its watches added again in their order (by their old
+    watch descriptors, so that a table whose watches were never removed gets the same
+    ones), each on the file it watched: checked like a path to open."""
+
+    watches: list[InotifyWatch]
+
+
+Make = (
+    OpenPath | Reopen | PipeEnd | SocketEnd | Bind | EventFd | TimerFd | SignalFd | Epoll | Inotify
+)
 
 
 class Description(msgspec.Struct, kw_only=True):

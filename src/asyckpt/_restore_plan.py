@@ -31,6 +31,8 @@ from ._restore_model import (
     EventFd,
     FdSlot,
     Inode,
+    Inotify,
+    InotifyWatch,
     LockPlan,
     Make,
     OpenPath,
@@ -57,6 +59,7 @@ __all__ = [
     "EventFd",
     "FdSlot",
     "Inode",
+    "Inotify",
     "LockPlan",
     "OpenPath",
     "Pipe",
@@ -158,6 +161,32 @@ def _timespec(value: object, what: str) -> tuple[int, int]:
     if not isinstance(value, list | tuple) or len(value) != 2:
         raise _Refuse(f"{what} {value!r} is not (seconds, nanoseconds)")
     return _int(value[0], 0, 2**62, what), _int(value[1], 0, 999_999_999, what)
+
+
+def _inotify(data: dict[str, object]) -> Inotify:
+    """The watches, by ascending watch descriptor, each on a path checked against the
+    watched inode."""
+    watches = data.get("watches")
+    if data.get("resolved") is not True or not isinstance(watches, list):
+        raise _Refuse("its watches' paths were not resolved at capture")
+    out = []
+    for w in sorted(watches, key=lambda w: w.get("wd") or 0 if isinstance(w, dict) else 0):
+        if not isinstance(w, dict):
+            raise _Refuse("a watch that is not a map")
+        path = w.get("path")
+        if w.get("deleted") or not isinstance(path, str):
+            raise _Refuse(f"watch {w.get('wd')!r}: its path is unknown or unlinked")
+        if not path.startswith("/") or "\0" in path or len(path.encode()) > MAX_PATH:
+            raise _Refuse(f"watch {w.get('wd')!r}: no absolute path of at most 4095 bytes")
+        out.append(
+            InotifyWatch(
+                path=path,
+                mask=_int(w.get("mask"), 1, 0xFFFFFFFF, "watch mask"),
+                dev=_int(w.get("dev"), 0, 2**64 - 1, "watch device"),
+                ino=_int(w.get("ino"), 0, 2**64 - 1, "watch inode"),
+            )
+        )
+    return Inotify(watches=out)
 
 
 def _bind(data: dict[str, object]) -> Bind:
@@ -323,6 +352,8 @@ class _Planner:
         if kind == "signalfd":
             mask = _int(data.get("sigmask"), 0, 2**64 - 1, "signal mask")
             return SignalFd(mask=mask), f.flags & SETFL, None
+        if kind == "inotify":
+            return _inotify(data), f.flags & SETFL, None
         if kind == "epoll":
             self._epolls.append((f, data, self.pid))
             return Epoll(watches=[], pid=self.pid), f.flags & SETFL, None  # see link_epolls

@@ -126,5 +126,10 @@ udp = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
 udp.bind(("::1", 0))
 fds["tcp"], fds["udp"] = tcp.detach(), udp.detach()
 
+# An inotify watching the work directory and the data file.
+fds["inotify"] = libc.inotify_init1(os.O_NONBLOCK)
+assert libc.inotify_add_watch(fds["inotify"], work.encode(), 0x100 | 0x200) == 1  # CREATE|DELETE
+assert libc.inotify_add_watch(fds["inotify"], path.encode(), 0x2) == 2  # MODIFY
+
 print(json.dumps({"pid": os.getpid(), "fds": fds}), flush=True)
 signal.pause()
