@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -532,3 +533,27 @@ def test_busy_address_is_a_clear_error(hold: Any, tmp_path: Path) -> None:
     holder = hold(crafted(tmp_path, rec), 100)  # free now: bound and listening again
     assert isinstance(holder, int), holder.stderr
     assert os.readlink(f"/proc/{holder}/fd/3").startswith("socket:")
+
+
+def test_pty_slave_reopened_by_path_other_devices_refused(hold: Any, tmp_path: Path) -> None:
+    master, slave = os.openpty()
+    try:
+        name = os.ttyname(slave)
+        st = os.stat(name)
+        rec = _file(
+            1, "chr", name, dev=st.st_dev, ino=st.st_ino, rdev=st.st_rdev, st_mode=st.st_mode
+        )
+        holder = hold(crafted(tmp_path, rec), 100)
+        assert isinstance(holder, int), holder.stderr
+        assert os.readlink(f"/proc/{holder}/fd/3") == name
+        # Not its controlling terminal: opened O_NOCTTY (and it is in a session of its own).
+        assert Path(f"/proc/{holder}/stat").read_text().rsplit(")", 1)[1].split()[4] == "0"
+    finally:
+        os.close(slave)
+        os.close(master)
+    # A device the test made, of a kind whose open may act: refused before anything.
+    node = tmp_path / "sda-like"
+    os.mknod(node, 0o600 | stat.S_IFBLK, os.makedev(7, 200))
+    st = node.stat()
+    rec = _file(1, "blk", str(node), dev=st.st_dev, ino=st.st_ino, rdev=st.st_rdev)
+    one_line_error(hold(crafted(tmp_path, rec), 100), 13, "cannot restore the blk")

@@ -97,6 +97,10 @@ SEAL_MASK = 0x3F  # F_SEAL_SEAL .. F_SEAL_EXEC
 # but hand out a file.  Other devices may act on open (a tape rewinds, a tty becomes
 # the controlling terminal), so they are not reopened.
 SAFE_DEVICES = frozenset({(1, 3), (1, 5), (1, 7), (1, 8), (1, 9)})
+PTY_SLAVES = range(136, 144)
+"""The majors of /dev/pts/N: a pty's slave end, opened O_NOCTTY, only adds a reference
+(not a serial line, whose open may raise its modem lines; not /dev/tty or /dev/ptmx,
+which would name or make another terminal)."""
 
 # Open flags an image may not ask for: restore never creates or truncates.
 _O_TMPFILE_BIT = 0o20000000
@@ -305,8 +309,11 @@ class _Planner:
         if f.owner is not None or f.flags & os.O_ASYNC:
             raise _Refuse("its I/O owner and signal (F_SETOWN, F_SETSIG, O_ASYNC) are not restored")
         if kind in ("reg", "dir", "path", "chr", "fifo"):
-            if kind == "chr" and (os.major(f.rdev), os.minor(f.rdev)) not in SAFE_DEVICES:
-                raise _Refuse("a device other than null, zero, full, random, urandom")
+            device = (os.major(f.rdev), os.minor(f.rdev))
+            if kind == "chr" and device not in SAFE_DEVICES and device[0] not in PTY_SLAVES:
+                raise _Refuse(
+                    "a device other than null, zero, full, random, urandom or a pty's slave"
+                )
             if f.deleted or f.path_state in ("deleted", "deleted-linked"):
                 raise _Refuse("its path was unlinked and its content is not in the image")
             if not f.path.startswith("/") or "\0" in f.path or len(f.path.encode()) > MAX_PATH:
