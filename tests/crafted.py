@@ -4,7 +4,8 @@ field, the digest recomputed (sha256 is not a signature).
 ``seed()`` is a small image that uses every record kind and field the readers and the
 renderers look at (threads with their own fd table, a shared table, pipes, a FIFO, a
 connected socket pair and a listener with a pending client, epoll, a saved unlinked file
-with its content, locks, an owner, a tty); ``build()`` frames and digests any list of
+with its content, locks, an owner, a tty, names that are not UTF-8 with their bytes, and
+holders outside the tree); ``build()`` frames and digests any list of
 records, by default with the trailer's counts made to agree with the body, so that a
 mutant reaches the checks past them.
 """
@@ -107,7 +108,8 @@ def seed() -> list[Rec]:
         "asyckpt_version": "0.1.0",
         "kernel": "6.1.0",
         "machine": "x86_64",
-        "hostname": "host",
+        "hostname": "host\\xff",
+        "hostname_bytes": b"host\xff",
         "time": "2024-05-01T12:00:00.000+00:00",
         "root_pid": 100,
         "freezer": "cgroup-v2",
@@ -117,6 +119,7 @@ def seed() -> list[Rec]:
         "freeze_mode": "auto",
         "freezer_scope": "transient",
         "pre_frozen": False,
+        "endpoints": "system",
     }
     epoll = {
         "kind": "asyckpt.epoll",
@@ -133,7 +136,10 @@ def seed() -> list[Rec]:
     mounts: Rec = {
         "kind": "mounts",
         "id": 4026531841,
-        "mounts": [[27, 1, "254:0", "/", "/", "rw", "ext4", "/dev/vda1"]],
+        "mounts": [
+            [27, 1, "254:0", "/", "/", "rw", "ext4", "/dev/vda1"],
+            [28, 27, "0:40", "/", "/mnt\\xff", "rw", "tmpfs", "src", None, b"/mnt\xff"],
+        ],
     }
     body: list[Rec] = [
         mounts,
@@ -144,7 +150,7 @@ def seed() -> list[Rec]:
         {"kind": "fd", "fd": 1, "file": 2, "cloexec": False},
         _file(3, "pipe", "pipe:[5000]", access="w", ino=5000, dev=14),
         {"kind": "fd", "fd": 2, "file": 3, "cloexec": True},
-        _file(4, "fifo", "/tmp/fifo", access="r", ino=6000),
+        _file(4, "fifo", "/tmp/fifo\\xff", access="r", ino=6000, path_bytes=b"/tmp/fifo\xff"),
         {"kind": "fd", "fd": 4, "file": 4, "cloexec": False},
         _file(5, "socket", "socket:[7001]", handler="sockets", ino=7001, data=sock1),
         {"kind": "fd", "fd": 5, "file": 5, "cloexec": False},
@@ -173,13 +179,22 @@ def seed() -> list[Rec]:
             "session": 100, "pgrp": 100, "tty_nr": (136 << 8) | 3,
         },
         {
-            "kind": "task", "pid": 102, "ppid": 100, "comm": "child", "starttime": 5001,
+            "kind": "task", "pid": 102, "ppid": 100, "comm": "ch\\xff", "comm_bytes": b"ch\xff",
+            "starttime": 5001,
             "state": "S", "uid": 1000, "gid": 1000, "fd_table": 3, "threads": [[102, 3]],
             "mnt_ns": 4026531841, "root": "/", "session": 100, "pgrp": 100, "tty_nr": 0,
         },
         {
             "kind": "task", "pid": 103, "ppid": 100, "comm": "zombie", "starttime": 5002,
             "state": "Z", "uid": 1000, "gid": 1000, "fd_table": None, "threads": [],
+        },
+        {
+            "kind": "holders", "type": "pipe", "dev": 14, "ino": 5000,
+            "fds": [[200, "out\\xff", 3, "w", b"out\xff"], [201, "other", 4, "r"]],
+        },
+        {
+            "kind": "holders", "type": "socket", "dev": 65024, "ino": 7009,
+            "fds": [[200, "out", 5, "rw"]],
         },
     ]  # fmt: skip
     trailer: Rec = {

@@ -65,7 +65,7 @@ def test_unlinked_files(ghosts: Tree, tmp_path: Path) -> None:
     assert pos_before["memfd"] == 5
 
     image = read_image(tmp_path / "g.ackpt")
-    assert image.header.format_version == 2
+    assert image.header.format_version == asyckpt.FORMAT_VERSION
     fds = fds_of(image, pid)
 
     _, sparse = fds[info["sparse"]]

@@ -79,14 +79,17 @@ def hostile_image() -> bytes:
     records = seed()
     header, trailer = records[0], records[-1]
     header.update(hostname=ESCAPES, kernel="6.1\n# pid 1", freezer_cgroup=FORGED)
+    header.pop("hostname_bytes")  # its text is now another name: valid UTF-8, hostile
     header["plugins"][0]["name"] = "sockets\x1b[8m"
     trailer["generic"] = {ESCAPES: 1}
     for rec in records:
         if rec["kind"] == "task":
             rec["comm"] = FORGED[:15]
+            rec.pop("comm_bytes", None)
             rec["state"] = "S\n"
         elif rec["kind"] == "file":
             rec["path"] = FORGED + ESCAPES
+            rec.pop("path_bytes", None)
             rec["error"] = "failed\nhere"
             rec["owner_error"] = ESCAPES
             if rec["id"] == 1:

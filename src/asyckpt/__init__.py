@@ -44,6 +44,10 @@ if TYPE_CHECKING:
     from ._errors import UsageError as UsageError
     from ._image import Image as Image
     from ._image import read_image as read_image
+    from ._names import escape_name as escape_name
+    from ._names import name_bytes as name_bytes
+    from ._names import os_name as os_name
+    from ._names import split_name as split_name
     from ._plugins import AUTOLOAD_ENV as AUTOLOAD_ENV
     from ._plugins import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP
     from ._plugins import CaptureLinks as CaptureLinks
@@ -63,8 +67,10 @@ if TYPE_CHECKING:
     from ._records import FdTable as FdTable
     from ._records import File as File
     from ._records import Header as Header
+    from ._records import Holders as Holders
     from ._records import Lock as Lock
     from ._records import MountTable as MountTable
+    from ._records import OutsideFd as OutsideFd
     from ._records import Owner as Owner
     from ._records import Task as Task
     from ._records import Trailer as Trailer
@@ -109,6 +115,10 @@ _LAZY = {
     "TargetError": "._errors",
     "UsageError": "._errors",
     "Image": "._image",
+    "escape_name": "._names",
+    "name_bytes": "._names",
+    "os_name": "._names",
+    "split_name": "._names",
     "read_image": "._image",
     "AUTOLOAD_ENV": "._plugins",
     "ENTRY_POINT_GROUP": "._plugins",
@@ -129,8 +139,10 @@ _LAZY = {
     "FdTable": "._records",
     "File": "._records",
     "Header": "._records",
+    "Holders": "._records",
     "Lock": "._records",
     "MountTable": "._records",
+    "OutsideFd": "._records",
     "Owner": "._records",
     "Task": "._records",
     "Trailer": "._records",

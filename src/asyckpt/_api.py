@@ -18,6 +18,7 @@ from ._capture import BATCH_BUFFER, CaptureOptions, CaptureSummary, capture
 from ._commit import Commit
 from ._errors import raise_collapsed
 from ._image import ImageWriter
+from ._names import split_name, text
 from ._plugins import Dispatch
 from ._records import FORMAT_VERSION, Header, Trailer
 
@@ -32,19 +33,27 @@ def _version() -> str:
 
 def make_header(summary: CaptureSummary) -> Header:
     uname = platform.uname()
+    hostname, hostname_bytes = split_name(socket.gethostname())
+    cgroup, cgroup_bytes = (None, None)
+    if summary.freezer_cgroup is not None:
+        # A delegated cgroup is named by whoever it was delegated to.
+        cgroup, cgroup_bytes = split_name(summary.freezer_cgroup)
     return Header(
         format_version=FORMAT_VERSION,
         asyckpt_version=_version(),
-        kernel=uname.release,
-        machine=uname.machine,
-        hostname=socket.gethostname(),
+        kernel=text(uname.release),
+        machine=text(uname.machine),
+        hostname=hostname,
+        hostname_bytes=hostname_bytes,
         time=datetime.now(UTC).isoformat(timespec="milliseconds"),
         root_pid=summary.root_pid,
         freezer=summary.freezer,
-        freezer_cgroup=summary.freezer_cgroup,
+        freezer_cgroup=cgroup,
+        freezer_cgroup_bytes=cgroup_bytes,
         consistent=summary.consistent,
         plugins=summary.plugins,
-        freeze_mode=summary.freeze_mode,
+        freeze_mode=text(summary.freeze_mode),
+        endpoints=summary.endpoints,
         freezer_scope=summary.freezer_scope,
         pre_frozen=summary.pre_frozen,
     )

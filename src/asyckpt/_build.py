@@ -52,7 +52,9 @@ from ._errors import (
     translate_oserror,
 )
 from ._ghost import DEFAULT_GHOST_LIMIT, Ghost, GhostSpool
-from ._paths import PathChecker
+from ._names import split_name, split_names
+from ._names import text as as_text
+from ._paths import PATH_KINDS, PathChecker
 from ._plugins import (
     CaptureLinks,
     CaptureSession,
@@ -66,6 +68,7 @@ from ._plugins import (
 )
 from ._procparse import (
     FdInfo,
+    Mount,
     lock_texts,
     merge_lock_texts,
     parse_fdinfo_rest,
@@ -79,6 +82,7 @@ from ._records import (
     Fd,
     FdTable,
     File,
+    Holders,
     Lock,
     MountEntry,
     MountTable,
@@ -97,7 +101,7 @@ __all__ = [
     "row_facts",
 ]
 
-BodyRecord = MountTable | FdTable | File | Content | Fd | Task
+BodyRecord = MountTable | FdTable | File | Content | Fd | Task | Holders
 
 O_CLOEXEC = os.O_CLOEXEC
 OWNER_TYPES = {0: "tid", 1: "pid", 2: "pgrp"}
@@ -543,6 +547,10 @@ class RecordBuilder:
     ) -> NewFile:
         fd, link = raw[0], raw[1]
         facts = row_facts(pid, tid, raw, root)
+        if not link and raw[6] == 0 and facts.kind in PATH_KINDS:
+            # No link text (a path too long for the kernel to give): unlinked all the
+            # same, by its nlink, and its content is saved like any other's.
+            facts = facts._replace(deleted=True)
         kind = facts.kind
         raw_rest = raw[15]
         rest = facts.fdinfo.extra
@@ -793,19 +801,7 @@ def materialize(part: TaskPart) -> list[BodyRecord]:
         out.append(
             MountTable(
                 id=meta.mnt_ns,
-                mounts=[
-                    MountEntry(
-                        mnt_id=m.mnt_id,
-                        parent_id=m.parent_id,
-                        dev=m.dev,
-                        root=m.root,
-                        mount_point=m.mount_point,
-                        options=m.options,
-                        fstype=m.fstype,
-                        source=m.source,
-                    )
-                    for m in parse_mountinfo(part.mountinfo)
-                ],
+                mounts=[_mount_entry(m) for m in parse_mountinfo(part.mountinfo)],
             )
         )
     append = out.append
@@ -816,11 +812,14 @@ def materialize(part: TaskPart) -> list[BodyRecord]:
                 append(_file_record(new))
             append(Fd(fd=fd, file=file_id, cloexec=cloexec))
     stat = plan.stat
+    comm, comm_bytes = split_name(stat.comm)
+    root, root_bytes = split_name(meta.root)
     append(
         Task(
             pid=stat.pid,
             ppid=stat.ppid,
-            comm=stat.comm,
+            comm=comm,
+            comm_bytes=comm_bytes,
             starttime=stat.starttime,
             state=stat.state,
             uid=meta.uid,
@@ -828,13 +827,35 @@ def materialize(part: TaskPart) -> list[BodyRecord]:
             fd_table=part.threads[0][1],
             threads=[Thread(tid=t, fd_table=tab) for t, tab in part.threads],
             mnt_ns=meta.mnt_ns,
-            root=meta.root,
+            root=root,
+            root_bytes=root_bytes,
             session=stat.session,
             pgrp=stat.pgrp,
             tty_nr=stat.tty_nr,
         )
     )
     return out
+
+
+def _mount_entry(m: Mount) -> MountEntry:
+    root, root_bytes = split_name(m.root)
+    mount_point, mount_point_bytes = split_name(m.mount_point)
+    fstype, fstype_bytes = split_name(m.fstype)
+    source, source_bytes = split_name(m.source)
+    return MountEntry(
+        mnt_id=m.mnt_id,
+        parent_id=m.parent_id,
+        dev=as_text(m.dev),
+        root=root,
+        mount_point=mount_point,
+        options=as_text(m.options),
+        fstype=fstype,
+        source=source,
+        root_bytes=root_bytes,
+        mount_point_bytes=mount_point_bytes,
+        fstype_bytes=fstype_bytes,
+        source_bytes=source_bytes,
+    )
 
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -867,7 +888,6 @@ def _file_record(new: NewFile) -> File:
         "dev": raw[3],
         "ino": raw[4],
         "rdev": raw[5],
-        "path": new.path,
         "deleted": new.deleted,
         "uid": raw[7],
         "gid": raw[8],
@@ -876,15 +896,30 @@ def _file_record(new: NewFile) -> File:
         "size": raw[9],
         "mtime_ns": raw[10],
         "data": data if type(data) is msgspec.Raw else _encoded(data),
-        "error": new.error,
         "owner": new.io_owner,
         "path_state": new.path_state,
         "allocated": raw[11] * 512,
     }
+    # Names are bytes (``_names``): the common case, ASCII, costs one check each.
+    path = new.path
+    if path.isascii():
+        fields["path"] = path
+    else:
+        fields["path"], fields["path_bytes"] = split_name(path)
     if rest:
-        fields["fdinfo"] = list(new.fdinfo)
+        fdinfo = new.fdinfo
+        if rest.isascii():
+            fields["fdinfo"] = list(fdinfo)
+        else:
+            values, raws = split_names([value for _, value in fdinfo])
+            fields["fdinfo"] = [
+                (as_text(key), v) for (key, _), v in zip(fdinfo, values, strict=True)
+            ]
+            fields["fdinfo_bytes"] = raws
+    if new.error is not None:
+        fields["error"] = as_text(new.error)
     if new.owner_error is not None:
-        fields["owner_error"] = new.owner_error
+        fields["owner_error"] = as_text(new.owner_error)
     if new.more_locks or (rest and b"lock:" in rest):
         fields["locks"] = _locks(rest, new.more_locks)
     ghost = new.ghost
@@ -893,12 +928,13 @@ def _file_record(new: NewFile) -> File:
     else:
         fields["ghost"] = ghost.state
         fields["ghost_file"] = ghost.file
-        fields["ghost_error"] = ghost.error
+        fields["ghost_error"] = None if ghost.error is None else as_text(ghost.error)
     return File(**fields)
 
 
 def _locks(fdinfo_rest: bytes, more: list[str] | None) -> list[Lock]:
     texts = lock_texts(fdinfo_rest)
+    # A lock line is the kernel's format, ASCII; a byte that is not would be escaped.
     if more:
         texts = merge_lock_texts(texts, more)
-    return [parse_lock(text) for text in texts]
+    return [parse_lock(as_text(line)) for line in texts]

@@ -66,6 +66,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Container, Iterator, Sequence
+from typing import Literal
 
 import msgspec
 import trio
@@ -80,10 +81,11 @@ from ._ghost import CONTENT_CHUNK, DEFAULT_GHOST_LIMIT, Chunk, GhostNote
 from ._guardian import Guardian, take_guardian
 from ._kernel import dedup_rows, kcmp_files
 from ._order import Reorderer
+from ._outside import ENDPOINTS_MODES, search, targets
 from ._plugins import CaptureSession, Dispatch, load_handlers
 from ._procparse import TaskStat
 from ._procread import read_fd_tables
-from ._records import Content, PluginInfo
+from ._records import Content, Holders, PluginInfo
 
 __all__ = ["CaptureOptions", "CaptureSummary", "capture"]
 
@@ -139,11 +141,18 @@ class CaptureOptions(msgspec.Struct, kw_only=True, frozen=True):
     (st_blocks * 512) is at most this many bytes; 0 copies none.  A larger one is
     recorded ``too-big`` (``CaptureSummary.ghost_notes``), or fails a ``strict`` capture."""
 
+    endpoints: Literal["tree", "system"] = "tree"
+    """``system``: after the thaw, search the processes outside the tree for the other
+    ends of its pipes, FIFOs and connections (``Holders`` records, ``_outside``);
+    ``tree``: do not."""
+
     lock_timeout: float = 10.0
     """Seconds to wait for another capture holding the same cgroup hierarchy (the
     locks in the run directory) before failing; 0 fails at once."""
 
     def __post_init__(self) -> None:
+        if self.endpoints not in ENDPOINTS_MODES:
+            raise ValueError(f"endpoints must be one of {', '.join(ENDPOINTS_MODES)}")
         if not 0 <= self.lock_timeout < math.inf:
             raise ValueError("lock_timeout must be a non-negative number of seconds")
         if not 0 <= self.pipe_data <= PIPE_DATA_MAX:
@@ -186,6 +195,10 @@ class CaptureSummary(msgspec.Struct, kw_only=True):
     content_bytes: int = 0
     ghost_notes: list[GhostNote] = []
     """Unlinked files whose content is not in the image: over the limit, or failed."""
+    endpoints: Literal["tree", "system"] = "tree"
+    """As asked (``CaptureOptions.endpoints``)."""
+    outside_holders: int = 0
+    """With endpoints ``system``: the objects found held outside the tree."""
 
 
 def _read_mountinfo(pid: int) -> str:
@@ -473,6 +486,8 @@ async def _run(
             out.append((records, pieces))
         return out
 
+    # What to search outside the tree for, known before the parts are freed below.
+    wanted = targets(parts) if options.endpoints == "system" else []
     # Popped, so that each task's resolved form is freed once its records are made.
     parts.reverse()
     while parts:
@@ -483,6 +498,13 @@ async def _run(
                 if not isinstance(piece, Content):
                     piece = await trio.to_thread.run_sync(ghosts.read, piece)
                 await send.send([piece])
+    holders: list[Holders] = []
+    if options.endpoints == "system":
+        # After everything else, the tree thawed: the rest of the system is not frozen.
+        in_tree = {p.stat.pid for p in plans}
+        holders = await trio.to_thread.run_sync(search, wanted, in_tree)
+        if holders:
+            await send.send(list[BodyRecord](holders))
     contents, content_bytes = ghosts.totals()
     return CaptureSummary(
         root_pid=pid,
@@ -508,6 +530,8 @@ async def _run(
         contents=contents,
         content_bytes=content_bytes,
         ghost_notes=list(ghosts.notes),
+        endpoints=options.endpoints,
+        outside_holders=len(holders),
     )
 
 

@@ -67,8 +67,9 @@ def split_deleted(link: str, nlink: int) -> tuple[str, bool]:
     The kernel adds the suffix when the name the fd was opened by is gone, even if another
     hard link keeps the inode alive (nlink > 0); nlink 0 also counts, for a file whose
     path the kernel shows without the suffix.  A file really named "x (deleted)" is
-    indistinguishable here from an unlinked "x": telling them apart needs a look at the
-    filesystem, which this pure function does not take.
+    indistinguishable here from an unlinked "x" that another hard link keeps: telling
+    them apart needs a look at the filesystem, which this pure function does not take
+    (the path checks look the whole name up when nlink > 0, after the thaw: ``_paths``).
     """
     if link.endswith(_DELETED) and link.startswith("/"):
         return link[: -len(_DELETED)], True

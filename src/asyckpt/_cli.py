@@ -211,6 +211,14 @@ def _parser() -> argparse.ArgumentParser:
         help="wait that long for another capture of the same cgroup hierarchy to finish "
         "(default: 10; 0: fail at once)",
     )
+    t.add_argument(
+        "--endpoints",
+        choices=("tree", "system"),
+        default="tree",
+        help="system: after the thaw, search the processes outside the tree for the other "
+        "ends of its pipes, FIFOs and connections, and record them (not frozen: a search, "
+        "not a snapshot); shown by 'show --endpoints' (default: tree, no search)",
+    )
     _plugin_options(t)
     t.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 
@@ -463,6 +471,11 @@ def _report(summary: CaptureSummary, quiet: bool) -> None:
         f"freezing {summary.freezing_ms:.2f} ms, frozen {summary.frozen_ms:.2f} ms, "
         f"total {summary.capture_ms:.1f} ms"
     )
+    if summary.endpoints == "system":
+        print(
+            f"searched outside the tree after the thaw: {summary.outside_holders} of its "
+            "pipes and peers held there (see: asyckpt show --endpoints)"
+        )
     if summary.ghosts_saved:
         print(
             f"content of {summary.ghosts_saved} unlinked file(s) saved: "
@@ -526,6 +539,7 @@ def _tree(args: argparse.Namespace, signals: Signals) -> int:
         disable_plugins=tuple(args.disable_plugin),
         pipe_data=args.pipe_data,
         ghost_limit=args.ghost_limit,
+        endpoints=args.endpoints,
         lock_timeout=args.lock_timeout,
         # The command owns its process: the collector paused, a shorter switch interval.
         tune_interpreter=True,

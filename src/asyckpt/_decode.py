@@ -32,6 +32,7 @@ from ._records import (
     FdTable,
     File,
     Header,
+    Holders,
     MountTable,
     Record,
     Task,
@@ -41,6 +42,7 @@ from ._validate import (
     MAX_DATA_DEPTH,
     check_file,
     check_header,
+    check_names,
     check_references,
     check_task,
 )
@@ -75,6 +77,9 @@ class Image(msgspec.Struct, kw_only=True):
     contents: dict[int, list[Content]] = {}
     """The ``content`` records of each file whose unlinked data was saved, in offset
     order (``File.ghost`` ``saved``, ``File.ghost_file`` its own id)."""
+    outside: list[Holders] = []
+    """Who outside the tree held its pipes, FIFOs and peers, searched for after the thaw
+    (``Header.endpoints`` ``system``)."""
 
     def fds(self, table: int | None) -> list[tuple[Fd, File]]:
         """The fds of one fd table (a Task's ``fd_table``) with their open files."""
@@ -227,6 +232,7 @@ class ImageDecoder:
                     self._body.add(rec)
                 elif type(rec) is Header:
                     check_header(self.name, rec)
+                    check_names(self.name, rec)
                     self._body.header = rec
                 else:
                     raise ImageCorrupt(f"{self.name} does not start with a header")
@@ -275,6 +281,7 @@ class _Body:
         self.files: dict[int, File] = {}
         self.tasks: list[Task] = []
         self.contents: dict[int, list[Content]] = {}
+        self.outside: list[Holders] = []
         self.records = 0
         self._current: list[Fd] | None = None
         self._current_id = 0
@@ -292,6 +299,8 @@ class _Body:
         cls = type(rec)  # by frequency: fds, then files
         if cls is not Content:
             self._owner = None
+        if self.outside and cls is not Holders:
+            raise ImageCorrupt(f"{name}: a {cls.__name__} record after the holders")
         if cls is Fd:
             assert isinstance(rec, Fd)
             current = self._current
@@ -306,6 +315,8 @@ class _Body:
         elif cls is File:
             assert isinstance(rec, File)
             watched = check_file(name, rec, self.files)
+            if rec.path_bytes is not None or rec.fdinfo_bytes is not None:
+                check_names(name, rec)
             if watched:
                 self._watched += [(rec.id, t) for t in watched]
             self.files[rec.id] = rec
@@ -329,10 +340,18 @@ class _Body:
         elif cls is Task:
             assert isinstance(rec, Task)
             check_task(name, rec, self.fd_tables)
+            check_names(name, rec)
             self.tasks.append(rec)
         elif cls is MountTable:
             assert isinstance(rec, MountTable)
+            check_names(name, rec)
             self.mounts.append(rec)
+        elif cls is Holders:
+            assert isinstance(rec, Holders)
+            if self.version < 3:
+                raise ImageCorrupt(f"{name}: a holders record in a version {self.version} image")
+            check_names(name, rec)
+            self.outside.append(rec)
         else:
             raise ImageCorrupt(f"{name}: unexpected {cls.__name__} record in the body")
 
@@ -376,6 +395,7 @@ class _Body:
             trailer=trailer,
             checksum=checksum,
             contents=self.contents,
+            outside=self.outside,
         )
 
 

@@ -31,6 +31,7 @@ import msgspec
 from ._escape import escape
 from ._image import Image
 from ._jsondata import json_data
+from ._names import ESCAPED, shown
 from ._records import File, Task
 from ._show import _lock_text, _raw
 
@@ -61,16 +62,19 @@ class ImageRef(msgspec.Struct, kw_only=True):
     files: int
 
 
-class TaskRef(msgspec.Struct, kw_only=True):
+class TaskRef(msgspec.Struct, kw_only=True, omit_defaults=True):
     """A task that appeared or exited."""
 
     pid: int
     starttime: int
     comm: str
     ppid: int
+    comm_encoding: str | None = None
+    """``escaped`` when the comm is not UTF-8: ``comm`` is then in escaped form, as in
+    ``show``'s JSON export (docs/images.md); left out otherwise."""
 
 
-class FdRef(msgspec.Struct, kw_only=True):
+class FdRef(msgspec.Struct, kw_only=True, omit_defaults=True):
     """An fd opened or closed between the two images."""
 
     pid: int
@@ -80,6 +84,8 @@ class FdRef(msgspec.Struct, kw_only=True):
     """The file's kernel-level kind (``reg``, ``socket``, ``pipe``...)."""
     path: str
     """The file's path as the task sees it (``socket:[ino]`` for a socket)."""
+    path_encoding: str | None = None
+    """``escaped`` when the path is not UTF-8 (as ``TaskRef.comm_encoding``)."""
 
 
 class FieldChange(msgspec.Struct, kw_only=True):
@@ -161,7 +167,18 @@ def _ref(image: Image) -> ImageRef:
 
 
 def _task_ref(task: Task) -> TaskRef:
-    return TaskRef(pid=task.pid, starttime=task.starttime, comm=task.comm, ppid=task.ppid)
+    return TaskRef(
+        pid=task.pid,
+        starttime=task.starttime,
+        comm=task.comm,
+        ppid=task.ppid,
+        comm_encoding=_encoding(task.comm_bytes),
+    )
+
+
+def _encoding(raw: bytes | None) -> str | None:
+    # The image's text of a name that is not UTF-8 is its escaped form already.
+    return None if raw is None else ESCAPED
 
 
 def _tables(image: Image, task: Task) -> Iterator[tuple[int, dict[int, tuple[bool, File]]]]:
@@ -184,7 +201,14 @@ def _identity(f: File) -> tuple[str, int, int] | tuple[str, int, int, str]:
 
 
 def _file_doc(f: File) -> dict[str, Any]:
-    return {"type": f.type, "path": f.path, "dev": f.dev, "ino": f.ino}
+    doc: dict[str, Any] = {"type": f.type, "path": f.path, "dev": f.dev, "ino": f.ino}
+    if f.path_bytes is not None:
+        doc["path_encoding"] = ESCAPED
+    return doc
+
+
+def _fd_ref(pid: int, fd: int, f: File) -> FdRef:
+    return FdRef(pid=pid, fd=fd, type=f.type, path=f.path, path_encoding=_encoding(f.path_bytes))
 
 
 def _is_unlinked(f: File) -> bool:
@@ -275,15 +299,11 @@ def diff(image_a: Image, image_b: Image) -> ImageDiff:
             for fd, (cb, fb) in fds_b.items():
                 old = fds_a.get(fd)
                 if old is None:
-                    opened.append(FdRef(pid=pid, fd=fd, type=fb.type, path=fb.path))
+                    opened.append(_fd_ref(pid, fd, fb))
                     differ.new_fd(fb)
                 else:
                     differ.same_fd(pid, fd, old[0], old[1], cb, fb)
-            closed += [
-                FdRef(pid=pid, fd=fd, type=fa.type, path=fa.path)
-                for fd, (_, fa) in fds_a.items()
-                if fd not in fds_b
-            ]
+            closed += [_fd_ref(pid, fd, fa) for fd, (_, fa) in fds_a.items() if fd not in fds_b]
     summary = differ.summary
     summary.tasks_added, summary.tasks_removed = len(added), len(removed)
     summary.opened, summary.closed, summary.changed = len(opened), len(closed), len(differ.changed)
@@ -301,7 +321,8 @@ def diff(image_a: Image, image_b: Image) -> ImageDiff:
 
 def _value(field: str, value: Any) -> str:
     if field == "file" and isinstance(value, dict):
-        return f"{value['type']} {escape(str(value['path']))} (ino {value['ino']})"
+        path = shown(str(value["path"]), value.get("path_encoding"))
+        return f"{value['type']} {path} (ino {value['ino']})"
     if field == "flags" and isinstance(value, int):
         return f"0o{value:o}"
     if field == "locks" and isinstance(value, list):
@@ -318,11 +339,14 @@ def render_diff(d: ImageDiff) -> str:
     lines = []
     for sign, tasks in (("+", d.tasks_added), ("-", d.tasks_removed)):
         lines += [
-            f"{sign} task {t.pid} ({escape(t.comm)}) ppid {t.ppid}, started at tick {t.starttime}"
+            f"{sign} task {t.pid} ({shown(t.comm, t.comm_encoding)}) ppid {t.ppid}, "
+            f"started at tick {t.starttime}"
             for t in tasks
         ]
     for sign, refs in (("+", d.opened), ("-", d.closed)):
-        lines += [f"{sign} pid {r.pid} fd {r.fd}: {r.type} {escape(r.path)}" for r in refs]
+        lines += [
+            f"{sign} pid {r.pid} fd {r.fd}: {r.type} {shown(r.path, r.path_encoding)}" for r in refs
+        ]
     lines += [
         f"~ pid {c.pid} fd {c.fd}: {c.field} {_value(c.field, c.a)} -> {_value(c.field, c.b)}"
         for c in d.changed

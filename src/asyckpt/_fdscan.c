@@ -155,6 +155,20 @@ static int same_as_parent(pid_t parent, pid_t tid, int fd) {
 /* parent > 0: an fd that kcmp finds shared with the parent's fd of the same number (the
  * common case: inherited by fork) skips readlink and stat, which only repeat what the
  * parent's row holds; its fdinfo is still read, for the fd's own close-on-exec flag. */
+
+/* The link text of one fd, or an empty one when the kernel will not give it: a path
+ * longer than PATH_MAX reads ENAMETOOLONG (fs/proc/base.c do_proc_readlink), and a
+ * user can make one (nested directories), so it must not fail the capture.  The fd is
+ * recorded all the same, without a name (File.path_state "too-long"). */
+static ssize_t readlink_name(int dfd, const char *name, char *link)
+{
+    ssize_t n = readlinkat(dfd, name, link, PATH_MAX);
+    if (n < 0 && errno == ENAMETOOLONG) {
+        errno = 0;
+        return 0;
+    }
+    return n;
+}
 static void scan_table(const char *fd_dir, const char *info_dir, pid_t parent, pid_t tid,
                        struct scan *s) {
     int *fds = NULL;
@@ -199,7 +213,7 @@ static void scan_table(const char *fd_dir, const char *info_dir, pid_t parent, p
         ssize_t n = 0;
         e->inherited = parent > 0 && same_as_parent(parent, tid, fds[i]);
         if (!e->inherited) {
-            n = readlinkat(dfd, name, link, PATH_MAX);
+            n = readlink_name(dfd, name, link);
             if (n < 0) goto fd_failed;
             if (fstatat(dfd, name, &e->st, 0) < 0) goto fd_failed;
         }
@@ -218,7 +232,7 @@ static void scan_table(const char *fd_dir, const char *info_dir, pid_t parent, p
              * fd is read in full, for the resolver to gather its lock lines. */
             if (!has_lock_line(s->buf + e->rest, (size_t)got - e->rest)) { s->n++; continue; }
             e->inherited = 0;
-            n = readlinkat(dfd, name, link, PATH_MAX);
+            n = readlink_name(dfd, name, link);
             if (n < 0) goto fd_failed;
             if (fstatat(dfd, name, &e->st, 0) < 0) goto fd_failed;
         }

@@ -454,7 +454,8 @@ class TransientFreezer(_CgroupFreezer):
 def hierarchies() -> tuple[Hierarchy | None, Hierarchy | None]:
     """(v1 freezer, v2) as this process sees them."""
     v1 = v2 = None
-    for m in parse_mountinfo(_read("/proc/self/mountinfo").decode()):
+    # Any user may mount something under a name that is not UTF-8 (a USB stick's label).
+    for m in parse_mountinfo(_read("/proc/self/mountinfo").decode("utf-8", "surrogateescape")):
         if m.fstype == "cgroup" and "freezer" in m.super_options.split(",") and v1 is None:
             v1 = Hierarchy(1, m.mount_point)
         elif m.fstype == "cgroup2" and v2 is None:

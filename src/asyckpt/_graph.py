@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 from ._escape import escape
 from ._image import Image
+from ._names import os_name
 from ._records import File, Task
 from ._show import Endpoint, Holder, _fd_mode, _holders, _raw, endpoints
 
@@ -233,14 +234,16 @@ def _candidates(
         held = tuple((h, files[e.file]) for e in ep.ends if e.file is not None for h in e.holders)
         reaches_out = any(e.outside or e.pending_on is not None for e in ep.ends)
         title = _KIND_WORDS[kind_of(first)] if ep.kind != "socket" else ep.label or "socket"
-        node = ObjectNode(_nid("o", ids[0]), kind_of(first), title, ep.name, ids)
+        node = ObjectNode(
+            _nid("o", ids[0]), kind_of(first), title, os_name(ep.name, ep.name_bytes), ids
+        )
         out.append(_Candidate(node, ep, held, frozenset(h.pid for h, _ in held), reaches_out))
     for f in files.values():
         if f.id in in_endpoint or not keep(f):
             continue
         held = tuple((h, f) for h in holders.get(f.id, ()))
         title = f"{_KIND_WORDS.get(kind_of(f), f.type)} #{f.id}"
-        name = f.path + (" (deleted)" if f.deleted else "")
+        name = os_name(f.path, f.path_bytes) + (" (deleted)" if f.deleted else "")
         node = ObjectNode(_nid("o", f.id), kind_of(f), title, name, (f.id,))
         out.append(_Candidate(node, None, held, frozenset(h.pid for h, _ in held), False))
     return out
@@ -340,7 +343,12 @@ def build_graph(image: Image, options: GraphOptions | None = None) -> Graph:
         rows = private[:MAX_ROWS] if not shared_only else []
         task_nodes.append(
             TaskNode(
-                _nid("t", t.pid), t.pid, t.comm, t.state, tuple(rows), len(private) - len(rows)
+                _nid("t", t.pid),
+                t.pid,
+                os_name(t.comm, t.comm_bytes),
+                t.state,
+                tuple(rows),
+                len(private) - len(rows),
             )
         )
     header = image.header
@@ -409,7 +417,8 @@ def _private(
         for fid in sorted(per_file, key=lambda i: min(h.fd for h in per_file[i])):
             f = image.files[fid]
             label = _fds_label([(h, f) for h in per_file[fid]])
-            rows.append(f"{label}  {f.path}" + (" (deleted)" if f.deleted else ""))
+            path = os_name(f.path, f.path_bytes)  # escaped once, by _short
+            rows.append(f"{label}  {path}" + (" (deleted)" if f.deleted else ""))
     return out
 
 

@@ -6,6 +6,12 @@ while another hard link keeps the inode (``deleted-linked``), another file may h
 put at the path (``replaced``), the path may be gone with no " (deleted)" (a /proc/PID
 file whose process exited: ``proc-exited``; a file in a removed directory: ``missing``).
 
+A link text ending in " (deleted)" while the file has links left is ambiguous: its name
+was unlinked while another hard link keeps it, or the file is really named so.  The
+whole name is looked up with the rest: if it names the file itself, the suffix is the
+name's own, and the file is not unlinked.  (With no link left the suffix is always the
+kernel's.)
+
 When: the deleted states come from what the frozen scan read; the path itself is looked
 up *after the thaw*, in a worker thread, through the task's root as it was while frozen
 (an O_PATH descriptor of ``/proc/PID/root`` opened once per (mount namespace, root)
@@ -38,6 +44,8 @@ Found = tuple[int, int] | int | None
 """What the path names now: (dev, ino), an errno, or None (not looked up)."""
 
 _GONE = (errno.ENOENT, errno.ENOTDIR)
+DELETED = " (deleted)"
+"""What the kernel appends to the link text of a file whose name was unlinked."""
 
 
 def proc_pid_path(path: str, mount_point: str) -> bool:
@@ -61,7 +69,7 @@ def decide(
 ) -> str:
     """The ``path_state`` of one description (see ``File.path_state``)."""
     if kind not in PATH_KINDS or not path.startswith("/"):
-        return "none"
+        return _no_path(kind, path)
     if in_proc_pid and (deleted or found != (dev, ino)):
         # Its process exited (or the pid was reused: a new directory); procfs inodes are
         # never replaced otherwise.
@@ -75,6 +83,12 @@ def decide(
     return "ok" if found == (dev, ino) else "replaced"
 
 
+def _no_path(kind: str, path: str) -> str:
+    # A kind opened by a path with no link text at all: the kernel would not give it,
+    # longer than PATH_MAX (readlink's ENAMETOOLONG; the readers record it empty).
+    return "too-long" if kind in PATH_KINDS and not path else "none"
+
+
 class PathChecker:
     """Looks up the recorded paths of a capture, as each task sees them."""
 
@@ -85,6 +99,11 @@ class PathChecker:
         """While frozen: keep the task's root, once per (mount namespace, root)."""
         key = (mnt_ns, root)
         if key in self._roots:
+            return
+        if not root:
+            # Its root's path is longer than PATH_MAX: the recorded paths are not
+            # relative to it, so they cannot be looked up through it (left unchecked).
+            self._roots[key] = None
             return
         try:
             self._roots[key] = os.open(
@@ -112,16 +131,18 @@ class PathChecker:
                         continue
                     raw = new.raw
                     if new.kind not in PATH_KINDS or not new.path.startswith("/"):
-                        new.path_state = "none"
+                        new.path_state = _no_path(new.kind, new.path)
                         continue
                     mount_point = procs.get(raw[14])
                     in_proc = mount_point is not None and proc_pid_path(new.path, mount_point)
+                    if new.deleted and raw[6] and raw[1].endswith(DELETED) and rootfd is not None:
+                        whole = new.path + DELETED
+                        if _cached(cache, rootfd, whole) == (raw[3], raw[4]):
+                            # The suffix is the file's own name: it is not unlinked.
+                            new.path, new.deleted = whole, False
                     found: Found = None
                     if rootfd is not None and (not new.deleted or in_proc):
-                        key = (rootfd, new.path)
-                        if key not in cache:
-                            cache[key] = _lookup(rootfd, new.path)
-                        found = cache[key]
+                        found = _cached(cache, rootfd, new.path)
                     new.path_state = decide(
                         new.kind, new.path, new.deleted, raw[6], raw[3], raw[4], in_proc, found
                     )
@@ -131,6 +152,13 @@ class PathChecker:
             if fd is not None:
                 os.close(fd)
         self._roots.clear()
+
+
+def _cached(cache: dict[tuple[int | None, str], Found], rootfd: int, path: str) -> Found:
+    key = (rootfd, path)
+    if key not in cache:
+        cache[key] = _lookup(rootfd, path)
+    return cache[key]
 
 
 def _lookup(rootfd: int, path: str) -> Found:

@@ -34,6 +34,20 @@ __all__ = [
 PF_KTHREAD = 0x00200000
 
 
+_BLANKS = " \t"
+"""What the kernel pads fdinfo values with; anything else (\x1c, \xa0...) may be a
+name's own (``str.strip`` would take it)."""
+
+
+def _lines(text: str) -> list[str]:
+    """The kernel's lines: ended by "\n" only.  (``str.splitlines`` also splits at
+    \x1c-\x1e, \x85, \u2028..., which a name inside a line may hold.)"""
+    lines = text.split("\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
 class TaskStat(NamedTuple):
     pid: int
     comm: str
@@ -114,10 +128,10 @@ def split_fdinfo(data: bytes) -> tuple[int, int, int, bytes]:
 def parse_fdinfo_rest(rest: bytes) -> tuple[tuple[str, str], ...]:
     """The lines :func:`split_fdinfo` left, as (key, value) pairs in kernel order."""
     out = []
-    for line in rest.decode("utf-8", "surrogateescape").splitlines():
+    for line in _lines(rest.decode("utf-8", "surrogateescape")):
         key, sep, value = line.partition(":")
         if sep:
-            out.append((key, value.strip()))
+            out.append((key, value.strip(_BLANKS)))
     return tuple(out)
 
 
@@ -126,11 +140,11 @@ def parse_fdinfo(data: bytes) -> FdInfo:
     pos = flags = mnt_id = 0
     ino: int | None = None
     extra: list[tuple[str, str]] = []
-    for line in data.decode("utf-8", "surrogateescape").splitlines():
+    for line in _lines(data.decode("utf-8", "surrogateescape")):
         key, sep, value = line.partition(":")
         if not sep:
             continue
-        value = value.strip()
+        value = value.strip(_BLANKS)
         if key == "pos":
             pos = int(value)
         elif key == "flags":
@@ -241,7 +255,7 @@ def unescape_mount_path(text: str) -> str:
 def parse_mountinfo(text: str) -> list[Mount]:
     """Parse ``/proc/PID/mountinfo``; see proc(5) for the field layout."""
     mounts = []
-    for line in text.splitlines():
+    for line in _lines(text):
         if not line:
             continue
         fields = line.split(" ")
@@ -278,7 +292,9 @@ def parse_cgroup(data: bytes) -> dict[str, str]:
     and a named hierarchy keeps its ``name=`` prefix.
     """
     result: dict[str, str] = {}
-    for line in data.decode().splitlines():
+    # A cgroup's name is bytes, chosen by whoever it is delegated to: kept as os
+    # functions take it (surrogateescape), to move a task back exactly there.
+    for line in _lines(data.decode("utf-8", "surrogateescape")):
         _hid, controllers, path = line.split(":", 2)
         if not controllers:
             result[""] = path

@@ -90,7 +90,7 @@ def read_task_meta(pid: int) -> TaskMeta:
     with oserror_context(pid=pid, what="task metadata"):
         st = os.stat(f"{PROC}/{pid}")
         try:
-            root = os.readlink(f"{PROC}/{pid}/root")
+            root = _readlink_name(f"{PROC}/{pid}/root")
             mnt_ns = os.stat(f"{PROC}/{pid}/ns/mnt").st_ino
         except FileNotFoundError:
             # A zombie keeps its /proc entry but has dropped its fs and namespaces.
@@ -219,6 +219,17 @@ def read_fd_tables(
     return out
 
 
+def _readlink_name(name: str, dfd: int | None = None) -> str:
+    """The link text, or "" when the kernel will not give it (a path longer than
+    PATH_MAX: ENAMETOOLONG), as the C reader does."""
+    try:
+        return os.readlink(name, dir_fd=dfd)
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            return ""
+        raise
+
+
 def _read_table_py(fd_dir: str, info_dir: str, parent: int = 0, tid: int = 0) -> list[ScanRow]:
     """The fallback for _fdscan.read_tables: the same result, several times slower."""
     from ._kernel import same_file
@@ -233,7 +244,7 @@ def _read_table_py(fd_dir: str, info_dir: str, parent: int = 0, tid: int = 0) ->
                 return []  # a zombie has no fd table left
             names.sort(key=int)
             out: list[ScanRow] = []
-            readlink, stat, read = os.readlink, os.stat, _read
+            stat, read = os.stat, _read
             for name in names:
                 try:
                     info = None
@@ -244,7 +255,7 @@ def _read_table_py(fd_dir: str, info_dir: str, parent: int = 0, tid: int = 0) ->
                         if b"lock:" not in info:
                             out.append((int(name), split_fdinfo(info)[1]))
                             continue
-                    link = readlink(name, dir_fd=dfd)
+                    link = _readlink_name(name, dfd)
                     st = stat(name, dir_fd=dfd)
                     if info is None:
                         info = read(name, dir_fd=ifd)

@@ -2,6 +2,10 @@
 
 Tags are pinned by hand: a class rename must never change the on-disk format.  Fields are
 only ever added, with defaults, never renamed or reordered (docs/image-format.md).
+
+A name (path, comm, mount point...) is bytes to the kernel: its field holds it when it is
+valid UTF-8, else its escaped form, with the exact bytes in the field's ``_bytes``
+companion (format version 3; ``_names``).
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ __all__ = [
     "FdTable",
     "File",
     "Header",
+    "Holders",
     "Lock",
     "MountEntry",
     "MountTable",
+    "OutsideFd",
     "Owner",
     "PluginInfo",
     "Record",
@@ -30,10 +36,11 @@ __all__ = [
     "Trailer",
 ]
 
-FORMAT_VERSION = 2
-"""Written by this asyckpt; 2 added the ``content`` record (docs/image-format.md)."""
+FORMAT_VERSION = 3
+"""Written by this asyckpt; 2 added the ``content`` record, 3 the ``_bytes`` companions
+of name fields (docs/image-format.md)."""
 
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (1, 2, 3)
 """Format versions this asyckpt reads."""
 
 # Ranges a reader enforces (docs/image-format.md, "What a reader checks"): a record that
@@ -55,7 +62,15 @@ Millis = Annotated[float, msgspec.Meta(ge=0.0, le=1e15)]
 FileType = Literal["reg", "dir", "link", "pipe", "fifo", "socket", "chr", "blk", "anon"]
 Access = Literal["r", "w", "rw", "path"]
 PathState = Literal[
-    "ok", "deleted", "deleted-linked", "replaced", "missing", "proc-exited", "none", "unchecked"
+    "ok",
+    "deleted",
+    "deleted-linked",
+    "replaced",
+    "missing",
+    "proc-exited",
+    "none",
+    "unchecked",
+    "too-long",
 ]
 GhostState = Literal["none", "saved", "too-big", "off", "failed", "unchecked"]
 FreezerKind = Literal["cgroup-v1", "cgroup-v2", "none"]
@@ -100,6 +115,12 @@ class Header(_Record, tag="header", kw_only=True):
     cgroup frozen where it is) or ``none``."""
     pre_frozen: bool = False
     """The cgroup was frozen before asyckpt came, and was left frozen."""
+    endpoints: Literal["tree", "system"] = "tree"
+    """``system`` when who outside the tree holds its pipes' and connections' other ends
+    was searched for after the thaw (``holders`` records); ``tree``: not searched."""
+    hostname_bytes: bytes | None = None
+    freezer_cgroup_bytes: bytes | None = None
+    """The exact bytes of ``hostname`` and ``freezer_cgroup`` when not UTF-8."""
 
 
 class MountEntry(msgspec.Struct, kw_only=True, array_like=True):
@@ -111,6 +132,11 @@ class MountEntry(msgspec.Struct, kw_only=True, array_like=True):
     options: str
     fstype: str
     source: str
+    root_bytes: bytes | None = None
+    mount_point_bytes: bytes | None = None
+    fstype_bytes: bytes | None = None
+    source_bytes: bytes | None = None
+    """The exact bytes of each name when not UTF-8 (version 3)."""
 
 
 class MountTable(_Record, tag="mounts", kw_only=True):
@@ -219,7 +245,8 @@ class File(_Record, tag="file", kw_only=True, gc=False):
     ``deleted-linked`` (its name unlinked, another hard link keeps it), ``replaced`` (the
     path names another inode now), ``missing`` (nothing there now), ``proc-exited`` (a
     /proc/PID/... file whose process has exited), ``none`` (no path: pipes, sockets,
-    anon inodes, namespace files), ``unchecked`` (could not be checked; version 1)."""
+    anon inodes, namespace files), ``too-long`` (``path`` empty: longer than PATH_MAX,
+    the kernel does not give it), ``unchecked`` (could not be checked; version 1)."""
     ghost: GhostState = "unchecked"
     """An unlinked regular file's content: ``none`` (not an unlinked regular file),
     ``saved`` (in the ``content`` records after the file ``ghost_file``), ``too-big``
@@ -243,6 +270,11 @@ class File(_Record, tag="file", kw_only=True, gc=False):
     read)."""
     owner_error: str | None = None
     """Why the I/O owner could not be read (``owner`` is then None)."""
+    path_bytes: bytes | None = None
+    """``path``'s exact bytes when they are not UTF-8 (``path`` is then escaped)."""
+    fdinfo_bytes: list[bytes] | None = None
+    """When an fdinfo value is not UTF-8: every value's exact bytes, in ``fdinfo``'s
+    order (its values are then all escaped)."""
 
 
 class Content(_Record, tag="content", kw_only=True, gc=False):
@@ -286,6 +318,35 @@ class Task(_Record, tag="task", kw_only=True):
     tty_nr: TtyNr = 0
     """The controlling terminal's device number (userspace dev_t, stat field 7); 0 for
     none."""
+    comm_bytes: bytes | None = None
+    root_bytes: bytes | None = None
+    """The exact bytes of ``comm`` and ``root`` when not UTF-8.  (``root`` is empty when
+    longer than PATH_MAX: the kernel does not give it.)"""
+
+
+class OutsideFd(msgspec.Struct, kw_only=True, array_like=True):
+    """An fd of a process outside the tree on one of the tree's pipes, FIFOs or peers."""
+
+    pid: Pid
+    comm: str
+    fd: FdNumber
+    access: Access
+    """``r``, ``w``, ``rw`` or ``path``, from its fdinfo flags (which end of a pipe)."""
+    comm_bytes: bytes | None = None
+    """``comm``'s exact bytes when not UTF-8."""
+
+
+class Holders(_Record, tag="holders", kw_only=True):
+    """Who outside the tree held one of its objects, searched for after the thaw
+    (``tree --endpoints=system``; format version 3): after every task of the body."""
+
+    type: Literal["pipe", "fifo", "socket"]
+    dev: U64
+    ino: U64
+    """The object: a pipe or FIFO of the tree, or the socket at the other end of one of
+    the tree's (``peer_ino``, ``pending``)."""
+    fds: list[OutsideFd]
+    """In ascending (pid, fd) order."""
 
 
 class Trailer(_Record, tag="trailer", kw_only=True):
@@ -307,4 +368,4 @@ class Trailer(_Record, tag="trailer", kw_only=True):
     """Data bytes those records hold."""
 
 
-Record = Header | MountTable | FdTable | File | Content | Fd | Task | Trailer
+Record = Header | MountTable | FdTable | File | Content | Fd | Task | Holders | Trailer

@@ -25,8 +25,9 @@ from ._escape import escape
 from ._ghost import format_size
 from ._image import Image
 from ._jsondata import json_data
+from ._names import json_name, json_names, json_names_in, os_name, outside_fd_json
 from ._plugins import ImagePlugin
-from ._records import NO_DATA, File, Lock, Owner, PluginInfo
+from ._records import NO_DATA, File, Lock, MountEntry, OutsideFd, Owner, PluginInfo
 
 __all__ = [
     "End",
@@ -124,7 +125,9 @@ class Renderer:
             return FileView(None, None, None, None)
         raw = bytes(f.data)
         try:
-            decoded = msgspec.msgpack.decode(raw)
+            # Names first (a name's bytes become its escaped text and encoding), then
+            # whatever else JSON has no form for.
+            decoded = json_names_in(msgspec.msgpack.decode(raw))
         except msgspec.DecodeError as exc:
             return FileView(None, None, "[undecodable record]", f"undecodable record: {exc}")
         name = f.handler
@@ -146,7 +149,7 @@ class Renderer:
         rendered = text = None
         try:
             if for_json and loaded.render_json is not None:
-                rendered = json_data(loaded.render_json(record))
+                rendered = json_data(json_names_in(loaded.render_json(record)))
             if loaded.render_text is not None:
                 text = str(loaded.render_text(record))
         except Exception as exc:
@@ -171,6 +174,8 @@ def _file_doc(f: File, renderer: Renderer, image: Image) -> dict[str, Any]:
     view = renderer.view(f)
     doc["data"] = view.data
     doc["fdinfo"] = [list(kv) for kv in f.fdinfo]
+    json_name(doc, "path", f.path_bytes)
+    json_names(doc, "fdinfo", f.fdinfo_bytes)
     doc["rendered"] = view.rendered
     doc["note"] = view.note
     # Where the saved data is, not the data itself (show --extract writes that out).
@@ -185,6 +190,7 @@ _PATH_NOTES = {
     "replaced": "path now names another file",
     "missing": "path no longer exists",
     "proc-exited": "its process has exited",
+    "too-long": "path longer than PATH_MAX: the kernel does not give it",
     "unchecked": "path not checked",
 }
 
@@ -217,6 +223,8 @@ def to_json_doc(image: Image, plugins: Mapping[str, ImagePlugin] | None = None) 
     renderer = Renderer(image, plugins)
     doc: dict[str, Any] = msgspec.to_builtins(h)
     doc.pop("kind", None)
+    json_name(doc, "hostname", h.hostname_bytes)
+    json_name(doc, "freezer_cgroup", h.freezer_cgroup_bytes)
     for pdoc in doc["plugins"]:
         installed, loaded, note = renderer.plugin_notes(pdoc["name"])
         pdoc.update(installed=installed, loaded=loaded, note=note)
@@ -235,13 +243,15 @@ def to_json_doc(image: Image, plugins: Mapping[str, ImagePlugin] | None = None) 
     }
     doc["checksum"] = f"sha256:{image.checksum}"
     doc["mounts"] = [
-        {"id": m.id, "mounts": [msgspec.structs.asdict(e) for e in m.mounts]} for m in image.mounts
+        {"id": m.id, "mounts": [_mount_doc(e) for e in m.mounts]} for m in image.mounts
     ]
     tasks = []
     ttys = tty_names(image)
     for task in image.tasks:
         tdoc = msgspec.to_builtins(task)
         tdoc.pop("kind", None)
+        json_name(tdoc, "comm", task.comm_bytes)
+        json_name(tdoc, "root", task.root_bytes)
         tdoc["tty"] = tty_name(task.tty_nr, ttys)
         tdoc["threads"] = [{"tid": th.tid, "fd_table": th.fd_table} for th in task.threads]
         tdoc["fds"] = [
@@ -251,6 +261,13 @@ def to_json_doc(image: Image, plugins: Mapping[str, ImagePlugin] | None = None) 
         tasks.append(tdoc)
     doc["tasks"] = tasks
     doc["files"] = [_file_doc(f, renderer, image) for f in image.files.values()]
+    return doc
+
+
+def _mount_doc(e: MountEntry) -> dict[str, Any]:
+    doc = msgspec.structs.asdict(e)
+    for field in ("root", "mount_point", "fstype", "source"):
+        json_name(doc, field, getattr(e, f"{field}_bytes"))
     return doc
 
 
@@ -285,8 +302,11 @@ def _dev(dev: int) -> str:
     return f"{os.major(dev)}:{os.minor(dev)}"
 
 
+_FD_MODES = {"r": "r", "w": "w", "rw": "u", "path": "p"}
+
+
 def _fd_mode(f: File) -> str:
-    return {"r": "r", "w": "w", "rw": "u", "path": "p"}[f.access]
+    return _FD_MODES[f.access]
 
 
 def render_table(image: Image, plugins: Mapping[str, ImagePlugin] | None = None) -> str:
@@ -328,6 +348,7 @@ def render_table(image: Image, plugins: Mapping[str, ImagePlugin] | None = None)
     ttys = tty_names(image)
     for task in image.tasks:
         lines.append("")
+        comm = os_name(task.comm, task.comm_bytes)
         tty = tty_name(task.tty_nr, ttys)
         shared = [p for p in table_users.get(task.fd_table or 0, []) if p != task.pid]
         note = f", fd table shared with {', '.join(map(str, shared))}" if shared else ""
@@ -335,7 +356,7 @@ def render_table(image: Image, plugins: Mapping[str, ImagePlugin] | None = None)
         if unshared:
             note += f", threads with own fd tables: {', '.join(map(str, unshared))}"
         lines.append(
-            f"# pid {task.pid} ({task.comm}) ppid {task.ppid}, state {task.state}, "
+            f"# pid {task.pid} ({comm}) ppid {task.ppid}, state {task.state}, "
             f"{len(task.threads)} thread(s), fd table {task.fd_table}{note}"
             + (f", session {task.session}" if task.session else "")
             + (f", tty {tty}" if tty else "")
@@ -346,7 +367,9 @@ def render_table(image: Image, plugins: Mapping[str, ImagePlugin] | None = None)
         ]
         for owner, table in tables:
             for fd, f in image.fds(table):
-                name = f.path + (" (deleted)" if f.deleted else "") + ghost_text(f, image)
+                # The name as the kernel has it: _text escapes the whole line, once.
+                name = os_name(f.path, f.path_bytes) + (" (deleted)" if f.deleted else "")
+                name += ghost_text(f, image)
                 text = renderer.text(f)
                 if text:
                     name += f" {text}"
@@ -361,7 +384,7 @@ def render_table(image: Image, plugins: Mapping[str, ImagePlugin] | None = None)
                     fdcol = f"{owner}/{fdcol}"
                 obj = f"{f.id}" + ("*" if refs.get(f.id, 0) > 1 else "")
                 lines.append(
-                    f"{task.comm[:15]:<15} {task.pid:>7} {fdcol:>6} {f.type:<6} "
+                    f"{comm[:15]:<15} {task.pid:>7} {fdcol:>6} {f.type:<6} "
                     f"{flag_names(f.flags):<16} {f.pos:>10} {obj:>6} {_dev(f.dev):>7} "
                     f"{f.ino:>10} {name}"
                 )
@@ -413,6 +436,8 @@ class End(NamedTuple):
     pending_on: int | None = None
     """The server end of a connection not accepted yet: the file id of the listener it
     waits on."""
+    outside_fds: tuple[OutsideFd, ...] = ()
+    """An end outside the tree: the fds found on it after the thaw (``holders``)."""
 
     @property
     def outside(self) -> bool:
@@ -426,6 +451,7 @@ class End(NamedTuple):
             "fds": [{"pid": h.pid, "tid": h.tid, "fd": h.fd} for h in self.holders],
             "outside": self.outside,
             "pending_on": self.pending_on,
+            "outside_fds": [outside_fd_json(o) for o in self.outside_fds],
         }
 
 
@@ -438,14 +464,18 @@ class Endpoint(NamedTuple):
     """``pipe:[ino]``, the FIFO's path, or ``socket:[ino] <-> socket:[peer]``."""
     label: str
     ends: tuple[End, ...]
+    name_bytes: bytes | None = None
+    """A FIFO's path's exact bytes, when not UTF-8 (``name`` is then escaped)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, object] = {
             "kind": self.kind,
             "name": self.name,
             "label": self.label,
             "ends": [e.to_json() for e in self.ends],
         }
+        json_name(doc, "name", self.name_bytes)
+        return doc
 
 
 def _holders(image: Image) -> dict[int, list[Holder]]:
@@ -453,12 +483,13 @@ def _holders(image: Image) -> dict[int, list[Holder]]:
     several tasks lists its fds for each)."""
     out: dict[int, list[Holder]] = {}
     for task in image.tasks:
+        comm = os_name(task.comm, task.comm_bytes)
         tables = [(task.pid, task.fd_table)] + [
             (th.tid, th.fd_table) for th in task.threads if th.fd_table != task.fd_table
         ]
         for tid, table in tables:
             for fd, f in image.fds(table):
-                out.setdefault(f.id, []).append(Holder(task.pid, tid, fd.fd, task.comm))
+                out.setdefault(f.id, []).append(Holder(task.pid, tid, fd.fd, comm))
     return out
 
 
@@ -483,6 +514,9 @@ def endpoints(image: Image) -> list[Endpoint]:
     """Every pipe and FIFO, and every socket with a peer, in order of first appearance,
     with the task/fd at each end (as ``lsof +E`` shows them)."""
     holders = _holders(image)
+    outside: dict[tuple[str, int, int], list[OutsideFd]] = {
+        (h.type, h.dev, h.ino): h.fds for h in image.outside
+    }
     pipes: dict[tuple[int, int], list[File]] = {}
     sockets: dict[int, tuple[File, dict[str, Any]]] = {}
     for f in image.files.values():
@@ -507,14 +541,17 @@ def endpoints(image: Image) -> list[Endpoint]:
             End(_PIPE_ROLES.get(f.access, f.access), f.ino, f.id, tuple(holders.get(f.id, ())))
             for f in files
         ]
+        found = outside.get((first.type, first.dev, first.ino), [])
         for side in ("read", "write"):
-            if not any(e.role in (side, "read-write") for e in ends):
-                ends.append(End(side, first.ino, None, ()))
+            theirs = tuple(o for o in found if o.access in (side[0], "rw"))
+            if theirs or not any(e.role in (side, "read-write") for e in ends):
+                ends.append(End(side, first.ino, None, (), None, theirs))
         name = f"pipe:[{first.ino}]" if first.type == "pipe" else first.path
         label = "" if first.type == "pipe" else f"FIFO, ino {first.ino}"
         if first.deleted:
             label += ", unlinked"
-        out.append((first.id, Endpoint(first.type, name, label, tuple(ends))))
+        exact = first.path_bytes if first.type == "fifo" else None
+        out.append((first.id, Endpoint(first.type, name, label, tuple(ends), exact)))
     same_ino: dict[int, list[File]] = {}
     for f in image.files.values():
         if f.type == "socket":
@@ -534,7 +571,7 @@ def endpoints(image: Image) -> list[Endpoint]:
             if peer in same_ino:
                 ends += ends_of(peer, same_ino[peer], "socket")
             else:
-                ends.append(End("socket", peer, None, ()))
+                ends.append(End("socket", peer, None, (), None, _held(outside, f, peer)))
             name = f"socket:[{ino}] <-> socket:[{peer}]"
         words = [str(data[k]) for k in ("family", "type") if isinstance(data.get(k), str)]
         out.append((f.id, Endpoint("socket", name, " ".join(words), tuple(ends))))
@@ -543,11 +580,27 @@ def endpoints(image: Image) -> list[Endpoint]:
         if ino not in done:
             f = image.files[listener]
             words = [str(v) for k in ("family", "type") if isinstance(v := _raw(f).get(k), str)]
-            ends = [End("socket", ino, None, ()), End("socket", 0, None, (), listener)]
+            ends = [
+                End("socket", ino, None, (), None, _held(outside, f, ino)),
+                End("socket", 0, None, (), listener),
+            ]
             name = f"socket:[{ino}] -> listener socket:[{f.ino}]"
             out.append((listener, Endpoint("socket", name, " ".join(words), tuple(ends))))
     out.sort(key=lambda pair: pair[0])
     return [e for _, e in out]
+
+
+def _held(
+    outside: Mapping[tuple[str, int, int], list[OutsideFd]], f: File, ino: int
+) -> tuple[OutsideFd, ...]:
+    """The fds outside the tree on socket ``ino``, of the same sockfs as ``f``."""
+    return tuple(outside.get(("socket", f.dev, ino), ()))
+
+
+def _outside_text(o: OutsideFd) -> str:
+    """``pid/comm fd N`` and its mode, as lsof +E names the process at the other end."""
+    mode = _FD_MODES.get(o.access, "?")
+    return f"{o.pid}/{os_name(o.comm, o.comm_bytes)} fd {o.fd}{mode}"
 
 
 def _end_text(end: End, image: Image) -> str:
@@ -555,6 +608,10 @@ def _end_text(end: End, image: Image) -> str:
         listener = image.files[end.pending_on]
         return f"pending on listener socket:[{listener.ino}] (file {listener.id}), not accepted"
     if end.file is None:
+        if end.outside_fds:
+            return "! outside the tree: " + ", ".join(map(_outside_text, end.outside_fds))
+        if image.header.endpoints == "system":
+            return "! outside the tree: no holder found (closed)"
         return "! outside the tree (or closed)"
     f = image.files[end.file]
     fds = ", ".join(
@@ -574,9 +631,15 @@ def render_endpoints(image: Image) -> str:
         f"pipes: {kinds['pipe']}, FIFOs: {kinds['fifo']}, connections: {kinds['socket']}; "
         f"with an end outside the tree (!): {outside}"
     ]
+    if image.header.endpoints == "system":
+        lines.append(
+            "ends outside the tree: searched for after the thaw (not frozen: "
+            "they may have changed since the capture)"
+        )
     for e in eps:
         lines.append("")
-        lines.append(f"{e.kind} {e.name}" + (f"  ({e.label})" if e.label else ""))
+        name = os_name(e.name, e.name_bytes)
+        lines.append(f"{e.kind} {name}" + (f"  ({e.label})" if e.label else ""))
         for end in e.ends:
             who = end.role if e.kind != "socket" else f"socket:[{end.ino}]" if end.ino else "peer"
             lines.append(f"  {who:<22} {_end_text(end, image)}")

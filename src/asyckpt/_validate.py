@@ -11,7 +11,9 @@ checks"):
 - enumerations the type leaves open for the writer's sake (the header's freezer words);
 - the nesting depth of handler records (``File.data``), which nothing else bounds and which
   every later reader of them (msgspec, the JSON export) walks recursively;
-- ids: unique where they are defined, and every reference to one resolving.
+- ids: unique where they are defined, and every reference to one resolving;
+- names: a name field's text is the escaped form of its ``_bytes`` companion when it has
+  one (what is printed is the name that is kept).
 
 Pure: no I/O.
 """
@@ -23,12 +25,14 @@ from collections.abc import Iterable, Mapping
 import msgspec
 
 from ._errors import ImageCorrupt
-from ._records import NO_DATA, File, Header, Task
+from ._names import bad_name
+from ._records import NO_DATA, File, Header, Holders, MountTable, Task
 
 __all__ = [
     "MAX_DATA_DEPTH",
     "check_file",
     "check_header",
+    "check_names",
     "check_references",
     "check_task",
     "msgpack_depth",
@@ -56,6 +60,21 @@ def check_header(name: str, header: Header) -> None:
             f"{name}: header: freezer_scope {header.freezer_scope!r} is not one of "
             "transient, in-place, none"
         )
+
+
+def check_names(name: str, rec: Header | File | Task | MountTable | Holders) -> None:
+    """Every name field of the record and its ``_bytes`` agree (docs/image-format.md,
+    "Names")."""
+    parts: list[object] = [rec]
+    if isinstance(rec, MountTable):
+        parts = list(rec.mounts)
+    elif isinstance(rec, Holders):
+        parts = list(rec.fds)
+    for part in parts:
+        field = bad_name(part)
+        if field is not None:
+            kind = type(rec).__name__.lower()
+            raise ImageCorrupt(f"{name}: a {kind} record's {field} is not its {field}_bytes")
 
 
 def check_file(name: str, rec: File, files: Mapping[int, File]) -> list[int]:

@@ -49,6 +49,7 @@ def test_a_bound_dgram_socket_held_by_a_real_process() -> None:
         diag=True,
         netns=netns,
         state="CLOSE",
+        state_number=7,
         recv_queue=0,
         send_queue=0,
         owner_uid=os.getuid(),

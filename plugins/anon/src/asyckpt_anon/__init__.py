@@ -24,7 +24,14 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from asyckpt import CaptureLinks, CaptureTree, FdFacts, HandlerContext
+from asyckpt import (
+    CaptureLinks,
+    CaptureTree,
+    FdFacts,
+    HandlerContext,
+    os_name,
+    split_name,
+)
 
 from .parse import (
     mount_points_by_dev,
@@ -279,7 +286,8 @@ class InotifyHandler:
 def _watch_text(watch: InotifyWatch) -> str:
     if watch.path is None:
         return str(watch.wd)
-    return f"{watch.wd}={watch.path}" + (" (deleted)" if watch.deleted else "")
+    path = os_name(watch.path, watch.path_bytes)  # show escapes the line it prints
+    return f"{watch.wd}={path}" + (" (deleted)" if watch.deleted else "")
 
 
 _open_by_handle_at = ctypes.CDLL(None, use_errno=True).open_by_handle_at
@@ -345,8 +353,8 @@ class _HandleResolver:
             finally:
                 os.close(fd)
             deleted = link.endswith(_DELETED) and st.st_nlink == 0
-            path = link.removesuffix(_DELETED) if deleted else link
-            return msgspec.structs.replace(watch, path=path, deleted=deleted)
+            text, exact = split_name(link.removesuffix(_DELETED) if deleted else link)
+            return msgspec.structs.replace(watch, path=text, path_bytes=exact, deleted=deleted)
         return watch
 
 
@@ -443,8 +451,10 @@ class MemFdHandler:
         if fd is not None:
             seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
             hugetlb = _fs_magic(fd) == HUGETLBFS_MAGIC
+        name, name_bytes = split_name(link[len(MEMFD_PREFIX) :])
         return MemFd(
-            name=link[len(MEMFD_PREFIX) :],
+            name=name,
+            name_bytes=name_bytes,
             size=facts.st.st_size,
             blocks=facts.st.st_blocks,
             seals=seals,
@@ -452,7 +462,7 @@ class MemFdHandler:
         )
 
     def render_text(self, record: MemFd) -> str:
-        text = f"memfd {record.name!r} size={record.size}"
+        text = f"memfd '{os_name(record.name, record.name_bytes)}' size={record.size}"
         if record.seals:
             text += " seals=" + "|".join(_flag_names(record.seals, SEALS))
         if record.hugetlb:

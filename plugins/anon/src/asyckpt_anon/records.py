@@ -115,6 +115,9 @@ class InotifyWatch(msgspec.Struct, kw_only=True):
     deleted: bool = False
     """The inode was unlinked (the kernel's " (deleted)", removed from ``path``): the
     watch keeps it alive, and ``path`` is where it was."""
+    path_bytes: bytes | None = None
+    """The path's exact bytes when they are not UTF-8 (``path`` is then escaped: the
+    core's rule for names, ``asyckpt.split_name``)."""
 
 
 class Inotify(msgspec.Struct, tag="asyckpt.inotify", tag_field="kind", kw_only=True):
@@ -162,7 +165,8 @@ class PidFd(msgspec.Struct, tag="asyckpt.pidfd", tag_field="kind", kw_only=True)
 
 class MemFd(msgspec.Struct, tag="asyckpt.memfd", tag_field="kind", kw_only=True):
     name: str
-    """The name given to memfd_create (what follows ``/memfd:`` in the link)."""
+    """The name given to memfd_create (what follows ``/memfd:`` in the link); escaped
+    when it is not UTF-8, its exact bytes then in ``name_bytes``."""
     size: int
     blocks: int
     """Allocated 512-byte blocks: what copying the content would cost."""
@@ -171,6 +175,7 @@ class MemFd(msgspec.Struct, tag="asyckpt.memfd", tag_field="kind", kw_only=True)
     None for an O_PATH fd."""
     hugetlb: bool | None
     """Backed by hugetlbfs (MFD_HUGETLB) rather than shmem; None for an O_PATH fd."""
+    name_bytes: bytes | None = None
 
 
 class AnonInode(msgspec.Struct, tag="asyckpt.anon", tag_field="kind", kw_only=True):

@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 
-from asyckpt import CaptureSession, CaptureTree, FdFacts, HandlerContext
+from asyckpt import CaptureSession, CaptureTree, FdFacts, HandlerContext, os_name, split_name
+from asyckpt import escape_name as escape
 
 if TYPE_CHECKING:
     from . import diag
@@ -94,11 +95,17 @@ class Socket(
     as the socket itself says (SIOCGSKNS)."""
     netns_name: str | None = None
     """Its namespace's name in /run/netns (``ip netns``), if it has one."""
+    netns_name_bytes: bytes | None = None
+    """That name's exact bytes, when not UTF-8 (``netns_name`` escaped)."""
     netns_outside_tree: bool = False
     """No thread of the tree is in the socket's namespace (its task moved after making
     it, or it was passed from elsewhere): that namespace was dumped for it."""
     state: str | None = None
-    """The kernel's socket state: ``ESTABLISHED``, ``LISTEN``, ``CLOSE`` (unconnected)..."""
+    """The kernel's socket state: ``ESTABLISHED``, ``LISTEN``, ``CLOSE`` (unconnected)...
+    (the table shows ``CLOSE`` as ``UNCONN``, as ss does)."""
+    state_number: int | None = None
+    """The state's number as sock_diag gives it (``TCP_ESTABLISHED`` 1 ... ``TCP_CLOSE``
+    7, ``TCP_LISTEN`` 10), also for a family that reuses those states."""
     recv_queue: int | None = None
     """Bytes waiting to be read (unix dgram: the first datagram's length); for a
     listener, the connections waiting to be accepted."""
@@ -115,7 +122,12 @@ class Socket(
 
     # unix
     name: str | None = None
-    """The bound name: a path, or for an abstract one ``@`` and the name (NULs as @)."""
+    """The bound name: a path, or for an abstract one ``@`` and the name.  A name that
+    is not UTF-8 (or, abstract, holds a NUL after its first) is escaped instead
+    (``asyckpt.split_name``), its exact bytes in ``name_bytes``."""
+    name_bytes: bytes | None = None
+    """The name's exact bytes (an abstract one's with its leading NUL), when ``name``
+    is not them; None otherwise."""
     abstract: bool = False
     name_state: str | None = None
     """A path name: ``ok`` (the path leads to the node it was bound to), ``unlinked``
@@ -168,6 +180,8 @@ class Socket(
     interface: str | None = None
     """The interface it is bound to (packet; inet: SO_BINDTODEVICE), as named in its
     namespace; None: every one, or unnamed (the interface is gone)."""
+    interface_bytes: bytes | None = None
+    """The interface name's exact bytes, when not UTF-8 (``interface`` escaped)."""
     ifindex: int | None = None
     ethertype: int | None = None
     """The protocol it receives (3 is ETH_P_ALL)."""
@@ -176,6 +190,8 @@ class Socket(
 _TYPES = {1: "stream", 2: "dgram", 3: "raw", 4: "rdm", 5: "seqpacket", 6: "dccp", 10: "packet"}
 _FAMILIES = {1: "unix", 2: "inet", 10: "inet6", 16: "netlink", 17: "packet"}
 _SHUTDOWN = {1: "read", 2: "write", 3: "both"}
+_TCP_CLOSE = 7
+"""The state of a socket that is not connected (ss: ``UNCONN``)."""
 _UCRED = struct.Struct("=iII")
 _NO_UID = 0xFFFFFFFF
 
@@ -211,13 +227,19 @@ def _inet_proto(stype: int, protocol: int) -> str | None:
     return {6: "tcp", 17: "udp", 136: "udplite"}.get(protocol)
 
 
-def _unix_name(raw: bytes | str) -> tuple[str | None, bool]:
-    if isinstance(raw, str):
-        return raw or None, False
+def unix_name(raw: bytes) -> tuple[str | None, bytes | None, bool]:
+    """(name, name_bytes, abstract) of a unix socket's sun_path as sock_diag gives it:
+    the names are bytes, kept exactly (``Socket.name``)."""
     if raw[:1] == b"\0":
-        return "@" + raw[1:].decode("utf-8", "backslashreplace").replace("\0", "@"), True
-    text = raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-    return text or None, False
+        text, exact = split_name(raw[1:].decode("utf-8", "surrogateescape"))
+        if exact is None and "\0" not in text:
+            return "@" + text, None, True
+        return escape(raw), raw, True
+    path = raw.split(b"\0", 1)[0]
+    if not path:
+        return None, None, False
+    text, exact = split_name(path.decode("utf-8", "surrogateescape"))
+    return text, exact, False
 
 
 class SocketHandler:
@@ -319,7 +341,8 @@ class SocketHandler:
         return "[" + ", ".join(_describe(record)) + "]"
 
     def render_json(self, record: Socket) -> dict[str, Any]:
-        out: dict[str, Any] = msgspec.to_builtins(record)
+        # Bytes stay bytes: the JSON export shows names (``name_bytes``) by its rule.
+        out: dict[str, Any] = msgspec.to_builtins(record, builtin_types=(bytes,))
         return out
 
 
@@ -369,11 +392,13 @@ def _join(record: Socket, what: str, entry: diag.Diag, dump: NetnsDump, dumps: D
     record.diag = True
     record.netns = dump.netns
     if isinstance(entry, diag.UnixDiag):
+        record.state_number = entry.state
         record.state = diag.TCP_STATES.get(entry.state, str(entry.state))
         if entry.name is not None:
-            record.name, record.abstract = _unix_name(entry.name)
+            record.name, record.name_bytes, record.abstract = unix_name(entry.name)
             if entry.vfs is not None and record.name and not record.abstract:
-                record.name_state = _name_state(record.name, entry.vfs, dumps, record.ino)
+                path = os_name(record.name, record.name_bytes)
+                record.name_state = _name_state(path, entry.vfs, dumps, record.ino)
         record.peer_ino = entry.peer or None
         record.pending = list(entry.pending)
         record.recv_queue, record.send_queue = entry.rqueue, entry.wqueue
@@ -382,6 +407,7 @@ def _join(record: Socket, what: str, entry: diag.Diag, dump: NetnsDump, dumps: D
         record.shutdown = _SHUTDOWN.get(entry.shutdown or 0)
         record.owner_uid = entry.uid
     elif isinstance(entry, diag.InetDiag):
+        record.state_number = entry.state
         record.state = diag.TCP_STATES.get(entry.state, str(entry.state))
         record.recv_queue, record.send_queue = entry.rqueue, entry.wqueue
         record.owner_uid = entry.uid
@@ -409,6 +435,7 @@ def _join(record: Socket, what: str, entry: diag.Diag, dump: NetnsDump, dumps: D
         if entry.ifindex:  # SO_BINDTODEVICE
             record.ifindex = entry.ifindex
     elif isinstance(entry, diag.NetlinkDiag):
+        record.state_number = entry.state
         record.state = diag.TCP_STATES.get(entry.state, str(entry.state))
         record.port_id = entry.portid
         record.dst_port_id = entry.dst_portid
@@ -424,9 +451,13 @@ def _name(record: Socket, dump: NetnsDump | None, names: Names) -> None:
     """Names for the record's numbers, where it has any to name (pyroute2 is imported
     by the first that needs it)."""
     if record.ifindex and dump is not None:
-        record.interface = names.interface(dump, record.ifindex)
+        ifname = names.interface(dump, record.ifindex)
+        if ifname is not None:  # a name is bytes, chosen by whoever made the interface
+            record.interface, record.interface_bytes = split_name(ifname)
     if record.netns is not None:
-        record.netns_name = names.netns(record.netns)
+        netns_name = names.netns(record.netns)
+        if netns_name is not None:
+            record.netns_name, record.netns_name_bytes = split_name(netns_name)
     if record.family == "netlink":
         record.proto = names.netlink_protocol(record.protocol)
         if record.groups:
@@ -457,8 +488,28 @@ def _name_state(name: str, vfs: tuple[int, int], dumps: Dumps, ino: int) -> str 
     return state
 
 
+def _shown_name(r: Socket) -> str:
+    """The bound name as the kernel has it (an abstract one after its ``@``): show
+    escapes every line it prints, once."""
+    assert r.name is not None
+    if r.name_bytes is None:
+        return r.name
+    if r.abstract:
+        return "@" + os_name("", r.name_bytes[1:])
+    return os_name(r.name, r.name_bytes)
+
+
+def endpoint_text(address: str, port: int | None) -> str:
+    """``address:port``, an IPv6 address in brackets (``[::1]:41460``), as lsof and ss
+    print them: its own colons would make the port ambiguous."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 def _interface(r: Socket) -> str | None:
-    return r.interface or (f"if{r.ifindex}" if r.ifindex else None)
+    # As the kernel names it: show escapes every line it prints, once.
+    if r.interface:
+        return os_name(r.interface, r.interface_bytes)
+    return f"if{r.ifindex}" if r.ifindex else None
 
 
 def _groups(r: Socket) -> str:
@@ -471,14 +522,15 @@ def _describe(r: Socket) -> list[str]:
     if r.family in ("inet", "inet6") and r.proto:
         words[0] = f"{r.proto}{'6' if r.family == 'inet6' else ''}"
     if r.state:
-        words[0] += f" {r.state}"
+        words[0] += f" {'UNCONN' if r.state_number == _TCP_CLOSE else r.state}"
     if r.name:
         words.append(
-            f"name {r.name}" + (f" ({r.name_state})" if r.name_state not in (None, "ok") else "")
+            f"name {_shown_name(r)}"
+            + (f" ({r.name_state})" if r.name_state not in (None, "ok") else "")
         )
     if r.local_address is not None:
-        local = f"{r.local_address}:{r.local_port}"
-        remote = f" -> {r.remote_address}:{r.remote_port}" if r.remote_address else ""
+        local = endpoint_text(r.local_address, r.local_port)
+        remote = f" -> {endpoint_text(r.remote_address, r.remote_port)}" if r.remote_address else ""
         words.append(local + remote)
     if r.port_id is not None:
         words.append(f"port {r.port_id}" + (f" groups {_groups(r)}" if r.groups else ""))
@@ -502,7 +554,8 @@ def _describe(r: Socket) -> list[str]:
         words.append(f"peer pid {r.peer_pid} uid {r.peer_uid}")
     if r.netns_outside_tree or r.netns_name:
         where = " (no task of the tree in it)" if r.netns_outside_tree else ""
-        words.append(f"netns {r.netns_name or r.netns}{where}")
+        netns = os_name(r.netns_name, r.netns_name_bytes) if r.netns_name else r.netns
+        words.append(f"netns {netns}{where}")
     if not r.diag:
         words.append("no sock_diag")
     return words
