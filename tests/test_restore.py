@@ -557,3 +557,21 @@ def test_pty_slave_reopened_by_path_other_devices_refused(hold: Any, tmp_path: P
     st = node.stat()
     rec = _file(1, "blk", str(node), dev=st.st_dev, ino=st.st_ino, rdev=st.st_rdev)
     one_line_error(hold(crafted(tmp_path, rec), 100), 13, "cannot restore the blk")
+
+
+def test_a_name_that_is_not_utf8_opens_its_very_bytes(hold: Any, tmp_path: Path) -> None:
+    from asyckpt._escape import escape
+
+    raw = os.fsencode(tmp_path) + b"/caf\xe9.txt"
+    with open(raw, "wb") as f:
+        f.write(b"x")
+    st = os.stat(raw)
+    rec = _file(1, "reg", escape(raw), path_bytes=raw, dev=st.st_dev, ino=st.st_ino, size=1)
+    rec |= {"access": "r", "flags": 0}
+    holder = hold(crafted(tmp_path, rec), 100)
+    assert isinstance(holder, int), holder.stderr
+    assert os.readlink(os.fsencode(f"/proc/{holder}/fd/3")) == raw
+    os.unlink(raw)  # gone: the error quotes the name escaped once
+    proc = hold(crafted(tmp_path, rec), 100)
+    one_line_error(proc, 13, "caf\\xe9.txt")
+    assert "\\\\xe9" not in proc.stderr

@@ -23,6 +23,7 @@ import msgspec
 
 from ._decode import Image
 from ._errors import RestoreError, UsageError
+from ._names import os_name
 from ._records import File, Task
 from ._restore_model import (
     Bind,
@@ -177,11 +178,9 @@ def _inotify(data: dict[str, object]) -> Inotify:
     for w in sorted(watches, key=lambda w: w.get("wd") or 0 if isinstance(w, dict) else 0):
         if not isinstance(w, dict):
             raise _Refuse("a watch that is not a map")
-        path = w.get("path")
-        if w.get("deleted") or not isinstance(path, str):
+        if w.get("deleted") or not isinstance(w.get("path"), str):
             raise _Refuse(f"watch {w.get('wd')!r}: its path is unknown or unlinked")
-        if not path.startswith("/") or "\0" in path or len(path.encode()) > MAX_PATH:
-            raise _Refuse(f"watch {w.get('wd')!r}: no absolute path of at most 4095 bytes")
+        path = _path(w.get("path"), w.get("path_bytes"), f"watch {w.get('wd')!r}")
         out.append(
             InotifyWatch(
                 path=path,
@@ -228,6 +227,24 @@ def _bind(data: dict[str, object]) -> Bind:
         reuseport=data.get("reuseport") is True,
         netns=netns if type(netns) is int else None,
     )
+
+
+def _os_name(value: object, raw: object, what: str) -> str:
+    """A name field of a record as ``os`` takes it (its exact bytes, surrogateescaped):
+    the text, or the ``_bytes`` companion of one that is not UTF-8."""
+    if not isinstance(value, str) or not isinstance(raw, bytes | None):
+        raise _Refuse(f"no {what}")
+    name = os_name(value, raw)
+    if "\0" in name:
+        raise _Refuse(f"a {what} with a NUL")
+    return name
+
+
+def _path(value: object, raw: object, what: str) -> str:
+    path = _os_name(value, raw, what)
+    if not path.startswith("/") or len(os.fsencode(path)) > MAX_PATH:
+        raise _Refuse(f"{what}: no absolute path of at most 4095 bytes")
+    return path
 
 
 def _int(value: object, lo: int, hi: int, what: str) -> int:
@@ -316,8 +333,7 @@ class _Planner:
                 )
             if f.deleted or f.path_state in ("deleted", "deleted-linked"):
                 raise _Refuse("its path was unlinked and its content is not in the image")
-            if not f.path.startswith("/") or "\0" in f.path or len(f.path.encode()) > MAX_PATH:
-                raise _Refuse("no absolute path of at most 4095 bytes")
+            path = _path(f.path, f.path_bytes, "path")
             fmt = _FMT.get(f.type)
             if fmt is None:
                 raise _Refuse(f"a {f.type} has no path")
@@ -336,7 +352,7 @@ class _Planner:
                 if data.get("queued") != 0:
                     raise _Refuse(f"{data.get('queued')!r} bytes queued in it (not restored)")
                 capacity = _int(data.get("capacity"), 4096, MAX_PIPE_SIZE, "pipe capacity")
-            make = OpenPath(path=f.path, flags=flags, fmt=fmt, dev=f.dev, ino=f.ino,
+            make = OpenPath(path=path, flags=flags, fmt=fmt, dev=f.dev, ino=f.ino,
                             size=f.size, rdev=f.rdev, capacity=capacity)  # fmt: skip
             setfl = f.flags & SETFL if kind == "fifo" else None
             return make, setfl, (pos if kind in ("reg", "dir") else None)
@@ -422,13 +438,14 @@ class _Planner:
         if index is not None:
             return index
         if kind == "memfd":
-            name = data.get("name")
-            if not isinstance(name, str) or "\0" in name or len(name.encode()) > MAX_MEMFD_NAME:
+            name = _os_name(data.get("name"), data.get("name_bytes"), "memfd name")
+            if len(os.fsencode(name)) > MAX_MEMFD_NAME:
                 raise _Refuse("no memfd name of at most 249 bytes")
             seals = data.get("seals")
             seals = 0 if seals is None else _int(seals, 0, SEAL_MASK, "seals")
         else:
-            name, seals = os.path.basename(f.path.removesuffix(" (deleted)"))[:64], 0
+            unlinked = _os_name(f.path, f.path_bytes, "path").removesuffix(" (deleted)")
+            name, seals = os.path.basename(unlinked)[:64], 0
         self.plan.inodes.append(Inode(name=name, size=size, runs=runs, seals=seals))
         index = self._inode[key] = len(self.plan.inodes) - 1
         return index
@@ -553,14 +570,16 @@ def _plan(
                     f"fd {fd.fd} is not below RLIMIT_NOFILE ({nofile})", pid=task.pid, fd=fd.fd
                 )
             if kind in skip:
-                planner.plan.skipped.append(Skipped(fd=fd.fd, kind=kind, path=f.path))
+                name = os_name(f.path, f.path_bytes)
+                planner.plan.skipped.append(Skipped(fd=fd.fd, kind=kind, path=name))
                 continue
             planner.fd = fd.fd
             try:
                 index = planner.description(f, kind, scope)
             except _Refuse as why:
                 raise RestoreError(
-                    f"cannot restore the {kind} ({f.path}): {why} (--skip {kind} leaves it out)",
+                    f"cannot restore the {kind} ({os_name(f.path, f.path_bytes)}): {why} "
+                    f"(--skip {kind} leaves it out)",
                     pid=task.pid,
                     fd=fd.fd,
                 ) from None
