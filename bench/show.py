@@ -24,7 +24,7 @@ from pathlib import Path
 from run import ASYCKPT, _become_subreaper, spawned_tree, warn
 
 from asyckpt import read_image
-from asyckpt._plugins import image_plugins
+from asyckpt._plugins.loading import image_plugins
 from asyckpt._show import endpoints, render_endpoints, render_table, to_json_doc
 
 

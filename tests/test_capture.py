@@ -332,7 +332,7 @@ def test_collector_paused_during_the_capture_only(
     then restored."""
     import gc
 
-    from asyckpt import _capture
+    from asyckpt import _capture, _tuning
 
     seen = []
     switch = []
@@ -351,7 +351,7 @@ def test_collector_paused_during_the_capture_only(
     assert not any(seen)
     assert gc.isenabled()
     # The switch interval too: shortened during the capture, restored after.
-    assert set(switch) == {min(before, _capture.SWITCH_INTERVAL)}
+    assert set(switch) == {min(before, _tuning.SWITCH_INTERVAL)}
     assert sys.getswitchinterval() == before
     with pytest.raises(asyckpt.AsyckptError):
         # exists, no force: fails before capturing

@@ -208,8 +208,8 @@ ROW_CASES = [
 def test_row_facts_equals_fd_facts(
     mode: int, link: str, nlink: int, root: str, rest: bytes
 ) -> None:
-    from asyckpt._build import fd_facts, row_facts
-    from asyckpt._plugins import FdFacts, StatInfo
+    from asyckpt._facts import fd_facts, row_facts
+    from asyckpt._plugins.contract import FdFacts, StatInfo
     from asyckpt._procparse import FdInfo, parse_fdinfo_rest
 
     raw = (7, link, mode, 65024, 4242, 0, nlink, 1000, 100, 97, 123_456_789, 8, 5, 0o2, 27, rest)

@@ -121,7 +121,7 @@ def _run_as_nobody(main: Any, zoo: Tree, out: Path) -> None:
     # Whatever the child will import must be imported before it drops to nobody (the
     # standard library is under /root too): loading the handlers does that.
     import asyckpt._api  # noqa: F401  (and with it trio and the capture pipeline)
-    from asyckpt._plugins import load_handlers
+    from asyckpt._plugins.loading import load_handlers
 
     load_handlers()
     r, w = os.pipe()

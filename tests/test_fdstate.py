@@ -242,7 +242,7 @@ def test_an_owner_that_cannot_be_read_costs_the_owner_not_the_capture(strict: bo
     # pidfd_open), as pidfd_getfd's EPERM would be without ptrace access.
     from asyckpt._build import RecordBuilder
     from asyckpt._kernel import kcmp_files
-    from asyckpt._plugins import HandlerContext
+    from asyckpt._plugins.session import HandlerContext
 
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()

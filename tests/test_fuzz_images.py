@@ -34,7 +34,7 @@ import pytest
 
 from asyckpt._errors import ImageError
 from asyckpt._image import Image, parse_image
-from asyckpt._plugins import ImagePlugin, image_plugins
+from asyckpt._plugins.loading import ImagePlugin, image_plugins
 from asyckpt._show import endpoints, render_endpoints, render_table, to_json_doc
 
 from .crafted import Rec, build, nested, seed

@@ -17,14 +17,10 @@ import trio
 
 import asyckpt
 from asyckpt import CaptureOptions, Device, FdFacts, HandlerContext, PluginError, read_image
-from asyckpt._plugins import (
-    Dispatch,
-    PluginConflictWarning,
-    installed_handlers,
-    load_handlers,
-)
+from asyckpt._plugins.dispatch import Dispatch, PluginConflictWarning
+from asyckpt._plugins.loading import installed_handlers, load_handlers
 from asyckpt._records import NO_DATA
-from asyckpt.handlers import LinkHandler, LinkRecord
+from asyckpt.handlers.link import LinkHandler, LinkRecord
 from asyckpt.testing import (
     capture_fd,
     dispatch_with,

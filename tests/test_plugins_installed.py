@@ -24,7 +24,7 @@ import trio
 
 import asyckpt
 from asyckpt import PluginError, read_image
-from asyckpt._plugins import AUTOLOAD_ENV, load_handlers
+from asyckpt._plugins.loading import AUTOLOAD_ENV, load_handlers
 
 from .conftest import WORKLOADS, Tree, asyckpt_cgroups, task_state
 
@@ -119,7 +119,7 @@ def mem(spawn: Any) -> Tree:
 def bundled_handlers() -> list[str]:
     """Handlers installed from distributions other than asyckpt (the bundled plugins, if
     installed): tests of generic records disable them."""
-    from asyckpt._plugins import installed_handlers
+    from asyckpt._plugins.loading import installed_handlers
 
     return [i.name for i in installed_handlers() if not i.builtin]
 

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from asyckpt._plugins import installed_handlers
+from asyckpt._plugins.loading import installed_handlers
 
 from .conftest import asyckpt_cgroups
 

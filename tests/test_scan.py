@@ -16,7 +16,8 @@ import pytest
 
 from asyckpt import NoSuchProcess
 from asyckpt._kernel import KCMP_FILE, kcmp, kcmp_files
-from asyckpt._procread import RawFd, _read_table_py, read_fds
+from asyckpt._procread import _read_table_py, read_fds
+from asyckpt._rows import RawFd
 
 from .conftest import Tree
 
@@ -247,8 +248,9 @@ def test_a_child_read_against_a_parent_that_vanished_is_an_error() -> None:
     # before its parent's, and the parent killed in between (SIGKILL reaches a frozen
     # task): the child's rows then have nothing to be resolved against.
     import asyckpt
-    from asyckpt._build import RecordBuilder, TaskScan
+    from asyckpt._build import RecordBuilder
     from asyckpt._discover import TaskPlan
+    from asyckpt._parts import TaskScan
     from asyckpt._procparse import TaskStat
     from asyckpt._procread import TaskMeta
 

@@ -213,9 +213,9 @@ class Slow(Recorder):
 def test_a_hanging_begin_cannot_keep_the_tree_frozen(
     zoo: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import asyckpt._plugins
+    import asyckpt._plugins.session
 
-    monkeypatch.setattr(asyckpt._plugins, "SESSION_TIMEOUT", 0.5)
+    monkeypatch.setattr(asyckpt._plugins.session, "SESSION_TIMEOUT", 0.5)
     started = time.monotonic()
     summary = capture(zoo, tmp_path / "h.ackpt", Slow)
     assert summary.frozen_ms < 2500
@@ -354,23 +354,23 @@ def test_link_runs_frozen_after_every_capture_and_names_files(zoo: Tree, tmp_pat
 
 def test_no_link_hook_no_link_phase(zoo: Tree, tmp_path: Path) -> None:
     # A capture whose handlers have no link hook never builds the links.
-    import asyckpt._plugins
+    import asyckpt._plugins.links
 
     built: list[object] = []
-    original = asyckpt._plugins.CaptureLinks.__init__
+    original = asyckpt._plugins.links.CaptureLinks.__init__
 
     def spy(self: Any, *args: Any, **kwargs: Any) -> None:
         built.append(self)
         original(self, *args, **kwargs)
 
-    asyckpt._plugins.CaptureLinks.__init__ = spy  # type: ignore[method-assign]
+    asyckpt._plugins.links.CaptureLinks.__init__ = spy  # type: ignore[method-assign]
     try:
         capture(zoo, tmp_path / "n.ackpt", ThawCheck)
         assert built == []
         capture(zoo, tmp_path / "y.ackpt", type("Linker", (Linker,), {"calls": []}))
         assert len(built) == 1  # once per capture, not per record
     finally:
-        asyckpt._plugins.CaptureLinks.__init__ = original  # type: ignore[method-assign]
+        asyckpt._plugins.links.CaptureLinks.__init__ = original  # type: ignore[method-assign]
 
 
 class Hung(Recorder):
@@ -408,10 +408,10 @@ class Polite(Recorder):
 def test_a_hung_begin_is_abandoned_once_and_never_piles_up(
     zoo: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import asyckpt._plugins
+    import asyckpt._plugins.session
     from asyckpt._begins import abandoned_begins
 
-    monkeypatch.setattr(asyckpt._plugins, "SESSION_TIMEOUT", 0.5)
+    monkeypatch.setattr(asyckpt._plugins.session, "SESSION_TIMEOUT", 0.5)
     Hung.release.clear()
     Hung.started.clear()
     Polite.returned.clear()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__ as __version__
+
 if TYPE_CHECKING:
     from ._api import CaptureStream as CaptureStream
     from ._api import checkpoint_tree as checkpoint_tree
@@ -48,19 +50,19 @@ if TYPE_CHECKING:
     from ._names import name_bytes as name_bytes
     from ._names import os_name as os_name
     from ._names import split_name as split_name
-    from ._plugins import AUTOLOAD_ENV as AUTOLOAD_ENV
-    from ._plugins import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP
-    from ._plugins import CaptureLinks as CaptureLinks
-    from ._plugins import CaptureSession as CaptureSession
-    from ._plugins import CaptureTree as CaptureTree
-    from ._plugins import Device as Device
-    from ._plugins import Dispatch as Dispatch
-    from ._plugins import FdFacts as FdFacts
-    from ._plugins import FdHandler as FdHandler
-    from ._plugins import HandlerContext as HandlerContext
-    from ._plugins import PluginConflictWarning as PluginConflictWarning
-    from ._plugins import StatInfo as StatInfo
-    from ._plugins import load_handlers as load_handlers
+    from ._plugins.contract import Device as Device
+    from ._plugins.contract import FdFacts as FdFacts
+    from ._plugins.contract import FdHandler as FdHandler
+    from ._plugins.contract import StatInfo as StatInfo
+    from ._plugins.dispatch import Dispatch as Dispatch
+    from ._plugins.dispatch import PluginConflictWarning as PluginConflictWarning
+    from ._plugins.links import CaptureLinks as CaptureLinks
+    from ._plugins.loading import AUTOLOAD_ENV as AUTOLOAD_ENV
+    from ._plugins.loading import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP
+    from ._plugins.loading import load_handlers as load_handlers
+    from ._plugins.session import CaptureSession as CaptureSession
+    from ._plugins.session import CaptureTree as CaptureTree
+    from ._plugins.session import HandlerContext as HandlerContext
     from ._records import FORMAT_VERSION as FORMAT_VERSION
     from ._records import Content as Content
     from ._records import Fd as Fd
@@ -80,8 +82,6 @@ if TYPE_CHECKING:
     from ._watch import Look as Look
     from ._watch import WatchEvent as WatchEvent
     from ._watch import watch as watch
-
-__version__ = "0.1.0"
 
 _LAZY = {
     "CaptureStream": "._api",
@@ -120,19 +120,19 @@ _LAZY = {
     "os_name": "._names",
     "split_name": "._names",
     "read_image": "._image",
-    "AUTOLOAD_ENV": "._plugins",
-    "ENTRY_POINT_GROUP": "._plugins",
-    "CaptureLinks": "._plugins",
-    "CaptureSession": "._plugins",
-    "CaptureTree": "._plugins",
-    "Device": "._plugins",
-    "Dispatch": "._plugins",
-    "FdFacts": "._plugins",
-    "FdHandler": "._plugins",
-    "HandlerContext": "._plugins",
-    "PluginConflictWarning": "._plugins",
-    "StatInfo": "._plugins",
-    "load_handlers": "._plugins",
+    "AUTOLOAD_ENV": "._plugins.loading",
+    "ENTRY_POINT_GROUP": "._plugins.loading",
+    "CaptureLinks": "._plugins.links",
+    "CaptureSession": "._plugins.session",
+    "CaptureTree": "._plugins.session",
+    "Device": "._plugins.contract",
+    "Dispatch": "._plugins.dispatch",
+    "FdFacts": "._plugins.contract",
+    "FdHandler": "._plugins.contract",
+    "HandlerContext": "._plugins.session",
+    "PluginConflictWarning": "._plugins.dispatch",
+    "StatInfo": "._plugins.contract",
+    "load_handlers": "._plugins.loading",
     "FORMAT_VERSION": "._records",
     "Content": "._records",
     "Fd": "._records",

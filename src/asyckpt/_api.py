@@ -13,22 +13,17 @@ from itertools import chain
 
 import trio
 
-from ._build import BodyRecord
 from ._capture import BATCH_BUFFER, CaptureOptions, CaptureSummary, capture
 from ._commit import Commit
 from ._errors import raise_collapsed
 from ._image import ImageWriter
+from ._materialize import BodyRecord
 from ._names import split_name, text
-from ._plugins import Dispatch
+from ._plugins.dispatch import Dispatch
 from ._records import FORMAT_VERSION, Header, Trailer
+from ._version import __version__
 
 __all__ = ["CaptureStream", "checkpoint_tree", "open_capture"]
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 def make_header(summary: CaptureSummary) -> Header:
@@ -40,7 +35,7 @@ def make_header(summary: CaptureSummary) -> Header:
         cgroup, cgroup_bytes = split_name(summary.freezer_cgroup)
     return Header(
         format_version=FORMAT_VERSION,
-        asyckpt_version=_version(),
+        asyckpt_version=__version__,
         kernel=text(uname.release),
         machine=text(uname.machine),
         hostname=hostname,

@@ -21,7 +21,8 @@ from typing import Any
 
 import trio
 
-from ._plugins import CaptureSession, LoadedHandler, _Pending
+from ._plugins.loaded import LoadedHandler
+from ._plugins.session import CaptureSession, _Pending
 
 __all__ = ["abandoned_begins", "run_begin"]
 

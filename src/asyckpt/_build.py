@@ -16,7 +16,8 @@ Three steps, so that the tree is frozen only as long as it must be:
   handlers' optional ``finish`` hooks complete their records with what only the whole
   tree tells (is a socket's peer in it?), and every record is encoded (so encoding costs
   nothing while frozen).  No kernel.
-* :func:`materialize` turns that into image records: pure, no kernel.
+* :func:`~asyckpt._materialize.materialize` turns that into image records: pure, no
+  kernel (a module of its own).
 
 The comparison and the mountinfo reader are injected, so neither step does I/O of its own,
 but for what needs the live fd while frozen, as handlers do: an unlinked file's content is
@@ -30,20 +31,15 @@ import errno
 import os
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 import msgspec
 
 from ._classify import (
     O_ASYNC,
-    access_mode,
-    kernel_kind,
     owner_matters,
-    split_deleted,
-    task_relative_path,
 )
 from ._dedup import KcmpIndex
-from ._discover import TaskPlan
 from ._errors import (
     AsyckptError,
     HandlerFailed,
@@ -51,57 +47,24 @@ from ._errors import (
     StrictViolation,
     translate_oserror,
 )
+from ._facts import row_facts
 from ._ghost import DEFAULT_GHOST_LIMIT, Ghost, GhostSpool
-from ._names import split_name, split_names
-from ._names import text as as_text
+from ._parts import GenericFd, NewFile, TaskPart, TaskScan
 from ._paths import PATH_KINDS, PathChecker
-from ._plugins import (
-    CaptureLinks,
-    CaptureSession,
-    CaptureTree,
-    Dispatch,
-    FdFacts,
-    HandlerContext,
-    LinkRef,
-    LoadedHandler,
-    StatInfo,
-)
+from ._plugins.contract import FdFacts, LinkRef
+from ._plugins.dispatch import Dispatch
+from ._plugins.links import CaptureLinks
+from ._plugins.loaded import LoadedHandler
+from ._plugins.session import CaptureSession, CaptureTree, HandlerContext
 from ._procparse import (
-    FdInfo,
-    Mount,
     lock_texts,
-    merge_lock_texts,
-    parse_fdinfo_rest,
-    parse_lock,
-    parse_mountinfo,
 )
-from ._procread import RawRow, ScanRow, TaskMeta
 from ._records import (
-    NO_DATA,
-    Content,
-    Fd,
-    FdTable,
-    File,
-    Holders,
-    Lock,
-    MountEntry,
-    MountTable,
     Owner,
-    Task,
-    Thread,
 )
+from ._rows import DedupRows, RawRow, ScanRow
 
-__all__ = [
-    "BodyRecord",
-    "RecordBuilder",
-    "TaskPart",
-    "TaskScan",
-    "fd_facts",
-    "materialize",
-    "row_facts",
-]
-
-BodyRecord = MountTable | FdTable | File | Content | Fd | Task | Holders
+__all__ = ["RecordBuilder"]
 
 O_CLOEXEC = os.O_CLOEXEC
 OWNER_TYPES = {0: "tid", 1: "pid", 2: "pgrp"}
@@ -110,48 +73,9 @@ OWNER_TYPES = {0: "tid", 1: "pid", 2: "pgrp"}
 # (pidfd_getfd), since the scan.
 _VANISHED = frozenset({errno.ESRCH, errno.EBADF})
 
-_tuple_new: Any = tuple.__new__
-_S_IFMT = 0o170000
-# kernel_kind's answer by file type, where the link text cannot change it (anon_inode:
-# and pidfd: links, and a FIFO's path, are left to kernel_kind itself).
-_FMT_KINDS = {
-    0o100000: "reg",
-    0o040000: "dir",
-    0o120000: "link",
-    0o010000: "pipe",
-    0o140000: "socket",
-    0o020000: "chr",
-    0o060000: "blk",
-}
-_ANON_PREFIXES = ("anon_inode:", "pidfd:")
-_DELETED = " (deleted)"
 
 Ref = tuple[int, int]
 """(tid, fd): how kcmp names an fd."""
-
-DedupRows = Callable[
-    [
-        list[ScanRow],
-        int,
-        dict[int, Any],
-        dict[int, Any],
-        dict[Any, list[Any]],
-        int,
-        dict[int, list[bytes]],
-    ],
-    tuple[
-        list[tuple[int, bool, int, Any]] | None,
-        list[int] | None,
-        int,
-        int,
-        int,
-        tuple[int, int, int] | None,
-    ],
-]
-"""_fdscan.dedup_rows: (rows, tid, hints, seen, buckets, file_count, more_locks) ->
-(entries, new row indexes, file_count, hint hits, compares, kcmp error (errno, pid, fd) or
-None); the fdinfo of an fd of a description seen before that lists locks is appended to
-``more_locks[file_id]``, as the Python loop does."""
 
 RunAsync = Callable[..., Any]
 """Runs ``async_fn(*args)`` to completion from the resolver's worker thread."""
@@ -163,152 +87,6 @@ def _trio_run_async(async_fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
     import trio
 
     return trio.from_thread.run(async_fn, *args)
-
-
-def fd_facts(
-    pid: int, tid: int, fd: int, link: str, st: StatInfo, fdinfo: FdInfo, root: str
-) -> FdFacts:
-    """What a handler is told about one fd, from what the scan read."""
-    path, deleted = split_deleted(link, st.st_nlink)
-    return FdFacts(
-        pid,
-        tid,
-        fd,
-        kernel_kind(st.st_mode, link),
-        link,
-        task_relative_path(path, root),
-        deleted,
-        st,
-        fdinfo,
-    )
-
-
-def row_facts(pid: int, tid: int, raw: RawRow, root: str) -> FdFacts:
-    """:func:`fd_facts` of a scan row: equal, but made once per new description while
-    frozen, so the named tuples are made with tuple.__new__ (their generated __new__ is
-    a Python call each) and the pure helpers are asked only off their common path."""
-    fd, link, mode = raw[0], raw[1], raw[2]
-    raw_rest = raw[15]
-    kind = _FMT_KINDS.get(mode & _S_IFMT)
-    if (
-        kind is None
-        or link.startswith(_ANON_PREFIXES)
-        or (kind == "pipe" and not link.startswith("pipe:["))
-    ):
-        kind = kernel_kind(mode, link)
-    if link[:1] == "/" and (link.endswith(_DELETED) or raw[6] == 0):
-        path, deleted = split_deleted(link, raw[6])
-    else:
-        path, deleted = link, False
-    if root != "/":
-        path = task_relative_path(path, root)
-    fdinfo = _tuple_new(
-        FdInfo,
-        (raw[12], raw[13], raw[14], raw[4], parse_fdinfo_rest(raw_rest) if raw_rest else ()),
-    )
-    facts: FdFacts = _tuple_new(
-        FdFacts,
-        (pid, tid, fd, kind, link, path, deleted, _tuple_new(StatInfo, raw[2:12]), fdinfo),
-    )
-    return facts
-
-
-class TaskScan(NamedTuple):
-    """What the concurrent phase read for one task: its new fd tables."""
-
-    seq: int
-    plan: TaskPlan
-    tables: tuple[tuple[int, int, list[ScanRow] | None], ...]
-    """(tid, table id, fds) for each table in ``plan.scan``; None if its task exited.
-    An fd the scan found shared with the parent's fd of the same number is an
-    :data:`~asyckpt._procread.InheritedRow`, resolved from the parent's table."""
-
-
-class NewFile:
-    """A description seen for the first time, with what its handler made of it.
-
-    Mutable (unlike the rest of a TaskPart): :meth:`RecordBuilder.finish` replaces the
-    record by its encoding, or the handler by None when finishing fails, in place.
-    """
-
-    __slots__ = (
-        "data",
-        "deleted",
-        "error",
-        "fdinfo",
-        "flags",
-        "ghost",
-        "handler",
-        "id",
-        "io_owner",
-        "kind",
-        "more_locks",
-        "owner",
-        "owner_error",
-        "path",
-        "path_state",
-        "raw",
-    )
-
-    def __init__(
-        self,
-        id: int,
-        raw: RawRow,
-        owner: tuple[int, int],
-        flags: int,
-        kind: str,
-        path: str,
-        deleted: bool,
-        handler: str | None,
-        data: msgspec.Struct | msgspec.Raw | None,
-        error: str | None,
-        io_owner: Owner | None = None,
-    ) -> None:
-        self.id = id
-        self.raw = raw
-        self.owner = owner
-        """(pid, fd) of the fd it was first seen through: what errors name."""
-        self.flags = flags
-        self.kind = kind
-        self.path = path
-        self.deleted = deleted
-        self.handler = handler
-        self.data = data
-        """The handler's record, encoded by :meth:`RecordBuilder.finish` after the thaw;
-        None if generic."""
-        self.error = error
-        self.ghost: Ghost | None = None
-        """An unlinked regular file's content outcome (``_ghost``)."""
-        self.fdinfo: tuple[tuple[str, str], ...] = ()
-        """The fdinfo lines past the common ones, parsed (as the handler saw them)."""
-        self.path_state = "unchecked"
-        """Set after the thaw by :class:`_paths.PathChecker`."""
-        self.io_owner = io_owner
-        self.owner_error: str | None = None
-        """Why the I/O owner could not be read (``io_owner`` is then None)."""
-        self.more_locks: list[str] | None = None
-        """``lock:`` lines of the description's other fds (a POSIX lock shows only in
-        the fdinfo of its owner's fds), set by :meth:`RecordBuilder.finish`."""
-
-
-class TaskPart(NamedTuple):
-    """One task, resolved: everything :func:`materialize` needs, and nothing live."""
-
-    plan: TaskPlan
-    meta: TaskMeta
-    mountinfo: str | None
-    """The mount table of the task's namespace, when this task is the first in it."""
-    tables: list[tuple[int, int, list[tuple[int, bool, int, NewFile | None]]]]
-    """(tid, table id, [(fd, cloexec, file id, NewFile if first seen here)])."""
-    threads: tuple[tuple[int, int | None], ...]
-    """(tid, fd table id) of every thread, the leader first."""
-
-
-class GenericFd(NamedTuple):
-    pid: int
-    fd: int
-    kind: str
-    error: str | None
 
 
 class RecordBuilder:
@@ -791,150 +569,3 @@ class RecordBuilder:
         if self._strict:
             raise StrictViolation(f"{err.msg} on a {kind} fd", pid=err.pid, fd=err.fd) from err
         return err.msg, None
-
-
-def materialize(part: TaskPart) -> list[BodyRecord]:
-    """The image records of one resolved task, in image order (objects before use)."""
-    plan, meta = part.plan, part.meta
-    out: list[BodyRecord] = []
-    if part.mountinfo is not None:
-        out.append(
-            MountTable(
-                id=meta.mnt_ns,
-                mounts=[_mount_entry(m) for m in parse_mountinfo(part.mountinfo)],
-            )
-        )
-    append = out.append
-    for tid, table_id, entries in part.tables:
-        append(FdTable(id=table_id, owner=tid, count=len(entries)))
-        for fd, cloexec, file_id, new in entries:
-            if new is not None:
-                append(_file_record(new))
-            append(Fd(fd=fd, file=file_id, cloexec=cloexec))
-    stat = plan.stat
-    comm, comm_bytes = split_name(stat.comm)
-    root, root_bytes = split_name(meta.root)
-    append(
-        Task(
-            pid=stat.pid,
-            ppid=stat.ppid,
-            comm=comm,
-            comm_bytes=comm_bytes,
-            starttime=stat.starttime,
-            state=stat.state,
-            uid=meta.uid,
-            gid=meta.gid,
-            fd_table=part.threads[0][1],
-            threads=[Thread(tid=t, fd_table=tab) for t, tab in part.threads],
-            mnt_ns=meta.mnt_ns,
-            root=root,
-            root_bytes=root_bytes,
-            session=stat.session,
-            pgrp=stat.pgrp,
-            tty_nr=stat.tty_nr,
-        )
-    )
-    return out
-
-
-def _mount_entry(m: Mount) -> MountEntry:
-    root, root_bytes = split_name(m.root)
-    mount_point, mount_point_bytes = split_name(m.mount_point)
-    fstype, fstype_bytes = split_name(m.fstype)
-    source, source_bytes = split_name(m.source)
-    return MountEntry(
-        mnt_id=m.mnt_id,
-        parent_id=m.parent_id,
-        dev=as_text(m.dev),
-        root=root,
-        mount_point=mount_point,
-        options=as_text(m.options),
-        fstype=fstype,
-        source=source,
-        root_bytes=root_bytes,
-        mount_point_bytes=mount_point_bytes,
-        fstype_bytes=fstype_bytes,
-        source_bytes=source_bytes,
-    )
-
-
-_encode = msgspec.msgpack.Encoder().encode
-
-
-def _encoded(data: msgspec.Struct | msgspec.Raw | None) -> msgspec.Raw:
-    if data is None:
-        return NO_DATA
-    if isinstance(data, msgspec.Raw):
-        return data
-    return msgspec.Raw(_encode(data))  # not finished: RecordBuilder.finish was skipped
-
-
-def _file_record(new: NewFile) -> File:
-    # Once per description after the thaw.  One keyword dict, unpacked: msgspec matches
-    # a dict's keys faster than a call's 29 keyword names; fields left at their default
-    # are not passed.
-    raw = new.raw
-    flags = new.flags
-    rest = raw[15]
-    data = new.data
-    fields: dict[str, Any] = {
-        "id": new.id,
-        "type": new.kind,
-        "handler": new.handler,
-        "flags": flags,
-        "access": access_mode(flags),
-        "pos": raw[12],
-        "mnt_id": raw[14],
-        "dev": raw[3],
-        "ino": raw[4],
-        "rdev": raw[5],
-        "deleted": new.deleted,
-        "uid": raw[7],
-        "gid": raw[8],
-        "st_mode": raw[2],
-        "nlink": raw[6],
-        "size": raw[9],
-        "mtime_ns": raw[10],
-        "data": data if type(data) is msgspec.Raw else _encoded(data),
-        "owner": new.io_owner,
-        "path_state": new.path_state,
-        "allocated": raw[11] * 512,
-    }
-    # Names are bytes (``_names``): the common case, ASCII, costs one check each.
-    path = new.path
-    if path.isascii():
-        fields["path"] = path
-    else:
-        fields["path"], fields["path_bytes"] = split_name(path)
-    if rest:
-        fdinfo = new.fdinfo
-        if rest.isascii():
-            fields["fdinfo"] = list(fdinfo)
-        else:
-            values, raws = split_names([value for _, value in fdinfo])
-            fields["fdinfo"] = [
-                (as_text(key), v) for (key, _), v in zip(fdinfo, values, strict=True)
-            ]
-            fields["fdinfo_bytes"] = raws
-    if new.error is not None:
-        fields["error"] = as_text(new.error)
-    if new.owner_error is not None:
-        fields["owner_error"] = as_text(new.owner_error)
-    if new.more_locks or (rest and b"lock:" in rest):
-        fields["locks"] = _locks(rest, new.more_locks)
-    ghost = new.ghost
-    if ghost is None:
-        fields["ghost"] = "none"
-    else:
-        fields["ghost"] = ghost.state
-        fields["ghost_file"] = ghost.file
-        fields["ghost_error"] = None if ghost.error is None else as_text(ghost.error)
-    return File(**fields)
-
-
-def _locks(fdinfo_rest: bytes, more: list[str] | None) -> list[Lock]:
-    texts = lock_texts(fdinfo_rest)
-    # A lock line is the kernel's format, ASCII; a byte that is not would be escaped.
-    if more:
-        texts = merge_lock_texts(texts, more)
-    return [parse_lock(as_text(line)) for line in texts]

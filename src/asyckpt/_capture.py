@@ -59,20 +59,18 @@ content chunk of at most 1 MiB).
 from __future__ import annotations
 
 import contextlib
-import gc
 import math
 import os
-import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Container, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Container, Sequence
 from typing import Literal
 
 import msgspec
 import trio
 
 from ._begins import run_begin
-from ._build import BodyRecord, GenericFd, RecordBuilder, TaskPart, TaskScan, materialize
+from ._build import RecordBuilder
 from ._claim import claim_freezer
 from ._discover import TaskPlan, check_target, own_lineage, plan_tables, walk_tree
 from ._errors import FreezerError, NoSuchProcess, collapse_errors
@@ -80,12 +78,17 @@ from ._freeze import Freezer
 from ._ghost import CONTENT_CHUNK, DEFAULT_GHOST_LIMIT, Chunk, GhostNote
 from ._guardian import Guardian, take_guardian
 from ._kernel import dedup_rows, kcmp_files
+from ._materialize import BodyRecord, materialize
 from ._order import Reorderer
 from ._outside import ENDPOINTS_MODES, search, targets
-from ._plugins import CaptureSession, Dispatch, load_handlers
+from ._parts import GenericFd, TaskPart, TaskScan
+from ._plugins.dispatch import Dispatch
+from ._plugins.loading import load_handlers
+from ._plugins.session import CaptureSession
 from ._procparse import TaskStat
 from ._procread import read_fd_tables
 from ._records import Content, Holders, PluginInfo
+from ._tuning import tuned
 
 __all__ = ["CaptureOptions", "CaptureSummary", "capture"]
 
@@ -94,9 +97,9 @@ SCAN_THREADS = max(1, min(2, len(os.sched_getaffinity(0)) - 1))
 at most two.  The C reader releases the GIL for a whole table, so they run in parallel
 with each other and with the resolver; more threads than cores only add contention.  On
 two cores one reader is faster than two: with two, three threads share the cores, the
-resolver (the critical path once the reader is ahead) loses its core to them about a
-sixth of the time, and the readers slow each other down in the kernel (measured: frozen
-window 10 ms shorter, scan CPU 10 ms less, for the 27k-fd benchmark tree)."""
+resolver (the critical path once the reader is ahead) loses its core to them part of
+the time, and the readers slow each other down in the kernel (docs/performance.md,
+"Design choices, measured")."""
 
 BATCH_BUFFER = 8
 """Task batches the channel holds before the builder waits for its consumer.  Small, so
@@ -132,7 +135,7 @@ class CaptureOptions(msgspec.Struct, kw_only=True, frozen=True):
 
     tune_interpreter: bool = False
     """For the capture, pause the cyclic garbage collector and shorten the interpreter's
-    switch interval (``SWITCH_INTERVAL``): both are process-wide, so a library caller
+    switch interval (``_tuning.SWITCH_INTERVAL``): both are process-wide, so a library caller
     opts in; the ``asyckpt`` command does.  Restored afterwards.  Costs without it are
     in docs/performance.md."""
 
@@ -270,7 +273,7 @@ async def _frozen(
 ) -> AsyncIterator[None]:
     """Frozen for the block.  ``after_thaw``, when the block ended normally, runs in a
     thread of its own once the tree is thawed, while the tasks are moved back to their
-    cgroups (kernel work: about 0.5 ms per task, that need not wait)."""
+    cgroups (kernel work for each task, that need not wait)."""
     done = False
     try:
         if freezer.consistent:
@@ -354,7 +357,7 @@ async def capture(
         if options.freeze != "none":
             # Started early, so that its interpreter starts while the tree is discovered.
             guardian = await trio.to_thread.run_sync(take_guardian)
-        with _tuned() if options.tune_interpreter else contextlib.nullcontext():
+        with tuned() if options.tune_interpreter else contextlib.nullcontext():
             summary = await _capture(root, send, options, dispatch, guardian, spool_dir)
     finally:
         if guardian is not None:
@@ -535,48 +538,6 @@ async def _run(
     )
 
 
-SWITCH_INTERVAL = 0.0005
-"""The interpreter's switch interval (seconds) during a tuned capture, instead of the
-default 5 ms.  A fd reader that ends a table in C needs the GIL to hand its rows over,
-and the resolver, pure Python, holds it until the interval forces a switch: with one
-reader on two cores, it is the reader that is on the critical path while frozen.
-Measured on the 27k-fd benchmark tree: about 10 ms less frozen."""
-
-_tunings = 0
-_gc_was_enabled = False
-_switch_was = 0.0
-_tuning_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def _tuned() -> Iterator[None]:
-    """For the block: the cyclic garbage collector disabled and the switch interval
-    shortened (``SWITCH_INTERVAL``), both restored after (nested and concurrent captures
-    included: the last to leave restores them as the first found them).
-
-    The collector's passes each walk every object the capture holds (rows, records:
-    several hundred thousand), again and again as they pile up, a third of the
-    resolver's time while the tree is frozen; reference counting frees nearly all of
-    them anyway."""
-    global _tunings, _gc_was_enabled, _switch_was
-    with _tuning_lock:
-        if _tunings == 0:
-            _gc_was_enabled = gc.isenabled()
-            gc.disable()
-            _switch_was = sys.getswitchinterval()
-            sys.setswitchinterval(min(_switch_was, SWITCH_INTERVAL))
-        _tunings += 1
-    try:
-        yield
-    finally:
-        with _tuning_lock:
-            _tunings -= 1
-            if _tunings == 0:
-                sys.setswitchinterval(_switch_was)
-                if _gc_was_enabled:
-                    gc.enable()
-
-
 async def _scan_and_resolve(plans: list[TaskPlan], builder: RecordBuilder) -> list[TaskPart]:
     scans_send, scans_recv = trio.open_memory_channel[list[TaskScan]](SCAN_AHEAD)
     reorder: Reorderer[TaskScan] = Reorderer()
@@ -596,9 +557,9 @@ async def _scan_and_resolve(plans: list[TaskPlan], builder: RecordBuilder) -> li
     work = iter([list(enumerate(plans))[i : i + chunk] for i in range(0, len(plans), chunk)])
 
     # Each worker is one thread for all its chunks, handing each chunk's scans to the
-    # event loop without waiting for it: a thread hop per chunk made the reader wait,
-    # between chunks, for the event loop, which itself waits for the resolver's GIL
-    # (about 30 ms of the frozen window, for the 27k-fd benchmark tree).  The channel
+    # event loop without waiting for it: with a thread hop per chunk the reader would
+    # wait, between chunks, for the event loop, which itself waits for the resolver's
+    # GIL, and the reader is the critical path while frozen.  The channel
     # is bounded by credits the reader takes in its own thread before reading a chunk
     # and the resolver gives back as it takes chunks: a credit held is a place in the
     # channel, so a delivery never finds it full, and the reader waits (without the

@@ -16,7 +16,7 @@ from ._escape import escape
 if TYPE_CHECKING:
     from ._capture import CaptureSummary
     from ._image import Image
-    from ._plugins import Dispatch
+    from ._plugins.dispatch import Dispatch
     from ._signals import Signals
 
 # trio and the capture pipeline are imported by the commands that use them: `show` and
@@ -119,7 +119,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
 
     p = _Parser(
         prog="asyckpt",
@@ -594,7 +594,7 @@ def _tree(args: argparse.Namespace, signals: Signals) -> int:
 
 
 def _load_handlers(args: argparse.Namespace) -> Dispatch:
-    from ._plugins import load_handlers
+    from ._plugins.loading import load_handlers
 
     dispatch = load_handlers(disabled=args.disable_plugin, enabled=args.plugin, warn=False)
     for conflict in dispatch.conflicts:
@@ -604,7 +604,7 @@ def _load_handlers(args: argparse.Namespace) -> Dispatch:
 
 def _cmd_show(args: argparse.Namespace) -> int:
     from ._image import read_image, read_image_fd
-    from ._plugins import image_plugins
+    from ._plugins.loading import image_plugins
     from ._show import endpoints, render_endpoints, render_table, to_json_doc
 
     if args.image == "-":
@@ -654,7 +654,7 @@ def _extract(image: Image, file_id: str, out: str) -> int:
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
-    from ._plugins import AUTOLOAD_ENV, autoload_disabled, survey
+    from ._plugins.loading import AUTOLOAD_ENV, autoload_disabled, survey
 
     found = survey(disabled=args.disable_plugin, enabled=args.plugin)
     rows = [("NAME", "DISTRIBUTION", "VERSION", "STATE", "PRIO", "RECORD", "HOOKS", "CLAIMS")]

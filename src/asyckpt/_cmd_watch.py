@@ -18,7 +18,7 @@ from ._capture import CaptureOptions
 from ._diff import render_diff
 from ._errors import OutputError, collapse_errors
 from ._escape import escape
-from ._plugins import Dispatch
+from ._plugins.dispatch import Dispatch
 from ._watch import watch
 
 __all__ = ["cmd_watch"]

@@ -1,9 +1,9 @@
 /*
  * asyckpt._fdscan: read one fd table (readlink + stat + fdinfo per fd) without the GIL.
  *
- * The pure-Python reader (_procread.py) costs ~13 us per fd, most of it interpreter
+ * The pure-Python reader (_procread.py) spends most of its time per fd on interpreter
  * overhead around five syscalls, and two Python threads doing it contend for the GIL so
- * badly that a second one slows the scan down.  Here the whole table is read with the
+ * badly that a second one slows the scan down (docs/performance.md has the numbers).  Here the whole table is read with the
  * GIL released, so scanner threads run in parallel with each other and with the Python
  * record builder; Python objects are made at the end, in one go.
  *

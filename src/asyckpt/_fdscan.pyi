@@ -1,6 +1,6 @@
 from typing import Any
 
-from ._procread import RawRow, ScanRow
+from ._rows import RawRow, ScanRow
 
 def read_table(fd_dir: str, fdinfo_dir: str) -> list[RawRow]: ...
 def read_tables(

@@ -18,12 +18,9 @@ import os
 import platform
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from ._errors import KernelUnsupported, translate_oserror
-
-if TYPE_CHECKING:
-    from ._build import DedupRows
+from ._rows import DedupRows
 
 __all__ = [
     "KCMP_EPOLL_TFD",

@@ -31,7 +31,7 @@ from ._procparse import split_fdinfo
 from ._records import Access, Holders, OutsideFd
 
 if TYPE_CHECKING:
-    from ._build import TaskPart
+    from ._parts import TaskPart
 
 __all__ = ["ENDPOINTS_MODES", "Target", "search", "targets"]
 

@@ -114,7 +114,7 @@ class PathChecker:
 
     def check(self, parts: Iterable[Any]) -> None:
         """After the thaw: set ``path_state`` on every new file of ``parts``
-        (``_build.TaskPart``)."""
+        (``_parts.TaskPart``)."""
         parts = list(parts)
         procs: dict[int, str] = {}  # mnt_id of a proc mount -> its mount point
         for part in parts:

@@ -15,12 +15,9 @@ from typing import NamedTuple, cast
 
 from ._errors import NoSuchProcess, oserror_context, translate_oserror
 from ._procparse import TaskStat, parse_stat, split_fdinfo
+from ._rows import RawFd, RawRow, ScanRow, stat_fields
 
 __all__ = [
-    "InheritedRow",
-    "RawFd",
-    "RawRow",
-    "ScanRow",
     "TaskMeta",
     "list_children",
     "list_threads",
@@ -96,59 +93,6 @@ def read_task_meta(pid: int) -> TaskMeta:
             # A zombie keeps its /proc entry but has dropped its fs and namespaces.
             root, mnt_ns = "/", 0
     return TaskMeta(st.st_uid, st.st_gid, root, mnt_ns)
-
-
-RawRow = tuple[int, str, int, int, int, int, int, int, int, int, int, int, int, int, int, bytes]
-"""One fd as the readers return it: a plain tuple laid out as :class:`RawFd` (which the
-C reader does not take the time to build)."""
-
-
-InheritedRow = tuple[int, int]
-"""(fd, flags): an fd that the scan found to be the same open file description as its
-parent's fd of the same number (kcmp), so it read only its fdinfo (for close-on-exec, the
-one fact that belongs to the fd, not the description).  The rest is the parent's row."""
-
-ScanRow = RawRow | InheritedRow
-
-
-class RawFd(NamedTuple):
-    """The fields of a :data:`RawRow`, by name."""
-
-    fd: int
-    link: str
-    st_mode: int
-    st_dev: int
-    st_ino: int
-    st_rdev: int
-    st_nlink: int
-    st_uid: int
-    st_gid: int
-    st_size: int
-    st_mtime_ns: int
-    st_blocks: int
-    pos: int
-    flags: int
-    """As fdinfo says: O_CLOEXEC included when the fd is close-on-exec."""
-    mnt_id: int
-    fdinfo_rest: bytes
-    """The fdinfo lines after pos, flags, mnt_id and ino, unparsed."""
-
-
-def stat_fields(st: os.stat_result) -> tuple[int, int, int, int, int, int, int, int, int, int]:
-    """The stat fields asyckpt keeps, in the order of ``RawRow[2:12]`` and of
-    :class:`~asyckpt._plugins.StatInfo` (the C reader writes the same order)."""
-    return (
-        st.st_mode,
-        st.st_dev,
-        st.st_ino,
-        st.st_rdev,
-        st.st_nlink,
-        st.st_uid,
-        st.st_gid,
-        st.st_size,
-        st.st_mtime_ns,
-        st.st_blocks,
-    )
 
 
 _read_tables_c: (

@@ -26,7 +26,7 @@ from ._ghost import format_size
 from ._image import Image
 from ._jsondata import json_data
 from ._names import json_name, json_names, json_names_in, os_name, outside_fd_json
-from ._plugins import ImagePlugin
+from ._plugins.loading import ImagePlugin
 from ._records import NO_DATA, File, Lock, MountEntry, OutsideFd, Owner, PluginInfo
 
 __all__ = [

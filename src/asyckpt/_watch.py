@@ -28,7 +28,7 @@ from ._capture import CaptureOptions
 from ._diff import ImageDiff, diff
 from ._errors import NoSuchProcess
 from ._image import Image, read_image
-from ._plugins import Dispatch
+from ._plugins.dispatch import Dispatch
 
 __all__ = ["Look", "WatchEvent", "Watcher", "look", "same_root", "should_capture", "watch"]
 

@@ -36,25 +36,18 @@ from typing import Any, NamedTuple, cast, get_args
 
 import msgspec
 
-from .._build import fd_facts
 from .._errors import PluginError
+from .._facts import fd_facts
 from .._image import Image, ImageWriter, read_image
-from .._plugins import (
-    CaptureLinks,
-    CaptureSession,
-    CaptureTree,
-    Dispatch,
-    FdFacts,
-    HandlerContext,
-    ImagePlugin,
-    LinkRef,
-    LoadedHandler,
-    StatInfo,
-    load_handlers,
-)
+from .._plugins.contract import FdFacts, LinkRef, StatInfo
+from .._plugins.dispatch import Dispatch
+from .._plugins.links import CaptureLinks
+from .._plugins.loaded import LoadedHandler
+from .._plugins.loading import ImagePlugin, load_handlers
+from .._plugins.session import CaptureSession, CaptureTree, HandlerContext
 from .._procparse import FdInfo, parse_fdinfo
-from .._procread import stat_fields
 from .._records import FORMAT_VERSION, Fd, FdTable, File, FileType, Header, Task, Trailer
+from .._rows import stat_fields
 from .._show import Renderer, to_json_doc
 from .._validate import check_file
 

@@ -1,0 +1,119 @@
+"""The resolver's output per task, between the frozen phase and the records: what
+:class:`~asyckpt._build.RecordBuilder` makes of each task's scan (:class:`TaskPart`, with
+a :class:`NewFile` for each description first seen in it), and the scan it starts from
+(:class:`TaskScan`).  Plain data, nothing live.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+import msgspec
+
+from ._rows import RawRow, ScanRow
+
+if TYPE_CHECKING:
+    from ._discover import TaskPlan
+    from ._ghost import Ghost
+    from ._procread import TaskMeta
+    from ._records import Owner
+
+__all__ = ["GenericFd", "NewFile", "TaskPart", "TaskScan"]
+
+
+class TaskScan(NamedTuple):
+    """What the concurrent phase read for one task: its new fd tables."""
+
+    seq: int
+    plan: TaskPlan
+    tables: tuple[tuple[int, int, list[ScanRow] | None], ...]
+    """(tid, table id, fds) for each table in ``plan.scan``; None if its task exited.
+    An fd the scan found shared with the parent's fd of the same number is an
+    :data:`~asyckpt._rows.InheritedRow`, resolved from the parent's table."""
+
+
+class NewFile:
+    """A description seen for the first time, with what its handler made of it.
+
+    Mutable (unlike the rest of a TaskPart): :meth:`RecordBuilder.finish` replaces the
+    record by its encoding, or the handler by None when finishing fails, in place.
+    """
+
+    __slots__ = (
+        "data",
+        "deleted",
+        "error",
+        "fdinfo",
+        "flags",
+        "ghost",
+        "handler",
+        "id",
+        "io_owner",
+        "kind",
+        "more_locks",
+        "owner",
+        "owner_error",
+        "path",
+        "path_state",
+        "raw",
+    )
+
+    def __init__(
+        self,
+        id: int,
+        raw: RawRow,
+        owner: tuple[int, int],
+        flags: int,
+        kind: str,
+        path: str,
+        deleted: bool,
+        handler: str | None,
+        data: msgspec.Struct | msgspec.Raw | None,
+        error: str | None,
+        io_owner: Owner | None = None,
+    ) -> None:
+        self.id = id
+        self.raw = raw
+        self.owner = owner
+        """(pid, fd) of the fd it was first seen through: what errors name."""
+        self.flags = flags
+        self.kind = kind
+        self.path = path
+        self.deleted = deleted
+        self.handler = handler
+        self.data = data
+        """The handler's record, encoded by :meth:`RecordBuilder.finish` after the thaw;
+        None if generic."""
+        self.error = error
+        self.ghost: Ghost | None = None
+        """An unlinked regular file's content outcome (``_ghost``)."""
+        self.fdinfo: tuple[tuple[str, str], ...] = ()
+        """The fdinfo lines past the common ones, parsed (as the handler saw them)."""
+        self.path_state = "unchecked"
+        """Set after the thaw by :class:`_paths.PathChecker`."""
+        self.io_owner = io_owner
+        self.owner_error: str | None = None
+        """Why the I/O owner could not be read (``io_owner`` is then None)."""
+        self.more_locks: list[str] | None = None
+        """``lock:`` lines of the description's other fds (a POSIX lock shows only in
+        the fdinfo of its owner's fds), set by :meth:`RecordBuilder.finish`."""
+
+
+class TaskPart(NamedTuple):
+    """One task, resolved: everything :func:`materialize` needs, and nothing live."""
+
+    plan: TaskPlan
+    meta: TaskMeta
+    mountinfo: str | None
+    """The mount table of the task's namespace, when this task is the first in it."""
+    tables: list[tuple[int, int, list[tuple[int, bool, int, NewFile | None]]]]
+    """(tid, table id, [(fd, cloexec, file id, NewFile if first seen here)])."""
+    threads: tuple[tuple[int, int | None], ...]
+    """(tid, fd table id) of every thread, the leader first."""
+
+
+class GenericFd(NamedTuple):
+    pid: int
+    fd: int
+    kind: str
+    error: str | None

@@ -1,0 +1,92 @@
+"""The scan's rows: what the fd-table readers (``_fdscan.read_tables`` and its Python
+fallback) return for each fd, and the shape of the C dedup loop that consumes them.
+
+Pure: types and the stat fields' order, shared by the readers (kernel access), the C
+extension's stub and the resolver (``_build``), so that none of them imports another for
+a type.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+__all__ = ["DedupRows", "InheritedRow", "RawFd", "RawRow", "ScanRow", "stat_fields"]
+
+RawRow = tuple[int, str, int, int, int, int, int, int, int, int, int, int, int, int, int, bytes]
+"""One fd as the readers return it: a plain tuple laid out as :class:`RawFd` (which the
+C reader does not take the time to build)."""
+
+
+InheritedRow = tuple[int, int]
+"""(fd, flags): an fd that the scan found to be the same open file description as its
+parent's fd of the same number (kcmp), so it read only its fdinfo (for close-on-exec, the
+one fact that belongs to the fd, not the description).  The rest is the parent's row."""
+
+ScanRow = RawRow | InheritedRow
+
+
+class RawFd(NamedTuple):
+    """The fields of a :data:`RawRow`, by name."""
+
+    fd: int
+    link: str
+    st_mode: int
+    st_dev: int
+    st_ino: int
+    st_rdev: int
+    st_nlink: int
+    st_uid: int
+    st_gid: int
+    st_size: int
+    st_mtime_ns: int
+    st_blocks: int
+    pos: int
+    flags: int
+    """As fdinfo says: O_CLOEXEC included when the fd is close-on-exec."""
+    mnt_id: int
+    fdinfo_rest: bytes
+    """The fdinfo lines after pos, flags, mnt_id and ino, unparsed."""
+
+
+def stat_fields(st: os.stat_result) -> tuple[int, int, int, int, int, int, int, int, int, int]:
+    """The stat fields asyckpt keeps, in the order of ``RawRow[2:12]`` and of
+    :class:`~asyckpt._plugins.contract.StatInfo` (the C reader writes the same order)."""
+    return (
+        st.st_mode,
+        st.st_dev,
+        st.st_ino,
+        st.st_rdev,
+        st.st_nlink,
+        st.st_uid,
+        st.st_gid,
+        st.st_size,
+        st.st_mtime_ns,
+        st.st_blocks,
+    )
+
+
+DedupRows = Callable[
+    [
+        list[ScanRow],
+        int,
+        dict[int, Any],
+        dict[int, Any],
+        dict[Any, list[Any]],
+        int,
+        dict[int, list[bytes]],
+    ],
+    tuple[
+        list[tuple[int, bool, int, Any]] | None,
+        list[int] | None,
+        int,
+        int,
+        int,
+        tuple[int, int, int] | None,
+    ],
+]
+"""_fdscan.dedup_rows: (rows, tid, hints, seen, buckets, file_count, more_locks) ->
+(entries, new row indexes, file_count, hint hits, compares, kcmp error (errno, pid, fd) or
+None); the fdinfo of an fd of a description seen before that lists locks is appended to
+``more_locks[file_id]``, as the Python loop does."""
