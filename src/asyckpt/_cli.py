@@ -43,7 +43,8 @@ exit codes:
   1 internal error       6 not a valid image       10 kernel lacks a feature
   2 usage error          7 freezer error           11 Graphviz (dot) missing or failed
   3 bad target pid       8 --strict violation      12 internal error in diff (its 1: different)
-  4 permission denied                             130 interrupted (SIGINT/SIGTERM/SIGHUP)
+  4 permission denied                              13 restore refused (nothing changed)
+                                                  130 interrupted (SIGINT/SIGTERM/SIGHUP)
   (3 also when tree --name/--user match no process, or several separate trees)
 """
 
@@ -369,6 +370,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="wait that long for running captures to finish (default: 10)",
     )
+    from ._restore_cmd import add_parser as add_restore
+
+    add_restore(sub, EPILOG)
     return p
 
 
@@ -705,6 +709,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ._cmd_watch import cmd_watch
 
             return cmd_watch(args, _load_handlers(args))
+        if args.command == "restore":
+            from ._restore_cmd import command as restore
+
+            return restore(args)
         if args.command == "recover":
             from ._recover import command
 
