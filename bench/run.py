@@ -1,19 +1,21 @@
 #!/usr/bin/env python3
-"""Benchmark asyckpt against lsof and a C "floor" scanner, side by side, in one run.
+"""Benchmark asyckpt against lsof, lsfd and a C "floor" scanner, side by side, in one run.
 
-For a tree made by ``python -m asyckpt.testing.spawn_tree``, each repetition runs, in a
-rotating order so all three see the same machine state:
+For each workload (a tree made by ``python -m asyckpt.testing.spawn_tree CHILDREN FDS
+[DEPTH]``: see WORKLOADS), each repetition runs, in a rotating order so all see the same
+machine state:
 
 * ``asyckpt tree ROOT -o IMG --force -q`` (wall time end to end, peak RSS), then reads
   freezing_ms / frozen_ms / capture_ms back with ``asyckpt show IMG --json``;
 * ``lsof -n -P -p PID,PID,...`` (wall time, output discarded);
+* ``lsfd -p "PID PID ..."`` (util-linux), when installed (wall time, output discarded);
 * ``floor_scan PID PID ...`` (``floor_scan.c`` beside this file), compiled here with
   ``cc -O2``: per fd one readlink, one
   stat and one fdinfo read, in one thread: what reading the same /proc data must cost.
 
-It prints Markdown tables (for docs/performance.md) with medians, and a second table for trees of
-1, 21 and 201 tasks.  Everything it starts is killed by process group and reaped, the
-temporary directory is removed, and leftover asyckpt cgroups are reported.
+It prints Markdown tables (for docs/performance.md) with medians and ratios, one row per
+workload.  Everything it starts is killed by process group and reaped, the temporary
+directory is removed, and leftover asyckpt cgroups are reported.
 
 Stdlib only (plus asyckpt, for its version).  Run as root: asyckpt needs the freezer.
 """
@@ -39,15 +41,43 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import asyckpt
-from asyckpt.testing.spawn_tree import fds_opened
+from asyckpt.testing.spawn_tree import fds_opened, tasks_spawned
 
 FLOOR_SOURCE = Path(__file__).resolve().parent / "floor_scan.c"
 SPAWN_TREE = [sys.executable, "-m", "asyckpt.testing.spawn_tree"]
 ASYCKPT = [sys.executable, "-m", "asyckpt"]
-TOOLS = ("asyckpt", "lsof", "floor", "startup", "python")
+TOOLS = ("asyckpt", "lsof", "lsfd", "floor", "startup", "python")
+
+
+class Workload(NamedTuple):
+    """A tree to measure on: ``spawn_tree CHILDREN FDS DEPTH``."""
+
+    name: str
+    children: int
+    fds: int
+    depth: int
+    what: str
+
+    def spec(self) -> str:
+        depth = f" {self.depth}" if self.depth != 1 else ""
+        return f"{self.children} {self.fds}{depth}"
+
+
+WORKLOADS = {
+    w.name: w
+    for w in (
+        Workload("S0", 0, 30, 1, "one small process: start-up dominates"),
+        Workload("S1", 0, 8000, 1, "one process with 10k fds: one table read whole"),
+        Workload("W1", 20, 500, 1, "21 tasks, 27k fds, half of them shared"),
+        Workload("W4", 166, 3, 2, "499 small tasks: per-task overhead"),
+        Workload("W3", 49, 800, 1, "50 tasks, 106k fds: throughput and memory"),
+    )
+}
+DEFAULT_WORKLOADS = ("S0", "S1", "W1")
+"""About a minute on 2 cores; ``--all`` adds W4 and W3."""
 PR_SET_CHILD_SUBREAPER = 36
 SPAWN_TIMEOUT = 120.0
 REAP_TIMEOUT = 10.0
@@ -249,11 +279,11 @@ def _pids_headroom() -> tuple[int, str]:
     return min(limits, default=(1 << 30, "no limit found"))
 
 
-def preflight(children: int, per: int) -> None:
+def preflight(children: int, per: int, depth: int) -> None:
     """Refuse a tree that the fd or task limits would make spawn_tree fail on."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     # A child holds the root's fds (inherited) plus its own, plus a few.
-    need = 2 * fds_opened(per) + 32
+    need = (2 if children else 1) * fds_opened(per) + 32
     if hard != resource.RLIM_INFINITY and need > hard:
         raise BenchError(
             f"{per} fds per task needs about {need} open files per process, but the hard "
@@ -261,10 +291,10 @@ def preflight(children: int, per: int) -> None:
         )
     headroom, which = _pids_headroom()
     # The tree, plus asyckpt's worker threads, lsof, the floor and some slack.
-    if children + 1 + 32 > headroom:
+    tasks = tasks_spawned(children, depth)
+    if tasks + 32 > headroom:
         raise BenchError(
-            f"a tree of {children + 1} tasks does not fit: only {headroom} more tasks "
-            f"allowed ({which})"
+            f"a tree of {tasks} tasks does not fit: only {headroom} more tasks allowed ({which})"
         )
 
 
@@ -358,12 +388,14 @@ def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def spawned_tree(children: int, per: int, tmp: Path) -> Iterator[tuple[int, list[int]]]:
-    """Start ``python -m asyckpt.testing.spawn_tree children per``; yield (root pid, all
-    pids); always kill it."""
-    preflight(children, per)
+def spawned_tree(
+    children: int, per: int, tmp: Path, depth: int = 1
+) -> Iterator[tuple[int, list[int]]]:
+    """Start ``python -m asyckpt.testing.spawn_tree children per depth``; yield (root
+    pid, all pids); always kill it."""
+    preflight(children, per, depth)
     proc = subprocess.Popen(
-        [*SPAWN_TREE, str(children), str(per)],
+        [*SPAWN_TREE, str(children), str(per), str(depth)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         cwd=tmp,
@@ -375,8 +407,8 @@ def spawned_tree(children: int, per: int, tmp: Path) -> Iterator[tuple[int, list
         if root != proc.pid:
             raise BenchError(f"spawn_tree printed pid {root}, but it is {proc.pid}")
         pids = tree_pids(root)
-        if len(pids) != children + 1:
-            warn(f"expected {children + 1} tasks under {root}, found {len(pids)}")
+        if len(pids) != tasks_spawned(children, depth):
+            warn(f"expected {tasks_spawned(children, depth)} tasks under {root}, found {len(pids)}")
         yield root, pids
     finally:
         _kill_tree(proc)
@@ -396,6 +428,8 @@ class Rep:
     capture_ms: float = 0.0
     lsof_wall_ms: float = 0.0
     lsof_rss_kib: int = 0
+    lsfd_wall_ms: float = 0.0
+    lsfd_rss_kib: int = 0
     floor_wall_ms: float = 0.0
     floor_rss_kib: int = 0
     floor_fds: int = 0
@@ -407,8 +441,7 @@ class Rep:
 class Series:
     """All repetitions against one tree, and what the tree was."""
 
-    children: int
-    per_task: int
+    workload: Workload
     tasks: int = 0
     fds: int = 0
     files: int = 0
@@ -458,6 +491,13 @@ def measure_lsof(runner: Runner, lsof: str, pids: list[int], rep: Rep) -> None:
     rep.lsof_rss_kib = ex.maxrss_kib
 
 
+def measure_lsfd(runner: Runner, lsfd: str, pids: list[int], rep: Rep) -> None:
+    ex = runner.run([lsfd, "-p", " ".join(map(str, pids))])
+    _check("lsfd", ex)
+    rep.lsfd_wall_ms = ex.wall_ms
+    rep.lsfd_rss_kib = ex.maxrss_kib
+
+
 def measure_floor(runner: Runner, floor: Path, pids: list[int], rep: Rep) -> None:
     ex = runner.run([str(floor), *map(str, pids)], keep_stdout=True)
     _check("floor_scan", ex)
@@ -481,37 +521,35 @@ def measure_python(runner: Runner, rep: Rep) -> None:
 
 
 def bench_tree(
-    args: argparse.Namespace,
-    runner: Runner,
-    floor: Path,
-    tmp: Path,
-    children: int,
-    per: int,
-    repeat: int,
+    args: argparse.Namespace, runner: Runner, floor: Path, tmp: Path, workload: Workload
 ) -> Series:
-    """Warm-up rounds, then ``repeat`` measured rounds, each tool once per round."""
-    series = Series(children, per)
-    with spawned_tree(children, per, tmp) as (root, pids):
+    """Warm-up rounds, then ``args.repeat`` measured rounds, each tool once per round."""
+    series = Series(workload)
+    w = workload
+    with spawned_tree(w.children, w.fds, tmp, w.depth) as (root, pids):
         image = tmp / f"tree-{root}.ackpt"
         steps = {
             "asyckpt": lambda rep: measure_asyckpt(runner, root, image, rep, series),
             "lsof": lambda rep: measure_lsof(runner, args.lsof, pids, rep),
+            "lsfd": lambda rep: measure_lsfd(runner, args.lsfd, pids, rep),
             "floor": lambda rep: measure_floor(runner, floor, pids, rep),
             "startup": lambda rep: measure_startup(runner, rep),
             "python": lambda rep: measure_python(runner, rep),
         }
-        for i in range(args.warmup + repeat):
+        tools = [t for t in TOOLS if t != "lsfd" or args.lsfd]
+        for i in range(args.warmup + args.repeat):
             rep = Rep()
             # Rotate the order so no tool always runs right after another's caches.
-            for name in TOOLS[i % len(TOOLS) :] + TOOLS[: i % len(TOOLS)]:
+            for name in tools[i % len(tools) :] + tools[: i % len(tools)]:
                 steps[name](rep)
             if i >= args.warmup:
                 series.reps.append(rep)
             progress(
-                f"  {series.tasks} task(s), round {i + 1}/{args.warmup + repeat}"
+                f"  {w.name}, round {i + 1}/{args.warmup + args.repeat}"
                 f"{' (warm-up)' if i < args.warmup else ''}: asyckpt "
                 f"{rep.asyckpt_wall_ms:.0f} ms (frozen {rep.frozen_ms:.0f}), lsof "
-                f"{rep.lsof_wall_ms:.0f} ms, floor {rep.floor_wall_ms:.0f} ms"
+                f"{rep.lsof_wall_ms:.0f} ms, lsfd {rep.lsfd_wall_ms:.0f} ms, floor "
+                f"{rep.floor_wall_ms:.0f} ms"
             )
         if any(r.floor_fds != series.fds for r in series.reps):
             warn(
@@ -545,7 +583,16 @@ def spread(s: Series, name: str) -> str:
     return f"{ms(min(vals))}–{ms(max(vals))}"
 
 
-def machine_line(freezer: str, lsof_bin: str) -> str:
+def _lsfd_version(lsfd_bin: str | None) -> str:
+    if not lsfd_bin:
+        return "not installed"
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run([lsfd_bin, "--version"], capture_output=True, text=True, check=False)
+        return out.stdout.split()[-1] if out.stdout.split() else "?"
+    return "?"
+
+
+def machine_line(freezer: str, lsof_bin: str, lsfd_bin: str | None) -> str:
     cpus = len(os.sched_getaffinity(0))
     model = "?"
     with contextlib.suppress(OSError):
@@ -567,66 +614,66 @@ def machine_line(freezer: str, lsof_bin: str) -> str:
     return (
         f"nproc {cpus} ({model}), {mem} RAM, Linux {platform.release()} "
         f"{platform.machine()}, Python {platform.python_version()}, "
-        f"asyckpt {asyckpt.__version__} (freezer {freezer}), lsof {lsof}"
+        f"asyckpt {asyckpt.__version__} (freezer {freezer}), lsof {lsof}, "
+        f"lsfd {_lsfd_version(lsfd_bin)}"
     )
 
 
-def main_table(s: Series, warmup: int) -> str:
-    rows = [
-        (
-            "`floor_scan` (C, 1 thread: readlink + stat + fdinfo per fd)",
-            "floor_wall_ms",
-            s.median("floor_rss_kib"),
-        ),
-        ("`lsof -n -P -p PIDS` (output discarded)", "lsof_wall_ms", s.median("lsof_rss_kib")),
-        (
-            "`asyckpt tree` end to end (incl. interpreter start, image write)",
-            "asyckpt_wall_ms",
-            s.median("asyckpt_rss_kib"),
-        ),
-        ("  asyckpt `capture_ms` (in process, discover → image)", "capture_ms", None),
-        ("  asyckpt `frozen_ms` (tree frozen)", "frozen_ms", None),
-        ("  asyckpt `freezing_ms` (waiting for the freeze)", "freezing_ms", None),
-        ("`asyckpt --version` (interpreter start + imports)", "startup_wall_ms", None),
-        ("`python -c pass` (interpreter start alone, this environment)", "python_wall_ms", None),
-    ]
+def _secs(v_ms: float) -> str:
+    return f"{v_ms / 1000:.3f}"
+
+
+def _ratio(s: Series, num: str, den: str, digits: int = 2) -> str:
+    if not all(getattr(r, den) for r in s.reps):
+        return "—"
+    return f"{s.ratio(num, den):.{digits}f}×"
+
+
+def workloads_table(series: list[Series], lsfd: bool) -> str:
+    """One row per workload: every tool's median wall time, asyckpt's own stats."""
     out = [
-        f"{s.tasks} tasks, {s.fds:,} fds, {s.files:,} open file descriptions "
-        f"(`spawn_tree {s.children} {s.per_task}`); {len(s.reps)} repetitions "
-        f"after {warmup} warm-up, tools interleaved; times are wall-clock ms.",
-        "",
-        "| measurement | median ms | min–max ms | peak RSS MiB |",
-        "|---|---:|---:|---:|",
+        "| workload | tasks / fds | asyckpt end to end s | lsof -n -P -p s "
+        + ("| lsfd -p s " if lsfd else "")
+        + "| floor s | freezing ms | frozen ms | capture ms | asyckpt peak RSS MiB |",
+        "|---|---|---:|---:|" + ("---:|" if lsfd else "") + "---:|---:|---:|---:|---:|",
     ]
-    for label, name, rss in rows:
+    for s in series:
+        w = s.workload
         out.append(
-            f"| {label} | {ms(s.median(name))} | {spread(s, name)} | "
-            f"{mib(rss) if rss is not None else ''} |"
+            f"| {w.name} `{w.spec()}` | {s.tasks:,} / {s.fds:,} "
+            f"| {_secs(s.median('asyckpt_wall_ms'))} ({spread_s(s, 'asyckpt_wall_ms')}) "
+            f"| {_secs(s.median('lsof_wall_ms'))} "
+            + (f"| {_secs(s.median('lsfd_wall_ms'))} " if lsfd else "")
+            + f"| {_secs(s.median('floor_wall_ms'))} | {ms(s.median('freezing_ms'))} "
+            f"| {ms(s.median('frozen_ms'))} ({spread(s, 'frozen_ms')}) "
+            f"| {ms(s.median('capture_ms'))} | {mib(s.median('asyckpt_rss_kib'))} |"
         )
-    out += [
-        "",
-        "| ratio (median of per-repetition ratios) | value |",
-        "|---|---:|",
-        f"| asyckpt frozen / floor | {s.ratio('frozen_ms', 'floor_wall_ms'):.1f}× |",
-        f"| asyckpt capture / floor | {s.ratio('capture_ms', 'floor_wall_ms'):.1f}× |",
-        f"| asyckpt end to end / lsof | {s.ratio('asyckpt_wall_ms', 'lsof_wall_ms'):.2f}× |",
-        f"| asyckpt peak RSS | {mib(s.median('asyckpt_rss_kib'))} MiB |",
-    ]
     return "\n".join(out)
 
 
-def scales_table(series: list[Series]) -> str:
+def spread_s(s: Series, name: str) -> str:
+    vals = s.values(name)
+    return f"{_secs(min(vals))}–{_secs(max(vals))}"
+
+
+def ratios_table(series: list[Series], lsfd: bool) -> str:
+    """The issue's goals as ratios: medians of per-round ratios (each pair ran seconds
+    apart, in the same round)."""
     out = [
-        "| tasks | fds | freezing ms | frozen ms | floor ms | frozen / floor "
-        "| capture ms | asyckpt end to end ms | lsof ms |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| workload | frozen / floor | capture / floor | end to end / lsof "
+        + ("| end to end / lsfd " if lsfd else "")
+        + "| end to end − `--version` s | `--version` s | `python -c pass` s |",
+        "|---|---:|---:|---:|" + ("---:|" if lsfd else "") + "---:|---:|---:|",
     ]
     for s in series:
+        own = statistics.median(r.asyckpt_wall_ms - r.startup_wall_ms for r in s.reps)
         out.append(
-            f"| {s.tasks} | {s.fds:,} | {ms(s.median('freezing_ms'))} "
-            f"| {ms(s.median('frozen_ms'))} | {ms(s.median('floor_wall_ms'))} "
-            f"| {s.ratio('frozen_ms', 'floor_wall_ms'):.1f}× | {ms(s.median('capture_ms'))} "
-            f"| {ms(s.median('asyckpt_wall_ms'))} | {ms(s.median('lsof_wall_ms'))} |"
+            f"| {s.workload.name} | {_ratio(s, 'frozen_ms', 'floor_wall_ms')} "
+            f"| {_ratio(s, 'capture_ms', 'floor_wall_ms')} "
+            f"| {_ratio(s, 'asyckpt_wall_ms', 'lsof_wall_ms')} "
+            + (f"| {_ratio(s, 'asyckpt_wall_ms', 'lsfd_wall_ms')} " if lsfd else "")
+            + f"| {_secs(own)} | {_secs(s.median('startup_wall_ms'))} "
+            f"| {_secs(s.median('python_wall_ms'))} |"
         )
     return "\n".join(out)
 
@@ -648,26 +695,31 @@ def _asyckpt_cgroups() -> set[str]:
 # --------------------------------------------------------------------------- main
 
 
-def _int_list(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    listing = "; ".join(f"{w.name} `{w.spec()}`: {w.what}" for w in WORKLOADS.values())
     p = argparse.ArgumentParser(
-        description="Benchmark `asyckpt tree` against `lsof` and a C floor scanner "
-        "(readlink + stat + fdinfo per fd) on the same process tree.  Prints Markdown.",
-        epilog="Run as root (asyckpt needs the cgroup freezer).  A default run takes "
-        "about a minute on 2 cores.",
+        description="Benchmark `asyckpt tree` against `lsof`, `lsfd` and a C floor scanner "
+        "(readlink + stat + fdinfo per fd) on the same process trees.  Prints Markdown.",
+        epilog=f"Workloads (spawn_tree CHILDREN FDS [DEPTH]): {listing}.  Run as root "
+        "(asyckpt needs the cgroup freezer).  The default run (S0, S1, W1) takes about a "
+        "minute on 2 cores, --all about three.",
     )
     p.add_argument(
-        "--children", type=int, default=20, help="children of the main tree (default: 20)"
+        "--workload",
+        "-w",
+        action="append",
+        choices=list(WORKLOADS),
+        metavar="NAME",
+        help=f"measure this workload (repeatable; one of {', '.join(WORKLOADS)}; "
+        f"default: {', '.join(DEFAULT_WORKLOADS)})",
     )
+    p.add_argument("--all", action="store_true", help="measure every workload")
     p.add_argument(
-        "--fds",
+        "--tree",
+        nargs="+",
         type=int,
-        default=500,
-        help="spawn_tree's FDS_PER_CHILD for the main tree; each task ends up with about "
-        "2.7× this many fds, half inherited (default: 500 → ~27k fds)",
+        metavar="N",
+        help="also measure spawn_tree CHILDREN FDS [DEPTH] (a workload named 'custom')",
     )
     p.add_argument(
         "--repeat", type=int, default=5, metavar="R", help="measured rounds (default: 5)"
@@ -680,29 +732,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="unmeasured rounds first, per tree (default: 1)",
     )
     p.add_argument(
-        "--no-scales",
-        dest="scales",
-        action="store_false",
-        help="skip the second table (trees of 1, 21 and 201 tasks)",
-    )
-    p.add_argument(
-        "--scale-children",
-        type=_int_list,
-        default=[0, 20, 200],
-        metavar="N,N,...",
-        help="children of each tree in the scales table (default: 0,20,200)",
-    )
-    p.add_argument(
-        "--scale-fds",
-        type=int,
-        default=50,
-        metavar="N",
-        help="FDS_PER_CHILD for the scales table (default: 50)",
-    )
-    p.add_argument(
         "--lsof",
         default=shutil.which("lsof") or "/usr/bin/lsof",
         help="lsof binary (default: %(default)s)",
+    )
+    p.add_argument(
+        "--lsfd",
+        default=shutil.which("lsfd") or "",
+        help="lsfd binary, '' for none (default: %(default)s, from PATH)",
     )
     p.add_argument(
         "--compile-each-run",
@@ -721,8 +758,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.repeat < 1 or args.warmup < 0:
         p.error("--repeat must be at least 1 and --warmup at least 0")
-    if min([args.children, args.fds, args.scale_fds, *args.scale_children]) < 0:
-        p.error("tree sizes must not be negative")
+    names = list(WORKLOADS) if args.all else args.workload or []
+    if not names and not args.tree:
+        names = list(DEFAULT_WORKLOADS)
+    args.workloads = [WORKLOADS[n] for n in dict.fromkeys(names)]
+    if args.tree:
+        if len(args.tree) not in (2, 3) or min(args.tree) < 0:
+            p.error("--tree takes CHILDREN FDS [DEPTH], none negative")
+        children, fds, depth = [*args.tree, 1][:3]
+        args.workloads.append(Workload("custom", children, fds, depth, "--tree"))
     return args
 
 
@@ -761,40 +805,34 @@ def bytecode_env(tmp: Path) -> dict[str, str]:
 def run(args: argparse.Namespace, tmp: Path) -> None:
     floor = compile_c(FLOOR_SOURCE, tmp / "floor_scan")
     runner = Runner(tmp, None if args.compile_each_run else bytecode_env(tmp))
+    if not args.lsfd:
+        warn("lsfd (util-linux) not found: its column is left out")
 
-    progress(f"main tree: spawn_tree {args.children} {args.fds}")
-    main_series = bench_tree(args, runner, floor, tmp, args.children, args.fds, args.repeat)
-    scale_series = []
-    if args.scales:
-        for children in args.scale_children:
-            progress(f"scales: spawn_tree {children} {args.scale_fds}")
-            scale_series.append(
-                bench_tree(args, runner, floor, tmp, children, args.scale_fds, args.repeat)
-            )
+    series = []
+    for w in args.workloads:
+        progress(f"{w.name}: spawn_tree {w.spec()}")
+        series.append(bench_tree(args, runner, floor, tmp, w))
 
+    load_after = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     bytecode = "compiled on every run" if args.compile_each_run else "compiled once, beforehand"
+    machine = machine_line(series[0].freezer, args.lsof, args.lsfd or None)
     print(
-        f"Machine: {machine_line(main_series.freezer, args.lsof)}; load average before the run "
-        f"{args.load_before}; asyckpt's bytecode {bytecode}."
+        f"Machine: {machine}; load average before the run {args.load_before}, after "
+        f"{load_after}; asyckpt's bytecode {bytecode}; {args.repeat} rounds after "
+        f"{args.warmup} warm-up per workload, tools interleaved; medians (min–max)."
     )
     print()
-    print(main_table(main_series, args.warmup))
-    if scale_series:
-        print()
-        print(
-            f"Scaling ({args.scale_fds} FDS_PER_CHILD, so ~{2 * fds_opened(args.scale_fds)} "
-            "fds per child; medians; floor = the C floor scanner over the same pids):"
-        )
-        print()
-        print(scales_table(scale_series))
+    print(workloads_table(series, bool(args.lsfd)))
+    print()
+    print(ratios_table(series, bool(args.lsfd)))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         doc = {
-            "machine": machine_line(main_series.freezer, args.lsof),
+            "machine": machine,
             "load_before": args.load_before,
+            "load_after": load_after,
             "argv": sys.argv,
-            "main": asdict(main_series),
-            "scales": [asdict(s) for s in scale_series],
+            "workloads": [asdict(s) for s in series],
         }
         args.json.write_text(json.dumps(doc, indent=1) + "\n")
 

@@ -1,6 +1,8 @@
 """What ``asyckpt show`` costs on a large image: reading it (every check included), then
-each renderer (table, endpoints, the JSON export encoded), in process, CPU time, best of
---repeat (CPU time, not wall time: other work on the machine moves it less).
+each renderer (table, endpoints, the JSON export as ``show --json`` streams it), in
+process, CPU time, best of --repeat (CPU time, not wall time: other work on the machine
+moves it less); then the commands ``asyckpt show IMG`` and ``asyckpt show IMG --json``
+whole, wall time and peak RSS (medians of --repeat, through bench/run.py's launcher).
 
     sudo python bench/show.py [--children N] [--per N] [--repeat N]
     python bench/show.py --image IMG [--repeat N]
@@ -14,19 +16,20 @@ run this with each (``PYTHONPATH=OTHER/src``).  Prints a Markdown table (docs/pe
 from __future__ import annotations
 
 import argparse
-import json
+import statistics
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from run import ASYCKPT, _become_subreaper, spawned_tree, warn
+from run import ASYCKPT, Runner, _become_subreaper, spawned_tree, warn
 
 from asyckpt import read_image
-from asyckpt._endpoints import endpoints, render_endpoints
+from asyckpt._endpoints import render_endpoints
+from asyckpt._jsonexport import iter_json_export
 from asyckpt._plugins.loading import image_plugins
-from asyckpt._show import render_table, to_json_doc
+from asyckpt._show import render_table
 
 
 def best(repeat: int, fn: Callable[[], object]) -> float:
@@ -42,16 +45,14 @@ def measure(image: Path, repeat: int) -> None:
     img = read_image(image)
     plugins = image_plugins(img.header.plugins)
 
-    def export() -> str:
-        doc = to_json_doc(img, plugins)
-        doc["endpoints"] = [e.to_json() for e in endpoints(img)]
-        return json.dumps(doc, indent=1, allow_nan=False)
+    def export() -> int:
+        return sum(len(c) for c in iter_json_export(img, plugins, with_endpoints=True))
 
     rows = [
         ("read and check", lambda: read_image(image)),
         ("table", lambda: render_table(img, plugins)),
         ("endpoints", lambda: render_endpoints(img)),
-        ("JSON export (encoded)", export),
+        ("JSON export with endpoints (streamed, discarded)", export),
     ]
     fds = sum(len(fds) for fds in img.fd_tables.values())
     print(
@@ -62,6 +63,19 @@ def measure(image: Path, repeat: int) -> None:
     print("|---|---:|")
     for name, fn in rows:
         print(f"| {name} | {best(repeat, fn) * 1000:.1f} |")
+    with tempfile.TemporaryDirectory(prefix="asyckpt-bench-show-") as tmp:
+        runner = Runner(Path(tmp))
+        print()
+        print("| command (output discarded) | wall s, median | peak RSS MiB, median |")
+        print("|---|---:|---:|")
+        for flags in ([], ["--json"]):
+            runs = [runner.run([*ASYCKPT, "show", str(image), *flags]) for _ in range(repeat)]
+            if any(r.returncode for r in runs):
+                warn(f"asyckpt show {' '.join(flags)} failed: {runs[0].stderr.strip()}")
+            wall = statistics.median(r.wall_ms for r in runs) / 1000
+            rss = statistics.median(r.maxrss_kib for r in runs) / 1024
+            label = " ".join(["asyckpt show IMG", *flags])
+            print(f"| `{label}` | {wall:.2f} | {rss:.0f} |")
 
 
 def main() -> None:

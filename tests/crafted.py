@@ -119,7 +119,7 @@ def seed() -> list[Rec]:
         "freeze_mode": "auto",
         "freezer_scope": "transient",
         "pre_frozen": False,
-        "endpoints": "system",
+        "endpoint_search": "system",
     }
     epoll = {
         "kind": "asyckpt.epoll",

@@ -27,6 +27,7 @@ from asyckpt._errors import (
     OutputError,
     PluginError,
     RendererError,
+    RestoreError,
     StrictViolation,
     TargetError,
     UsageError,
@@ -65,6 +66,7 @@ EXIT_CODES = [
     (KernelUnsupported, 10, AsyckptError),
     (UsageError, 2, AsyckptError),
     (RendererError, 11, AsyckptError),
+    (RestoreError, 13, AsyckptError),
 ]
 
 

@@ -244,6 +244,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "asyckpt._cmd_diff",
             "asyckpt._cmd_watch",
             "asyckpt._cmd_recover",
+            "asyckpt._restore_cmd",
         },
     ),
     ("command line", {"asyckpt._cli", "asyckpt.__main__"}),

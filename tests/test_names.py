@@ -336,7 +336,7 @@ def test_endpoints_system_names_the_process_outside(odd: Tree, tmp_path: Path) -
     summary = capture(odd, out, endpoints="system")
     assert summary.endpoints == "system"
     image = read_image(out)
-    assert image.header.endpoints == "system"
+    assert image.header.endpoint_search == "system"
     fds = fds_of(image, odd.pid)
     pair = _data(image, fds[info["pair"]][1])
     peer = pair["peer_ino"]
@@ -367,7 +367,7 @@ def test_endpoints_default_does_not_search(odd: Tree, tmp_path: Path) -> None:
     out = tmp_path / "tree.ackpt"
     capture(odd, out)
     image = read_image(out)
-    assert (image.header.endpoints, image.outside) == ("tree", [])
+    assert (image.header.endpoint_search, image.outside) == ("tree", [])
     proc = run("show", "--endpoints", str(out))
     assert "! outside the tree (or closed)" in proc.stdout
     assert "searched" not in proc.stdout

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from ._errors import OutputError as OutputError
     from ._errors import PluginError as PluginError
     from ._errors import RendererError as RendererError
+    from ._errors import RestoreError as RestoreError
     from ._errors import StrictViolation as StrictViolation
     from ._errors import TargetError as TargetError
     from ._errors import UsageError as UsageError
@@ -75,6 +76,9 @@ if TYPE_CHECKING:
     from ._records import Owner as Owner
     from ._records import Task as Task
     from ._records import Trailer as Trailer
+    from ._restore import restore_table as restore_table
+    from ._restore_hold import restore_tree as restore_tree
+    from ._restore_plan import RestorePlan as RestorePlan
     from ._watch import Look as Look
     from ._watch import WatchEvent as WatchEvent
     from ._watch import watch as watch
@@ -142,6 +146,10 @@ _LAZY = {
     "Owner": "._records",
     "Task": "._records",
     "Trailer": "._records",
+    "restore_table": "._restore",
+    "restore_tree": "._restore_hold",
+    "RestoreError": "._errors",
+    "RestorePlan": "._restore_plan",
     "Look": "._watch",
     "WatchEvent": "._watch",
     "watch": "._watch",

@@ -48,7 +48,7 @@ def make_header(summary: CaptureSummary) -> Header:
         consistent=summary.consistent,
         plugins=summary.plugins,
         freeze_mode=text(summary.freeze_mode),
-        endpoints=summary.endpoints,
+        endpoint_search=summary.endpoints,
         freezer_scope=summary.freezer_scope,
         pre_frozen=summary.pre_frozen,
     )

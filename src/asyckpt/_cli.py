@@ -9,7 +9,16 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn, Protocol
 
-from . import _cmd_diff, _cmd_plugins, _cmd_recover, _cmd_show, _cmd_tree, _cmd_watch, _graph_cmd
+from . import (
+    _cmd_diff,
+    _cmd_plugins,
+    _cmd_recover,
+    _cmd_show,
+    _cmd_tree,
+    _cmd_watch,
+    _graph_cmd,
+    _restore_cmd,
+)
 
 # All but EPILOG for tests, which import them from here: they live beside their parsers.
 from ._cliargs import DEFAULT_GHOST_LIMIT, EPILOG, FREEZER_MODES, PIPE_DATA_MAX  # noqa: F401
@@ -47,6 +56,7 @@ COMMANDS: dict[str, _Command] = {
     "diff": _cmd_diff,
     "watch": _cmd_watch,
     "recover": _cmd_recover,
+    "restore": _restore_cmd,
 }
 
 

@@ -34,7 +34,8 @@ exit codes:
   1 internal error       6 not a valid image       10 kernel lacks a feature
   2 usage error          7 freezer error           11 Graphviz (dot) missing or failed
   3 bad target pid       8 --strict violation      12 internal error in diff (its 1: different)
-  4 permission denied                             130 interrupted (SIGINT/SIGTERM/SIGHUP)
+  4 permission denied                              13 restore refused (nothing changed)
+                                                  130 interrupted (SIGINT/SIGTERM/SIGHUP)
   (3 also when tree --name/--user match no process, or several separate trees)
 """
 

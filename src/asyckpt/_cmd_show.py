@@ -4,7 +4,6 @@ endpoints), or write out an unlinked file's saved content."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import TYPE_CHECKING
@@ -49,10 +48,10 @@ def register(sub: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ._endpoints import endpoints, render_endpoints
+    from ._endpoints import render_endpoints
     from ._image import read_image, read_image_fd
     from ._plugins.loading import image_plugins
-    from ._show import render_table, to_json_doc
+    from ._show import render_table
 
     if args.image == "-":
         image = read_image_fd(sys.stdin.fileno(), name="standard input")
@@ -64,12 +63,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     plugins = image_plugins(image.header.plugins, disabled=args.disable_plugin, enabled=args.plugin)
     if args.json:
-        doc = to_json_doc(image, plugins)
-        if args.endpoints:
-            doc["endpoints"] = [e.to_json() for e in endpoints(image)]
-        # allow_nan=False: the export is JSON (to_json_doc replaces what JSON cannot hold).
-        json.dump(doc, sys.stdout, indent=1, allow_nan=False)
-        sys.stdout.write("\n")
+        from ._jsonexport import iter_json_export
+
+        sys.stdout.flush()
+        for chunk in iter_json_export(image, plugins, with_endpoints=args.endpoints):
+            sys.stdout.buffer.write(chunk)
     elif args.endpoints:
         sys.stdout.write(render_endpoints(image) + "\n")
     else:

@@ -79,7 +79,7 @@ class Image(msgspec.Struct, kw_only=True):
     order (``File.ghost`` ``saved``, ``File.ghost_file`` its own id)."""
     outside: list[Holders] = []
     """Who outside the tree held its pipes, FIFOs and peers, searched for after the thaw
-    (``Header.endpoints`` ``system``)."""
+    (``Header.endpoint_search`` ``system``)."""
 
     def fds(self, table: int | None) -> list[tuple[Fd, File]]:
         """The fds of one fd table (a Task's ``fd_table``) with their open files."""

@@ -205,7 +205,7 @@ def _end_text(end: End, image: Image) -> str:
     if end.file is None:
         if end.outside_fds:
             return "! outside the tree: " + ", ".join(map(_outside_text, end.outside_fds))
-        if image.header.endpoints == "system":
+        if image.header.endpoint_search == "system":
             return "! outside the tree: no holder found (closed)"
         return "! outside the tree (or closed)"
     f = image.files[end.file]
@@ -226,7 +226,7 @@ def render_endpoints(image: Image) -> str:
         f"pipes: {kinds['pipe']}, FIFOs: {kinds['fifo']}, connections: {kinds['socket']}; "
         f"with an end outside the tree (!): {outside}"
     ]
-    if image.header.endpoints == "system":
+    if image.header.endpoint_search == "system":
         lines.append(
             "ends outside the tree: searched for after the thaw (not frozen: "
             "they may have changed since the capture)"

@@ -35,6 +35,7 @@ __all__ = [
     "OutputError",
     "PluginError",
     "RendererError",
+    "RestoreError",
     "StrictViolation",
     "TargetError",
     "UsageError",
@@ -165,6 +166,14 @@ class RendererError(AsyckptError):
     failed (exit 11)."""
 
     exit_code = 11
+
+
+class RestoreError(AsyckptError):
+    """The image cannot be restored as asked: a kind not restored, a value out of
+    bounds, a file that is not the image's, a path outside the root (exit 13).
+    Raised before the fd table is changed."""
+
+    exit_code = 13
 
 
 class KernelUnsupported(AsyckptError):

@@ -26,6 +26,7 @@ pure: no I/O, no imports beyond the standard library.
 
 from __future__ import annotations
 
+import functools
 import re
 
 __all__ = ["escape", "unescape"]
@@ -33,8 +34,16 @@ __all__ = ["escape", "unescape"]
 _SHORT = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 # Runs that may need escaping: backslash, C0, DEL, C1, and any non-ASCII character
-# (most are printable and pass through; the check is per character).
-_SUSPECT = re.compile(r"[\\\x00-\x1f\x7f-\U0010ffff]")
+# (most are printable and pass through; the check is per character).  Compiled on first
+# use: a class spanning all of Unicode takes sre ~4 ms, which a command that prints no
+# name (tree -q) should not pay at start-up; the negated class, quick to compile, is
+# slower to search.
+_SUSPECT_PATTERN = r"[\\\x00-\x1f\x7f-\U0010ffff]"
+
+
+@functools.cache
+def _suspect() -> re.Pattern[str]:
+    return re.compile(_SUSPECT_PATTERN)
 
 
 def _one(match: re.Match[str]) -> str:
@@ -60,7 +69,7 @@ def escape(value: str | bytes) -> str:
     ``surrogateescape`` made them from).
     """
     text = value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
-    return _SUSPECT.sub(_one, text)
+    return _suspect().sub(_one, text)
 
 
 _ESCAPED = re.compile(r"\\(?:x([0-9a-f]{2})|u([0-9a-f]{4})|U([0-9a-f]{8})|([\\ntr]))")

@@ -1,5 +1,6 @@
 """Thin wrappers for the syscalls Python's os module lacks: kcmp(2) (KCMP_EPOLL_TFD
-too), pidfd_getfd(2), the f_type of statfs(2), and the fcntls that read an open file
+too), pidfd_getfd(2), openat2(2), timerfd, signalfd, inotify and epoll_ctl with any user
+data (for restore), the f_type of statfs(2), and the fcntls that read an open file
 description's I/O owner.
 
 They are cheap (about a microsecond; KCMP_EPOLL_TFD walks the epoll's watches, so it
@@ -27,18 +28,26 @@ __all__ = [
     "KCMP_FILES",
     "RENAME_EXCHANGE",
     "RENAME_NOREPLACE",
+    "RESOLVE_IN_ROOT",
+    "RESOLVE_NO_MAGICLINKS",
     "OwnerRow",
     "dedup_rows",
+    "epoll_add",
     "fd_owner",
     "fd_owner_at",
     "fs_magic",
+    "inotify",
+    "inotify_add_watch",
     "kcmp",
     "kcmp_epoll_tfd",
     "kcmp_files",
     "kcmp_raw",
+    "openat2",
     "pidfd_getfd",
     "renameat2",
     "same_file",
+    "signalfd",
+    "timerfd",
 ]
 
 KCMP_FILE = 0
@@ -263,3 +272,103 @@ def renameat2(dirfd: int, a: str, b: str, flags: int) -> None:
     if res != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), a, None, b)
+
+
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_IN_ROOT = 0x10
+_OPENAT2_NR = 437  # the unified syscall table: the same on every architecture
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = (("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64))
+
+
+def openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
+    """openat2(2) with mode 0: ``path`` resolved as ``resolve`` says (RESOLVE_IN_ROOT:
+    ``dirfd`` is the root, ``..`` and absolute symlinks stay inside it).  Raises OSError
+    (ENOSYS before Linux 5.6)."""
+    how = _OpenHow(flags, 0, resolve)
+    res = _syscall(
+        _OPENAT2_NR,
+        dirfd,
+        os.fsencode(path),
+        ctypes.byref(how),
+        ctypes.c_size_t(ctypes.sizeof(how)),
+    )
+    if res < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return int(res)
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = (("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long))
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = (("it_interval", _Timespec), ("it_value", _Timespec))
+
+
+def _check(res: int, what: str) -> int:
+    if res < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return res
+
+
+TFD_TIMER_ABSTIME = 1
+TFD_IOC_SET_TICKS = 0x40085400  # _IOW('T', 0, u64); kernels with CONFIG_CHECKPOINT_RESTORE
+
+
+def timerfd(
+    clockid: int, flags: int, settime_flags: int, value: tuple[int, int], interval: tuple[int, int]
+) -> int:
+    """timerfd_create(2) then timerfd_settime(2); ``value`` and ``interval`` are
+    (seconds, nanoseconds)."""
+    fd = _check(_libc.timerfd_create(clockid, flags), "timerfd_create")
+    spec = _Itimerspec(_Timespec(*interval), _Timespec(*value))
+    try:
+        _check(
+            _libc.timerfd_settime(fd, settime_flags, ctypes.byref(spec), None), "timerfd_settime"
+        )
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def signalfd(mask: int, flags: int) -> int:
+    """signalfd(2) of a new fd accepting the signals of ``mask`` (bit N-1: signal N)."""
+    sigset = (ctypes.c_ulong * (1024 // (8 * ctypes.sizeof(ctypes.c_ulong))))()
+    for word in range(64 // (8 * ctypes.sizeof(ctypes.c_ulong))):
+        sigset[word] = (mask >> (word * 8 * ctypes.sizeof(ctypes.c_ulong))) & ctypes.c_ulong(
+            -1
+        ).value
+    return _check(_libc.signalfd(-1, ctypes.byref(sigset), flags), "signalfd")
+
+
+class _EpollEvent(ctypes.Structure):
+    # The kernel's struct epoll_event is packed on x86-64 only (__EPOLL_PACKED).
+    _pack_ = 1 if platform.machine() == "x86_64" else 0
+    _fields_ = (("events", ctypes.c_uint32), ("data", ctypes.c_uint64))
+
+
+EPOLL_CTL_ADD = 1
+
+
+def epoll_add(epfd: int, fd: int, events: int, data: int) -> None:
+    """epoll_ctl(2) EPOLL_CTL_ADD with any 64-bit user data (select.epoll sets it to fd)."""
+    event = _EpollEvent(events, data)
+    _check(_libc.epoll_ctl(epfd, EPOLL_CTL_ADD, fd, ctypes.byref(event)), "epoll_ctl")
+
+
+def inotify(flags: int) -> int:
+    """inotify_init1(2)."""
+    return _check(_libc.inotify_init1(flags), "inotify_init1")
+
+
+def inotify_add_watch(fd: int, path: str, mask: int) -> int:
+    """inotify_add_watch(2): the watch descriptor."""
+    return _check(
+        _libc.inotify_add_watch(fd, os.fsencode(path), ctypes.c_uint32(mask)), "inotify_add_watch"
+    )

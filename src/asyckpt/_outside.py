@@ -10,7 +10,7 @@ FIFO's path, confirmed by its device and inode), with ``comm`` and the fd's acce
 
 When: after the thaw, once every record is made.  The rest of the system is never
 frozen, so this is a search, not a snapshot: a holder may have closed its fd or
-appeared since the tree was frozen, which the image says (``Header.endpoints``).  Only
+appeared since the tree was frozen, which the image says (``Header.endpoint_search``).  Only
 each process's main fd table is read (a thread that unshared its own is not searched).
 
 :func:`targets` is pure (the capture's resolved tasks in, objects out); :func:`search`

@@ -115,7 +115,7 @@ class Header(_Record, tag="header", kw_only=True):
     cgroup frozen where it is) or ``none``."""
     pre_frozen: bool = False
     """The cgroup was frozen before asyckpt came, and was left frozen."""
-    endpoints: Literal["tree", "system"] = "tree"
+    endpoint_search: Literal["tree", "system"] = "tree"
     """``system`` when who outside the tree holds its pipes' and connections' other ends
     was searched for after the thaw (``holders`` records); ``tree``: not searched."""
     hostname_bytes: bytes | None = None

@@ -27,10 +27,11 @@ from ._image import Image
 from ._jsondata import json_data
 from ._names import json_name, json_names, json_names_in, os_name
 from ._plugins.loading import ImagePlugin
-from ._records import NO_DATA, File, Lock, MountEntry, Owner, PluginInfo
+from ._records import NO_DATA, File, Lock, MountEntry, Owner, PluginInfo, Task
 
 __all__ = [
     "FileView",
+    "JsonParts",
     "Renderer",
     "render_table",
     "state_text",
@@ -214,50 +215,68 @@ def ghost_text(f: File, image: Image) -> str:
 
 def to_json_doc(image: Image, plugins: Mapping[str, ImagePlugin] | None = None) -> dict[str, Any]:
     """The JSON export: a public contract (README, "JSON export").  ``plugins`` are the
-    handlers installed here (``_plugins.image_plugins``); None renders every record raw."""
-    h, t = image.header, image.trailer
-    renderer = Renderer(image, plugins)
-    doc: dict[str, Any] = msgspec.to_builtins(h)
-    doc.pop("kind", None)
-    json_name(doc, "hostname", h.hostname_bytes)
-    json_name(doc, "freezer_cgroup", h.freezer_cgroup_bytes)
-    for pdoc in doc["plugins"]:
-        installed, loaded, note = renderer.plugin_notes(pdoc["name"])
-        pdoc.update(installed=installed, loaded=loaded, note=note)
-    doc["stats"] = {
-        "freezing_ms": t.freezing_ms,
-        "frozen_ms": t.frozen_ms,
-        "capture_ms": t.capture_ms,
-        "tasks": t.tasks,
-        "fd_tables": t.fd_tables,
-        "fds": t.fds,
-        "files": t.files,
-        "generic": t.generic,
-        "handler_errors": t.handler_errors,
-        "contents": t.contents,
-        "content_bytes": t.content_bytes,
-    }
-    doc["checksum"] = f"sha256:{image.checksum}"
-    doc["mounts"] = [
-        {"id": m.id, "mounts": [_mount_doc(e) for e in m.mounts]} for m in image.mounts
-    ]
-    tasks = []
-    ttys = tty_names(image)
-    for task in image.tasks:
-        tdoc = msgspec.to_builtins(task)
+    handlers installed here (``_plugins.image_plugins``); None renders every record raw.
+    The whole document at once; ``_jsonexport`` writes the same text record by record."""
+    parts = JsonParts(image, plugins)
+    doc = parts.head()
+    doc["tasks"] = [parts.task(task) for task in image.tasks]
+    doc["files"] = [parts.file(f) for f in image.files.values()]
+    return doc
+
+
+class JsonParts:
+    """The JSON export's pieces: its head (every key before ``tasks``), then one
+    document per task and per file, in the export's order."""
+
+    def __init__(self, image: Image, plugins: Mapping[str, ImagePlugin] | None) -> None:
+        self.image = image
+        self._renderer = Renderer(image, plugins)
+        self._ttys = tty_names(image)
+
+    def head(self) -> dict[str, Any]:
+        image, renderer = self.image, self._renderer
+        h, t = image.header, image.trailer
+        doc: dict[str, Any] = msgspec.to_builtins(h)
+        doc.pop("kind", None)
+        json_name(doc, "hostname", h.hostname_bytes)
+        json_name(doc, "freezer_cgroup", h.freezer_cgroup_bytes)
+        for pdoc in doc["plugins"]:
+            installed, loaded, note = renderer.plugin_notes(pdoc["name"])
+            pdoc.update(installed=installed, loaded=loaded, note=note)
+        doc["stats"] = {
+            "freezing_ms": t.freezing_ms,
+            "frozen_ms": t.frozen_ms,
+            "capture_ms": t.capture_ms,
+            "tasks": t.tasks,
+            "fd_tables": t.fd_tables,
+            "fds": t.fds,
+            "files": t.files,
+            "generic": t.generic,
+            "handler_errors": t.handler_errors,
+            "contents": t.contents,
+            "content_bytes": t.content_bytes,
+        }
+        doc["checksum"] = f"sha256:{image.checksum}"
+        doc["mounts"] = [
+            {"id": m.id, "mounts": [_mount_doc(e) for e in m.mounts]} for m in image.mounts
+        ]
+        return doc
+
+    def task(self, task: Task) -> dict[str, Any]:
+        tdoc: dict[str, Any] = msgspec.to_builtins(task)
         tdoc.pop("kind", None)
         json_name(tdoc, "comm", task.comm_bytes)
         json_name(tdoc, "root", task.root_bytes)
-        tdoc["tty"] = tty_name(task.tty_nr, ttys)
+        tdoc["tty"] = tty_name(task.tty_nr, self._ttys)
         tdoc["threads"] = [{"tid": th.tid, "fd_table": th.fd_table} for th in task.threads]
         tdoc["fds"] = [
             {"fd": fd.fd, "file": fd.file, "cloexec": fd.cloexec}
-            for fd, _ in image.fds(task.fd_table)
+            for fd, _ in self.image.fds(task.fd_table)
         ]
-        tasks.append(tdoc)
-    doc["tasks"] = tasks
-    doc["files"] = [_file_doc(f, renderer, image) for f in image.files.values()]
-    return doc
+        return tdoc
+
+    def file(self, f: File) -> dict[str, Any]:
+        return _file_doc(f, self._renderer, self.image)
 
 
 def _mount_doc(e: MountEntry) -> dict[str, Any]:
