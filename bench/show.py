@@ -26,9 +26,10 @@ from pathlib import Path
 from run import ASYCKPT, Runner, _become_subreaper, spawned_tree, warn
 
 from asyckpt import read_image
+from asyckpt._endpoints import render_endpoints
 from asyckpt._jsonexport import iter_json_export
 from asyckpt._plugins.loading import image_plugins
-from asyckpt._show import render_endpoints, render_table
+from asyckpt._show import render_table
 
 
 def best(repeat: int, fn: Callable[[], object]) -> float:

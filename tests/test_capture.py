@@ -193,7 +193,7 @@ def test_image_is_the_same_whichever_reader(
     bodies.append(_body((tmp_path / "lean.ackpt").read_bytes()))
     with monkeypatch.context() as m:
         m.setattr(
-            "asyckpt._capture.read_fd_tables",
+            "asyckpt._scanning.read_fd_tables",
             lambda owners, **kw: read(owners, missing_ok=kw["missing_ok"]),
         )
         _idle(zoo.pid)

@@ -204,15 +204,22 @@ ROW_CASES = [
 ]
 
 
+@pytest.mark.parametrize("row_type", ["FdRow", "RawFd"])
 @pytest.mark.parametrize(("mode", "link", "nlink", "root", "rest"), ROW_CASES)
 def test_row_facts_equals_fd_facts(
-    mode: int, link: str, nlink: int, root: str, rest: bytes
+    mode: int, link: str, nlink: int, root: str, rest: bytes, row_type: str
 ) -> None:
+    """With a row of either type: the C reader's struct sequence, or the NamedTuple the
+    fallback reader makes without the C extension."""
+    from asyckpt import _fdscan
     from asyckpt._facts import fd_facts, row_facts
     from asyckpt._plugins.contract import FdFacts, StatInfo
     from asyckpt._procparse import FdInfo, parse_fdinfo_rest
+    from asyckpt._rows import RawFd
 
-    raw = (7, link, mode, 65024, 4242, 0, nlink, 1000, 100, 97, 123_456_789, 8, 5, 0o2, 27, rest)
+    make = _fdscan.FdRow if row_type == "FdRow" else RawFd._make
+    fields = (7, link, mode, 65024, 4242, 0, nlink, 1000, 100, 97, 123_456_789, 8, 5, 0o2, 27)
+    raw = make((*fields, rest))
     st = StatInfo(*raw[2:12])
     info = FdInfo(raw[12], raw[13], raw[14], st.st_ino, parse_fdinfo_rest(rest) if rest else ())
     facts = row_facts(11, 12, raw, root)

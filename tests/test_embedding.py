@@ -177,11 +177,11 @@ def test_the_reader_stays_within_scan_ahead_of_a_slow_resolver(
 ) -> None:
     """The scan channel is bounded: a reader gets at most SCAN_AHEAD chunks ahead of
     what the resolver has taken (and at most that many more are taken, unresolved)."""
-    from asyckpt import _build, _capture
+    from asyckpt import _build, _scanning
 
     tree = spawn(SPAWN_TREE, "30", "20")
     counts = {"read": 0, "resolved": 0, "ahead": 0}
-    scan_chunk, resolve = _capture._scan_chunk, _build.RecordBuilder.resolve
+    scan_chunk, resolve = _scanning.scan_chunk, _build.RecordBuilder.resolve
 
     def counting_scan(chunk: Any, inherit: Any = None) -> Any:
         out = scan_chunk(chunk, inherit)
@@ -194,9 +194,9 @@ def test_the_reader_stays_within_scan_ahead_of_a_slow_resolver(
         counts["resolved"] += 1
         return resolve(self, scan)
 
-    monkeypatch.setattr(_capture, "_scan_chunk", counting_scan)
+    monkeypatch.setattr(_scanning, "scan_chunk", counting_scan)
     monkeypatch.setattr(_build.RecordBuilder, "resolve", slow_resolve)
     summary = trio.run(lambda: asyckpt.checkpoint_tree(tree.pid, tmp_path / "s.ackpt"))
     assert summary.tasks == 31 == counts["read"] == counts["resolved"]
     # One task per chunk on this tree.
-    assert 1 <= counts["ahead"] <= 2 * _capture.SCAN_AHEAD + _capture.SCAN_THREADS
+    assert 1 <= counts["ahead"] <= 2 * _scanning.SCAN_AHEAD + _scanning.SCAN_THREADS

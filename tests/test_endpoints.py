@@ -20,6 +20,7 @@ import trio
 import asyckpt
 from asyckpt import CaptureOptions, read_image
 from asyckpt._cli import PIPE_DATA_MAX, _size
+from asyckpt._endpoints import endpoints, render_endpoints
 from asyckpt._image import ImageWriter
 from asyckpt._records import (
     FORMAT_VERSION,
@@ -32,7 +33,6 @@ from asyckpt._records import (
     Thread,
     Trailer,
 )
-from asyckpt._show import endpoints, render_endpoints
 
 from .conftest import Tree
 

@@ -32,10 +32,11 @@ from typing import Any
 
 import pytest
 
+from asyckpt._endpoints import endpoints, render_endpoints
 from asyckpt._errors import ImageError
 from asyckpt._image import Image, parse_image
 from asyckpt._plugins.loading import ImagePlugin, image_plugins
-from asyckpt._show import endpoints, render_endpoints, render_table, to_json_doc
+from asyckpt._show import render_table, to_json_doc
 
 from .crafted import Rec, build, nested, seed
 

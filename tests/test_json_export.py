@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from asyckpt._endpoints import endpoints
 from asyckpt._image import read_image
 from asyckpt._plugins.loading import image_plugins
-from asyckpt._show import endpoints, to_json_doc
+from asyckpt._show import to_json_doc
 
 from .conftest import SPAWN_TREE, WORKLOADS
 from .crafted import build, seed

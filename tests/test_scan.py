@@ -66,6 +66,33 @@ def test_inherited_rows_c_and_python_agree(zoo: Tree) -> None:
         assert kcmp(zoo.pid, fork, KCMP_FILE, fd, fd) != 0
 
 
+def test_rows_have_names_and_one_type_whichever_reader(zoo: Tree) -> None:
+    """Rows are read by name: both readers make the C extension's struct sequences,
+    whose fields are _rows' NamedTuples' (the types without the C extension)."""
+    from asyckpt import _fdscan
+    from asyckpt._rows import InheritedFd
+
+    assert _fdscan.FdRow.n_fields == len(RawFd._fields)  # no hidden field
+    assert [f for f in RawFd._fields if hasattr(_fdscan.FdRow, f)] == list(RawFd._fields)
+    assert _fdscan.InheritedFd.n_fields == len(InheritedFd._fields) == 2
+    assert all(hasattr(_fdscan.InheritedFd, f) for f in InheritedFd._fields)
+    fork = zoo.info["fork"]
+    base = f"/proc/{fork}/task/{fork}"
+    c_rows = _fdscan.read_tables([(f"{base}/fd", f"{base}/fdinfo")], [(zoo.pid, fork)])[0]
+    py_rows = _read_table_py(f"{base}/fd", f"{base}/fdinfo", zoo.pid, fork)
+    assert isinstance(c_rows, list)
+    for c_row, py_row in zip(c_rows, py_rows, strict=True):
+        assert type(c_row) is type(py_row)
+        expected = _fdscan.InheritedFd if len(c_row) == 2 else _fdscan.FdRow
+        assert type(c_row) is expected
+    full = next(r for r in c_rows if len(r) == 16)
+    assert isinstance(full, _fdscan.FdRow)
+    assert (full.fd, full.st_ino, full.fdinfo_rest) == (full[0], full[4], full[15])
+    short = next(r for r in c_rows if len(r) == 2)
+    assert isinstance(short, _fdscan.InheritedFd)
+    assert (short.fd, short.flags) == tuple(short)
+
+
 def test_reader_sees_what_the_task_did(zoo: Tree) -> None:
     rows = {r.fd: r for r in map(RawFd._make, read_fds(zoo.pid, zoo.pid))}
     rw = rows[zoo.info["rw"]]
@@ -172,12 +199,13 @@ def _resolve_zoo(zoo: Tree, dedup_rows: Any) -> tuple[list[Any], Any]:
     the C dedup loop; what came out, and the builder."""
     import asyckpt
     from asyckpt._build import RecordBuilder
-    from asyckpt._capture import _read_mountinfo, _scan_chunk
+    from asyckpt._capture import _read_mountinfo
     from asyckpt._discover import plan_tables, walk_tree
+    from asyckpt._scanning import scan_chunk
 
     plans = plan_tables(walk_tree(zoo.pid))
     inherit = {p.stat.pid for p in plans if p.threads[0][1] is not None}
-    scans = _scan_chunk(list(enumerate(plans)), inherit)
+    scans = scan_chunk(list(enumerate(plans)), inherit)
     builder = RecordBuilder(
         asyckpt.load_handlers(autoload=False),
         compare_files=kcmp_files,
@@ -250,7 +278,7 @@ def test_a_child_read_against_a_parent_that_vanished_is_an_error() -> None:
     import asyckpt
     from asyckpt._build import RecordBuilder
     from asyckpt._discover import TaskPlan
-    from asyckpt._parts import TaskScan
+    from asyckpt._parts import ScannedTable, TaskScan
     from asyckpt._procparse import TaskStat
     from asyckpt._procread import TaskMeta
 
@@ -264,9 +292,38 @@ def test_a_child_read_against_a_parent_that_vanished_is_an_error() -> None:
         read_mountinfo=lambda pid: "",
     )
     with contextlib.closing(builder):
-        parent = TaskScan(1, plan(4000001, 4000000, 2), ((4000001, 2, None),))
+        parent = TaskScan(1, plan(4000001, 4000000, 2), (ScannedTable(4000001, 2, None),))
         assert builder.resolve(parent) is None  # it vanished before its table was read
-        child = TaskScan(2, plan(4000002, 4000001, 3), ((4000002, 3, [(0, 0o2)]),))
+        child = TaskScan(2, plan(4000002, 4000001, 3), (ScannedTable(4000002, 3, [(0, 0o2)]),))
         with pytest.raises(NoSuchProcess) as exc_info:
             builder.resolve(child)
     assert exc_info.value.pid == 4000001
+
+
+def test_scanned_and_resolved_tables_have_names(zoo: Tree) -> None:
+    """TaskScan.tables and TaskPart.tables are named, table by table, and say the same
+    tables: each thread's table, its fds and what they resolved to."""
+    import asyckpt
+    from asyckpt._build import RecordBuilder
+    from asyckpt._capture import _read_mountinfo
+    from asyckpt._discover import plan_tables, walk_tree
+    from asyckpt._parts import ResolvedTable, ScannedTable
+    from asyckpt._scanning import scan_chunk
+
+    plans = plan_tables(walk_tree(zoo.pid))
+    scans = scan_chunk(list(enumerate(plans)))
+    builder = RecordBuilder(
+        asyckpt.load_handlers(autoload=False),
+        compare_files=kcmp_files,
+        read_mountinfo=_read_mountinfo,
+    )
+    with contextlib.closing(builder):
+        for scan in scans:
+            part = builder.resolve(scan)
+            assert part is not None
+            assert all(type(t) is ScannedTable for t in scan.tables)
+            assert all(type(t) is ResolvedTable for t in part.tables)
+            for scanned, resolved in zip(scan.tables, part.tables, strict=True):
+                assert (resolved.tid, resolved.table) == (scanned.tid, scanned.table)
+                assert scanned.fds is not None
+                assert [e[0] for e in resolved.entries] == [row.fd for row in scanned.fds]

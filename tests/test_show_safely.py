@@ -15,10 +15,11 @@ from typing import Any
 import msgspec
 import pytest
 
+from asyckpt._endpoints import render_endpoints
 from asyckpt._escape import escape
 from asyckpt._image import parse_image
 from asyckpt._jsondata import json_data
-from asyckpt._show import render_endpoints, render_table, to_json_doc
+from asyckpt._show import render_table, to_json_doc
 
 from .conftest import WORKLOADS, Tree
 from .crafted import build, seed

@@ -49,7 +49,7 @@ from ._errors import (
 )
 from ._facts import row_facts
 from ._ghost import DEFAULT_GHOST_LIMIT, Ghost, GhostSpool
-from ._parts import GenericFd, NewFile, TaskPart, TaskScan
+from ._parts import FdEntry, GenericFd, NewFile, ResolvedTable, TaskPart, TaskScan
 from ._paths import PATH_KINDS, PathChecker
 from ._plugins.contract import FdFacts, LinkRef
 from ._plugins.dispatch import Dispatch
@@ -161,7 +161,7 @@ class RecordBuilder:
         possible when the tree is not frozen)."""
         plan, meta = scan.plan, scan.plan.meta
         pid = plan.stat.pid
-        if any(fds is None for _, _, fds in scan.tables):
+        if any(t.fds is None for t in scan.tables):
             if scan.seq == 0:
                 raise NoSuchProcess("the process exited during the capture", pid=pid)
             self.vanished += 1
@@ -170,12 +170,10 @@ class RecordBuilder:
         if meta.mnt_ns and meta.mnt_ns not in self._mnt_seen:
             self._mnt_seen.add(meta.mnt_ns)
             mountinfo = self._read_mountinfo(pid)
-        if any(fds for _, _, fds in scan.tables):
+        if any(t.fds for t in scan.tables):
             self.paths.open_root(pid, meta.mnt_ns, meta.root)
         parent_table = self._task_table.get(plan.stat.ppid)
-        if parent_table is None and any(
-            len(row) == 2 for _, _, fds in scan.tables for row in fds or ()
-        ):
+        if parent_table is None and any(len(row) == 2 for t in scan.tables for row in t.fds or ()):
             # Its fds were read as shared with its parent's, whose own table was never read:
             # the parent was killed meanwhile (SIGKILL reaches a frozen task).
             raise NoSuchProcess(
@@ -189,7 +187,7 @@ class RecordBuilder:
             seen: dict[int, tuple[object, Ref, int]] = {}
             self._table_fds[table_id] = seen
             entries = self._resolve_table(pid, tid, fds, meta.root, hints, seen)
-            tables.append((tid, table_id, entries))
+            tables.append(ResolvedTable(tid, table_id, entries))
             self.table_count += 1
         # A table first seen in a task that has exited since was never read: the threads
         # that shared it are recorded without one.
@@ -210,10 +208,10 @@ class RecordBuilder:
         root: str,
         hints: dict[int, tuple[object, Ref, int]],
         seen: dict[int, tuple[object, Ref, int]],
-    ) -> list[tuple[int, bool, int, NewFile | None]]:
+    ) -> list[FdEntry]:
         if self._dedup_rows is not None and not self._tolerant:
             return self._resolve_table_fast(pid, tid, fds, root, hints, seen)
-        entries: list[tuple[int, bool, int, NewFile | None]] = []
+        entries: list[FdEntry] = []
         append = entries.append
         compare = self._compare_files
         lookup = self._files.lookup
@@ -231,13 +229,13 @@ class RecordBuilder:
                     append((fd, bool(flags & O_CLOEXEC), hint[2], None))
                     self.hint_hits += 1
                     continue
-                fd = raw[0]
-                flags = raw[13]
+                fd = raw.fd
+                flags = raw.flags
                 cloexec = bool(flags & O_CLOEXEC)
                 flags &= ~O_CLOEXEC
                 # The cheap key: equal for every fd of one description, rarely equal for
                 # two (separate open()s of one file at one offset); kcmp decides.
-                key = (raw[3], raw[4], raw[12], flags)
+                key = (raw.st_dev, raw.st_ino, raw.pos, flags)
                 ref = (tid, fd)
                 new: NewFile | None = None
                 hint = hints.get(fd)
@@ -257,8 +255,8 @@ class RecordBuilder:
                     file_id, is_new = self._next_id(), True
                 if is_new:
                     new = self._new_file(file_id, pid, tid, raw, flags, root, ctx)
-                elif raw[15] and b"lock:" in raw[15]:
-                    self._more_locks.setdefault(file_id, []).append(raw[15])
+                elif raw.fdinfo_rest and b"lock:" in raw.fdinfo_rest:
+                    self._more_locks.setdefault(file_id, []).append(raw.fdinfo_rest)
                 seen[fd] = (key, ref, file_id)
                 append((fd, cloexec, file_id, new))
         finally:
@@ -274,7 +272,7 @@ class RecordBuilder:
         root: str,
         hints: dict[int, tuple[object, Ref, int]],
         seen: dict[int, tuple[object, Ref, int]],
-    ) -> list[tuple[int, bool, int, NewFile | None]]:
+    ) -> list[FdEntry]:
         """:meth:`_resolve_table` with the per-fd dedup loop in C (``dedup_rows``, over the
         same structures), then the new descriptions built here, in fd order.  Frozen
         only: a kcmp failure is an error, never a task that exited."""
@@ -297,7 +295,7 @@ class RecordBuilder:
                 for i in new:
                     fd, cloexec, file_id, _ = entries[i]
                     raw = cast(RawRow, fds[i])  # an inherited row is never a new file
-                    made = self._new_file(file_id, pid, tid, raw, raw[13] & ~O_CLOEXEC, root, ctx)
+                    made = self._new_file(file_id, pid, tid, raw, raw.flags & ~O_CLOEXEC, root, ctx)
                     entries[i] = (fd, cloexec, file_id, made)
             finally:
                 ctx._close()
@@ -323,14 +321,14 @@ class RecordBuilder:
         root: str,
         ctx: HandlerContext,
     ) -> NewFile:
-        fd, link = raw[0], raw[1]
+        fd, link = raw.fd, raw.link
         facts = row_facts(pid, tid, raw, root)
-        if not link and raw[6] == 0 and facts.kind in PATH_KINDS:
+        if not link and raw.st_nlink == 0 and facts.kind in PATH_KINDS:
             # No link text (a path too long for the kernel to give): unlinked all the
             # same, by its nlink, and its content is saved like any other's.
             facts = facts._replace(deleted=True)
         kind = facts.kind
-        raw_rest = raw[15]
+        raw_rest = raw.fdinfo_rest
         rest = facts.fdinfo.extra
         handler: LoadedHandler | None = None
         data = None
@@ -362,7 +360,7 @@ class RecordBuilder:
             if ctx._taken:
                 ctx._release()
         ghost = None
-        if kind == "reg" and facts.deleted and raw[6] == 0:
+        if kind == "reg" and facts.deleted and raw.st_nlink == 0:
             ghost = self._ghost(file_id, facts, ctx)
         if handler is None:
             if self._strict:
@@ -458,11 +456,11 @@ class RecordBuilder:
         # candidates of file_of and epoll_target, and each fd table by the thread it
         # was read through (an epoll's own, to try its targets' numbers first): each
         # indexed only if a hook asks.
-        tables = {tid: entries for part in parts for tid, _, entries in part.tables}
+        tables = {t.tid: t.entries for part in parts for t in part.tables}
         links = CaptureLinks(
             session,
             (
-                (new.raw[3], new.raw[4], new.id, tid, new.raw[0])
+                (new.raw.st_dev, new.raw.st_ino, new.id, tid, new.raw.fd)
                 for part in parts
                 for tid, _, entries in part.tables
                 for _, _, _, new in entries
@@ -500,7 +498,7 @@ class RecordBuilder:
         tree = CaptureTree(
             session,
             (
-                (new.kind, new.raw[3], new.raw[4])
+                (new.kind, new.raw.st_dev, new.raw.st_ino)
                 for part in parts
                 for _, _, entries in part.tables
                 for _, _, _, new in entries

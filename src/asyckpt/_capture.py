@@ -8,7 +8,7 @@ Theory of operation
    no exit path (error, cancel, Ctrl-C, SIGTERM) leaves the tree frozen.
 3. Re-walk the now frozen tree; a task forked while we were moving its parent is moved in
    and the freeze re-confirmed, for a bounded number of rounds.  Group threads by fd table.
-4. *Scan*: ``SCAN_THREADS`` worker threads (one on two cores) read the fd tables in
+4. *Scan* (``_scanning``): ``SCAN_THREADS`` worker threads (one on two cores) read the fd tables in
    tree order, a chunk of tasks at a time, in C without the GIL (never a thread hop per
    fd or per table), each handing its chunks to the event loop as it goes, at most
    ``SCAN_AHEAD`` chunks ahead of the resolver.  Meanwhile each handler with a ``begin``
@@ -60,10 +60,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Container, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Literal
 
 import msgspec
@@ -79,42 +77,22 @@ from ._ghost import CONTENT_CHUNK, DEFAULT_GHOST_LIMIT, Chunk, GhostNote
 from ._guardian import Guardian, take_guardian
 from ._kernel import dedup_rows, kcmp_files
 from ._materialize import BodyRecord, materialize
-from ._order import Reorderer
 from ._outside import ENDPOINTS_MODES, search, targets
-from ._parts import GenericFd, TaskPart, TaskScan
+from ._parts import GenericFd, TaskPart
 from ._plugins.dispatch import Dispatch
 from ._plugins.loading import load_handlers
 from ._plugins.session import CaptureSession
 from ._procparse import TaskStat
-from ._procread import read_fd_tables
 from ._records import Content, Holders, PluginInfo
+from ._scanning import scan_and_resolve
 from ._tuning import tuned
 
 __all__ = ["CaptureOptions", "CaptureSummary", "capture"]
-
-SCAN_THREADS = max(1, min(2, len(os.sched_getaffinity(0)) - 1))
-"""Worker threads reading fd tables at once: the cores left once the resolver has one,
-at most two.  The C reader releases the GIL for a whole table, so they run in parallel
-with each other and with the resolver; more threads than cores only add contention.  On
-two cores one reader is faster than two: with two, three threads share the cores, the
-resolver (the critical path once the reader is ahead) loses its core to them part of
-the time, and the readers slow each other down in the kernel (docs/performance.md,
-"Design choices, measured")."""
 
 BATCH_BUFFER = 8
 """Task batches the channel holds before the builder waits for its consumer.  Small, so
 memory stays bounded; records are sent only after the thaw, so a slow consumer slows the
 capture, never the frozen window."""
-
-SCAN_AHEAD = 4
-"""Chunks of tasks a reader may have read that the resolver has not taken yet (the
-scan channel's capacity).  The resolver is rarely behind (one reader on two cores is
-the critical path while frozen), so this bounds memory without making a reader wait."""
-
-CHUNKS_PER_THREAD = 8
-"""The tasks are cut into about this many chunks per scan worker (counting at least two
-workers): enough to pipeline with the resolver, few enough that thread hops stay cheap
-for trees of thousands of tasks."""
 
 MAX_FREEZE_ROUNDS = 5
 
@@ -234,32 +212,6 @@ def _settle_tree(
         for t in tasks
     ]
     return plan_tables(tasks)
-
-
-def _scan_chunk(
-    chunk: list[tuple[int, TaskPlan]], inherit: Container[int] | None = None
-) -> list[TaskScan]:
-    """Read the new fd tables of a run of tasks, in one pass of the C reader.
-
-    ``inherit``: the tasks (of a frozen tree) whose tables the resolver will have seen
-    before their children's; a child's fd shared with its parent's fd of the same number
-    is then only checked with kcmp, not read again (see RecordBuilder.resolve's hints).
-    """
-    owners = [(plan.stat.pid, tid) for _, plan in chunk for tid, _ in plan.scan]
-    parents = None
-    if inherit is not None:
-        parents = [
-            plan.stat.ppid if plan.stat.ppid in inherit else 0
-            for _, plan in chunk
-            for _ in plan.scan
-        ]
-    # A task that exited since it was planned reads as None: only a tree that is not
-    # frozen can lose one, and the resolver leaves it out.
-    rows = iter(read_fd_tables(owners, missing_ok=True, parents=parents))
-    return [
-        TaskScan(index, plan, tuple((tid, table, next(rows)) for tid, table in plan.scan))
-        for index, plan in chunk
-    ]
 
 
 @contextlib.asynccontextmanager
@@ -453,7 +405,7 @@ async def _run(
                     nursery.start_soon(
                         run_begin, handler, session, pending, begins[handler.name], limiter
                     )
-                parts = await _scan_and_resolve(plans, builder)
+                parts = await scan_and_resolve(plans, builder)
                 if builder.needs_link:
                     parts = await trio.to_thread.run_sync(builder.link, parts)
                 # The thaw waits for the begins whose state the records may still need
@@ -536,88 +488,3 @@ async def _run(
         endpoints=options.endpoints,
         outside_holders=len(holders),
     )
-
-
-async def _scan_and_resolve(plans: list[TaskPlan], builder: RecordBuilder) -> list[TaskPart]:
-    scans_send, scans_recv = trio.open_memory_channel[list[TaskScan]](SCAN_AHEAD)
-    reorder: Reorderer[TaskScan] = Reorderer()
-    parts: list[TaskPart] = []
-    # Workers take tasks in tree order from one shared iterator, so the resolver (which
-    # needs them in that order) can start on the first while the rest are being read;
-    # trio would start one task per process in no particular order.  Tasks go in chunks:
-    # a thread hop costs more than reading a small task's fds, and each hop is a chance
-    # to queue behind the resolver for the GIL.
-    chunk = max(1, len(plans) // (max(2, SCAN_THREADS) * CHUNKS_PER_THREAD))
-    # Frozen, a parent's table cannot change between its scan and its child's, so the
-    # child's scan may lean on it: tasks with a table of their own, resolved before their
-    # children (pre-order).  Unfrozen, every fd is read and compared in the resolver.
-    inherit = None
-    if not builder.tolerant:
-        inherit = {p.stat.pid for p in plans if p.threads[0][1] is not None}
-    work = iter([list(enumerate(plans))[i : i + chunk] for i in range(0, len(plans), chunk)])
-
-    # Each worker is one thread for all its chunks, handing each chunk's scans to the
-    # event loop without waiting for it: with a thread hop per chunk the reader would
-    # wait, between chunks, for the event loop, which itself waits for the resolver's
-    # GIL, and the reader is the critical path while frozen.  The channel
-    # is bounded by credits the reader takes in its own thread before reading a chunk
-    # and the resolver gives back as it takes chunks: a credit held is a place in the
-    # channel, so a delivery never finds it full, and the reader waits (without the
-    # event loop) only when the resolver is SCAN_AHEAD chunks behind.
-    credits = threading.Semaphore(SCAN_AHEAD)
-    resolver_gone = threading.Event()
-
-    def deliver(out: trio.MemorySendChannel[list[TaskScan]], scans: list[TaskScan]) -> None:
-        try:
-            out.send_nowait(scans)
-        except trio.BrokenResourceError:
-            resolver_gone.set()  # the resolver failed; its error is the one to report
-
-    def scan_loop(
-        out: trio.MemorySendChannel[list[TaskScan]], token: trio.lowlevel.TrioToken
-    ) -> None:
-        for tasks in work:
-            while not credits.acquire(timeout=0.05):
-                trio.from_thread.check_cancelled()
-            trio.from_thread.check_cancelled()
-            if resolver_gone.is_set():
-                return
-            token.run_sync_soon(deliver, out, _scan_chunk(tasks, inherit))
-
-    async def scan_worker(out: trio.MemorySendChannel[list[TaskScan]]) -> None:
-        async with out:
-            # Closed after the last chunk's delivery: the event loop runs callbacks in
-            # the order they were queued, this thread's result after its deliveries.
-            await trio.to_thread.run_sync(scan_loop, out, trio.lowlevel.current_trio_token())
-
-    def resolve_all(ready: list[TaskScan]) -> list[TaskPart]:
-        return [part for scan in ready if (part := builder.resolve(scan)) is not None]
-
-    def take(scans: list[TaskScan]) -> list[TaskScan]:
-        credits.release()
-        return [r for scan in scans for r in reorder.push(scan.seq, scan)]
-
-    async with collapse_errors(), trio.open_nursery() as nursery:
-        async with scans_send:
-            for _ in range(SCAN_THREADS):
-                nursery.start_soon(scan_worker, scans_send.clone())
-        with scans_recv:
-            try:
-                async for scans in scans_recv:
-                    ready = take(scans)
-                    # Whatever else has arrived meanwhile goes in the same thread hop.
-                    while True:
-                        try:
-                            ready += take(scans_recv.receive_nowait())
-                        except (trio.WouldBlock, trio.EndOfChannel):
-                            break
-                    if ready:
-                        parts.extend(await trio.to_thread.run_sync(resolve_all, ready))
-            finally:
-                # A reader waiting for a credit learns at once that none will come.
-                resolver_gone.set()
-                for _ in range(SCAN_THREADS):
-                    credits.release()
-    if reorder.released != len(plans):
-        raise RuntimeError("asyckpt bug: tasks were scanned but not resolved")
-    return parts

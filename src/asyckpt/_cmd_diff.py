@@ -6,18 +6,45 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
-import msgspec
+from ._cliargs import add_command
 
-from ._diff import diff, render_diff
-from ._image import read_image
+if TYPE_CHECKING:
+    from ._cliargs import Subparsers
 
-__all__ = ["EXIT_DIFFERENT", "cmd_diff"]
+__all__ = ["EXIT_DIFFERENT", "register", "run"]
 
 EXIT_DIFFERENT = 1
 
+DIFF_EPILOG = """\
+diff exits as diff(1) does: 0 the images are the same, 1 they differ, 2 and up on
+errors, with the codes below; its own internal errors exit 12, not 1.
 
-def cmd_diff(args: argparse.Namespace) -> int:
+"""
+
+
+def register(sub: Subparsers) -> None:
+    d = add_command(
+        sub,
+        "diff",
+        help="compare two images of one tree",
+        description="Print what changed from image A to image B: tasks added and removed, "
+        "fds opened, closed or pointing at another file, and fields that changed.  "
+        "Exit 0 when nothing changed, 1 when something did, 2 and up on errors.",
+        epilog=DIFF_EPILOG,
+    )
+    d.add_argument("a", metavar="A", help="the older image")
+    d.add_argument("b", metavar="B", help="the newer image")
+    d.add_argument("--json", action="store_true", help="print the diff as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from ._diff import diff, render_diff
+    from ._image import read_image
+
     image_a = read_image(args.a)
     image_b = read_image(args.b)
     d = diff(image_a, image_b)

@@ -55,8 +55,8 @@ def row_facts(pid: int, tid: int, raw: RawRow, root: str) -> FdFacts:
     """:func:`fd_facts` of a scan row: equal, but made once per new description while
     frozen, so the named tuples are made with tuple.__new__ (their generated __new__ is
     a Python call each) and the pure helpers are asked only off their common path."""
-    fd, link, mode = raw[0], raw[1], raw[2]
-    raw_rest = raw[15]
+    fd, link, mode = raw.fd, raw.link, raw.st_mode
+    raw_rest = raw.fdinfo_rest
     kind = _FMT_KINDS.get(mode & _S_IFMT)
     if (
         kind is None
@@ -64,15 +64,21 @@ def row_facts(pid: int, tid: int, raw: RawRow, root: str) -> FdFacts:
         or (kind == "pipe" and not link.startswith("pipe:["))
     ):
         kind = kernel_kind(mode, link)
-    if link[:1] == "/" and (link.endswith(_DELETED) or raw[6] == 0):
-        path, deleted = split_deleted(link, raw[6])
+    if link[:1] == "/" and (link.endswith(_DELETED) or raw.st_nlink == 0):
+        path, deleted = split_deleted(link, raw.st_nlink)
     else:
         path, deleted = link, False
     if root != "/":
         path = task_relative_path(path, root)
     fdinfo = _tuple_new(
         FdInfo,
-        (raw[12], raw[13], raw[14], raw[4], parse_fdinfo_rest(raw_rest) if raw_rest else ()),
+        (
+            raw.pos,
+            raw.flags,
+            raw.mnt_id,
+            raw.st_ino,
+            parse_fdinfo_rest(raw_rest) if raw_rest else (),
+        ),
     )
     facts: FdFacts = _tuple_new(
         FdFacts,

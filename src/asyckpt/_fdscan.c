@@ -25,6 +25,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 
 #include <dirent.h>
 #include <errno.h>
@@ -263,6 +264,40 @@ out:
     free(fds);
 }
 
+/* The row types, made once at import and exported as FdRow and InheritedFd: the field
+ * names are _rows.RawFd's and _rows.InheritedFd's (a test checks that they agree). */
+static PyTypeObject *fd_row_type, *inherited_fd_type;
+
+static PyStructSequence_Field fd_row_fields[] = {
+    {"fd", NULL}, {"link", NULL}, {"st_mode", NULL}, {"st_dev", NULL},
+    {"st_ino", NULL}, {"st_rdev", NULL}, {"st_nlink", NULL}, {"st_uid", NULL},
+    {"st_gid", NULL}, {"st_size", NULL}, {"st_mtime_ns", NULL}, {"st_blocks", NULL},
+    {"pos", NULL}, {"flags", NULL}, {"mnt_id", NULL}, {"fdinfo_rest", NULL},
+    {NULL, NULL},
+};
+static PyStructSequence_Desc fd_row_desc = {
+    "asyckpt._fdscan.FdRow",
+    "One fd as read from /proc: its number, link, stat fields, and fdinfo (pos, flags,"
+    " mnt_id, and the rest unparsed).",
+    fd_row_fields, 16,
+};
+static PyStructSequence_Field inherited_fd_fields[] = {{"fd", NULL}, {"flags", NULL}, {NULL, NULL}};
+static PyStructSequence_Desc inherited_fd_desc = {
+    "asyckpt._fdscan.InheritedFd",
+    "An fd found (kcmp) to be its parent's fd of the same number: only its fdinfo flags.",
+    inherited_fd_fields, 2,
+};
+
+/* A row of one of those types, its fields unset (NULL) until filled: what
+ * PyStructSequence_New makes, without its two lookups in the type's dict (n_fields,
+ * n_sequence_fields) for every row.  Their sizes are known here: every field visible. */
+static PyObject *new_row(PyTypeObject *type, Py_ssize_t n) {
+    PyStructSequence *row = PyObject_GC_NewVar(PyStructSequence, type, n);
+    if (!row) return NULL;
+    memset(row->ob_item, 0, (size_t)n * sizeof(PyObject *));
+    return (PyObject *)row;
+}
+
 /* The result of one scan as Python objects; NULL with an exception set on failure. */
 static PyObject *scan_to_python(struct scan *s, const char *fd_dir) {
     if (s->err) {
@@ -283,14 +318,19 @@ static PyObject *scan_to_python(struct scan *s, const char *fd_dir) {
     for (size_t i = 0; i < s->n; i++) {
         struct entry *e = &s->entries[i];
         if (e->inherited) {
-            PyObject *item = Py_BuildValue("(ik)", e->fd, e->flags);
+            PyObject *item = new_row(inherited_fd_type, 2);
             if (!item) { Py_DECREF(result); return NULL; }
             PyList_SET_ITEM(result, (Py_ssize_t)i, item);
+            PyObject *fd = PyLong_FromLong(e->fd), *flags = PyLong_FromUnsignedLong(e->flags);
+            if (!fd || !flags) { Py_XDECREF(fd); Py_XDECREF(flags); Py_DECREF(result); return NULL; }
+            PyStructSequence_SET_ITEM(item, 0, fd);
+            PyStructSequence_SET_ITEM(item, 1, flags);
             continue;
         }
         /* Built by hand, not with Py_BuildValue: this loop holds the GIL, and it is the
-         * only part of a table scan that does. */
-        PyObject *item = PyTuple_New(16);
+         * only part of a table scan that does.  A struct sequence is a tuple whose fields
+         * also have names (member descriptors), so the resolver may read either way. */
+        PyObject *item = new_row(fd_row_type, 16);
         if (!item) { Py_DECREF(result); return NULL; }
         PyList_SET_ITEM(result, (Py_ssize_t)i, item);
         PyObject *v[16] = {
@@ -318,7 +358,7 @@ static PyObject *scan_to_python(struct scan *s, const char *fd_dir) {
                 Py_DECREF(result);
                 return NULL;
             }
-            PyTuple_SET_ITEM(item, k, v[k]);
+            PyStructSequence_SET_ITEM(item, k, v[k]);
         }
     }
     return result;
@@ -590,13 +630,15 @@ static int remember_locks(PyObject *more_locks, PyObject *file_id, PyObject *row
     return PyList_Append(list, rest);
 }
 
-/* The shape of one scan row, checked before anything reads it: an exact tuple, either
+/* The shape of one scan row, checked before anything reads it: an exact tuple or one of
+ * the two row types above (not subclassable, so no Python code runs on them), either
  * (fd, flags) or the 16 fields of read_table, with exact ints where the loop reads
  * numbers or builds dict keys (a subclass could run Python code in __hash__ or __eq__)
  * and bytes for the fdinfo rest.  Sets *fd. */
 static int check_row(PyObject *row, long *fd) {
     static const int ints16[] = {0, 3, 4, 12, 13};
-    if (!PyTuple_CheckExact(row) || (PyTuple_GET_SIZE(row) != 2 && PyTuple_GET_SIZE(row) != 16)) {
+    if (!(PyTuple_CheckExact(row) || Py_IS_TYPE(row, fd_row_type) || Py_IS_TYPE(row, inherited_fd_type))
+        || (PyTuple_GET_SIZE(row) != 2 && PyTuple_GET_SIZE(row) != 16)) {
         PyErr_SetString(PyExc_TypeError, "dedup_rows: a row is a 2- or 16-tuple");
         return -1;
     }
@@ -893,4 +935,31 @@ static struct PyModuleDef module = {
     "Read an fd table from /proc without holding the GIL.", -1, methods,
 };
 
-PyMODINIT_FUNC PyInit__fdscan(void) { return PyModule_Create(&module); }
+/* A struct sequence's fields are T_OBJECT members, which CPython 3.11 does not
+ * specialize (LOAD_ATTR_SLOT is for T_OBJECT_EX only): each row.name would take the
+ * generic attribute lookup, slower than an index.  Every field of these rows is always
+ * set (the reader fills all, the type's constructor takes exactly all), so T_OBJECT_EX,
+ * which differs only for an unset field, reads the same and is specialized. */
+static PyTypeObject *fast_members(PyTypeObject *type) {
+    if (type && type->tp_members) {
+        for (PyMemberDef *m = type->tp_members; m->name; m++)
+            if (m->type == T_OBJECT) m->type = T_OBJECT_EX;
+        PyType_Modified(type);
+    }
+    return type;
+}
+
+PyMODINIT_FUNC PyInit__fdscan(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    if (!fd_row_type) fd_row_type = fast_members(PyStructSequence_NewType(&fd_row_desc));
+    if (!inherited_fd_type)
+        inherited_fd_type = fast_members(PyStructSequence_NewType(&inherited_fd_desc));
+    if (!fd_row_type || !inherited_fd_type
+        || PyModule_AddObjectRef(m, "FdRow", (PyObject *)fd_row_type) < 0
+        || PyModule_AddObjectRef(m, "InheritedFd", (PyObject *)inherited_fd_type) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

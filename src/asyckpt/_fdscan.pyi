@@ -1,6 +1,12 @@
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._rows import RawRow, ScanRow
+from ._rows import InheritedFd as _InheritedFd
+from ._rows import RawFd, RawRow, ScanRow
+
+# Struct sequences with _rows.RawFd's and _rows.InheritedFd's fields (made from a sequence).
+FdRow: Callable[[Sequence[object]], RawFd]
+InheritedFd: Callable[[Sequence[object]], _InheritedFd]
 
 def read_table(fd_dir: str, fdinfo_dir: str) -> list[RawRow]: ...
 def read_tables(

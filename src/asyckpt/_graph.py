@@ -6,7 +6,7 @@ What is drawn:
 
 - every task as a box (comm, pid), under its parent (tree edges, bold);
 - every *object* once: an open file description held by several tasks, and each pipe,
-  FIFO and socket connection (``_show.endpoints``: both ends of a pipe, both sockets of
+  FIFO and socket connection (``_endpoints.endpoints``: both ends of a pipe, both sockets of
   a pair) whose ends are held by several tasks, or that reaches outside the tree; a
   listener that connections wait on; an epoll that watches drawn objects;
 - one edge per task and object, labelled with that task's fds on it (``3w 4r``), arrows
@@ -25,11 +25,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
 
+from ._endpoints import Endpoint, Holder, _holders, endpoints
 from ._escape import escape
 from ._image import Image
 from ._names import os_name
 from ._records import File, Task
-from ._show import Endpoint, Holder, _fd_mode, _holders, _raw, endpoints
+from ._show import _fd_mode, _raw
 
 __all__ = [
     "AUTO_SHARED_OBJECTS",

@@ -6,13 +6,54 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
+from ._cliargs import add_command
 from ._errors import UsageError
 
-__all__ = ["FORMATS", "output_format", "parse_kinds", "run"]
+if TYPE_CHECKING:
+    from ._cliargs import Subparsers
+
+__all__ = ["FORMATS", "output_format", "parse_kinds", "register", "run"]
 
 FORMATS = ("svg", "png", "dot")
 _SUFFIXES = {".svg": "svg", ".png": "png", ".dot": "dot", ".gv": "dot"}
+
+
+def register(sub: Subparsers) -> None:
+    g = add_command(
+        sub,
+        "graph",
+        help="draw an image: the tree and what its tasks share",
+        description="Draw the tree of an image and what its tasks share (pipes, socket "
+        "connections, open files held by several tasks, epoll targets): DOT, or SVG and PNG "
+        "through Graphviz's dot.",
+    )
+    g.add_argument("image", help="image file")
+    g.add_argument(
+        "-o", "--output", metavar="OUT", help="picture to write (default: standard output)"
+    )
+    g.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    g.add_argument(
+        "--format",
+        choices=("svg", "png", "dot"),
+        help="what to write (default: from OUT's suffix .svg, .png, .dot or .gv, else svg); "
+        "svg and png need Graphviz's dot",
+    )
+    g.add_argument(
+        "--kinds",
+        metavar="KIND,...",
+        help="draw only fds of these kinds: pipe, fifo, socket, reg, dir, link, chr, blk, "
+        "epoll, anon (default: all)",
+    )
+    g.add_argument("--pid", type=int, help="draw only the task PID and its descendants")
+    g.add_argument(
+        "--shared-only",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="leave out the fds no other task shares (default: only for trees of more than "
+        "50 tasks or 500 shared objects)",
+    )
 
 
 def output_format(fmt: str | None, output: str | None) -> str:

@@ -17,9 +17,10 @@ from typing import Any
 
 import msgspec
 
+from ._endpoints import endpoints
 from ._image import Image
 from ._plugins.loading import ImagePlugin
-from ._show import JsonParts, endpoints
+from ._show import JsonParts
 
 __all__ = ["iter_json_export"]
 

@@ -115,7 +115,7 @@ def _file_record(new: NewFile) -> File:
     # are not passed.
     raw = new.raw
     flags = new.flags
-    rest = raw[15]
+    rest = raw.fdinfo_rest
     data = new.data
     fields: dict[str, Any] = {
         "id": new.id,
@@ -123,22 +123,22 @@ def _file_record(new: NewFile) -> File:
         "handler": new.handler,
         "flags": flags,
         "access": access_mode(flags),
-        "pos": raw[12],
-        "mnt_id": raw[14],
-        "dev": raw[3],
-        "ino": raw[4],
-        "rdev": raw[5],
+        "pos": raw.pos,
+        "mnt_id": raw.mnt_id,
+        "dev": raw.st_dev,
+        "ino": raw.st_ino,
+        "rdev": raw.st_rdev,
         "deleted": new.deleted,
-        "uid": raw[7],
-        "gid": raw[8],
-        "st_mode": raw[2],
-        "nlink": raw[6],
-        "size": raw[9],
-        "mtime_ns": raw[10],
+        "uid": raw.st_uid,
+        "gid": raw.st_gid,
+        "st_mode": raw.st_mode,
+        "nlink": raw.st_nlink,
+        "size": raw.st_size,
+        "mtime_ns": raw.st_mtime_ns,
         "data": data if type(data) is msgspec.Raw else _encoded(data),
         "owner": new.io_owner,
         "path_state": new.path_state,
-        "allocated": raw[11] * 512,
+        "allocated": raw.st_blocks * 512,
     }
     # Names are bytes (``_names``): the common case, ASCII, costs one check each.
     path = new.path

@@ -89,10 +89,13 @@ def targets(parts: Iterable[TaskPart]) -> list[Target]:
                 raw = new.raw
                 if new.kind in ("pipe", "fifo"):
                     kind = cast(Literal["pipe", "fifo"], new.kind)
-                    objects.setdefault((kind, raw[3], raw[4]), Target(kind, raw[3], raw[4], raw[1]))
+                    objects.setdefault(
+                        (kind, raw.st_dev, raw.st_ino),
+                        Target(kind, raw.st_dev, raw.st_ino, raw.link),
+                    )
                 elif new.kind == "socket":
-                    held.add(raw[4])
-                    peers += [(raw[3], ino) for ino in _linked_inos(new.data)]
+                    held.add(raw.st_ino)
+                    peers += [(raw.st_dev, ino) for ino in _linked_inos(new.data)]
     for dev, ino in peers:
         if ino not in held:
             objects.setdefault(("socket", dev, ino), Target("socket", dev, ino, f"socket:[{ino}]"))

@@ -18,7 +18,28 @@ if TYPE_CHECKING:
     from ._procread import TaskMeta
     from ._records import Owner
 
-__all__ = ["GenericFd", "NewFile", "TaskPart", "TaskScan"]
+__all__ = [
+    "FdEntry",
+    "GenericFd",
+    "NewFile",
+    "ResolvedTable",
+    "ScannedTable",
+    "TaskPart",
+    "TaskScan",
+]
+
+
+class ScannedTable(NamedTuple):
+    """One fd table as the scan read it."""
+
+    tid: int
+    """The thread it was read through."""
+    table: int
+    """Its id (``TaskPlan.scan``)."""
+    fds: list[ScanRow] | None
+    """In ascending fd order; None if its task exited.  An fd the scan found shared with
+    the parent's fd of the same number is an :data:`~asyckpt._rows.InheritedRow`,
+    resolved from the parent's table."""
 
 
 class TaskScan(NamedTuple):
@@ -26,10 +47,22 @@ class TaskScan(NamedTuple):
 
     seq: int
     plan: TaskPlan
-    tables: tuple[tuple[int, int, list[ScanRow] | None], ...]
-    """(tid, table id, fds) for each table in ``plan.scan``; None if its task exited.
-    An fd the scan found shared with the parent's fd of the same number is an
-    :data:`~asyckpt._rows.InheritedRow`, resolved from the parent's table."""
+    tables: tuple[ScannedTable, ...]
+    """One for each table in ``plan.scan``."""
+
+
+FdEntry = tuple[int, bool, int, "NewFile | None"]
+"""One fd, resolved: (fd, cloexec, file id, the NewFile if its description was first
+seen here).  A plain tuple, made per fd by the C dedup loop while frozen."""
+
+
+class ResolvedTable(NamedTuple):
+    """One fd table, resolved."""
+
+    tid: int
+    table: int
+    entries: list[FdEntry]
+    """In ascending fd order."""
 
 
 class NewFile:
@@ -106,8 +139,7 @@ class TaskPart(NamedTuple):
     meta: TaskMeta
     mountinfo: str | None
     """The mount table of the task's namespace, when this task is the first in it."""
-    tables: list[tuple[int, int, list[tuple[int, bool, int, NewFile | None]]]]
-    """(tid, table id, [(fd, cloexec, file id, NewFile if first seen here)])."""
+    tables: list[ResolvedTable]
     threads: tuple[tuple[int, int | None], ...]
     """(tid, fd table id) of every thread, the leader first."""
 

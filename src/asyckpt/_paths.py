@@ -133,18 +133,30 @@ class PathChecker:
                     if new.kind not in PATH_KINDS or not new.path.startswith("/"):
                         new.path_state = _no_path(new.kind, new.path)
                         continue
-                    mount_point = procs.get(raw[14])
+                    mount_point = procs.get(raw.mnt_id)
                     in_proc = mount_point is not None and proc_pid_path(new.path, mount_point)
-                    if new.deleted and raw[6] and raw[1].endswith(DELETED) and rootfd is not None:
+                    if (
+                        new.deleted
+                        and raw.st_nlink
+                        and raw.link.endswith(DELETED)
+                        and rootfd is not None
+                    ):
                         whole = new.path + DELETED
-                        if _cached(cache, rootfd, whole) == (raw[3], raw[4]):
+                        if _cached(cache, rootfd, whole) == (raw.st_dev, raw.st_ino):
                             # The suffix is the file's own name: it is not unlinked.
                             new.path, new.deleted = whole, False
                     found: Found = None
                     if rootfd is not None and (not new.deleted or in_proc):
                         found = _cached(cache, rootfd, new.path)
                     new.path_state = decide(
-                        new.kind, new.path, new.deleted, raw[6], raw[3], raw[4], in_proc, found
+                        new.kind,
+                        new.path,
+                        new.deleted,
+                        raw.st_nlink,
+                        raw.st_dev,
+                        raw.st_ino,
+                        in_proc,
+                        found,
                     )
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ from typing import NamedTuple, cast
 
 from ._errors import NoSuchProcess, oserror_context, translate_oserror
 from ._procparse import TaskStat, parse_stat, split_fdinfo
-from ._rows import RawFd, RawRow, ScanRow, stat_fields
+from ._rows import InheritedFd, RawFd, RawRow, ScanRow, stat_fields
 
 __all__ = [
     "TaskMeta",
@@ -94,6 +94,16 @@ def read_task_meta(pid: int) -> TaskMeta:
             root, mnt_ns = "/", 0
     return TaskMeta(st.st_uid, st.st_gid, root, mnt_ns)
 
+
+# The row types: the C reader's struct sequences when it is built, so that both readers
+# give rows of one type (the fallback reader makes them too), else the NamedTuples.
+FdRow: Callable[[Sequence[object]], RawFd]
+InheritedFdRow: Callable[[Sequence[object]], InheritedFd]
+try:
+    from ._fdscan import FdRow
+    from ._fdscan import InheritedFd as InheritedFdRow
+except ImportError:
+    FdRow, InheritedFdRow = RawFd._make, InheritedFd._make
 
 _read_tables_c: (
     Callable[
@@ -197,7 +207,7 @@ def _read_table_py(fd_dir: str, info_dir: str, parent: int = 0, tid: int = 0) ->
                         # As the C reader: an fd listing a lock is read in full (a lock
                         # shows only in the fdinfo of its owner's fds, not the parent's).
                         if b"lock:" not in info:
-                            out.append((int(name), split_fdinfo(info)[1]))
+                            out.append(InheritedFdRow((int(name), split_fdinfo(info)[1])))
                             continue
                     link = _readlink_name(name, dfd)
                     st = stat(name, dir_fd=dfd)
@@ -208,7 +218,7 @@ def _read_table_py(fd_dir: str, info_dir: str, parent: int = 0, tid: int = 0) ->
                 except OSError as exc:
                     exc.filename = f"{fd_dir}/{name}"
                     raise
-                out.append(RawFd(int(name), link, *stat_fields(st), *split_fdinfo(info)))
+                out.append(FdRow((int(name), link, *stat_fields(st), *split_fdinfo(info))))
             return out
         finally:
             os.close(ifd)

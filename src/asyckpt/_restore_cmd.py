@@ -20,10 +20,22 @@ from ._errors import AsyckptError, RestoreError, UsageError
 from ._escape import escape
 
 if TYPE_CHECKING:
+    from ._cliargs import Subparsers
     from ._restore import Made
     from ._restore_plan import RestorePlan
 
-__all__ = ["add_parser", "command"]
+__all__ = ["add_parser", "command", "register", "run"]
+
+
+def register(sub: Subparsers) -> None:
+    """The ``restore`` parser, with the exit codes below its help as every command's."""
+    from ._cliargs import EPILOG
+
+    add_parser(sub, EPILOG)
+
+
+def run(args: argparse.Namespace) -> int:
+    return command(args)
 
 
 def add_parser(sub: argparse._SubParsersAction[Any], epilog: str) -> None:

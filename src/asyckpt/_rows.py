@@ -12,23 +12,28 @@ import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-__all__ = ["DedupRows", "InheritedRow", "RawFd", "RawRow", "ScanRow", "stat_fields"]
-
-RawRow = tuple[int, str, int, int, int, int, int, int, int, int, int, int, int, int, int, bytes]
-"""One fd as the readers return it: a plain tuple laid out as :class:`RawFd` (which the
-C reader does not take the time to build)."""
-
+__all__ = [
+    "DedupRows",
+    "InheritedFd",
+    "InheritedRow",
+    "RawFd",
+    "RawRow",
+    "ScanRow",
+    "stat_fields",
+]
 
 InheritedRow = tuple[int, int]
 """(fd, flags): an fd that the scan found to be the same open file description as its
 parent's fd of the same number (kcmp), so it read only its fdinfo (for close-on-exec, the
-one fact that belongs to the fd, not the description).  The rest is the parent's row."""
-
-ScanRow = RawRow | InheritedRow
+one fact that belongs to the fd, not the description).  The rest is the parent's row.
+Made as :class:`InheritedFd` (or the C reader's type of the same fields)."""
 
 
 class RawFd(NamedTuple):
-    """The fields of a :data:`RawRow`, by name."""
+    """One fd as the readers return it.  The C reader makes ``_fdscan.FdRow``, a struct
+    sequence with these fields in this order (a tuple whose fields are also attributes);
+    this NamedTuple is the type without the C extension, and the one the type checker
+    knows (``_procread.FdRow`` is whichever is in use)."""
 
     fd: int
     link: str
@@ -50,8 +55,22 @@ class RawFd(NamedTuple):
     """The fdinfo lines after pos, flags, mnt_id and ino, unparsed."""
 
 
+class InheritedFd(NamedTuple):
+    """An :data:`InheritedRow` by name (``_fdscan.InheritedFd`` from the C reader)."""
+
+    fd: int
+    flags: int
+
+
+RawRow = RawFd
+"""One fd as read in full: the fields of :class:`RawFd`, whichever type holds them."""
+
+ScanRow = RawFd | InheritedFd
+"""What a scan gives per fd: a full row, or an inherited one (``len(row) == 2``)."""
+
+
 def stat_fields(st: os.stat_result) -> tuple[int, int, int, int, int, int, int, int, int, int]:
-    """The stat fields asyckpt keeps, in the order of ``RawRow[2:12]`` and of
+    """The stat fields asyckpt keeps, in the order of ``RawFd[2:12]`` and of
     :class:`~asyckpt._plugins.contract.StatInfo` (the C reader writes the same order)."""
     return (
         st.st_mode,
