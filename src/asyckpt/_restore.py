@@ -25,9 +25,10 @@ import stat
 import struct
 import time
 from collections.abc import Iterable, Iterator
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 from ._decode import Image
+from ._errors import AsyckptError
 from ._kernel import (
     RESOLVE_IN_ROOT,
     RESOLVE_NO_MAGICLINKS,
@@ -89,8 +90,9 @@ def open_root(root: str) -> int:
         raise RestoreError(f"--root {root}: {exc.strerror}") from None
 
 
-def _high(fd: int, floor: int) -> int:
-    """``fd`` moved to the lowest free number at or above ``floor``."""
+def above(fd: int, floor: int) -> int:
+    """``fd`` moved to the lowest free number at or above ``floor`` (close-on-exec), out
+    of the way of the fd numbers a table is about to be installed at."""
     try:
         return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor)
     finally:
@@ -117,7 +119,7 @@ class _Maker:
         self.made: dict[int, int] = {}  # description index -> its fd, for epoll watches
 
     def keep(self, fd: int) -> int:
-        high = _high(fd, self.floor)
+        high = above(fd, self.floor)
         self.temp.append(high)
         return high
 
@@ -151,7 +153,7 @@ class _Maker:
             for lock in d.locks:
                 if lock.type != "posix":  # the process's: taken by install
                     take_lock(fd, lock)
-            return _high(fd, self.floor)
+            return above(fd, self.floor)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -530,3 +532,12 @@ def restore_table(
     install(plan, made, pid, plan.fds)
     take_posix_locks(plan, pid, plan.fds)
     return plan
+
+
+def child_failed(status: int, exc: BaseException) -> NoReturn:
+    """In a forked child: say why on the status pipe and exit 1, whatever ``exc`` is."""
+    why = str(exc) if isinstance(exc, AsyckptError) else f"{type(exc).__name__}: {exc}"
+    try:
+        os.write(status, why.encode(errors="replace"))
+    finally:
+        os._exit(1)

@@ -16,7 +16,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ._errors import AsyckptError, RestoreError, UsageError
+from ._errors import RestoreError, UsageError
 from ._escape import escape
 
 if TYPE_CHECKING:
@@ -162,9 +162,11 @@ def _run(plan: RestorePlan, made: Made, cmd: list[str]) -> int:
 def _child(plan: RestorePlan, made: list[int], floor: int, status: int, cmd: list[str]) -> None:
     """In the forked child: install, close every other fd, exec CMD.  Never returns;
     reports through ``status`` (any output would go to restored fds)."""
+    # Loaded before the fork (by _run), so this import cannot fail in the child.
+    from ._restore import Made, above, child_failed, install, take_posix_locks
+
     try:
-        status = _above(status, max(floor, *made, 0) + 1)
-        from ._restore import Made, install, take_posix_locks
+        status = above(status, max(floor, *made, 0) + 1)
 
         install(plan, Made(fds=made, floor=floor), plan.pid, plan.fds)
         keep = sorted({s.fd for s in plan.fds} | {status})
@@ -182,19 +184,7 @@ def _child(plan: RestorePlan, made: list[int], floor: int, status: int, cmd: lis
             os.write(status, f"cannot run {cmd[0]}: {exc.strerror or exc}".encode())
             os._exit(127)
     except BaseException as exc:  # nothing may unwind into the parent's code
-        why = str(exc) if isinstance(exc, AsyckptError) else f"{type(exc).__name__}: {exc}"
-        try:
-            os.write(status, why.encode(errors="replace"))
-        finally:
-            os._exit(1)
-
-
-def _above(fd: int, floor: int) -> int:
-    import fcntl
-
-    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor)
-    os.close(fd)
-    return high
+        child_failed(status, exc)
 
 
 def nofile_limit() -> int:

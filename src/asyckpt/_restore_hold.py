@@ -12,15 +12,14 @@ SIGTERM, passes it to its process group (the tree: it made a session of its own)
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import os
 import signal
 from collections.abc import Iterable
 
 from ._decode import Image
-from ._errors import AsyckptError, RestoreError
-from ._restore import Made, close_all, install, nofile, take_posix_locks
+from ._errors import RestoreError
+from ._restore import Made, above, child_failed, close_all, install, nofile, take_posix_locks
 from ._restore_plan import RestorePlan
 
 __all__ = ["hold", "hold_tree", "restore_tree"]
@@ -69,7 +68,7 @@ def _become(plan: RestorePlan, index: int, made: Made, status: int) -> None:
     task = plan.tasks[index]
     try:
         high = max(made.floor, *made.fds, 0) + 1
-        status = _above(status, high)
+        status = above(status, high)
         for child, other in enumerate(plan.tasks):
             if other.parent == index and os.fork() == 0:
                 _become(plan, child, made, status)
@@ -86,17 +85,7 @@ def _become(plan: RestorePlan, index: int, made: Made, status: int) -> None:
             os.killpg(0, signal.SIGTERM)  # the tree goes with its root
         os._exit(0)
     except BaseException as exc:  # nothing may unwind into the restoring process's code
-        why = str(exc) if isinstance(exc, AsyckptError) else f"{type(exc).__name__}: {exc}"
-        try:
-            os.write(status, why.encode(errors="replace"))
-        finally:
-            os._exit(1)
-
-
-def _above(fd: int, floor: int) -> int:
-    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor)
-    os.close(fd)
-    return high
+        child_failed(status, exc)
 
 
 def hold_tree(
