@@ -25,6 +25,7 @@ __all__ = [
     "Header",
     "Holders",
     "Lock",
+    "Mapping",
     "MountEntry",
     "MountTable",
     "OutsideFd",
@@ -275,6 +276,11 @@ class File(_Record, tag="file", kw_only=True, gc=False):
     fdinfo_bytes: list[bytes] | None = None
     """When an fdinfo value is not UTF-8: every value's exact bytes, in ``fdinfo``'s
     order (its values are then all escaped)."""
+    description: bool = True
+    """False for a file a task holds by reference, not through an open file description
+    of an fd: a working or root directory, an executable, a mapped file (format 4).
+    Such a record has ``flags`` 0, ``access`` ``path``, ``pos`` 0, no ``fdinfo``; one is
+    written per inode (dev, ino) for the whole tree, whoever references it."""
 
 
 class Content(_Record, tag="content", kw_only=True, gc=False):
@@ -295,6 +301,29 @@ class Fd(_Record, tag="fd", kw_only=True, gc=False):
 class Thread(msgspec.Struct, kw_only=True, array_like=True):
     tid: Pid
     fd_table: Id | None
+    cwd: Id | None = None
+    root_file: Id | None = None
+    """The thread's own working and root directories (files of the image) when they
+    differ from its task's (``unshare(CLONE_FS)``); None: the task's (format 4)."""
+    namespaces: dict[str, U64] | None = None
+    """The thread's own namespaces when any differs from its task's (``setns`` in one
+    thread); None: the task's (format 4)."""
+
+
+class Mapping(msgspec.Struct, kw_only=True, array_like=True):
+    """One file-backed memory mapping of a task: a ``/proc/PID/maps`` line that names a
+    file (format 4).  Anonymous mappings (heap, stack, ``[vdso]``...) are not listed."""
+
+    start: U64
+    end: U64
+    """The mapped range, ``start`` inclusive, ``end`` exclusive."""
+    perms: Annotated[str, msgspec.Meta(pattern="^[r-][w-][x-][ps]$")]
+    """As maps prints them: ``r``/``-``, ``w``/``-``, ``x``/``-``, then ``p`` (private)
+    or ``s`` (shared)."""
+    offset: Offset
+    """The offset in the file of ``start``."""
+    file: Id
+    """The file it maps (a ``file`` record with ``description`` false)."""
 
 
 class Task(_Record, tag="task", kw_only=True):
@@ -322,6 +351,27 @@ class Task(_Record, tag="task", kw_only=True):
     root_bytes: bytes | None = None
     """The exact bytes of ``comm`` and ``root`` when not UTF-8.  (``root`` is empty when
     longer than PATH_MAX: the kernel does not give it.)"""
+    cwd: Id | None = None
+    """The working directory, a file of the image (format 4); None for a zombie, when it
+    could not be read (``task_files_error``), or in older images."""
+    root_file: Id | None = None
+    """The root directory as a file of the image (``root`` is its path); as ``cwd``."""
+    exe: Id | None = None
+    """The executable (``/proc/PID/exe``) as a file of the image; None as ``cwd``, and
+    for kernel threads."""
+    mappings: list[Mapping] = []
+    """File-backed memory mappings, in address order (format 4)."""
+    namespaces: dict[str, U64] = {}
+    """Namespace type (``mnt``, ``net``, ``pid``, ``pid_for_children``, ``user``,
+    ``uts``, ``ipc``, ``cgroup``, ``time``, ``time_for_children``) to its inode
+    (``/proc/PID/ns/TYPE``); a type the kernel lacks is absent (format 4)."""
+    cmdline: list[str] | None = None
+    """The command line, captured only with ``--cmdline`` (format 4); each argument
+    escaped when not UTF-8, with ``cmdline_bytes`` holding every argument's bytes."""
+    cmdline_bytes: list[bytes] | None = None
+    task_files_error: str | None = None
+    """Why some of the task's files (cwd, root, exe, mappings, namespaces) could not be
+    read; what was read is kept."""
 
 
 class OutsideFd(msgspec.Struct, kw_only=True, array_like=True):
