@@ -43,6 +43,18 @@ NS_TYPES = (
 MapKey = tuple[int, int]
 """(dev, ino) of a mapping as ``maps`` shows it."""
 
+TaskFilesTuple = tuple[
+    RawFd | int,
+    RawFd | int,
+    RawFd | int,
+    dict[str, int],
+    list[MapRow] | int,
+    dict[int, RawFd | int],
+    list[tuple[int, RawFd | int, RawFd | int, dict[str, int]]],
+    bytes | None,
+]
+"""What the C reader returns: a :class:`TaskFilesRow`'s fields, its threads as tuples."""
+
 PROC = "/proc"
 
 
@@ -58,7 +70,7 @@ def map_files_path(pid: int, start: int, end: int) -> str:
     return f"{PROC}/{pid}/map_files/{start:x}-{end:x}"
 
 
-_read_task_files_c: Callable[..., tuple[object, ...]] | None
+_read_task_files_c: Callable[[int, list[int], set[MapKey], bool], TaskFilesTuple] | None
 FdRow: Callable[[Sequence[object]], RawFd]
 try:
     from ._fdscan import FdRow
@@ -74,7 +86,11 @@ def read_task_files(
     """The task's files (its leader ``pid``; ``tids``, its other threads), the mapped
     files whose key is not in ``known`` read and their keys added to it."""
     if _read_task_files_c is not None:
-        return TaskFilesRow._make(_read_task_files_c(pid, list(tids), known, cmdline))
+        cwd, root, exe, ns, maps, mapped, threads, line = _read_task_files_c(
+            pid, list(tids), known, cmdline
+        )
+        threads_named = [ThreadFilesRow._make(t) for t in threads]
+        return TaskFilesRow(cwd, root, exe, ns, maps, mapped, threads_named, line)
     return _read_task_files_py(pid, tids, known, cmdline)
 
 
