@@ -6,18 +6,22 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 from typing import Any, cast
 
+import msgspec
 import pytest
 
 import asyckpt
-from asyckpt import File, read_image
+from asyckpt import FdFacts, File, HandlerContext, read_image
 from asyckpt._parts import NewFile
-from asyckpt._procparse import parse_maps
-from asyckpt._rows import MapRow, RawFd, TaskFilesRow
+from asyckpt._plugins.contract import StatInfo
+from asyckpt._procparse import FdInfo, parse_maps
+from asyckpt._rows import MapRow, RawFd, TaskFilesRow, stat_fields
 from asyckpt._taskfiles import TaskFileResolver
 from asyckpt._taskread import _read_task_files_py, read_task_files
+from asyckpt.testing import dispatch_with
 
 from .conftest import WORKLOADS, Tree
 from .test_capture import capture
@@ -301,3 +305,75 @@ def test_every_held_file_is_a_file_of_the_image(held_tree: Tree, tmp_path: Path)
             assert ref is not None
             f: File = image.files[ref]
             assert not f.description
+
+
+class HeldRecord(msgspec.Struct, tag="test.held", tag_field="kind", kw_only=True):
+    held: str
+    fd: int
+    o_path: bool
+    size: int
+
+
+class HeldRecorder:
+    """Tells, for every regular file and directory, how the task holds it."""
+
+    name = "heldrec"
+    kinds = frozenset({"reg", "dir"})
+    priority = 5
+    record_type = HeldRecord
+
+    def capture(self, facts: FdFacts, ctx: HandlerContext) -> HeldRecord:
+        # take_fd works for both: the description, or an O_PATH descriptor of the file.
+        size = os.fstat(ctx.take_fd(facts.fd)).st_size
+        o_path = bool(facts.fdinfo.flags & os.O_PATH)
+        return HeldRecord(held=ctx.held, fd=facts.fd, o_path=o_path, size=size)
+
+
+def test_a_handler_can_tell_how_a_file_is_held(held_tree: Tree, tmp_path: Path) -> None:
+    info = held_tree.info
+    capture(held_tree, tmp_path / "h.ackpt", dispatch_with(HeldRecorder))
+    image = read_image(tmp_path / "h.ackpt")
+    task = _task(image, info["held"])
+
+    def record(file_id: int | None) -> HeldRecord:
+        assert file_id is not None
+        f = image.files[file_id]
+        assert f.handler == "heldrec", f.error
+        return msgspec.msgpack.decode(f.data, type=HeldRecord)
+
+    assert record(task.exe) == HeldRecord(held="exe", fd=-1, o_path=True, size=info["exe_size"])
+    assert record(task.cwd).held == "cwd" and record(task.root_file).held == "root"
+    by_start = {m.start: m.file for m in task.mappings}
+    assert record(by_start[info["mapped"]]) == HeldRecord(
+        held="map", fd=-1, o_path=True, size=len(DATA)
+    )
+    fds = [f for f in image.files.values() if f.description and f.type == "reg"]
+    assert fds and all(record(f.id).held == "fd" and record(f.id).fd >= 0 for f in fds)
+
+
+def test_bundled_handlers_take_a_mapped_device(tmp_path: Path) -> None:
+    """A device reached through a mapping goes to the devices plugin as an O_PATH fd would:
+    described, no ioctl, no crash.  (A node made here: opening it with O_PATH runs no
+    driver code.)"""
+    node = tmp_path / "null-like"
+    os.mknod(node, 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    st = os.stat(node)
+    facts = FdFacts(
+        os.getpid(),
+        os.getpid(),
+        -1,
+        "chr",
+        str(node),
+        str(node),
+        False,
+        StatInfo(*stat_fields(st)),
+        FdInfo(0, os.O_PATH, 0, st.st_ino, ()),
+    )
+    handler = asyckpt.load_handlers().choose(facts)
+    assert handler is not None and handler.name in ("mem", "chr")
+    ctx = HandlerContext(os.getpid(), held="map", held_path=str(node))
+    try:
+        record = handler.capture(facts, ctx)
+    finally:
+        ctx._close()
+    assert type(record) is handler.record_type

@@ -452,7 +452,7 @@ class RecordBuilder:
                 st.st_ino,
                 st.st_size,
                 st.st_blocks * 512,
-                ctx.take_fd if ctx.held == "fd" else ctx._take_held,
+                ctx.take_fd,
             )
         finally:
             ctx._release()
