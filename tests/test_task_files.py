@@ -377,3 +377,13 @@ def test_bundled_handlers_take_a_mapped_device(tmp_path: Path) -> None:
     finally:
         ctx._close()
     assert type(record) is handler.record_type
+
+
+def test_tree_cmdline_option(held_tree: Tree, tmp_path: Path) -> None:
+    info = held_tree.info
+    for flags, expected in (([], None), (["--cmdline"], ["--held"])):
+        out = tmp_path / f"c{len(flags)}.ackpt"
+        proc = run("tree", str(info["pid"]), "-o", str(out), "-q", *flags)
+        assert proc.returncode == 0, proc.stderr
+        cmdline = _task(read_image(out), info["held"]).cmdline
+        assert (cmdline if cmdline is None else cmdline[3:4]) == expected
