@@ -101,7 +101,8 @@ CRAFTED = [
      "fd table 1: fd 2 is out of order (after fd 3)"),
     ("ghost-file-not-saved", _set("file", "ghost_file", 9, id=1), "ghost_file 9 with ghost 'none'"),
     # Files held by reference (format 4).
-    ("cwd-undefined", _set("task", "cwd", 99, pid=100), "task 100: cwd refers to undefined file 99"),
+    ("cwd-undefined", _set("task", "cwd", 99, pid=100),
+     "task 100: cwd refers to undefined file 99"),
     ("exe-is-a-description", _set("task", "exe", 1, pid=100),
      "exe refers to file 1, an open file description"),
     ("mapping-of-a-description", _mapping(4, 1), "mapping 0x400000 refers to file 1, an open"),
@@ -122,7 +123,8 @@ CRAFTED = [
      "fd 12 refers to file 12, held by reference"),
     ("cmdline-not-its-bytes", _set("task", "cmdline", ["server", "--name=x"], pid=100),
      "cmdline is not its cmdline_bytes"),
-    ("cmdline-bytes-alone", _set("task", "cmdline", None, pid=100), "cmdline_bytes without cmdline"),
+    ("cmdline-bytes-alone", _set("task", "cmdline", None, pid=100),
+     "cmdline_bytes without cmdline"),
     ("namespace-inode-negative", _set("task", "namespaces", {"net": -1}, pid=100),
      "`$.namespaces[...]`"),
 ]  # fmt: skip
