@@ -15,7 +15,7 @@ import pytest
 
 import asyckpt
 from asyckpt import FdFacts, File, HandlerContext, read_image
-from asyckpt._parts import NewFile
+from asyckpt._parts import NewFile, mappings
 from asyckpt._plugins.contract import StatInfo
 from asyckpt._procparse import FdInfo, parse_maps
 from asyckpt._rows import MapRow, RawFd, TaskFilesRow, stat_fields
@@ -256,7 +256,13 @@ def test_a_mapped_file_is_read_once_per_capture(held_tree: Tree, reader: str) ->
     first = read(info["held"], [], known, False)
     assert isinstance(first.maps, list)
     keys = {(r.dev, r.ino) for r in first.maps} - {(0, 0)}
-    assert known == keys and len(first.mapped) == len(keys)
+    assert known == keys and len(first.mapped) == len(keys) == len(first.firsts)
+    # firsts: the first range of each file, in address order.
+    rows = first.maps
+    assert [(rows[i].dev, rows[i].ino) for i in first.firsts] == list(
+        dict.fromkeys((r.dev, r.ino) for r in rows if (r.dev, r.ino) != (0, 0))
+    )
+    assert sorted(first.mapped) == first.firsts
     # The grandchild maps the same files: none is read again.
     assert read(info["ns_child"], [], known, False).mapped == {}
 
@@ -282,13 +288,13 @@ def test_unreadable_task_files_are_noted_not_fatal() -> None:
         MapRow(0x5000, 0x6000, "rw-p", 0, 0, 0, b"[heap]"),
     ]
     row = TaskFilesRow(
-        errno.EACCES, _held_row(5), errno.ENOENT, {"net": 9}, maps, {0: errno.EPERM}, [], None
+        errno.EACCES, _held_row(5), errno.ENOENT, {"net": 9}, maps, [0], {0: errno.EPERM}, [], None
     )
     part = resolver.resolve(100, "/", row)
-    assert (part.cwd, part.root, part.exe, part.mappings) == (None, 1, None, [])
+    assert (part.cwd, part.root, part.exe, mappings(part)) == (None, 1, None, [])
     assert part.error == "cwd: Permission denied; map: Operation not permitted"
     assert [args[6] for args in made] == ["/proc/100/root"]
-    unreadable_maps = row._replace(maps=errno.EACCES, cwd=_held_row(5))
+    unreadable_maps = row._replace(maps=errno.EACCES, firsts=[], cwd=_held_row(5))
     again = resolver.resolve(101, "/", unreadable_maps)
     assert (again.cwd, again.root, again.error) == (1, 1, "maps: Permission denied")
     assert len(made) == 1  # the same inode: the record made for task 100
@@ -387,3 +393,21 @@ def test_tree_cmdline_option(held_tree: Tree, tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stderr
         cmdline = _task(read_image(out), info["held"]).cmdline
         assert (cmdline if cmdline is None else cmdline[3:4]) == expected
+
+
+def test_held_files_over_the_ghost_limit(held_tree: Tree, tmp_path: Path) -> None:
+    """The same rules as an fd's unlinked file: noted and not saved, or --strict fails."""
+    info = held_tree.info
+    summary = capture(held_tree, tmp_path / "g.ackpt", ghost_limit=4096)
+    notes = [n.message() for n in summary.ghost_notes]
+    mapped = f"pid {info['held']}: unlinked file {info['workdir']}/mapped-data (16 KiB"
+    assert any(n.startswith(mapped) and "exceeds --ghost-limit 4 KiB" in n for n in notes), notes
+    image = read_image(tmp_path / "g.ackpt")
+    task = _task(image, info["held"])
+    assert task.exe is not None and image.files[task.exe].ghost == "too-big"
+    proc = run(
+        "tree", str(info["pid"]), "-o", str(tmp_path / "s.ackpt"), "--strict", "--ghost-limit", "4K"
+    )
+    assert proc.returncode == 8, proc.stderr
+    assert "--strict: unlinked file" in proc.stderr and "fd=-1" not in proc.stderr
+    assert not (tmp_path / "s.ackpt").exists()

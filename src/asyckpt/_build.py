@@ -459,7 +459,8 @@ class RecordBuilder:
         if self._strict and ghost.state in ("too-big", "failed"):
             # Only the first description of an inode can get here: that one raised.
             msg = self.ghosts.notes[-1].message().split(": ", 1)[1]
-            raise StrictViolation(f"--strict: {msg}", pid=facts.pid, fd=facts.fd)
+            fd = facts.fd if facts.fd >= 0 else None  # -1: held without an fd
+            raise StrictViolation(f"--strict: {msg}", pid=facts.pid, fd=fd)
         return ghost
 
     @property

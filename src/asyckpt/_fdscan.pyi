@@ -43,6 +43,7 @@ def read_task_files(
     RawFd | int,
     dict[str, int],
     list[_MapRow] | int,
+    list[int],
     dict[int, RawFd | int],
     list[tuple[int, RawFd | int, RawFd | int, dict[str, int]]],
     bytes | None,

@@ -2,14 +2,15 @@
  * asyckpt._fdscan, second half: a task's files held by reference, read without the GIL.
  *
  * read_task_files(pid, tids, known, cmdline) -> (cwd, root, exe, namespaces, maps,
- *                                              mapped, threads, cmdline)
+ *                                              firsts, mapped, threads, cmdline)
  *   as _rows.TaskFilesRow (the caller names it), read in three steps:
  *   1. without the GIL: cwd, root and exe (readlink + statx through the magic link, for
  *      st_* and the mount id), every /proc/PID/ns entry (stat, no open), the whole maps
  *      file (read until EOF: seq_file gives it a buffer at a time) parsed into rows, the
  *      other threads' cwd, root and namespaces, and cmdline when asked;
- *   2. with the GIL, for a moment: each file-backed row's (dev, ino) looked up in the
- *      capture's `known` set, and added; the first row of each key not there is wanted;
+ *   2. with the GIL, for a moment: the first row of each file-backed (dev, ino) of the
+ *      task (firsts), its key looked up in the capture's `known` set, and added; the
+ *      first row of each key not there is wanted;
  *   3. without the GIL: readlink + statx of /proc/PID/map_files/START-END of the wanted
  *      rows (CAP_SYS_ADMIN: an EPERM is that file's errno, not a failure of the call).
  * A held file is an FdRow of fd -1, pos 0, flags O_PATH, no fdinfo; an int in its
@@ -58,6 +59,7 @@ struct maprow {
     unsigned int major, minor;
     char perms[4];
     size_t name, name_len;  /* offset and length of the name in the maps text */
+    int first;              /* the first row of its (dev, ino) in this task */
     int wanted;             /* step 3 reads its file */
     struct held file;
 };
@@ -277,20 +279,33 @@ static void read_task(struct task_read *t, int cmdline) {
     read_ns(base, &t->ns);
 }
 
-/* Step 2, with the GIL: which rows' files to read.  -1 with an exception set. */
+/* Step 2, with the GIL: which rows are the first of their file in the task, and which
+ * of those the capture has not read yet.  -1 with an exception set. */
 static int pick_wanted(struct task_read *t, PyObject *known) {
+    PyObject *here = PySet_New(NULL);
+    if (!here) return -1;
     for (size_t i = 0; i < t->n_rows; i++) {
         struct maprow *r = &t->rows[i];
         unsigned long long dev = row_dev(r);
         if (dev == 0 && r->ino == 0) continue;  /* anonymous */
         PyObject *key = Py_BuildValue("(KK)", dev, r->ino);
-        if (!key) return -1;
-        int seen = PySet_Contains(known, key);
-        if (seen == 0) r->wanted = 1;
-        if (seen == 0 && PySet_Add(known, key) < 0) seen = -1;
+        if (!key) { Py_DECREF(here); return -1; }
+        int seen = PySet_Contains(here, key);
+        if (seen == 0) {
+            r->first = 1;
+            seen = PySet_Add(here, key);
+            if (seen == 0) {
+                seen = PySet_Contains(known, key);
+                if (seen == 0) {
+                    r->wanted = 1;
+                    seen = PySet_Add(known, key);
+                }
+            }
+        }
         Py_DECREF(key);
-        if (seen < 0) return -1;
+        if (seen < 0) { Py_DECREF(here); return -1; }
     }
+    Py_DECREF(here);
     return 0;
 }
 
@@ -417,14 +432,22 @@ static PyObject *rows_obj(const char *text, const struct maprow *rows, size_t n)
 }
 
 static PyObject *result_obj(const struct task_read *t) {
-    PyObject *maps = NULL, *mapped = NULL, *threads = NULL, *cmdline = NULL;
+    PyObject *maps = NULL, *firsts = NULL, *mapped = NULL, *threads = NULL, *cmdline = NULL;
     PyObject *cwd = held_obj(&t->cwd), *root = held_obj(&t->root), *exe = held_obj(&t->exe);
     PyObject *ns = ns_obj(&t->ns);
     if (!cwd || !root || !exe || !ns) goto fail;
     maps = t->maps_err ? PyLong_FromLong(t->maps_err) : rows_obj(t->maps, t->rows, t->n_rows);
+    firsts = PyList_New(0);
     mapped = PyDict_New();
     threads = PyList_New((Py_ssize_t)t->n_threads);
-    if (!maps || !mapped || !threads) goto fail;
+    if (!maps || !firsts || !mapped || !threads) goto fail;
+    for (size_t i = 0; i < t->n_rows; i++) {
+        if (!t->rows[i].first) continue;
+        PyObject *k = PyLong_FromSize_t(i);
+        int rc = k ? PyList_Append(firsts, k) : -1;
+        Py_XDECREF(k);
+        if (rc < 0) goto fail;
+    }
     for (size_t i = 0; i < t->n_rows; i++) {
         if (!t->rows[i].wanted) continue;
         PyObject *k = PyLong_FromSize_t(i), *v = held_obj(&t->rows[i].file);
@@ -445,13 +468,15 @@ static PyObject *result_obj(const struct task_read *t) {
     else
         cmdline = Py_NewRef(Py_None);
     if (!cmdline) goto fail;
-    return Py_BuildValue("(NNNNNNNN)", cwd, root, exe, ns, maps, mapped, threads, cmdline);
+    return Py_BuildValue("(NNNNNNNNN)", cwd, root, exe, ns, maps, firsts, mapped, threads,
+                         cmdline);
 fail:
     Py_XDECREF(cwd);
     Py_XDECREF(root);
     Py_XDECREF(exe);
     Py_XDECREF(ns);
     Py_XDECREF(maps);
+    Py_XDECREF(firsts);
     Py_XDECREF(mapped);
     Py_XDECREF(threads);
     Py_XDECREF(cmdline);

@@ -49,6 +49,7 @@ TaskFilesTuple = tuple[
     RawFd | int,
     dict[str, int],
     list[MapRow] | int,
+    list[int],
     dict[int, RawFd | int],
     list[tuple[int, RawFd | int, RawFd | int, dict[str, int]]],
     bytes | None,
@@ -86,11 +87,11 @@ def read_task_files(
     """The task's files (its leader ``pid``; ``tids``, its other threads), the mapped
     files whose key is not in ``known`` read and their keys added to it."""
     if _read_task_files_c is not None:
-        cwd, root, exe, ns, maps, mapped, threads, line = _read_task_files_c(
+        cwd, root, exe, ns, maps, firsts, mapped, threads, line = _read_task_files_c(
             pid, list(tids), known, cmdline
         )
         threads_named = [ThreadFilesRow._make(t) for t in threads]
-        return TaskFilesRow(cwd, root, exe, ns, maps, mapped, threads_named, line)
+        return TaskFilesRow(cwd, root, exe, ns, maps, firsts, mapped, threads_named, line)
     return _read_task_files_py(pid, tids, known, cmdline)
 
 
@@ -150,12 +151,17 @@ def _read_task_files_py(
         except ValueError:
             maps = errno.EPROTO
     mapped: dict[int, RawFd | int] = {}
+    firsts: list[int] = []
+    here: set[MapKey] = set()
     for i, row in enumerate(maps if isinstance(maps, list) else ()):
         key = (row.dev, row.ino)
-        if key == (0, 0) or key in known:
+        if key == (0, 0) or key in here:
             continue
-        known.add(key)
-        mapped[i] = read_held(map_files_path(pid, row.start, row.end))
+        here.add(key)
+        firsts.append(i)
+        if key not in known:
+            known.add(key)
+            mapped[i] = read_held(map_files_path(pid, row.start, row.end))
     threads = [
         ThreadFilesRow(
             tid,
@@ -172,6 +178,7 @@ def _read_task_files_py(
         read_held(f"{base}/exe"),
         _namespaces(base),
         maps,
+        firsts,
         mapped,
         threads,
         line if isinstance(line, bytes) else None,
