@@ -242,7 +242,7 @@ def test_c_and_python_readers_agree(held_tree: Tree) -> None:
     c = read_task_files(pid, tids, set(), True)
     py = _read_task_files_py(pid, tids, set(), True)
     assert c == py
-    assert isinstance(c.maps, list) and c.mapped and c.threads[0].tid == info["thread"]
+    assert isinstance(c.maps, bytes) and c.mapped and c.threads[0].tid == info["thread"]
     assert type(c.cwd) is _fdscan.FdRow and type(py.cwd) is _fdscan.FdRow
 
 
@@ -254,15 +254,17 @@ def test_a_mapped_file_is_read_once_per_capture(held_tree: Tree, reader: str) ->
     info = held_tree.info
     known: set[tuple[int, int]] = set()
     first = read(info["held"], [], known, False)
-    assert isinstance(first.maps, list)
-    keys = {(r.dev, r.ino) for r in first.maps} - {(0, 0)}
+    assert isinstance(first.maps, bytes)
+    rows = parse_maps(first.maps)
+    keys = {(r.dev, r.ino) for r in rows} - {(0, 0)}
     assert known == keys and len(first.mapped) == len(keys) == len(first.firsts)
-    # firsts: the first range of each file, in address order.
-    rows = first.maps
-    assert [(rows[i].dev, rows[i].ino) for i in first.firsts] == list(
-        dict.fromkeys((r.dev, r.ino) for r in rows if (r.dev, r.ino) != (0, 0))
-    )
-    assert sorted(first.mapped) == first.firsts
+    # firsts: the first range of each file, in address order; each read (mapped).
+    firsts = {}
+    for r in rows:
+        if (r.dev, r.ino) != (0, 0):
+            firsts.setdefault((r.dev, r.ino), r)
+    assert [tuple(r) for r in first.firsts] == [tuple(r) for r in firsts.values()]
+    assert sorted(first.mapped) == list(range(len(first.firsts)))
     # The grandchild maps the same files: none is read again.
     assert read(info["ns_child"], [], known, False).mapped == {}
 
@@ -282,13 +284,22 @@ def test_unreadable_task_files_are_noted_not_fatal() -> None:
         return cast(NewFile, args)
 
     resolver = TaskFileResolver(lambda: next(ids), new_held, cmdline=False)
-    maps = [
-        MapRow(0x1000, 0x2000, "r--p", 0, 65024, 77, b"/lib/a"),
-        MapRow(0x2000, 0x3000, "r-xp", 4096, 65024, 77, b"/lib/a"),
-        MapRow(0x5000, 0x6000, "rw-p", 0, 0, 0, b"[heap]"),
-    ]
+    maps = (
+        b"1000-2000 r--p 00000000 fe:00 77 /lib/a\n"
+        b"2000-3000 r-xp 00001000 fe:00 77 /lib/a\n"
+        b"5000-6000 rw-p 00000000 00:00 0 [heap]\n"
+    )
+    first = MapRow(0x1000, 0x2000, "r--p", 0, 65024, 77, b"/lib/a")
     row = TaskFilesRow(
-        errno.EACCES, _held_row(5), errno.ENOENT, {"net": 9}, maps, [0], {0: errno.EPERM}, [], None
+        errno.EACCES,
+        _held_row(5),
+        errno.ENOENT,
+        {"net": 9},
+        maps,
+        [first],
+        {0: errno.EPERM},
+        [],
+        None,
     )
     part = resolver.resolve(100, "/", row)
     assert (part.cwd, part.root, part.exe, mappings(part)) == (None, 1, None, [])

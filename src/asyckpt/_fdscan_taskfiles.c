@@ -3,6 +3,9 @@
  *
  * read_task_files(pid, tids, known, cmdline) -> (cwd, root, exe, namespaces, maps,
  *                                              firsts, mapped, threads, cmdline)
+ *   maps is the maps text as read (parsed again after the thaw, when the ranges become
+ *   records), firsts a MapRow for the first range of each file-backed (dev, ino), and
+ *   mapped, by index in firsts, the files read in step 3;
  *   as _rows.TaskFilesRow (the caller names it), read in three steps:
  *   1. without the GIL: cwd, root and exe (readlink + statx through the magic link, for
  *      st_* and the mount id), every /proc/PID/ns entry (stat, no open), the whole maps
@@ -402,31 +405,36 @@ static PyStructSequence_Desc map_row_desc = {
     map_row_fields, 7,
 };
 
+static PyObject *row_obj(const char *text, const struct maprow *r) {
+    PyObject *row = asyckpt_new_row(map_row_type, 7);
+    if (!row) return NULL;
+    PyObject *v[7] = {
+        PyLong_FromUnsignedLongLong(r->start),
+        PyLong_FromUnsignedLongLong(r->end),
+        PyUnicode_FromStringAndSize(r->perms, 4),
+        PyLong_FromUnsignedLongLong(r->offset),
+        PyLong_FromUnsignedLongLong(row_dev(r)),
+        PyLong_FromUnsignedLongLong(r->ino),
+        PyBytes_FromStringAndSize(text + r->name, (Py_ssize_t)r->name_len),
+    };
+    for (int k = 0; k < 7; k++) {
+        if (!v[k]) {
+            for (int j = k + 1; j < 7; j++) Py_XDECREF(v[j]);
+            Py_DECREF(row);
+            return NULL;
+        }
+        PyStructSequence_SET_ITEM(row, k, v[k]);
+    }
+    return row;
+}
+
 static PyObject *rows_obj(const char *text, const struct maprow *rows, size_t n) {
     PyObject *list = PyList_New((Py_ssize_t)n);
     if (!list) return NULL;
     for (size_t i = 0; i < n; i++) {
-        const struct maprow *r = &rows[i];
-        PyObject *row = asyckpt_new_row(map_row_type, 7);
+        PyObject *row = row_obj(text, &rows[i]);
         if (!row) { Py_DECREF(list); return NULL; }
         PyList_SET_ITEM(list, (Py_ssize_t)i, row);
-        PyObject *v[7] = {
-            PyLong_FromUnsignedLongLong(r->start),
-            PyLong_FromUnsignedLongLong(r->end),
-            PyUnicode_FromStringAndSize(r->perms, 4),
-            PyLong_FromUnsignedLongLong(r->offset),
-            PyLong_FromUnsignedLongLong(row_dev(r)),
-            PyLong_FromUnsignedLongLong(r->ino),
-            PyBytes_FromStringAndSize(text + r->name, (Py_ssize_t)r->name_len),
-        };
-        for (int k = 0; k < 7; k++) {
-            if (!v[k]) {
-                for (int j = k + 1; j < 7; j++) Py_XDECREF(v[j]);
-                Py_DECREF(list);
-                return NULL;
-            }
-            PyStructSequence_SET_ITEM(row, k, v[k]);
-        }
     }
     return list;
 }
@@ -436,22 +444,24 @@ static PyObject *result_obj(const struct task_read *t) {
     PyObject *cwd = held_obj(&t->cwd), *root = held_obj(&t->root), *exe = held_obj(&t->exe);
     PyObject *ns = ns_obj(&t->ns);
     if (!cwd || !root || !exe || !ns) goto fail;
-    maps = t->maps_err ? PyLong_FromLong(t->maps_err) : rows_obj(t->maps, t->rows, t->n_rows);
+    /* The text, not a row per line: the ranges are made into records after the thaw;
+     * rows only for the first range of each file, which the resolver needs now. */
+    maps = t->maps_err ? PyLong_FromLong(t->maps_err)
+                       : PyBytes_FromStringAndSize(t->maps, (Py_ssize_t)t->maps_len);
     firsts = PyList_New(0);
     mapped = PyDict_New();
     threads = PyList_New((Py_ssize_t)t->n_threads);
     if (!maps || !firsts || !mapped || !threads) goto fail;
     for (size_t i = 0; i < t->n_rows; i++) {
-        if (!t->rows[i].first) continue;
-        PyObject *k = PyLong_FromSize_t(i);
-        int rc = k ? PyList_Append(firsts, k) : -1;
-        Py_XDECREF(k);
+        const struct maprow *r = &t->rows[i];
+        if (!r->first) continue;
+        PyObject *row = row_obj(t->maps, r);
+        int rc = row ? PyList_Append(firsts, row) : -1;
+        Py_XDECREF(row);
         if (rc < 0) goto fail;
-    }
-    for (size_t i = 0; i < t->n_rows; i++) {
-        if (!t->rows[i].wanted) continue;
-        PyObject *k = PyLong_FromSize_t(i), *v = held_obj(&t->rows[i].file);
-        int rc = (k && v) ? PyDict_SetItem(mapped, k, v) : -1;
+        if (!r->wanted) continue;
+        PyObject *k = PyLong_FromSsize_t(PyList_GET_SIZE(firsts) - 1), *v = held_obj(&r->file);
+        rc = (k && v) ? PyDict_SetItem(mapped, k, v) : -1;
         Py_XDECREF(k);
         Py_XDECREF(v);
         if (rc < 0) goto fail;

@@ -104,14 +104,16 @@ class TaskFilesRow(NamedTuple):
     exe: RawFd | int
     namespaces: dict[str, int]
     """Type -> inode, for each ``/proc/PID/ns`` entry that exists."""
-    maps: list[MapRow] | int
-    """Every line of ``maps`` (anonymous ones too), or the errno reading it failed with."""
-    firsts: list[int]
-    """The index in ``maps`` of the first row of each file-backed (dev, ino) of the task,
-    in row order: what the resolver walks (a file mapped in many ranges is one entry)."""
+    maps: bytes | int
+    """The ``maps`` text as read (parsed, so known to be well formed), or the errno
+    reading it failed with (``EPROTO``: malformed).  Its ranges become records after the
+    thaw (``_parts.mappings``): no object per range is made while frozen."""
+    firsts: list[MapRow]
+    """The first range of each file-backed (dev, ino) of the task, in address order: what
+    the resolver walks (a file mapped in many ranges is one entry)."""
     mapped: dict[int, RawFd | int]
-    """Index in ``maps`` -> its file, read through ``map_files``, for the first row of each
-    file-backed (dev, ino) that the capture had not read yet."""
+    """Index in ``firsts`` -> its file, read through ``map_files``, for each file that
+    the capture had not read yet."""
     threads: list[ThreadFilesRow]
     cmdline: bytes | None
     """``/proc/PID/cmdline`` when asked for (NUL-separated), else None."""

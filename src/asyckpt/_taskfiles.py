@@ -69,13 +69,12 @@ class TaskFileResolver:
         cwd = held("cwd", row.cwd, pid, held_path(pid, pid, "cwd"))
         root_id = held("root", row.root, pid, held_path(pid, pid, "root"))
         exe = held("exe", row.exe, pid, held_path(pid, pid, "exe"))
-        maps = [] if isinstance(row.maps, int) else row.maps
+        maps = b"" if isinstance(row.maps, int) else row.maps
         failed: set[MapKey] = set()
         if isinstance(row.maps, int):
             errors.append(_why("maps", row.maps))
         # One step per distinct file, not per range: the ranges are listed after the thaw.
-        for i in row.firsts if maps else ():
-            m = maps[i]
+        for i, m in enumerate(row.firsts):
             key = (m.dev, m.ino)
             if key in self._by_map_key:
                 continue

@@ -48,8 +48,8 @@ TaskFilesTuple = tuple[
     RawFd | int,
     RawFd | int,
     dict[str, int],
-    list[MapRow] | int,
-    list[int],
+    bytes | int,
+    list[MapRow],
     dict[int, RawFd | int],
     list[tuple[int, RawFd | int, RawFd | int, dict[str, int]]],
     bytes | None,
@@ -142,26 +142,25 @@ def _read_task_files_py(
     """The fallback for ``_fdscan.read_task_files``: the same result, slower."""
     base = f"{PROC}/{pid}"
     data = _read_all(f"{base}/maps")
-    maps: list[MapRow] | int
-    if isinstance(data, int):
-        maps = data
-    else:
+    rows: list[MapRow] = []
+    maps: bytes | int = data
+    if isinstance(data, bytes):
         try:
-            maps = parse_maps(data)
+            rows = parse_maps(data)
         except ValueError:
             maps = errno.EPROTO
     mapped: dict[int, RawFd | int] = {}
-    firsts: list[int] = []
+    firsts: list[MapRow] = []
     here: set[MapKey] = set()
-    for i, row in enumerate(maps if isinstance(maps, list) else ()):
+    for row in rows:
         key = (row.dev, row.ino)
         if key == (0, 0) or key in here:
             continue
         here.add(key)
-        firsts.append(i)
+        firsts.append(row)
         if key not in known:
             known.add(key)
-            mapped[i] = read_held(map_files_path(pid, row.start, row.end))
+            mapped[len(firsts) - 1] = read_held(map_files_path(pid, row.start, row.end))
     threads = [
         ThreadFilesRow(
             tid,
