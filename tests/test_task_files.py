@@ -257,7 +257,8 @@ def test_a_mapped_file_is_read_once_per_capture(held_tree: Tree, reader: str) ->
     assert isinstance(first.maps, bytes)
     rows = parse_maps(first.maps)
     keys = {(r.dev, r.ino) for r in rows} - {(0, 0)}
-    assert known == keys and len(first.mapped) == len(keys) == len(first.firsts)
+    assert known == keys == first.keys
+    assert len(first.mapped) == len(keys) == len(first.firsts)
     # firsts: the first range of each file, in address order; each read (mapped).
     firsts = {}
     for r in rows:
@@ -297,6 +298,7 @@ def test_unreadable_task_files_are_noted_not_fatal() -> None:
         {"net": 9},
         maps,
         [first],
+        {(65024, 77)},
         {0: errno.EPERM},
         [],
         None,
@@ -305,7 +307,7 @@ def test_unreadable_task_files_are_noted_not_fatal() -> None:
     assert (part.cwd, part.root, part.exe, mappings(part)) == (None, 1, None, [])
     assert part.error == "cwd: Permission denied; map: Operation not permitted"
     assert [args[6] for args in made] == ["/proc/100/root"]
-    unreadable_maps = row._replace(maps=errno.EACCES, firsts=[], cwd=_held_row(5))
+    unreadable_maps = row._replace(maps=errno.EACCES, firsts=[], keys=set(), cwd=_held_row(5))
     again = resolver.resolve(101, "/", unreadable_maps)
     assert (again.cwd, again.root, again.error) == (1, 1, "maps: Permission denied")
     assert len(made) == 1  # the same inode: the record made for task 100
@@ -422,3 +424,31 @@ def test_held_files_over_the_ghost_limit(held_tree: Tree, tmp_path: Path) -> Non
     assert proc.returncode == 8, proc.stderr
     assert "--strict: unlinked file" in proc.stderr and "fd=-1" not in proc.stderr
     assert not (tmp_path / "s.ackpt").exists()
+
+
+def test_a_file_read_by_a_later_tasks_scan_is_read_by_the_resolver(held_tree: Tree) -> None:
+    """With two scan workers, a task later in tree order may be scanned first and read a
+    shared file: the earlier task's row then lacks it, and the resolver reads it, still
+    in address order."""
+    info = held_tree.info
+    made: list[tuple[Any, ...]] = []
+    ids = iter(range(1, 10_000))
+
+    def new_held(*args: Any) -> NewFile:
+        made.append(args)
+        return cast(NewFile, args)
+
+    resolver = TaskFileResolver(lambda: next(ids), new_held, cmdline=False)
+    resolver.read(info["ns_child"], [info["ns_child"]])  # the later task, scanned first
+    row = resolver.read(info["held"], [info["held"], info["thread"]])
+    assert row.mapped == {} and row.firsts
+    part = resolver.resolve(info["held"], "/", row)
+    assert part.error is None
+    ranges = mappings(part)
+    assert len(ranges) == len([r for r in parse_maps(cast(bytes, row.maps)) if r.ino])
+    # Every mapped file got its record (the executable's as "exe", met first).
+    assert {args[0] for args in made} >= {file_id for *_, file_id in ranges}
+    assert len({file_id for *_, file_id in ranges}) == len(row.firsts)
+    # Ids by first range in address order, as a single worker would give them.
+    firsts_ids = [ranges_id for *_, ranges_id in ranges]
+    assert list(dict.fromkeys(firsts_ids)) == sorted(set(firsts_ids))

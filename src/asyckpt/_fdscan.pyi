@@ -44,6 +44,7 @@ def read_task_files(
     dict[str, int],
     bytes | int,
     list[_MapRow],
+    set[tuple[int, int]],
     dict[int, RawFd | int],
     list[tuple[int, RawFd | int, RawFd | int, dict[str, int]]],
     bytes | None,

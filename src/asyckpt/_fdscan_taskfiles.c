@@ -2,10 +2,10 @@
  * asyckpt._fdscan, second half: a task's files held by reference, read without the GIL.
  *
  * read_task_files(pid, tids, known, cmdline) -> (cwd, root, exe, namespaces, maps,
- *                                              firsts, mapped, threads, cmdline)
+ *                                              firsts, keys, mapped, threads, cmdline)
  *   maps is the maps text as read (parsed again after the thaw, when the ranges become
- *   records), firsts a MapRow for the first range of each file-backed (dev, ino), and
- *   mapped, by index in firsts, the files read in step 3;
+ *   records), firsts a MapRow for the first range of each file-backed (dev, ino), keys
+ *   the set of those (dev, ino), and mapped, by index in firsts, the files read in step 3;
  *   as _rows.TaskFilesRow (the caller names it), read in three steps:
  *   1. without the GIL: cwd, root and exe (readlink + statx through the magic link, for
  *      st_* and the mount id), every /proc/PID/ns entry (stat, no open), the whole maps
@@ -284,15 +284,13 @@ static void read_task(struct task_read *t, int cmdline) {
 
 /* Step 2, with the GIL: which rows are the first of their file in the task, and which
  * of those the capture has not read yet.  -1 with an exception set. */
-static int pick_wanted(struct task_read *t, PyObject *known) {
-    PyObject *here = PySet_New(NULL);
-    if (!here) return -1;
+static int pick_wanted(struct task_read *t, PyObject *known, PyObject *here) {
     for (size_t i = 0; i < t->n_rows; i++) {
         struct maprow *r = &t->rows[i];
         unsigned long long dev = row_dev(r);
         if (dev == 0 && r->ino == 0) continue;  /* anonymous */
         PyObject *key = Py_BuildValue("(KK)", dev, r->ino);
-        if (!key) { Py_DECREF(here); return -1; }
+        if (!key) return -1;
         int seen = PySet_Contains(here, key);
         if (seen == 0) {
             r->first = 1;
@@ -306,9 +304,8 @@ static int pick_wanted(struct task_read *t, PyObject *known) {
             }
         }
         Py_DECREF(key);
-        if (seen < 0) { Py_DECREF(here); return -1; }
+        if (seen < 0) return -1;
     }
-    Py_DECREF(here);
     return 0;
 }
 
@@ -439,7 +436,7 @@ static PyObject *rows_obj(const char *text, const struct maprow *rows, size_t n)
     return list;
 }
 
-static PyObject *result_obj(const struct task_read *t) {
+static PyObject *result_obj(const struct task_read *t, PyObject *keys) {
     PyObject *maps = NULL, *firsts = NULL, *mapped = NULL, *threads = NULL, *cmdline = NULL;
     PyObject *cwd = held_obj(&t->cwd), *root = held_obj(&t->root), *exe = held_obj(&t->exe);
     PyObject *ns = ns_obj(&t->ns);
@@ -478,7 +475,7 @@ static PyObject *result_obj(const struct task_read *t) {
     else
         cmdline = Py_NewRef(Py_None);
     if (!cmdline) goto fail;
-    return Py_BuildValue("(NNNNNNNNN)", cwd, root, exe, ns, maps, firsts, mapped, threads,
+    return Py_BuildValue("(NNNNNNONNN)", cwd, root, exe, ns, maps, firsts, keys, mapped, threads,
                          cmdline);
 fail:
     Py_XDECREF(cwd);
@@ -524,11 +521,17 @@ PyObject *asyckpt_read_task_files(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     read_task(&t, cmdline);
     Py_END_ALLOW_THREADS
-    if (pick_wanted(&t, known) < 0) { free_task(&t); return NULL; }
+    PyObject *keys = PySet_New(NULL);
+    if (!keys || pick_wanted(&t, known, keys) < 0) {
+        Py_XDECREF(keys);
+        free_task(&t);
+        return NULL;
+    }
     Py_BEGIN_ALLOW_THREADS
     read_wanted(&t);
     Py_END_ALLOW_THREADS
-    PyObject *result = result_obj(&t);
+    PyObject *result = result_obj(&t, keys);
+    Py_DECREF(keys);
     free_task(&t);
     return result;
 }

@@ -111,6 +111,9 @@ class TaskFilesRow(NamedTuple):
     firsts: list[MapRow]
     """The first range of each file-backed (dev, ino) of the task, in address order: what
     the resolver walks (a file mapped in many ranges is one entry)."""
+    keys: set[tuple[int, int]]
+    """The (dev, ino) of ``firsts``: the resolver's set difference with the files it knows
+    is one C-level operation per task, not a Python step per file."""
     mapped: dict[int, RawFd | int]
     """Index in ``firsts`` -> its file, read through ``map_files``, for each file that
     the capture had not read yet."""

@@ -73,10 +73,13 @@ class TaskFileResolver:
         failed: set[MapKey] = set()
         if isinstance(row.maps, int):
             errors.append(_why("maps", row.maps))
-        # One step per distinct file, not per range: the ranges are listed after the thaw.
-        for i, m in enumerate(row.firsts):
+        # Only the files this capture has no id for yet, found with one set difference
+        # (most tasks map what their parent did), taken in address order so that ids do
+        # not depend on which scan worker read what; the ranges are listed after the thaw.
+        unknown = row.keys - self._by_map_key.keys()
+        for i, m in enumerate(row.firsts if unknown else ()):
             key = (m.dev, m.ino)
-            if key in self._by_map_key:
+            if key not in unknown:
                 continue
             path = map_files_path(pid, m.start, m.end)
             got = row.mapped.get(i)

@@ -50,6 +50,7 @@ TaskFilesTuple = tuple[
     dict[str, int],
     bytes | int,
     list[MapRow],
+    set[MapKey],
     dict[int, RawFd | int],
     list[tuple[int, RawFd | int, RawFd | int, dict[str, int]]],
     bytes | None,
@@ -87,11 +88,11 @@ def read_task_files(
     """The task's files (its leader ``pid``; ``tids``, its other threads), the mapped
     files whose key is not in ``known`` read and their keys added to it."""
     if _read_task_files_c is not None:
-        cwd, root, exe, ns, maps, firsts, mapped, threads, line = _read_task_files_c(
+        cwd, root, exe, ns, maps, firsts, keys, mapped, threads, line = _read_task_files_c(
             pid, list(tids), known, cmdline
         )
         threads_named = [ThreadFilesRow._make(t) for t in threads]
-        return TaskFilesRow(cwd, root, exe, ns, maps, firsts, mapped, threads_named, line)
+        return TaskFilesRow(cwd, root, exe, ns, maps, firsts, keys, mapped, threads_named, line)
     return _read_task_files_py(pid, tids, known, cmdline)
 
 
@@ -178,6 +179,7 @@ def _read_task_files_py(
         _namespaces(base),
         maps,
         firsts,
+        here,
         mapped,
         threads,
         line if isinstance(line, bytes) else None,
