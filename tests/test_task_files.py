@@ -257,17 +257,18 @@ def test_a_mapped_file_is_read_once_per_capture(held_tree: Tree, reader: str) ->
     assert isinstance(first.maps, bytes)
     rows = parse_maps(first.maps)
     keys = {(r.dev, r.ino) for r in rows} - {(0, 0)}
-    assert known == keys == first.keys
-    assert len(first.mapped) == len(keys) == len(first.firsts)
-    # firsts: the first range of each file, in address order; each read (mapped).
-    firsts = {}
+    assert known == keys == first.keys and len(first.mapped) == len(keys)
+    # The first range of each file, in address order, with the file read through it.
+    firsts: dict[tuple[int, int], MapRow] = {}
     for r in rows:
         if (r.dev, r.ino) != (0, 0):
             firsts.setdefault((r.dev, r.ino), r)
-    assert [tuple(r) for r in first.firsts] == [tuple(r) for r in firsts.values()]
-    assert sorted(first.mapped) == list(range(len(first.firsts)))
+    assert [tuple(m) for m, _ in first.mapped] == [tuple(r) for r in firsts.values()]
+    for m, got in first.mapped:
+        assert not isinstance(got, int)
+        assert (got.st_dev, got.st_ino) == (m.dev, m.ino)
     # The grandchild maps the same files: none is read again.
-    assert read(info["ns_child"], [], known, False).mapped == {}
+    assert read(info["ns_child"], [], known, False).mapped == []
 
 
 def _held_row(ino: int) -> RawFd:
@@ -297,9 +298,8 @@ def test_unreadable_task_files_are_noted_not_fatal() -> None:
         errno.ENOENT,
         {"net": 9},
         maps,
-        [first],
         {(65024, 77)},
-        {0: errno.EPERM},
+        [(first, errno.EPERM)],
         [],
         None,
     )
@@ -307,7 +307,7 @@ def test_unreadable_task_files_are_noted_not_fatal() -> None:
     assert (part.cwd, part.root, part.exe, mappings(part)) == (None, 1, None, [])
     assert part.error == "cwd: Permission denied; map: Operation not permitted"
     assert [args[6] for args in made] == ["/proc/100/root"]
-    unreadable_maps = row._replace(maps=errno.EACCES, firsts=[], keys=set(), cwd=_held_row(5))
+    unreadable_maps = row._replace(maps=errno.EACCES, mapped=[], keys=set(), cwd=_held_row(5))
     again = resolver.resolve(101, "/", unreadable_maps)
     assert (again.cwd, again.root, again.error) == (1, 1, "maps: Permission denied")
     assert len(made) == 1  # the same inode: the record made for task 100
@@ -441,14 +441,14 @@ def test_a_file_read_by_a_later_tasks_scan_is_read_by_the_resolver(held_tree: Tr
     resolver = TaskFileResolver(lambda: next(ids), new_held, cmdline=False)
     resolver.read(info["ns_child"], [info["ns_child"]])  # the later task, scanned first
     row = resolver.read(info["held"], [info["held"], info["thread"]])
-    assert row.mapped == {} and row.firsts
+    assert row.mapped == [] and row.keys
     part = resolver.resolve(info["held"], "/", row)
     assert part.error is None
     ranges = mappings(part)
     assert len(ranges) == len([r for r in parse_maps(cast(bytes, row.maps)) if r.ino])
     # Every mapped file got its record (the executable's as "exe", met first).
     assert {args[0] for args in made} >= {file_id for *_, file_id in ranges}
-    assert len({file_id for *_, file_id in ranges}) == len(row.firsts)
+    assert len({file_id for *_, file_id in ranges}) == len(row.keys)
     # Ids by first range in address order, as a single worker would give them.
     firsts_ids = [ranges_id for *_, ranges_id in ranges]
     assert list(dict.fromkeys(firsts_ids)) == sorted(set(firsts_ids))

@@ -43,9 +43,8 @@ def read_task_files(
     RawFd | int,
     dict[str, int],
     bytes | int,
-    list[_MapRow],
     set[tuple[int, int]],
-    dict[int, RawFd | int],
+    list[tuple[_MapRow, RawFd | int]],
     list[tuple[int, RawFd | int, RawFd | int, dict[str, int]]],
     bytes | None,
 ]: ...

@@ -2,10 +2,11 @@
  * asyckpt._fdscan, second half: a task's files held by reference, read without the GIL.
  *
  * read_task_files(pid, tids, known, cmdline) -> (cwd, root, exe, namespaces, maps,
- *                                              firsts, keys, mapped, threads, cmdline)
+ *                                              keys, mapped, threads, cmdline)
  *   maps is the maps text as read (parsed again after the thaw, when the ranges become
- *   records), firsts a MapRow for the first range of each file-backed (dev, ino), keys
- *   the set of those (dev, ino), and mapped, by index in firsts, the files read in step 3;
+ *   records), keys the set of its file-backed (dev, ino), and mapped, in address order,
+ *   (MapRow, file) for the first range of each file read in step 3: no object per
+ *   range, nor per file the capture has read already, is made while frozen;
  *   as _rows.TaskFilesRow (the caller names it), read in three steps:
  *   1. without the GIL: cwd, root and exe (readlink + statx through the magic link, for
  *      st_* and the mount id), every /proc/PID/ns entry (stat, no open), the whole maps
@@ -282,8 +283,8 @@ static void read_task(struct task_read *t, int cmdline) {
     read_ns(base, &t->ns);
 }
 
-/* Step 2, with the GIL: which rows are the first of their file in the task, and which
- * of those the capture has not read yet.  -1 with an exception set. */
+/* Step 2, with the GIL: the task's file keys (into `here`), and which rows are the
+ * first of a file the capture has not read yet.  -1 with an exception set. */
 static int pick_wanted(struct task_read *t, PyObject *known, PyObject *here) {
     for (size_t i = 0; i < t->n_rows; i++) {
         struct maprow *r = &t->rows[i];
@@ -437,7 +438,7 @@ static PyObject *rows_obj(const char *text, const struct maprow *rows, size_t n)
 }
 
 static PyObject *result_obj(const struct task_read *t, PyObject *keys) {
-    PyObject *maps = NULL, *firsts = NULL, *mapped = NULL, *threads = NULL, *cmdline = NULL;
+    PyObject *maps = NULL, *mapped = NULL, *threads = NULL, *cmdline = NULL;
     PyObject *cwd = held_obj(&t->cwd), *root = held_obj(&t->root), *exe = held_obj(&t->exe);
     PyObject *ns = ns_obj(&t->ns);
     if (!cwd || !root || !exe || !ns) goto fail;
@@ -445,22 +446,15 @@ static PyObject *result_obj(const struct task_read *t, PyObject *keys) {
      * rows only for the first range of each file, which the resolver needs now. */
     maps = t->maps_err ? PyLong_FromLong(t->maps_err)
                        : PyBytes_FromStringAndSize(t->maps, (Py_ssize_t)t->maps_len);
-    firsts = PyList_New(0);
-    mapped = PyDict_New();
+    mapped = PyList_New(0);
     threads = PyList_New((Py_ssize_t)t->n_threads);
-    if (!maps || !firsts || !mapped || !threads) goto fail;
+    if (!maps || !mapped || !threads) goto fail;
     for (size_t i = 0; i < t->n_rows; i++) {
         const struct maprow *r = &t->rows[i];
-        if (!r->first) continue;
-        PyObject *row = row_obj(t->maps, r);
-        int rc = row ? PyList_Append(firsts, row) : -1;
-        Py_XDECREF(row);
-        if (rc < 0) goto fail;
         if (!r->wanted) continue;
-        PyObject *k = PyLong_FromSsize_t(PyList_GET_SIZE(firsts) - 1), *v = held_obj(&r->file);
-        rc = (k && v) ? PyDict_SetItem(mapped, k, v) : -1;
-        Py_XDECREF(k);
-        Py_XDECREF(v);
+        PyObject *item = Py_BuildValue("(NN)", row_obj(t->maps, r), held_obj(&r->file));
+        int rc = item ? PyList_Append(mapped, item) : -1;
+        Py_XDECREF(item);
         if (rc < 0) goto fail;
     }
     for (size_t i = 0; i < t->n_threads; i++) {
@@ -475,15 +469,13 @@ static PyObject *result_obj(const struct task_read *t, PyObject *keys) {
     else
         cmdline = Py_NewRef(Py_None);
     if (!cmdline) goto fail;
-    return Py_BuildValue("(NNNNNNONNN)", cwd, root, exe, ns, maps, firsts, keys, mapped, threads,
-                         cmdline);
+    return Py_BuildValue("(NNNNNONNN)", cwd, root, exe, ns, maps, keys, mapped, threads, cmdline);
 fail:
     Py_XDECREF(cwd);
     Py_XDECREF(root);
     Py_XDECREF(exe);
     Py_XDECREF(ns);
     Py_XDECREF(maps);
-    Py_XDECREF(firsts);
     Py_XDECREF(mapped);
     Py_XDECREF(threads);
     Py_XDECREF(cmdline);

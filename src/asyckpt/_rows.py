@@ -108,15 +108,12 @@ class TaskFilesRow(NamedTuple):
     """The ``maps`` text as read (parsed, so known to be well formed), or the errno
     reading it failed with (``EPROTO``: malformed).  Its ranges become records after the
     thaw (``_parts.mappings``): no object per range is made while frozen."""
-    firsts: list[MapRow]
-    """The first range of each file-backed (dev, ino) of the task, in address order: what
-    the resolver walks (a file mapped in many ranges is one entry)."""
     keys: set[tuple[int, int]]
-    """The (dev, ino) of ``firsts``: the resolver's set difference with the files it knows
-    is one C-level operation per task, not a Python step per file."""
-    mapped: dict[int, RawFd | int]
-    """Index in ``firsts`` -> its file, read through ``map_files``, for each file that
-    the capture had not read yet."""
+    """The (dev, ino) of every file the task maps: the resolver's set difference with the
+    files it knows is one C-level operation per task, not a Python step per file."""
+    mapped: list[tuple[MapRow, RawFd | int]]
+    """The first range of each mapped file that the capture had not read yet, in address
+    order, with its file read through ``map_files`` (or the errno)."""
     threads: list[ThreadFilesRow]
     cmdline: bytes | None
     """``/proc/PID/cmdline`` when asked for (NUL-separated), else None."""

@@ -16,7 +16,8 @@ import os
 from collections.abc import Callable
 
 from ._parts import NewFile, TaskFilesPart
-from ._rows import RawFd, TaskFilesRow
+from ._procparse import parse_maps
+from ._rows import MapRow, RawFd, TaskFilesRow
 from ._taskread import MapKey, held_path, map_files_path, read_held, read_task_files
 
 __all__ = ["NewHeld", "TaskFileResolver"]
@@ -74,15 +75,11 @@ class TaskFileResolver:
         if isinstance(row.maps, int):
             errors.append(_why("maps", row.maps))
         # Only the files this capture has no id for yet, found with one set difference
-        # (most tasks map what their parent did), taken in address order so that ids do
-        # not depend on which scan worker read what; the ranges are listed after the thaw.
+        # (most tasks map what their parent did); the ranges are listed after the thaw.
         unknown = row.keys - self._by_map_key.keys()
-        for i, m in enumerate(row.firsts if unknown else ()):
+        for m, got in _in_address_order(unknown, row.mapped, maps) if unknown else ():
             key = (m.dev, m.ino)
-            if key not in unknown:
-                continue
             path = map_files_path(pid, m.start, m.end)
-            got = row.mapped.get(i)
             if got is None:
                 # Another worker's scan read it for a task later in tree order, or it
                 # failed there: read here, still frozen.
@@ -121,3 +118,25 @@ def _differs(mine: RawFd | int, task: RawFd | int) -> bool:
     if isinstance(mine, int):
         return False  # unread (the thread is exiting): the task's, as far as is known
     return isinstance(task, int) or (mine.st_dev, mine.st_ino) != (task.st_dev, task.st_ino)
+
+
+def _in_address_order(
+    unknown: set[MapKey], mapped: list[tuple[MapRow, RawFd | int]], maps: bytes
+) -> list[tuple[MapRow, RawFd | int | None]]:
+    """The first range of each ``unknown`` file, in address order, with its file when
+    this task's scan read it (None: to read), so that ids do not depend on which scan
+    worker read what.  Nearly always ``mapped`` holds them all; else the text is parsed."""
+    todo: list[tuple[MapRow, RawFd | int | None]] = [
+        (m, got) for m, got in mapped if (m.dev, m.ino) in unknown
+    ]
+    if len(todo) == len(unknown):
+        return todo
+    read = {(m.dev, m.ino): got for m, got in mapped}
+    pending = set(unknown)
+    todo = []
+    for m in parse_maps(maps):
+        key = (m.dev, m.ino)
+        if key in pending:
+            pending.discard(key)
+            todo.append((m, read.get(key)))
+    return todo

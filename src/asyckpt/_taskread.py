@@ -49,9 +49,8 @@ TaskFilesTuple = tuple[
     RawFd | int,
     dict[str, int],
     bytes | int,
-    list[MapRow],
     set[MapKey],
-    dict[int, RawFd | int],
+    list[tuple[MapRow, RawFd | int]],
     list[tuple[int, RawFd | int, RawFd | int, dict[str, int]]],
     bytes | None,
 ]
@@ -88,11 +87,11 @@ def read_task_files(
     """The task's files (its leader ``pid``; ``tids``, its other threads), the mapped
     files whose key is not in ``known`` read and their keys added to it."""
     if _read_task_files_c is not None:
-        cwd, root, exe, ns, maps, firsts, keys, mapped, threads, line = _read_task_files_c(
+        cwd, root, exe, ns, maps, keys, mapped, threads, line = _read_task_files_c(
             pid, list(tids), known, cmdline
         )
         threads_named = [ThreadFilesRow._make(t) for t in threads]
-        return TaskFilesRow(cwd, root, exe, ns, maps, firsts, keys, mapped, threads_named, line)
+        return TaskFilesRow(cwd, root, exe, ns, maps, keys, mapped, threads_named, line)
     return _read_task_files_py(pid, tids, known, cmdline)
 
 
@@ -150,18 +149,16 @@ def _read_task_files_py(
             rows = parse_maps(data)
         except ValueError:
             maps = errno.EPROTO
-    mapped: dict[int, RawFd | int] = {}
-    firsts: list[MapRow] = []
+    mapped: list[tuple[MapRow, RawFd | int]] = []
     here: set[MapKey] = set()
     for row in rows:
         key = (row.dev, row.ino)
         if key == (0, 0) or key in here:
             continue
         here.add(key)
-        firsts.append(row)
         if key not in known:
             known.add(key)
-            mapped[len(firsts) - 1] = read_held(map_files_path(pid, row.start, row.end))
+            mapped.append((row, read_held(map_files_path(pid, row.start, row.end))))
     threads = [
         ThreadFilesRow(
             tid,
@@ -178,7 +175,6 @@ def _read_task_files_py(
         read_held(f"{base}/exe"),
         _namespaces(base),
         maps,
-        firsts,
         here,
         mapped,
         threads,
