@@ -452,3 +452,17 @@ def test_a_file_read_by_a_later_tasks_scan_is_read_by_the_resolver(held_tree: Tr
     # Ids by first range in address order, as a single worker would give them.
     firsts_ids = [ranges_id for *_, ranges_id in ranges]
     assert list(dict.fromkeys(firsts_ids)) == sorted(set(firsts_ids))
+
+
+def test_tree_reports_held_files_apart(held_tree: Tree, tmp_path: Path) -> None:
+    info = held_tree.info
+    out = tmp_path / "r.ackpt"
+    summary = capture(held_tree, out)
+    image = read_image(out)
+    held = [f for f in image.files.values() if not f.description]
+    assert summary.held_files == len(held) > 0 and summary.files == len(image.files)
+    proc = run("tree", str(info["pid"]), "-o", str(tmp_path / "t.ackpt"))
+    assert proc.returncode == 0, proc.stderr
+    assert f"{len(image.files) - len(held)} open files, {len(held)} files held without an fd" in (
+        proc.stdout
+    )

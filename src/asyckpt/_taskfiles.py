@@ -45,6 +45,11 @@ class TaskFileResolver:
         self._by_map_key: dict[MapKey, int] = {}
         """(dev, ino) as maps shows it -> file id."""
 
+    @property
+    def held_count(self) -> int:
+        """File records made so far for files held by reference."""
+        return len(self._by_inode)
+
     def read(self, pid: int, tids: list[int]) -> TaskFilesRow:
         """In a scan worker: the task's files (``tids``: all its threads, leader first)."""
         return read_task_files(pid, [t for t in tids if t != pid], self.known, self._cmdline)
