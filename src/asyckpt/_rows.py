@@ -95,9 +95,10 @@ class ThreadFilesRow(NamedTuple):
 class TaskFilesRow(NamedTuple):
     """What the scan reads of a task's files beyond its fd tables (``_taskread``).
 
-    A file held by reference is a :class:`RawFd` row of fd -1 (pos, flags 0, no
-    fdinfo), stat'ed through its magic link; an ``int`` in its place is the errno that
-    reading it failed with."""
+    A file held by reference is a :class:`RawFd` row of fd -1, pos 0, flags ``O_PATH``
+    (what handlers are told: no open file description to read through), no fdinfo, its
+    stat fields and mount id read through its magic link; an ``int`` in its place is the
+    errno that reading it failed with."""
 
     cwd: RawFd | int
     root: RawFd | int
