@@ -22,7 +22,7 @@ from ._errors import RestoreError
 from ._restore import Made, above, child_failed, close_all, install, nofile, take_posix_locks
 from ._restore_plan import RestorePlan
 
-__all__ = ["hold", "hold_tree", "restore_tree"]
+__all__ = ["end_tree", "hold", "hold_tree", "restore_tree"]
 
 _READY = b"\0"  # one per holder; an error message has no NUL (paths are checked for it)
 
@@ -113,9 +113,29 @@ async def restore_tree(
     descriptions shared between tasks shared again, each holder holding its table until
     SIGTERM (to the root: it passes it to the tree).  Returns the root holder's pid; the
     caller ends the tree (``os.killpg(pid, signal.SIGTERM)``).  Runs in a worker thread:
-    the event loop is not blocked while the files are opened and the holders start."""
+    the event loop is not blocked while the files are opened and the holders start.
+    Cancelled, it ends (kills and reaps) the tree it made before the Cancelled goes on:
+    nothing is left holding the image's files."""
     import trio
 
-    return await trio.to_thread.run_sync(
+    # The thread cannot be stopped half-way (a holder half-forked): a cancellation waits
+    # for it, then undoes what it made.
+    pid = await trio.to_thread.run_sync(
         functools.partial(hold_tree, image, root=root, relaxed=relaxed, skip=tuple(skip))
     )
+    try:
+        await trio.lowlevel.checkpoint_if_cancelled()
+    except BaseException:
+        end_tree(pid)
+        raise
+    return pid
+
+
+def end_tree(root: int) -> None:
+    """Kill the holder tree of ``root`` (its process group: it made a session of its
+    own) and reap the root, the caller's child; the others, orphaned, are reaped by
+    init."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(root, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(root, 0)
