@@ -52,7 +52,7 @@ class NodeHandler:
         if mode == "refuse":
             raise RestoreRefused("the test says no")
         if mode == "raise":
-            raise ValueError("boom")
+            raise ValueError("boom\\nasyckpt: forged line\\x1b[2J")
         if mode == "stdin":
             return 0
         access = {"r": os.O_RDONLY, "w": os.O_WRONLY, "rw": os.O_RDWR}[ctx.file.access]
@@ -120,7 +120,7 @@ def test_a_device_restore_refuses_is_rebuilt_by_its_handlers_hook(
     ("mode", "words"),
     [
         ("refuse", ["the test says no"]),
-        ("raise", ["ValueError: boom"]),
+        ("raise", ["ValueError: boom", "forged line"]),
         ("stdin", ["returned fd 0, which it did not open"]),
     ],
 )
@@ -134,6 +134,7 @@ def test_a_hook_that_refuses_or_fails_refuses_before_anything(
     proc = site.run(*argv, "--", "sh", "-c", f"echo > {marker}", HOOK_MODE=mode)
     one_line_error(proc, 13, "cannot restore the chr", f"pid={node.pid}", "kmsgnode", *words)
     assert not marker.exists()  # CMD never ran: nothing was installed
+    assert "\x1b" not in proc.stderr  # the hook's text is escaped, on the one line
 
 
 def test_the_old_hook_signature_is_a_clear_error(site: Site, node: Tree, tmp_path: Path) -> None:

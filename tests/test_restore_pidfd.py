@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,21 @@ def test_pid_alone_restores_a_pidfd_of_the_task_itself(spawn: Any, tmp_path: Pat
     assert proc.returncode == 0, proc.stderr
     os.kill(int(proc.stdout), signal.SIGKILL)
     assert proc.stderr.count("skipped fd") == 2 and "pidfd" in proc.stderr
+
+
+def test_a_pidfd_of_the_task_itself_names_cmd(spawn: Any, tmp_path: Path) -> None:
+    tree: Tree = spawn(WORKLOADS / "pidfds.py")
+    capture(tree.pid, tmp_path / "a.ackpt")
+    stop(tree)
+    fd = tree.info["fds_b"]["self"]
+    check = (
+        f"import os, sys; pid = [l.split()[1] for l in open('/proc/self/fdinfo/{fd}') "
+        "if l.startswith('Pid:')]; "
+        "sys.exit(0 if pid == [str(os.getpid())] else 3)"
+    )
+    argv = ("restore", str(tmp_path / "a.ackpt"), "--pid", str(tree.info["b"]))
+    proc = asyckpt(*argv, "--", sys.executable, "-c", check)
+    assert proc.returncode == 0, proc.stderr  # exec kept the pid: the pidfd names CMD
 
 
 def test_a_pidfd_outside_the_tree_is_refused_or_skipped(spawn: Any, tmp_path: Path) -> None:

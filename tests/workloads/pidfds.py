@@ -4,8 +4,8 @@ Usage: pidfds.py WORKDIR [outside].  The parent holds a pidfd of child A (non-bl
 at two fds: one description), one of itself, and with ``outside`` one of its own parent
 (the test: a process outside the tree).  Child A holds a pidfd of the parent and one of
 its sibling B (forked after it: the parent tells it B's pid).  Child B holds a pidfd of
-itself only.  Prints one JSON line (pids and fd numbers) once all are ready, then idles
-until killed.
+itself only, not close-on-exec.  Prints one JSON line (pids and fd numbers) once all
+are ready, then idles until killed.
 """
 
 import json
@@ -39,6 +39,7 @@ if b == 0:
     os.close(ready_r)
     os.close(tell_w)
     of_self = os.pidfd_open(os.getpid())
+    os.set_inheritable(of_self, True)  # kept across exec (pidfds are made close-on-exec)
     os.write(ready_w, json.dumps({"self": of_self}).encode() + b"\n")
     os.close(ready_w)
     signal.pause()
