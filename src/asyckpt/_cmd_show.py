@@ -8,7 +8,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from ._cliargs import add_command, plugin_options
+from ._cliargs import add_command, plugin_options, read_image_arg
 from ._errors import OutputError, UsageError
 from ._escape import escape
 
@@ -49,14 +49,10 @@ def register(sub: Subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ._endpoints import render_endpoints
-    from ._image import read_image, read_image_fd
     from ._plugins.loading import image_plugins
     from ._show import render_table
 
-    if args.image == "-":
-        image = read_image_fd(sys.stdin.fileno(), name="standard input")
-    else:
-        image = read_image(args.image)
+    image = read_image_arg(args.image)
     if args.extract:
         size = _extract(image, *args.extract)
         print(f"wrote {size} bytes to {escape(args.extract[1])}")
