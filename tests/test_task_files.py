@@ -24,7 +24,7 @@ from asyckpt._taskread import _read_task_files_py, read_task_files
 from asyckpt.testing import dispatch_with
 
 from .conftest import WORKLOADS, Tree
-from .test_capture import capture
+from .test_capture import _body, capture
 from .test_cli import run
 from .test_ghosts import content_of
 from .workloads.task_files import DATA, MEMFD_DATA
@@ -466,3 +466,17 @@ def test_tree_reports_held_files_apart(held_tree: Tree, tmp_path: Path) -> None:
     assert f"{len(image.files) - len(held)} open files, {len(held)} files held without an fd" in (
         proc.stdout
     )
+
+
+def test_the_same_image_without_the_c_reader(
+    held_tree: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pure-Python readers (no compiler) make the same body, byte for byte, on a tree
+    with deleted and mapped files, a thread of its own and a namespace of its own."""
+    capture(held_tree, tmp_path / "c.ackpt")
+    monkeypatch.setattr("asyckpt._procread._read_tables_c", None)
+    monkeypatch.setattr("asyckpt._taskread._read_task_files_c", None)
+    monkeypatch.setattr("asyckpt._capture.dedup_rows", None)
+    capture(held_tree, tmp_path / "py.ackpt")
+    c, py = (_body((tmp_path / name).read_bytes()) for name in ("c.ackpt", "py.ackpt"))
+    assert c == py
