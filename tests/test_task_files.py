@@ -480,3 +480,10 @@ def test_the_same_image_without_the_c_reader(
     capture(held_tree, tmp_path / "py.ackpt")
     c, py = (_body((tmp_path / name).read_bytes()) for name in ("c.ackpt", "py.ackpt"))
     assert c == py
+
+
+def test_two_captures_of_the_tree_are_identical(held_tree: Tree, tmp_path: Path) -> None:
+    for name in ("a.ackpt", "b.ackpt"):
+        capture(held_tree, tmp_path / name)
+    a, b = (_body((tmp_path / name).read_bytes()) for name in ("a.ackpt", "b.ackpt"))
+    assert a == b
