@@ -18,7 +18,7 @@ from asyckpt import FdFacts, File, HandlerContext, read_image
 from asyckpt._parts import NewFile, mappings
 from asyckpt._plugins.contract import StatInfo
 from asyckpt._procparse import FdInfo, parse_maps
-from asyckpt._rows import MapRow, RawFd, TaskFilesRow, stat_fields
+from asyckpt._rows import MapRow, RawFd, TaskFilesRow, ThreadFilesRow, stat_fields
 from asyckpt._taskfiles import TaskFileResolver
 from asyckpt._taskread import _read_task_files_py, read_task_files
 from asyckpt.testing import dispatch_with
@@ -311,6 +311,10 @@ def test_unreadable_task_files_are_noted_not_fatal() -> None:
     again = resolver.resolve(101, "/", unreadable_maps)
     assert (again.cwd, again.root, again.error) == (1, 1, "maps: Permission denied")
     assert len(made) == 1  # the same inode: the record made for task 100
+    # A thread whose files could not be read (exiting) is taken to share its task's.
+    exiting = ThreadFilesRow(102, errno.ENOENT, errno.ENOENT, {})
+    third = resolver.resolve(101, "/", unreadable_maps._replace(threads=[exiting]))
+    assert third.threads == {}
 
 
 def test_every_held_file_is_a_file_of_the_image(held_tree: Tree, tmp_path: Path) -> None:
