@@ -15,6 +15,7 @@ import pytest
 
 import asyckpt
 from asyckpt import FdFacts, File, HandlerContext, read_image
+from asyckpt._escape import escape
 from asyckpt._parts import NewFile, mappings
 from asyckpt._plugins.contract import StatInfo
 from asyckpt._procparse import FdInfo, parse_maps
@@ -27,7 +28,7 @@ from .conftest import WORKLOADS, Tree
 from .test_capture import _body, capture
 from .test_cli import run
 from .test_ghosts import content_of
-from .workloads.task_files import DATA, MEMFD_DATA
+from .workloads.task_files import DATA, MEMFD_DATA, ODD_NAME
 
 try:
     from asyckpt import _fdscan
@@ -164,7 +165,10 @@ def test_held_files_are_in_the_image(held_tree: Tree, tmp_path: Path) -> None:
     for m, r in zip(task.mappings, expected, strict=True):
         f = files[m.file]
         assert (f.dev, f.ino, f.description) == (r.dev, r.ino, False)
-        assert os.fsencode(f.path) + (b" (deleted)" if f.deleted else b"") == r.name
+        name = f.path_bytes if f.path_bytes is not None else os.fsencode(f.path)
+        # maps escapes a newline as \012 (seq_file_path); map_files gives the bytes.
+        shown = name.replace(b"\n", b"\\012") + (b" (deleted)" if f.deleted else b"")
+        assert shown == r.name
 
     by_start = {m.start: files[m.file] for m in task.mappings}
     mapped, memfd = by_start[info["mapped"]], by_start[info["memfd"]]
@@ -181,6 +185,9 @@ def test_held_files_are_in_the_image(held_tree: Tree, tmp_path: Path) -> None:
         None,
     )
     assert content_of(image, memfd) == MEMFD_DATA
+    odd = by_start[info["odd"]]
+    assert odd.path_bytes == os.fsencode(workdir) + b"/" + ODD_NAME
+    assert odd.path == escape(odd.path_bytes) and odd.path_state == "ok"
     # The executable is mapped too: one record for its inode, whoever refers to it.
     assert task.exe in {m.file for m in task.mappings}
     held_files = [f for f in files.values() if not f.description]
