@@ -19,7 +19,14 @@ import pytest
 from tests import test_restore
 from tests.conftest import WORKLOADS, Tree
 from tests.crafted import _file, _socket
-from tests.test_restore import _data, asyckpt, capture, crafted, one_line_error, table
+from tests.test_restore import (
+    _data,
+    capture,
+    crafted,
+    hold_tree_and_capture,
+    one_line_error,
+    table,
+)
 
 hold = test_restore.hold  # the fixture: every holder started is killed afterwards
 
@@ -90,16 +97,9 @@ def test_tree_round_trip_connections_across_tasks(spawn: Any, tmp_path: Path) ->
     info = tree.info
     before = capture(tree.pid, tmp_path / "a.ackpt")
     stop(tree, info["stream"], info["dgram"])
-    proc = asyckpt("restore", str(tmp_path / "a.ackpt"), "--tree", "--hold")
-    assert proc.returncode == 0, proc.stderr
-    root = int(proc.stdout)
-    try:
-        after = capture(root, tmp_path / "b.ackpt")
-    finally:
-        os.killpg(root, signal.SIGKILL)
-    assert len(after.tasks) == len(before.tasks) == 2
+    after = hold_tree_and_capture(before, tmp_path)
+    assert len(after.tasks) == 2
     for old, new in zip(before.tasks, after.tasks, strict=True):
-        assert table(before, old.pid) == table(after, new.pid)
         assert names(before, old.pid) == names(after, new.pid)
     pairs = sockets_across(before)
     assert pairs == sockets_across(after)

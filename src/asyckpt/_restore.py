@@ -265,13 +265,7 @@ class _Maker:
             sotype = SOCK_TYPES[self.plan.pairs[make.pair].type]
             a, b = socket.socketpair(socket.AF_UNIX, sotype)
             ends = self.pairs[make.pair] = (self.keep(a.detach()), self.keep(b.detach()))
-        fd = os.dup(ends[make.end])
-        try:
-            shut(fd, make.shutdown)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        return shut(os.dup(ends[make.end]), make.shutdown)
 
     def _epoll(self, make: Epoll) -> int:
         """An empty epoll: its watches are added at install, with the targets' own fd

@@ -42,14 +42,19 @@ SOCK_TYPES = {"stream": socket.SOCK_STREAM, "dgram": socket.SOCK_DGRAM,
           "seqpacket": socket.SOCK_SEQPACKET}  # fmt: skip
 
 
-def shut(fd: int, how: Shutdown) -> None:
-    """shutdown(2) the socket ``fd`` as the image recorded (None: nothing)."""
+def shut(fd: int, how: Shutdown) -> int:
+    """The socket ``fd``, shutdown(2) as the image recorded (None: nothing); closed if
+    that fails."""
     if how is not None:
         sock = socket.socket(fileno=os.dup(fd))
         try:
             sock.shutdown(_SHUTDOWN[how])
+        except BaseException:
+            os.close(fd)
+            raise
         finally:
             sock.close()
+    return fd
 
 
 def _same_netns(netns: int | None) -> None:
@@ -102,7 +107,13 @@ def _in_root(root_fd: int, chroot: bool, sock: socket.socket, address: bytes) ->
             if chroot:
                 unshare_fs()
                 os.fchdir(root_fd)
-                os.chroot(".")
+                try:
+                    os.chroot(".")
+                except PermissionError:
+                    raise MakeFailed(
+                        "binding a unix socket under --root takes CAP_SYS_CHROOT (it is "
+                        "bound from a chroot at the root, to keep its name)"
+                    ) from None
             sock.bind(address)
         except BaseException as exc:  # raised again in the caller's thread
             failed.append(exc)
@@ -143,12 +154,7 @@ class UnixMaker:
             fd = sock.detach()
         finally:
             sock.close()
-        try:
-            shut(fd, make.shutdown)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        return shut(fd, make.shutdown)
 
     def _bind(self, sock: socket.socket, make: UnixSocket) -> bytes:
         address = make.address
@@ -204,13 +210,7 @@ class UnixMaker:
                 raise MakeFailed("its listener was not bound again")
             client, accepted = _connect(listener, make.socktype)
             ends = self.conns[make.accepted] = (self.keep(client), self.keep(accepted))
-        fd = os.dup(ends[0 if make.end == "client" else 1])
-        try:
-            shut(fd, make.shutdown)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        return shut(os.dup(ends[0 if make.end == "client" else 1]), make.shutdown)
 
 
 def _connect(listener: _Bound, type: str) -> tuple[int, int]:
