@@ -233,6 +233,18 @@ LAYERS: list[tuple[str, set[str]]] = [
     ),
     # Views of a written image (they read it, and name the plugins that render records).
     ("image views", {"asyckpt._show", "asyckpt._endpoints", "asyckpt._diff", "asyckpt._graph"}),
+    # Restore: the plan (pure, from a read image), then the making (system calls).
+    (
+        "restore",
+        {
+            "asyckpt._restore_model",
+            "asyckpt._restore_unix",
+            "asyckpt._restore_plan",
+            "asyckpt._restore_sockets",
+            "asyckpt._restore",
+            "asyckpt._restore_hold",
+        },
+    ),
     ("command line: what the commands share", {"asyckpt._cliargs"}),
     (
         "command line: the commands",
@@ -268,7 +280,9 @@ def test_every_layered_module_exists() -> None:
     assert missing == set()
 
 
-@pytest.mark.parametrize("module", ["asyckpt._plugins.contract", "asyckpt._rows"])
+@pytest.mark.parametrize(
+    "module", ["asyckpt._plugins.contract", "asyckpt._rows", "asyckpt._restore_unix"]
+)
 def test_pure_modules_import_no_kernel_access(module: str) -> None:
     # Run, not read: what importing it really loads, transitively.
     code = (
