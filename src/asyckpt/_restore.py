@@ -391,7 +391,9 @@ def _order(d: Description) -> int:
     make = d.make
     if isinstance(make, Epoll):
         return 2
-    if isinstance(make, UnixConnection) or (isinstance(make, UnixSocket) and make.connect):
+    if isinstance(make, UnixConnection) or (
+        isinstance(make, UnixSocket) and make.connect is not None and make.address is None
+    ):
         return 1  # after the sockets they connect to are bound
     if isinstance(make, OpenPath) and make.fmt == stat.S_IFIFO:
         return 1 if make.flags & os.O_ACCMODE == os.O_WRONLY else 0

@@ -133,6 +133,7 @@ class UnixMaker:
         self.keep = keep  # _Maker.keep: moves a fd above the table, closed once all is made
         self.bound: dict[int, _Bound] = {}  # file id -> the socket bound
         self.conns: dict[int, tuple[int, int]] = {}  # accepted's file id -> (client, accepted)
+        self.waiting: dict[int, list[int]] = {}  # file id -> the sockets to connect to it
         root, slash = os.fstat(root_fd), os.stat("/")
         self.chroot = (root.st_dev, root.st_ino) != (slash.st_dev, slash.st_ino)
 
@@ -146,11 +147,15 @@ class UnixMaker:
                 if make.backlog is not None or make.socktype == "dgram":
                     _probe(sock, reach, make.socktype, shown(make.address))
                 self.bound[file] = _Bound(self.keep(os.dup(sock.fileno())), reach)
+                for waiting in self.waiting.pop(file, []):
+                    _connect_fd(waiting, reach)
             if make.connect is not None:
                 target = self.bound.get(make.connect)
-                if target is None:
-                    raise MakeFailed("the socket it was connected to was not bound again")
-                sock.connect(target.reach)
+                if target is not None:
+                    sock.connect(target.reach)
+                else:  # bound too, and made first: connected once its target is bound
+                    waiting = self.keep(os.dup(sock.fileno()))
+                    self.waiting.setdefault(make.connect, []).append(waiting)
             fd = sock.detach()
         finally:
             sock.close()
@@ -211,6 +216,14 @@ class UnixMaker:
             client, accepted = _connect(listener, make.socktype)
             ends = self.conns[make.accepted] = (self.keep(client), self.keep(accepted))
         return shut(os.dup(ends[0 if make.end == "client" else 1]), make.shutdown)
+
+
+def _connect_fd(fd: int, reach: bytes) -> None:
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        sock.connect(reach)
+    finally:
+        sock.close()
 
 
 def _connect(listener: _Bound, type: str) -> tuple[int, int]:

@@ -3,7 +3,8 @@
 Usage: restore_unix.py WORKDIR [tree].  Under WORKDIR/run: a stream listener at a path
 (backlog 7) with one connection accepted (its client shut for writing), a bound datagram
 socket with an unbound one connected to it, an abstract seqpacket listener (named after
-this pid) with one connection accepted, non-blocking.  With ``tree`` it forks a child
+this pid) with one connection accepted, non-blocking, and two abstract datagram sockets
+connected to each other.  With ``tree`` it forks a child
 that keeps the clients, the parent the listeners and the accepted ends: each connection
 spans the two tasks.  Prints one JSON line (pids, fd numbers, names) once ready, then
 idles until killed.
@@ -39,6 +40,13 @@ server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 server.bind(dgram_path)
 sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 sender.connect(dgram_path)
+# Two bound datagram sockets connected to each other, in the abstract namespace.
+peer1 = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+peer1.bind(f"\0{abstract}-1")
+peer2 = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+peer2.bind(f"\0{abstract}-2")
+peer1.connect(f"\0{abstract}-2")
+peer2.connect(f"\0{abstract}-1")
 
 alistener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 alistener.bind("\0" + abstract)
@@ -48,9 +56,9 @@ aclient.connect("\0" + abstract)
 aaccepted, _ = alistener.accept()
 aaccepted.setblocking(False)
 
-clients = {"client": client, "sender": sender, "aclient": aclient}
+clients = {"client": client, "sender": sender, "aclient": aclient, "peer2": peer2}
 kept = {"listener": listener, "accepted": accepted, "server": server,
-        "alistener": alistener, "aaccepted": aaccepted}  # fmt: skip
+        "alistener": alistener, "aaccepted": aaccepted, "peer1": peer1}  # fmt: skip
 fds = {name: s.fileno() for name, s in (clients | kept).items()}
 info = {"pid": os.getpid(), "fds": fds, "stream": stream_path, "dgram": dgram_path,
         "abstract": "@" + abstract}  # fmt: skip
