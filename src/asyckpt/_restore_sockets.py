@@ -97,23 +97,25 @@ class _Bound(NamedTuple):
 def _in_root(root_fd: int, chroot: bool, sock: socket.socket, address: bytes) -> None:
     """bind(2) ``sock`` to ``address`` as resolved inside the root: from a thread whose
     root is the root's directory (its own, by unshare(CLONE_FS), so no other thread's
-    root, working directory or umask changes)."""
+    root, working directory or umask changes); the root being ``/``, from this one."""
+    if not chroot:
+        sock.bind(address)
+        return
     import threading
 
     failed: list[BaseException] = []
 
     def run() -> None:
         try:
-            if chroot:
-                unshare_fs()
-                os.fchdir(root_fd)
-                try:
-                    os.chroot(".")
-                except PermissionError:
-                    raise MakeFailed(
-                        "binding a unix socket under --root takes CAP_SYS_CHROOT (it is "
-                        "bound from a chroot at the root, to keep its name)"
-                    ) from None
+            unshare_fs()
+            os.fchdir(root_fd)
+            try:
+                os.chroot(".")
+            except PermissionError:
+                raise MakeFailed(
+                    "binding a unix socket under --root takes CAP_SYS_CHROOT (it is "
+                    "bound from a chroot at the root, to keep its name)"
+                ) from None
             sock.bind(address)
         except BaseException as exc:  # raised again in the caller's thread
             failed.append(exc)
