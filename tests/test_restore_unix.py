@@ -164,6 +164,18 @@ def test_an_existing_file_at_the_name_is_refused_and_untouched(hold: Any, tmp_pa
     assert not (tmp_path / "nowhere.sock").exists()  # the symlink was not followed
 
 
+def test_a_failed_restore_removes_the_nodes_it_bound(hold: Any, tmp_path: Path) -> None:
+    busy = tmp_path / "busy.sock"
+    busy.write_text("mine")
+    first = unix(name=str(tmp_path / "first.sock"))
+    second = _file(2, "socket", "socket:[7002]", flags=os.O_RDWR,
+                   data=_socket(7002, state="LISTEN", backlog=1, name=str(busy)))  # fmt: skip
+    proc = hold(crafted(tmp_path, first, second), 100)
+    one_line_error(proc, 13, "pid=100, fd=4", f"address {busy} is in use")
+    assert not (tmp_path / "first.sock").exists()  # bound, then removed: a retry finds it free
+    assert busy.read_text() == "mine"
+
+
 def test_names_past_sun_path_refused(hold: Any, tmp_path: Path) -> None:
     long = "/" + "d" * 108  # 109 bytes: no bind takes it
     one_line_error(hold(crafted(tmp_path, unix(name=long)), 100), 13, "sun_path holds 108")

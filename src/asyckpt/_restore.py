@@ -390,11 +390,13 @@ def _pipe(pipe: Pipe) -> tuple[int, int]:
 def _order(d: Description) -> int:
     make = d.make
     if isinstance(make, Epoll):
-        return 2
+        return 3
     if isinstance(make, UnixConnection) or (
         isinstance(make, UnixSocket) and make.connect is not None and make.address is None
     ):
-        return 1  # after the sockets they connect to are bound
+        return 2  # after the sockets they connect to are bound
+    if isinstance(make, UnixSocket) and make.address is not None:
+        return 1  # a node in a file system: made once what may fail first did not
     if isinstance(make, OpenPath) and make.fmt == stat.S_IFIFO:
         return 1 if make.flags & os.O_ACCMODE == os.O_WRONLY else 0
     return 0
@@ -415,7 +417,8 @@ def make(plan: RestorePlan, *, root_fd: int, relaxed: bool = False) -> Made:
     maker = _Maker(plan, root_fd, relaxed, floor)
     made = maker.made
     # Epolls last: their watches are tried on the targets, which must exist by then.
-    # Unix sockets that connect after those they connect to.
+    # Unix sockets bound to a path late (a failure removes their nodes), and those that
+    # connect after those they connect to.
     # A FIFO's write-only ends after its readers: without one, the open fails (ENXIO).
     order = sorted(range(len(plan.descriptions)), key=lambda i: _order(plan.descriptions[i]))
     try:
@@ -433,6 +436,7 @@ def make(plan: RestorePlan, *, root_fd: int, relaxed: bool = False) -> Made:
                 ) from None
     except BaseException:
         close_all(made.values())
+        maker.unix.undo()
         raise
     finally:
         close_all(maker.temp)

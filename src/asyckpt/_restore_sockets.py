@@ -94,6 +94,16 @@ class _Bound(NamedTuple):
     reach: bytes
 
 
+class _Node(NamedTuple):
+    """A socket node restore made: its directory (an fd kept until the plan is made),
+    name in it, device and inode."""
+
+    dirfd: int
+    base: bytes
+    dev: int
+    ino: int
+
+
 def _in_root(root_fd: int, chroot: bool, sock: socket.socket, address: bytes) -> None:
     """bind(2) ``sock`` to ``address`` as resolved inside the root: from a thread whose
     root is the root's directory (its own, by unshare(CLONE_FS), so no other thread's
@@ -136,6 +146,7 @@ class UnixMaker:
         self.bound: dict[int, _Bound] = {}  # file id -> the socket bound
         self.conns: dict[int, tuple[int, int]] = {}  # accepted's file id -> (client, accepted)
         self.waiting: dict[int, list[int]] = {}  # file id -> the sockets to connect to it
+        self.nodes: list[_Node] = []
         root, slash = os.fstat(root_fd), os.stat("/")
         self.chroot = (root.st_dev, root.st_ino) != (slash.st_dev, slash.st_ino)
 
@@ -207,7 +218,18 @@ class UnixMaker:
             st = None
         if st is None or not stat.S_ISSOCK(st.st_mode):
             raise MakeFailed(f"{shown(address)}: bound elsewhere than in its directory")
+        self.nodes.append(_Node(dirfd, base, st.st_dev, st.st_ino))
         return reach
+
+    def undo(self) -> None:
+        """Remove the nodes this restore bound, the restore having failed: each only if
+        it is still the very node made (device and inode), so a retry finds the paths
+        free.  Never any other file."""
+        for node in self.nodes:
+            with contextlib.suppress(OSError):
+                st = os.stat(node.base, dir_fd=node.dirfd, follow_symlinks=False)
+                if stat.S_ISSOCK(st.st_mode) and (st.st_dev, st.st_ino) == (node.dev, node.ino):
+                    os.unlink(node.base, dir_fd=node.dirfd)
 
     def connection(self, make: UnixConnection) -> int:
         ends = self.conns.get(make.accepted)
