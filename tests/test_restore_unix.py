@@ -188,6 +188,35 @@ def test_names_past_sun_path_refused(hold: Any, tmp_path: Path) -> None:
     assert list(root.iterdir()) == []
 
 
+def _without_cap_sys_chroot() -> None:
+    import ctypes
+
+    pr_capbset_drop, cap_sys_chroot = 24, 18
+    if ctypes.CDLL(None, use_errno=True).prctl(pr_capbset_drop, cap_sys_chroot, 0, 0, 0):
+        os._exit(99)
+
+
+def test_binding_under_a_root_without_cap_sys_chroot_is_refused(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = tmp_path / "root"
+    root.mkdir()
+    image = crafted(tmp_path, unix(name="/x.sock"))
+    argv = [sys.executable, "-m", "asyckpt", "restore", str(image), "--pid", "100"]
+    proc = subprocess.run(
+        [*argv, "--hold", "--root", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=_without_cap_sys_chroot,  # in the child only: the test runner keeps it
+    )
+    if proc.returncode == 0:  # bound after all: its holder is ours to kill
+        os.kill(int(proc.stdout), signal.SIGKILL)
+    one_line_error(proc, 13, "pid=100, fd=3", "CAP_SYS_CHROOT")
+    assert list(root.iterdir()) == []
+
+
 def test_busy_abstract_name_is_a_clear_error(hold: Any, tmp_path: Path) -> None:
     name = f"asyckpt-test-busy-{os.getpid()}"
     rec = unix(name="@" + name, abstract=True)
