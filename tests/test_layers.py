@@ -190,6 +190,8 @@ LAYERS: list[tuple[str, set[str]]] = [
             "asyckpt._order",
             "asyckpt._classify",
             "asyckpt._plugins",
+            "asyckpt._restore_model",
+            "asyckpt._restore_unix",
         },
     ),
     (
@@ -205,6 +207,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "asyckpt._rundir",
             "asyckpt._claim",
             "asyckpt._recover",
+            "asyckpt._restore_sockets",
         },
     ),
     (
@@ -233,18 +236,6 @@ LAYERS: list[tuple[str, set[str]]] = [
     ),
     # Views of a written image (they read it, and name the plugins that render records).
     ("image views", {"asyckpt._show", "asyckpt._endpoints", "asyckpt._diff", "asyckpt._graph"}),
-    # Restore: the plan (pure, from a read image), then the making (system calls).
-    (
-        "restore",
-        {
-            "asyckpt._restore_model",
-            "asyckpt._restore_unix",
-            "asyckpt._restore_plan",
-            "asyckpt._restore_sockets",
-            "asyckpt._restore",
-            "asyckpt._restore_hold",
-        },
-    ),
     ("command line: what the commands share", {"asyckpt._cliargs"}),
     (
         "command line: the commands",

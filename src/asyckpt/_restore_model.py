@@ -7,12 +7,15 @@ from typing import Literal
 
 import msgspec
 
+from ._records import File, Task
+
 __all__ = [
     "Bind",
     "Description",
     "Epoll",
     "EventFd",
     "FdSlot",
+    "Hook",
     "Inode",
     "Inotify",
     "InotifyWatch",
@@ -20,6 +23,7 @@ __all__ = [
     "Make",
     "MakeFailed",
     "OpenPath",
+    "PidFd",
     "Pipe",
     "PipeEnd",
     "Refuse",
@@ -187,6 +191,25 @@ class Inotify(msgspec.Struct, tag="inotify", kw_only=True):
     watches: list[InotifyWatch]
 
 
+class PidFd(msgspec.Struct, tag="pidfd", kw_only=True):
+    """A pidfd of the new process of task ``target``: opened by each process that holds
+    it once the processes exist (``_restore_pidfd``), not by ``make``."""
+
+    target: int
+    """The target's pid in the image (a task restored)."""
+    nonblock: bool
+    """PIDFD_NONBLOCK (O_NONBLOCK)."""
+
+
+class Hook(msgspec.Struct, tag="hook", kw_only=True):
+    """A file restore does not rebuild itself, made by the ``restore(record, ctx)`` hook
+    of the handler that captured it (``_restore_hooks``)."""
+
+    handler: str
+    file: File
+    task: Task
+
+
 Make = (
     OpenPath
     | Reopen
@@ -200,6 +223,8 @@ Make = (
     | SignalFd
     | Epoll
     | Inotify
+    | PidFd
+    | Hook
 )
 
 
