@@ -227,3 +227,29 @@ def test_busy_abstract_name_is_a_clear_error(hold: Any, tmp_path: Path) -> None:
     assert isinstance(holder, int), holder.stderr
     with socket.socket(socket.AF_UNIX) as client:
         client.connect("\0" + name)
+
+
+@pytest.mark.parametrize("kind", ["stream", "dgram"])
+def test_the_probe_tells_the_socket_bound_from_another(tmp_path: Path, kind: str) -> None:
+    """What makes a bind that landed elsewhere an error: a probe through the path must
+    reach the very socket restore bound (here another socket holds the path)."""
+    from asyckpt._restore_model import MakeFailed
+    from asyckpt._restore_sockets import SOCK_TYPES, _probe
+
+    sotype = SOCK_TYPES[kind]
+    with (
+        socket.socket(socket.AF_UNIX, sotype) as ours,
+        socket.socket(socket.AF_UNIX, sotype) as other,
+    ):
+        ours.bind(str(tmp_path / "ours.sock"))
+        other.bind(str(tmp_path / "other.sock"))
+        if kind == "stream":
+            ours.listen(1)
+            other.listen(1)
+        _probe(ours, os.fsencode(tmp_path / "ours.sock"), kind, "ours")  # reaches it
+        with pytest.raises(MakeFailed, match="does not reach"):
+            _probe(ours, os.fsencode(tmp_path / "other.sock"), kind, "ours")
+        # Nothing left of the probes: no connection waiting, no datagram queued.
+        ours.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            ours.accept() if kind == "stream" else ours.recv(1)
