@@ -430,12 +430,14 @@ class _Planner:
                 raise _Refuse("no memfd name of at most 249 bytes")
             seals = data.get("seals")
             seals = 0 if seals is None else _int(seals, 0, SEAL_MASK, "seals")
-        else:
-            unlinked = _os_name(f.path, f.path_bytes, "path").removesuffix(" (deleted)")
-            name, seals = os.path.basename(unlinked)[:64], 0
-        self.plan.inodes.append(Inode(name=name, size=size, runs=runs, seals=seals))
-        index = self._inode[key] = len(self.plan.inodes) - 1
-        return index
+            inode = Inode(name=name, size=size, runs=runs, seals=seals)
+        else:  # an unnamed file in its directory; st_mode 0: not recorded (version 1)
+            gone = _os_name(f.path, f.path_bytes, "path").removesuffix(" (deleted)")
+            path = gone if gone.startswith("/") and len(os.fsencode(gone)) <= MAX_PATH else ""
+            name, mode = os.path.basename(gone)[:64], f.st_mode & 0o777 or 0o600
+            inode = Inode(name=name, size=size, runs=runs, seals=0, path=path, mode=mode)
+        self.plan.inodes.append(inode)
+        return self._inode.setdefault(key, len(self.plan.inodes) - 1)  # a new key
 
     def _pipe_end(
         self, f: File, data: dict[str, object], table: list[File]

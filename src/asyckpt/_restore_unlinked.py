@@ -1,0 +1,110 @@
+"""Unlinked files made again (the I/O): a memfd as a memfd, an unlinked regular file as
+an unnamed file (``O_TMPFILE``) in the directory it lived in, so on its own file system;
+each holding the image's content, holes kept.
+
+The directory is resolved by the caller's ``resolve`` (restore's own: ``openat2`` under
+the root, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS, O_PATH), checked to be a directory
+through that O_PATH fd, and the file made relative to it (``"."``), so nothing is
+resolved twice.  ``O_EXCL`` makes the file unlinkable for good: like the unlinked file
+it stands for, it never gets a name (no ``linkat``), and it goes with its last fd.
+When it cannot be made there (the directory gone, not writable, a file system without
+O_TMPFILE), the file is a memfd, as a :class:`Fallback` says.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+from collections.abc import Callable
+from typing import NamedTuple
+
+from ._restore_model import Inode
+
+__all__ = ["Fallback", "make_inode"]
+
+_F_SEAL_SEAL = 1
+
+# Why an unnamed file could not be made, by the errno that said so; any other error
+# (EIO, ENOSPC...) fails the restore.
+_WHY = {
+    errno.ENOENT: "directory gone",
+    errno.ENOTDIR: "directory gone",
+    errno.EACCES: "directory not writable",
+    errno.EPERM: "directory not writable",
+    errno.EROFS: "directory not writable",
+    errno.EOPNOTSUPP: "no O_TMPFILE on its file system",
+    errno.EISDIR: "no O_TMPFILE on its file system",  # kernels before 3.11
+}
+
+
+class Fallback(NamedTuple):
+    """An unlinked regular file restored as a memfd: the task and fd it is first made
+    for, its path in the image (without `` (deleted)``), and why."""
+
+    pid: int
+    fd: int
+    path: str
+    why: str
+
+
+def make_inode(inode: Inode, resolve: Callable[[str], int]) -> tuple[int, str | None]:
+    """A read-write, close-on-exec fd of a new file holding ``inode``'s content, and
+    None, or why an unlinked regular file is a memfd (the fd is then the memfd's).
+    ``resolve(path)`` returns an O_PATH fd of ``path`` inside the root (OSError)."""
+    if inode.path is None:
+        return _memfd(inode), None
+    if not inode.path:
+        return _memfd(inode), "no absolute path in the image"
+    try:
+        fd = _tmpfile(os.path.dirname(inode.path), resolve)
+    except OSError as exc:
+        why = _WHY.get(exc.errno or 0)
+        if why is None:
+            raise
+        return _memfd(inode), why
+    try:
+        fill(fd, inode)
+        os.fchmod(fd, inode.mode)  # 0600 while it was filled
+        return fd, None
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _tmpfile(directory: str, resolve: Callable[[str], int]) -> int:
+    opath = resolve(directory)
+    try:
+        if not stat.S_ISDIR(os.fstat(opath).st_mode):
+            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        # Writable whatever the image's access: each description reopens it with its own.
+        flags = os.O_TMPFILE | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC
+        return os.open(".", flags, 0o600, dir_fd=opath)
+    finally:
+        os.close(opath)
+
+
+def _memfd(inode: Inode) -> int:
+    """A memfd holding the content, then sealed."""
+    sealing = inode.seals != _F_SEAL_SEAL  # a memfd made without ALLOW_SEALING reads so
+    flags = os.MFD_CLOEXEC | (os.MFD_ALLOW_SEALING if sealing else 0)
+    fd = os.memfd_create(inode.name, flags)
+    try:
+        fill(fd, inode)
+        if sealing and inode.seals:
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, inode.seals)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def fill(fd: int, inode: Inode) -> None:
+    """Write the saved content back at its offsets: the size first, so what is not
+    written stays a hole."""
+    os.ftruncate(fd, inode.size)
+    for offset, data in inode.runs:
+        view = memoryview(data)
+        while view:
+            view = view[os.pwrite(fd, view, offset + len(data) - len(view)) :]
