@@ -342,6 +342,16 @@ def test_unlinked_file_made_in_its_directory(
     assert plan(image((3, memfd()))).inodes[0].path is None  # a memfd stays one
 
 
+def test_file_made_with_o_tmpfile_reopened_without_o_directory() -> None:
+    # tempfile.TemporaryFile's: fdinfo keeps O_TMPFILE, whose O_DIRECTORY would make
+    # the reopen of a regular file fail (ENOTDIR).
+    saved = {"deleted": True, "nlink": 0, "path_state": "deleted", "ghost": "saved"}
+    flags = os.O_RDWR | os.O_TMPFILE | os.O_APPEND
+    f = reg(1, "/tmp/#4243472 (deleted)", **saved, ghost_file=1, flags=flags)
+    (d,) = plan(image((3, f))).descriptions
+    assert d.make == Reopen(inode=0, flags=os.O_RDWR | os.O_APPEND)
+
+
 def test_socketpair_within_the_table() -> None:
     a = _file(1, "socket", "socket:[7]", data=_socket(7, peer_ino=8, shutdown="write"))
     b = _file(2, "socket", "socket:[8]", data=_socket(8, peer_ino=7))

@@ -19,7 +19,7 @@ import pytest
 
 from asyckpt._escape import escape
 from tests.conftest import WORKLOADS, Tree
-from tests.test_restore import asyckpt, capture
+from tests.test_restore import ASYCKPT, asyckpt, capture
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -158,3 +158,35 @@ def test_directory_gone_restored_as_a_memfd(spawn: Any, holders: list[int], tmp_
     rw_a, rw_b = a[names["rw"]][1], b[names["rw"]][1]
     content = extract(tmp_path / "a.ackpt", rw_a, tmp_path / "a.bin")
     assert extract(tmp_path / "b.ackpt", rw_b, tmp_path / "b.bin") == content
+
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="root, setpriv")
+def test_directory_not_writable_restored_as_a_memfd(
+    spawn: Any, holders: list[int], tmp_path: Path
+) -> None:
+    # A directory root made, that nobody can search but not write: restore as nobody.
+    base = Path(tempfile.mkdtemp(prefix="asyckpt-test-"))
+    try:
+        base.chmod(0o755)
+        tree, before = start(spawn, base / "db", base)
+        (base / "a.ackpt").chmod(0o644)
+        argv = ["restore", str(base / "a.ackpt"), "--pid", str(tree.pid), "--hold"]
+        proc = subprocess.run(NOBODY + ASYCKPT + argv, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        holders.append(int(proc.stdout))
+        names = tree.info["fds"]
+        a = files(before, tree.pid)
+        said = [(names["rw"], a[names["rw"]][1]), (names["tmpfile"], a[names["tmpfile"]][1])]
+        assert proc.stderr == "".join(
+            f"asyckpt: restore: fd {fd} ({escape(f.path)}): directory not writable, restored "
+            "as a memfd\n"
+            for fd, f in said
+        )
+        b = files(capture(holders[-1], tmp_path / "b.ackpt"), holders[-1])
+        compare(a, b, names)
+        assert b[names["wo"]][1].path == "/memfd:data.bin"
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -26,11 +26,15 @@ __all__ = ["Fallback", "make_inode"]
 
 _F_SEAL_SEAL = 1
 
-# Why an unnamed file could not be made, by the errno that said so; any other error
-# (EIO, ENOSPC...) fails the restore.
-_WHY = {
+# Why an unnamed file could not be made, by the errno that said so: resolving its
+# directory, then making the file there.  Any other error (ELOOP for a magic link, EIO,
+# ENOSPC...) fails the restore.
+_UNREACHABLE = {
     errno.ENOENT: "directory gone",
     errno.ENOTDIR: "directory gone",
+    errno.EACCES: "directory not searchable",
+}
+_UNWRITABLE = {
     errno.EACCES: "directory not writable",
     errno.EPERM: "directory not writable",
     errno.EROFS: "directory not writable",
@@ -57,13 +61,9 @@ def make_inode(inode: Inode, resolve: Callable[[str], int]) -> tuple[int, str | 
         return _memfd(inode), None
     if not inode.path:
         return _memfd(inode), "no absolute path in the image"
-    try:
-        fd = _tmpfile(os.path.dirname(inode.path), resolve)
-    except OSError as exc:
-        why = _WHY.get(exc.errno or 0)
-        if why is None:
-            raise
-        return _memfd(inode), why
+    fd = _tmpfile(os.path.dirname(inode.path), resolve)
+    if isinstance(fd, str):
+        return _memfd(inode), fd
     try:
         fill(fd, inode)
         os.fchmod(fd, inode.mode)  # 0600 while it was filled
@@ -73,16 +73,29 @@ def make_inode(inode: Inode, resolve: Callable[[str], int]) -> tuple[int, str | 
         raise
 
 
-def _tmpfile(directory: str, resolve: Callable[[str], int]) -> int:
-    opath = resolve(directory)
+def _tmpfile(directory: str, resolve: Callable[[str], int]) -> int | str:
+    """The unnamed file's fd, read-write whatever the image's access (each description
+    reopens it with its own), or why it cannot be made."""
+    try:
+        opath = resolve(directory)
+    except OSError as exc:
+        return _why(exc, _UNREACHABLE)
     try:
         if not stat.S_ISDIR(os.fstat(opath).st_mode):
-            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
-        # Writable whatever the image's access: each description reopens it with its own.
+            return "directory gone"
         flags = os.O_TMPFILE | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC
         return os.open(".", flags, 0o600, dir_fd=opath)
+    except OSError as exc:
+        return _why(exc, _UNWRITABLE)
     finally:
         os.close(opath)
+
+
+def _why(exc: OSError, known: dict[int, str]) -> str:
+    why = known.get(exc.errno or 0)
+    if why is None:
+        raise exc
+    return why
 
 
 def _memfd(inode: Inode) -> int:
