@@ -315,6 +315,7 @@ def test_memfd_content_and_seals_one_inode_for_two_descriptions() -> None:
         ("/srv/db/data.bin (deleted)", 0o100640, "/srv/db/data.bin", 0o640),
         ("/srv/setid (deleted)", 0o106755, "/srv/setid", 0o755),  # never set-id
         ("/data.bin (deleted)", 0, "/data.bin", 0o600),  # st_mode not recorded (version 1)
+        ("/none (deleted)", 0o100000, "/none", 0),
         ("rel/data.bin (deleted)", 0o100644, "", 0o644),  # no directory: a memfd
         ("/" + "d/" * 2048 + "x (deleted)", 0o100644, "", 0o644),  # past PATH_MAX
     ],

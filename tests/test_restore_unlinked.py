@@ -56,11 +56,11 @@ def base(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
         shutil.rmtree(made, ignore_errors=True)
 
 
-def start(spawn: Any, directory: Path, tmp_path: Path) -> tuple[Tree, Any]:
-    """The workload's file in ``directory``; captured, then killed: the restore has only
-    the image's saved content."""
+def start(spawn: Any, directory: Path, tmp_path: Path, *mode: str) -> tuple[Tree, Any]:
+    """The workload's file in ``directory`` (of ``mode``); captured, then killed: the
+    restore has only the image's saved content."""
     directory.mkdir()
-    tree: Tree = spawn(WORKLOADS / "restore_unlinked.py", str(directory))
+    tree: Tree = spawn(WORKLOADS / "restore_unlinked.py", str(directory), *mode)
     image = capture(tree.pid, tmp_path / "a.ackpt")
     os.kill(tree.pid, signal.SIGKILL)
     tree.proc.wait(timeout=10)
@@ -164,14 +164,23 @@ NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="root, setpriv")
-def test_directory_not_writable_restored_as_a_memfd(
-    spawn: Any, holders: list[int], tmp_path: Path
+@pytest.mark.parametrize(
+    ("dir_mode", "file_mode", "why"),
+    [
+        # A directory root made, that nobody may search but not write: a memfd.
+        (0o755, "640", "directory not writable"),
+        # Writable: the unnamed file, whose mode (none) is set once it was reopened.
+        (0o777, "000", None),
+    ],
+)
+def test_restored_as_another_user(
+    spawn: Any, holders: list[int], tmp_path: Path, dir_mode: int, file_mode: str, why: str | None
 ) -> None:
-    # A directory root made, that nobody can search but not write: restore as nobody.
     base = Path(tempfile.mkdtemp(prefix="asyckpt-test-"))
     try:
         base.chmod(0o755)
-        tree, before = start(spawn, base / "db", base)
+        tree, before = start(spawn, base / "db", base, file_mode)
+        (base / "db").chmod(dir_mode)
         (base / "a.ackpt").chmod(0o644)
         argv = ["restore", str(base / "a.ackpt"), "--pid", str(tree.pid), "--hold"]
         proc = subprocess.run(NOBODY + ASYCKPT + argv, capture_output=True, text=True, timeout=120)
@@ -179,14 +188,19 @@ def test_directory_not_writable_restored_as_a_memfd(
         holders.append(int(proc.stdout))
         names = tree.info["fds"]
         a = files(before, tree.pid)
-        said = [(names["rw"], a[names["rw"]][1]), (names["tmpfile"], a[names["tmpfile"]][1])]
-        assert proc.stderr == "".join(
-            f"asyckpt: restore: fd {fd} ({escape(f.path)}): directory not writable, restored "
-            "as a memfd\n"
-            for fd, f in said
-        )
         b = files(capture(holders[-1], tmp_path / "b.ackpt"), holders[-1])
         compare(a, b, names)
+        if why is None:
+            assert proc.stderr == ""
+            assert os.path.dirname(b[names["wo"]][1].path) == str(base / "db")
+            assert b[names["wo"]][1].st_mode == 0o100000
+            assert b[names["wo"]][1].uid == 65534  # restore's user
+            return
+        said = [(names["rw"], a[names["rw"]][1]), (names["tmpfile"], a[names["tmpfile"]][1])]
+        assert proc.stderr == "".join(
+            f"asyckpt: restore: fd {fd} ({escape(f.path)}): {why}, restored as a memfd\n"
+            for fd, f in said
+        )
         assert b[names["wo"]][1].path == "/memfd:data.bin"
     finally:
         shutil.rmtree(base, ignore_errors=True)

@@ -136,6 +136,7 @@ class _Maker:
         self.taken: set[tuple[str, int, int]] = set()
         self.made: dict[int, int] = {}  # description index -> its fd, for epoll watches
         self.fallbacks: list[Fallback] = []
+        self.modes: list[tuple[int, int]] = []  # unnamed files' fds, their permission bits
         self.unix = UnixMaker(root_fd, self.keep)
 
     def keep(self, fd: int) -> int:
@@ -285,10 +286,12 @@ class _Maker:
         fd = self.inodes.get(index)
         if fd is None:
             inode = self.plan.inodes[index]
-            fd, why = make_inode(inode, lambda path: self._resolve_os(path, 0))
-            fd = self.inodes[index] = self.keep(fd)
-            if why is not None:
-                self.fallbacks.append(Fallback(d.pid, d.fd, inode.path or inode.name, why))
+            new = make_inode(inode, lambda path: self._resolve_os(path, 0))
+            fd = self.inodes[index] = self.keep(new.fd)
+            if new.mode is not None:
+                self.modes.append((fd, new.mode))
+            if new.why is not None:
+                self.fallbacks.append(Fallback(d.pid, d.fd, inode.path or inode.name, new.why))
         return fd
 
     def _pipe_end(self, make: PipeEnd) -> int:
@@ -465,6 +468,9 @@ def make(
                     pid=d.pid,
                     fd=d.fd,
                 ) from None
+        # Only now: each description of an unnamed file was opened from it at 0600.
+        for fd, mode in maker.modes:
+            os.fchmod(fd, mode)
     except BaseException:
         close_all(made.values())
         maker.unix.undo()

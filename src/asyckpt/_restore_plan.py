@@ -434,7 +434,7 @@ class _Planner:
         else:  # an unnamed file in its directory; st_mode 0: not recorded (version 1)
             gone = _os_name(f.path, f.path_bytes, "path").removesuffix(" (deleted)")
             path = gone if gone.startswith("/") and len(os.fsencode(gone)) <= MAX_PATH else ""
-            name, mode = os.path.basename(gone)[:64], f.st_mode & 0o777 or 0o600
+            name, mode = os.path.basename(gone)[:64], f.st_mode & 0o777 if f.st_mode else 0o600
             inode = Inode(name=name, size=size, runs=runs, seals=0, path=path, mode=mode)
         self.plan.inodes.append(inode)
         return self._inode.setdefault(key, len(self.plan.inodes) - 1)  # a new key

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 from ._restore_model import Inode
 
-__all__ = ["Fallback", "make_inode"]
+__all__ = ["Fallback", "NewInode", "make_inode"]
 
 _F_SEAL_SEAL = 1
 
@@ -53,21 +53,30 @@ class Fallback(NamedTuple):
     why: str
 
 
-def make_inode(inode: Inode, resolve: Callable[[str], int]) -> tuple[int, str | None]:
-    """A read-write, close-on-exec fd of a new file holding ``inode``'s content, and
-    None, or why an unlinked regular file is a memfd (the fd is then the memfd's).
-    ``resolve(path)`` returns an O_PATH fd of ``path`` inside the root (OSError)."""
+class NewInode(NamedTuple):
+    fd: int
+    """Read-write, close-on-exec: each description is opened from it."""
+    mode: int | None
+    """The unnamed file's permission bits, for the caller to set (``fchmod``) once every
+    description is opened from it: a mode that denies its owner the access of one would
+    make that open fail.  None: a memfd."""
+    why: str | None
+    """Why an unlinked regular file is a memfd; None when it is not one or is made so."""
+
+
+def make_inode(inode: Inode, resolve: Callable[[str], int]) -> NewInode:
+    """A new file holding ``inode``'s content.  ``resolve(path)`` returns an O_PATH fd
+    of ``path`` inside the root (OSError)."""
     if inode.path is None:
-        return _memfd(inode), None
+        return NewInode(_memfd(inode), None, None)
     if not inode.path:
-        return _memfd(inode), "no absolute path in the image"
+        return NewInode(_memfd(inode), None, "no absolute path in the image")
     fd = _tmpfile(os.path.dirname(inode.path), resolve)
     if isinstance(fd, str):
-        return _memfd(inode), fd
+        return NewInode(_memfd(inode), None, fd)
     try:
         fill(fd, inode)
-        os.fchmod(fd, inode.mode)  # 0600 while it was filled
-        return fd, None
+        return NewInode(fd, inode.mode, None)
     except BaseException:
         os.close(fd)
         raise

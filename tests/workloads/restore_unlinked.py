@@ -1,7 +1,8 @@
 """One process holding an unlinked regular file through three descriptions, for
 tests/test_restore_unlinked.py.
 
-Usage: restore_unlinked.py WORKDIR DIR.  Makes DIR/data.bin (mode 0640) with a hole
+Usage: restore_unlinked.py WORKDIR DIR [MODE].  Makes DIR/data.bin (mode MODE, octal,
+default 0640) with a hole
 between "head" and "tail", opens it read-write (and dups that), read-only and
 write-only with O_APPEND, each at its own position, and unlinks it; makes another file
 in DIR with O_TMPFILE (as tempfile.TemporaryFile does: never named); prints one JSON line
@@ -21,13 +22,14 @@ os.close(null)
 directory = sys.argv[2]
 path = os.path.join(directory, "data.bin")
 fds = {}
-fds["rw"] = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640)
-os.fchmod(fds["rw"], 0o640)  # whatever the umask
+mode = int(sys.argv[3], 8) if len(sys.argv) > 3 else 0o640
+fds["rw"] = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
 os.pwrite(fds["rw"], b"head", 0)
 os.pwrite(fds["rw"], b"tail", 1 << 20)  # a hole of a MiB between
 fds["rw_dup"] = os.dup(fds["rw"])
 fds["ro"] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 fds["wo"] = os.open(path, os.O_WRONLY | os.O_APPEND)
+os.fchmod(fds["rw"], mode)  # once opened, whatever the umask
 os.unlink(path)
 os.lseek(fds["rw"], 5, os.SEEK_SET)
 os.lseek(fds["ro"], 3, os.SEEK_SET)
