@@ -208,6 +208,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "asyckpt._claim",
             "asyckpt._recover",
             "asyckpt._restore_sockets",
+            "asyckpt._restore_unlinked",
         },
     ),
     (

@@ -125,6 +125,9 @@ def command(args: argparse.Namespace) -> int:
         os.close(root_fd)
     for s in plan.skipped:
         print(f"asyckpt: restore: skipped fd {s.fd} ({s.kind} {escape(s.path)})", file=sys.stderr)
+    for f in made.fallbacks:
+        print(f"asyckpt: restore: fd {f.fd} ({escape(f.path)}): {f.why}, restored as a memfd",
+              file=sys.stderr)  # fmt: skip
     sys.stdout.flush()
     sys.stderr.flush()
     if args.hold:

@@ -87,9 +87,10 @@ PTY_SLAVES = range(136, 144)
 (not a serial line, whose open may raise its modem lines; not /dev/tty or /dev/ptmx,
 which would name or make another terminal)."""
 
-# Open flags an image may not ask for: restore never creates or truncates.
+# Open flags an image may not ask for: restore never creates or truncates.  O_DIRECTORY:
+# an O_TMPFILE's is not the file's (a directory gets its own back).
 _O_TMPFILE_BIT = 0o20000000
-_NEVER = os.O_CREAT | os.O_EXCL | os.O_TRUNC | _O_TMPFILE_BIT | os.O_NOCTTY
+_NEVER = os.O_CREAT | os.O_EXCL | os.O_TRUNC | _O_TMPFILE_BIT | os.O_NOCTTY | os.O_DIRECTORY
 # What F_SETFL changes (fs/fcntl.c SETFL_MASK); O_ASYNC goes with an I/O owner, which
 # is refused.
 SETFL = os.O_APPEND | os.O_NONBLOCK | os.O_DIRECT | os.O_NOATIME
@@ -421,21 +422,22 @@ class _Planner:
             key, runs = ("empty", f.dev, f.ino), []
         else:
             raise _Refuse(f"its content is not in the image (ghost {f.ghost})")
-        index = self._inode.get(key)
-        if index is not None:
-            return index
+        if key in self._inode:
+            return self._inode[key]
         if kind == "memfd":
             name = _os_name(data.get("name"), data.get("name_bytes"), "memfd name")
             if len(os.fsencode(name)) > MAX_MEMFD_NAME:
                 raise _Refuse("no memfd name of at most 249 bytes")
             seals = data.get("seals")
             seals = 0 if seals is None else _int(seals, 0, SEAL_MASK, "seals")
-        else:
-            unlinked = _os_name(f.path, f.path_bytes, "path").removesuffix(" (deleted)")
-            name, seals = os.path.basename(unlinked)[:64], 0
-        self.plan.inodes.append(Inode(name=name, size=size, runs=runs, seals=seals))
-        index = self._inode[key] = len(self.plan.inodes) - 1
-        return index
+            inode = Inode(name=name, size=size, runs=runs, seals=seals)
+        else:  # an unnamed file in its directory; st_mode 0: not recorded (version 1)
+            gone = _os_name(f.path, f.path_bytes, "path").removesuffix(" (deleted)")
+            path = gone if gone.startswith("/") and len(os.fsencode(gone)) <= MAX_PATH else ""
+            name, mode = os.path.basename(gone)[:64], f.st_mode & 0o777 if f.st_mode else 0o600
+            inode = Inode(name=name, size=size, runs=runs, seals=0, path=path, mode=mode)
+        self.plan.inodes.append(inode)
+        return self._inode.setdefault(key, len(self.plan.inodes) - 1)  # a new key
 
     def _pipe_end(
         self, f: File, data: dict[str, object], table: list[File]
