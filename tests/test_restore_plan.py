@@ -11,12 +11,12 @@ import pytest
 
 from asyckpt._errors import RestoreError, UsageError
 from asyckpt._image import parse_image
-from asyckpt._restore_model import InotifyWatch
-from asyckpt._restore_plan import (
+from asyckpt._restore_model import (
     Bind,
     Epoll,
     EventFd,
     Inotify,
+    InotifyWatch,
     OpenPath,
     PipeEnd,
     Reopen,
@@ -24,8 +24,8 @@ from asyckpt._restore_plan import (
     SignalFd,
     SocketEnd,
     TimerFd,
-    plan_table,
 )
+from asyckpt._restore_plan import plan_table
 from tests.crafted import _file, _socket, build, seed
 
 PID = 100

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, NamedTuple, NoReturn
 
 from ._decode import Image
-from ._errors import AsyckptError
+from ._errors import AsyckptError, RestoreError
 from ._kernel import (
     RESOLVE_IN_ROOT,
     RESOLVE_NO_MAGICLINKS,
@@ -42,10 +42,7 @@ from ._kernel import (
     signalfd,
     timerfd,
 )
-from ._restore_model import MakeFailed as _Failed
-from ._restore_model import UnixConnection, UnixSocket
-from ._restore_pidfd import NewPid, make_pidfds
-from ._restore_plan import (
+from ._restore_model import (
     Bind,
     Description,
     Epoll,
@@ -59,13 +56,16 @@ from ._restore_plan import (
     Pipe,
     PipeEnd,
     Reopen,
-    RestoreError,
     RestorePlan,
     SignalFd,
     SocketEnd,
     TimerFd,
-    plan_table,
+    UnixConnection,
+    UnixSocket,
 )
+from ._restore_model import MakeFailed as _Failed
+from ._restore_pidfd import NewPid, make_pidfds
+from ._restore_plan import plan_table
 from ._restore_sockets import SOCK_TYPES, UnixMaker, bind_inet, shut
 from ._restore_unlinked import Fallback, make_inode
 
