@@ -221,6 +221,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "asyckpt.handlers",
             "asyckpt._facts",
             "asyckpt._parts",
+            "asyckpt._handoff",
             "asyckpt._build",
             "asyckpt._materialize",
             "asyckpt._begins",
