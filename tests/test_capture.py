@@ -183,7 +183,7 @@ def test_image_is_the_same_whichever_reader(
 ) -> None:
     """The C reader leaning on the parent's rows (the default, frozen), the same handing
     every table to the resolver in pieces of 3 fds as it reads them, the C reader
-    reading every fd, each table whole, and the pure-Python reader and dedup loop (in
+    reading every fd, each table whole, and the pure-Python readers and dedup loop (in
     pieces too) give byte-identical bodies."""
     from asyckpt import _procread, _scanning
 
@@ -205,6 +205,7 @@ def test_image_is_the_same_whichever_reader(
         capture(zoo, tmp_path / "full.ackpt")
     bodies.append(_body((tmp_path / "full.ackpt").read_bytes()))
     monkeypatch.setattr(_procread, "_read_tables_c", None)
+    monkeypatch.setattr(_procread, "_read_task_c", None)
     monkeypatch.setattr("asyckpt._capture.dedup_rows", None)
     _idle(zoo.pid)
     capture(zoo, tmp_path / "py.ackpt")

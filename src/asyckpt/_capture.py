@@ -70,7 +70,7 @@ import trio
 from ._begins import run_begin
 from ._build import RecordBuilder
 from ._claim import claim_freezer
-from ._discover import TaskPlan, check_target, own_lineage, plan_tables, walk_tree
+from ._discover import TaskPlan, check_target, own_lineage, plan_tables, survey_tree, walk_tree
 from ._errors import FreezerError, NoSuchProcess, collapse_errors
 from ._freeze import Freezer
 from ._ghost import CONTENT_CHUNK, DEFAULT_GHOST_LIMIT, Chunk, GhostNote
@@ -192,13 +192,13 @@ def _settle_tree(
 ) -> list[TaskPlan]:
     """Walk the frozen tree, catch tasks that escaped the move, plan its fd tables."""
     for _round in range(MAX_FREEZE_ROUNDS):
-        tasks = walk_tree(root.pid)
-        if tasks[0].starttime != root.starttime:
+        tasks = survey_tree(root.pid)
+        if tasks[0].stat.starttime != root.starttime:
             raise NoSuchProcess("the process exited and its pid was reused", pid=root.pid)
         if not freezer.consistent:
             break
         members = freezer.members()
-        missing = [t.pid for t in tasks if t.pid not in members and t.state != "Z"]
+        missing = [t.stat.pid for t in tasks if t.stat.pid not in members and t.stat.state != "Z"]
         if not missing:
             break
         freezer.add(missing)
@@ -208,7 +208,11 @@ def _settle_tree(
     # The v1 freezer shows every frozen task as "D": keep the state it had before.
     state = {(t.pid, t.starttime): t.state for t in before}
     tasks = [
-        t._replace(state=state.get((t.pid, t.starttime), t.state)) if t.state != "Z" else t
+        t._replace(
+            stat=t.stat._replace(state=state.get((t.stat.pid, t.stat.starttime), t.stat.state))
+        )
+        if t.stat.state != "Z"
+        else t
         for t in tasks
     ]
     return plan_tables(tasks)

@@ -681,6 +681,29 @@ static PyObject *kcmp_files(PyObject *self, PyObject *const *args, Py_ssize_t na
     return PyLong_FromLong(r);
 }
 
+/* kcmp(pid1, pid2, type, idx1, idx2) -> 0, 1 or 2: the syscall for any type but
+ * KCMP_EPOLL_TFD (whose last argument is a pointer).  _kernel.kcmp's, called for every
+ * task of a frozen tree to group fd tables (KCMP_FILES): through ctypes each call cost
+ * several times the syscall. */
+static PyObject *kcmp_any(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "kcmp(pid1, pid2, type, idx1, idx2)");
+        return NULL;
+    }
+    int p1, p2, type, i1, i2;
+    if (int_arg(args[0], 0, "pid1", &p1) < 0 || int_arg(args[1], 0, "pid2", &p2) < 0
+        || int_arg(args[2], 0, "type", &type) < 0 || int_arg(args[3], 0, "idx1", &i1) < 0
+        || int_arg(args[4], 0, "idx2", &i2) < 0)
+        return NULL;
+    if (type == 7 /* KCMP_EPOLL_TFD */) {
+        PyErr_SetString(PyExc_ValueError, "kcmp: KCMP_EPOLL_TFD takes a slot, not an index");
+        return NULL;
+    }
+    long r = syscall(SYS_kcmp, (pid_t)p1, (pid_t)p2, type, (long)i1, (long)i2);
+    if (r < 0) return PyErr_SetFromErrno(PyExc_OSError);
+    return PyLong_FromLong(r);
+}
+
 /* The I/O owner of an open file description: F_GETOWN_EX and F_GETSIG, and, only when
  * an owner is set, F_GETOWNER_UIDS (EINVAL without CONFIG_CHECKPOINT_RESTORE: no uids).
  * One call for the two or three fcntls, read once per description while the tree is
@@ -1046,6 +1069,189 @@ fail:
     return NULL;
 }
 
+/* --- read_task: what the tree walk and the fd-table plan read of one task ------------ */
+
+/* The whole of a /proc file, however long (a task's children list has no bound). */
+static int slurp(const char *path, char **out, size_t *len) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    size_t cap = 1024, n = 0;
+    char *buf = malloc(cap);
+    if (!buf) { close(fd); errno = ENOMEM; return -1; }
+    for (;;) {
+        ssize_t r = read(fd, buf + n, cap - n);
+        if (r < 0) { int e = errno; free(buf); close(fd); errno = e; return -1; }
+        if (r == 0) break;
+        n += (size_t)r;
+        if (n == cap) {
+            char *bigger = realloc(buf, cap * 2);
+            if (!bigger) { free(buf); close(fd); errno = ENOMEM; return -1; }
+            buf = bigger;
+            cap *= 2;
+        }
+    }
+    close(fd);
+    *out = buf;
+    *len = n;
+    return 0;
+}
+
+struct task_read {
+    char *stat;
+    size_t stat_len;
+    int *tids;
+    size_t ntids, tids_cap;
+    long *children;
+    size_t nchildren, children_cap;
+    struct stat st;         /* of /proc/PID: the task's owner */
+    char root[PATH_MAX + 1];
+    ssize_t root_len;       /* -1: a zombie (no root, no namespaces) */
+    unsigned long long mnt_ns;
+    int err;
+    char err_path[64];
+};
+
+static int cmp_long(const void *a, const void *b) {
+    long x = *(const long *)a, y = *(const long *)b;
+    return (x > y) - (x < y);
+}
+
+static void task_failed(struct task_read *t, const char *path) {
+    t->err = errno;
+    snprintf(t->err_path, sizeof t->err_path, "%s", path);
+}
+
+/* What _procread.read_stat, list_threads, list_children and read_task_meta read, in
+ * that order and with their rules: a thread that exits while its children are read is
+ * skipped; a zombie has no root and no mount namespace. */
+static void scan_task(int pid, struct task_read *t) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    if (slurp(path, &t->stat, &t->stat_len) < 0) { task_failed(t, path); return; }
+
+    snprintf(path, sizeof path, "/proc/%d/task", pid);
+    DIR *d = opendir(path);
+    if (!d) { task_failed(t, path); return; }
+    struct dirent *de;
+    errno = 0;
+    while ((de = readdir(d))) {
+        if (de->d_name[0] < '0' || de->d_name[0] > '9') continue;
+        if (t->ntids == t->tids_cap) {
+            size_t cap = t->tids_cap ? t->tids_cap * 2 : 16;
+            int *more = realloc(t->tids, cap * sizeof *more);
+            if (!more) { errno = ENOMEM; break; }
+            t->tids = more;
+            t->tids_cap = cap;
+        }
+        t->tids[t->ntids++] = atoi(de->d_name);
+        errno = 0;
+    }
+    int saved = errno;
+    closedir(d);
+    if (saved) { errno = saved; task_failed(t, path); return; }
+    qsort(t->tids, t->ntids, sizeof *t->tids, cmp_int);
+
+    for (size_t i = 0; i < t->ntids; i++) {
+        char *text;
+        size_t len;
+        snprintf(path, sizeof path, "/proc/%d/task/%d/children", pid, t->tids[i]);
+        if (slurp(path, &text, &len) < 0) {
+            if (errno == ENOENT || errno == ESRCH) continue;  /* the thread exited */
+            task_failed(t, path);
+            return;
+        }
+        const char *p = text, *end = text + len;
+        while (p < end) {
+            if (*p < '0' || *p > '9') { p++; continue; }
+            long child = 0;
+            while (p < end && *p >= '0' && *p <= '9' && child < INT_MAX) child = child * 10 + (*p++ - '0');
+            if (t->nchildren == t->children_cap) {
+                size_t cap = t->children_cap ? t->children_cap * 2 : 16;
+                long *more = realloc(t->children, cap * sizeof *more);
+                if (!more) { free(text); errno = ENOMEM; task_failed(t, path); return; }
+                t->children = more;
+                t->children_cap = cap;
+            }
+            t->children[t->nchildren++] = child;
+        }
+        free(text);
+    }
+    qsort(t->children, t->nchildren, sizeof *t->children, cmp_long);
+    size_t kept = 0;  /* unique: children of two threads are one list */
+    for (size_t i = 0; i < t->nchildren; i++)
+        if (!kept || t->children[kept - 1] != t->children[i]) t->children[kept++] = t->children[i];
+    t->nchildren = kept;
+
+    snprintf(path, sizeof path, "/proc/%d", pid);
+    if (stat(path, &t->st) < 0) { task_failed(t, path); return; }
+    snprintf(path, sizeof path, "/proc/%d/root", pid);
+    t->root_len = readlink(path, t->root, PATH_MAX);
+    if (t->root_len < 0) {
+        if (errno == ENAMETOOLONG) t->root_len = 0;
+        else if (errno == ENOENT) { t->root_len = -1; return; }
+        else { task_failed(t, path); return; }
+    }
+    struct stat ns;
+    snprintf(path, sizeof path, "/proc/%d/ns/mnt", pid);
+    if (stat(path, &ns) < 0) {
+        if (errno == ENOENT) { t->root_len = -1; return; }
+        task_failed(t, path);
+        return;
+    }
+    t->mnt_ns = (unsigned long long)ns.st_ino;
+}
+
+static PyObject *int_list(const void *items, size_t n, int is_long) {
+    PyObject *list = PyList_New((Py_ssize_t)n);
+    if (!list) return NULL;
+    for (size_t i = 0; i < n; i++) {
+        long v = is_long ? ((const long *)items)[i] : ((const int *)items)[i];
+        PyObject *o = PyLong_FromLong(v);
+        if (!o) { Py_DECREF(list); return NULL; }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, o);
+    }
+    return list;
+}
+
+/* read_task(pid) -> (stat: bytes, tids, children, uid, gid, root: str | None, mnt_ns)
+ *
+ * What the tree walk and the fd-table plan read of a task, with the GIL released for
+ * all of it: while the tree is frozen they are read for every task, about ten syscalls
+ * each, which through the interpreter cost several times their kernel time on a tree of
+ * hundreds of small tasks.  tids and children sorted, children unique; root None for a
+ * zombie (its mnt_ns 0).  A failure raises OSError naming the file. */
+static PyObject *read_task(PyObject *self, PyObject *arg) {
+    int pid;
+    if (int_arg(arg, 1, "pid", &pid) < 0) return NULL;
+    struct task_read *t = calloc(1, sizeof *t);
+    if (!t) return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS
+    scan_task(pid, t);
+    Py_END_ALLOW_THREADS
+    PyObject *result = NULL;
+    if (t->err) {
+        errno = t->err;
+        PyErr_SetFromErrnoWithFilename(PyExc_OSError, t->err_path);
+    } else {
+        PyObject *root = t->root_len < 0 ? Py_NewRef(Py_None)
+                                         : PyUnicode_DecodeFSDefaultAndSize(t->root, t->root_len);
+        PyObject *tids = int_list(t->tids, t->ntids, 0);
+        PyObject *children = int_list(t->children, t->nchildren, 1);
+        if (root && tids && children)
+            result = Py_BuildValue("(y#OOkkOK)", t->stat, (Py_ssize_t)t->stat_len, tids, children,
+                                   (unsigned long)t->st.st_uid, (unsigned long)t->st.st_gid, root,
+                                   t->root_len < 0 ? 0ULL : t->mnt_ns);
+        Py_XDECREF(root);
+        Py_XDECREF(tids);
+        Py_XDECREF(children);
+    }
+    free(t->stat);
+    free(t->tids);
+    free(t->children);
+    free(t);
+    return result;
+}
+
 #ifndef SYS_pidfd_getfd
 #define SYS_pidfd_getfd 438
 #endif
@@ -1079,6 +1285,12 @@ static PyMethodDef methods[] = {
      " (parent_pid, tid) or None per table, an fd shared with the parent's same fd is the"
      " short row (fd, flags); with piece, the first table of more fds is a TableReader,"
      " and the last item."},
+    {"read_task", read_task, METH_O,
+     "read_task(pid) -> (stat, tids, children, uid, gid, root, mnt_ns): a task's stat"
+     " text, threads, children, owner, root (None for a zombie) and mount namespace,"
+     " with the GIL released."},
+    {"kcmp", (PyCFunction)(void (*)(void))kcmp_any, METH_FASTCALL,
+     "kcmp(pid1, pid2, type, idx1, idx2) -> kcmp(2) for any type but KCMP_EPOLL_TFD"},
     {"kcmp_files", (PyCFunction)(void (*)(void))kcmp_files, METH_FASTCALL,
      "kcmp_files((pid1, fd1), (pid2, fd2)) -> kcmp(pid1, pid2, KCMP_FILE, fd1, fd2)"},
     {"fd_owner", fd_owner, METH_O,

@@ -14,19 +14,18 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple, Protocol, cast
 
-from ._errors import NoSuchProcess, oserror_context, translate_oserror
+from ._errors import NoSuchProcess, translate_oserror
 from ._procparse import TaskStat, parse_stat, split_fdinfo
 from ._rows import InheritedFd, RawFd, RawRow, ScanRow, stat_fields
 
 __all__ = [
     "TablePieces",
     "TaskMeta",
+    "TaskRead",
     "iter_fd_tables",
-    "list_children",
-    "list_threads",
     "read_fds",
     "read_stat",
-    "read_task_meta",
+    "read_task",
 ]
 
 PROC = "/proc"
@@ -59,26 +58,6 @@ def read_stat(pid: int, tid: int | None = None) -> TaskStat:
         raise translate_oserror(exc, pid=pid, what=path) from exc
 
 
-def list_threads(pid: int) -> list[int]:
-    with oserror_context(pid=pid, what="list threads"):
-        try:
-            return sorted(int(t) for t in os.listdir(f"{PROC}/{pid}/task"))
-        except FileNotFoundError:
-            raise NoSuchProcess("no such process", pid=pid) from None
-
-
-def list_children(pid: int) -> list[int]:
-    """Children of every thread of ``pid`` (a child's parent is the thread that forked it)."""
-    children: set[int] = set()
-    for tid in list_threads(pid):
-        try:
-            data = _read(f"{PROC}/{pid}/task/{tid}/children")
-        except (FileNotFoundError, ProcessLookupError):
-            continue  # thread exited in the meantime; its children were reparented
-        children.update(int(c) for c in data.split())
-    return sorted(children)
-
-
 class TaskMeta(NamedTuple):
     uid: int
     gid: int
@@ -86,16 +65,61 @@ class TaskMeta(NamedTuple):
     mnt_ns: int
 
 
-def read_task_meta(pid: int) -> TaskMeta:
-    with oserror_context(pid=pid, what="task metadata"):
-        st = os.stat(f"{PROC}/{pid}")
+class TaskRead(NamedTuple):
+    """What the tree walk and the fd-table plan need of one task, read in one go."""
+
+    stat: TaskStat
+    threads: list[int]
+    """Its thread ids, ascending."""
+    children: list[int]
+    """The children of all its threads (a child's parent is the thread that forked
+    it), ascending."""
+    meta: TaskMeta
+
+
+RawTask = tuple[bytes, list[int], list[int], int, int, str | None, int]
+"""(stat text, tids, children, uid, gid, root or None for a zombie, mnt_ns): what
+``_fdscan.read_task`` and :func:`_read_task_py` give."""
+
+_read_task_c: Callable[[int], RawTask] | None
+try:
+    from ._fdscan import read_task as _read_task_c
+except ImportError:  # built without a C compiler: the pure-Python reader below
+    _read_task_c = None
+
+
+def read_task(pid: int) -> TaskRead:
+    """Read a task's stat, threads, children and metadata (owner, root, mount
+    namespace); NoSuchProcess if it is gone."""
+    try:
+        raw = _read_task_c(pid) if _read_task_c is not None else _read_task_py(pid)
+    except FileNotFoundError:
+        raise NoSuchProcess("no such process", pid=pid) from None
+    except OSError as exc:
+        raise translate_oserror(exc, pid=pid, what=exc.filename or "task") from exc
+    stat, tids, children, uid, gid, root, mnt_ns = raw
+    # A zombie keeps its /proc entry but has dropped its fs and namespaces.
+    return TaskRead(parse_stat(stat), tids, children, TaskMeta(uid, gid, root or "/", mnt_ns))
+
+
+def _read_task_py(pid: int) -> RawTask:
+    """The fallback for _fdscan.read_task: the same result, raising the same OSErrors."""
+    stat = _read(f"{PROC}/{pid}/stat")
+    tids = sorted(int(t) for t in os.listdir(f"{PROC}/{pid}/task"))
+    children: set[int] = set()
+    for tid in tids:
         try:
-            root = _readlink_name(f"{PROC}/{pid}/root")
-            mnt_ns = os.stat(f"{PROC}/{pid}/ns/mnt").st_ino
-        except FileNotFoundError:
-            # A zombie keeps its /proc entry but has dropped its fs and namespaces.
-            root, mnt_ns = "/", 0
-    return TaskMeta(st.st_uid, st.st_gid, root, mnt_ns)
+            data = _read(f"{PROC}/{pid}/task/{tid}/children")
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # thread exited in the meantime; its children were reparented
+        children.update(int(c) for c in data.split())
+    st = os.stat(f"{PROC}/{pid}")
+    try:
+        root: str | None = _readlink_name(f"{PROC}/{pid}/root")
+        mnt_ns = os.stat(f"{PROC}/{pid}/ns/mnt").st_ino
+    except FileNotFoundError:
+        root, mnt_ns = None, 0
+    return stat, tids, sorted(children), st.st_uid, st.st_gid, root, mnt_ns
 
 
 # The row types: the C reader's struct sequences when it is built, so that both readers
