@@ -56,9 +56,10 @@ Theory of operation
 Memory: while frozen, every task's scan rows and resolved form are held (the records
 can only be made once the whole tree is known), plus the rows of at most twice
 ``SCAN_AHEAD`` chunks read but not yet resolved (in the channel, and taken by the
-resolver in one hop), and of at most one big table's pieces per reader.  After the thaw, the resolved forms shrink as records are made,
-and the channel holds at most ``BATCH_BUFFER`` batches (one task's records each, or one
-content chunk of at most 1 MiB).
+resolver in one hop), and of at most one big table's pieces per reader.  After the
+thaw, the resolved forms shrink as records are made, and the channel holds at most
+``BATCH_BUFFER`` batches (one task's records each, or one content chunk of at most
+1 MiB).
 """
 
 from __future__ import annotations

@@ -124,11 +124,12 @@ def _hand_on(pieces: TablePieces, stream: RowStream) -> None:
     happens: the resolver waits on it.
 
     The pieces are read from the one listing taken when the table was opened, so the
-    resolver sees the table as one read would give it: a frozen task's fd table cannot
-    change while it is frozen (no code of the task runs, and a thread sharing the table
-    is in the same process, frozen with it), so the time between pieces changes nothing;
-    in a tree that is not frozen, an fd closed between the listing and its read is
-    skipped, as it is within a whole table's read."""
+    resolver sees the table as one read would give it.  A frozen task's fd table does
+    not change while it is frozen (none of its threads runs, nor any task of the tree
+    sharing the table), so the time between pieces changes nothing; what could change
+    it (a SIGKILL, a process outside the tree sharing the table) could as well during a
+    whole table's read, which takes as long.  In a tree that is not frozen, an fd closed
+    between the listing and its read is skipped, as within a whole table's read."""
     try:
         while part := pieces.read():
             stream.put(part)
