@@ -98,8 +98,10 @@ def read_task(pid: int) -> TaskRead:
     except OSError as exc:
         raise translate_oserror(exc, pid=pid, what=exc.filename or "task") from exc
     stat, tids, children, uid, gid, root, mnt_ns = raw
-    # A zombie keeps its /proc entry but has dropped its fs and namespaces.
-    return TaskRead(parse_stat(stat), tids, children, TaskMeta(uid, gid, root or "/", mnt_ns))
+    # A zombie keeps its /proc entry but has dropped its fs and namespaces.  An empty
+    # root is one too long for the kernel to give (as an fd's link).
+    root = "/" if root is None else root
+    return TaskRead(parse_stat(stat), tids, children, TaskMeta(uid, gid, root, mnt_ns))
 
 
 def _read_task_py(pid: int) -> RawTask:
