@@ -250,11 +250,6 @@ class SocketHandler:
     record_type: ClassVar[type[msgspec.Struct]] = Socket
 
     def __init__(self) -> None:
-        # begin runs while the tree is frozen, and its first call would import the dump
-        # modules (about 8 ms): imported here instead, as the capture loads its handlers,
-        # before anything is frozen.
-        from . import dump  # noqa: F401
-
         # Each capture's dumps, dropped with its session.
         self._by_session: weakref.WeakKeyDictionary[CaptureSession, Dumps] = (
             weakref.WeakKeyDictionary()
