@@ -197,6 +197,16 @@ def task_state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
+def running(pid: int, wait: float = 2.0) -> bool:
+    """Whether ``pid`` runs or sleeps (state R or S), waiting up to ``wait`` seconds for
+    it: the v1 freezer shows a frozen task as D, and a task just thawed keeps that state
+    until it is scheduled, which under load may take a while."""
+    deadline = time.monotonic() + wait
+    while (state := task_state(pid)) not in "SR" and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return state in "SR"
+
+
 V1_FREEZER = Path("/sys/fs/cgroup/freezer")
 V2_ROOT = Path("/sys/fs/cgroup/unified")
 

@@ -14,7 +14,7 @@ import trio
 import asyckpt
 from asyckpt import CaptureOptions, File, read_image
 
-from .conftest import SPAWN_TREE, Tree, asyckpt_cgroups, cgroup_of, task_state
+from .conftest import SPAWN_TREE, Tree, asyckpt_cgroups, cgroup_of, running
 
 FREEZERS = ["cgroup-v1", "cgroup-v2"]
 
@@ -51,7 +51,7 @@ def zoo_image(request: pytest.FixtureRequest, zoo: Tree, tmp_path: Path) -> asyc
     # Thawed, and every task back where it was.
     for pid, cg in before.items():
         assert cgroup_of(pid) == cg
-        assert task_state(pid) in "SR"
+        assert running(pid)
     assert not asyckpt_cgroups()
     assert os.stat(tmp_path / "zoo.ackpt").st_mode & 0o777 == 0o600
     return read_image(tmp_path / "zoo.ackpt")
@@ -280,7 +280,7 @@ def test_leaving_the_stream_early_thaws(zoo: Tree) -> None:
     trio.run(main)
     assert reached  # leaving early is not an error
     assert not asyckpt_cgroups()
-    assert all(task_state(pid) in "SR" for pid in zoo.pids())
+    assert all(running(pid) for pid in zoo.pids())
 
 
 def test_cancelling_checkpoint_tree_thaws(spawn: Any, tmp_path: Path) -> None:
@@ -308,7 +308,7 @@ def test_cancelling_checkpoint_tree_thaws(spawn: Any, tmp_path: Path) -> None:
 
     trio.run(main)
     assert not asyckpt_cgroups()
-    assert all(task_state(pid) in "SR" for pid in tree.pids())
+    assert all(running(pid) for pid in tree.pids())
     assert not dest.exists() and list(tmp_path.glob(".c.ackpt.*")) == []
 
 
@@ -320,7 +320,7 @@ def test_strict_fails_on_generic_fd_and_thaws(zoo: Tree, tmp_path: Path) -> None
     assert "no handler claims" in str(err)
     assert not (tmp_path / "s.ackpt").exists()
     assert not asyckpt_cgroups()
-    assert all(task_state(pid) in "SR" for pid in zoo.pids())
+    assert all(running(pid) for pid in zoo.pids())
 
 
 def test_freeze_none_is_marked_inconsistent(zoo: Tree, tmp_path: Path) -> None:

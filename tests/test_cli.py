@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import SPAWN_TREE, Tree, asyckpt_cgroups, task_state
+from .conftest import SPAWN_TREE, Tree, asyckpt_cgroups, running
 
 ASYCKPT = [sys.executable, "-m", "asyckpt"]
 
@@ -150,7 +150,7 @@ def test_unwritable_output(zoo: Tree, tmp_path: Path) -> None:
     assert_one_line_error(proc, 5, "does not exist")
     proc = run("tree", str(zoo.pid), "-o", str(tmp_path))
     assert_one_line_error(proc, 5, "is a directory")
-    assert all(task_state(pid) in "SR" for pid in zoo.pids())
+    assert all(running(pid) for pid in zoo.pids())
 
 
 def test_existing_output_needs_force(zoo: Tree, tmp_path: Path) -> None:
@@ -232,7 +232,7 @@ def test_signal_while_frozen_thaws(signum: int, spawn: Any, tmp_path: Path) -> N
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert not asyckpt_cgroups()
-    assert all(task_state(pid) in "SR" for pid in tree.pids())
+    assert all(running(pid) for pid in tree.pids())
     assert list(tmp_path.iterdir()) == []
 
 

@@ -18,7 +18,7 @@ import asyckpt
 from asyckpt import CaptureOptions
 from asyckpt.testing import dispatch_with
 
-from .conftest import SPAWN_TREE, Tree, asyckpt_cgroups, cgroup_of, task_state
+from .conftest import SPAWN_TREE, Tree, asyckpt_cgroups, cgroup_of, running
 from .test_capture import _body, _idle
 
 FROZEN_FILES = ("freezer.state", "cgroup.freeze")
@@ -27,7 +27,7 @@ FROZEN_FILES = ("freezer.state", "cgroup.freeze")
 def _thawed_and_home(tree: Tree, before: dict[int, str]) -> None:
     assert not asyckpt_cgroups()
     assert {pid: cgroup_of(pid) for pid in tree.pids()} == before
-    assert all(task_state(pid) in "SR" for pid in tree.pids())
+    assert all(running(pid) for pid in tree.pids())
 
 
 class Boom(Exception):

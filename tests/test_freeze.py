@@ -24,6 +24,7 @@ from .conftest import (
     asyckpt_cgroups,
     cgroup_of,
     move_into,
+    running,
     task_state,
 )
 
@@ -41,7 +42,7 @@ def cgroups(tree: Tree) -> dict[int, str]:
 def assert_running_where_it_was(tree: Tree, before: dict[int, str]) -> None:
     for pid, cg in before.items():
         assert cgroup_of(pid) == cg, pid
-        assert task_state(pid) in "SR", pid
+        assert running(pid), pid
     assert not asyckpt_cgroups()
 
 
@@ -112,7 +113,7 @@ def test_sigkill_while_frozen_in_place(spawn: Any, make_cgroup: Any, tmp_path: P
     while is_frozen(cg) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not is_frozen(cg)
-    assert all(task_state(p) in "SR" for p in tree.pids())
+    assert all(running(p) for p in tree.pids())
     assert set(tree.pids()) == {int(p) for p in (cg / "cgroup.procs").read_text().split()}
 
 

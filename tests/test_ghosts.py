@@ -15,7 +15,7 @@ import trio
 import asyckpt
 from asyckpt import CaptureOptions, Content, File, read_image
 
-from .conftest import WORKLOADS, Tree, task_state
+from .conftest import WORKLOADS, Tree, running
 from .test_capture import capture, fds_of
 from .test_cli import assert_one_line_error, run
 
@@ -308,7 +308,7 @@ def test_cli_reports_and_strict(ghosts: Tree, tmp_path: Path) -> None:
     assert_one_line_error(proc, 8, "exceeds --ghost-limit 1 MiB; not saved")
     assert f"pid={pid}, fd={info['big']}" in proc.stderr
     assert not strict.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["g.ackpt"]
-    assert all(task_state(p) in "SR" for p in ghosts.pids())
+    assert all(running(p) for p in ghosts.pids())
 
     proc = run("tree", str(pid), "-o", str(strict), "--strict", "--ghost-limit", "4M")
     assert proc.returncode == 0, proc.stderr

@@ -35,6 +35,7 @@ from .conftest import (
     asyckpt_cgroups,
     cgroup_of,
     move_into,
+    running,
     task_state,
 )
 
@@ -72,7 +73,7 @@ def cgroups(tree: Tree) -> dict[int, str]:
 def assert_back_where_it_was(before: dict[int, str]) -> None:
     for pid, cg in before.items():
         assert cgroup_of(pid) == cg, pid
-        assert task_state(pid) in "SR", pid
+        assert running(pid), pid
     assert not asyckpt_cgroups()
 
 
@@ -416,7 +417,7 @@ def test_recover_a_cgroup_frozen_in_place(
     assert f"  thawed {cg}/cgroup.freeze\n  removed the plan\n" in proc.stdout
     assert not is_frozen(cg) and not plan.exists()
     assert {int(p) for p in (cg / "cgroup.procs").read_text().split()} == set(zoo.pids())
-    assert all(task_state(p) in "SR" for p in zoo.pids())
+    assert all(running(p) for p in zoo.pids())
 
 
 def test_recover_waits_for_a_live_guardian_and_drops_empty_plans(run_dir: Path) -> None:
@@ -549,7 +550,7 @@ def test_recover_a_cgroup_no_plan_names(zoo: Tree, tmp_path: Path) -> None:
         assert f"  removed {cg}\n" in proc.stdout
         assert not cg.exists()
         for pid in zoo.pids():
-            assert ":freezer:/\n" in cgroup_of(pid) and task_state(pid) in "SR"
+            assert ":freezer:/\n" in cgroup_of(pid) and running(pid)
     finally:
         guardian.kill()
         guardian.wait()

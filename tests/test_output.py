@@ -26,7 +26,7 @@ from asyckpt._errors import ImageError, OutputError
 from asyckpt._image import ImageWriter, read_image
 from asyckpt._target import path_refusal, stream_refusal
 
-from .conftest import SPAWN_TREE, Tree, asyckpt_cgroups, task_state
+from .conftest import SPAWN_TREE, Tree, asyckpt_cgroups, running, task_state
 from .test_image_format import make_body, make_header, make_trailer
 
 ASYCKPT = [sys.executable, "-m", "asyckpt"]
@@ -235,7 +235,7 @@ def test_cli_refuses_a_special_file_before_freezing(
     assert_one_line_error(proc, 5, f"{dest} is a")
     assert _identity(dest) == before
     assert os.listdir(tmp_path) == ["out"]
-    assert all(task_state(pid) in "SR" for pid in zoo.pids())
+    assert all(running(pid) for pid in zoo.pids())
 
 
 # --- -o -: a stream ----------------------------------------------------------------------
@@ -270,7 +270,7 @@ def test_stream_refuses_a_terminal(zoo: Tree, tmp_path: Path) -> None:
         os.close(leader)
     assert_one_line_error(proc, 5, "standard output is a terminal")
     assert not asyckpt_cgroups()
-    assert all(task_state(pid) in "SR" for pid in zoo.pids())
+    assert all(running(pid) for pid in zoo.pids())
 
 
 def test_stream_whose_reader_leaves_is_an_output_error(spawn: Any) -> None:
@@ -480,7 +480,7 @@ def test_signals_at_random_moments(spawn: Any, tmp_path: Path) -> None:
                 assert "came after the image was complete; it is kept" in line, text
             dest.unlink()
         assert not asyckpt_cgroups()
-        assert all(task_state(pid) in "SR" for pid in tree.pids())
+        assert all(running(pid) for pid in tree.pids())
         outcomes[(signal.Signals(signum).name, proc.returncode)] = (
             outcomes.get((signal.Signals(signum).name, proc.returncode), 0) + 1
         )

@@ -29,7 +29,7 @@ from asyckpt import (
 )
 from asyckpt.testing import dispatch_with, facts_of, handler_context, load_handler
 
-from .conftest import Tree, asyckpt_cgroups, task_state
+from .conftest import Tree, asyckpt_cgroups, running
 
 
 def capture(tree: Tree, dest: Path, *handlers: type, **options: Any) -> asyckpt.CaptureSummary:
@@ -200,7 +200,7 @@ def test_a_failing_hook_leaves_the_files_generic(
         capture(zoo, tmp_path / "s.ackpt", failing, everything, strict=True)
     assert not (tmp_path / "s.ackpt").exists()
     assert not asyckpt_cgroups()
-    assert all(task_state(pid) in "SR" for pid in zoo.pids())
+    assert all(running(pid) for pid in zoo.pids())
 
 
 class Slow(Recorder):
@@ -224,7 +224,7 @@ def test_a_hanging_begin_cannot_keep_the_tree_frozen(
     assert pipes and all(f.handler is None for f in pipes)
     assert all("did not finish in 0.5 s" in (f.error or "") for f in pipes)
     assert time.monotonic() - started < 10
-    assert all(task_state(pid) in "SR" for pid in zoo.pids())
+    assert all(running(pid) for pid in zoo.pids())
 
 
 class SlowBlk(Slow):
@@ -237,7 +237,7 @@ def test_the_thaw_waits_only_for_the_begins_that_matter(zoo: Tree, tmp_path: Pat
     started = time.monotonic()
     summary = capture(zoo, tmp_path / "n.ackpt", SlowBlk)
     assert summary.frozen_ms < 2000 and time.monotonic() - started < 2.5
-    assert all(task_state(pid) in "SR" for pid in zoo.pids())
+    assert all(running(pid) for pid in zoo.pids())
 
 
 def test_hooks_are_validated_and_listed() -> None:
@@ -349,7 +349,7 @@ def test_link_runs_frozen_after_every_capture_and_names_files(zoo: Tree, tmp_pat
         table = next(th.fd_table for th in task.threads if th.tid == tid)
         first = next(fdrec for fdrec, file in image.fds(table) if file.id == f.id)
         assert first.fd == fd
-    assert all(task_state(pid) in "SR" for pid in zoo.pids())
+    assert all(running(pid) for pid in zoo.pids())
 
 
 def test_no_link_hook_no_link_phase(zoo: Tree, tmp_path: Path) -> None:
@@ -449,7 +449,7 @@ def test_a_hung_begin_is_abandoned_once_and_never_piles_up(
         # A begin that follows the contract learned it should stop, and did, each time.
         assert len(Polite.returned) == 3
         assert all(0 < left <= 0.5 for left, _ in Polite.returned)
-        assert all(task_state(pid) in "SR" for pid in zoo.pids())
+        assert all(running(pid) for pid in zoo.pids())
     finally:
         Hung.release.set()
     deadline = time.monotonic() + 5
