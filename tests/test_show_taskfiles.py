@@ -22,7 +22,6 @@ from asyckpt._records import (
     File,
     Header,
     Mapping,
-    Task,
     Thread,
     Trailer,
 )
@@ -31,6 +30,7 @@ from asyckpt._show_namespaces import namespace_view
 from asyckpt._show_taskfiles import task_file_rows
 
 from .crafted import build, seed
+from .test_diff import task
 
 ASYCKPT = [sys.executable, "-m", "asyckpt"]
 NS = {"cgroup": 4026531835, "ipc": 4026531839, "mnt": 4026531841, "net": 4026531840}
@@ -83,22 +83,6 @@ def trailer() -> Trailer:
 
 def m(start: int, end: int, perms: str, offset: int, file: int) -> Mapping:
     return Mapping(start=start, end=end, perms=perms, offset=offset, file=file)
-
-
-def task(pid: int, table: int, **kw: Any) -> Task:
-    fields: dict[str, Any] = dict(
-        pid=pid,
-        ppid=1,
-        comm="svc",
-        starttime=5000 + pid,
-        state="S",
-        uid=0,
-        gid=0,
-        fd_table=table,
-        threads=[Thread(tid=pid, fd_table=table)],
-    )
-    fields.update(kw)
-    return Task(**fields)
 
 
 def records() -> list[Any]:
