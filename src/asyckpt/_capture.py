@@ -127,6 +127,10 @@ class CaptureOptions(msgspec.Struct, kw_only=True, frozen=True):
     ends of its pipes, FIFOs and connections (``Holders`` records, ``_outside``);
     ``tree``: do not."""
 
+    cmdline: bool = False
+    """Record each task's command line (``Task.cmdline``).  Off by default: a command
+    line may hold secrets.  (The environment is never recorded.)"""
+
     lock_timeout: float = 10.0
     """Seconds to wait for another capture holding the same cgroup hierarchy (the
     locks in the run directory) before failing; 0 fails at once."""
@@ -355,6 +359,7 @@ async def _capture(
             ghost_limit=options.ghost_limit,
             spool_dir=spool_dir,
             dedup_rows=dedup_rows,
+            cmdline=options.cmdline,
         )
         try:
             return await _run(root, tree, builder, freezer, send, options, dispatch, guardian)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import msgspec
 
-from ._rows import RawRow, ScanRow
+from ._rows import RawRow, ScanRow, TaskFilesRow
 
 if TYPE_CHECKING:
     from ._discover import TaskPlan
@@ -24,8 +24,10 @@ __all__ = [
     "NewFile",
     "ResolvedTable",
     "ScannedTable",
+    "TaskFilesPart",
     "TaskPart",
     "TaskScan",
+    "new_files",
 ]
 
 
@@ -49,6 +51,9 @@ class TaskScan(NamedTuple):
     plan: TaskPlan
     tables: tuple[ScannedTable, ...]
     """One for each table in ``plan.scan``."""
+    files: TaskFilesRow | None = None
+    """Its working and root directories, executable, mappings and namespaces (``_taskread``);
+    None for a zombie."""
 
 
 FdEntry = tuple[int, bool, int, "NewFile | None"]
@@ -80,6 +85,7 @@ class NewFile:
         "flags",
         "ghost",
         "handler",
+        "held",
         "id",
         "io_owner",
         "kind",
@@ -104,6 +110,7 @@ class NewFile:
         data: msgspec.Struct | msgspec.Raw | None,
         error: str | None,
         io_owner: Owner | None = None,
+        held: str = "fd",
     ) -> None:
         self.id = id
         self.raw = raw
@@ -125,6 +132,9 @@ class NewFile:
         self.path_state = "unchecked"
         """Set after the thaw by :class:`_paths.PathChecker`."""
         self.io_owner = io_owner
+        self.held = held
+        """``fd`` for an open file description; ``cwd``, ``root``, ``exe`` or ``map`` for a
+        file held by reference (``File.description`` false), as first met."""
         self.owner_error: str | None = None
         """Why the I/O owner could not be read (``io_owner`` is then None)."""
         self.more_locks: list[str] | None = None
@@ -142,6 +152,39 @@ class TaskPart(NamedTuple):
     tables: list[ResolvedTable]
     threads: tuple[tuple[int, int | None], ...]
     """(tid, fd table id) of every thread, the leader first."""
+    files: TaskFilesPart | None = None
+    """Its files held by reference, resolved (None for a zombie)."""
+
+
+MappingEntry = tuple[int, int, str, int, int]
+"""(start, end, perms, offset, file id): one file-backed mapping, resolved."""
+
+
+class TaskFilesPart(NamedTuple):
+    """A task's files held by reference, resolved (``_taskfiles``)."""
+
+    cwd: int | None
+    root: int | None
+    exe: int | None
+    """File ids; None when not read (``error`` says why; no exe: a kernel thread)."""
+    mappings: list[MappingEntry]
+    namespaces: dict[str, int]
+    threads: dict[int, tuple[int | None, int | None, dict[str, int] | None]]
+    """tid -> (cwd, root, namespaces) of each thread with any of its own (None: the
+    task's)."""
+    cmdline: bytes | None
+    error: str | None
+    new: list[NewFile]
+    """The files first referenced here, in id order: written before the task."""
+
+
+def new_files(part: TaskPart) -> list[NewFile]:
+    """Every file record first met in ``part``, in image order: its fd tables' new
+    descriptions, then the files it holds by reference."""
+    out = [new for _, _, entries in part.tables for _, _, _, new in entries if new is not None]
+    if part.files is not None:
+        out.extend(part.files.new)
+    return out
 
 
 class GenericFd(NamedTuple):

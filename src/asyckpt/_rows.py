@@ -16,9 +16,12 @@ __all__ = [
     "DedupRows",
     "InheritedFd",
     "InheritedRow",
+    "MapRow",
     "RawFd",
     "RawRow",
     "ScanRow",
+    "TaskFilesRow",
+    "ThreadFilesRow",
     "stat_fields",
 ]
 
@@ -60,6 +63,55 @@ class InheritedFd(NamedTuple):
 
     fd: int
     flags: int
+
+
+class MapRow(NamedTuple):
+    """One line of ``/proc/PID/maps``, parsed (``_procparse.parse_maps``; the C reader
+    makes ``_fdscan.MapRow``, a struct sequence of these fields)."""
+
+    start: int
+    end: int
+    perms: str
+    """``rwxp``: ``r``/``-``, ``w``/``-``, ``x``/``-``, then ``p`` or ``s``."""
+    offset: int
+    dev: int
+    """The mapped inode's device, userspace ``dev_t`` layout (``os.makedev``); 0 (with
+    ``ino`` 0) for an anonymous mapping."""
+    ino: int
+    name: bytes
+    """The name column as the kernel wrote it (a newline in a path shows as ``\\012``):
+    for display only; a mapped file's path is read through ``map_files``."""
+
+
+class ThreadFilesRow(NamedTuple):
+    """A thread's (other than its leader) working and root directories and namespaces."""
+
+    tid: int
+    cwd: RawFd | int
+    root: RawFd | int
+    namespaces: dict[str, int]
+
+
+class TaskFilesRow(NamedTuple):
+    """What the scan reads of a task's files beyond its fd tables (``_taskread``).
+
+    A file held by reference is a :class:`RawFd` row of fd -1 (pos, flags 0, no
+    fdinfo), stat'ed through its magic link; an ``int`` in its place is the errno that
+    reading it failed with."""
+
+    cwd: RawFd | int
+    root: RawFd | int
+    exe: RawFd | int
+    namespaces: dict[str, int]
+    """Type -> inode, for each ``/proc/PID/ns`` entry that exists."""
+    maps: list[MapRow] | int
+    """Every line of ``maps`` (anonymous ones too), or the errno reading it failed with."""
+    mapped: dict[int, RawFd | int]
+    """Index in ``maps`` -> its file, read through ``map_files``, for the first row of each
+    file-backed (dev, ino) that the capture had not read yet."""
+    threads: list[ThreadFilesRow]
+    cmdline: bytes | None
+    """``/proc/PID/cmdline`` when asked for (NUL-separated), else None."""
 
 
 RawRow = RawFd
