@@ -4,6 +4,7 @@ back through the image reader, as ``show`` reads any image."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,7 @@ from asyckpt._show import render_table
 from asyckpt._show_namespaces import namespace_view
 from asyckpt._show_taskfiles import task_file_rows
 
+from .conftest import WORKLOADS
 from .crafted import build, seed
 from .test_diff import task
 
@@ -232,11 +234,12 @@ def test_a_file_the_image_lacks_is_named_not_a_crash() -> None:
 def test_hostile_names_stay_on_their_row() -> None:
     recs = records()
     bad = "/tmp/x\n# pid 1 (systemd) ppid 0\x1b[2J"
+    raws = [b"svc", b"evil\n# pid 1 (init)\x1b]0;t\x07", b"bad\xff"]
     recs[7] = msgspec.structs.replace(recs[7], path=bad)  # libc
     recs[-3] = msgspec.structs.replace(
         recs[-3],
-        cmdline=["svc", "evil\n# pid 1 (init)\x1b]0;t\x07", "bad\\xff"],
-        cmdline_bytes=[b"svc", b"evil\n# pid 1 (init)\x1b]0;t\x07", b"bad\xff"],
+        cmdline=[escape(raw) for raw in raws],  # escaped, all, when one is not UTF-8
+        cmdline_bytes=raws,
         namespaces=NS | {"net\x1b[2J\n# pid 7": 1},
         task_files_error="stat\n# pid 9 (forged)",
     )
@@ -328,3 +331,56 @@ def test_unlinked_by_path_state_alone_is_DEL(state: str) -> None:
     recs[7] = msgspec.structs.replace(recs[7], path_state=state)  # libc
     rows = rows_of(render_table(image(recs)), 100)
     assert [r[2] for r in rows if r[6] == "5"] == ["DEL"]
+
+
+# --- a real capture, beside lsof ------------------------------------------------------
+
+HELD_FDS = ("cwd", "rtd", "txt", "mem", "DEL")
+
+
+def lsof_rows(pid: int) -> list[tuple[str, int, str]]:
+    """(FD, inode, name) of each cwd/rtd/txt/mem/DEL row ``lsof -p`` prints, in its order
+    (its field output: one ``f``, ``i`` and ``n`` line per file)."""
+    out = subprocess.run(
+        ["lsof", "-w", "-n", "-P", "-p", str(pid), "-F", "fin"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    rows, fd, ino = [], "", 0
+    for line in out.splitlines():
+        if line.startswith("f"):
+            fd, ino = line[1:], 0
+        elif line.startswith("i"):
+            ino = int(line[1:])
+        elif line.startswith("n") and fd in HELD_FDS:
+            rows.append((fd, ino, line[1:]))
+    return rows
+
+
+def test_a_live_task_shows_the_rows_lsof_prints(spawn: Any, tmp_path: Path) -> None:
+    if shutil.which("lsof") is None:
+        pytest.skip("lsof is not installed: nothing to compare show's rows with")
+    tree = spawn(WORKLOADS / "mapped.py")
+    path = tmp_path / "live.ackpt"
+    done = run("tree", str(tree.pid), "-o", str(path), "-q")
+    assert done.returncode == 0, done.stderr
+    table = run("show", str(path))
+    assert table.returncode == 0, table.stderr
+    ours = []
+    for cols in rows_of(table.stdout, tree.pid):
+        if cols[2] in HELD_FDS:
+            name = cols[9].split(" [")[0].removesuffix(" (deleted)")
+            ours.append((cols[2], int(cols[8]), name, cols[6]))
+    # The same files, in the same order, named alike: cwd, rtd, txt, then mem and DEL
+    # in the order of their first mapping (lsof drops " (deleted)": DEL says it).
+    assert [row[:3] for row in ours] == lsof_rows(tree.pid)
+    held = {(fd, name): obj for fd, _, name, obj in ours}
+    assert held[("cwd", tree.info["cwd"])]
+    assert ("mem", tree.info["kept"]) in held
+    assert ("DEL", "/memfd:asyckpt-mapped") in held
+    # The deleted mapped file's OBJ is what --extract takes: its bytes, exactly.
+    out = tmp_path / "gone"
+    done = run("show", str(path), "--extract", held[("DEL", tree.info["gone"])], str(out))
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes() == b"mapped, then deleted\n" * 100
