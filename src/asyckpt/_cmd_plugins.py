@@ -34,6 +34,7 @@ def register(sub: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ._escape import escape
     from ._plugins.loading import AUTOLOAD_ENV, autoload_disabled, survey
 
     found = survey(disabled=args.disable_plugin, enabled=args.plugin)
@@ -54,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
                 h.describe_claims(),
             )
         )
+    # Names, versions and claims come from whatever distribution is installed: escaped
+    # like every other name printed, so a crafted one cannot forge rows or reach the tty.
+    rows = [tuple(escape(c) for c in r) for r in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         cells = [c.ljust(w) for c, w in zip(r, widths, strict=True)]
