@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ._diff import ImageDiff as ImageDiff
     from ._diff import ImageRef as ImageRef
     from ._diff import TaskRef as TaskRef
+    from ._diff_taskfiles import TaskFileChange as TaskFileChange
     from ._diff import diff as diff
     from ._errors import AccessDenied as AccessDenied
     from ._errors import AmbiguousTarget as AmbiguousTarget
@@ -95,6 +96,7 @@ _LAZY = {
     "ImageDiff": "._diff",
     "ImageRef": "._diff",
     "TaskRef": "._diff",
+    "TaskFileChange": "._diff_taskfiles",
     "diff": "._diff",
     "AccessDenied": "._errors",
     "AmbiguousTarget": "._errors",
