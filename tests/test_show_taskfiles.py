@@ -281,7 +281,7 @@ def test_tasks_outside_the_roots_namespaces_stand_out() -> None:
         "namespaces: 1 of 2 tasks and threads not in pid 100's: 102 (net); see NAMESPACES" in lines
     )
     pid102 = next(line for line in lines if line.startswith("# pid 102 "))
-    assert pid102.endswith(", namespaces not the root's: net")
+    assert pid102.endswith(", namespaces not pid 100's: net")
     section = lines[lines.index("NAMESPACES (the tree's; * = not pid 100's)") :]
     assert section[1].split() == ["TYPE", "INODE", "TASKS"]
     assert [line.split(None, 2) for line in section[2:] if line.startswith("net")] == [

@@ -561,9 +561,7 @@ class RecordBuilder:
     def _drop_unused(self, parts: list[TaskPart]) -> None:
         # A handler whose every record failed is left without any: the image header
         # must not list it.
-        used = {
-            new.handler for part in parts for new in new_files(part) if new.handler is not None
-        }
+        used = {new.handler for part in parts for new in new_files(part) if new.handler is not None}
         self.used = {name: h for name, h in self.used.items() if name in used}
 
     def _finish_one(self, record: Any, handler: LoadedHandler, tree: CaptureTree) -> msgspec.Struct:

@@ -97,7 +97,9 @@ def _held_fields(files: TaskFilesPart) -> dict[str, Any]:
         "cwd": files.cwd,
         "root_file": files.root,
         "exe": files.exe,
-        "mappings": [Mapping(start=s, end=e, perms=p, offset=o, file=f) for s, e, p, o, f in files.mappings],
+        "mappings": [
+            Mapping(start=s, end=e, perms=p, offset=o, file=f) for s, e, p, o, f in files.mappings
+        ],
         "namespaces": files.namespaces,
         "task_files_error": None if files.error is None else as_text(files.error),
     }

@@ -397,7 +397,7 @@ def render_table(
         if unshared:
             note += f", threads with own fd tables: {', '.join(map(str, unshared))}"
         if task.pid in namespaces.task_notes:
-            note += f", namespaces not the root's: {', '.join(namespaces.task_notes[task.pid])}"
+            note += f", {namespaces.task_notes[task.pid]}"
         lines.append(
             f"# pid {task.pid} ({comm}) ppid {task.ppid}, state {task.state}, "
             f"{len(task.threads)} thread(s), fd table {task.fd_table}{note}"

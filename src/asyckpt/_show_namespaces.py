@@ -29,8 +29,9 @@ _LISTED = 12
 class NamespaceView(NamedTuple):
     summary: str | None
     """The header line; None when no task has namespaces (images before format 4)."""
-    task_notes: dict[int, list[str]]
-    """Pid -> the namespace types in which the task is not in the reference's."""
+    task_notes: dict[int, str]
+    """Pid -> what its ``# pid`` line adds when the task is not in the reference's
+    namespaces: ``namespaces not pid 100's: mnt, net``."""
     section: list[str]
     """The lines after the tasks; empty when every task is in the reference's."""
 
@@ -75,10 +76,11 @@ def namespace_view(tasks: Sequence[Task], root_pid: int) -> NamespaceView:
         listed = ", ".join(f"{k} {ref.namespaces[k]}" for k in sorted(ref.namespaces))
         who = f"pid {ref.label}" if len(members) == 1 else f"every task shares {whose}"
         return NamespaceView(f"namespaces: {who}: {listed}", {}, [])
-    notes: dict[int, list[str]] = {}
-    for m, types in outside:
-        if m.label == str(m.pid):
-            notes[m.pid] = types
+    notes = {
+        m.pid: f"namespaces not {whose}: {', '.join(types)}"
+        for m, types in outside
+        if m.label == str(m.pid)
+    }
     summary = (
         f"namespaces: {len(outside)} of {len(members)} tasks and threads not in {whose}: "
         + _names([f"{m.label} ({', '.join(types)})" for m, types in outside])
