@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from ._diff import ImageDiff as ImageDiff
     from ._diff import ImageRef as ImageRef
     from ._diff import TaskRef as TaskRef
-    from ._diff_taskfiles import TaskFileChange as TaskFileChange
     from ._diff import diff as diff
+    from ._diff_taskfiles import TaskFileChange as TaskFileChange
     from ._errors import AccessDenied as AccessDenied
     from ._errors import AmbiguousTarget as AmbiguousTarget
     from ._errors import AsyckptError as AsyckptError
