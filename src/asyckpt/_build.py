@@ -452,14 +452,15 @@ class RecordBuilder:
                 st.st_ino,
                 st.st_size,
                 st.st_blocks * 512,
-                ctx.take_fd if ctx.held == "fd" else ctx._take_held,
+                ctx.take_fd,
             )
         finally:
             ctx._release()
         if self._strict and ghost.state in ("too-big", "failed"):
             # Only the first description of an inode can get here: that one raised.
             msg = self.ghosts.notes[-1].message().split(": ", 1)[1]
-            raise StrictViolation(f"--strict: {msg}", pid=facts.pid, fd=facts.fd)
+            fd = facts.fd if facts.fd >= 0 else None  # -1: held without an fd
+            raise StrictViolation(f"--strict: {msg}", pid=facts.pid, fd=fd)
         return ghost
 
     @property

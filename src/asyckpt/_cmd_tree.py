@@ -106,6 +106,12 @@ def register(sub: Subparsers) -> None:
         "reported and not saved, or fails --strict (default: 1M; 0: never copy)",
     )
     t.add_argument(
+        "--cmdline",
+        action="store_true",
+        help="record each task's command line (off by default: command lines may hold "
+        "secrets; the environment is never recorded)",
+    )
+    t.add_argument(
         "--lock-timeout",
         type=seconds,
         default=10.0,
@@ -197,6 +203,7 @@ def run(args: argparse.Namespace, signals: Signals) -> int:
         disable_plugins=tuple(args.disable_plugin),
         pipe_data=args.pipe_data,
         ghost_limit=args.ghost_limit,
+        cmdline=args.cmdline,
         endpoints=args.endpoints,
         lock_timeout=args.lock_timeout,
         # The command owns its process: the collector paused, a shorter switch interval.

@@ -13,7 +13,7 @@ import msgspec
 from ._classify import access_mode
 from ._names import split_name, split_names
 from ._names import text as as_text
-from ._parts import NewFile, TaskFilesPart, TaskPart
+from ._parts import NewFile, TaskFilesPart, TaskPart, mappings
 from ._procparse import Mount, lock_texts, merge_lock_texts, parse_lock, parse_mountinfo
 from ._records import (
     NO_DATA,
@@ -98,7 +98,7 @@ def _held_fields(files: TaskFilesPart) -> dict[str, Any]:
         "root_file": files.root,
         "exe": files.exe,
         "mappings": [
-            Mapping(start=s, end=e, perms=p, offset=o, file=f) for s, e, p, o, f in files.mappings
+            Mapping(start=s, end=e, perms=p, offset=o, file=f) for s, e, p, o, f in mappings(files)
         ],
         "namespaces": files.namespaces,
         "task_files_error": None if files.error is None else as_text(files.error),

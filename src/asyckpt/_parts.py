@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import msgspec
 
-from ._rows import RawRow, ScanRow, TaskFilesRow
+from ._rows import MapRow, RawRow, ScanRow, TaskFilesRow
 
 if TYPE_CHECKING:
     from ._discover import TaskPlan
@@ -27,6 +27,7 @@ __all__ = [
     "TaskFilesPart",
     "TaskPart",
     "TaskScan",
+    "mappings",
     "new_files",
 ]
 
@@ -167,7 +168,14 @@ class TaskFilesPart(NamedTuple):
     root: int | None
     exe: int | None
     """File ids; None when not read (``error`` says why; no exe: a kernel thread)."""
-    mappings: list[MappingEntry]
+    maps: list[MapRow]
+    """Every line of the task's maps: its mappings are made from it after the thaw
+    (:func:`mappings`), not while frozen."""
+    map_files: dict[tuple[int, int], int]
+    """(dev, ino) as maps shows it -> file id: the capture's, shared by every task (each
+    of this task's keys is in it once the task is resolved, unless it failed)."""
+    failed: frozenset[tuple[int, int]]
+    """This task's mapped files that could not be read: their ranges are left out."""
     namespaces: dict[str, int]
     threads: dict[int, tuple[int | None, int | None, dict[str, int] | None]]
     """tid -> (cwd, root, namespaces) of each thread with any of its own (None: the
@@ -176,6 +184,16 @@ class TaskFilesPart(NamedTuple):
     error: str | None
     new: list[NewFile]
     """The files first referenced here, in id order: written before the task."""
+
+
+def mappings(files: TaskFilesPart) -> list[MappingEntry]:
+    """The task's file-backed mappings, in address order, with their file ids."""
+    ids, failed = files.map_files, files.failed
+    return [
+        (m.start, m.end, m.perms, m.offset, ids[key])
+        for m in files.maps
+        if (key := (m.dev, m.ino)) != (0, 0) and key not in failed
+    ]
 
 
 def new_files(part: TaskPart) -> list[NewFile]:

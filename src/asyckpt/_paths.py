@@ -31,6 +31,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterable
+
 from ._parts import TaskPart, new_files
 from ._procparse import parse_mountinfo
 

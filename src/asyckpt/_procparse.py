@@ -331,7 +331,7 @@ def parse_maps(data: bytes) -> list[MapRow]:
         if not line:
             continue
         m = match(line)
-        if m is None:
+        if m is None or int(m[7]) >= 1 << 64:
             raise ValueError(f"maps: malformed line {line[:200]!r}")
         start, end, perms, offset, major, minor, ino, name = m.groups()
         rows.append(

@@ -106,6 +106,9 @@ class TaskFilesRow(NamedTuple):
     """Type -> inode, for each ``/proc/PID/ns`` entry that exists."""
     maps: list[MapRow] | int
     """Every line of ``maps`` (anonymous ones too), or the errno reading it failed with."""
+    firsts: list[int]
+    """The index in ``maps`` of the first row of each file-backed (dev, ino) of the task,
+    in row order: what the resolver walks (a file mapped in many ranges is one entry)."""
     mapped: dict[int, RawFd | int]
     """Index in ``maps`` -> its file, read through ``map_files``, for the first row of each
     file-backed (dev, ino) that the capture had not read yet."""

@@ -15,7 +15,7 @@ import errno
 import os
 from collections.abc import Callable
 
-from ._parts import MappingEntry, NewFile, TaskFilesPart
+from ._parts import NewFile, TaskFilesPart
 from ._rows import RawFd, TaskFilesRow
 from ._taskread import MapKey, held_path, map_files_path, read_held, read_task_files
 
@@ -69,29 +69,27 @@ class TaskFileResolver:
         cwd = held("cwd", row.cwd, pid, held_path(pid, pid, "cwd"))
         root_id = held("root", row.root, pid, held_path(pid, pid, "root"))
         exe = held("exe", row.exe, pid, held_path(pid, pid, "exe"))
-        mappings: list[MappingEntry] = []
+        maps = [] if isinstance(row.maps, int) else row.maps
+        failed: set[MapKey] = set()
         if isinstance(row.maps, int):
             errors.append(_why("maps", row.maps))
-        else:
-            failed: set[MapKey] = set()
-            for i, m in enumerate(row.maps):
-                key = (m.dev, m.ino)
-                if key == (0, 0) or key in failed:
-                    continue  # anonymous (or its file already failed in this task)
-                file_id = self._by_map_key.get(key)
-                if file_id is None:
-                    path = map_files_path(pid, m.start, m.end)
-                    got = row.mapped.get(i)
-                    if got is None:
-                        # Another worker's scan read it for a task later in tree order,
-                        # or it failed there: read here, still frozen.
-                        got = read_held(path)
-                    file_id = held("map", got, pid, path)
-                    if file_id is None:
-                        failed.add(key)
-                        continue
-                    self._by_map_key[key] = file_id
-                mappings.append((m.start, m.end, m.perms, m.offset, file_id))
+        # One step per distinct file, not per range: the ranges are listed after the thaw.
+        for i in row.firsts if maps else ():
+            m = maps[i]
+            key = (m.dev, m.ino)
+            if key in self._by_map_key:
+                continue
+            path = map_files_path(pid, m.start, m.end)
+            got = row.mapped.get(i)
+            if got is None:
+                # Another worker's scan read it for a task later in tree order, or it
+                # failed there: read here, still frozen.
+                got = read_held(path)
+            file_id = held("map", got, pid, path)
+            if file_id is None:
+                failed.add(key)
+            else:
+                self._by_map_key[key] = file_id
         threads: dict[int, tuple[int | None, int | None, dict[str, int] | None]] = {}
         for t in row.threads:
             own_cwd = own_root = None
@@ -106,7 +104,9 @@ class TaskFileResolver:
             cwd,
             root_id,
             exe,
-            mappings,
+            maps,
+            self._by_map_key,
+            frozenset(failed),
             row.namespaces,
             threads,
             row.cmdline,

@@ -43,6 +43,19 @@ NS_TYPES = (
 MapKey = tuple[int, int]
 """(dev, ino) of a mapping as ``maps`` shows it."""
 
+TaskFilesTuple = tuple[
+    RawFd | int,
+    RawFd | int,
+    RawFd | int,
+    dict[str, int],
+    list[MapRow] | int,
+    list[int],
+    dict[int, RawFd | int],
+    list[tuple[int, RawFd | int, RawFd | int, dict[str, int]]],
+    bytes | None,
+]
+"""What the C reader returns: a :class:`TaskFilesRow`'s fields, its threads as tuples."""
+
 PROC = "/proc"
 
 
@@ -58,7 +71,7 @@ def map_files_path(pid: int, start: int, end: int) -> str:
     return f"{PROC}/{pid}/map_files/{start:x}-{end:x}"
 
 
-_read_task_files_c: Callable[..., tuple[object, ...]] | None
+_read_task_files_c: Callable[[int, list[int], set[MapKey], bool], TaskFilesTuple] | None
 FdRow: Callable[[Sequence[object]], RawFd]
 try:
     from ._fdscan import FdRow
@@ -74,7 +87,11 @@ def read_task_files(
     """The task's files (its leader ``pid``; ``tids``, its other threads), the mapped
     files whose key is not in ``known`` read and their keys added to it."""
     if _read_task_files_c is not None:
-        return TaskFilesRow._make(_read_task_files_c(pid, list(tids), known, cmdline))
+        cwd, root, exe, ns, maps, firsts, mapped, threads, line = _read_task_files_c(
+            pid, list(tids), known, cmdline
+        )
+        threads_named = [ThreadFilesRow._make(t) for t in threads]
+        return TaskFilesRow(cwd, root, exe, ns, maps, firsts, mapped, threads_named, line)
     return _read_task_files_py(pid, tids, known, cmdline)
 
 
@@ -134,12 +151,17 @@ def _read_task_files_py(
         except ValueError:
             maps = errno.EPROTO
     mapped: dict[int, RawFd | int] = {}
+    firsts: list[int] = []
+    here: set[MapKey] = set()
     for i, row in enumerate(maps if isinstance(maps, list) else ()):
         key = (row.dev, row.ino)
-        if key == (0, 0) or key in known:
+        if key == (0, 0) or key in here:
             continue
-        known.add(key)
-        mapped[i] = read_held(map_files_path(pid, row.start, row.end))
+        here.add(key)
+        firsts.append(i)
+        if key not in known:
+            known.add(key)
+            mapped[i] = read_held(map_files_path(pid, row.start, row.end))
     threads = [
         ThreadFilesRow(
             tid,
@@ -156,6 +178,7 @@ def _read_task_files_py(
         read_held(f"{base}/exe"),
         _namespaces(base),
         maps,
+        firsts,
         mapped,
         threads,
         line if isinstance(line, bytes) else None,

@@ -170,18 +170,19 @@ class HandlerContext:
         """How the task holds the file: ``fd`` (an open file description of its fd
         table), or by reference: ``cwd``, ``root`` (its working or root directory),
         ``exe`` (its executable) or ``map`` (a memory mapping).  A file held by
-        reference has no description to take: ``facts.fd`` is -1, its
-        ``facts.fdinfo.flags`` is ``O_PATH`` (as an ``O_PATH`` fd, no I/O through it),
-        and :meth:`take_fd` raises."""
+        reference has no description of the task's: it is handled as an ``O_PATH`` fd
+        is, ``facts.fd`` -1 and ``O_PATH`` in ``facts.fdinfo.flags``, and
+        :meth:`take_fd` gives an ``O_PATH`` descriptor of the file itself (fstat works,
+        no I/O, no ioctl)."""
         self._held_path = held_path
 
     def take_fd(self, fd: int) -> int:
         """A descriptor for the *same* open file description as the task's ``fd``
         (pidfd_getfd(2)), never a re-open; valid until the handler returns.  Asking
-        again for the same ``fd`` gives the same descriptor.  OSError (EBADF) for a file
-        held by reference (:attr:`held`)."""
+        again for the same ``fd`` gives the same descriptor.  For a file held by
+        reference (:attr:`held`), an ``O_PATH`` descriptor of the file itself."""
         if self.held != "fd":
-            raise OSError(errno.EBADF, f"a file held by reference ({self.held}) has no fd")
+            return self._take_held(fd)
         new = self._taken.get(fd)
         if new is None:
             new = self._taken[fd] = pidfd_getfd(self._pidfd_open(), fd)
@@ -189,7 +190,8 @@ class HandlerContext:
 
     def _take_held(self, fd: int) -> int:
         """An ``O_PATH`` descriptor of a file held by reference, through its magic link
-        (``fd`` is -1): what the ghost spool re-opens to copy a deleted mapped file."""
+        (``fd`` is -1): never an open of the file itself, which for a device would run
+        its driver; the ghost spool re-opens it to copy a deleted mapped file."""
         assert self._held_path is not None
         new = self._taken.get(fd)
         if new is None:
