@@ -174,7 +174,9 @@ def test_a_deleted_mapped_file_is_DEL_with_the_id_to_extract(tmp_path: Path) -> 
     text = render_table(image())
     rows = rows_of(text, 100)
     blob, memfd = (r for r in rows if r[2] == "DEL")
-    assert blob[6] == "6" and blob[9].startswith("/tmp/blob (deleted) [content saved: 210 of 210")
+    assert blob[6] == "6" and blob[9].startswith(
+        "/tmp/blob (deleted) [1 range, 4 KiB] [content saved: 210 of 210"
+    )
     assert memfd[6] == "7" and "content NOT saved: 1 GiB allocated, over the limit" in memfd[9]
     assert "content saved: asyckpt show IMAGE --extract OBJ OUT writes it out" in text
     # ...and that id is what --extract takes: the mapped file's bytes, exactly.

@@ -442,10 +442,10 @@ def render_table(
     return _text(lines)
 
 
-def _file_name(f: File, image: Image, renderer: Renderer) -> str:
+def _file_name(f: File, image: Image, renderer: Renderer, mapped: str = "") -> str:
     """The NAME column of a file's row: its name as the kernel has it (``_text`` escapes
-    the whole line, once), then what the image says about it."""
-    name = os_name(f.path, f.path_bytes) + (" (deleted)" if f.deleted else "")
+    the whole line, once), then what the image says about it (``mapped``: its ranges)."""
+    name = os_name(f.path, f.path_bytes) + (" (deleted)" if f.deleted else "") + mapped
     name += ghost_text(f, image)
     text = renderer.text(f)
     if text:
@@ -467,9 +467,10 @@ def _task_file_line(comm: str, pid: int, row: TaskFileRow, image: Image, rendere
         return f"{comm[:15]:<15} {pid:>7} {fdcol:>6} {'-':<6} {'-':<16} {'-':>10} {'-':>6} " + (
             f"{'-':>7} {'-':>10} [{what}]"
         )
-    name = _file_name(f, image, renderer)
+    mapped = ""
     if row.ranges:
-        name += f" [{row.ranges} range{'s' if row.ranges > 1 else ''}, {format_size(row.mapped)}]"
+        mapped = f" [{row.ranges} range{'s' if row.ranges > 1 else ''}, {format_size(row.mapped)}]"
+    name = _file_name(f, image, renderer, mapped)
     return (
         f"{comm[:15]:<15} {pid:>7} {fdcol:>6} {f.type:<6} {row.perms or '-':<16} {'-':>10} "
         f"{f.id:>6} {_dev(f.dev):>7} {f.ino:>10} {name}"
