@@ -4,6 +4,9 @@ its namespaces: the pure core, on constructed images."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -14,6 +17,7 @@ from asyckpt._image import Image
 from asyckpt._records import File, Mapping
 
 from .test_diff import file, image, task
+from .test_show_taskfiles import encoded, records
 
 NS = {"mnt": 4026531841, "net": 4026531840, "pid": 4026531836}
 LIBC = dict(path="/usr/lib/libc.so.6", dev=2049, ino=300)
@@ -175,3 +179,27 @@ def test_names_are_escaped() -> None:
     lines = text(a, b)
     assert lines[0] == "+ pid 10 mem: reg /tmp/x\\n+ task 1 (init)\\x1b[2J (ino 1004), 1 range"
     assert all(line.isprintable() for line in lines)
+
+
+def test_through_the_command(tmp_path: Path) -> None:
+    """Two images as files: the text, the exit code, the JSON."""
+    recs = records()
+    a, b = tmp_path / "a.ackpt", tmp_path / "b.ackpt"
+    a.write_bytes(encoded(recs))
+    server = recs[-3]
+    recs[-3] = msgspec.structs.replace(server, mappings=server.mappings[:-1])  # memfd unmapped
+    b.write_bytes(encoded(recs))
+    argv = [sys.executable, "-m", "asyckpt", "diff", str(a), str(b)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert done.stdout.splitlines() == [
+        "- pid 100 mem: reg /memfd:cache (ino 5007, deleted), 1 range",
+        "summary: 1 task files or namespaces changed",
+    ]
+    done = subprocess.run([*argv, "--json"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    (change,) = json.loads(done.stdout)["task_files"]
+    assert (change["pid"], change["field"], change["b"]) == (100, "mapping", None)
+    assert change["a"]["ranges"] == [[0x7F2000000000, 0x7F2000100000, "r--s", 0]]
+    same = subprocess.run([*argv[:-1], str(a)], capture_output=True, text=True, timeout=60)
+    assert (same.returncode, same.stdout) == (0, "")
