@@ -4,6 +4,7 @@ back through the image reader, as ``show`` reads any image."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -382,18 +383,26 @@ def test_a_live_task_shows_the_rows_lsof_prints(spawn: Any, tmp_path: Path) -> N
     assert done.returncode == 0, done.stderr
     table = run("show", str(path))
     assert table.returncode == 0, table.stderr
-    ours = []
-    for cols in rows_of(table.stdout, tree.pid):
-        if cols[2] in HELD_FDS:
-            name = cols[9].split(" [")[0].removesuffix(" (deleted)")
-            ours.append((cols[2], int(cols[8]), name, cols[6]))
-    # The same files, in the same order, named alike: cwd, rtd, txt, then mem and DEL
-    # in the order of their first mapping (lsof drops " (deleted)": DEL says it).
-    assert [row[:3] for row in ours] == lsof_rows(tree.pid)
-    held = {(fd, name): obj for fd, _, name, obj in ours}
-    assert held[("cwd", tree.info["cwd"])]
+    held = {}
+    for pid in (tree.pid, tree.info["child"]):
+        ours = []
+        for cols in rows_of(table.stdout, pid):
+            if cols[2] in HELD_FDS:
+                name = cols[9].split(" [")[0]
+                if cols[2] == "DEL":  # lsof drops the suffix there: DEL says it
+                    name = name.removesuffix(" (deleted)")
+                ours.append((cols[2], int(cols[8]), name, cols[6]))
+        # The same files, in the same order, named alike: cwd, rtd, txt, then mem and
+        # DEL in the order of their first mapping.
+        assert [row[:3] for row in ours] == lsof_rows(pid)
+        held |= {(fd, name): obj for fd, _, name, obj in ours}
+    assert ("cwd", tree.info["cwd"]) in held
     assert ("mem", tree.info["kept"]) in held
     assert ("DEL", "/memfd:asyckpt-mapped") in held
+    # The child: a deleted executable copy, in a removed directory.
+    work = os.path.dirname(tree.info["cwd"])
+    assert ("txt", os.path.join(work, "sleep-copy (deleted)")) in held
+    assert ("cwd", os.path.join(work, "gone-dir (deleted)")) in held
     # The deleted mapped file's OBJ is what --extract takes: its bytes, exactly.
     out = tmp_path / "gone"
     done = run("show", str(path), "--extract", held[("DEL", tree.info["gone"])], str(out))
