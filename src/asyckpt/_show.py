@@ -102,6 +102,9 @@ class Renderer:
     def __init__(self, image: Image, plugins: Mapping[str, ImagePlugin] | None) -> None:
         self._plugins = plugins
         self._listed = {p.name for p in image.header.plugins}
+        # A file shown on many rows (a library every task maps, a shared description)
+        # is rendered once.
+        self._texts: dict[int, str | None] = {}
 
     def plugin_notes(self, name: str) -> tuple[str | None, bool, str | None]:
         """(installed version, loaded, note) of a handler the header lists."""
@@ -118,7 +121,11 @@ class Renderer:
     def text(self, f: File) -> str | None:
         """What the table appends to the file's name: ``view(f).text``, without making
         the JSON forms the table does not print."""
-        return self._view(f, False).text
+        try:
+            return self._texts[f.id]
+        except KeyError:
+            text = self._texts[f.id] = self._view(f, False).text
+            return text
 
     def _view(self, f: File, for_json: bool) -> FileView:
         if f.data == NO_DATA:
