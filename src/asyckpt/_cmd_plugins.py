@@ -38,7 +38,9 @@ def run(args: argparse.Namespace) -> int:
     from ._plugins.loading import AUTOLOAD_ENV, autoload_disabled, survey
 
     found = survey(disabled=args.disable_plugin, enabled=args.plugin)
-    rows = [("NAME", "DISTRIBUTION", "VERSION", "STATE", "PRIO", "RECORD", "HOOKS", "CLAIMS")]
+    rows: list[tuple[str, ...]] = [
+        ("NAME", "DISTRIBUTION", "VERSION", "STATE", "PRIO", "RECORD", "HOOKS", "CLAIMS")
+    ]
     for inst, state, h in found.rows:
         if h is None:
             rows.append((inst.name, inst.distribution, inst.version, state, "", "", "", ""))

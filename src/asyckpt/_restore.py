@@ -25,7 +25,7 @@ import stat
 import struct
 import time
 from collections.abc import Iterable, Iterator
-from typing import NamedTuple, NoReturn
+from typing import TYPE_CHECKING, NamedTuple, NoReturn
 
 from ._decode import Image
 from ._errors import AsyckptError
@@ -41,16 +41,19 @@ from ._kernel import (
     signalfd,
     timerfd,
 )
+from ._restore_pidfd import NewPid, make_pidfds
 from ._restore_plan import (
     Bind,
     Description,
     Epoll,
     EventFd,
     FdSlot,
+    Hook,
     Inode,
     Inotify,
     LockPlan,
     OpenPath,
+    PidFd,
     Pipe,
     PipeEnd,
     Reopen,
@@ -61,6 +64,9 @@ from ._restore_plan import (
     TimerFd,
     plan_table,
 )
+
+if TYPE_CHECKING:
+    from ._restore_hooks import HookHandlers
 
 __all__ = ["Made", "close_all", "install", "make", "open_root", "restore_table"]
 
@@ -106,8 +112,16 @@ def close_all(fds: Iterable[int]) -> None:
 
 
 class _Maker:
-    def __init__(self, plan: RestorePlan, root_fd: int, relaxed: bool, floor: int) -> None:
+    def __init__(
+        self,
+        plan: RestorePlan,
+        root_fd: int,
+        relaxed: bool,
+        floor: int,
+        hooks: HookHandlers | None = None,
+    ) -> None:
         self.plan = plan
+        self.hooks = hooks
         self.root_fd = root_fd
         self.relaxed = relaxed
         self.floor = floor
@@ -143,8 +157,14 @@ class _Maker:
             fd = signalfd(make.mask, os.O_CLOEXEC)
         elif isinstance(make, Inotify):
             fd = self._inotify(make)
-        else:
+        elif isinstance(make, Hook):
+            if self.hooks is None:
+                raise _Failed(f"it needs handler {make.handler}'s restore hook")
+            fd = self.hooks.call(make, d, self._open_for_hook, self.relaxed)
+        elif isinstance(make, Epoll):
             fd = self._epoll(make)
+        else:  # a PidFd: made by install, in the process that holds it
+            raise _Failed("a pidfd is made once its process exists")
         try:
             if d.setfl is not None:
                 fcntl.fcntl(fd, fcntl.F_SETFL, d.setfl)
@@ -181,6 +201,17 @@ class _Maker:
             return fd
         finally:
             os.close(opath)
+
+    def _open_for_hook(self, make: OpenPath) -> int:
+        """:meth:`_open` for a restore hook's ``ctx.open``: a failure is the hook's
+        RestoreRefused (it may catch it and try another way)."""
+        from ._plugins.contract import RestoreRefused
+
+        try:
+            return self._open(make)
+        except (OSError, _Failed) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise RestoreRefused(f"{make.path}: {why}") from None
 
     def _inotify(self, make: Inotify) -> int:
         fd = inotify(os.O_CLOEXEC)
@@ -428,10 +459,13 @@ def _order(d: Description) -> int:
     return 0
 
 
-def make(plan: RestorePlan, *, root_fd: int, relaxed: bool = False) -> Made:
+def make(
+    plan: RestorePlan, *, root_fd: int, relaxed: bool = False, hooks: HookHandlers | None = None
+) -> Made:
     """Every description of the plan, made and checked, each at a fd at or above the
-    plan's highest fd number + 1.  On any failure, closes all it made and raises a
-    RestoreError naming pid, fd and kind: nothing else was changed."""
+    plan's highest fd number + 1 (a :class:`Hook` by its handler's hook, from
+    ``hooks``).  On any failure, closes all it made and raises a RestoreError naming
+    pid, fd and kind: nothing else was changed."""
     floor = max((s.fd for s in plan.fds), default=-1) + 1
     limit = nofile()
     if floor + len(plan.descriptions) + 8 > limit:
@@ -440,7 +474,7 @@ def make(plan: RestorePlan, *, root_fd: int, relaxed: bool = False) -> Made:
             f"numbers above them, past RLIMIT_NOFILE ({limit})",
             pid=plan.pid,
         )
-    maker = _Maker(plan, root_fd, relaxed, floor)
+    maker = _Maker(plan, root_fd, relaxed, floor, hooks)
     made = maker.made
     # Epolls last: their watches are tried on the targets, which must exist by then.
     # A FIFO's write-only ends after its readers: without one, the open fails (ENXIO).
@@ -448,6 +482,9 @@ def make(plan: RestorePlan, *, root_fd: int, relaxed: bool = False) -> Made:
     try:
         for index in order:
             d = plan.descriptions[index]
+            if isinstance(d.make, PidFd):  # by each process, once they exist: install
+                made[index] = -1
+                continue
             try:
                 made[index] = maker.description(d)
             except (OSError, _Failed) as exc:
@@ -486,20 +523,32 @@ def take_posix_locks(plan: RestorePlan, pid: int, slots: list[FdSlot]) -> None:
                     ) from None
 
 
-def install(plan: RestorePlan, made: Made, pid: int, slots: list[FdSlot]) -> None:
+def install(
+    plan: RestorePlan,
+    made: Made,
+    pid: int,
+    slots: list[FdSlot],
+    new_pid: NewPid | None = None,
+) -> None:
     """Dup each description of task ``pid``'s ``slots`` to its fd numbers (close-on-exec
     as the image says), add the watches of the epolls this task links (tried already by
     :func:`make`), then close the made fds.  Whatever was at those numbers is closed by
-    the dup.  The POSIX locks are for :func:`take_posix_locks`, after."""
+    the dup.  Its pidfds are opened first, in this process (``new_pid``: the new pid of
+    a task of the tree; None: the only target is this process).  The POSIX locks are
+    for :func:`take_posix_locks`, after."""
+    pidfds: dict[int, int] = {}
     try:
+        pidfds = make_pidfds(plan, pid, slots, new_pid, lambda fd: above(fd, made.floor))
         for slot in slots:
-            os.dup2(made.fds[slot.description], slot.fd, inheritable=not slot.cloexec)
+            fd = pidfds.get(slot.description, made.fds[slot.description])
+            os.dup2(fd, slot.fd, inheritable=not slot.cloexec)
         for index, d in enumerate(plan.descriptions):
             if isinstance(d.make, Epoll) and d.make.pid == pid:
                 for w in d.make.watches:
                     epoll_add(made.fds[index], w.tfd, w.events, w.data)
     finally:
         close_all(made.fds)
+        close_all(pidfds.values())
 
 
 @contextlib.contextmanager
@@ -526,9 +575,12 @@ def restore_table(
     process holds now (the fds are in place then; closing any of them drops the
     caller's POSIX locks on its file, as always); returns the plan followed, whose
     ``skipped`` lists the fds left out by ``skip``."""
-    plan = plan_table(image, pid, nofile=nofile(), skip=frozenset(skip))
+    from ._restore_hooks import HookHandlers
+
+    hooks = HookHandlers()
+    plan = plan_table(image, pid, nofile=nofile(), skip=frozenset(skip), hooks=hooks)
     with _root(root) as root_fd:
-        made = make(plan, root_fd=root_fd, relaxed=relaxed)
+        made = make(plan, root_fd=root_fd, relaxed=relaxed, hooks=hooks)
     install(plan, made, pid, plan.fds)
     take_posix_locks(plan, pid, plan.fds)
     return plan

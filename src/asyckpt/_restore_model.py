@@ -7,18 +7,22 @@ from typing import Literal
 
 import msgspec
 
+from ._records import File, Task
+
 __all__ = [
     "Bind",
     "Description",
     "Epoll",
     "EventFd",
     "FdSlot",
+    "Hook",
     "Inode",
     "Inotify",
     "InotifyWatch",
     "LockPlan",
     "Make",
     "OpenPath",
+    "PidFd",
     "Pipe",
     "PipeEnd",
     "Reopen",
@@ -141,8 +145,38 @@ class Inotify(msgspec.Struct, tag="inotify", kw_only=True):
     watches: list[InotifyWatch]
 
 
+class PidFd(msgspec.Struct, tag="pidfd", kw_only=True):
+    """A pidfd of the new process of task ``target``: opened by each process that holds
+    it once the processes exist (``_restore_pidfd``), not by ``make``."""
+
+    target: int
+    """The target's pid in the image (a task restored)."""
+    nonblock: bool
+    """PIDFD_NONBLOCK (O_NONBLOCK)."""
+
+
+class Hook(msgspec.Struct, tag="hook", kw_only=True):
+    """A file restore does not rebuild itself, made by the ``restore(record, ctx)`` hook
+    of the handler that captured it (``_restore_hooks``)."""
+
+    handler: str
+    file: File
+    task: Task
+
+
 Make = (
-    OpenPath | Reopen | PipeEnd | SocketEnd | Bind | EventFd | TimerFd | SignalFd | Epoll | Inotify
+    OpenPath
+    | Reopen
+    | PipeEnd
+    | SocketEnd
+    | Bind
+    | EventFd
+    | TimerFd
+    | SignalFd
+    | Epoll
+    | Inotify
+    | PidFd
+    | Hook
 )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import stat
+from collections.abc import Container
 from typing import Literal
 
 import msgspec
@@ -31,12 +32,14 @@ from ._restore_model import (
     Epoll,
     EventFd,
     FdSlot,
+    Hook,
     Inode,
     Inotify,
     InotifyWatch,
     LockPlan,
     Make,
     OpenPath,
+    PidFd,
     Pipe,
     PipeEnd,
     Reopen,
@@ -50,35 +53,14 @@ from ._restore_model import (
     TimerFd,
     Watch,
 )
+from ._restore_pidfd import plan_pidfd
 
 __all__ = [
-    "KINDS",
-    "MAX_UNLINKED_SIZE",
-    "Bind",
-    "Description",
-    "Epoll",
-    "EventFd",
-    "FdSlot",
-    "Inode",
-    "Inotify",
-    "LockPlan",
-    "OpenPath",
-    "Pipe",
-    "PipeEnd",
-    "Reopen",
-    "RestoreError",
-    "RestorePlan",
-    "SignalFd",
-    "Skipped",
-    "SocketEnd",
-    "SocketPair",
-    "TaskSlots",
-    "TimerFd",
-    "Watch",
-    "fd_kind",
-    "plan_table",
-    "plan_tree",
-]
+    "KINDS", "MAX_UNLINKED_SIZE", "Bind", "Description", "Epoll", "EventFd", "FdSlot", "Hook",
+    "Inode", "Inotify", "LockPlan", "OpenPath", "PidFd", "Pipe", "PipeEnd", "Reopen",
+    "RestoreError", "RestorePlan", "SignalFd", "Skipped", "SocketEnd", "SocketPair", "TaskSlots",
+    "TimerFd", "Watch", "fd_kind", "plan_table", "plan_tree",
+]  # fmt: skip
 
 KINDS = (
     "reg", "dir", "path", "unlinked", "memfd", "chr", "blk", "fifo", "pipe", "socket",
@@ -270,11 +252,12 @@ class _Planner:
         self.linking = -1
         self.fd = -1
 
-    def description(self, f: File, kind: str, table: list[File]) -> int:
+    def description(self, f: File, kind: str, table: list[File], hook: Hook | None = None) -> int:
         index = self._desc.get(f.id)
         if index is None:
-            make, setfl, pos = self._make(f, kind, table)
+            # The locks first: a refusal of the make leaves nothing planned for ``f``.
             locks = self._locks(f)
+            make, setfl, pos = self._make(f, kind, table) if hook is None else (hook, None, None)
             self.plan.descriptions.append(
                 Description(
                     file=f.id,
@@ -377,6 +360,11 @@ class _Planner:
             return SignalFd(mask=mask), f.flags & SETFL, None
         if kind == "inotify":
             return _inotify(data), f.flags & SETFL, None
+        if kind == "pidfd":
+            try:
+                return plan_pidfd(data, self.pids, f.flags), None, None
+            except ValueError as why:
+                raise _Refuse(str(why)) from None
         if kind == "epoll":
             self._epolls.append((f, data, self.pid))
             return Epoll(watches=[], pid=self.pid), f.flags & SETFL, None  # see link_epolls
@@ -524,28 +512,34 @@ class _Planner:
         return SocketEnd(pair=pair, end=0, shutdown=shutdown)
 
 
+Hooks = Container[str]  # the names of the handlers with a restore hook
+
+
 def plan_table(
-    image: Image, pid: int, *, nofile: int, skip: frozenset[str] = frozenset()
+    image: Image, pid: int, *, nofile: int, skip: frozenset[str] = frozenset(), hooks: Hooks = ()
 ) -> RestorePlan:
     """The plan to rebuild the fd table of task ``pid`` of ``image``, each fd number
     below ``nofile`` (the restoring process's RLIMIT_NOFILE).  Raises RestoreError,
     naming pid, fd and kind, for the first fd it cannot restore and whose kind is not in
-    ``skip``."""
+    ``skip``; a file it cannot restore whose handler is in ``hooks`` (the names of the
+    handlers with a restore hook) is left to that hook (a :class:`Hook`)."""
     task = next((t for t in image.tasks if t.pid == pid), None)
     if task is None:
         raise RestoreError(f"the image holds no task {pid}", pid=pid)
-    return _plan(image, [task], nofile=nofile, skip=skip, tree=False)
+    return _plan(image, [task], nofile=nofile, skip=skip, tree=False, hooks=hooks)
 
 
-def plan_tree(image: Image, *, nofile: int, skip: frozenset[str] = frozenset()) -> RestorePlan:
+def plan_tree(
+    image: Image, *, nofile: int, skip: frozenset[str] = frozenset(), hooks: Hooks = ()
+) -> RestorePlan:
     """The plan to rebuild every task's fd table, in a tree of the image's shape: each
     open file description made once, whichever tasks share it (``tasks`` lists each
     task's slots, parents first).  Zombies are refused (their pids cannot be had)."""
-    return _plan(image, image.tasks, nofile=nofile, skip=skip, tree=True)
+    return _plan(image, image.tasks, nofile=nofile, skip=skip, tree=True, hooks=hooks)
 
 
 def _plan(
-    image: Image, tasks: list[Task], *, nofile: int, skip: frozenset[str], tree: bool
+    image: Image, tasks: list[Task], *, nofile: int, skip: frozenset[str], tree: bool, hooks: Hooks
 ) -> RestorePlan:
     unknown = sorted(skip - set(KINDS))
     if unknown:
@@ -575,7 +569,13 @@ def _plan(
                 continue
             planner.fd = fd.fd
             try:
-                index = planner.description(f, kind, scope)
+                try:
+                    index = planner.description(f, kind, scope)
+                except _Refuse:
+                    if f.handler is None or f.handler not in hooks:
+                        raise
+                    hook = Hook(handler=f.handler, file=f, task=task)
+                    index = planner.description(f, kind, scope, hook)
             except _Refuse as why:
                 raise RestoreError(
                     f"cannot restore the {kind} ({os_name(f.path, f.path_bytes)}): {why} "
