@@ -242,7 +242,7 @@ def test_c_and_python_readers_agree(held_tree: Tree) -> None:
     c = read_task_files(pid, tids, set(), True)
     py = _read_task_files_py(pid, tids, set(), True)
     assert c == py
-    assert isinstance(c.maps, list) and c.mapped and c.threads[0].tid == info["thread"]
+    assert isinstance(c.maps, bytes) and c.mapped and c.threads[0].tid == info["thread"]
     assert type(c.cwd) is _fdscan.FdRow and type(py.cwd) is _fdscan.FdRow
 
 
@@ -254,17 +254,21 @@ def test_a_mapped_file_is_read_once_per_capture(held_tree: Tree, reader: str) ->
     info = held_tree.info
     known: set[tuple[int, int]] = set()
     first = read(info["held"], [], known, False)
-    assert isinstance(first.maps, list)
-    keys = {(r.dev, r.ino) for r in first.maps} - {(0, 0)}
-    assert known == keys and len(first.mapped) == len(keys) == len(first.firsts)
-    # firsts: the first range of each file, in address order.
-    rows = first.maps
-    assert [(rows[i].dev, rows[i].ino) for i in first.firsts] == list(
-        dict.fromkeys((r.dev, r.ino) for r in rows if (r.dev, r.ino) != (0, 0))
-    )
-    assert sorted(first.mapped) == first.firsts
+    assert isinstance(first.maps, bytes)
+    rows = parse_maps(first.maps)
+    keys = {(r.dev, r.ino) for r in rows} - {(0, 0)}
+    assert known == keys == first.keys and len(first.mapped) == len(keys)
+    # The first range of each file, in address order, with the file read through it.
+    firsts: dict[tuple[int, int], MapRow] = {}
+    for r in rows:
+        if (r.dev, r.ino) != (0, 0):
+            firsts.setdefault((r.dev, r.ino), r)
+    assert [tuple(m) for m, _ in first.mapped] == [tuple(r) for r in firsts.values()]
+    for m, got in first.mapped:
+        assert not isinstance(got, int)
+        assert (got.st_dev, got.st_ino) == (m.dev, m.ino)
     # The grandchild maps the same files: none is read again.
-    assert read(info["ns_child"], [], known, False).mapped == {}
+    assert read(info["ns_child"], [], known, False).mapped == []
 
 
 def _held_row(ino: int) -> RawFd:
@@ -282,19 +286,28 @@ def test_unreadable_task_files_are_noted_not_fatal() -> None:
         return cast(NewFile, args)
 
     resolver = TaskFileResolver(lambda: next(ids), new_held, cmdline=False)
-    maps = [
-        MapRow(0x1000, 0x2000, "r--p", 0, 65024, 77, b"/lib/a"),
-        MapRow(0x2000, 0x3000, "r-xp", 4096, 65024, 77, b"/lib/a"),
-        MapRow(0x5000, 0x6000, "rw-p", 0, 0, 0, b"[heap]"),
-    ]
+    maps = (
+        b"1000-2000 r--p 00000000 fe:00 77 /lib/a\n"
+        b"2000-3000 r-xp 00001000 fe:00 77 /lib/a\n"
+        b"5000-6000 rw-p 00000000 00:00 0 [heap]\n"
+    )
+    first = MapRow(0x1000, 0x2000, "r--p", 0, 65024, 77, b"/lib/a")
     row = TaskFilesRow(
-        errno.EACCES, _held_row(5), errno.ENOENT, {"net": 9}, maps, [0], {0: errno.EPERM}, [], None
+        errno.EACCES,
+        _held_row(5),
+        errno.ENOENT,
+        {"net": 9},
+        maps,
+        {(65024, 77)},
+        [(first, errno.EPERM)],
+        [],
+        None,
     )
     part = resolver.resolve(100, "/", row)
     assert (part.cwd, part.root, part.exe, mappings(part)) == (None, 1, None, [])
     assert part.error == "cwd: Permission denied; map: Operation not permitted"
     assert [args[6] for args in made] == ["/proc/100/root"]
-    unreadable_maps = row._replace(maps=errno.EACCES, firsts=[], cwd=_held_row(5))
+    unreadable_maps = row._replace(maps=errno.EACCES, mapped=[], keys=set(), cwd=_held_row(5))
     again = resolver.resolve(101, "/", unreadable_maps)
     assert (again.cwd, again.root, again.error) == (1, 1, "maps: Permission denied")
     assert len(made) == 1  # the same inode: the record made for task 100
@@ -411,3 +424,45 @@ def test_held_files_over_the_ghost_limit(held_tree: Tree, tmp_path: Path) -> Non
     assert proc.returncode == 8, proc.stderr
     assert "--strict: unlinked file" in proc.stderr and "fd=-1" not in proc.stderr
     assert not (tmp_path / "s.ackpt").exists()
+
+
+def test_a_file_read_by_a_later_tasks_scan_is_read_by_the_resolver(held_tree: Tree) -> None:
+    """With two scan workers, a task later in tree order may be scanned first and read a
+    shared file: the earlier task's row then lacks it, and the resolver reads it, still
+    in address order."""
+    info = held_tree.info
+    made: list[tuple[Any, ...]] = []
+    ids = iter(range(1, 10_000))
+
+    def new_held(*args: Any) -> NewFile:
+        made.append(args)
+        return cast(NewFile, args)
+
+    resolver = TaskFileResolver(lambda: next(ids), new_held, cmdline=False)
+    resolver.read(info["ns_child"], [info["ns_child"]])  # the later task, scanned first
+    row = resolver.read(info["held"], [info["held"], info["thread"]])
+    assert row.mapped == [] and row.keys
+    part = resolver.resolve(info["held"], "/", row)
+    assert part.error is None
+    ranges = mappings(part)
+    assert len(ranges) == len([r for r in parse_maps(cast(bytes, row.maps)) if r.ino])
+    # Every mapped file got its record (the executable's as "exe", met first).
+    assert {args[0] for args in made} >= {file_id for *_, file_id in ranges}
+    assert len({file_id for *_, file_id in ranges}) == len(row.keys)
+    # Ids by first range in address order, as a single worker would give them.
+    firsts_ids = [ranges_id for *_, ranges_id in ranges]
+    assert list(dict.fromkeys(firsts_ids)) == sorted(set(firsts_ids))
+
+
+def test_tree_reports_held_files_apart(held_tree: Tree, tmp_path: Path) -> None:
+    info = held_tree.info
+    out = tmp_path / "r.ackpt"
+    summary = capture(held_tree, out)
+    image = read_image(out)
+    held = [f for f in image.files.values() if not f.description]
+    assert summary.held_files == len(held) > 0 and summary.files == len(image.files)
+    proc = run("tree", str(info["pid"]), "-o", str(tmp_path / "t.ackpt"))
+    assert proc.returncode == 0, proc.stderr
+    assert f"{len(image.files) - len(held)} open files, {len(held)} files held without an fd" in (
+        proc.stdout
+    )

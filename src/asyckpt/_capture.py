@@ -165,6 +165,7 @@ class CaptureSummary(msgspec.Struct, kw_only=True):
     fd_tables: int
     fds: int
     files: int
+    """File records: open file descriptions, and (format 4) ``held_files``."""
     generic: dict[str, int]
     generic_fds: list[GenericFd]
     plugins: list[PluginInfo]
@@ -184,6 +185,9 @@ class CaptureSummary(msgspec.Struct, kw_only=True):
     """As asked (``CaptureOptions.endpoints``)."""
     outside_holders: int = 0
     """With endpoints ``system``: the objects found held outside the tree."""
+    held_files: int = 0
+    """Files held by reference (cwd, root, exe, mapped files: ``File.description``
+    false), one per inode; counted in ``files``."""
 
 
 def _read_mountinfo(pid: int) -> str:
@@ -492,4 +496,5 @@ async def _run(
         ghost_notes=list(ghosts.notes),
         endpoints=options.endpoints,
         outside_holders=len(holders),
+        held_files=builder.task_files.held_count,
     )

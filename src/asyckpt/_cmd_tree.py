@@ -156,7 +156,8 @@ def report(summary: CaptureSummary, quiet: bool) -> None:
         return
     print(
         f"{escape(str(summary.path))}: {summary.tasks} tasks, {summary.fds} fds, "
-        f"{summary.files} open files, "
+        f"{summary.files - summary.held_files} open files, "
+        f"{summary.held_files} files held without an fd, "
         f"{summary.bytes} bytes; freezer {summary.freezer}, "
         f"freezing {summary.freezing_ms:.2f} ms, frozen {summary.frozen_ms:.2f} ms, "
         f"total {summary.capture_ms:.1f} ms"

@@ -924,7 +924,7 @@ static PyMethodDef methods[] = {
     {"fd_owner_at", (PyCFunction)(void (*)(void))fd_owner_at, METH_FASTCALL,
      "fd_owner_at(pidfd, fd) -> fd_owner of the task's fd, through pidfd_getfd(2)."},
     {"read_task_files", asyckpt_read_task_files, METH_VARARGS,
-     "read_task_files(pid, tids, known, cmdline) -> (cwd, root, exe, namespaces, maps, firsts,"
+     "read_task_files(pid, tids, known, cmdline) -> (cwd, root, exe, namespaces, maps, keys,"
      " mapped, threads, cmdline): a task's files held by reference (_rows.TaskFilesRow), the GIL"
      " released but while the mapped files to read are picked from the set known."},
     {"parse_maps", asyckpt_parse_maps, METH_O,

@@ -42,9 +42,9 @@ def read_task_files(
     RawFd | int,
     RawFd | int,
     dict[str, int],
-    list[_MapRow] | int,
-    list[int],
-    dict[int, RawFd | int],
+    bytes | int,
+    set[tuple[int, int]],
+    list[tuple[_MapRow, RawFd | int]],
     list[tuple[int, RawFd | int, RawFd | int, dict[str, int]]],
     bytes | None,
 ]: ...

@@ -2,7 +2,11 @@
  * asyckpt._fdscan, second half: a task's files held by reference, read without the GIL.
  *
  * read_task_files(pid, tids, known, cmdline) -> (cwd, root, exe, namespaces, maps,
- *                                              firsts, mapped, threads, cmdline)
+ *                                              keys, mapped, threads, cmdline)
+ *   maps is the maps text as read (parsed again after the thaw, when the ranges become
+ *   records), keys the set of its file-backed (dev, ino), and mapped, in address order,
+ *   (MapRow, file) for the first range of each file read in step 3: no object per
+ *   range, nor per file the capture has read already, is made while frozen;
  *   as _rows.TaskFilesRow (the caller names it), read in three steps:
  *   1. without the GIL: cwd, root and exe (readlink + statx through the magic link, for
  *      st_* and the mount id), every /proc/PID/ns entry (stat, no open), the whole maps
@@ -279,17 +283,15 @@ static void read_task(struct task_read *t, int cmdline) {
     read_ns(base, &t->ns);
 }
 
-/* Step 2, with the GIL: which rows are the first of their file in the task, and which
- * of those the capture has not read yet.  -1 with an exception set. */
-static int pick_wanted(struct task_read *t, PyObject *known) {
-    PyObject *here = PySet_New(NULL);
-    if (!here) return -1;
+/* Step 2, with the GIL: the task's file keys (into `here`), and which rows are the
+ * first of a file the capture has not read yet.  -1 with an exception set. */
+static int pick_wanted(struct task_read *t, PyObject *known, PyObject *here) {
     for (size_t i = 0; i < t->n_rows; i++) {
         struct maprow *r = &t->rows[i];
         unsigned long long dev = row_dev(r);
         if (dev == 0 && r->ino == 0) continue;  /* anonymous */
         PyObject *key = Py_BuildValue("(KK)", dev, r->ino);
-        if (!key) { Py_DECREF(here); return -1; }
+        if (!key) return -1;
         int seen = PySet_Contains(here, key);
         if (seen == 0) {
             r->first = 1;
@@ -303,9 +305,8 @@ static int pick_wanted(struct task_read *t, PyObject *known) {
             }
         }
         Py_DECREF(key);
-        if (seen < 0) { Py_DECREF(here); return -1; }
+        if (seen < 0) return -1;
     }
-    Py_DECREF(here);
     return 0;
 }
 
@@ -402,58 +403,58 @@ static PyStructSequence_Desc map_row_desc = {
     map_row_fields, 7,
 };
 
+static PyObject *row_obj(const char *text, const struct maprow *r) {
+    PyObject *row = asyckpt_new_row(map_row_type, 7);
+    if (!row) return NULL;
+    PyObject *v[7] = {
+        PyLong_FromUnsignedLongLong(r->start),
+        PyLong_FromUnsignedLongLong(r->end),
+        PyUnicode_FromStringAndSize(r->perms, 4),
+        PyLong_FromUnsignedLongLong(r->offset),
+        PyLong_FromUnsignedLongLong(row_dev(r)),
+        PyLong_FromUnsignedLongLong(r->ino),
+        PyBytes_FromStringAndSize(text + r->name, (Py_ssize_t)r->name_len),
+    };
+    for (int k = 0; k < 7; k++) {
+        if (!v[k]) {
+            for (int j = k + 1; j < 7; j++) Py_XDECREF(v[j]);
+            Py_DECREF(row);
+            return NULL;
+        }
+        PyStructSequence_SET_ITEM(row, k, v[k]);
+    }
+    return row;
+}
+
 static PyObject *rows_obj(const char *text, const struct maprow *rows, size_t n) {
     PyObject *list = PyList_New((Py_ssize_t)n);
     if (!list) return NULL;
     for (size_t i = 0; i < n; i++) {
-        const struct maprow *r = &rows[i];
-        PyObject *row = asyckpt_new_row(map_row_type, 7);
+        PyObject *row = row_obj(text, &rows[i]);
         if (!row) { Py_DECREF(list); return NULL; }
         PyList_SET_ITEM(list, (Py_ssize_t)i, row);
-        PyObject *v[7] = {
-            PyLong_FromUnsignedLongLong(r->start),
-            PyLong_FromUnsignedLongLong(r->end),
-            PyUnicode_FromStringAndSize(r->perms, 4),
-            PyLong_FromUnsignedLongLong(r->offset),
-            PyLong_FromUnsignedLongLong(row_dev(r)),
-            PyLong_FromUnsignedLongLong(r->ino),
-            PyBytes_FromStringAndSize(text + r->name, (Py_ssize_t)r->name_len),
-        };
-        for (int k = 0; k < 7; k++) {
-            if (!v[k]) {
-                for (int j = k + 1; j < 7; j++) Py_XDECREF(v[j]);
-                Py_DECREF(list);
-                return NULL;
-            }
-            PyStructSequence_SET_ITEM(row, k, v[k]);
-        }
     }
     return list;
 }
 
-static PyObject *result_obj(const struct task_read *t) {
-    PyObject *maps = NULL, *firsts = NULL, *mapped = NULL, *threads = NULL, *cmdline = NULL;
+static PyObject *result_obj(const struct task_read *t, PyObject *keys) {
+    PyObject *maps = NULL, *mapped = NULL, *threads = NULL, *cmdline = NULL;
     PyObject *cwd = held_obj(&t->cwd), *root = held_obj(&t->root), *exe = held_obj(&t->exe);
     PyObject *ns = ns_obj(&t->ns);
     if (!cwd || !root || !exe || !ns) goto fail;
-    maps = t->maps_err ? PyLong_FromLong(t->maps_err) : rows_obj(t->maps, t->rows, t->n_rows);
-    firsts = PyList_New(0);
-    mapped = PyDict_New();
+    /* The text, not a row per line: the ranges are made into records after the thaw;
+     * rows only for the first range of each file, which the resolver needs now. */
+    maps = t->maps_err ? PyLong_FromLong(t->maps_err)
+                       : PyBytes_FromStringAndSize(t->maps, (Py_ssize_t)t->maps_len);
+    mapped = PyList_New(0);
     threads = PyList_New((Py_ssize_t)t->n_threads);
-    if (!maps || !firsts || !mapped || !threads) goto fail;
+    if (!maps || !mapped || !threads) goto fail;
     for (size_t i = 0; i < t->n_rows; i++) {
-        if (!t->rows[i].first) continue;
-        PyObject *k = PyLong_FromSize_t(i);
-        int rc = k ? PyList_Append(firsts, k) : -1;
-        Py_XDECREF(k);
-        if (rc < 0) goto fail;
-    }
-    for (size_t i = 0; i < t->n_rows; i++) {
-        if (!t->rows[i].wanted) continue;
-        PyObject *k = PyLong_FromSize_t(i), *v = held_obj(&t->rows[i].file);
-        int rc = (k && v) ? PyDict_SetItem(mapped, k, v) : -1;
-        Py_XDECREF(k);
-        Py_XDECREF(v);
+        const struct maprow *r = &t->rows[i];
+        if (!r->wanted) continue;
+        PyObject *item = Py_BuildValue("(NN)", row_obj(t->maps, r), held_obj(&r->file));
+        int rc = item ? PyList_Append(mapped, item) : -1;
+        Py_XDECREF(item);
         if (rc < 0) goto fail;
     }
     for (size_t i = 0; i < t->n_threads; i++) {
@@ -468,15 +469,13 @@ static PyObject *result_obj(const struct task_read *t) {
     else
         cmdline = Py_NewRef(Py_None);
     if (!cmdline) goto fail;
-    return Py_BuildValue("(NNNNNNNNN)", cwd, root, exe, ns, maps, firsts, mapped, threads,
-                         cmdline);
+    return Py_BuildValue("(NNNNNONNN)", cwd, root, exe, ns, maps, keys, mapped, threads, cmdline);
 fail:
     Py_XDECREF(cwd);
     Py_XDECREF(root);
     Py_XDECREF(exe);
     Py_XDECREF(ns);
     Py_XDECREF(maps);
-    Py_XDECREF(firsts);
     Py_XDECREF(mapped);
     Py_XDECREF(threads);
     Py_XDECREF(cmdline);
@@ -514,11 +513,17 @@ PyObject *asyckpt_read_task_files(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     read_task(&t, cmdline);
     Py_END_ALLOW_THREADS
-    if (pick_wanted(&t, known) < 0) { free_task(&t); return NULL; }
+    PyObject *keys = PySet_New(NULL);
+    if (!keys || pick_wanted(&t, known, keys) < 0) {
+        Py_XDECREF(keys);
+        free_task(&t);
+        return NULL;
+    }
     Py_BEGIN_ALLOW_THREADS
     read_wanted(&t);
     Py_END_ALLOW_THREADS
-    PyObject *result = result_obj(&t);
+    PyObject *result = result_obj(&t, keys);
+    Py_DECREF(keys);
     free_task(&t);
     return result;
 }

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import msgspec
 
-from ._rows import MapRow, RawRow, ScanRow, TaskFilesRow
+from ._procparse import parse_maps
+from ._rows import RawRow, ScanRow, TaskFilesRow
 
 if TYPE_CHECKING:
     from ._discover import TaskPlan
@@ -168,8 +169,8 @@ class TaskFilesPart(NamedTuple):
     root: int | None
     exe: int | None
     """File ids; None when not read (``error`` says why; no exe: a kernel thread)."""
-    maps: list[MapRow]
-    """Every line of the task's maps: its mappings are made from it after the thaw
+    maps: bytes
+    """The task's maps text: its mappings are made from it after the thaw
     (:func:`mappings`), not while frozen."""
     map_files: dict[tuple[int, int], int]
     """(dev, ino) as maps shows it -> file id: the capture's, shared by every task (each
@@ -191,7 +192,7 @@ def mappings(files: TaskFilesPart) -> list[MappingEntry]:
     ids, failed = files.map_files, files.failed
     return [
         (m.start, m.end, m.perms, m.offset, ids[key])
-        for m in files.maps
+        for m in parse_maps(files.maps)
         if (key := (m.dev, m.ino)) != (0, 0) and key not in failed
     ]
 

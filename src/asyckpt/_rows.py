@@ -95,23 +95,26 @@ class ThreadFilesRow(NamedTuple):
 class TaskFilesRow(NamedTuple):
     """What the scan reads of a task's files beyond its fd tables (``_taskread``).
 
-    A file held by reference is a :class:`RawFd` row of fd -1 (pos, flags 0, no
-    fdinfo), stat'ed through its magic link; an ``int`` in its place is the errno that
-    reading it failed with."""
+    A file held by reference is a :class:`RawFd` row of fd -1, pos 0, flags ``O_PATH``
+    (what handlers are told: no open file description to read through), no fdinfo, its
+    stat fields and mount id read through its magic link; an ``int`` in its place is the
+    errno that reading it failed with."""
 
     cwd: RawFd | int
     root: RawFd | int
     exe: RawFd | int
     namespaces: dict[str, int]
     """Type -> inode, for each ``/proc/PID/ns`` entry that exists."""
-    maps: list[MapRow] | int
-    """Every line of ``maps`` (anonymous ones too), or the errno reading it failed with."""
-    firsts: list[int]
-    """The index in ``maps`` of the first row of each file-backed (dev, ino) of the task,
-    in row order: what the resolver walks (a file mapped in many ranges is one entry)."""
-    mapped: dict[int, RawFd | int]
-    """Index in ``maps`` -> its file, read through ``map_files``, for the first row of each
-    file-backed (dev, ino) that the capture had not read yet."""
+    maps: bytes | int
+    """The ``maps`` text as read (parsed, so known to be well formed), or the errno
+    reading it failed with (``EPROTO``: malformed).  Its ranges become records after the
+    thaw (``_parts.mappings``): no object per range is made while frozen."""
+    keys: set[tuple[int, int]]
+    """The (dev, ino) of every file the task maps: the resolver's set difference with the
+    files it knows is one C-level operation per task, not a Python step per file."""
+    mapped: list[tuple[MapRow, RawFd | int]]
+    """The first range of each mapped file that the capture had not read yet, in address
+    order, with its file read through ``map_files`` (or the errno)."""
     threads: list[ThreadFilesRow]
     cmdline: bytes | None
     """``/proc/PID/cmdline`` when asked for (NUL-separated), else None."""

@@ -16,7 +16,8 @@ import os
 from collections.abc import Callable
 
 from ._parts import NewFile, TaskFilesPart
-from ._rows import RawFd, TaskFilesRow
+from ._procparse import parse_maps
+from ._rows import MapRow, RawFd, TaskFilesRow
 from ._taskread import MapKey, held_path, map_files_path, read_held, read_task_files
 
 __all__ = ["NewHeld", "TaskFileResolver"]
@@ -44,6 +45,11 @@ class TaskFileResolver:
         self._by_map_key: dict[MapKey, int] = {}
         """(dev, ino) as maps shows it -> file id."""
 
+    @property
+    def held_count(self) -> int:
+        """File records made so far for files held by reference."""
+        return len(self._by_inode)
+
     def read(self, pid: int, tids: list[int]) -> TaskFilesRow:
         """In a scan worker: the task's files (``tids``: all its threads, leader first)."""
         return read_task_files(pid, [t for t in tids if t != pid], self.known, self._cmdline)
@@ -69,18 +75,16 @@ class TaskFileResolver:
         cwd = held("cwd", row.cwd, pid, held_path(pid, pid, "cwd"))
         root_id = held("root", row.root, pid, held_path(pid, pid, "root"))
         exe = held("exe", row.exe, pid, held_path(pid, pid, "exe"))
-        maps = [] if isinstance(row.maps, int) else row.maps
+        maps = b"" if isinstance(row.maps, int) else row.maps
         failed: set[MapKey] = set()
         if isinstance(row.maps, int):
             errors.append(_why("maps", row.maps))
-        # One step per distinct file, not per range: the ranges are listed after the thaw.
-        for i in row.firsts if maps else ():
-            m = maps[i]
+        # Only the files this capture has no id for yet, found with one set difference
+        # (most tasks map what their parent did); the ranges are listed after the thaw.
+        unknown = row.keys - self._by_map_key.keys()
+        for m, got in _in_address_order(unknown, row.mapped, maps) if unknown else ():
             key = (m.dev, m.ino)
-            if key in self._by_map_key:
-                continue
             path = map_files_path(pid, m.start, m.end)
-            got = row.mapped.get(i)
             if got is None:
                 # Another worker's scan read it for a task later in tree order, or it
                 # failed there: read here, still frozen.
@@ -119,3 +123,25 @@ def _differs(mine: RawFd | int, task: RawFd | int) -> bool:
     if isinstance(mine, int):
         return False  # unread (the thread is exiting): the task's, as far as is known
     return isinstance(task, int) or (mine.st_dev, mine.st_ino) != (task.st_dev, task.st_ino)
+
+
+def _in_address_order(
+    unknown: set[MapKey], mapped: list[tuple[MapRow, RawFd | int]], maps: bytes
+) -> list[tuple[MapRow, RawFd | int | None]]:
+    """The first range of each ``unknown`` file, in address order, with its file when
+    this task's scan read it (None: to read), so that ids do not depend on which scan
+    worker read what.  Nearly always ``mapped`` holds them all; else the text is parsed."""
+    todo: list[tuple[MapRow, RawFd | int | None]] = [
+        (m, got) for m, got in mapped if (m.dev, m.ino) in unknown
+    ]
+    if len(todo) == len(unknown):
+        return todo
+    read = {(m.dev, m.ino): got for m, got in mapped}
+    pending = set(unknown)
+    todo = []
+    for m in parse_maps(maps):
+        key = (m.dev, m.ino)
+        if key in pending:
+            pending.discard(key)
+            todo.append((m, read.get(key)))
+    return todo

@@ -48,9 +48,9 @@ TaskFilesTuple = tuple[
     RawFd | int,
     RawFd | int,
     dict[str, int],
-    list[MapRow] | int,
-    list[int],
-    dict[int, RawFd | int],
+    bytes | int,
+    set[MapKey],
+    list[tuple[MapRow, RawFd | int]],
     list[tuple[int, RawFd | int, RawFd | int, dict[str, int]]],
     bytes | None,
 ]
@@ -87,11 +87,11 @@ def read_task_files(
     """The task's files (its leader ``pid``; ``tids``, its other threads), the mapped
     files whose key is not in ``known`` read and their keys added to it."""
     if _read_task_files_c is not None:
-        cwd, root, exe, ns, maps, firsts, mapped, threads, line = _read_task_files_c(
+        cwd, root, exe, ns, maps, keys, mapped, threads, line = _read_task_files_c(
             pid, list(tids), known, cmdline
         )
         threads_named = [ThreadFilesRow._make(t) for t in threads]
-        return TaskFilesRow(cwd, root, exe, ns, maps, firsts, mapped, threads_named, line)
+        return TaskFilesRow(cwd, root, exe, ns, maps, keys, mapped, threads_named, line)
     return _read_task_files_py(pid, tids, known, cmdline)
 
 
@@ -142,26 +142,23 @@ def _read_task_files_py(
     """The fallback for ``_fdscan.read_task_files``: the same result, slower."""
     base = f"{PROC}/{pid}"
     data = _read_all(f"{base}/maps")
-    maps: list[MapRow] | int
-    if isinstance(data, int):
-        maps = data
-    else:
+    rows: list[MapRow] = []
+    maps: bytes | int = data
+    if isinstance(data, bytes):
         try:
-            maps = parse_maps(data)
+            rows = parse_maps(data)
         except ValueError:
             maps = errno.EPROTO
-    mapped: dict[int, RawFd | int] = {}
-    firsts: list[int] = []
+    mapped: list[tuple[MapRow, RawFd | int]] = []
     here: set[MapKey] = set()
-    for i, row in enumerate(maps if isinstance(maps, list) else ()):
+    for row in rows:
         key = (row.dev, row.ino)
         if key == (0, 0) or key in here:
             continue
         here.add(key)
-        firsts.append(i)
         if key not in known:
             known.add(key)
-            mapped[i] = read_held(map_files_path(pid, row.start, row.end))
+            mapped.append((row, read_held(map_files_path(pid, row.start, row.end))))
     threads = [
         ThreadFilesRow(
             tid,
@@ -178,7 +175,7 @@ def _read_task_files_py(
         read_held(f"{base}/exe"),
         _namespaces(base),
         maps,
-        firsts,
+        here,
         mapped,
         threads,
         line if isinstance(line, bytes) else None,
