@@ -41,6 +41,8 @@ from ._kernel import (
     signalfd,
     timerfd,
 )
+from ._restore_model import MakeFailed as _Failed
+from ._restore_model import UnixConnection, UnixSocket
 from ._restore_pidfd import NewPid, make_pidfds
 from ._restore_plan import (
     Bind,
@@ -64,13 +66,13 @@ from ._restore_plan import (
     TimerFd,
     plan_table,
 )
+from ._restore_sockets import SOCK_TYPES, UnixMaker, bind_inet, shut
 
 if TYPE_CHECKING:
     from ._restore_hooks import HookHandlers
 
 __all__ = ["Made", "close_all", "install", "make", "open_root", "restore_table"]
 
-_SHUTDOWN = {"read": socket.SHUT_RD, "write": socket.SHUT_WR, "both": socket.SHUT_RDWR}
 _F_SEAL_SEAL = 1
 _IN_DONT_FOLLOW = 0x02000000
 
@@ -131,6 +133,7 @@ class _Maker:
         self.pairs: dict[int, tuple[int, int]] = {}
         self.taken: set[tuple[str, int, int]] = set()
         self.made: dict[int, int] = {}  # description index -> its fd, for epoll watches
+        self.unix = UnixMaker(root_fd, self.keep)
 
     def keep(self, fd: int) -> int:
         high = above(fd, self.floor)
@@ -147,8 +150,12 @@ class _Maker:
             fd = self._pipe_end(make)
         elif isinstance(make, SocketEnd):
             fd = self._socket_end(make)
+        elif isinstance(make, UnixSocket):
+            fd = self.unix.make_socket(d.file, make)
+        elif isinstance(make, UnixConnection):
+            fd = self.unix.connection(make)
         elif isinstance(make, Bind):
-            fd = _bind(make)
+            fd = bind_inet(make)
         elif isinstance(make, EventFd):
             fd = self._eventfd(make)
         elif isinstance(make, TimerFd):
@@ -286,21 +293,10 @@ class _Maker:
     def _socket_end(self, make: SocketEnd) -> int:
         ends = self.pairs.get(make.pair)
         if ends is None:
-            sotype = {
-                "stream": socket.SOCK_STREAM,
-                "dgram": socket.SOCK_DGRAM,
-                "seqpacket": socket.SOCK_SEQPACKET,
-            }[self.plan.pairs[make.pair].type]
+            sotype = SOCK_TYPES[self.plan.pairs[make.pair].type]
             a, b = socket.socketpair(socket.AF_UNIX, sotype)
             ends = self.pairs[make.pair] = (self.keep(a.detach()), self.keep(b.detach()))
-        fd = os.dup(ends[make.end])
-        if make.shutdown is not None:
-            sock = socket.socket(fileno=os.dup(fd))
-            try:
-                sock.shutdown(_SHUTDOWN[make.shutdown])
-            finally:
-                sock.close()
-        return fd
+        return shut(os.dup(ends[make.end]), make.shutdown)
 
     def _epoll(self, make: Epoll) -> int:
         """An empty epoll: its watches are added at install, with the targets' own fd
@@ -323,10 +319,6 @@ class _Maker:
         if make.count:
             os.eventfd_write(fd, make.count)
         return fd
-
-
-class _Failed(Exception):
-    """Why one description could not be made (becomes a RestoreError naming the fd)."""
 
 
 def _fmt(mode: int) -> str:
@@ -385,30 +377,6 @@ def _flock(l_type: int, start: int, length: int) -> bytes:
     return struct.pack("@hhqqi", l_type, os.SEEK_SET, start, length, 0).ljust(32, b"\0")
 
 
-def _bind(make: Bind) -> int:
-    if make.netns is not None and make.netns != os.stat("/proc/self/ns/net").st_ino:
-        raise _Failed("it was in another network namespace than restore's")
-    family = socket.AF_INET if make.family == "inet" else socket.AF_INET6
-    sotype = socket.SOCK_STREAM if make.socktype == "stream" else socket.SOCK_DGRAM
-    sock = socket.socket(family, sotype)
-    try:
-        if make.reuseaddr:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if make.reuseport:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        try:
-            sock.bind((make.address, make.port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise _Failed(f"address {make.address} port {make.port} is in use") from None
-            raise
-        if make.socktype == "stream":
-            sock.listen(make.backlog)
-        return sock.detach()
-    finally:
-        sock.close()
-
-
 def _timerfd(make: TimerFd) -> int:
     value = make.value
     if make.settime_flags & TFD_TIMER_ABSTIME and value != (0, 0):
@@ -453,7 +421,13 @@ def _pipe(pipe: Pipe) -> tuple[int, int]:
 def _order(d: Description) -> int:
     make = d.make
     if isinstance(make, Epoll):
-        return 2
+        return 3
+    if isinstance(make, UnixConnection) or (
+        isinstance(make, UnixSocket) and make.connect is not None and make.address is None
+    ):
+        return 2  # after the sockets they connect to are bound
+    if isinstance(make, UnixSocket) and make.address is not None:
+        return 1  # a node in a file system: made once what may fail first did not
     if isinstance(make, OpenPath) and make.fmt == stat.S_IFIFO:
         return 1 if make.flags & os.O_ACCMODE == os.O_WRONLY else 0
     return 0
@@ -477,6 +451,8 @@ def make(
     maker = _Maker(plan, root_fd, relaxed, floor, hooks)
     made = maker.made
     # Epolls last: their watches are tried on the targets, which must exist by then.
+    # Unix sockets bound to a path late (a failure removes their nodes), and those that
+    # connect after those they connect to.
     # A FIFO's write-only ends after its readers: without one, the open fails (ENXIO).
     order = sorted(range(len(plan.descriptions)), key=lambda i: _order(plan.descriptions[i]))
     try:
@@ -497,6 +473,7 @@ def make(
                 ) from None
     except BaseException:
         close_all(made.values())
+        maker.unix.undo()
         raise
     finally:
         close_all(maker.temp)

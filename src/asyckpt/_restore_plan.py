@@ -53,7 +53,9 @@ from ._restore_model import (
     TimerFd,
     Watch,
 )
+from ._restore_model import Refuse as _Refuse
 from ._restore_pidfd import plan_pidfd
+from ._restore_unix import UnixPeer, pair_peer, plan_unix, unix_sockets
 
 __all__ = [
     "KINDS", "MAX_UNLINKED_SIZE", "Bind", "Description", "Epoll", "EventFd", "FdSlot", "Hook",
@@ -128,10 +130,6 @@ def fd_kind(f: File) -> str:
     if f.type == "link":
         return "path"
     return f.type
-
-
-class _Refuse(Exception):
-    """A fd of this kind cannot be restored: why (becomes a RestoreError)."""
 
 
 _LOCK_TYPES: dict[str, Literal["flock", "ofd", "posix"]] = {
@@ -248,6 +246,7 @@ class _Planner:
         self._pipe: dict[int, int] = {}  # pipe ino -> index
         self._pair: dict[int, tuple[int, int]] = {}  # socket ino -> (pair, end)
         self._epolls: list[tuple[File, dict[str, object], int]] = []
+        self._unix: tuple[list[File], dict[int, UnixPeer]] | None = None
         self.pids: frozenset[int] = frozenset({pid})
         self.linking = -1
         self.fd = -1
@@ -477,6 +476,12 @@ class _Planner:
                 return content, packets
         raise _Refuse(f"{queued} bytes queued and not in the image (capture with --pipe-data)")
 
+    def _unix_sockets(self, table: list[File]) -> dict[int, UnixPeer]:
+        """The unix sockets of ``table`` by inode, indexed once per table."""
+        if self._unix is None or self._unix[0] is not table:
+            self._unix = (table, unix_sockets(table, _data))
+        return self._unix[1]
+
     def _socket_end(self, f: File, data: dict[str, object], table: list[File]) -> Make:
         ino = _int(data.get("ino"), 1, 2**64 - 1, "socket inode")
         known = self._pair.get(ino)
@@ -487,28 +492,22 @@ class _Planner:
             return SocketEnd(pair=known[0], end=1 if known[1] else 0, shutdown=shutdown)
         if data.get("family") in ("inet", "inet6"):
             return _bind(data)
+        if data.get("family") != "unix":
+            raise _Refuse("only unix and inet sockets are restored")
+        peers = self._unix_sockets(table)
+        peer = pair_peer(data, peers)
+        if peer is None:
+            return plan_unix(f, data, peers, shutdown)
         sotype = data.get("type")
-        if data.get("family") != "unix" or sotype not in _SOCK_TYPES or data.get("name"):
-            raise _Refuse("only unix socketpairs and inet listeners are restored")
-        peer = data.get("peer_ino")
-        peer_file = next(
-            (
-                o
-                for o in table
-                if o.type == "socket" and o.id != f.id and _data(o).get("ino") == peer
-            ),
-            None,
-        )
-        if peer_file is None or _data(peer_file).get("peer_ino") != ino:
-            raise _Refuse("its peer is not in the table")
-        for side in (data, _data(peer_file)):
+        if sotype not in _SOCK_TYPES:
+            raise _Refuse(f"a unix socket of type {sotype!r}")
+        for side in (data, peer.data):
             if side.get("recv_queue") not in (None, 0):
                 raise _Refuse("data queued in a socket is not in the image")
         self.plan.pairs.append(SocketPair(type=_SOCK_TYPES[sotype]))
         pair = len(self.plan.pairs) - 1
         self._pair[ino] = (pair, 0)
-        assert isinstance(peer, int)
-        self._pair[peer] = (pair, 1)
+        self._pair[peer.data["ino"]] = (pair, 1)  # type: ignore[index]
         return SocketEnd(pair=pair, end=0, shutdown=shutdown)
 
 
