@@ -15,19 +15,20 @@ import pytest
 
 import asyckpt
 from asyckpt import FdFacts, File, HandlerContext, read_image
+from asyckpt._escape import escape
 from asyckpt._parts import NewFile, mappings
 from asyckpt._plugins.contract import StatInfo
 from asyckpt._procparse import FdInfo, parse_maps
-from asyckpt._rows import MapRow, RawFd, TaskFilesRow, stat_fields
+from asyckpt._rows import MapRow, RawFd, TaskFilesRow, ThreadFilesRow, stat_fields
 from asyckpt._taskfiles import TaskFileResolver
 from asyckpt._taskread import _read_task_files_py, read_task_files
 from asyckpt.testing import dispatch_with
 
 from .conftest import WORKLOADS, Tree
-from .test_capture import capture
+from .test_capture import _body, capture
 from .test_cli import run
 from .test_ghosts import content_of
-from .workloads.task_files import DATA, MEMFD_DATA
+from .workloads.task_files import DATA, MEMFD_DATA, ODD_NAME
 
 try:
     from asyckpt import _fdscan
@@ -164,7 +165,10 @@ def test_held_files_are_in_the_image(held_tree: Tree, tmp_path: Path) -> None:
     for m, r in zip(task.mappings, expected, strict=True):
         f = files[m.file]
         assert (f.dev, f.ino, f.description) == (r.dev, r.ino, False)
-        assert os.fsencode(f.path) + (b" (deleted)" if f.deleted else b"") == r.name
+        name = f.path_bytes if f.path_bytes is not None else os.fsencode(f.path)
+        # maps escapes a newline as \012 (seq_file_path); map_files gives the bytes.
+        shown = name.replace(b"\n", b"\\012") + (b" (deleted)" if f.deleted else b"")
+        assert shown == r.name
 
     by_start = {m.start: files[m.file] for m in task.mappings}
     mapped, memfd = by_start[info["mapped"]], by_start[info["memfd"]]
@@ -181,6 +185,9 @@ def test_held_files_are_in_the_image(held_tree: Tree, tmp_path: Path) -> None:
         None,
     )
     assert content_of(image, memfd) == MEMFD_DATA
+    odd = by_start[info["odd"]]
+    assert odd.path_bytes == os.fsencode(workdir) + b"/" + ODD_NAME
+    assert odd.path == escape(odd.path_bytes) and odd.path_state == "ok"
     # The executable is mapped too: one record for its inode, whoever refers to it.
     assert task.exe in {m.file for m in task.mappings}
     held_files = [f for f in files.values() if not f.description]
@@ -311,6 +318,10 @@ def test_unreadable_task_files_are_noted_not_fatal() -> None:
     again = resolver.resolve(101, "/", unreadable_maps)
     assert (again.cwd, again.root, again.error) == (1, 1, "maps: Permission denied")
     assert len(made) == 1  # the same inode: the record made for task 100
+    # A thread whose files could not be read (exiting) is taken to share its task's.
+    exiting = ThreadFilesRow(102, errno.ENOENT, errno.ENOENT, {})
+    third = resolver.resolve(101, "/", unreadable_maps._replace(threads=[exiting]))
+    assert third.threads == {}
 
 
 def test_every_held_file_is_a_file_of_the_image(held_tree: Tree, tmp_path: Path) -> None:
@@ -466,3 +477,24 @@ def test_tree_reports_held_files_apart(held_tree: Tree, tmp_path: Path) -> None:
     assert f"{len(image.files) - len(held)} open files, {len(held)} files held without an fd" in (
         proc.stdout
     )
+
+
+def test_the_same_image_without_the_c_reader(
+    held_tree: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pure-Python readers (no compiler) make the same body, byte for byte, on a tree
+    with deleted and mapped files, a thread of its own and a namespace of its own."""
+    capture(held_tree, tmp_path / "c.ackpt")
+    monkeypatch.setattr("asyckpt._procread._read_tables_c", None)
+    monkeypatch.setattr("asyckpt._taskread._read_task_files_c", None)
+    monkeypatch.setattr("asyckpt._capture.dedup_rows", None)
+    capture(held_tree, tmp_path / "py.ackpt")
+    c, py = (_body((tmp_path / name).read_bytes()) for name in ("c.ackpt", "py.ackpt"))
+    assert c == py
+
+
+def test_two_captures_of_the_tree_are_identical(held_tree: Tree, tmp_path: Path) -> None:
+    for name in ("a.ackpt", "b.ackpt"):
+        capture(held_tree, tmp_path / name)
+    a, b = (_body((tmp_path / name).read_bytes()) for name in ("a.ackpt", "b.ackpt"))
+    assert a == b

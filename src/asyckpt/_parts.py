@@ -16,6 +16,7 @@ from ._rows import RawRow, ScanRow, TaskFilesRow
 if TYPE_CHECKING:
     from ._discover import TaskPlan
     from ._ghost import Ghost
+    from ._handoff import RowStream
     from ._procread import TaskMeta
     from ._records import Owner
 
@@ -40,10 +41,11 @@ class ScannedTable(NamedTuple):
     """The thread it was read through."""
     table: int
     """Its id (``TaskPlan.scan``)."""
-    fds: list[ScanRow] | None
+    fds: list[ScanRow] | RowStream | None
     """In ascending fd order; None if its task exited.  An fd the scan found shared with
     the parent's fd of the same number is an :data:`~asyckpt._rows.InheritedRow`,
-    resolved from the parent's table."""
+    resolved from the parent's table.  A big table comes as a :class:`RowStream` of
+    pieces, handed on while the scan reads on (never empty)."""
 
 
 class TaskScan(NamedTuple):

@@ -101,7 +101,8 @@ class TaskFileResolver:
                 own_cwd = held("cwd", t.cwd, t.tid, held_path(pid, t.tid, "cwd"))
             if _differs(t.root, row.root):
                 own_root = held("root", t.root, t.tid, held_path(pid, t.tid, "root"))
-            own_ns = t.namespaces if t.namespaces != row.namespaces else None
+            # None read (the thread is exiting): the task's, as far as is known.
+            own_ns = t.namespaces if t.namespaces and t.namespaces != row.namespaces else None
             if own_cwd is not None or own_root is not None or own_ns is not None:
                 threads[t.tid] = (own_cwd, own_root, own_ns)
         return TaskFilesPart(

@@ -4,7 +4,8 @@ Prints one JSON line describing what it set up, then idles until killed.  Layout
   root: this script under the test's interpreter;
   child "held": runs from a copy of the interpreter that it unlinked, its working
         directory a removed directory; maps (shared, read-only) a file it then unlinked
-        and closed, and a memfd it closed; a second thread that unshare(CLONE_FS) and
+        and closed, a file whose name holds a newline and a byte that is not UTF-8, and a
+        memfd it closed; a second thread that unshare(CLONE_FS) and
         chdir'd to a directory of its own;
   grandchild "ns": forked by "held", in network and UTS namespaces of its own.
 The mapped file and the memfd hold known bytes (``DATA`` and ``MEMFD_DATA``), so their
@@ -29,6 +30,7 @@ MAP_SHARED = 1
 PAGE = os.sysconf("SC_PAGE_SIZE")
 DATA = bytes(range(256)) * (3 * PAGE // 256) + b"tail"
 MEMFD_DATA = b"memfd mapped, then closed\n" * 300
+ODD_NAME = b"odd\nname \xff.bin"
 
 
 def idle() -> None:
@@ -77,6 +79,11 @@ def held(workdir: str, report: int) -> None:
     mapped = map_and_close(libc, fd, len(DATA))
     os.unlink(path)
 
+    # A name with a newline (maps shows it as \012) and a byte that is not UTF-8.
+    odd_fd = os.open(os.path.join(os.fsencode(workdir), ODD_NAME), os.O_RDWR | os.O_CREAT)
+    os.write(odd_fd, b"odd")
+    odd = map_and_close(libc, odd_fd, 3)
+
     memfd = os.memfd_create("tf-memfd")
     os.write(memfd, MEMFD_DATA)
     memfd_addr = map_and_close(libc, memfd, len(MEMFD_DATA))
@@ -112,6 +119,7 @@ def held(workdir: str, report: int) -> None:
         "held": os.getpid(),
         "mapped": mapped,
         "memfd": memfd_addr,
+        "odd": odd,
         "thread": tid[0],
         "ns_child": ns_child,
     }
