@@ -247,6 +247,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "asyckpt._show_namespaces",
             "asyckpt._show",
             "asyckpt._endpoints",
+            "asyckpt._diff_taskfiles",
             "asyckpt._diff",
             "asyckpt._graph",
         },
