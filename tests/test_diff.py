@@ -273,6 +273,7 @@ def test_json_contract() -> None:
         "closed",
         "changed",
         "summary",
+        "task_files",
     ]
     assert doc["opened"] == [{"pid": 10, "fd": 3, "type": "reg", "path": "/srv/log"}]
     assert doc["changed"] == [{"pid": 10, "fd": 4, "field": "pos", "a": 0, "b": 9}]

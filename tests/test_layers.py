@@ -240,7 +240,18 @@ LAYERS: list[tuple[str, set[str]]] = [
         },
     ),
     # Views of a written image (they read it, and name the plugins that render records).
-    ("image views", {"asyckpt._show", "asyckpt._endpoints", "asyckpt._diff", "asyckpt._graph"}),
+    (
+        "image views",
+        {
+            "asyckpt._show_taskfiles",
+            "asyckpt._show_namespaces",
+            "asyckpt._show",
+            "asyckpt._endpoints",
+            "asyckpt._diff_taskfiles",
+            "asyckpt._diff",
+            "asyckpt._graph",
+        },
+    ),
     ("command line: what the commands share", {"asyckpt._cliargs"}),
     (
         "command line: the commands",

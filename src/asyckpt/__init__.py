@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ._diff import ImageRef as ImageRef
     from ._diff import TaskRef as TaskRef
     from ._diff import diff as diff
+    from ._diff_taskfiles import TaskFileChange as TaskFileChange
     from ._errors import AccessDenied as AccessDenied
     from ._errors import AmbiguousTarget as AmbiguousTarget
     from ._errors import AsyckptError as AsyckptError
@@ -97,6 +98,7 @@ _LAZY = {
     "ImageDiff": "._diff",
     "ImageRef": "._diff",
     "TaskRef": "._diff",
+    "TaskFileChange": "._diff_taskfiles",
     "diff": "._diff",
     "AccessDenied": "._errors",
     "AmbiguousTarget": "._errors",

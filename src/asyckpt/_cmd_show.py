@@ -45,6 +45,12 @@ def register(sub: Subparsers) -> None:
         "new file OUT, holes as holes, instead of printing the image",
     )
     s.add_argument("--force", action="store_true", help="with --extract: replace OUT if it exists")
+    s.add_argument(
+        "--no-task-files",
+        dest="task_files",
+        action="store_false",
+        help="leave out the rows of the files a task holds beyond its fds (cwd, rtd, txt, mem)",
+    )
     plugin_options(s)
 
 
@@ -70,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.endpoints:
         sys.stdout.write(render_endpoints(image) + "\n")
     else:
-        sys.stdout.write(render_table(image, plugins) + "\n")
+        sys.stdout.write(render_table(image, plugins, task_files=args.task_files) + "\n")
     return 0
 
 

@@ -19,6 +19,9 @@ Matching, as a supervisor asks "what did my child do since the last look":
 
 Anonymous inodes (eventfd, epoll...) share one inode, so two of one kind at the same
 fd number are taken to be the same file.
+
+A task's other files (cwd, root, exe, mappings) and its namespaces are compared by
+``_diff_taskfiles``.
 """
 
 from __future__ import annotations
@@ -28,12 +31,20 @@ from typing import Any
 
 import msgspec
 
+from ._diff_taskfiles import (
+    TaskFileChange,
+    diff_task_files,
+    file_ref,
+    file_ref_text,
+    render_task_files,
+)
 from ._escape import escape
 from ._image import Image
 from ._jsondata import json_data
 from ._names import ESCAPED, shown
 from ._records import File, Task
 from ._show import _lock_text, _raw
+from ._show_taskfiles import is_unlinked
 
 __all__ = [
     "DiffSummary",
@@ -41,6 +52,7 @@ __all__ = [
     "FieldChange",
     "ImageDiff",
     "ImageRef",
+    "TaskFileChange",
     "TaskRef",
     "diff",
     "render_diff",
@@ -119,6 +131,11 @@ class DiffSummary(msgspec.Struct, kw_only=True):
     whose file was deleted meanwhile."""
     queues_grown: int = 0
     """Pipe and socket queues that grew (the ``changed`` entries of queue fields)."""
+    task_files: int = 0
+    """``task_files`` entries: cwd, root, exe, mapped files and namespaces that changed."""
+    stale_mapped: int = 0
+    """Mapped files and executables of B unlinked or replaced on disk that A did not
+    hold so: mapped since, or deleted or upgraded meanwhile (a restart is due)."""
 
 
 class ImageDiff(msgspec.Struct, kw_only=True):
@@ -133,12 +150,17 @@ class ImageDiff(msgspec.Struct, kw_only=True):
     closed: list[FdRef]
     changed: list[FieldChange]
     summary: DiffSummary
+    task_files: list[TaskFileChange] = []
+    """What changed among the files tasks hold beyond their fds, and their namespaces
+    (format 4); last, as it was added last."""
 
     @property
     def same(self) -> bool:
         """Nothing changed (``asyckpt diff`` exits 0)."""
         s = self.summary
-        return not (s.tasks_added or s.tasks_removed or s.opened or s.closed or s.changed)
+        return not (
+            s.tasks_added or s.tasks_removed or s.opened or s.closed or s.changed or s.task_files
+        )
 
 
 # Socket and pipe record fields compared as they are, and those reported only when
@@ -200,19 +222,8 @@ def _identity(f: File) -> tuple[str, int, int] | tuple[str, int, int, str]:
     return (f.type, f.dev, f.ino)
 
 
-def _file_doc(f: File) -> dict[str, Any]:
-    doc: dict[str, Any] = {"type": f.type, "path": f.path, "dev": f.dev, "ino": f.ino}
-    if f.path_bytes is not None:
-        doc["path_encoding"] = ESCAPED
-    return doc
-
-
 def _fd_ref(pid: int, fd: int, f: File) -> FdRef:
     return FdRef(pid=pid, fd=fd, type=f.type, path=f.path, path_encoding=_encoding(f.path_bytes))
-
-
-def _is_unlinked(f: File) -> bool:
-    return f.deleted or f.path_state in ("deleted", "deleted-linked")
 
 
 def _listening(data: dict[str, Any]) -> bool:
@@ -234,7 +245,7 @@ class _Differ:
 
     def new_fd(self, f: File) -> None:
         """Counts for an fd of B that A did not have (opened, or retargeted)."""
-        if _is_unlinked(f):
+        if is_unlinked(f):
             self.summary.unlinked_held += 1
         if f.type == "socket":
             data = _raw(f)
@@ -246,7 +257,7 @@ class _Differ:
             self.changed.append(FieldChange(pid=pid, fd=fd, field=field, a=a, b=b))
 
         if _identity(fa) != _identity(fb):
-            change("file", _file_doc(fa), _file_doc(fb))
+            change("file", file_ref(fa), file_ref(fb))
             self.new_fd(fb)
             return
         for field in ("pos", "flags", "size", "path_state"):
@@ -260,7 +271,7 @@ class _Differ:
                 change("locks", locks_a, locks_b)
         if ca != cb:
             change("cloexec", ca, cb)
-        if _is_unlinked(fb) and not _is_unlinked(fa):
+        if is_unlinked(fb) and not is_unlinked(fa):
             self.summary.unlinked_held += 1
         if fb.type not in _BY_INODE or fa.data == fb.data:
             return  # (most records are unchanged: not decoded at all)
@@ -288,6 +299,7 @@ def diff(image_a: Image, image_b: Image) -> ImageDiff:
     removed = [_task_ref(t) for key, t in tasks_a.items() if key not in tasks_b]
     opened: list[FdRef] = []
     closed: list[FdRef] = []
+    task_files: list[TaskFileChange] = []
     differ = _Differ()
     for key, task_b in tasks_b.items():
         task_a = tasks_a.get(key)
@@ -304,7 +316,11 @@ def diff(image_a: Image, image_b: Image) -> ImageDiff:
                 else:
                     differ.same_fd(pid, fd, old[0], old[1], cb, fb)
             closed += [_fd_ref(pid, fd, fa) for fd, (_, fa) in fds_a.items() if fd not in fds_b]
+        changes, stale = diff_task_files(task_a, image_a.files, task_b, image_b.files)
+        task_files += changes
+        differ.summary.stale_mapped += stale
     summary = differ.summary
+    summary.task_files = len(task_files)
     summary.tasks_added, summary.tasks_removed = len(added), len(removed)
     summary.opened, summary.closed, summary.changed = len(opened), len(closed), len(differ.changed)
     return ImageDiff(
@@ -315,14 +331,14 @@ def diff(image_a: Image, image_b: Image) -> ImageDiff:
         opened=opened,
         closed=closed,
         changed=differ.changed,
+        task_files=task_files,
         summary=summary,
     )
 
 
 def _value(field: str, value: Any) -> str:
     if field == "file" and isinstance(value, dict):
-        path = shown(str(value["path"]), value.get("path_encoding"))
-        return f"{value['type']} {path} (ino {value['ino']})"
+        return file_ref_text(value)
     if field == "flags" and isinstance(value, int):
         return f"0o{value:o}"
     if field == "locks" and isinstance(value, list):
@@ -351,6 +367,7 @@ def render_diff(d: ImageDiff) -> str:
         f"~ pid {c.pid} fd {c.fd}: {c.field} {_value(c.field, c.a)} -> {_value(c.field, c.b)}"
         for c in d.changed
     ]
+    lines += render_task_files(d.task_files)
     s = d.summary
     counts = [
         (s.tasks_added, "tasks added"),
@@ -362,6 +379,8 @@ def render_diff(d: ImageDiff) -> str:
         (s.connections, "new connections"),
         (s.unlinked_held, "unlinked files newly held"),
         (s.queues_grown, "queues grown"),
+        (s.task_files, "task files or namespaces changed"),
+        (s.stale_mapped, "mapped files or executables newly stale"),
     ]
     lines.append("summary: " + ", ".join(f"{n} {what}" for n, what in counts if n))
     return "\n".join(lines)

@@ -28,11 +28,14 @@ from ._jsondata import json_data
 from ._names import ESCAPED, json_name, json_names, json_names_in, os_name
 from ._plugins.loading import ImagePlugin
 from ._records import NO_DATA, File, Lock, MountEntry, Owner, PluginInfo, Task, Thread
+from ._show_namespaces import namespace_view
+from ._show_taskfiles import TaskFileRow, task_file_rows
 
 __all__ = [
     "FileView",
     "JsonParts",
     "Renderer",
+    "cmdline_text",
     "render_table",
     "state_text",
     "to_json_doc",
@@ -99,6 +102,9 @@ class Renderer:
     def __init__(self, image: Image, plugins: Mapping[str, ImagePlugin] | None) -> None:
         self._plugins = plugins
         self._listed = {p.name for p in image.header.plugins}
+        # A file shown on many rows (a library every task maps, a shared description)
+        # is rendered once.
+        self._texts: dict[int, str | None] = {}
 
     def plugin_notes(self, name: str) -> tuple[str | None, bool, str | None]:
         """(installed version, loaded, note) of a handler the header lists."""
@@ -115,7 +121,11 @@ class Renderer:
     def text(self, f: File) -> str | None:
         """What the table appends to the file's name: ``view(f).text``, without making
         the JSON forms the table does not print."""
-        return self._view(f, False).text
+        try:
+            return self._texts[f.id]
+        except KeyError:
+            text = self._texts[f.id] = self._view(f, False).text
+            return text
 
     def _view(self, f: File, for_json: bool) -> FileView:
         if f.data == NO_DATA:
@@ -340,11 +350,15 @@ def _fd_mode(f: File) -> str:
     return _FD_MODES[f.access]
 
 
-def render_table(image: Image, plugins: Mapping[str, ImagePlugin] | None = None) -> str:
+def render_table(
+    image: Image, plugins: Mapping[str, ImagePlugin] | None = None, *, task_files: bool = True
+) -> str:
     """An lsof-like table, one row per fd, grouped by task (``plugins`` as for
-    :func:`to_json_doc`)."""
+    :func:`to_json_doc`); after a task's fds, the files it holds otherwise (``cwd``,
+    ``rtd``, ``txt``, ``mem``: ``_show_taskfiles``) unless ``task_files`` is false."""
     h, t = image.header, image.trailer
     renderer = Renderer(image, plugins)
+    namespaces = namespace_view(image.tasks, h.root_pid)
     lines = [
         f"image: root pid {h.root_pid} on {h.hostname} ({h.kernel}), {h.time}",
         f"format {h.format_version}, asyckpt {h.asyckpt_version}, freezer {h.freezer}"
@@ -364,6 +378,8 @@ def render_table(image: Image, plugins: Mapping[str, ImagePlugin] | None = None)
         lines.append(
             "generic (no handler): " + ", ".join(f"{k} {v}" for k, v in sorted(t.generic.items()))
         )
+    if namespaces.summary:
+        lines.append(namespaces.summary)
     table_users: dict[int, list[int]] = {}
     for task in image.tasks:
         if task.fd_table is not None:
@@ -377,6 +393,7 @@ def render_table(image: Image, plugins: Mapping[str, ImagePlugin] | None = None)
         f"{'OBJ':>6} {'DEVICE':>7} {'NODE':>10} NAME"
     )
     ttys = tty_names(image)
+    held = False
     for task in image.tasks:
         lines.append("")
         comm = os_name(task.comm, task.comm_bytes)
@@ -386,30 +403,22 @@ def render_table(image: Image, plugins: Mapping[str, ImagePlugin] | None = None)
         unshared = [th.tid for th in task.threads if th.fd_table != task.fd_table]
         if unshared:
             note += f", threads with own fd tables: {', '.join(map(str, unshared))}"
+        if task.pid in namespaces.task_notes:
+            note += f", {namespaces.task_notes[task.pid]}"
         lines.append(
             f"# pid {task.pid} ({comm}) ppid {task.ppid}, state {task.state}, "
             f"{len(task.threads)} thread(s), fd table {task.fd_table}{note}"
             + (f", session {task.session}" if task.session else "")
             + (f", tty {tty}" if tty else "")
         )
+        if task.cmdline is not None:
+            lines.append(f"#   cmdline: {cmdline_text(task.cmdline, task.cmdline_bytes)}")
         lines.append(header)
         tables = [(task.pid, task.fd_table)] + [
             (th.tid, th.fd_table) for th in task.threads if th.fd_table != task.fd_table
         ]
         for owner, table in tables:
             for fd, f in image.fds(table):
-                # The name as the kernel has it: _text escapes the whole line, once.
-                name = os_name(f.path, f.path_bytes) + (" (deleted)" if f.deleted else "")
-                name += ghost_text(f, image)
-                text = renderer.text(f)
-                if text:
-                    name += f" {text}"
-                if f.locks or f.owner is not None:
-                    name += f" [{state_text(f.locks, f.owner)}]"
-                if f.owner_error is not None:
-                    name += f" [{f.owner_error}]"
-                if f.handler is None:
-                    name += "  [generic" + (f": {f.error}]" if f.error else "]")
                 fdcol = f"{fd.fd}{_fd_mode(f)}{'e' if fd.cloexec else ''}"
                 if owner != task.pid:
                     fdcol = f"{owner}/{fdcol}"
@@ -417,14 +426,73 @@ def render_table(image: Image, plugins: Mapping[str, ImagePlugin] | None = None)
                 lines.append(
                     f"{comm[:15]:<15} {task.pid:>7} {fdcol:>6} {f.type:<6} "
                     f"{flag_names(f.flags):<16} {f.pos:>10} {obj:>6} {_dev(f.dev):>7} "
-                    f"{f.ino:>10} {name}"
+                    f"{f.ino:>10} {_file_name(f, image, renderer)}"
                 )
+        if task_files:
+            rows = task_file_rows(task, image.files)
+            held = held or bool(rows)
+            lines += [_task_file_line(comm, task.pid, row, image, renderer) for row in rows]
+    if namespaces.section:
+        lines += ["", *namespaces.section]
     lines.append("")
     lines.append(
         "FD: number, then r/w/u(read-write)/p(O_PATH), e = close-on-exec; "
         "OBJ: open file description, * = shared by several fds"
     )
+    if held:
+        lines.append(
+            "cwd/rtd: working/root directory, txt: executable, mem: mapped file (its ranges "
+            "merged, FLAGS their permissions), DEL: mapped and unlinked; OBJ: the file"
+        )
+    if any(f.ghost == "saved" for f in image.files.values()):
+        lines.append("content saved: asyckpt show IMAGE --extract OBJ OUT writes it out")
     return _text(lines)
+
+
+def _file_name(f: File, image: Image, renderer: Renderer, mapped: str = "") -> str:
+    """The NAME column of a file's row: its name as the kernel has it (``_text`` escapes
+    the whole line, once), then what the image says about it (``mapped``: its ranges)."""
+    name = os_name(f.path, f.path_bytes) + (" (deleted)" if f.deleted else "") + mapped
+    name += ghost_text(f, image)
+    text = renderer.text(f)
+    if text:
+        name += f" {text}"
+    if f.locks or f.owner is not None:
+        name += f" [{state_text(f.locks, f.owner)}]"
+    if f.owner_error is not None:
+        name += f" [{f.owner_error}]"
+    if f.handler is None:
+        name += "  [generic" + (f": {f.error}]" if f.error else "]")
+    return name
+
+
+def _task_file_line(comm: str, pid: int, row: TaskFileRow, image: Image, renderer: Renderer) -> str:
+    fdcol = row.fd if row.owner == pid else f"{row.owner}/{row.fd}"
+    f = row.file
+    if f is None:
+        what = row.error if row.error is not None else f"file {row.file_id} is not in the image"
+        return f"{comm[:15]:<15} {pid:>7} {fdcol:>6} {'-':<6} {'-':<16} {'-':>10} {'-':>6} " + (
+            f"{'-':>7} {'-':>10} [{what}]"
+        )
+    mapped = ""
+    if row.ranges:
+        mapped = f" [{row.ranges} range{'s' if row.ranges > 1 else ''}, {format_size(row.mapped)}]"
+    name = _file_name(f, image, renderer, mapped)
+    return (
+        f"{comm[:15]:<15} {pid:>7} {fdcol:>6} {f.type:<6} {row.perms or '-':<16} {'-':>10} "
+        f"{f.id:>6} {_dev(f.dev):>7} {f.ino:>10} {name}"
+    )
+
+
+def cmdline_text(args: list[str], raws: list[bytes] | None) -> str:
+    """A captured command line as one line of the table: each argument as the kernel has
+    it, quoted as a shell would need it (so where one ends is unambiguous); the table
+    escapes the line."""
+    import shlex
+
+    if raws is None or len(raws) != len(args):
+        return " ".join(map(shlex.quote, args))
+    return " ".join(shlex.quote(os_name(arg, raw)) for arg, raw in zip(args, raws, strict=True))
 
 
 def _text(lines: list[str]) -> str:
