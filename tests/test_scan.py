@@ -194,9 +194,10 @@ def test_pidfd_getfd_c_and_ctypes_agree(zoo: Tree) -> None:
         os.close(pidfd)
 
 
-def _resolve_zoo(zoo: Tree, dedup_rows: Any) -> tuple[list[Any], Any]:
+def _resolve_zoo(zoo: Tree, dedup_rows: Any, *, expect: bool = False) -> tuple[list[Any], Any]:
     """Resolve every task of the (idle) zoo as a frozen capture would, with or without
-    the C dedup loop; what came out, and the builder."""
+    the C dedup loop (and, with ``expect``, told the tree first, as a capture tells it);
+    what came out, and the builder."""
     import asyckpt
     from asyckpt._build import RecordBuilder
     from asyckpt._capture import _read_mountinfo
@@ -213,6 +214,8 @@ def _resolve_zoo(zoo: Tree, dedup_rows: Any) -> tuple[list[Any], Any]:
         dedup_rows=dedup_rows,
     )
     out = []
+    if expect:
+        builder.expect((p.stat.pid, p.stat.ppid) for p in plans)
     with contextlib.closing(builder):
         parts = [builder.resolve(scan) for scan in scans]
     for part in parts:
@@ -253,6 +256,27 @@ def test_dedup_loop_c_and_python_agree(zoo: Tree) -> None:
     # the index with kcmp): both paths were taken.
     assert c_builder.hint_hits > 0
     assert c_builder._files.compares > 0
+
+
+@pytest.mark.parametrize("accelerated", [True, False], ids=["C", "Python"])
+def test_only_parents_tables_are_kept_as_hints(zoo: Tree, accelerated: bool) -> None:
+    """Told the tree, the resolver keeps the fd map of a parent's table only (what its
+    children's fds are checked against first), and drops its index once told every
+    task is resolved: the same resolution, without holding a map per fd of the tree."""
+    from asyckpt._kernel import dedup_rows
+
+    kept_out, kept = _resolve_zoo(zoo, dedup_rows if accelerated else None)
+    lean_out, lean = _resolve_zoo(zoo, dedup_rows if accelerated else None, expect=True)
+    assert lean_out == kept_out
+    assert (lean.hint_hits, lean.file_count) == (kept.hint_hits, kept.file_count)
+    assert lean.hint_hits > 0  # the children were resolved against their parent's map
+    # The root's tables (its own thread's, and one a thread unshared), not its children's.
+    root_tables = {table for tid, table, _ in lean_out[:2]}
+    assert lean_out[0][0] == zoo.pid and len(root_tables) == 2
+    assert set(lean._table_fds) == root_tables
+    assert len(kept._table_fds) == len(kept_out) > 1
+    lean.resolved()
+    assert lean._table_fds == {} and lean._files.buckets == {}
 
 
 def test_dedup_loop_kcmp_failure_names_the_other_side(zoo: Tree) -> None:

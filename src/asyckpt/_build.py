@@ -30,7 +30,7 @@ from __future__ import annotations
 import errno
 import os
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, cast
 
 import msgspec
@@ -121,6 +121,12 @@ class RecordBuilder:
         # first, with one kcmp, before the index's binary search.
         self._table_fds: dict[int, dict[int, tuple[object, Ref, int]]] = {}
         self._task_table: dict[int, int] = {}
+        self._tables_read: set[int] = set()
+        # Only a parent's table is ever a hint: the others' fd maps are filled into a
+        # scratch dict and dropped (on 106k fds, most of them a child's, ~20 MiB held to
+        # the end of the capture otherwise).  None until told: every table is kept.
+        self._parents: frozenset[int] | None = None
+        self._scratch: dict[int, tuple[object, Ref, int]] = {}
         self._read_mountinfo = read_mountinfo
         self._strict = strict
         # Unfrozen captures tolerate tasks that exit mid-way; frozen ones cannot lose any.
@@ -150,6 +156,18 @@ class RecordBuilder:
         # The records whose handler has a link hook, with the fd each was first seen
         # through, in image order: what link() walks, rather than every fd of the tree.
         self._to_link: list[tuple[NewFile, LinkRef]] = []
+
+    def expect(self, pids_ppids: Iterable[tuple[int, int]]) -> None:
+        """The (pid, ppid) of every task to be resolved: only the fd tables of tasks that
+        are someone's parent are kept as hints for their children's."""
+        self._parents = frozenset(ppid for _, ppid in pids_ppids)
+
+    def resolved(self) -> None:
+        """Every task is resolved: drop the deduplication index and the parents' fd maps
+        (the largest part of the resolver's memory), needed by no later step."""
+        self._table_fds = {}
+        self._files = KcmpIndex(self._compare_files)
+        self._scratch = {}
 
     @property
     def tolerant(self) -> bool:
@@ -182,17 +200,23 @@ class RecordBuilder:
             )
         hints = self._table_fds.get(parent_table, {}) if parent_table is not None else {}
         tables = []
+        keep = self._parents is None or pid in self._parents
         for tid, table_id, fds in scan.tables:
             assert fds is not None
-            seen: dict[int, tuple[object, Ref, int]] = {}
-            self._table_fds[table_id] = seen
+            if keep:
+                seen = self._table_fds[table_id] = {}
+            else:
+                seen = self._scratch
             entries = self._resolve_table(pid, tid, fds, meta.root, hints, seen)
+            if not keep:
+                seen.clear()
             tables.append(ResolvedTable(tid, table_id, entries))
+            self._tables_read.add(table_id)
             self.table_count += 1
         # A table first seen in a task that has exited since was never read: the threads
         # that shared it are recorded without one.
         threads = tuple(
-            (tid, table if table in self._table_fds else None) for tid, table in plan.threads
+            (tid, table if table in self._tables_read else None) for tid, table in plan.threads
         )
         leader_table = threads[0][1]
         if leader_table is not None:

@@ -405,7 +405,9 @@ async def _run(
                     nursery.start_soon(
                         run_begin, handler, session, pending, begins[handler.name], limiter
                     )
+                builder.expect((p.stat.pid, p.stat.ppid) for p in plans)
                 parts = await scan_and_resolve(plans, builder)
+                builder.resolved()
                 if builder.needs_link:
                     parts = await trio.to_thread.run_sync(builder.link, parts)
                 # The thaw waits for the begins whose state the records may still need
