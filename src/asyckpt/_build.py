@@ -396,7 +396,7 @@ class RecordBuilder:
         new = NewFile(
             file_id,
             raw,
-            (pid, fd),
+            pid,
             flags,
             kind,
             facts.path,

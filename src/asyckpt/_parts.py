@@ -84,10 +84,10 @@ class NewFile:
         "io_owner",
         "kind",
         "more_locks",
-        "owner",
         "owner_error",
         "path",
         "path_state",
+        "pid",
         "raw",
     )
 
@@ -95,7 +95,7 @@ class NewFile:
         self,
         id: int,
         raw: RawRow,
-        owner: tuple[int, int],
+        pid: int,
         flags: int,
         kind: str,
         path: str,
@@ -107,8 +107,8 @@ class NewFile:
     ) -> None:
         self.id = id
         self.raw = raw
-        self.owner = owner
-        """(pid, fd) of the fd it was first seen through: what errors name."""
+        self.pid = pid
+        """The task it was first seen in, through ``raw.fd``."""
         self.flags = flags
         self.kind = kind
         self.path = path
@@ -130,6 +130,12 @@ class NewFile:
         self.more_locks: list[str] | None = None
         """``lock:`` lines of the description's other fds (a POSIX lock shows only in
         the fdinfo of its owner's fds), set by :meth:`RecordBuilder.finish`."""
+
+    @property
+    def owner(self) -> tuple[int, int]:
+        """(pid, fd) of the fd it was first seen through: what errors name.  Made when
+        asked, not kept: one tuple per description of the tree otherwise."""
+        return self.pid, self.raw.fd
 
 
 class TaskPart(NamedTuple):
