@@ -295,6 +295,23 @@ def test_dedup_loop_kcmp_failure_names_the_other_side(zoo: Tree) -> None:
     assert (new, count, error) == ([0], 11, None)
 
 
+def test_dedup_loop_makes_one_ref_per_description(zoo: Tree) -> None:
+    # A description's (tid, fd) is held by the index and the fd map to the capture's
+    # end: one tuple for both, one tid object for all of a call's refs.
+    from asyckpt._fdscan import dedup_rows
+
+    rows = read_fds(zoo.pid, zoo.pid)
+    seen: dict[Any, Any] = {}
+    buckets: dict[Any, list[Any]] = {}
+    entries, new, *_ = dedup_rows(rows, zoo.pid, {}, seen, buckets, 0)
+    assert len(new) > 2
+    refs = [bucket[i][0] for bucket in buckets.values() for i in range(len(bucket))]
+    assert len(refs) == len(new)
+    for ref in refs:
+        assert seen[ref[1]][1] is ref
+        assert ref[0] is refs[0][0] == zoo.pid
+
+
 def test_a_child_read_against_a_parent_that_vanished_is_an_error() -> None:
     # With two readers a child's chunk can be read (its inherited fds as short rows)
     # before its parent's, and the parent killed in between (SIGKILL reaches a frozen

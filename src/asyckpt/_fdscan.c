@@ -569,15 +569,6 @@ static PyObject *fd_owner_at(PyObject *self, PyObject *const *args, Py_ssize_t n
 
 /* --- dedup_rows: RecordBuilder._resolve_table's per-fd loop, for a frozen tree ------- */
 
-static PyObject *pair(long a, PyObject *b_borrowed) {
-    PyObject *t = PyTuple_New(2), *x = PyLong_FromLong(a);
-    if (!t || !x) { Py_XDECREF(t); Py_XDECREF(x); return NULL; }
-    Py_INCREF(b_borrowed);
-    PyTuple_SET_ITEM(t, 0, x);
-    PyTuple_SET_ITEM(t, 1, b_borrowed);
-    return t;
-}
-
 /* A (pid, fd) reference as the dedup structures hold it: an exact 2-tuple of exact ints
  * that fit a pid_t and an int.  Exact types, so that reading one runs no Python code. */
 static int ref_values(PyObject *ref, long *pid, long *fd) {
@@ -722,7 +713,10 @@ static PyObject *dedup_rows(PyObject *self, PyObject *args) {
     long long hits = 0, compares = 0;
     PyObject *entries = PyList_New(n), *fresh = PyList_New(0), *error = NULL;
     PyObject *key = NULL, *ref = NULL, *file_id = NULL, *hint = NULL, *bucket = NULL;
-    if (!entries || !fresh) goto fail;
+    /* One tid object for every ref this call makes (a description's ref is kept until
+     * the capture's end: 32 bytes each, for a tid over 256, when made per ref). */
+    PyObject *tid_obj = PyLong_FromLong(tid);
+    if (!entries || !fresh || !tid_obj) goto fail;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *row = PyTuple_GET_ITEM(rows, i);
         PyObject *fd_obj = PyTuple_GET_ITEM(row, 0);
@@ -810,9 +804,9 @@ static PyObject *dedup_rows(PyObject *self, PyObject *args) {
                     is_new = 1;
                     file_id = PyLong_FromLongLong(++count);
                     if (!file_id) goto fail;
-                    ref = pair(tid, fd_obj);
+                    /* The same ref is kept in seen below: one tuple for both. */
+                    ref = PyTuple_Pack(2, tid_obj, fd_obj);
                     PyObject *stored = ref ? PyTuple_Pack(2, ref, file_id) : NULL;
-                    Py_CLEAR(ref);
                     if (!stored) goto fail;
                     int rc;
                     if (bucket) {
@@ -846,7 +840,7 @@ static PyObject *dedup_rows(PyObject *self, PyObject *args) {
             break;
         }
     resolved:
-        ref = pair(tid, fd_obj);
+        if (!ref) ref = PyTuple_Pack(2, tid_obj, fd_obj);
         if (!ref) goto fail;
         {
             PyObject *mine = PyTuple_Pack(3, key, ref, file_id);
@@ -866,6 +860,7 @@ static PyObject *dedup_rows(PyObject *self, PyObject *args) {
         Py_CLEAR(hint);
     }
     Py_DECREF(rows);
+    Py_DECREF(tid_obj);
     if (error) {
         PyObject *result = Py_BuildValue("(OOLLLN)", Py_None, Py_None, count, hits, compares, error);
         Py_DECREF(fresh);
@@ -880,6 +875,7 @@ fail:
     Py_XDECREF(bucket);
     Py_XDECREF(entries);
     Py_XDECREF(fresh);
+    Py_XDECREF(tid_obj);
     Py_DECREF(rows);
     return NULL;
 }
