@@ -303,7 +303,7 @@ def test_dedup_loop_makes_one_ref_per_description(zoo: Tree) -> None:
     rows = read_fds(zoo.pid, zoo.pid)
     seen: dict[Any, Any] = {}
     buckets: dict[Any, list[Any]] = {}
-    entries, new, *_ = dedup_rows(rows, zoo.pid, {}, seen, buckets, 0)
+    _, new, *_ = dedup_rows(rows, zoo.pid, {}, seen, buckets, 0)
     assert len(new) > 2
     refs = [bucket[i][0] for bucket in buckets.values() for i in range(len(bucket))]
     assert len(refs) == len(new)
