@@ -49,7 +49,7 @@ from ._errors import (
 )
 from ._facts import row_facts
 from ._ghost import DEFAULT_GHOST_LIMIT, Ghost, GhostSpool
-from ._parts import FdEntry, GenericFd, NewFile, ResolvedTable, TaskPart, TaskScan
+from ._parts import FdEntries, FdEntry, GenericFd, NewFile, ResolvedTable, TaskPart, TaskScan
 from ._paths import PATH_KINDS, PathChecker
 from ._plugins.contract import FdFacts, LinkRef
 from ._plugins.dispatch import Dispatch
@@ -232,7 +232,7 @@ class RecordBuilder:
         root: str,
         hints: dict[int, tuple[object, Ref, int]],
         seen: dict[int, tuple[object, Ref, int]],
-    ) -> list[FdEntry]:
+    ) -> FdEntries:
         if self._dedup_rows is not None and not self._tolerant:
             return self._resolve_table_fast(pid, tid, fds, root, hints, seen)
         entries: list[FdEntry] = []
@@ -286,7 +286,7 @@ class RecordBuilder:
         finally:
             ctx._close()
         self.fd_count += len(entries)
-        return entries
+        return FdEntries.of(entries)
 
     def _resolve_table_fast(
         self,
@@ -296,7 +296,7 @@ class RecordBuilder:
         root: str,
         hints: dict[int, tuple[object, Ref, int]],
         seen: dict[int, tuple[object, Ref, int]],
-    ) -> list[FdEntry]:
+    ) -> FdEntries:
         """:meth:`_resolve_table` with the per-fd dedup loop in C (``dedup_rows``, over the
         same structures), then the new descriptions built here, in fd order.  Frozen
         only: a kcmp failure is an error, never a task that exited."""
@@ -313,18 +313,22 @@ class RecordBuilder:
             raise translate_oserror(exc, pid=other_pid, fd=other_fd, what="kcmp") from exc
         assert entries is not None
         assert new is not None
+        made: list[NewFile] = []
         if new:
             ctx = HandlerContext(tid, self.session)
             try:
                 for i in new:
-                    fd, cloexec, file_id, _ = entries[i]
                     raw = cast(RawRow, fds[i])  # an inherited row is never a new file
-                    made = self._new_file(file_id, pid, tid, raw, raw.flags & ~O_CLOEXEC, root, ctx)
-                    entries[i] = (fd, cloexec, file_id, made)
+                    file_id = entries[i][2]
+                    flags = raw.flags & ~O_CLOEXEC
+                    made.append(self._new_file(file_id, pid, tid, raw, flags, root, ctx))
             finally:
                 ctx._close()
         self.fd_count += len(entries)
-        return entries
+        if not entries:
+            return FdEntries((), (), (), (), made)
+        fd_numbers, cloexec, files, _ = zip(*entries, strict=True)
+        return FdEntries(fd_numbers, cloexec, files, new, made)
 
     def close(self) -> None:
         """Release what the builder holds open: the ghost spool and the tasks' roots."""
@@ -481,16 +485,20 @@ class RecordBuilder:
         # was read through (an epoll's own, to try its targets' numbers first): each
         # indexed only if a hook asks.
         tables = {t.tid: t.entries for part in parts for t in part.tables}
+
+        def table_files(tid: int) -> dict[int, int]:
+            entries = tables.get(tid)
+            return {} if entries is None else dict(zip(entries.fds, entries.files, strict=True))
+
         links = CaptureLinks(
             session,
             (
                 (new.raw.st_dev, new.raw.st_ino, new.id, tid, new.raw.fd)
                 for part in parts
                 for tid, _, entries in part.tables
-                for _, _, _, new in entries
-                if new is not None
+                for new in entries.new
             ),
-            lambda tid: {fd: file_id for fd, _, file_id, _ in tables.get(tid, ())},
+            table_files,
         )
         failed = False
         by_name = self._dispatch.by_name
@@ -525,8 +533,7 @@ class RecordBuilder:
                 (new.kind, new.raw.st_dev, new.raw.st_ino)
                 for part in parts
                 for _, _, entries in part.tables
-                for _, _, _, new in entries
-                if new is not None
+                for new in entries.new
             ),
         )
         finishers = {h.name: h for h in self._dispatch.handlers if h.finish is not None}
@@ -535,8 +542,8 @@ class RecordBuilder:
         failed = False
         for part in parts:
             for _, _, entries in part.tables:
-                for _, _, _, new in entries:
-                    if new is None or new.handler is None:
+                for new in entries.new:
+                    if new.handler is None:
                         continue
                     # Once per record of the whole tree: kept lean for the common case,
                     # a record without a finish hook.
@@ -555,8 +562,8 @@ class RecordBuilder:
     def _attach_locks(self, parts: list[TaskPart]) -> None:
         for part in parts:
             for _, _, entries in part.tables:
-                for _, _, _, new in entries:
-                    if new is not None and (rests := self._more_locks.get(new.id)):
+                for new in entries.new:
+                    if rests := self._more_locks.get(new.id):
                         new.more_locks = [text for rest in rests for text in lock_texts(rest)]
 
     def _drop_unused(self, parts: list[TaskPart]) -> None:
@@ -566,8 +573,8 @@ class RecordBuilder:
             new.handler
             for part in parts
             for _, _, entries in part.tables
-            for _, _, _, new in entries
-            if new is not None and new.handler is not None
+            for new in entries.new
+            if new.handler is not None
         }
         self.used = {name: h for name, h in self.used.items() if name in used}
 

@@ -32,6 +32,8 @@ __all__ = ["BodyRecord", "materialize"]
 
 BodyRecord = MountTable | FdTable | File | Content | Fd | Task | Holders
 
+_BOOL = (False, True)
+
 
 def materialize(part: TaskPart) -> list[BodyRecord]:
     """The image records of one resolved task, in image order (objects before use)."""
@@ -47,10 +49,11 @@ def materialize(part: TaskPart) -> list[BodyRecord]:
     append = out.append
     for tid, table_id, entries in part.tables:
         append(FdTable(id=table_id, owner=tid, count=len(entries)))
-        for fd, cloexec, file_id, new in entries:
+        for run, new in entries.runs():
+            for fd, cloexec, file_id in run:
+                append(Fd(fd=fd, file=file_id, cloexec=_BOOL[cloexec]))
             if new is not None:
                 append(_file_record(new))
-            append(Fd(fd=fd, file=file_id, cloexec=cloexec))
     stat = plan.stat
     comm, comm_bytes = split_name(stat.comm)
     root, root_bytes = split_name(meta.root)

@@ -126,9 +126,7 @@ class PathChecker:
         for part in parts:
             rootfd = self._roots.get((part.meta.mnt_ns, part.meta.root))
             for _, _, entries in part.tables:
-                for _, _, _, new in entries:
-                    if new is None:
-                        continue
+                for new in entries.new:
                     raw = new.raw
                     if new.kind not in PATH_KINDS or not new.path.startswith("/"):
                         new.path_state = _no_path(new.kind, new.path)
