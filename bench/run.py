@@ -343,10 +343,11 @@ def _group_members(pgid: int) -> list[int]:
         if not name.isdigit():
             continue
         try:
-            stat = Path(f"/proc/{name}/stat").read_text()
+            # Bytes: a process's name need not be UTF-8 (another program's may not be).
+            stat = Path(f"/proc/{name}/stat").read_bytes()
         except OSError:
             continue
-        fields = stat.rsplit(")", 1)[1].split()
+        fields = stat.rsplit(b")", 1)[1].split()
         if int(fields[2]) == pgid:
             members.append(int(name))
     return members

@@ -368,3 +368,26 @@ def test_collector_paused_during_the_capture_only(
         assert not gc.isenabled()  # left as it was found
     finally:
         gc.enable()
+
+
+def test_small_tasks_records_are_made_and_sent_together(spawn: Any) -> None:
+    # After the thaw, a thread hop and a batch per task cost more than the records of a
+    # small task: tasks are taken until MAKE_RECORDS records are made.
+    from asyckpt._capture import MAKE_RECORDS
+    from asyckpt._capture import capture as run_capture
+    from asyckpt._records import Fd, Task
+
+    tree = spawn(SPAWN_TREE, "12", "3")
+
+    async def main() -> tuple[asyckpt.CaptureSummary, list[list[Any]]]:
+        send, recv = trio.open_memory_channel[list[Any]](1000)
+        async with send:
+            summary = await run_capture(tree.pid, send, CaptureOptions(ghost_limit=0))
+        async with recv:
+            return summary, [batch async for batch in recv]
+
+    summary, batches = trio.run(main)
+    records = [rec for batch in batches for rec in batch]
+    assert summary.tasks == 13 == sum(type(r) is Task for r in records)
+    assert sum(type(r) is Fd for r in records) == summary.fds < MAKE_RECORDS
+    assert len(batches) == 1

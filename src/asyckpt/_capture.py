@@ -94,6 +94,11 @@ BATCH_BUFFER = 8
 memory stays bounded; records are sent only after the thaw, so a slow consumer slows the
 capture, never the frozen window."""
 
+MAKE_RECORDS = 4096
+"""After the thaw, records are made a whole task at a time, tasks taken until this many
+records are made, in one thread hop and sent as one batch: a hop per task of a tree of
+hundreds of small ones cost more than making their records."""
+
 MAX_FREEZE_ROUNDS = 5
 
 PIPE_DATA_MAX = 64 << 20
@@ -423,24 +428,33 @@ async def _run(
     parts = await trio.to_thread.run_sync(builder.finish, parts)
     ghosts = builder.ghosts
 
-    def make(part: TaskPart) -> list[tuple[list[BodyRecord], list[Chunk | Content]]]:
-        # One thread hop per task: its records, cut after each saved ghost's file, with
-        # that ghost's content read here as long as the task's reads stay within one
-        # chunk's worth (a larger one is read a chunk per hop, as it is sent).
-        batch = materialize(part)
-        if not ghosts.saved:
-            return [(batch, [])]
+    Batch = tuple[list[BodyRecord], list[Chunk | Content]]
+
+    def make(parts: list[TaskPart]) -> list[Batch]:
+        # One thread hop for tasks popped until MAKE_RECORDS records are made: their
+        # records, cut after each saved ghost's file, with that ghost's content read here
+        # as long as the reads stay within one chunk's worth (a larger one is read a
+        # chunk per hop, as it is sent).
+        out: list[Batch] = []
         budget = CONTENT_CHUNK
-        out: list[tuple[list[BodyRecord], list[Chunk | Content]]] = []
-        for records, chunks in ghosts.split(batch):
-            pieces: list[Chunk | Content] = []
-            for chunk in chunks:
-                if chunk.length <= budget:
-                    budget -= chunk.length
-                    pieces.append(ghosts.read(chunk))
+        made = 0
+        while parts and made < MAKE_RECORDS:
+            batch = materialize(parts.pop())
+            made += len(batch)
+            split = ghosts.split(batch) if ghosts.saved else [(batch, [])]
+            for records, chunks in split:
+                pieces: list[Chunk | Content] = []
+                for chunk in chunks:
+                    if chunk.length <= budget:
+                        budget -= chunk.length
+                        pieces.append(ghosts.read(chunk))
+                    else:
+                        pieces.append(chunk)
+                if out and not out[-1][1]:
+                    out[-1][0].extend(records)  # one batch for many small tasks
+                    out[-1] = (out[-1][0], pieces)
                 else:
-                    pieces.append(chunk)
-            out.append((records, pieces))
+                    out.append((records, pieces))
         return out
 
     # What to search outside the tree for, known before the parts are freed below.
@@ -448,7 +462,7 @@ async def _run(
     # Popped, so that each task's resolved form is freed once its records are made.
     parts.reverse()
     while parts:
-        for records, pieces in await trio.to_thread.run_sync(make, parts.pop()):
+        for records, pieces in await trio.to_thread.run_sync(make, parts):
             if records:
                 await send.send(records)
             for piece in pieces:
