@@ -7,7 +7,8 @@ Three steps, so that the tree is frozen only as long as it must be:
   the tasks' tables unchanged), runs the handlers (which may need the live fd), reads
   each description's I/O owner where it can matter (``owner_matters``), and hands
   out objref ids in order of first reference, so two captures of an unchanged tree number
-  everything identically.  It keeps its output compact: tuples, not records.
+  everything identically.  It keeps its output compact: arrays per fd table
+  (:class:`~asyckpt._parts.FdEntries`), not records.
 * :meth:`RecordBuilder.link` runs once every task is resolved, still frozen: the
   handlers' optional ``link`` hooks complete their records with what names other
   descriptions of the tree (an epoll's targets as file ids), which needs kcmp and fd

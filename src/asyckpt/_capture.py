@@ -40,20 +40,24 @@ Theory of operation
    frozen anyway and a lookup per description would lengthen the frozen window); the
    handlers' ``finish`` hooks complete their records with what only the whole tree
    tells, and every record is encoded.
-8. *Emit*: each task's records are made from its compact resolved form and sent, one
-   batch per task, through one bounded channel (``BATCH_BUFFER``) to its one consumer,
+8. *Emit*: each task's records are made from its compact resolved form and sent, tasks
+   taken until ``MAKE_RECORDS`` records are made per batch (one thread hop), through
+   one bounded channel (``BATCH_BUFFER``) to its one consumer,
    which takes them in order: the caller's ``async for`` (``open_capture``) or the image
    writer (``checkpoint_tree``: the same stream, written as it comes).  Records are sent
    only after the thaw, so no consumer can lengthen the frozen window.  A saved ghost's
    ``content`` records follow its ``file`` record, read back from the spool one chunk
    (at most 1 MiB) per batch, so memory stays bounded by the channel's capacity.
 
-Memory: while frozen, every task's scan rows and resolved form are held (the records
-can only be made once the whole tree is known), plus the rows of at most twice
-``SCAN_AHEAD`` chunks read but not yet resolved (in the channel, and taken by the
-resolver in one hop).  After the thaw, the resolved forms shrink as records are made,
-and the channel holds at most ``BATCH_BUFFER`` batches (one task's records each, or one
-content chunk of at most 1 MiB).
+Memory: while frozen, every task's resolved form is held (fds as arrays, the scan row
+of each description first seen, what its handler made; the records can only be made
+once the whole tree is known), the deduplication index, the fd maps of the tasks that
+have children (what their children's fds are checked against), plus the rows of at
+most twice ``SCAN_AHEAD`` chunks read but not yet resolved (in the channel, and taken
+by the resolver in one hop).  The index and the maps are dropped once every task is
+resolved.  After the thaw, the resolved forms shrink as records are made, and the
+channel holds at most ``BATCH_BUFFER`` batches (the records of tasks taken until
+``MAKE_RECORDS``, or one content chunk of at most 1 MiB).
 """
 
 from __future__ import annotations
@@ -90,7 +94,7 @@ from ._tuning import tuned
 __all__ = ["CaptureOptions", "CaptureSummary", "capture"]
 
 BATCH_BUFFER = 8
-"""Task batches the channel holds before the builder waits for its consumer.  Small, so
+"""Batches the channel holds before the builder waits for its consumer.  Small, so
 memory stays bounded; records are sent only after the thaw, so a slow consumer slows the
 capture, never the frozen window."""
 
