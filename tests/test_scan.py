@@ -305,7 +305,9 @@ def test_dedup_loop_makes_one_ref_per_description(zoo: Tree) -> None:
     buckets: dict[Any, list[Any]] = {}
     _, new, *_ = dedup_rows(rows, zoo.pid, {}, seen, buckets, 0)
     assert len(new) > 2
-    refs = [bucket[i][0] for bucket in buckets.values() for i in range(len(bucket))]
+    # A bucket of one is its (ref, file id) itself, not a list.
+    entries = [e for b in buckets.values() for e in (b if type(b) is list else [b])]
+    refs = [ref for ref, _ in entries]
     assert len(refs) == len(new)
     for ref in refs:
         assert seen[ref[1]][1] is ref

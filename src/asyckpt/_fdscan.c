@@ -569,6 +569,16 @@ static PyObject *fd_owner_at(PyObject *self, PyObject *const *args, Py_ssize_t n
 
 /* --- dedup_rows: RecordBuilder._resolve_table's per-fd loop, for a frozen tree ------- */
 
+static PyObject *list_of_two(PyObject *a, PyObject *b) {
+    PyObject *list = PyList_New(2);
+    if (!list) return NULL;
+    Py_INCREF(a);
+    PyList_SET_ITEM(list, 0, a);
+    Py_INCREF(b);
+    PyList_SET_ITEM(list, 1, b);
+    return list;
+}
+
 /* A (pid, fd) reference as the dedup structures hold it: an exact 2-tuple of exact ints
  * that fit a pid_t and an int.  Exact types, so that reading one runs no Python code. */
 static int ref_values(PyObject *ref, long *pid, long *fd) {
@@ -748,8 +758,14 @@ static PyObject *dedup_rows(PyObject *self, PyObject *args) {
             if (PyErr_Occurred()) goto fail;
             int cloexec = (flags & O_CLOEXEC) != 0;
             flags &= ~(unsigned long)O_CLOEXEC;
-            key = Py_BuildValue("(OOOk)", PyTuple_GET_ITEM(row, 3), PyTuple_GET_ITEM(row, 4),
-                                PyTuple_GET_ITEM(row, 12), flags);
+            /* Without close-on-exec the row's own flags object is the key's (held to the
+             * capture's end by the index: no int of its own per description). */
+            if (cloexec)
+                key = Py_BuildValue("(OOOk)", PyTuple_GET_ITEM(row, 3), PyTuple_GET_ITEM(row, 4),
+                                    PyTuple_GET_ITEM(row, 12), flags);
+            else
+                key = PyTuple_Pack(4, PyTuple_GET_ITEM(row, 3), PyTuple_GET_ITEM(row, 4),
+                                   PyTuple_GET_ITEM(row, 12), PyTuple_GET_ITEM(row, 13));
             if (!key) goto fail;
             long epid = 0, efd = 0;
             if (hint) {
@@ -769,15 +785,18 @@ static PyObject *dedup_rows(PyObject *self, PyObject *args) {
                 bucket = PyDict_GetItemWithError(buckets, key);
                 if (!bucket && PyErr_Occurred()) goto fail;
                 Py_XINCREF(bucket);
-                if (bucket && !PyList_CheckExact(bucket)) {
-                    PyErr_SetString(PyExc_TypeError, "dedup_rows: a bucket is a list");
+                /* A bucket of one is its (ref, file_id) entry itself (KcmpIndex). */
+                int single = bucket && PyTuple_CheckExact(bucket);
+                if (bucket && !single && !PyList_CheckExact(bucket)) {
+                    PyErr_SetString(PyExc_TypeError,
+                                    "dedup_rows: a bucket is a list or a (ref, file_id) tuple");
                     goto fail;
                 }
                 /* No Python code runs from here to the insertion: the bucket keeps its size. */
-                Py_ssize_t lo = 0, hi = bucket ? PyList_GET_SIZE(bucket) : 0;
+                Py_ssize_t lo = 0, hi = bucket ? (single ? 1 : PyList_GET_SIZE(bucket)) : 0;
                 while (lo < hi) {
                     Py_ssize_t mid = lo + (hi - lo) / 2;
-                    PyObject *entry = PyList_GET_ITEM(bucket, mid);
+                    PyObject *entry = single ? bucket : PyList_GET_ITEM(bucket, mid);
                     long p, f;
                     if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2) {
                         PyErr_SetString(PyExc_TypeError,
@@ -809,15 +828,16 @@ static PyObject *dedup_rows(PyObject *self, PyObject *args) {
                     PyObject *stored = ref ? PyTuple_Pack(2, ref, file_id) : NULL;
                     if (!stored) goto fail;
                     int rc;
-                    if (bucket) {
-                        rc = PyList_Insert(bucket, lo, stored);
+                    if (!bucket) {
+                        rc = PyDict_SetItem(buckets, key, stored);
+                    } else if (single) {
+                        PyObject *pair_bucket = lo == 0 ? list_of_two(stored, bucket)
+                                                        : list_of_two(bucket, stored);
+                        if (!pair_bucket) { Py_DECREF(stored); goto fail; }
+                        rc = PyDict_SetItem(buckets, key, pair_bucket);
+                        Py_DECREF(pair_bucket);
                     } else {
-                        PyObject *fresh_bucket = PyList_New(1);
-                        if (!fresh_bucket) { Py_DECREF(stored); goto fail; }
-                        Py_INCREF(stored);
-                        PyList_SET_ITEM(fresh_bucket, 0, stored);
-                        rc = PyDict_SetItem(buckets, key, fresh_bucket);
-                        Py_DECREF(fresh_bucket);
+                        rc = PyList_Insert(bucket, lo, stored);
                     }
                     Py_DECREF(stored);
                     if (rc < 0) goto fail;
