@@ -46,8 +46,9 @@ Theory of operation
    which takes them in order: the caller's ``async for`` (``open_capture``) or the image
    writer (``checkpoint_tree``: the same stream, written as it comes).  Records are sent
    only after the thaw, so no consumer can lengthen the frozen window.  A saved ghost's
-   ``content`` records follow its ``file`` record, read back from the spool one chunk
-   (at most 1 MiB) per batch, so memory stays bounded by the channel's capacity.
+   ``content`` records follow its ``file`` record, read back from the spool: in the
+   batch as long as its reads stay within one chunk (1 MiB), else a chunk per batch, so
+   memory stays bounded by the channel's capacity.
 
 Memory: while frozen, every task's resolved form is held (fds as arrays, the scan row
 of each description first seen, what its handler made; the records can only be made
@@ -57,7 +58,7 @@ most twice ``SCAN_AHEAD`` chunks read but not yet resolved (in the channel, and 
 by the resolver in one hop).  The index and the maps are dropped once every task is
 resolved.  After the thaw, the resolved forms shrink as records are made, and the
 channel holds at most ``BATCH_BUFFER`` batches (the records of tasks taken until
-``MAKE_RECORDS``, or one content chunk of at most 1 MiB).
+``MAKE_RECORDS`` with at most 1 MiB of content, or one content chunk).
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ from ._plugins.dispatch import Dispatch
 from ._plugins.loading import load_handlers
 from ._plugins.session import CaptureSession
 from ._procparse import TaskStat
-from ._records import Content, Holders, PluginInfo
+from ._records import Holders, PluginInfo
 from ._scanning import scan_and_resolve
 from ._tuning import tuned
 
@@ -301,10 +302,10 @@ async def capture(
     *,
     spool_dir: str | None = None,
 ) -> CaptureSummary:
-    """Capture the tree rooted at ``pid``, sending lists of records in image order (a
-    task's, cut after each file whose ``content`` records follow, one per list) into
-    ``send``, which the caller owns (and closes once this returns: the summary is then
-    known before its consumer sees the end of the stream).
+    """Capture the tree rooted at ``pid``, sending lists of records in image order
+    (tasks' records with their files' ``content``, see ``MAKE_RECORDS``) into ``send``,
+    which the caller owns (and closes once this returns: the summary is then known
+    before its consumer sees the end of the stream).
 
     Unlinked files' content is spooled in an unnamed file in ``spool_dir`` (default: the
     temporary directory) until it is sent.  Raises AsyckptError subclasses; the tree is
@@ -432,14 +433,15 @@ async def _run(
     parts = await trio.to_thread.run_sync(builder.finish, parts)
     ghosts = builder.ghosts
 
-    Batch = tuple[list[BodyRecord], list[Chunk | Content]]
+    Batch = tuple[list[BodyRecord], list[Chunk]]
 
     def make(parts: list[TaskPart]) -> list[Batch]:
         # One thread hop for tasks popped until MAKE_RECORDS records are made: their
-        # records, cut after each saved ghost's file, with that ghost's content read here
-        # as long as the reads stay within one chunk's worth (a larger one is read a
-        # chunk per hop, as it is sent).
-        out: list[Batch] = []
+        # records in one batch, with each saved ghost's content (after its file record)
+        # read here as long as the reads stay within one chunk's worth.  A chunk past
+        # that is read in a hop of its own as it is sent, and cuts the batch: what
+        # follows it goes in the next one.
+        out: list[Batch] = [([], [])]
         budget = CONTENT_CHUNK
         made = 0
         while parts and made < MAKE_RECORDS:
@@ -447,18 +449,15 @@ async def _run(
             made += len(batch)
             split = ghosts.split(batch) if ghosts.saved else [(batch, [])]
             for records, chunks in split:
-                pieces: list[Chunk | Content] = []
+                if out[-1][1]:
+                    out.append(([], []))
+                out[-1][0].extend(records)
                 for chunk in chunks:
-                    if chunk.length <= budget:
+                    if chunk.length <= budget and not out[-1][1]:
                         budget -= chunk.length
-                        pieces.append(ghosts.read(chunk))
+                        out[-1][0].append(ghosts.read(chunk))
                     else:
-                        pieces.append(chunk)
-                if out and not out[-1][1]:
-                    out[-1][0].extend(records)  # one batch for many small tasks
-                    out[-1] = (out[-1][0], pieces)
-                else:
-                    out.append((records, pieces))
+                        out[-1][1].append(chunk)
         return out
 
     # What to search outside the tree for, known before the parts are freed below.
@@ -466,13 +465,11 @@ async def _run(
     # Popped, so that each task's resolved form is freed once its records are made.
     parts.reverse()
     while parts:
-        for records, pieces in await trio.to_thread.run_sync(make, parts):
+        for records, chunks in await trio.to_thread.run_sync(make, parts):
             if records:
                 await send.send(records)
-            for piece in pieces:
-                if not isinstance(piece, Content):
-                    piece = await trio.to_thread.run_sync(ghosts.read, piece)
-                await send.send([piece])
+            for chunk in chunks:
+                await send.send([await trio.to_thread.run_sync(ghosts.read, chunk)])
     holders: list[Holders] = []
     if options.endpoints == "system":
         # After everything else, the tree thawed: the rest of the system is not frozen.

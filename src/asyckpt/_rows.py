@@ -92,7 +92,7 @@ DedupRows = Callable[
         int,
         dict[int, Any],
         dict[int, Any],
-        dict[Any, list[Any]],
+        dict[Any, list[Any] | tuple[Any, Any]],
         int,
         dict[int, list[bytes]],
     ],
