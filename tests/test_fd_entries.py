@@ -33,16 +33,6 @@ def test_entries_come_back_as_made(entries: list[Any]) -> None:
     assert len(packed) == len(entries)
     assert packed.new == [new for *_, new in entries if new is not None]
     assert all(type(cloexec) is bool for _, cloexec, _, _ in packed)
-    # The runs: the fds in order, each first-seen description right before its fd.
-    order: list[Any] = []
-    for run, new in packed.runs():
-        order += [(fd, cloexec, file_id) for fd, cloexec, file_id in run]
-        if new is not None:
-            order.append(new)
-    expected: list[Any] = []
-    for fd, cloexec, file_id, new in entries:
-        expected += ([new] if new is not None else []) + [(fd, int(cloexec), file_id)]
-    assert order == expected
 
 
 def test_entries_are_arrays_not_a_tuple_per_fd() -> None:
@@ -50,3 +40,38 @@ def test_entries_are_arrays_not_a_tuple_per_fd() -> None:
     assert packed.fds.itemsize == 4 and packed.files.itemsize == 8
     assert packed.cloexec == bytes(fd % 2 == 0 for fd in range(1000))
     assert packed.new == [] and len(packed.new_at) == 0
+
+
+@pytest.mark.parametrize("entries", CASES)
+def test_records_come_in_image_order(entries: list[Any]) -> None:
+    # Each first-seen description's File right before its fd's Fd, the fds in order.
+    from asyckpt._discover import TaskPlan
+    from asyckpt._materialize import materialize
+    from asyckpt._parts import ResolvedTable, TaskPart
+    from asyckpt._procparse import TaskStat
+    from asyckpt._procread import TaskMeta
+    from asyckpt._records import Fd, FdTable, File, Task
+
+    stat = TaskStat(100, "t", "S", 1, 0, 1, 100)
+    plan = TaskPlan(stat, TaskMeta(0, 0, "/", 0), ((100, 2),), ((100, 2),))
+    table = ResolvedTable(100, 2, FdEntries.of(entries))
+    records = materialize(TaskPart(plan, plan.meta, None, [table], ((100, 2),)))
+    expected: list[Any] = [(FdTable, 2, len(entries))]
+    for fd, cloexec, file_id, new in entries:
+        if new is not None:
+            expected.append((File, file_id))
+        expected.append((Fd, fd, file_id, cloexec))
+    expected.append((Task, 100))
+    got: list[Any] = []
+    for rec in records:
+        if isinstance(rec, FdTable):
+            got.append((FdTable, rec.id, rec.count))
+        elif isinstance(rec, File):
+            got.append((File, rec.id))
+        elif isinstance(rec, Fd):
+            got.append((Fd, rec.fd, rec.file, rec.cloexec))
+            assert type(rec.cloexec) is bool
+        else:
+            assert isinstance(rec, Task)
+            got.append((Task, rec.pid))
+    assert got == expected

@@ -33,6 +33,7 @@ __all__ = ["BodyRecord", "materialize"]
 BodyRecord = MountTable | FdTable | File | Content | Fd | Task | Holders
 
 _BOOL = (False, True)
+_NO_NEW: tuple[int, NewFile | None] = (-1, None)
 
 
 def materialize(part: TaskPart) -> list[BodyRecord]:
@@ -49,11 +50,17 @@ def materialize(part: TaskPart) -> list[BodyRecord]:
     append = out.append
     for tid, table_id, entries in part.tables:
         append(FdTable(id=table_id, owner=tid, count=len(entries)))
-        for run, new in entries.runs():
-            for fd, cloexec, file_id in run:
-                append(Fd(fd=fd, file=file_id, cloexec=_BOOL[cloexec]))
-            if new is not None:
+        # Once per fd after the thaw: one loop over the arrays (as lists: their ints made
+        # in one call), each first-seen description's record before its fd's.
+        news = iter(zip(entries.new_at.tolist(), entries.new, strict=True))
+        at, new = next(news, _NO_NEW)
+        rows = zip(entries.fds.tolist(), entries.cloexec, entries.files.tolist(), strict=True)
+        for i, (fd, cloexec, file_id) in enumerate(rows):
+            if i == at:
+                assert new is not None
                 append(_file_record(new))
+                at, new = next(news, _NO_NEW)
+            append(Fd(fd=fd, file=file_id, cloexec=_BOOL[cloexec]))
     stat = plan.stat
     comm, comm_bytes = split_name(stat.comm)
     root, root_bytes = split_name(meta.root)

@@ -105,17 +105,6 @@ class FdEntries:
         for i, (fd, cloexec, file_id) in enumerate(rows):
             yield fd, _BOOL[cloexec], file_id, news.get(i)
 
-    def runs(self) -> Iterator[tuple[Iterator[tuple[int, int, int]], NewFile | None]]:
-        """The fds in order, cut before each one through which a description was first
-        seen: (fd, cloexec as 0/1, file id) of a run of fds, then that description (None
-        after the last run).  What making records walks, without a tuple per fd."""
-        fds, cloexec, files = self.fds, self.cloexec, self.files
-        start = 0
-        for at, new in zip(self.new_at, self.new, strict=True):
-            yield zip(fds[start:at], cloexec[start:at], files[start:at], strict=True), new
-            start = at
-        yield zip(fds[start:], cloexec[start:], files[start:], strict=True), None
-
 
 class ResolvedTable(NamedTuple):
     """One fd table, resolved."""
