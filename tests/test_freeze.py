@@ -14,7 +14,7 @@ import trio
 
 import asyckpt
 from asyckpt import CaptureOptions, FreezerError, read_image
-from asyckpt._freeze import REFREEZE_AFTER, wait_frozen
+from asyckpt._freeze import REFREEZE_AFTER, controllers_refusal, wait_frozen
 
 from .conftest import (
     SPAWN_TREE,
@@ -261,31 +261,29 @@ def test_transient_refuses_a_tree_in_a_frozen_cgroup(
     assert not (tmp_path / "x.ackpt").exists()
 
 
+def test_controllers_refusal() -> None:
+    assert controllers_refusal([]) is None
+    assert controllers_refusal([b"memory", b"pids"]) == (
+        "a transient v2 cgroup here gets the controllers memory, pids: moving the tree into "
+        "it would change its resource accounting; use --freeze=cgroup:PATH or --freeze=none"
+    )
+
+
 def test_v2_transient_refuses_when_the_move_would_change_controllers(
     zoo: Tree, make_cgroup: Any, tmp_path: Path
 ) -> None:
-    available = (V2_ROOT / "cgroup.controllers").read_text().split()
-    enabled = (V2_ROOT / "cgroup.subtree_control").read_text().split()
-    if not available:
-        pytest.fail("no v2 controller on this machine to test with")
-    ctrl = available[0]
-    if ctrl not in enabled:
-        (V2_ROOT / "cgroup.subtree_control").write_text(f"+{ctrl}")
-    try:
-        cg = make_cgroup(2)
-        move_into(cg, zoo.pids())
-        before = cgroups(zoo)
-        with pytest.raises(FreezerError, match="resource accounting") as exc_info:
-            capture(zoo.pid, tmp_path / "x.ackpt", freeze="cgroup-v2")
-        assert "--freeze=cgroup:PATH" in str(exc_info.value)
-        assert_running_where_it_was(zoo, before)
-    finally:
-        if ctrl not in enabled:
-            for path in V2_ROOT.glob(f"asyckpt-test-{os.getpid()}-*"):
-                for pid in (path / "cgroup.procs").read_text().split():
-                    (V2_ROOT / "cgroup.procs").write_text(pid)
-                path.rmdir()
-            (V2_ROOT / "cgroup.subtree_control").write_text(f"-{ctrl}")
+    # Only where the hierarchy's root already delegates a controller: turning one on
+    # there would change every cgroup of the machine (and refuse every other capture)
+    # while the test runs, so the test never does.
+    if not (V2_ROOT / "cgroup.subtree_control").read_text().split():
+        pytest.skip("the v2 root delegates no controller here (the rule is tested above)")
+    cg = make_cgroup(2)
+    move_into(cg, zoo.pids())
+    before = cgroups(zoo)
+    with pytest.raises(FreezerError, match="resource accounting") as exc_info:
+        capture(zoo.pid, tmp_path / "x.ackpt", freeze="cgroup-v2")
+    assert "--freeze=cgroup:PATH" in str(exc_info.value)
+    assert_running_where_it_was(zoo, before)
 
 
 @pytest.mark.parametrize(

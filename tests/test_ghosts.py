@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -271,8 +272,30 @@ def test_cli_reports_and_strict(ghosts: Tree, tmp_path: Path) -> None:
         run("show", str(out), "--extract", "9999", str(tmp_path / "x.out")), 2, "no file '9999'"
     )
     assert_one_line_error(
-        run("show", str(out), "--extract", str(sparse.id), str(extracted)), 5, "File exists"
+        run("show", str(out), "--extract", str(sparse.id), str(extracted)),
+        5,
+        "exists; use --force to replace it",
     )
+    extracted.write_bytes(b"old")
+    proc = run("show", str(out), "--extract", str(sparse.id), str(extracted), "--force")
+    assert proc.returncode == 0, proc.stderr
+    assert extracted.read_bytes() == sparse_expected()
+    assert_one_line_error(run("show", str(out), "--force"), 2, "--force is only for --extract")
+    # A write that fails half-way (a filesystem with room for one page of the two runs)
+    # leaves nothing at OUT.
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "none", str(small)], check=True)
+    try:
+        assert_one_line_error(
+            run("show", str(out), "--extract", str(sparse.id), str(small / "x.out")),
+            5,
+            "No space left on device",
+        )
+        assert list(small.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+        small.rmdir()
     for name in ("big.out", "x.out", "sparse.out"):
         extracted_path = tmp_path / name
         if name != "sparse.out":

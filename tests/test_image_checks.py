@@ -240,6 +240,27 @@ def test_standard_input_pipe(tmp_path: Path, image_bytes: bytes) -> None:
     assert truncated.stderr == b"asyckpt: error: standard input is truncated inside its digest\n"
 
 
+def test_graph_and_diff_read_standard_input(tmp_path: Path, image_bytes: bytes) -> None:
+    path = tmp_path / "i.ackpt"
+    path.write_bytes(image_bytes)
+
+    def run(*argv: str, stdin: bytes = image_bytes) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([*ASYCKPT, *argv], input=stdin, capture_output=True, timeout=60)
+
+    graph = run("graph", "-", "--format", "dot")
+    assert graph.returncode == 0, graph.stderr
+    assert graph.stdout == run("graph", str(path), "--format", "dot").stdout
+    for a, b in (("-", str(path)), (str(path), "-")):
+        same = run("diff", a, b)
+        assert (same.returncode, same.stdout, same.stderr) == (0, b"", b"")
+    both = run("diff", "-", "-")
+    assert both.returncode == 2
+    assert both.stderr == b"asyckpt: error: only one of A and B can be - (standard input)\n"
+    truncated = run("graph", "-", "--format", "dot", stdin=image_bytes[:-1])
+    assert truncated.returncode == 6
+    assert truncated.stderr == b"asyckpt: error: standard input is truncated inside its digest\n"
+
+
 @contextlib.contextmanager
 def _writer(path: Path, pieces: Iterator[bytes]) -> Iterator[None]:
     """Write ``pieces`` into the FIFO ``path`` from a thread, as another process would."""

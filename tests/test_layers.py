@@ -190,6 +190,8 @@ LAYERS: list[tuple[str, set[str]]] = [
             "asyckpt._order",
             "asyckpt._classify",
             "asyckpt._plugins",
+            "asyckpt._restore_model",
+            "asyckpt._restore_unix",
         },
     ),
     (
@@ -205,6 +207,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "asyckpt._rundir",
             "asyckpt._claim",
             "asyckpt._recover",
+            "asyckpt._restore_sockets",
         },
     ),
     (
@@ -269,7 +272,9 @@ def test_every_layered_module_exists() -> None:
     assert missing == set()
 
 
-@pytest.mark.parametrize("module", ["asyckpt._plugins.contract", "asyckpt._rows"])
+@pytest.mark.parametrize(
+    "module", ["asyckpt._plugins.contract", "asyckpt._rows", "asyckpt._restore_unix"]
+)
 def test_pure_modules_import_no_kernel_access(module: str) -> None:
     # Run, not read: what importing it really loads, transitively.
     code = (

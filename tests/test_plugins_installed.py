@@ -354,6 +354,22 @@ def test_two_plugins_claiming_one_device_are_reported(
     assert null.handler == "chardev"
 
 
+def test_plugins_listing_escapes_what_a_distribution_declares(site: Site) -> None:
+    # Every cell of the listing comes from whatever is installed: an escape sequence in
+    # a distribution's metadata must not reach the terminal.
+    site.install(
+        "odd-null",
+        "1.0\x1b[31m\x07",
+        {"oddnull": "oddnull:Nullish"},
+        modules={"oddnull": nullish("oddnull", "odd_null.rec")},
+    )
+    proc = site.run("plugins", "-p", "oddnull")
+    assert proc.returncode == 0, proc.stderr
+    assert "\x1b" not in proc.stdout and "\x07" not in proc.stdout
+    (row,) = [line for line in proc.stdout.splitlines() if line.startswith("oddnull ")]
+    assert "1.0\\x1b[31m\\x07" in row.split(), row
+
+
 def test_record_tags_that_collide_fail_at_load(site: Site, mem: Tree, tmp_path: Path) -> None:
     site.install_example()
     site.install(

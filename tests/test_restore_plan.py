@@ -163,8 +163,8 @@ def test_shared_description_is_made_once() -> None:
         ([(3, pipe(1, "sideways"))], ["pipe end"]),
         ([(3, _file(1, "socket", "socket:[7]", data=_socket(7, peer_ino=8)))], ["peer"]),
         (
-            [(3, _file(1, "socket", "socket:[7]", data=_socket(7, state="LISTEN", name="/s")))],
-            ["socketpairs"],
+            [(3, _file(1, "socket", "socket:[7]", data=_socket(7, state="LISTEN", name="s")))],
+            ["relative name"],
         ),
     ],
 )

@@ -53,6 +53,8 @@ if TYPE_CHECKING:
     from ._plugins.contract import Device as Device
     from ._plugins.contract import FdFacts as FdFacts
     from ._plugins.contract import FdHandler as FdHandler
+    from ._plugins.contract import RestoreContext as RestoreContext
+    from ._plugins.contract import RestoreRefused as RestoreRefused
     from ._plugins.contract import StatInfo as StatInfo
     from ._plugins.dispatch import Dispatch as Dispatch
     from ._plugins.dispatch import PluginConflictWarning as PluginConflictWarning
@@ -129,6 +131,8 @@ _LAZY = {
     "Dispatch": "._plugins.dispatch",
     "FdFacts": "._plugins.contract",
     "FdHandler": "._plugins.contract",
+    "RestoreContext": "._plugins.contract",
+    "RestoreRefused": "._plugins.contract",
     "HandlerContext": "._plugins.session",
     "PluginConflictWarning": "._plugins.dispatch",
     "StatInfo": "._plugins.contract",

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from ._escape import escape
 
 if TYPE_CHECKING:
+    from ._image import Image
     from ._plugins.dispatch import Dispatch
 
     # What `add_subparsers` returns: each command's register() adds its parser to it.
@@ -146,3 +147,13 @@ def load_handlers(args: argparse.Namespace) -> Dispatch:
     for conflict in dispatch.conflicts:
         warn(conflict.message())
     return dispatch
+
+
+def read_image_arg(arg: str) -> Image:
+    """An IMAGE argument read and verified: ``-`` is standard input (a pipe or a regular
+    file), anything else a path."""
+    from ._image import read_image, read_image_fd
+
+    if arg == "-":
+        return read_image_fd(sys.stdin.fileno(), name="standard input")
+    return read_image(arg)

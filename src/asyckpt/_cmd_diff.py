@@ -8,7 +8,8 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from ._cliargs import add_command
+from ._cliargs import add_command, read_image_arg
+from ._errors import UsageError
 
 if TYPE_CHECKING:
     from ._cliargs import Subparsers
@@ -34,8 +35,8 @@ def register(sub: Subparsers) -> None:
         "Exit 0 when nothing changed, 1 when something did, 2 and up on errors.",
         epilog=DIFF_EPILOG,
     )
-    d.add_argument("a", metavar="A", help="the older image")
-    d.add_argument("b", metavar="B", help="the newer image")
+    d.add_argument("a", metavar="A", help="the older image (- for standard input)")
+    d.add_argument("b", metavar="B", help="the newer image (- for standard input)")
     d.add_argument("--json", action="store_true", help="print the diff as JSON")
 
 
@@ -43,10 +44,11 @@ def run(args: argparse.Namespace) -> int:
     import msgspec
 
     from ._diff import diff, render_diff
-    from ._image import read_image
 
-    image_a = read_image(args.a)
-    image_b = read_image(args.b)
+    if args.a == args.b == "-":
+        raise UsageError("only one of A and B can be - (standard input)")
+    image_a = read_image_arg(args.a)
+    image_b = read_image_arg(args.b)
     d = diff(image_a, image_b)
     if args.json:
         sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(d), indent=1) + b"\n")

@@ -34,10 +34,13 @@ def register(sub: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ._escape import escape
     from ._plugins.loading import AUTOLOAD_ENV, autoload_disabled, survey
 
     found = survey(disabled=args.disable_plugin, enabled=args.plugin)
-    rows = [("NAME", "DISTRIBUTION", "VERSION", "STATE", "PRIO", "RECORD", "HOOKS", "CLAIMS")]
+    rows: list[tuple[str, ...]] = [
+        ("NAME", "DISTRIBUTION", "VERSION", "STATE", "PRIO", "RECORD", "HOOKS", "CLAIMS")
+    ]
     for inst, state, h in found.rows:
         if h is None:
             rows.append((inst.name, inst.distribution, inst.version, state, "", "", "", ""))
@@ -54,6 +57,9 @@ def run(args: argparse.Namespace) -> int:
                 h.describe_claims(),
             )
         )
+    # Names, versions and claims come from whatever distribution is installed: escaped
+    # like every other name printed, so a crafted one cannot forge rows or reach the tty.
+    rows = [tuple(escape(c) for c in r) for r in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         cells = [c.ljust(w) for c, w in zip(r, widths, strict=True)]

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from ._cliargs import add_command, plugin_options
+from ._cliargs import add_command, plugin_options, read_image_arg
 from ._errors import OutputError, UsageError
 from ._escape import escape
 
@@ -44,21 +44,20 @@ def register(sub: Subparsers) -> None:
         help="write the saved content of the unlinked file FILE_ID (the OBJ column) to the "
         "new file OUT, holes as holes, instead of printing the image",
     )
+    s.add_argument("--force", action="store_true", help="with --extract: replace OUT if it exists")
     plugin_options(s)
 
 
 def run(args: argparse.Namespace) -> int:
     from ._endpoints import render_endpoints
-    from ._image import read_image, read_image_fd
     from ._plugins.loading import image_plugins
     from ._show import render_table
 
-    if args.image == "-":
-        image = read_image_fd(sys.stdin.fileno(), name="standard input")
-    else:
-        image = read_image(args.image)
+    if args.force and not args.extract:
+        raise UsageError("--force is only for --extract (show writes no other file)")
+    image = read_image_arg(args.image)
     if args.extract:
-        size = _extract(image, *args.extract)
+        size = _extract(image, *args.extract, force=args.force)
         print(f"wrote {size} bytes to {escape(args.extract[1])}")
         return 0
     plugins = image_plugins(image.header.plugins, disabled=args.disable_plugin, enabled=args.plugin)
@@ -75,24 +74,29 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _extract(image: Image, file_id: str, out: str) -> int:
-    """``show --extract``: an unlinked file's saved content, as a sparse file."""
+def _extract(image: Image, file_id: str, out: str, *, force: bool) -> int:
+    """``show --extract``: an unlinked file's saved content, as a sparse file, written as
+    an image is (unnamed until complete, then linked into place: a failure or a kill
+    leaves nothing at OUT)."""
+    from ._target import PathTarget
+
     f = image.files.get(int(file_id)) if file_id.isdigit() else None
     if f is None:
         raise UsageError(f"the image has no file {file_id!r}")
     if f.ghost != "saved" or f.ghost_file is None:
         raise UsageError(f"file {file_id} has no saved content (ghost: {f.ghost})")
-    try:
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise OutputError(f"cannot create {out}: {exc.strerror}") from exc
+    target = PathTarget(out, force=force)
     try:
         for c in image.contents.get(f.ghost_file, []):
-            os.pwrite(fd, c.data, c.offset)
-        os.ftruncate(fd, f.size)  # the holes after the last run
+            view = memoryview(c.data)
+            while view:  # pwrite may write less (a filesystem running out of room)
+                n = os.pwrite(target.fd, view, c.offset + len(c.data) - len(view))
+                view = view[n:]
+        os.ftruncate(target.fd, f.size)  # the holes after the last run
+        os.fsync(target.fd)
+        target.commit()
     except OSError as exc:
-        os.close(fd)
-        os.unlink(out)
-        raise OutputError(f"writing {out}: {exc.strerror}") from exc
-    os.close(fd)
+        raise OutputError(f"writing {escape(out)}: {exc.strerror}") from exc
+    finally:
+        target.abort()
     return f.size

@@ -48,12 +48,28 @@ __all__ = [
     "Hierarchy",
     "InPlaceFreezer",
     "TransientFreezer",
+    "controllers_refusal",
     "hierarchies",
     "wait_frozen",
 ]
 
 FREEZER_MODES = ("auto", "cgroup-v1", "cgroup-v2", "none")
 """The fixed modes; ``cgroup:PATH`` is the other form."""
+
+
+def controllers_refusal(controllers: list[bytes]) -> str | None:
+    """Why a transient v2 cgroup with these controllers must not take the tree, or None.
+
+    A transient cgroup is made at the hierarchy's root, so it gets whatever controllers
+    the root delegates: moving a task into it would move its accounting (memory, pids...)
+    away from its own cgroup's limits for the capture's duration."""
+    if not controllers:
+        return None
+    names = b", ".join(controllers).decode("ascii", "backslashreplace")
+    return (
+        f"a transient v2 cgroup here gets the controllers {names}: moving the tree into it "
+        "would change its resource accounting; use --freeze=cgroup:PATH or --freeze=none"
+    )
 
 
 def _write(path: str, text: str) -> None:
@@ -378,14 +394,10 @@ class TransientFreezer(_CgroupFreezer):
             raise FreezerError(f"cannot create cgroup {path}: {exc.strerror}") from exc
         self._path = self.cgroup = path
         if self.h.version == 2:
-            controllers = self.h.controllers(path)
-            if controllers:
+            refusal = controllers_refusal(self.h.controllers(path))
+            if refusal is not None:
                 self.release()
-                raise FreezerError(
-                    f"a transient v2 cgroup here gets the controllers "
-                    f"{b', '.join(controllers).decode()}: moving the tree into it would "
-                    "change its resource accounting; use --freeze=cgroup:PATH or --freeze=none"
-                )
+                raise FreezerError(refusal)
 
     def add(self, pids: Iterable[int]) -> list[int]:
         assert self._path is not None

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from ._cliargs import add_command
+from ._cliargs import add_command, read_image_arg
 from ._errors import UsageError
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ def register(sub: Subparsers) -> None:
         "connections, open files held by several tasks, epoll targets): DOT, or SVG and PNG "
         "through Graphviz's dot.",
     )
-    g.add_argument("image", help="image file")
+    g.add_argument("image", help="image file, or - for standard input")
     g.add_argument(
         "-o", "--output", metavar="OUT", help="picture to write (default: standard output)"
     )
@@ -84,13 +84,12 @@ def parse_kinds(text: str | None) -> frozenset[str] | None:
 def run(args: argparse.Namespace) -> int:
     from ._graph import GraphOptions, build_graph, to_dot
     from ._graphviz import render, write_output
-    from ._image import read_image
 
     kinds = parse_kinds(args.kinds)
     fmt = output_format(args.format, args.output)
     if args.output is None and fmt == "png" and sys.stdout.isatty():
         raise UsageError("a PNG is not for a terminal: give -o OUT or redirect the output")
-    image = read_image(args.image)
+    image = read_image_arg(args.image)
     if args.pid is not None and all(t.pid != args.pid for t in image.tasks):
         raise UsageError(f"the image has no task {args.pid}")
     graph = build_graph(image, GraphOptions(kinds, args.pid, args.shared_only))

@@ -48,6 +48,7 @@ __all__ = [
     "same_file",
     "signalfd",
     "timerfd",
+    "unshare_fs",
 ]
 
 KCMP_FILE = 0
@@ -372,3 +373,12 @@ def inotify_add_watch(fd: int, path: str, mask: int) -> int:
     return _check(
         _libc.inotify_add_watch(fd, os.fsencode(path), ctypes.c_uint32(mask)), "inotify_add_watch"
     )
+
+
+_CLONE_FS = 0x200
+
+
+def unshare_fs() -> None:
+    """unshare(CLONE_FS) for the calling thread: its root, working directory and umask
+    its own from now on (Python 3.11's ``os`` has no ``unshare``)."""
+    _check(_libc.unshare(_CLONE_FS), "unshare(CLONE_FS)")

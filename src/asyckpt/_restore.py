@@ -25,7 +25,7 @@ import stat
 import struct
 import time
 from collections.abc import Iterable, Iterator
-from typing import NamedTuple, NoReturn
+from typing import TYPE_CHECKING, NamedTuple, NoReturn
 
 from ._decode import Image
 from ._errors import AsyckptError
@@ -41,16 +41,21 @@ from ._kernel import (
     signalfd,
     timerfd,
 )
+from ._restore_model import MakeFailed as _Failed
+from ._restore_model import UnixConnection, UnixSocket
+from ._restore_pidfd import NewPid, make_pidfds
 from ._restore_plan import (
     Bind,
     Description,
     Epoll,
     EventFd,
     FdSlot,
+    Hook,
     Inode,
     Inotify,
     LockPlan,
     OpenPath,
+    PidFd,
     Pipe,
     PipeEnd,
     Reopen,
@@ -61,10 +66,13 @@ from ._restore_plan import (
     TimerFd,
     plan_table,
 )
+from ._restore_sockets import SOCK_TYPES, UnixMaker, bind_inet, shut
+
+if TYPE_CHECKING:
+    from ._restore_hooks import HookHandlers
 
 __all__ = ["Made", "close_all", "install", "make", "open_root", "restore_table"]
 
-_SHUTDOWN = {"read": socket.SHUT_RD, "write": socket.SHUT_WR, "both": socket.SHUT_RDWR}
 _F_SEAL_SEAL = 1
 _IN_DONT_FOLLOW = 0x02000000
 
@@ -106,8 +114,16 @@ def close_all(fds: Iterable[int]) -> None:
 
 
 class _Maker:
-    def __init__(self, plan: RestorePlan, root_fd: int, relaxed: bool, floor: int) -> None:
+    def __init__(
+        self,
+        plan: RestorePlan,
+        root_fd: int,
+        relaxed: bool,
+        floor: int,
+        hooks: HookHandlers | None = None,
+    ) -> None:
         self.plan = plan
+        self.hooks = hooks
         self.root_fd = root_fd
         self.relaxed = relaxed
         self.floor = floor
@@ -117,6 +133,7 @@ class _Maker:
         self.pairs: dict[int, tuple[int, int]] = {}
         self.taken: set[tuple[str, int, int]] = set()
         self.made: dict[int, int] = {}  # description index -> its fd, for epoll watches
+        self.unix = UnixMaker(root_fd, self.keep)
 
     def keep(self, fd: int) -> int:
         high = above(fd, self.floor)
@@ -133,8 +150,12 @@ class _Maker:
             fd = self._pipe_end(make)
         elif isinstance(make, SocketEnd):
             fd = self._socket_end(make)
+        elif isinstance(make, UnixSocket):
+            fd = self.unix.make_socket(d.file, make)
+        elif isinstance(make, UnixConnection):
+            fd = self.unix.connection(make)
         elif isinstance(make, Bind):
-            fd = _bind(make)
+            fd = bind_inet(make)
         elif isinstance(make, EventFd):
             fd = self._eventfd(make)
         elif isinstance(make, TimerFd):
@@ -143,8 +164,14 @@ class _Maker:
             fd = signalfd(make.mask, os.O_CLOEXEC)
         elif isinstance(make, Inotify):
             fd = self._inotify(make)
-        else:
+        elif isinstance(make, Hook):
+            if self.hooks is None:
+                raise _Failed(f"it needs handler {make.handler}'s restore hook")
+            fd = self.hooks.call(make, d, self._open_for_hook, self.relaxed)
+        elif isinstance(make, Epoll):
             fd = self._epoll(make)
+        else:  # a PidFd: made by install, in the process that holds it
+            raise _Failed("a pidfd is made once its process exists")
         try:
             if d.setfl is not None:
                 fcntl.fcntl(fd, fcntl.F_SETFL, d.setfl)
@@ -181,6 +208,17 @@ class _Maker:
             return fd
         finally:
             os.close(opath)
+
+    def _open_for_hook(self, make: OpenPath) -> int:
+        """:meth:`_open` for a restore hook's ``ctx.open``: a failure is the hook's
+        RestoreRefused (it may catch it and try another way)."""
+        from ._plugins.contract import RestoreRefused
+
+        try:
+            return self._open(make)
+        except (OSError, _Failed) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise RestoreRefused(f"{make.path}: {why}") from None
 
     def _inotify(self, make: Inotify) -> int:
         fd = inotify(os.O_CLOEXEC)
@@ -255,21 +293,10 @@ class _Maker:
     def _socket_end(self, make: SocketEnd) -> int:
         ends = self.pairs.get(make.pair)
         if ends is None:
-            sotype = {
-                "stream": socket.SOCK_STREAM,
-                "dgram": socket.SOCK_DGRAM,
-                "seqpacket": socket.SOCK_SEQPACKET,
-            }[self.plan.pairs[make.pair].type]
+            sotype = SOCK_TYPES[self.plan.pairs[make.pair].type]
             a, b = socket.socketpair(socket.AF_UNIX, sotype)
             ends = self.pairs[make.pair] = (self.keep(a.detach()), self.keep(b.detach()))
-        fd = os.dup(ends[make.end])
-        if make.shutdown is not None:
-            sock = socket.socket(fileno=os.dup(fd))
-            try:
-                sock.shutdown(_SHUTDOWN[make.shutdown])
-            finally:
-                sock.close()
-        return fd
+        return shut(os.dup(ends[make.end]), make.shutdown)
 
     def _epoll(self, make: Epoll) -> int:
         """An empty epoll: its watches are added at install, with the targets' own fd
@@ -292,10 +319,6 @@ class _Maker:
         if make.count:
             os.eventfd_write(fd, make.count)
         return fd
-
-
-class _Failed(Exception):
-    """Why one description could not be made (becomes a RestoreError naming the fd)."""
 
 
 def _fmt(mode: int) -> str:
@@ -354,30 +377,6 @@ def _flock(l_type: int, start: int, length: int) -> bytes:
     return struct.pack("@hhqqi", l_type, os.SEEK_SET, start, length, 0).ljust(32, b"\0")
 
 
-def _bind(make: Bind) -> int:
-    if make.netns is not None and make.netns != os.stat("/proc/self/ns/net").st_ino:
-        raise _Failed("it was in another network namespace than restore's")
-    family = socket.AF_INET if make.family == "inet" else socket.AF_INET6
-    sotype = socket.SOCK_STREAM if make.socktype == "stream" else socket.SOCK_DGRAM
-    sock = socket.socket(family, sotype)
-    try:
-        if make.reuseaddr:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if make.reuseport:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        try:
-            sock.bind((make.address, make.port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise _Failed(f"address {make.address} port {make.port} is in use") from None
-            raise
-        if make.socktype == "stream":
-            sock.listen(make.backlog)
-        return sock.detach()
-    finally:
-        sock.close()
-
-
 def _timerfd(make: TimerFd) -> int:
     value = make.value
     if make.settime_flags & TFD_TIMER_ABSTIME and value != (0, 0):
@@ -422,16 +421,25 @@ def _pipe(pipe: Pipe) -> tuple[int, int]:
 def _order(d: Description) -> int:
     make = d.make
     if isinstance(make, Epoll):
-        return 2
+        return 3
+    if isinstance(make, UnixConnection) or (
+        isinstance(make, UnixSocket) and make.connect is not None and make.address is None
+    ):
+        return 2  # after the sockets they connect to are bound
+    if isinstance(make, UnixSocket) and make.address is not None:
+        return 1  # a node in a file system: made once what may fail first did not
     if isinstance(make, OpenPath) and make.fmt == stat.S_IFIFO:
         return 1 if make.flags & os.O_ACCMODE == os.O_WRONLY else 0
     return 0
 
 
-def make(plan: RestorePlan, *, root_fd: int, relaxed: bool = False) -> Made:
+def make(
+    plan: RestorePlan, *, root_fd: int, relaxed: bool = False, hooks: HookHandlers | None = None
+) -> Made:
     """Every description of the plan, made and checked, each at a fd at or above the
-    plan's highest fd number + 1.  On any failure, closes all it made and raises a
-    RestoreError naming pid, fd and kind: nothing else was changed."""
+    plan's highest fd number + 1 (a :class:`Hook` by its handler's hook, from
+    ``hooks``).  On any failure, closes all it made and raises a RestoreError naming
+    pid, fd and kind: nothing else was changed."""
     floor = max((s.fd for s in plan.fds), default=-1) + 1
     limit = nofile()
     if floor + len(plan.descriptions) + 8 > limit:
@@ -440,14 +448,19 @@ def make(plan: RestorePlan, *, root_fd: int, relaxed: bool = False) -> Made:
             f"numbers above them, past RLIMIT_NOFILE ({limit})",
             pid=plan.pid,
         )
-    maker = _Maker(plan, root_fd, relaxed, floor)
+    maker = _Maker(plan, root_fd, relaxed, floor, hooks)
     made = maker.made
     # Epolls last: their watches are tried on the targets, which must exist by then.
+    # Unix sockets bound to a path late (a failure removes their nodes), and those that
+    # connect after those they connect to.
     # A FIFO's write-only ends after its readers: without one, the open fails (ENXIO).
     order = sorted(range(len(plan.descriptions)), key=lambda i: _order(plan.descriptions[i]))
     try:
         for index in order:
             d = plan.descriptions[index]
+            if isinstance(d.make, PidFd):  # by each process, once they exist: install
+                made[index] = -1
+                continue
             try:
                 made[index] = maker.description(d)
             except (OSError, _Failed) as exc:
@@ -460,6 +473,7 @@ def make(plan: RestorePlan, *, root_fd: int, relaxed: bool = False) -> Made:
                 ) from None
     except BaseException:
         close_all(made.values())
+        maker.unix.undo()
         raise
     finally:
         close_all(maker.temp)
@@ -486,20 +500,32 @@ def take_posix_locks(plan: RestorePlan, pid: int, slots: list[FdSlot]) -> None:
                     ) from None
 
 
-def install(plan: RestorePlan, made: Made, pid: int, slots: list[FdSlot]) -> None:
+def install(
+    plan: RestorePlan,
+    made: Made,
+    pid: int,
+    slots: list[FdSlot],
+    new_pid: NewPid | None = None,
+) -> None:
     """Dup each description of task ``pid``'s ``slots`` to its fd numbers (close-on-exec
     as the image says), add the watches of the epolls this task links (tried already by
     :func:`make`), then close the made fds.  Whatever was at those numbers is closed by
-    the dup.  The POSIX locks are for :func:`take_posix_locks`, after."""
+    the dup.  Its pidfds are opened first, in this process (``new_pid``: the new pid of
+    a task of the tree; None: the only target is this process).  The POSIX locks are
+    for :func:`take_posix_locks`, after."""
+    pidfds: dict[int, int] = {}
     try:
+        pidfds = make_pidfds(plan, pid, slots, new_pid, lambda fd: above(fd, made.floor))
         for slot in slots:
-            os.dup2(made.fds[slot.description], slot.fd, inheritable=not slot.cloexec)
+            fd = pidfds.get(slot.description, made.fds[slot.description])
+            os.dup2(fd, slot.fd, inheritable=not slot.cloexec)
         for index, d in enumerate(plan.descriptions):
             if isinstance(d.make, Epoll) and d.make.pid == pid:
                 for w in d.make.watches:
                     epoll_add(made.fds[index], w.tfd, w.events, w.data)
     finally:
         close_all(made.fds)
+        close_all(pidfds.values())
 
 
 @contextlib.contextmanager
@@ -526,9 +552,12 @@ def restore_table(
     process holds now (the fds are in place then; closing any of them drops the
     caller's POSIX locks on its file, as always); returns the plan followed, whose
     ``skipped`` lists the fds left out by ``skip``."""
-    plan = plan_table(image, pid, nofile=nofile(), skip=frozenset(skip))
+    from ._restore_hooks import HookHandlers
+
+    hooks = HookHandlers()
+    plan = plan_table(image, pid, nofile=nofile(), skip=frozenset(skip), hooks=hooks)
     with _root(root) as root_fd:
-        made = make(plan, root_fd=root_fd, relaxed=relaxed)
+        made = make(plan, root_fd=root_fd, relaxed=relaxed, hooks=hooks)
     install(plan, made, pid, plan.fds)
     take_posix_locks(plan, pid, plan.fds)
     return plan

@@ -101,6 +101,7 @@ class _CommandAfterDashes(argparse.ArgumentParser):
 def command(args: argparse.Namespace) -> int:
     from ._image import read_image
     from ._restore import make, nofile, open_root
+    from ._restore_hooks import HookHandlers
     from ._restore_plan import plan_table, plan_tree
 
     if args.hold == bool(args.cmd):
@@ -111,14 +112,15 @@ def command(args: argparse.Namespace) -> int:
         raise UsageError("--tree holds the tree (--hold); it runs no command")
     image = read_image(args.image)
     skip = frozenset(args.skip)
+    hooks = HookHandlers()
     if args.tree:
-        plan = plan_tree(image, nofile=nofile(), skip=skip)
+        plan = plan_tree(image, nofile=nofile(), skip=skip, hooks=hooks)
     else:
-        plan = plan_table(image, args.pid, nofile=nofile(), skip=skip)
+        plan = plan_table(image, args.pid, nofile=nofile(), skip=skip, hooks=hooks)
     del image
     root_fd = open_root(args.root)
     try:
-        made = make(plan, root_fd=root_fd, relaxed=args.relaxed)
+        made = make(plan, root_fd=root_fd, relaxed=args.relaxed, hooks=hooks)
     finally:
         os.close(root_fd)
     for s in plan.skipped:

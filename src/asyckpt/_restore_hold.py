@@ -20,9 +20,10 @@ from collections.abc import Iterable
 from ._decode import Image
 from ._errors import RestoreError
 from ._restore import Made, above, child_failed, close_all, install, nofile, take_posix_locks
+from ._restore_pidfd import PidTable
 from ._restore_plan import RestorePlan
 
-__all__ = ["hold", "hold_tree", "restore_tree"]
+__all__ = ["end_tree", "hold", "hold_tree", "restore_tree"]
 
 _READY = b"\0"  # one per holder; an error message has no NUL (paths are checked for it)
 
@@ -32,6 +33,7 @@ def hold(plan: RestorePlan, made: Made) -> int:
     Closes ``made``.  A holder that fails is a RestoreError saying why, and the holders
     started are killed (their process group)."""
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
+    pids = PidTable([t.pid for t in plan.tasks])
     # Blocked before the fork: a SIGTERM sent as soon as the pid is known is waited
     # for, not lost, whatever the holder is doing then.
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
@@ -40,11 +42,12 @@ def hold(plan: RestorePlan, made: Made) -> int:
         if root == 0:
             os.close(status_r)
             os.setsid()  # its own session: not killed with the terminal's process group
-            _become(plan, 0, made, status_w)  # never returns
+            _become(plan, 0, made, status_w, pids)  # never returns
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(status_w)
         close_all(made.fds)
+        pids.close()
     said = b""
     with os.fdopen(status_r, "rb") as status:
         # Until every holder is ready, or (one failed) every one is gone or ready.
@@ -62,17 +65,18 @@ def hold(plan: RestorePlan, made: Made) -> int:
     raise RestoreError(why)
 
 
-def _become(plan: RestorePlan, index: int, made: Made, status: int) -> None:
-    """In a forked holder: fork the holders of the task's children, then install its
-    own table and hold it.  Never returns."""
+def _become(plan: RestorePlan, index: int, made: Made, status: int, pids: PidTable) -> None:
+    """In a forked holder: say its pid (for the pidfds of others), fork the holders of
+    the task's children, then install its own table and hold it.  Never returns."""
     task = plan.tasks[index]
     try:
+        pids.publish(index)
         high = max(made.floor, *made.fds, 0) + 1
         status = above(status, high)
         for child, other in enumerate(plan.tasks):
             if other.parent == index and os.fork() == 0:
-                _become(plan, child, made, status)
-        install(plan, made, task.pid, task.fds)
+                _become(plan, child, made, status, pids)
+        install(plan, made, task.pid, task.fds, pids)
         keep = sorted({s.fd for s in task.fds} | {status})
         for low, high in zip([-1, *keep], [*keep, nofile()], strict=True):
             if high > low + 1:  # os.closerange(n, n) would close every fd from n up
@@ -95,12 +99,14 @@ def hold_tree(
     returns the root holder's pid (a RestoreError before anything started when a fd
     cannot be restored)."""
     from ._restore import make, open_root
+    from ._restore_hooks import HookHandlers
     from ._restore_plan import plan_tree
 
-    plan = plan_tree(image, nofile=nofile(), skip=frozenset(skip))
+    hooks = HookHandlers()
+    plan = plan_tree(image, nofile=nofile(), skip=frozenset(skip), hooks=hooks)
     root_fd = open_root(root)
     try:
-        made = make(plan, root_fd=root_fd, relaxed=relaxed)
+        made = make(plan, root_fd=root_fd, relaxed=relaxed, hooks=hooks)
     finally:
         os.close(root_fd)
     return hold(plan, made)
@@ -113,9 +119,29 @@ async def restore_tree(
     descriptions shared between tasks shared again, each holder holding its table until
     SIGTERM (to the root: it passes it to the tree).  Returns the root holder's pid; the
     caller ends the tree (``os.killpg(pid, signal.SIGTERM)``).  Runs in a worker thread:
-    the event loop is not blocked while the files are opened and the holders start."""
+    the event loop is not blocked while the files are opened and the holders start.
+    Cancelled, it ends (kills and reaps) the tree it made before the Cancelled goes on:
+    nothing is left holding the image's files."""
     import trio
 
-    return await trio.to_thread.run_sync(
+    # The thread cannot be stopped half-way (a holder half-forked): a cancellation waits
+    # for it, then undoes what it made.
+    pid = await trio.to_thread.run_sync(
         functools.partial(hold_tree, image, root=root, relaxed=relaxed, skip=tuple(skip))
     )
+    try:
+        await trio.lowlevel.checkpoint_if_cancelled()
+    except BaseException:
+        end_tree(pid)
+        raise
+    return pid
+
+
+def end_tree(root: int) -> None:
+    """Kill the holder tree of ``root`` (its process group: it made a session of its
+    own) and reap the root, the caller's child; the others, orphaned, are reaped by
+    init."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(root, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(root, 0)

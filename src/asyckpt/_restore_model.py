@@ -7,20 +7,26 @@ from typing import Literal
 
 import msgspec
 
+from ._records import File, Task
+
 __all__ = [
     "Bind",
     "Description",
     "Epoll",
     "EventFd",
     "FdSlot",
+    "Hook",
     "Inode",
     "Inotify",
     "InotifyWatch",
     "LockPlan",
     "Make",
+    "MakeFailed",
     "OpenPath",
+    "PidFd",
     "Pipe",
     "PipeEnd",
+    "Refuse",
     "Reopen",
     "RestorePlan",
     "SignalFd",
@@ -30,10 +36,22 @@ __all__ = [
     "SocketPair",
     "TaskSlots",
     "TimerFd",
+    "UnixConnection",
+    "UnixSocket",
     "Watch",
 ]
 
 SockType = Literal["stream", "dgram", "seqpacket"]
+Shutdown = Literal["read", "write", "both"] | None
+
+
+class Refuse(Exception):
+    """A fd of this kind cannot be restored: why (planning makes it a RestoreError
+    naming pid, fd and kind)."""
+
+
+class MakeFailed(Exception):
+    """Why one description could not be made (becomes a RestoreError naming the fd)."""
 
 
 class OpenPath(msgspec.Struct, tag="open", kw_only=True):
@@ -70,7 +88,39 @@ class PipeEnd(msgspec.Struct, tag="pipe", kw_only=True):
 class SocketEnd(msgspec.Struct, tag="socket", kw_only=True):
     pair: int
     end: Literal[0, 1]
-    shutdown: Literal["read", "write", "both"] | None
+    shutdown: Shutdown
+
+
+class UnixSocket(msgspec.Struct, tag="unix", kw_only=True):
+    """A unix socket made on its own: bound again to its name (a listener listening
+    with its backlog), and a datagram socket connected again to the bound one it was
+    connected to; or neither (unbound, unconnected)."""
+
+    socktype: SockType
+    address: bytes | None
+    """sun_path as it was bound: an absolute path (bound under the root), or a NUL and
+    an abstract name; None: not bound."""
+    backlog: int | None
+    """listen(2)'s backlog; None: not listening."""
+    connect: int | None
+    """The image's file id of the bound (datagram) socket it is connected to."""
+    netns: int | None
+    """The network namespace it was in, checked to be restore's own for an abstract name."""
+    shutdown: Shutdown
+
+
+class UnixConnection(msgspec.Struct, tag="connection", kw_only=True):
+    """One end of a stream or seqpacket connection to a restored listener, made again by
+    connecting a new client to that listener and accepting: the accepted end carries the
+    listener's name again, as accepted sockets do."""
+
+    listener: int
+    """The listener's file id (a :class:`UnixSocket` with a backlog)."""
+    accepted: int
+    """The accepted end's file id: it names the connection, whose two ends are made once."""
+    end: Literal["client", "accepted"]
+    socktype: SockType
+    shutdown: Shutdown
 
 
 class Bind(msgspec.Struct, tag="bind", kw_only=True):
@@ -141,8 +191,40 @@ class Inotify(msgspec.Struct, tag="inotify", kw_only=True):
     watches: list[InotifyWatch]
 
 
+class PidFd(msgspec.Struct, tag="pidfd", kw_only=True):
+    """A pidfd of the new process of task ``target``: opened by each process that holds
+    it once the processes exist (``_restore_pidfd``), not by ``make``."""
+
+    target: int
+    """The target's pid in the image (a task restored)."""
+    nonblock: bool
+    """PIDFD_NONBLOCK (O_NONBLOCK)."""
+
+
+class Hook(msgspec.Struct, tag="hook", kw_only=True):
+    """A file restore does not rebuild itself, made by the ``restore(record, ctx)`` hook
+    of the handler that captured it (``_restore_hooks``)."""
+
+    handler: str
+    file: File
+    task: Task
+
+
 Make = (
-    OpenPath | Reopen | PipeEnd | SocketEnd | Bind | EventFd | TimerFd | SignalFd | Epoll | Inotify
+    OpenPath
+    | Reopen
+    | PipeEnd
+    | SocketEnd
+    | UnixSocket
+    | UnixConnection
+    | Bind
+    | EventFd
+    | TimerFd
+    | SignalFd
+    | Epoll
+    | Inotify
+    | PidFd
+    | Hook
 )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import stat
+from collections.abc import Container
 from typing import Literal
 
 import msgspec
@@ -31,12 +32,14 @@ from ._restore_model import (
     Epoll,
     EventFd,
     FdSlot,
+    Hook,
     Inode,
     Inotify,
     InotifyWatch,
     LockPlan,
     Make,
     OpenPath,
+    PidFd,
     Pipe,
     PipeEnd,
     Reopen,
@@ -50,35 +53,16 @@ from ._restore_model import (
     TimerFd,
     Watch,
 )
+from ._restore_model import Refuse as _Refuse
+from ._restore_pidfd import plan_pidfd
+from ._restore_unix import UnixPeer, pair_peer, plan_unix, unix_sockets
 
 __all__ = [
-    "KINDS",
-    "MAX_UNLINKED_SIZE",
-    "Bind",
-    "Description",
-    "Epoll",
-    "EventFd",
-    "FdSlot",
-    "Inode",
-    "Inotify",
-    "LockPlan",
-    "OpenPath",
-    "Pipe",
-    "PipeEnd",
-    "Reopen",
-    "RestoreError",
-    "RestorePlan",
-    "SignalFd",
-    "Skipped",
-    "SocketEnd",
-    "SocketPair",
-    "TaskSlots",
-    "TimerFd",
-    "Watch",
-    "fd_kind",
-    "plan_table",
-    "plan_tree",
-]
+    "KINDS", "MAX_UNLINKED_SIZE", "Bind", "Description", "Epoll", "EventFd", "FdSlot", "Hook",
+    "Inode", "Inotify", "LockPlan", "OpenPath", "PidFd", "Pipe", "PipeEnd", "Reopen",
+    "RestoreError", "RestorePlan", "SignalFd", "Skipped", "SocketEnd", "SocketPair", "TaskSlots",
+    "TimerFd", "Watch", "fd_kind", "plan_table", "plan_tree",
+]  # fmt: skip
 
 KINDS = (
     "reg", "dir", "path", "unlinked", "memfd", "chr", "blk", "fifo", "pipe", "socket",
@@ -146,10 +130,6 @@ def fd_kind(f: File) -> str:
     if f.type == "link":
         return "path"
     return f.type
-
-
-class _Refuse(Exception):
-    """A fd of this kind cannot be restored: why (becomes a RestoreError)."""
 
 
 _LOCK_TYPES: dict[str, Literal["flock", "ofd", "posix"]] = {
@@ -266,15 +246,17 @@ class _Planner:
         self._pipe: dict[int, int] = {}  # pipe ino -> index
         self._pair: dict[int, tuple[int, int]] = {}  # socket ino -> (pair, end)
         self._epolls: list[tuple[File, dict[str, object], int]] = []
+        self._unix: tuple[list[File], dict[int, UnixPeer]] | None = None
         self.pids: frozenset[int] = frozenset({pid})
         self.linking = -1
         self.fd = -1
 
-    def description(self, f: File, kind: str, table: list[File]) -> int:
+    def description(self, f: File, kind: str, table: list[File], hook: Hook | None = None) -> int:
         index = self._desc.get(f.id)
         if index is None:
-            make, setfl, pos = self._make(f, kind, table)
+            # The locks first: a refusal of the make leaves nothing planned for ``f``.
             locks = self._locks(f)
+            make, setfl, pos = self._make(f, kind, table) if hook is None else (hook, None, None)
             self.plan.descriptions.append(
                 Description(
                     file=f.id,
@@ -377,6 +359,11 @@ class _Planner:
             return SignalFd(mask=mask), f.flags & SETFL, None
         if kind == "inotify":
             return _inotify(data), f.flags & SETFL, None
+        if kind == "pidfd":
+            try:
+                return plan_pidfd(data, self.pids, f.flags), None, None
+            except ValueError as why:
+                raise _Refuse(str(why)) from None
         if kind == "epoll":
             self._epolls.append((f, data, self.pid))
             return Epoll(watches=[], pid=self.pid), f.flags & SETFL, None  # see link_epolls
@@ -489,6 +476,12 @@ class _Planner:
                 return content, packets
         raise _Refuse(f"{queued} bytes queued and not in the image (capture with --pipe-data)")
 
+    def _unix_sockets(self, table: list[File]) -> dict[int, UnixPeer]:
+        """The unix sockets of ``table`` by inode, indexed once per table."""
+        if self._unix is None or self._unix[0] is not table:
+            self._unix = (table, unix_sockets(table, _data))
+        return self._unix[1]
+
     def _socket_end(self, f: File, data: dict[str, object], table: list[File]) -> Make:
         ino = _int(data.get("ino"), 1, 2**64 - 1, "socket inode")
         known = self._pair.get(ino)
@@ -499,53 +492,53 @@ class _Planner:
             return SocketEnd(pair=known[0], end=1 if known[1] else 0, shutdown=shutdown)
         if data.get("family") in ("inet", "inet6"):
             return _bind(data)
+        if data.get("family") != "unix":
+            raise _Refuse("only unix and inet sockets are restored")
+        peers = self._unix_sockets(table)
+        peer = pair_peer(data, peers)
+        if peer is None:
+            return plan_unix(f, data, peers, shutdown)
         sotype = data.get("type")
-        if data.get("family") != "unix" or sotype not in _SOCK_TYPES or data.get("name"):
-            raise _Refuse("only unix socketpairs and inet listeners are restored")
-        peer = data.get("peer_ino")
-        peer_file = next(
-            (
-                o
-                for o in table
-                if o.type == "socket" and o.id != f.id and _data(o).get("ino") == peer
-            ),
-            None,
-        )
-        if peer_file is None or _data(peer_file).get("peer_ino") != ino:
-            raise _Refuse("its peer is not in the table")
-        for side in (data, _data(peer_file)):
+        if sotype not in _SOCK_TYPES:
+            raise _Refuse(f"a unix socket of type {sotype!r}")
+        for side in (data, peer.data):
             if side.get("recv_queue") not in (None, 0):
                 raise _Refuse("data queued in a socket is not in the image")
         self.plan.pairs.append(SocketPair(type=_SOCK_TYPES[sotype]))
         pair = len(self.plan.pairs) - 1
         self._pair[ino] = (pair, 0)
-        assert isinstance(peer, int)
-        self._pair[peer] = (pair, 1)
+        self._pair[peer.data["ino"]] = (pair, 1)  # type: ignore[index]
         return SocketEnd(pair=pair, end=0, shutdown=shutdown)
 
 
+Hooks = Container[str]  # the names of the handlers with a restore hook
+
+
 def plan_table(
-    image: Image, pid: int, *, nofile: int, skip: frozenset[str] = frozenset()
+    image: Image, pid: int, *, nofile: int, skip: frozenset[str] = frozenset(), hooks: Hooks = ()
 ) -> RestorePlan:
     """The plan to rebuild the fd table of task ``pid`` of ``image``, each fd number
     below ``nofile`` (the restoring process's RLIMIT_NOFILE).  Raises RestoreError,
     naming pid, fd and kind, for the first fd it cannot restore and whose kind is not in
-    ``skip``."""
+    ``skip``; a file it cannot restore whose handler is in ``hooks`` (the names of the
+    handlers with a restore hook) is left to that hook (a :class:`Hook`)."""
     task = next((t for t in image.tasks if t.pid == pid), None)
     if task is None:
         raise RestoreError(f"the image holds no task {pid}", pid=pid)
-    return _plan(image, [task], nofile=nofile, skip=skip, tree=False)
+    return _plan(image, [task], nofile=nofile, skip=skip, tree=False, hooks=hooks)
 
 
-def plan_tree(image: Image, *, nofile: int, skip: frozenset[str] = frozenset()) -> RestorePlan:
+def plan_tree(
+    image: Image, *, nofile: int, skip: frozenset[str] = frozenset(), hooks: Hooks = ()
+) -> RestorePlan:
     """The plan to rebuild every task's fd table, in a tree of the image's shape: each
     open file description made once, whichever tasks share it (``tasks`` lists each
     task's slots, parents first).  Zombies are refused (their pids cannot be had)."""
-    return _plan(image, image.tasks, nofile=nofile, skip=skip, tree=True)
+    return _plan(image, image.tasks, nofile=nofile, skip=skip, tree=True, hooks=hooks)
 
 
 def _plan(
-    image: Image, tasks: list[Task], *, nofile: int, skip: frozenset[str], tree: bool
+    image: Image, tasks: list[Task], *, nofile: int, skip: frozenset[str], tree: bool, hooks: Hooks
 ) -> RestorePlan:
     unknown = sorted(skip - set(KINDS))
     if unknown:
@@ -575,7 +568,13 @@ def _plan(
                 continue
             planner.fd = fd.fd
             try:
-                index = planner.description(f, kind, scope)
+                try:
+                    index = planner.description(f, kind, scope)
+                except _Refuse:
+                    if f.handler is None or f.handler not in hooks:
+                        raise
+                    hook = Hook(handler=f.handler, file=f, task=task)
+                    index = planner.description(f, kind, scope, hook)
             except _Refuse as why:
                 raise RestoreError(
                     f"cannot restore the {kind} ({os_name(f.path, f.path_bytes)}): {why} "

@@ -5,6 +5,7 @@
         async for record in stream:
             ...
     image = await asyckpt.aio.read_image("tree.ackpt")
+    root = await asyckpt.aio.restore_tree(image)
     async for event in asyckpt.aio.watch(pid, every=10):
         ...
 
@@ -30,7 +31,7 @@ import asyncio
 import contextlib
 import os
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, Generic, TypeVar
 
@@ -43,7 +44,15 @@ from ._image import read_image as _read_image
 from ._materialize import BodyRecord
 from ._plugins.dispatch import Dispatch
 
-__all__ = ["CaptureStream", "Watcher", "checkpoint_tree", "open_capture", "read_image", "watch"]
+__all__ = [
+    "CaptureStream",
+    "Watcher",
+    "checkpoint_tree",
+    "open_capture",
+    "read_image",
+    "restore_tree",
+    "watch",
+]
 
 T = TypeVar("T")
 
@@ -317,3 +326,28 @@ async def read_image(path: str | os.PathLike[str]) -> Image:
     decoding do not hold the loop.  (``asyckpt.read_image`` itself is plain blocking
     code: from trio, ``await trio.to_thread.run_sync(asyckpt.read_image, path)``.)"""
     return await asyncio.to_thread(_read_image, path)
+
+
+async def restore_tree(
+    image: Image, *, root: str = "/", relaxed: bool = False, skip: Iterable[str] = ()
+) -> int:
+    """:func:`asyckpt.restore_tree` for asyncio: the same arguments, result (the root
+    holder's pid, the caller's child) and errors.  Cancelling the calling task ends the
+    tree made so far (killed, the root reaped) before the cancellation completes, also
+    when the restore had just finished as it came: no holder is left behind."""
+    from ._restore_hold import end_tree
+    from ._restore_hold import restore_tree as _restore_tree
+
+    run = _TrioRun(
+        lambda: _restore_tree(image, root=root, relaxed=relaxed, skip=tuple(skip)),
+        name="asyckpt-restore",
+    )
+    try:
+        return await run.result()
+    except asyncio.CancelledError:
+        # The run may have ended with its pid as the cancellation came: result()
+        # drops it, so the tree is ended here.
+        done = run.done
+        if done.done() and not done.cancelled() and done.exception() is None:
+            end_tree(done.result())
+        raise

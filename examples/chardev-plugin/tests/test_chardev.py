@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import pytest
 from asyckpt_example_chardev import MemDevice, MemDeviceHandler
 
-from asyckpt import HandlerContext
+from asyckpt import HandlerContext, RestoreError
 from asyckpt.testing import (
     capture_fd,
     dispatch_with,
@@ -86,10 +87,19 @@ def test_roundtrip_through_an_image() -> None:
 def test_restore_opens_the_same_device() -> None:
     with hold_fd("/dev/null", flags=os.O_WRONLY | os.O_APPEND) as holder:
         captured = capture_fd(MemDeviceHandler, holder.pid, holder.fd)
-    fd = restore_fd(MemDeviceHandler, captured.file)
+    fd = restore_fd(MemDeviceHandler, captured)
     try:
         st = os.fstat(fd)
         assert (os.major(st.st_rdev), os.minor(st.st_rdev)) == (1, 3)
         assert facts_of(os.getpid(), fd).fdinfo.flags & os.O_APPEND
     finally:
         os.close(fd)
+
+
+def test_restore_opens_only_under_the_root(tmp_path: Path) -> None:
+    # The restore hook opens through ctx.open: under --root, so an empty root has no
+    # /dev/null to open, and the restore is refused.
+    with hold_fd("/dev/null", flags=os.O_WRONLY) as holder:
+        captured = capture_fd(MemDeviceHandler, holder.pid, holder.fd)
+    with pytest.raises(RestoreError, match="/dev/null"):
+        restore_fd(MemDeviceHandler, captured, root=str(tmp_path))

@@ -195,3 +195,27 @@ def test_roundtrip_and_rendering(
     assert rt.record == record
     assert rt.data == json.loads(msgspec.json.encode(record))
     assert (rt.text, rt.rendered, rt.note) == (text, None, None)
+
+
+def test_a_device_name_that_is_not_utf8(tmp_path: Path) -> None:
+    # sysfs names come from drivers, some after what a user chose: read as bytes,
+    # kept by the core's rule for names (text escaped, the bytes beside it).
+    from asyckpt_devices import _sysfs_name
+
+    link = tmp_path / "7:0"
+    os.symlink(b"../../devices/virtual/x/od\xffd\x1b[2J", os.fsencode(link))
+    name = _sysfs_name(str(link))
+    assert name == (r"od\xffd\x1b[2J", b"od\xffd\x1b[2J")
+    assert _sysfs_name(str(tmp_path / "absent")) == (None, None)
+
+    record = CharDevice(major=240, minor=0, name=name.text, subsystem="misc", name_bytes=name.raw)
+    rt = roundtrip(CharDeviceHandler, record, kind="chr", path="/dev/x")
+    assert rt.record == record
+    assert (rt.data["name"], rt.data["name_encoding"]) == (r"od\xffd\x1b[2J", "escaped")
+    assert "name_bytes" not in rt.data
+    # render_text gives the name as the kernel has it; show escapes each line once.
+    assert rt.text == "[misc/od\udcffd\x1b[2J 240:0]"
+    block = BlockDevice(major=7, minor=0, name=name.text, size=None, name_bytes=name.raw)
+    assert roundtrip(BlockDeviceHandler, block, kind="blk", path="/dev/x").text == (
+        "[od\udcffd\x1b[2J 7:0]"
+    )

@@ -5,7 +5,8 @@ handed (:class:`FdFacts`, :class:`StatInfo`), what it may claim (:data:`KINDS`,
 :class:`Device`), how records name an fd (:class:`LinkRef`), and the :class:`FdHandler`
 protocol itself.  It reaches no kernel: the live objects a handler is given during a
 capture (``HandlerContext``, ``CaptureSession``, ``CaptureTree``, ``CaptureLinks``) are
-in :mod:`.session` and :mod:`.links`, which do.
+in :mod:`.session` and :mod:`.links`, which do, and the :class:`RestoreContext` a
+``restore`` hook is given is ``asyckpt._restore_hooks``'s.
 """
 
 from __future__ import annotations
@@ -16,11 +17,21 @@ from typing import TYPE_CHECKING, ClassVar, NamedTuple, Protocol, final, runtime
 import msgspec
 
 from .._procparse import FdInfo
+from .._records import File, Task
 
 if TYPE_CHECKING:
     from .session import HandlerContext
 
-__all__ = ["KINDS", "Device", "FdFacts", "FdHandler", "LinkRef", "StatInfo"]
+__all__ = [
+    "KINDS",
+    "Device",
+    "FdFacts",
+    "FdHandler",
+    "LinkRef",
+    "RestoreContext",
+    "RestoreRefused",
+    "StatInfo",
+]
 
 KINDS = frozenset({"reg", "dir", "link", "pipe", "fifo", "socket", "chr", "blk", "anon"})
 """The kernel-level kinds the core tells apart (``FdFacts.kind``)."""
@@ -101,7 +112,8 @@ class FdHandler(Protocol):
     per record after every fd of the tree is resolved but before the thaw (to name other
     descriptions of the tree by file id: ``links.file_of``, ``links.epoll_target``),
     ``finish(record, tree)`` once per record after the thaw, ``render_json(record)``,
-    ``render_text(record)`` for ``asyckpt show``, and ``restore(record, file)``.
+    ``render_text(record)`` for ``asyckpt show``, and ``restore(record, ctx)`` (a
+    :class:`RestoreContext`), which rebuilds a file restore does not rebuild itself.
     docs/plugins.md has the whole contract.
     """
 
@@ -111,3 +123,62 @@ class FdHandler(Protocol):
     def capture(
         self, facts: FdFacts, ctx: HandlerContext
     ) -> msgspec.Struct | Awaitable[msgspec.Struct]: ...
+
+
+class RestoreRefused(Exception):
+    """Raised by a ``restore`` hook (and by :meth:`RestoreContext.open`) when the file
+    cannot be rebuilt faithfully: restore then refuses the whole restore (exit 13),
+    before any fd is installed, with this text after the pid, fd and kind."""
+
+
+@runtime_checkable
+class RestoreContext(Protocol):
+    """What a handler's ``restore(record, ctx)`` hook is given, and all it may use: the
+    image's view of the fd, and a way to open paths that stays under ``--root``.
+
+    The hook returns a new fd (an ``int``) for an open file description equivalent to
+    the captured one; restore owns it from then on (moves it above the table, installs
+    it at ``ctx.fd`` and every fd sharing the description, closes it on failure).  Fds
+    ``open`` gave that the hook does not return are closed by restore.
+    """
+
+    @property
+    def file(self) -> File:
+        """The image's record of the open file description (``File.data`` is the
+        record the hook is given, decoded)."""
+        ...
+
+    @property
+    def task(self) -> Task:
+        """The task whose table is restored (the first, if several share the file)."""
+        ...
+
+    @property
+    def pid(self) -> int:
+        """The task's pid in the image (not the new process's)."""
+        ...
+
+    @property
+    def fd(self) -> int:
+        """The fd number it is restored at (the first, if several share it)."""
+        ...
+
+    @property
+    def kind(self) -> str:
+        """The ``--skip`` word of the file (``chr``, ``fanotify``...)."""
+        ...
+
+    @property
+    def relaxed(self) -> bool:
+        """``--relaxed``: another file of the same type (and size) at a path is accepted."""
+        ...
+
+    def open(self, path: str, flags: int) -> int:
+        """Open ``path`` (absolute, as the task saw it) under ``--root`` with restore's
+        own checks, and return the fd (close-on-exec): resolved with ``openat2``
+        ``RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS``; ``O_CREAT``, ``O_EXCL``, ``O_TRUNC``
+        and ``O_TMPFILE`` removed (``O_NOCTTY`` added); opened first as ``O_PATH`` and
+        checked to be the image's file (its type; its device and inode, or with
+        ``relaxed`` its size; a device's number always) before it is opened for real
+        through that very ``O_PATH`` fd.  Any failure raises :class:`RestoreRefused`."""
+        ...

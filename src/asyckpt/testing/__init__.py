@@ -434,15 +434,53 @@ def capture_fd(
     return CapturedFd(file, record, json, image)
 
 
-def restore_fd(handler: object, file: File) -> int:
-    """Call the handler's ``restore`` hook on a captured file (``CapturedFd.file``) and
-    return the fd it opened, which the caller closes."""
+def restore_fd(
+    handler: object, captured: CapturedFd, *, root: str = "/", relaxed: bool = False
+) -> int:
+    """Call the handler's ``restore(record, ctx)`` hook on a captured fd (what
+    :func:`capture_fd` returned) exactly as ``asyckpt restore`` does: with a context
+    whose ``open`` resolves under ``root`` with restore's checks, the fd it returns
+    checked and moved, what the context opened and the hook did not return closed.
+    Returns the new fd (close-on-exec), which the caller closes; a refusal is a
+    RestoreError naming pid, fd and kind."""
+    from .._restore import make, open_root
+    from .._restore_hooks import HookHandlers, hook_problem
+    from .._restore_model import Description, Hook, RestorePlan
+    from .._restore_plan import fd_kind
+
+    if not isinstance(captured, CapturedFd):
+        raise TypeError(f"restore_fd takes what capture_fd returned, not {captured!r}")
     loaded = load_handler(handler)
-    if loaded.restore is None:
-        raise PluginError(f"handler {loaded.name!r} has no restore hook")
+    problem = hook_problem(loaded)
+    if problem is not None:
+        raise PluginError(problem)
+    file, image = captured.file, captured.image
     if file.handler != loaded.name:
         raise ValueError(f"file {file.id} was captured by {file.handler!r}, not {loaded.name!r}")
-    fd = loaded.restore(loaded.decode(file.data), file)
-    if not isinstance(fd, int) or isinstance(fd, bool):
-        raise TypeError(f"{loaded.name}.restore returned {fd!r}, not an fd")
-    return fd
+    task, fd = next(
+        (t, d.fd)
+        for t in image.tasks
+        if t.fd_table is not None
+        for d, f in image.fds(t.fd_table)
+        if f.id == file.id
+    )
+    description = Description(
+        file=file.id,
+        kind=fd_kind(file),
+        make=Hook(handler=loaded.name, file=file, task=task),
+        setfl=None,
+        pos=None,
+        pid=task.pid,
+        fd=fd,
+    )
+    plan = RestorePlan(
+        pid=task.pid, inodes=[], pipes=[], pairs=[], descriptions=[description], fds=[], skipped=[]
+    )
+    root_fd = open_root(root)
+    try:
+        made = make(
+            plan, root_fd=root_fd, relaxed=relaxed, hooks=HookHandlers({loaded.name: loaded})
+        )
+    finally:
+        os.close(root_fd)
+    return made.fds[0]

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from asyckpt import Device, FdFacts, File, HandlerContext
+from asyckpt import Device, FdFacts, HandlerContext, RestoreContext, RestoreRefused, os_name
 
 __all__ = ["MEM_DEVICES", "MemDevice", "MemDeviceHandler"]
 
@@ -52,13 +52,15 @@ class MemDeviceHandler:
     def render_json(self, record: MemDevice) -> dict[str, Any]:
         return {"device": record.device, "dev_t": f"{record.major}:{record.minor}"}
 
-    def restore(self, record: MemDevice, file: File) -> int:
-        """Open the same device again with the captured flags; return the new fd."""
-        # Never create or truncate anything: only the access mode and status flags count.
-        flags = file.flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC)
-        fd = os.open(f"/dev/{record.device}", flags | os.O_CLOEXEC)
-        st = os.fstat(fd)
-        if (os.major(st.st_rdev), os.minor(st.st_rdev)) != (record.major, record.minor):
-            os.close(fd)
-            raise OSError(f"/dev/{record.device} is not chr {record.major}:{record.minor} here")
-        return fd
+    def restore(self, record: MemDevice, ctx: RestoreContext) -> int:
+        """Open the same device again with the captured flags; return the new fd.
+
+        ``ctx.open`` resolves the path under ``asyckpt restore --root``, never creates or
+        truncates, and checks that the node there is the captured device (its device
+        number) before opening it; it raises RestoreRefused otherwise."""
+        file = ctx.file
+        access = {"r": os.O_RDONLY, "w": os.O_WRONLY, "rw": os.O_RDWR}.get(file.access)
+        if access is None:
+            raise RestoreRefused(f"access {file.access!r}")
+        flags = access | (file.flags & (os.O_APPEND | os.O_NONBLOCK))
+        return ctx.open(os_name(file.path, file.path_bytes), flags)

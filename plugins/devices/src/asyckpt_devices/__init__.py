@@ -20,11 +20,11 @@ import os
 import platform
 import struct
 import termios
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import msgspec
 
-from asyckpt import Device, FdFacts, HandlerContext
+from asyckpt import Device, FdFacts, HandlerContext, os_name, split_name
 
 from .parse import TtyDriver, parse_stat_tty, parse_tty_drivers
 from .records import BlockDevice, CharDevice, NsFile, Termios, Tty
@@ -222,18 +222,31 @@ def _termios(fd: int) -> Termios | None:
     )
 
 
-def _sysfs(kind: str, rdev: int) -> tuple[str | None, str | None]:
+class SysfsName(NamedTuple):
+    """A name as a record keeps it (``asyckpt.split_name``): text, and its bytes when
+    they are not UTF-8."""
+
+    text: str | None
+    raw: bytes | None
+
+
+_NO_NAME = SysfsName(None, None)
+
+
+def _sysfs_name(path: str) -> SysfsName:
+    try:
+        return SysfsName(*split_name(os.path.basename(os.readlink(path))))
+    except OSError:
+        return _NO_NAME
+
+
+def _sysfs(kind: str, rdev: int) -> tuple[SysfsName, SysfsName]:
     """The kernel's name and subsystem of a device number, from /sys/dev."""
     base = f"/sys/dev/{kind}/{os.major(rdev)}:{os.minor(rdev)}"
-    try:
-        name = os.path.basename(os.readlink(base))
-    except OSError:
-        return None, None
-    try:
-        subsystem: str | None = os.path.basename(os.readlink(f"{base}/subsystem"))
-    except OSError:
-        subsystem = None
-    return name, subsystem
+    name = _sysfs_name(base)
+    if name.text is None:
+        return _NO_NAME, _NO_NAME
+    return name, _sysfs_name(f"{base}/subsystem")
 
 
 class CharDeviceHandler:
@@ -250,12 +263,16 @@ class CharDeviceHandler:
         return CharDevice(
             major=os.major(rdev),
             minor=os.minor(rdev),
-            name=name,
-            subsystem=subsystem,
+            name=name.text,
+            subsystem=subsystem.text,
+            name_bytes=name.raw,
+            subsystem_bytes=subsystem.raw,
         )
 
     def render_text(self, record: CharDevice) -> str:
-        what = "/".join(x for x in (record.subsystem, record.name) if x) or "chr"
+        # As the kernel has the names: show escapes every line once.
+        names = ((record.subsystem, record.subsystem_bytes), (record.name, record.name_bytes))
+        what = "/".join(os_name(x, raw) for x, raw in names if x) or "chr"
         return f"[{what} {record.major}:{record.minor}]"
 
 
@@ -270,15 +287,18 @@ class BlockDeviceHandler:
     def capture(self, facts: FdFacts, ctx: HandlerContext) -> BlockDevice:
         rdev = facts.st.st_rdev
         fd = _live_fd(facts, ctx)
+        name = _sysfs("block", rdev)[0]
         return BlockDevice(
             major=os.major(rdev),
             minor=os.minor(rdev),
-            name=_sysfs("block", rdev)[0],
+            name=name.text,
             size=None if fd is None else _ioctl_int(fd, BLKGETSIZE64, "Q"),
+            name_bytes=name.raw,
         )
 
     def render_text(self, record: BlockDevice) -> str:
-        text = f"{record.name or 'blk'} {record.major}:{record.minor}"
+        name = "blk" if record.name is None else os_name(record.name, record.name_bytes)
+        text = f"{name} {record.major}:{record.minor}"
         if record.size is not None:
             text += f" size={record.size}"
         return f"[{text}]"

@@ -71,6 +71,10 @@ class CharDevice(msgspec.Struct, tag="asyckpt.chr", tag_field="kind", kw_only=Tr
     ``tun``, ``kvm``...; None when sysfs does not list it."""
     subsystem: str | None
     """Its class or bus there: ``mem``, ``misc``, ``input``..."""
+    name_bytes: bytes | None = None
+    subsystem_bytes: bytes | None = None
+    """The exact bytes of ``name`` and ``subsystem`` when not UTF-8 (a driver may name
+    a device after what a user gave it); the text fields are then escaped."""
 
 
 class BlockDevice(msgspec.Struct, tag="asyckpt.blk", tag_field="kind", kw_only=True):
@@ -81,6 +85,8 @@ class BlockDevice(msgspec.Struct, tag="asyckpt.blk", tag_field="kind", kw_only=T
     ``loop0``...; None when sysfs does not list it."""
     size: int | None
     """The device's size in bytes (BLKGETSIZE64); None for an O_PATH fd."""
+    name_bytes: bytes | None = None
+    """``name``'s exact bytes when not UTF-8 (``name`` is then escaped)."""
 
 
 class NsFile(msgspec.Struct, tag="asyckpt.ns", tag_field="kind", kw_only=True):
