@@ -370,3 +370,21 @@ def test_scanned_and_resolved_tables_have_names(zoo: Tree) -> None:
                 assert (resolved.tid, resolved.table) == (scanned.tid, scanned.table)
                 assert scanned.fds is not None
                 assert [e[0] for e in resolved.entries] == [row.fd for row in scanned.fds]
+
+
+def test_a_tables_rows_share_their_repeated_ints(tmp_path: Path) -> None:
+    # st_mode, st_dev, uid, gid, flags and mnt_id repeat across a table's fds: one int
+    # object per value (past 256 each would be an object of its own, held with the row).
+    opened = [os.open(tmp_path / f"f{i}", os.O_RDWR | os.O_CREAT, 0o644) for i in range(6)]
+    try:
+        rows = [r for r in read_fds(os.getpid(), os.getpid()) if r[0] in opened]
+        assert len(rows) == 6
+        first = rows[0]
+        for row in rows[1:]:
+            for field in ("st_mode", "st_dev", "st_uid", "st_gid", "flags", "mnt_id"):
+                assert getattr(row, field) == getattr(first, field)
+                assert getattr(row, field) is getattr(first, field), field
+            assert row.st_ino != first.st_ino
+    finally:
+        for fd in opened:
+            os.close(fd)

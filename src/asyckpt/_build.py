@@ -321,7 +321,9 @@ class RecordBuilder:
                 for i in new:
                     raw = cast(RawRow, fds[i])  # an inherited row is never a new file
                     file_id = entries[i][2]
-                    flags = raw.flags & ~O_CLOEXEC
+                    flags = raw.flags
+                    if flags & O_CLOEXEC:  # else the row's own int, not one more per file
+                        flags &= ~O_CLOEXEC
                     made.append(self._new_file(file_id, pid, tid, raw, flags, root, ctx))
             finally:
                 ctx._close()

@@ -298,8 +298,42 @@ static PyObject *new_row(PyTypeObject *type, Py_ssize_t n) {
     return (PyObject *)row;
 }
 
-/* The result of one scan as Python objects; NULL with an exception set on failure. */
-static PyObject *scan_to_python(struct scan *s, const char *fd_dir) {
+/* The ints most fds of a table repeat (st_mode, st_dev, st_uid, st_gid, flags, mnt_id),
+ * one object for each value among the last few met: past 256 every int is an object of
+ * its own (32 bytes), and a new description's row is held to the end of the capture
+ * (W3: ~6 MiB of them, 53k rows).  Filled per table, released after it. */
+#define INT_CACHE 8
+struct int_cache {
+    unsigned long long value[INT_CACHE];
+    PyObject *obj[INT_CACHE];
+    int next;
+};
+
+static PyObject *cached_int(struct int_cache *c, unsigned long long value) {
+    for (int k = 0; k < INT_CACHE; k++) {
+        if (c->obj[k] && c->value[k] == value) {
+            Py_INCREF(c->obj[k]);
+            return c->obj[k];
+        }
+    }
+    PyObject *obj = PyLong_FromUnsignedLongLong(value);
+    if (!obj) return NULL;
+    Py_XDECREF(c->obj[c->next]);
+    Py_INCREF(obj);
+    c->obj[c->next] = obj;
+    c->value[c->next] = value;
+    c->next = (c->next + 1) % INT_CACHE;
+    return obj;
+}
+
+static void int_cache_clear(struct int_cache *c) {
+    for (int k = 0; k < INT_CACHE; k++) Py_CLEAR(c->obj[k]);
+}
+
+enum { C_MODE, C_DEV, C_UID, C_GID, C_FLAGS, C_MNT, C_FIELDS };
+
+static PyObject *scan_to_python_cached(struct scan *s, const char *fd_dir,
+                                       struct int_cache *cache) {
     if (s->err) {
         errno = s->err;
         if (s->err_fd >= 0) {
@@ -336,20 +370,21 @@ static PyObject *scan_to_python(struct scan *s, const char *fd_dir) {
         PyObject *v[16] = {
             PyLong_FromLong(e->fd),
             PyUnicode_DecodeFSDefaultAndSize(e->link, e->link_len),
-            PyLong_FromUnsignedLong(e->st.st_mode),
-            PyLong_FromUnsignedLongLong(e->st.st_dev),
+            cached_int(&cache[C_MODE], e->st.st_mode),
+            cached_int(&cache[C_DEV], e->st.st_dev),
             PyLong_FromUnsignedLongLong(e->st.st_ino),
             PyLong_FromUnsignedLongLong(e->st.st_rdev),
             PyLong_FromUnsignedLongLong(e->st.st_nlink),
-            PyLong_FromUnsignedLong(e->st.st_uid),
-            PyLong_FromUnsignedLong(e->st.st_gid),
+            cached_int(&cache[C_UID], e->st.st_uid),
+            cached_int(&cache[C_GID], e->st.st_gid),
             PyLong_FromLongLong(e->st.st_size),
             PyLong_FromLongLong((long long)e->st.st_mtim.tv_sec * 1000000000LL
                                 + e->st.st_mtim.tv_nsec),
             PyLong_FromLongLong(e->st.st_blocks),
             PyLong_FromLongLong(e->pos),
-            PyLong_FromUnsignedLong(e->flags),
-            PyLong_FromLong(e->mnt_id),
+            cached_int(&cache[C_FLAGS], e->flags),
+            e->mnt_id >= 0 ? cached_int(&cache[C_MNT], (unsigned long long)e->mnt_id)
+                           : PyLong_FromLong(e->mnt_id),
             PyBytes_FromStringAndSize(e->info, (Py_ssize_t)e->info_len),
         };
         for (int k = 0; k < 16; k++) {
@@ -361,6 +396,15 @@ static PyObject *scan_to_python(struct scan *s, const char *fd_dir) {
             PyStructSequence_SET_ITEM(item, k, v[k]);
         }
     }
+    return result;
+}
+
+/* The result of one scan as Python objects; NULL with an exception set on failure. */
+static PyObject *scan_to_python(struct scan *s, const char *fd_dir) {
+    struct int_cache cache[C_FIELDS];
+    memset(cache, 0, sizeof cache);
+    PyObject *result = scan_to_python_cached(s, fd_dir, cache);
+    for (int f = 0; f < C_FIELDS; f++) int_cache_clear(&cache[f]);
     return result;
 }
 
