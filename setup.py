@@ -10,7 +10,8 @@ setup(
     ext_modules=[
         Extension(
             "asyckpt._fdscan",
-            sources=["src/asyckpt/_fdscan.c"],
+            sources=["src/asyckpt/_fdscan.c", "src/asyckpt/_fdscan_taskfiles.c"],
+            depends=["src/asyckpt/_fdscan.h"],
             optional=True,
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
         )

@@ -60,10 +60,13 @@ class Workload(NamedTuple):
     fds: int
     depth: int
     what: str
+    maps: int = 0
+    """Files every task maps (``spawn_tree --maps``)."""
 
     def spec(self) -> str:
         depth = f" {self.depth}" if self.depth != 1 else ""
-        return f"{self.children} {self.fds}{depth}"
+        maps = f" --maps {self.maps}" if self.maps else ""
+        return f"{self.children} {self.fds}{depth}{maps}"
 
 
 WORKLOADS = {
@@ -78,6 +81,15 @@ WORKLOADS = {
 }
 DEFAULT_WORKLOADS = ("S0", "S1", "W1")
 """About a minute on 2 cores; ``--all`` adds W4 and W3."""
+MAPPING_WORKLOADS = {
+    w.name: w
+    for w in (
+        Workload("M0", 20, 50, 1, "21 tasks, 1.3k fds: M1 without its mappings"),
+        Workload("M1", 20, 50, 1, "M0, every task mapping 600 more files", maps=600),
+    )
+}
+"""The cost of reading each task's mappings: the same tree without and with 600 mapped
+files per task (``--maps``, or ``-w M0 -w M1``)."""
 PR_SET_CHILD_SUBREAPER = 36
 SPAWN_TIMEOUT = 120.0
 REAP_TIMEOUT = 10.0
@@ -343,7 +355,7 @@ def _group_members(pgid: int) -> list[int]:
         if not name.isdigit():
             continue
         try:
-            # Bytes: a process's name need not be UTF-8 (another program's may not be).
+            # Bytes: a comm is any bytes (another process's may not be UTF-8).
             stat = Path(f"/proc/{name}/stat").read_bytes()
         except OSError:
             continue
@@ -390,13 +402,19 @@ def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
 
 @contextlib.contextmanager
 def spawned_tree(
-    children: int, per: int, tmp: Path, depth: int = 1
+    children: int, per: int, tmp: Path, depth: int = 1, maps: int = 0
 ) -> Iterator[tuple[int, list[int]]]:
-    """Start ``python -m asyckpt.testing.spawn_tree children per depth``; yield (root
-    pid, all pids); always kill it."""
+    """Start ``python -m asyckpt.testing.spawn_tree children per depth [--maps N]``;
+    yield (root pid, all pids); always kill it."""
     preflight(children, per, depth)
     proc = subprocess.Popen(
-        [*SPAWN_TREE, str(children), str(per), str(depth)],
+        [
+            *SPAWN_TREE,
+            str(children),
+            str(per),
+            str(depth),
+            *(["--maps", str(maps)] if maps else []),
+        ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         cwd=tmp,
@@ -527,7 +545,7 @@ def bench_tree(
     """Warm-up rounds, then ``args.repeat`` measured rounds, each tool once per round."""
     series = Series(workload)
     w = workload
-    with spawned_tree(w.children, w.fds, tmp, w.depth) as (root, pids):
+    with spawned_tree(w.children, w.fds, tmp, w.depth, w.maps) as (root, pids):
         image = tmp / f"tree-{root}.ackpt"
         steps = {
             "asyckpt": lambda rep: measure_asyckpt(runner, root, image, rep, series),
@@ -697,7 +715,8 @@ def _asyckpt_cgroups() -> set[str]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    listing = "; ".join(f"{w.name} `{w.spec()}`: {w.what}" for w in WORKLOADS.values())
+    every = {**WORKLOADS, **MAPPING_WORKLOADS}
+    listing = "; ".join(f"{w.name} `{w.spec()}`: {w.what}" for w in every.values())
     p = argparse.ArgumentParser(
         description="Benchmark `asyckpt tree` against `lsof`, `lsfd` and a C floor scanner "
         "(readlink + stat + fdinfo per fd) on the same process trees.  Prints Markdown.",
@@ -709,12 +728,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--workload",
         "-w",
         action="append",
-        choices=list(WORKLOADS),
+        choices=list(every),
         metavar="NAME",
-        help=f"measure this workload (repeatable; one of {', '.join(WORKLOADS)}; "
+        help=f"measure this workload (repeatable; one of {', '.join(every)}; "
         f"default: {', '.join(DEFAULT_WORKLOADS)})",
     )
-    p.add_argument("--all", action="store_true", help="measure every workload")
+    p.add_argument("--all", action="store_true", help="measure every W and S workload")
+    p.add_argument(
+        "--maps",
+        action="store_true",
+        help="also measure M0 and M1: the frozen window without and with 600 mapped files per task",
+    )
     p.add_argument(
         "--tree",
         nargs="+",
@@ -760,9 +784,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.repeat < 1 or args.warmup < 0:
         p.error("--repeat must be at least 1 and --warmup at least 0")
     names = list(WORKLOADS) if args.all else args.workload or []
-    if not names and not args.tree:
+    if not names and not args.tree and not args.maps:
         names = list(DEFAULT_WORKLOADS)
-    args.workloads = [WORKLOADS[n] for n in dict.fromkeys(names)]
+    if args.maps:
+        names += list(MAPPING_WORKLOADS)
+    args.workloads = [every[n] for n in dict.fromkeys(names)]
     if args.tree:
         if len(args.tree) not in (2, 3) or min(args.tree) < 0:
             p.error("--tree takes CHILDREN FDS [DEPTH], none negative")

@@ -4,8 +4,9 @@ field, the digest recomputed (sha256 is not a signature).
 ``seed()`` is a small image that uses every record kind and field the readers and the
 renderers look at (threads with their own fd table, a shared table, pipes, a FIFO, a
 connected socket pair and a listener with a pending client, epoll, a saved unlinked file
-with its content, locks, an owner, a tty, names that are not UTF-8 with their bytes, and
-holders outside the tree); ``build()`` frames and digests any list of
+with its content, locks, an owner, a tty, names that are not UTF-8 with their bytes,
+holders outside the tree, and files held by reference: cwd, exe, mappings, a thread's own
+cwd and namespaces, a command line); ``build()`` frames and digests any list of
 records, by default with the trailer's counts made to agree with the body, so that a
 mutant reaches the checks past them.
 """
@@ -133,6 +134,8 @@ def seed() -> list[Rec]:
     ghost = {"deleted": True, "nlink": 0, "path_state": "deleted", "ghost": "saved"}
     ghost |= {"ghost_file": 9, "size": 10000}
     tty = {"kind": "asyckpt.tty", "x": 1.5}
+    # Held by reference (format 4): a working directory, a mapped executable.
+    held = {"description": False, "flags": 0, "access": "path", "fdinfo": [], "locks": []}
     mounts: Rec = {
         "kind": "mounts",
         "id": 4026531841,
@@ -172,11 +175,20 @@ def seed() -> list[Rec]:
         {"kind": "fdtable", "id": 3, "owner": 102, "count": 2},
         {"kind": "fd", "fd": 0, "file": 11, "cloexec": False},
         {"kind": "fd", "fd": 1, "file": 9, "cloexec": False},
+        _file(12, "dir", "/srv", **held),
+        _file(13, "reg", "/usr/lib/libx\\xff.so", path_bytes=b"/usr/lib/libx\xff.so", **held),
+        _file(14, "dir", "/srv/own", **held),
         {
             "kind": "task", "pid": 100, "ppid": 1, "comm": "server", "starttime": 5000,
             "state": "S", "uid": 1000, "gid": 1000, "fd_table": 1,
-            "threads": [[100, 1], [101, 2]], "mnt_ns": 4026531841, "root": "/",
+            "threads": [[100, 1], [101, 2, 14, None, {"net": 4026531999}]],
+            "mnt_ns": 4026531841, "root": "/",
             "session": 100, "pgrp": 100, "tty_nr": (136 << 8) | 3,
+            "cwd": 12, "root_file": None, "exe": 13,
+            "mappings": [[0x400000, 0x401000, "r-xp", 0, 13],
+                         [0x401000, 0x402000, "rw-p", 4096, 13]],
+            "namespaces": {"mnt": 4026531841, "net": 4026531840},
+            "cmdline": ["server", "--name=\\xff"], "cmdline_bytes": [b"server", b"--name=\xff"],
         },
         {
             "kind": "task", "pid": 102, "ppid": 100, "comm": "ch\\xff", "comm_bytes": b"ch\xff",

@@ -39,6 +39,8 @@ def test_the_five_workloads_are_the_issues_trees() -> None:
         "W3": (49, 800, 1),
     }
     assert tasks_spawned(166, 2) == 499  # W4: "499 tasks"
+    maps = {w.name: w.spec() for w in run.MAPPING_WORKLOADS.values()}
+    assert maps == {"M0": "20 50", "M1": "20 50 --maps 600"}
 
 
 @pytest.mark.parametrize(
@@ -49,6 +51,8 @@ def test_the_five_workloads_are_the_issues_trees() -> None:
         (["-w", "W4", "--workload", "W3", "-w", "W4"], ["W4", "W3"]),
         (["--tree", "3", "40"], ["custom"]),
         (["-w", "S0", "--tree", "3", "40", "2"], ["S0", "custom"]),
+        (["--maps"], ["M0", "M1"]),
+        (["-w", "W1", "--maps"], ["W1", "M0", "M1"]),
     ],
 )
 def test_workloads_picked_by_flags(argv: list[str], names: list[str]) -> None:

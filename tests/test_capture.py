@@ -200,6 +200,7 @@ def test_image_is_the_same_whichever_reader(
         capture(zoo, tmp_path / "full.ackpt")
     bodies.append(_body((tmp_path / "full.ackpt").read_bytes()))
     monkeypatch.setattr(_procread, "_read_tables_c", None)
+    monkeypatch.setattr("asyckpt._taskread._read_task_files_c", None)
     monkeypatch.setattr("asyckpt._capture.dedup_rows", None)
     _idle(zoo.pid)
     capture(zoo, tmp_path / "py.ackpt")

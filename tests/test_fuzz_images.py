@@ -186,7 +186,7 @@ def plugins() -> dict[str, ImagePlugin]:
 def test_seed_is_valid_and_renders(plugins: dict[str, ImagePlugin]) -> None:
     image = parse_image(build(seed()))
     render_all(image, plugins)
-    assert len(image.files) == 11 and len(image.tasks) == 3
+    assert len(image.files) == 14 and len(image.tasks) == 3
 
 
 def test_mutants_are_rejected_or_rendered(plugins: dict[str, ImagePlugin]) -> None:

@@ -62,6 +62,13 @@ def _insert_after(kind: str, new: Rec, **match: Any) -> Callable[[list[Rec]], ob
     return edit
 
 
+def _mapping(field: int, value: Any, index: int = 0) -> Callable[[list[Rec]], object]:
+    def edit(records: list[Rec]) -> None:
+        _by(records, "task", pid=100)["mappings"][index][field] = value
+
+    return edit
+
+
 CRAFTED = [
     # (id, edit of the seed, what the one-line error must name)
     ("unknown-access", _set("file", "access", "2w", id=3), "`$.access`"),
@@ -93,7 +100,49 @@ CRAFTED = [
     ("fd-out-of-order", _set("fd", "fd", 3, file=2),
      "fd table 1: fd 2 is out of order (after fd 3)"),
     ("ghost-file-not-saved", _set("file", "ghost_file", 9, id=1), "ghost_file 9 with ghost 'none'"),
+    # Files held by reference (format 4).
+    ("cwd-undefined", _set("task", "cwd", 99, pid=100),
+     "task 100: cwd refers to undefined file 99"),
+    ("exe-is-a-description", _set("task", "exe", 1, pid=100),
+     "exe refers to file 1, an open file description"),
+    ("mapping-of-a-description", _mapping(4, 1), "mapping 0x400000 refers to file 1, an open"),
+    ("mapping-of-undefined-file", _mapping(4, 77), "mapping 0x400000 refers to undefined file 77"),
+    ("mapping-empty", _mapping(1, 0x400000), "mapping 0x400000-0x400000 is empty"),
+    ("mapping-reversed", _mapping(1, 0x300000), "mapping 0x400000-0x300000 is empty"),
+    ("mappings-overlap", _mapping(0, 0x400800, index=1),
+     "mapping 0x400800-0x402000 is out of address order or overlaps"),
+    ("mapping-perms", _mapping(2, "rwzp"), "`$.mappings[0][2]`"),
+    ("mapping-negative-offset", _mapping(3, -1), "`$.mappings[0][3]`"),
+    ("thread-cwd-is-a-description",
+     _set("task", "threads", [[100, 1], [101, 2, 3, None, None]], pid=100),
+     "thread 101 cwd refers to file 3, an open file description"),
+    ("held-file-with-flags", _set("file", "flags", 2, id=12), "file 12: held by reference"),
+    ("held-file-with-access", _set("file", "access", "r", id=12), "file 12: held by reference"),
+    ("fd-on-a-held-file", _insert_after("file", {"kind": "fd", "fd": 12, "file": 12,
+                                                  "cloexec": False}, id=12),
+     "fd 12 refers to file 12, held by reference"),
+    ("cmdline-not-its-bytes", _set("task", "cmdline", ["server", "--name=x"], pid=100),
+     "cmdline is not its cmdline_bytes"),
+    ("cmdline-bytes-alone", _set("task", "cmdline", None, pid=100),
+     "cmdline_bytes without cmdline"),
+    ("namespace-inode-negative", _set("task", "namespaces", {"net": -1}, pid=100),
+     "`$.namespaces[...]`"),
 ]  # fmt: skip
+
+
+def test_task_files_need_format_4() -> None:
+    """Fields a version 3 writer never wrote are corrupt in a version 3 image."""
+    records = seed()
+    records[0]["format_version"] = 3
+    with pytest.raises(ImageCorrupt, match="task 100: task files in a version 3 image"):
+        parse_image(build(records, version=3))
+    for rec in records:
+        if rec["kind"] == "task":
+            for field in ("cwd", "exe", "mappings", "namespaces", "cmdline", "cmdline_bytes"):
+                rec.pop(field, None)
+            rec["threads"] = [th[:2] for th in rec["threads"]]
+    records = [r for r in records if r.get("description", True)]
+    assert parse_image(build(records, version=3)).header.format_version == 3
 
 
 @pytest.mark.parametrize(("edit", "names"), [c[1:] for c in CRAFTED], ids=[c[0] for c in CRAFTED])

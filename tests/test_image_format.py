@@ -233,7 +233,7 @@ def test_record_tags_are_pinned(record: msgspec.Struct, tag: str) -> None:
 def test_layout_follows_the_grammar(image_bytes: bytes) -> None:
     data = image_bytes
     assert data[:10] == MAGIC
-    assert data[10:14] == b"\x00\x00\x00\x03"
+    assert data[10:14] == b"\x00\x00\x00\x04"
     # Walk FRAME*: each one is a msgpack map with a "kind".
     kinds = []
     off = 14
@@ -503,7 +503,7 @@ def test_directory_and_missing_file_are_not_images(tmp_path: Path) -> None:
         read_image(tmp_path / "missing")
 
 
-@pytest.mark.parametrize("version", [0, 4, 0x100, 0x01000000, 0xFFFFFFFF])
+@pytest.mark.parametrize("version", [0, 5, 0x100, 0x01000000, 0xFFFFFFFF])
 def test_wrong_format_version(image_bytes: bytes, version: int) -> None:
     patched = image_bytes[:10] + struct.pack(">I", version) + image_bytes[14:]
     with pytest.raises(ImageVersionError, match=f"version {version}"):

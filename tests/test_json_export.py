@@ -112,3 +112,43 @@ def test_the_export_never_holds_the_whole_document(spawn: Any, tmp_path: Path) -
     # before the export was streamed) costs about as much again on top of it, a record
     # at a time next to nothing.
     assert streamed - reading < 0.25 * (whole - reading), (reading, streamed, whole)
+
+
+def test_task_files_in_the_export(tmp_path: Path) -> None:
+    """Format 4's fields: file ids into files[], mappings as objects, a thread's own."""
+    path = tmp_path / "seed.ackpt"
+    path.write_bytes(build(seed()))
+    proc = run("show", "--json", str(path))
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    task = next(t for t in doc["tasks"] if t["pid"] == 100)
+    assert (task["root"], task["root_file"], task["cwd"], task["exe"]) == ("/", None, 12, 13)
+    assert task["mappings"] == [
+        {"start": 0x400000, "end": 0x401000, "perms": "r-xp", "offset": 0, "file": 13},
+        {"start": 0x401000, "end": 0x402000, "perms": "rw-p", "offset": 4096, "file": 13},
+    ]
+    assert task["namespaces"] == {"mnt": 4026531841, "net": 4026531840}
+    assert task["cmdline"] == ["server", "--name=\\xff"]
+    assert task["cmdline_encoding"] == "escaped" and "cmdline_bytes" not in task
+    assert task["threads"] == [
+        {"tid": 100, "fd_table": 1, "cwd": None, "root_file": None, "namespaces": None},
+        {
+            "tid": 101,
+            "fd_table": 2,
+            "cwd": 14,
+            "root_file": None,
+            "namespaces": {"net": 4026531999},
+        },
+    ]
+    files = {f["id"]: f for f in doc["files"]}
+    assert files[13]["description"] is False and files[13]["access"] == "path"
+    assert files[13]["path"] == "/usr/lib/libx\\xff.so"
+    assert files[1]["description"] is True
+    other = next(t for t in doc["tasks"] if t["pid"] == 102)
+    assert (other["cwd"], other["exe"], other["mappings"], other["namespaces"]) == (
+        None,
+        None,
+        [],
+        {},
+    )
+    assert other["cmdline"] is None and "cmdline_encoding" not in other

@@ -192,6 +192,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "asyckpt._plugins",
             "asyckpt._restore_model",
             "asyckpt._restore_unix",
+            "asyckpt._restore_rules",
         },
     ),
     (
@@ -200,6 +201,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "asyckpt._fdscan",
             "asyckpt._kernel",
             "asyckpt._procread",
+            "asyckpt._taskread",
             "asyckpt._discover",
             "asyckpt._freeze",
             "asyckpt._guardian",
@@ -208,6 +210,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "asyckpt._claim",
             "asyckpt._recover",
             "asyckpt._restore_sockets",
+            "asyckpt._restore_unlinked",
         },
     ),
     (
@@ -225,6 +228,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "asyckpt.handlers",
             "asyckpt._facts",
             "asyckpt._parts",
+            "asyckpt._taskfiles",
             "asyckpt._build",
             "asyckpt._materialize",
             "asyckpt._begins",

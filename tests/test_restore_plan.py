@@ -11,12 +11,12 @@ import pytest
 
 from asyckpt._errors import RestoreError, UsageError
 from asyckpt._image import parse_image
-from asyckpt._restore_model import InotifyWatch
-from asyckpt._restore_plan import (
+from asyckpt._restore_model import (
     Bind,
     Epoll,
     EventFd,
     Inotify,
+    InotifyWatch,
     OpenPath,
     PipeEnd,
     Reopen,
@@ -24,8 +24,8 @@ from asyckpt._restore_plan import (
     SignalFd,
     SocketEnd,
     TimerFd,
-    plan_table,
 )
+from asyckpt._restore_plan import plan_table
 from tests.crafted import _file, _socket, build, seed
 
 PID = 100
@@ -307,6 +307,50 @@ def test_memfd_content_and_seals_one_inode_for_two_descriptions() -> None:
         Reopen(inode=0, flags=os.O_RDONLY),
     ]
     assert p.descriptions[0].pos == 4
+
+
+@pytest.mark.parametrize(
+    ("path", "st_mode", "want_path", "want_mode"),
+    [
+        ("/srv/db/data.bin (deleted)", 0o100640, "/srv/db/data.bin", 0o640),
+        ("/srv/setid (deleted)", 0o106755, "/srv/setid", 0o755),  # never set-id
+        ("/data.bin (deleted)", 0, "/data.bin", 0o600),  # st_mode not recorded (version 1)
+        ("/none (deleted)", 0o100000, "/none", 0),
+        ("rel/data.bin (deleted)", 0o100644, "", 0o644),  # no directory: a memfd
+        ("/" + "d/" * 2048 + "x (deleted)", 0o100644, "", 0o644),  # past PATH_MAX
+    ],
+)
+def test_unlinked_file_made_in_its_directory(
+    path: str, st_mode: int, want_path: str, want_mode: int
+) -> None:
+    saved = {"deleted": True, "nlink": 0, "path_state": "deleted", "ghost": "saved"}
+    a = reg(1, path, **saved, ghost_file=1, size=10, st_mode=st_mode)
+    b = reg(2, path, **saved, ghost_file=1, size=10, st_mode=st_mode, access="r", flags=0)
+    runs = [{"kind": "content", "file": 1, "offset": 2, "data": b"xy"}]
+    p = plan(image((3, a), (4, b), contents=runs))
+    (inode,) = p.inodes
+    assert (inode.path, inode.mode, inode.size, inode.runs) == (
+        want_path,
+        want_mode,
+        10,
+        [(2, b"xy")],
+    )
+    assert inode.name == os.path.basename(path.removesuffix(" (deleted)"))[:64]
+    assert [d.make for d in p.descriptions] == [
+        Reopen(inode=0, flags=os.O_RDWR),
+        Reopen(inode=0, flags=os.O_RDONLY),
+    ]
+    assert plan(image((3, memfd()))).inodes[0].path is None  # a memfd stays one
+
+
+def test_file_made_with_o_tmpfile_reopened_without_o_directory() -> None:
+    # tempfile.TemporaryFile's: fdinfo keeps O_TMPFILE, whose O_DIRECTORY would make
+    # the reopen of a regular file fail (ENOTDIR).
+    saved = {"deleted": True, "nlink": 0, "path_state": "deleted", "ghost": "saved"}
+    flags = os.O_RDWR | os.O_TMPFILE | os.O_APPEND
+    f = reg(1, "/tmp/#4243472 (deleted)", **saved, ghost_file=1, flags=flags)
+    (d,) = plan(image((3, f))).descriptions
+    assert d.make == Reopen(inode=0, flags=os.O_RDWR | os.O_APPEND)
 
 
 def test_socketpair_within_the_table() -> None:

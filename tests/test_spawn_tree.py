@@ -66,7 +66,18 @@ def test_tasks_spawned(children: int, depth: int, expected: int) -> None:
     assert tasks_spawned(children, depth) == expected
 
 
-@pytest.mark.parametrize("argv", [[], ["3"], ["3", "x"], ["1", "2", "3", "4"], ["-1", "2"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["3"],
+        ["3", "x"],
+        ["1", "2", "3", "4"],
+        ["-1", "2"],
+        ["1", "2", "--maps"],
+        ["--maps", "x"],
+    ],
+)
 def test_bad_arguments_are_refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 2
     assert "usage: python -m asyckpt.testing.spawn_tree" in capsys.readouterr().err
@@ -149,3 +160,15 @@ def test_floor_scan_counts_every_fd_of_every_pid(spawn: Any, tmp_path: Path) -> 
     fds, _, bytes_, *_ = out.split()
     assert int(fds) == sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in pids)
     assert int(bytes_) > 0
+
+
+def test_maps_option_maps_files_in_every_task(spawn: Any) -> None:
+    """``--maps N``: every task of the tree holds N file-backed mappings (inherited from
+    the root), and no fd for them."""
+    tree = spawn(SPAWN_TREE, "2", "3", "--maps", "40")
+    for pid in tree.pids():
+        lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
+        mapped = [line for line in lines if "/asyckpt-spawn-tree-" in line and "/m" in line]
+        assert len(mapped) == 40, lines
+        links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        assert not [link for link in links if os.path.basename(link).startswith("m")]

@@ -80,7 +80,7 @@ if TYPE_CHECKING:
     from ._records import Trailer as Trailer
     from ._restore import restore_table as restore_table
     from ._restore_hold import restore_tree as restore_tree
-    from ._restore_plan import RestorePlan as RestorePlan
+    from ._restore_model import RestorePlan as RestorePlan
     from ._watch import Look as Look
     from ._watch import WatchEvent as WatchEvent
     from ._watch import watch as watch
@@ -153,7 +153,7 @@ _LAZY = {
     "restore_table": "._restore",
     "restore_tree": "._restore_hold",
     "RestoreError": "._errors",
-    "RestorePlan": "._restore_plan",
+    "RestorePlan": "._restore_model",
     "Look": "._watch",
     "WatchEvent": "._watch",
     "watch": "._watch",

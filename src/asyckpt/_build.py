@@ -50,7 +50,16 @@ from ._errors import (
 )
 from ._facts import row_facts
 from ._ghost import DEFAULT_GHOST_LIMIT, Ghost, GhostSpool
-from ._parts import FdEntries, FdEntry, GenericFd, NewFile, ResolvedTable, TaskPart, TaskScan
+from ._parts import (
+    FdEntries,
+    FdEntry,
+    GenericFd,
+    NewFile,
+    ResolvedTable,
+    TaskPart,
+    TaskScan,
+    new_files,
+)
 from ._paths import PATH_KINDS, PathChecker
 from ._plugins.contract import FdFacts, LinkRef
 from ._plugins.dispatch import Dispatch
@@ -63,7 +72,8 @@ from ._procparse import (
 from ._records import (
     Owner,
 )
-from ._rows import DedupRows, RawRow, ScanRow
+from ._rows import DedupRows, RawFd, RawRow, ScanRow
+from ._taskfiles import TaskFileResolver
 
 __all__ = ["RecordBuilder"]
 
@@ -106,6 +116,7 @@ class RecordBuilder:
         ghost_limit: int = DEFAULT_GHOST_LIMIT,
         spool_dir: str | None = None,
         dedup_rows: DedupRows | None = None,
+        cmdline: bool = False,
     ) -> None:
         self._dispatch = dispatch
         # One chooser per capture: it caches the fs magic of each mount id, and mount ids
@@ -151,6 +162,8 @@ class RecordBuilder:
         """Unlinked files' content, copied while frozen (closed by the capture)."""
         self.paths = PathChecker()
         """Each task's root, kept while frozen for the path checks after the thaw."""
+        self.task_files = TaskFileResolver(self._next_id, self._new_held, cmdline)
+        """Working and root directories, executables, mapped files (``_taskfiles``)."""
         # file id -> fdinfo of its later fds that list locks (rare: kept off the path
         # of every fd; merged by finish).
         self._more_locks: dict[int, list[bytes]] = {}
@@ -189,7 +202,7 @@ class RecordBuilder:
         if meta.mnt_ns and meta.mnt_ns not in self._mnt_seen:
             self._mnt_seen.add(meta.mnt_ns)
             mountinfo = self._read_mountinfo(pid)
-        if any(t.fds for t in scan.tables):
+        if scan.files is not None or any(t.fds for t in scan.tables):
             self.paths.open_root(pid, meta.mnt_ns, meta.root)
         parent_table = self._task_table.get(plan.stat.ppid)
         if parent_table is None and any(len(row) == 2 for t in scan.tables for row in t.fds or ()):
@@ -222,8 +235,11 @@ class RecordBuilder:
         leader_table = threads[0][1]
         if leader_table is not None:
             self._task_table[pid] = leader_table
+        files = None
+        if scan.files is not None:
+            files = self.task_files.resolve(pid, meta.root, scan.files)
         self.task_count += 1
-        return TaskPart(plan, meta, mountinfo, tables, threads)
+        return TaskPart(plan, meta, mountinfo, tables, threads, files)
 
     def _resolve_table(
         self,
@@ -342,6 +358,17 @@ class RecordBuilder:
         self.file_count += 1
         return self.file_count
 
+    def _new_held(
+        self, file_id: int, pid: int, tid: int, raw: RawFd, root: str, held: str, path: str
+    ) -> NewFile:
+        """A file held by reference (``_taskfiles``), through the same dispatch as an
+        fd's, told apart by its context (``ctx.held``)."""
+        ctx = HandlerContext(tid, self.session, held=held, held_path=path)
+        try:
+            return self._new_file(file_id, pid, tid, raw, 0, root, ctx)
+        finally:
+            ctx._close()
+
     def _new_file(
         self,
         file_id: int,
@@ -385,7 +412,7 @@ class RecordBuilder:
                     failed = HandlerFailed(handler.name, exc, pid=pid, fd=fd)
                     error, handler = self._failed(failed, kind)
             # Before the release: through the descriptor the handler took, if it did.
-            if owner_matters(kind, flags, raw_rest):
+            if ctx.held == "fd" and owner_matters(kind, flags, raw_rest):
                 io_owner, owner_error = self._io_owner(ctx, pid, fd, flags)
         finally:
             if ctx._taken:
@@ -395,7 +422,12 @@ class RecordBuilder:
             ghost = self._ghost(file_id, facts, ctx)
         if handler is None:
             if self._strict:
-                raise StrictViolation(f"no handler claims this {kind} fd ({link})", pid=pid, fd=fd)
+                what = "fd" if ctx.held == "fd" else f"file ({ctx.held})"
+                raise StrictViolation(
+                    f"no handler claims this {kind} {what} ({link})",
+                    pid=pid,
+                    fd=fd if fd >= 0 else None,
+                )
             self.generic[kind] += 1
             self.generic_fds.append(GenericFd(pid, fd, kind, error))
         else:
@@ -412,11 +444,12 @@ class RecordBuilder:
             data,
             error,
             io_owner,
+            ctx.held,
         )
         new.ghost = ghost
         new.fdinfo = rest
         new.owner_error = owner_error
-        if handler is not None and handler.link is not None:
+        if handler is not None and handler.link is not None and ctx.held == "fd":
             self._to_link.append((new, LinkRef(pid, tid, fd)))
         return new
 
@@ -466,7 +499,8 @@ class RecordBuilder:
         if self._strict and ghost.state in ("too-big", "failed"):
             # Only the first description of an inode can get here: that one raised.
             msg = self.ghosts.notes[-1].message().split(": ", 1)[1]
-            raise StrictViolation(f"--strict: {msg}", pid=facts.pid, fd=facts.fd)
+            fd = facts.fd if facts.fd >= 0 else None  # -1: held without an fd
+            raise StrictViolation(f"--strict: {msg}", pid=facts.pid, fd=fd)
         return ghost
 
     @property
@@ -544,20 +578,19 @@ class RecordBuilder:
         raw = msgspec.Raw
         failed = False
         for part in parts:
-            for _, _, entries in part.tables:
-                for new in entries.new:
-                    if new.handler is None:
-                        continue
-                    # Once per record of the whole tree: kept lean for the common case,
-                    # a record without a finish hook.
-                    try:
-                        handler = finishers.get(new.handler)
-                        if handler is not None:
-                            new.data = self._finish_one(new.data, handler, tree)
-                        new.data = raw(encode(new.data))
-                    except Exception as exc:
-                        self._finish_failed(new, exc)
-                        failed = True
+            for new in new_files(part):
+                if new.handler is None:
+                    continue
+                # Once per record of the whole tree: kept lean for the common case,
+                # a record without a finish hook.
+                try:
+                    handler = finishers.get(new.handler)
+                    if handler is not None:
+                        new.data = self._finish_one(new.data, handler, tree)
+                    new.data = raw(encode(new.data))
+                except Exception as exc:
+                    self._finish_failed(new, exc)
+                    failed = True
         if failed:
             self._drop_unused(parts)
         return parts
@@ -572,13 +605,7 @@ class RecordBuilder:
     def _drop_unused(self, parts: list[TaskPart]) -> None:
         # A handler whose every record failed is left without any: the image header
         # must not list it.
-        used = {
-            new.handler
-            for part in parts
-            for _, _, entries in part.tables
-            for new in entries.new
-            if new.handler is not None
-        }
+        used = {new.handler for part in parts for new in new_files(part) if new.handler is not None}
         self.used = {name: h for name, h in self.used.items() if name in used}
 
     def _finish_one(self, record: Any, handler: LoadedHandler, tree: CaptureTree) -> msgspec.Struct:

@@ -137,6 +137,10 @@ class CaptureOptions(msgspec.Struct, kw_only=True, frozen=True):
     ends of its pipes, FIFOs and connections (``Holders`` records, ``_outside``);
     ``tree``: do not."""
 
+    cmdline: bool = False
+    """Record each task's command line (``Task.cmdline``).  Off by default: a command
+    line may hold secrets.  (The environment is never recorded.)"""
+
     lock_timeout: float = 10.0
     """Seconds to wait for another capture holding the same cgroup hierarchy (the
     locks in the run directory) before failing; 0 fails at once."""
@@ -171,6 +175,7 @@ class CaptureSummary(msgspec.Struct, kw_only=True):
     fd_tables: int
     fds: int
     files: int
+    """File records: open file descriptions, and (format 4) ``held_files``."""
     generic: dict[str, int]
     generic_fds: list[GenericFd]
     plugins: list[PluginInfo]
@@ -190,6 +195,9 @@ class CaptureSummary(msgspec.Struct, kw_only=True):
     """As asked (``CaptureOptions.endpoints``)."""
     outside_holders: int = 0
     """With endpoints ``system``: the objects found held outside the tree."""
+    held_files: int = 0
+    """Files held by reference (cwd, root, exe, mapped files: ``File.description``
+    false), one per inode; counted in ``files``."""
 
 
 def _read_mountinfo(pid: int) -> str:
@@ -365,6 +373,7 @@ async def _capture(
             ghost_limit=options.ghost_limit,
             spool_dir=spool_dir,
             dedup_rows=dedup_rows,
+            cmdline=options.cmdline,
         )
         try:
             return await _run(root, tree, builder, freezer, send, options, dispatch, guardian)
@@ -504,4 +513,5 @@ async def _run(
         ghost_notes=list(ghosts.notes),
         endpoints=options.endpoints,
         outside_holders=len(holders),
+        held_files=builder.task_files.held_count,
     )

@@ -106,6 +106,12 @@ def register(sub: Subparsers) -> None:
         "reported and not saved, or fails --strict (default: 1M; 0: never copy)",
     )
     t.add_argument(
+        "--cmdline",
+        action="store_true",
+        help="record each task's command line (off by default: command lines may hold "
+        "secrets; the environment is never recorded)",
+    )
+    t.add_argument(
         "--lock-timeout",
         type=seconds,
         default=10.0,
@@ -150,7 +156,8 @@ def report(summary: CaptureSummary, quiet: bool) -> None:
         return
     print(
         f"{escape(str(summary.path))}: {summary.tasks} tasks, {summary.fds} fds, "
-        f"{summary.files} open files, "
+        f"{summary.files - summary.held_files} open files, "
+        f"{summary.held_files} files held without an fd, "
         f"{summary.bytes} bytes; freezer {summary.freezer}, "
         f"freezing {summary.freezing_ms:.2f} ms, frozen {summary.frozen_ms:.2f} ms, "
         f"total {summary.capture_ms:.1f} ms"
@@ -197,6 +204,7 @@ def run(args: argparse.Namespace, signals: Signals) -> int:
         disable_plugins=tuple(args.disable_plugin),
         pipe_data=args.pipe_data,
         ghost_limit=args.ghost_limit,
+        cmdline=args.cmdline,
         endpoints=args.endpoints,
         lock_timeout=args.lock_timeout,
         # The command owns its process: the collector paused, a shorter switch interval.

@@ -302,8 +302,13 @@ class _Body:
         if cls is Fd:
             assert isinstance(rec, Fd)
             current = self._current
-            if current is None or rec.file not in self.files:
+            file = self.files.get(rec.file)
+            if current is None or file is None:
                 raise ImageCorrupt(f"{name}: fd {rec.fd} refers to an undefined table or file")
+            if not file.description:
+                raise ImageCorrupt(
+                    f"{name}: fd {rec.fd} refers to file {rec.file}, held by reference"
+                )
             if current and current[-1].fd >= rec.fd:
                 raise ImageCorrupt(
                     f"{name}: fd table {self._current_id}: fd {rec.fd} is out of order "
@@ -337,7 +342,7 @@ class _Body:
             self._declared[rec.id] = rec.count
         elif cls is Task:
             assert isinstance(rec, Task)
-            check_task(name, rec, self.fd_tables)
+            check_task(name, rec, self.fd_tables, self.files, self.version)
             check_names(name, rec)
             self.tasks.append(rec)
         elif cls is MountTable:

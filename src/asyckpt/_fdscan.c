@@ -23,8 +23,7 @@
  * here, because through ctypes or the interpreter they cost several times their
  * syscalls: kcmp_files, pidfd_getfd, and dedup_rows, the resolver's per-fd dedup loop.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_fdscan.h"
 #include <structmember.h>
 
 #include <dirent.h>
@@ -266,7 +265,8 @@ out:
 
 /* The row types, made once at import and exported as FdRow and InheritedFd: the field
  * names are _rows.RawFd's and _rows.InheritedFd's (a test checks that they agree). */
-static PyTypeObject *fd_row_type, *inherited_fd_type;
+PyTypeObject *asyckpt_fd_row_type;
+static PyTypeObject *inherited_fd_type;
 
 static PyStructSequence_Field fd_row_fields[] = {
     {"fd", NULL}, {"link", NULL}, {"st_mode", NULL}, {"st_dev", NULL},
@@ -291,7 +291,7 @@ static PyStructSequence_Desc inherited_fd_desc = {
 /* A row of one of those types, its fields unset (NULL) until filled: what
  * PyStructSequence_New makes, without its two lookups in the type's dict (n_fields,
  * n_sequence_fields) for every row.  Their sizes are known here: every field visible. */
-static PyObject *new_row(PyTypeObject *type, Py_ssize_t n) {
+PyObject *asyckpt_new_row(PyTypeObject *type, Py_ssize_t n) {
     PyStructSequence *row = PyObject_GC_NewVar(PyStructSequence, type, n);
     if (!row) return NULL;
     memset(row->ob_item, 0, (size_t)n * sizeof(PyObject *));
@@ -352,7 +352,7 @@ static PyObject *scan_to_python_cached(struct scan *s, const char *fd_dir,
     for (size_t i = 0; i < s->n; i++) {
         struct entry *e = &s->entries[i];
         if (e->inherited) {
-            PyObject *item = new_row(inherited_fd_type, 2);
+            PyObject *item = asyckpt_new_row(inherited_fd_type, 2);
             if (!item) { Py_DECREF(result); return NULL; }
             PyList_SET_ITEM(result, (Py_ssize_t)i, item);
             PyObject *fd = PyLong_FromLong(e->fd), *flags = PyLong_FromUnsignedLong(e->flags);
@@ -364,7 +364,7 @@ static PyObject *scan_to_python_cached(struct scan *s, const char *fd_dir,
         /* Built by hand, not with Py_BuildValue: this loop holds the GIL, and it is the
          * only part of a table scan that does.  A struct sequence is a tuple whose fields
          * also have names (member descriptors), so the resolver may read either way. */
-        PyObject *item = new_row(fd_row_type, 16);
+        PyObject *item = asyckpt_new_row(asyckpt_fd_row_type, 16);
         if (!item) { Py_DECREF(result); return NULL; }
         PyList_SET_ITEM(result, (Py_ssize_t)i, item);
         PyObject *v[16] = {
@@ -682,7 +682,7 @@ static int remember_locks(PyObject *more_locks, PyObject *file_id, PyObject *row
  * and bytes for the fdinfo rest.  Sets *fd. */
 static int check_row(PyObject *row, long *fd) {
     static const int ints16[] = {0, 3, 4, 12, 13};
-    if (!(PyTuple_CheckExact(row) || Py_IS_TYPE(row, fd_row_type) || Py_IS_TYPE(row, inherited_fd_type))
+    if (!(PyTuple_CheckExact(row) || Py_IS_TYPE(row, asyckpt_fd_row_type) || Py_IS_TYPE(row, inherited_fd_type))
         || (PyTuple_GET_SIZE(row) != 2 && PyTuple_GET_SIZE(row) != 16)) {
         PyErr_SetString(PyExc_TypeError, "dedup_rows: a row is a 2- or 16-tuple");
         return -1;
@@ -983,6 +983,12 @@ static PyMethodDef methods[] = {
      " F_GETOWNER_UIDS when an owner is set (else uid and euid are None)."},
     {"fd_owner_at", (PyCFunction)(void (*)(void))fd_owner_at, METH_FASTCALL,
      "fd_owner_at(pidfd, fd) -> fd_owner of the task's fd, through pidfd_getfd(2)."},
+    {"read_task_files", asyckpt_read_task_files, METH_VARARGS,
+     "read_task_files(pid, tids, known, cmdline) -> (cwd, root, exe, namespaces, maps, keys,"
+     " mapped, threads, cmdline): a task's files held by reference (_rows.TaskFilesRow), the GIL"
+     " released but while the mapped files to read are picked from the set known."},
+    {"parse_maps", asyckpt_parse_maps, METH_O,
+     "parse_maps(data) -> [MapRow]: /proc/PID/maps parsed (ValueError when malformed)."},
     {"read_table", read_table, METH_VARARGS,
      "read_table(fd_dir, fdinfo_dir) -> [(fd, link, mode, dev, ino, rdev, nlink, uid, gid,"
      " size, mtime_ns, blocks, pos, flags, mnt_id, fdinfo_rest)], ascending fd; the GIL is"
@@ -1012,12 +1018,13 @@ static PyTypeObject *fast_members(PyTypeObject *type) {
 PyMODINIT_FUNC PyInit__fdscan(void) {
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
-    if (!fd_row_type) fd_row_type = fast_members(PyStructSequence_NewType(&fd_row_desc));
+    if (!asyckpt_fd_row_type) asyckpt_fd_row_type = fast_members(PyStructSequence_NewType(&fd_row_desc));
     if (!inherited_fd_type)
         inherited_fd_type = fast_members(PyStructSequence_NewType(&inherited_fd_desc));
-    if (!fd_row_type || !inherited_fd_type
-        || PyModule_AddObjectRef(m, "FdRow", (PyObject *)fd_row_type) < 0
-        || PyModule_AddObjectRef(m, "InheritedFd", (PyObject *)inherited_fd_type) < 0) {
+    if (!asyckpt_fd_row_type || !inherited_fd_type
+        || PyModule_AddObjectRef(m, "FdRow", (PyObject *)asyckpt_fd_row_type) < 0
+        || PyModule_AddObjectRef(m, "InheritedFd", (PyObject *)inherited_fd_type) < 0
+        || asyckpt_taskfiles_init(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

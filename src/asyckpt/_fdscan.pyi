@@ -2,11 +2,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._rows import InheritedFd as _InheritedFd
+from ._rows import MapRow as _MapRow
 from ._rows import RawFd, RawRow, ScanRow
 
 # Struct sequences with _rows.RawFd's and _rows.InheritedFd's fields (made from a sequence).
 FdRow: Callable[[Sequence[object]], RawFd]
 InheritedFd: Callable[[Sequence[object]], _InheritedFd]
+MapRow: Callable[[Sequence[object]], _MapRow]
 
 def read_table(fd_dir: str, fdinfo_dir: str) -> list[RawRow]: ...
 def read_tables(
@@ -33,3 +35,17 @@ def dedup_rows(
     int,
     tuple[int, int, int] | None,
 ]: ...
+def read_task_files(
+    pid: int, tids: list[int], known: set[tuple[int, int]], cmdline: bool, /
+) -> tuple[
+    RawFd | int,
+    RawFd | int,
+    RawFd | int,
+    dict[str, int],
+    bytes | int,
+    set[tuple[int, int]],
+    list[tuple[_MapRow, RawFd | int]],
+    list[tuple[int, RawFd | int, RawFd | int, dict[str, int]]],
+    bytes | None,
+]: ...
+def parse_maps(data: bytes, /) -> list[_MapRow]: ...

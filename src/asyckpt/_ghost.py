@@ -141,7 +141,9 @@ class GhostNote(NamedTuple):
     limit: int
 
     def message(self) -> str:
-        where = f"pid {self.pid} fd {self.fd}: unlinked file {self.path}"
+        # fd -1: a file held without an fd (a mapping, an executable).
+        holder = f"pid {self.pid} fd {self.fd}" if self.fd >= 0 else f"pid {self.pid}"
+        where = f"{holder}: unlinked file {self.path}"
         if self.state == "too-big" and self.error is not None:
             return (
                 f"{where}: {self.error} exceeds --ghost-limit {format_size(self.limit)}; not saved"

@@ -5,6 +5,7 @@ encoded by ``RecordBuilder.finish``).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import msgspec
@@ -12,7 +13,7 @@ import msgspec
 from ._classify import access_mode
 from ._names import split_name, split_names
 from ._names import text as as_text
-from ._parts import NewFile, TaskPart
+from ._parts import NewFile, TaskFilesPart, TaskPart, mappings
 from ._procparse import Mount, lock_texts, merge_lock_texts, parse_lock, parse_mountinfo
 from ._records import (
     NO_DATA,
@@ -22,6 +23,7 @@ from ._records import (
     File,
     Holders,
     Lock,
+    Mapping,
     MountEntry,
     MountTable,
     Task,
@@ -61,6 +63,17 @@ def materialize(part: TaskPart) -> list[BodyRecord]:
                 append(_file_record(new))
                 at, new = next(news, _NO_NEW)
             append(Fd(fd=fd, file=file_id, cloexec=_BOOL[cloexec]))
+    files = part.files
+    held: dict[str, Any] = {}
+    threads = [Thread(tid=t, fd_table=tab) for t, tab in part.threads]
+    if files is not None:
+        for new in files.new:
+            append(_file_record(new))
+        held = _held_fields(files)
+        for thread in threads:
+            own = files.threads.get(thread.tid)
+            if own is not None:
+                thread.cwd, thread.root_file, thread.namespaces = own
     stat = plan.stat
     comm, comm_bytes = split_name(stat.comm)
     root, root_bytes = split_name(meta.root)
@@ -75,16 +88,38 @@ def materialize(part: TaskPart) -> list[BodyRecord]:
             uid=meta.uid,
             gid=meta.gid,
             fd_table=part.threads[0][1],
-            threads=[Thread(tid=t, fd_table=tab) for t, tab in part.threads],
+            threads=threads,
             mnt_ns=meta.mnt_ns,
             root=root,
             root_bytes=root_bytes,
             session=stat.session,
             pgrp=stat.pgrp,
             tty_nr=stat.tty_nr,
+            **held,
         )
     )
     return out
+
+
+def _held_fields(files: TaskFilesPart) -> dict[str, Any]:
+    """The Task fields of its files held by reference."""
+    fields: dict[str, Any] = {
+        "cwd": files.cwd,
+        "root_file": files.root,
+        "exe": files.exe,
+        "mappings": [
+            Mapping(start=s, end=e, perms=p, offset=o, file=f) for s, e, p, o, f in mappings(files)
+        ],
+        "namespaces": files.namespaces,
+        "task_files_error": None if files.error is None else as_text(files.error),
+    }
+    if files.cmdline is not None:
+        # NUL-terminated arguments; a process may have rewritten its own (setproctitle).
+        args = [os.fsdecode(a) for a in files.cmdline.split(b"\0")]
+        if args and not args[-1]:
+            args.pop()
+        fields["cmdline"], fields["cmdline_bytes"] = split_names(args)
+    return fields
 
 
 def _mount_entry(m: Mount) -> MountEntry:
@@ -127,6 +162,7 @@ def _file_record(new: NewFile) -> File:
     flags = new.flags
     rest = raw.fdinfo_rest
     data = new.data
+    held = new.held != "fd"
     fields: dict[str, Any] = {
         "id": new.id,
         "type": new.kind,
@@ -150,6 +186,9 @@ def _file_record(new: NewFile) -> File:
         "path_state": new.path_state,
         "allocated": raw.st_blocks * 512,
     }
+    if held:
+        # Held by reference: no description, so no flags, offset or fdinfo of its own.
+        fields.update(flags=0, access="path", pos=0, description=False)
     # Names are bytes (``_names``): the common case, ASCII, costs one check each.
     path = new.path
     if path.isascii():

@@ -168,4 +168,10 @@ def bad_name(record: object) -> str | None:
         values = [value for _, value in record.fdinfo]
         if values != [escape(raw) for raw in record.fdinfo_bytes]:
             return "fdinfo"
+    if (
+        isinstance(record, Task)
+        and record.cmdline_bytes is not None
+        and record.cmdline != [escape(raw) for raw in record.cmdline_bytes]
+    ):
+        return "cmdline"
     return None

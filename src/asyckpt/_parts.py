@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import msgspec
 
-from ._rows import RawRow, ScanRow
+from ._procparse import parse_maps
+from ._rows import RawRow, ScanRow, TaskFilesRow
 
 if TYPE_CHECKING:
     from ._discover import TaskPlan
@@ -27,8 +28,11 @@ __all__ = [
     "NewFile",
     "ResolvedTable",
     "ScannedTable",
+    "TaskFilesPart",
     "TaskPart",
     "TaskScan",
+    "mappings",
+    "new_files",
 ]
 
 
@@ -52,6 +56,9 @@ class TaskScan(NamedTuple):
     plan: TaskPlan
     tables: tuple[ScannedTable, ...]
     """One for each table in ``plan.scan``."""
+    files: TaskFilesRow | None = None
+    """Its working and root directories, executable, mappings and namespaces (``_taskread``);
+    None for a zombie."""
 
 
 FdEntry = tuple[int, bool, int, "NewFile | None"]
@@ -129,6 +136,7 @@ class NewFile:
         "flags",
         "ghost",
         "handler",
+        "held",
         "id",
         "io_owner",
         "kind",
@@ -153,6 +161,7 @@ class NewFile:
         data: msgspec.Struct | msgspec.Raw | None,
         error: str | None,
         io_owner: Owner | None = None,
+        held: str = "fd",
     ) -> None:
         self.id = id
         self.raw = raw
@@ -174,6 +183,9 @@ class NewFile:
         self.path_state = "unchecked"
         """Set after the thaw by :class:`_paths.PathChecker`."""
         self.io_owner = io_owner
+        self.held = held
+        """``fd`` for an open file description; ``cwd``, ``root``, ``exe`` or ``map`` for a
+        file held by reference (``File.description`` false), as first met."""
         self.owner_error: str | None = None
         """Why the I/O owner could not be read (``io_owner`` is then None)."""
         self.more_locks: list[str] | None = None
@@ -197,6 +209,56 @@ class TaskPart(NamedTuple):
     tables: list[ResolvedTable]
     threads: tuple[tuple[int, int | None], ...]
     """(tid, fd table id) of every thread, the leader first."""
+    files: TaskFilesPart | None = None
+    """Its files held by reference, resolved (None for a zombie)."""
+
+
+MappingEntry = tuple[int, int, str, int, int]
+"""(start, end, perms, offset, file id): one file-backed mapping, resolved."""
+
+
+class TaskFilesPart(NamedTuple):
+    """A task's files held by reference, resolved (``_taskfiles``)."""
+
+    cwd: int | None
+    root: int | None
+    exe: int | None
+    """File ids; None when not read (``error`` says why; no exe: a kernel thread)."""
+    maps: bytes
+    """The task's maps text: its mappings are made from it after the thaw
+    (:func:`mappings`), not while frozen."""
+    map_files: dict[tuple[int, int], int]
+    """(dev, ino) as maps shows it -> file id: the capture's, shared by every task (each
+    of this task's keys is in it once the task is resolved, unless it failed)."""
+    failed: frozenset[tuple[int, int]]
+    """This task's mapped files that could not be read: their ranges are left out."""
+    namespaces: dict[str, int]
+    threads: dict[int, tuple[int | None, int | None, dict[str, int] | None]]
+    """tid -> (cwd, root, namespaces) of each thread with any of its own (None: the
+    task's)."""
+    cmdline: bytes | None
+    error: str | None
+    new: list[NewFile]
+    """The files first referenced here, in id order: written before the task."""
+
+
+def mappings(files: TaskFilesPart) -> list[MappingEntry]:
+    """The task's file-backed mappings, in address order, with their file ids."""
+    ids, failed = files.map_files, files.failed
+    return [
+        (m.start, m.end, m.perms, m.offset, ids[key])
+        for m in parse_maps(files.maps)
+        if (key := (m.dev, m.ino)) != (0, 0) and key not in failed
+    ]
+
+
+def new_files(part: TaskPart) -> list[NewFile]:
+    """Every file record first met in ``part``, in image order: its fd tables' new
+    descriptions, then the files it holds by reference."""
+    out = [new for _, _, entries in part.tables for new in entries.new]
+    if part.files is not None:
+        out.extend(part.files.new)
+    return out
 
 
 class GenericFd(NamedTuple):

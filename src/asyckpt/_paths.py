@@ -31,8 +31,8 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterable
-from typing import Any
 
+from ._parts import TaskPart, new_files
 from ._procparse import parse_mountinfo
 
 __all__ = ["PATH_KINDS", "PathChecker", "decide", "proc_pid_path"]
@@ -112,7 +112,7 @@ class PathChecker:
         except OSError:  # it exited (only when not frozen): its paths stay unchecked
             self._roots[key] = None
 
-    def check(self, parts: Iterable[Any]) -> None:
+    def check(self, parts: Iterable[TaskPart]) -> None:
         """After the thaw: set ``path_state`` on every new file of ``parts``
         (``_parts.TaskPart``)."""
         parts = list(parts)
@@ -125,37 +125,36 @@ class PathChecker:
         cache: dict[tuple[int | None, str], Found] = {}
         for part in parts:
             rootfd = self._roots.get((part.meta.mnt_ns, part.meta.root))
-            for _, _, entries in part.tables:
-                for new in entries.new:
-                    raw = new.raw
-                    if new.kind not in PATH_KINDS or not new.path.startswith("/"):
-                        new.path_state = _no_path(new.kind, new.path)
-                        continue
-                    mount_point = procs.get(raw.mnt_id)
-                    in_proc = mount_point is not None and proc_pid_path(new.path, mount_point)
-                    if (
-                        new.deleted
-                        and raw.st_nlink
-                        and raw.link.endswith(DELETED)
-                        and rootfd is not None
-                    ):
-                        whole = new.path + DELETED
-                        if _cached(cache, rootfd, whole) == (raw.st_dev, raw.st_ino):
-                            # The suffix is the file's own name: it is not unlinked.
-                            new.path, new.deleted = whole, False
-                    found: Found = None
-                    if rootfd is not None and (not new.deleted or in_proc):
-                        found = _cached(cache, rootfd, new.path)
-                    new.path_state = decide(
-                        new.kind,
-                        new.path,
-                        new.deleted,
-                        raw.st_nlink,
-                        raw.st_dev,
-                        raw.st_ino,
-                        in_proc,
-                        found,
-                    )
+            for new in new_files(part):
+                raw = new.raw
+                if new.kind not in PATH_KINDS or not new.path.startswith("/"):
+                    new.path_state = _no_path(new.kind, new.path)
+                    continue
+                mount_point = procs.get(raw.mnt_id)
+                in_proc = mount_point is not None and proc_pid_path(new.path, mount_point)
+                if (
+                    new.deleted
+                    and raw.st_nlink
+                    and raw.link.endswith(DELETED)
+                    and rootfd is not None
+                ):
+                    whole = new.path + DELETED
+                    if _cached(cache, rootfd, whole) == (raw.st_dev, raw.st_ino):
+                        # The suffix is the file's own name: it is not unlinked.
+                        new.path, new.deleted = whole, False
+                found: Found = None
+                if rootfd is not None and (not new.deleted or in_proc):
+                    found = _cached(cache, rootfd, new.path)
+                new.path_state = decide(
+                    new.kind,
+                    new.path,
+                    new.deleted,
+                    raw.st_nlink,
+                    raw.st_dev,
+                    raw.st_ino,
+                    in_proc,
+                    found,
+                )
 
     def close(self) -> None:
         for fd in self._roots.values():

@@ -11,6 +11,7 @@ import re
 from typing import NamedTuple
 
 from ._records import Lock
+from ._rows import MapRow
 
 __all__ = [
     "FdInfo",
@@ -24,6 +25,7 @@ __all__ = [
     "parse_fdinfo",
     "parse_fdinfo_rest",
     "parse_lock",
+    "parse_maps",
     "parse_mountinfo",
     "parse_stat",
     "parse_tgid",
@@ -312,3 +314,42 @@ def parse_cgroup_events(data: bytes) -> dict[str, int]:
         if value:
             result[key] = int(value)
     return result
+
+
+def parse_maps(data: bytes) -> list[MapRow]:
+    """``/proc/PID/maps`` (fs/proc/task_mmu.c ``show_map_vma``): one row per line.
+
+    A line is ``START-END PERMS OFFSET MAJ:MIN INO``, then, padded with spaces, a name
+    (a path as ``seq_path`` writes it, ``\\n`` escaped as ``\\012``, " (deleted)" appended
+    once unlinked; ``[heap]``...; or nothing).  The name is kept as bytes, leading pad
+    removed: only spaces are padding (a path's own leading space cannot be told from it,
+    and the path is read through ``map_files`` anyway).  A line without the six fields
+    raises ValueError; the C reader parses the same way."""
+    rows = []
+    match = _MAPS_LINE.fullmatch
+    for line in data.split(b"\n"):
+        if not line:
+            continue
+        m = match(line)
+        if m is None or int(m[7]) >= 1 << 64:
+            raise ValueError(f"maps: malformed line {line[:200]!r}")
+        start, end, perms, offset, major, minor, ino, name = m.groups()
+        rows.append(
+            MapRow(
+                int(start, 16),
+                int(end, 16),
+                perms.decode("ascii"),
+                int(offset, 16),
+                os.makedev(int(major, 16), int(minor, 16)),
+                int(ino),
+                name or b"",
+            )
+        )
+    return rows
+
+
+_MAPS_LINE = re.compile(
+    rb"([0-9a-f]{1,16})-([0-9a-f]{1,16}) ([r-][w-][x-][ps]) ([0-9a-f]{1,16}) "
+    rb"([0-9a-f]{1,8}):([0-9a-f]{1,8}) ([0-9]{1,20}) *(.*)",
+    re.DOTALL,
+)

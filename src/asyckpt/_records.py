@@ -48,11 +48,12 @@ BE32 = struct.Struct(">I")
 MAX_IMAGE_SIZE = 1 << 34
 """The largest input a reader accepts (16 GiB), unless told otherwise."""
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """Written by this asyckpt; 2 added the ``content`` record, 3 the ``_bytes`` companions
-of name fields (docs/image-format.md)."""
+of name fields, 4 a task's files held by reference (cwd, root, exe, mappings,
+namespaces; docs/image-format.md)."""
 
-READABLE_VERSIONS = (1, 2, 3)
+READABLE_VERSIONS = (1, 2, 3, 4)
 """Format versions this asyckpt reads."""
 
 # Ranges a reader enforces (docs/image-format.md, "What a reader checks"): a record that

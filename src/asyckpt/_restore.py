@@ -10,7 +10,8 @@ Paths are opened only with ``openat2`` under the root's directory fd, with
 RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS, first as O_PATH: the file is checked (type,
 device and inode, or with ``relaxed`` type and size) before it is opened for real,
 through our own O_PATH fd, so a file swapped in meanwhile is never opened.  Open flags
-never include O_CREAT, O_TRUNC, O_EXCL or O_TMPFILE (the plan removes them).
+never include O_CREAT, O_TRUNC, O_EXCL or O_TMPFILE (the plan removes them): the one
+file made is an unlinked file's unnamed copy (``_restore_unlinked``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, NamedTuple, NoReturn
 
 from ._decode import Image
-from ._errors import AsyckptError
+from ._errors import AsyckptError, RestoreError
 from ._kernel import (
     RESOLVE_IN_ROOT,
     RESOLVE_NO_MAGICLINKS,
@@ -41,17 +42,13 @@ from ._kernel import (
     signalfd,
     timerfd,
 )
-from ._restore_model import MakeFailed as _Failed
-from ._restore_model import UnixConnection, UnixSocket
-from ._restore_pidfd import NewPid, make_pidfds
-from ._restore_plan import (
+from ._restore_model import (
     Bind,
     Description,
     Epoll,
     EventFd,
     FdSlot,
     Hook,
-    Inode,
     Inotify,
     LockPlan,
     OpenPath,
@@ -59,21 +56,24 @@ from ._restore_plan import (
     Pipe,
     PipeEnd,
     Reopen,
-    RestoreError,
     RestorePlan,
     SignalFd,
     SocketEnd,
     TimerFd,
-    plan_table,
+    UnixConnection,
+    UnixSocket,
 )
+from ._restore_model import MakeFailed as _Failed
+from ._restore_pidfd import NewPid, make_pidfds
+from ._restore_plan import plan_table
 from ._restore_sockets import SOCK_TYPES, UnixMaker, bind_inet, shut
+from ._restore_unlinked import Fallback, make_inode
 
 if TYPE_CHECKING:
     from ._restore_hooks import HookHandlers
 
 __all__ = ["Made", "close_all", "install", "make", "open_root", "restore_table"]
 
-_F_SEAL_SEAL = 1
 _IN_DONT_FOLLOW = 0x02000000
 
 
@@ -82,6 +82,8 @@ class Made(NamedTuple):
 
     fds: list[int]
     floor: int
+    fallbacks: tuple[Fallback, ...] = ()
+    """The unlinked regular files made as memfds, not in their directories."""
 
 
 def nofile() -> int:
@@ -133,6 +135,8 @@ class _Maker:
         self.pairs: dict[int, tuple[int, int]] = {}
         self.taken: set[tuple[str, int, int]] = set()
         self.made: dict[int, int] = {}  # description index -> its fd, for epoll watches
+        self.fallbacks: list[Fallback] = []
+        self.modes: list[tuple[int, int]] = []  # unnamed files' fds, their permission bits
         self.unix = UnixMaker(root_fd, self.keep)
 
     def keep(self, fd: int) -> int:
@@ -145,7 +149,7 @@ class _Maker:
         if isinstance(make, OpenPath):
             fd = self._open(make)
         elif isinstance(make, Reopen):
-            fd = self._reopen(self._inode(make.inode), make.flags)
+            fd = self._reopen(self._inode(make.inode, d), make.flags)
         elif isinstance(make, PipeEnd):
             fd = self._pipe_end(make)
         elif isinstance(make, SocketEnd):
@@ -245,14 +249,18 @@ class _Maker:
     def _resolve(self, path: str, nofollow: int) -> int:
         """An O_PATH fd of ``path`` resolved inside the root."""
         try:
-            return openat2(
-                self.root_fd,
-                path,
-                os.O_PATH | os.O_CLOEXEC | nofollow,
-                RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
-            )
+            return self._resolve_os(path, nofollow)
         except OSError as exc:
             raise _Failed(exc.strerror or str(exc)) from None
+
+    def _resolve_os(self, path: str, nofollow: int) -> int:
+        """:meth:`_resolve`, its failure the OSError (whose errno says why)."""
+        return openat2(
+            self.root_fd,
+            path,
+            os.O_PATH | os.O_CLOEXEC | nofollow,
+            RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+        )
 
     def _check(self, make: OpenPath, st: os.stat_result) -> None:
         if stat.S_IFMT(st.st_mode) != make.fmt:
@@ -272,10 +280,18 @@ class _Maker:
     def _reopen(self, base: int, flags: int) -> int:
         return os.open(f"/proc/self/fd/{base}", flags | os.O_CLOEXEC | os.O_NOCTTY)
 
-    def _inode(self, index: int) -> int:
+    def _inode(self, index: int, d: Description) -> int:
+        """The inode's read-write fd, made for its first description ``d``; each
+        description reopens it with its own access and flags."""
         fd = self.inodes.get(index)
         if fd is None:
-            fd = self.inodes[index] = self.keep(_memfd(self.plan.inodes[index]))
+            inode = self.plan.inodes[index]
+            new = make_inode(inode, lambda path: self._resolve_os(path, 0))
+            fd = self.inodes[index] = self.keep(new.fd)
+            if new.mode is not None:
+                self.modes.append((fd, new.mode))
+            if new.why is not None:
+                self.fallbacks.append(Fallback(d.pid, d.fd, inode.path or inode.name, new.why))
         return fd
 
     def _pipe_end(self, make: PipeEnd) -> int:
@@ -331,25 +347,6 @@ def _fmt(mode: int) -> str:
         stat.S_IFIFO: "FIFO",
         stat.S_IFSOCK: "socket",
     }.get(stat.S_IFMT(mode), "file")
-
-
-def _memfd(inode: Inode) -> int:
-    """A memfd holding the unlinked file's content, holes kept, then sealed."""
-    sealing = inode.seals != _F_SEAL_SEAL  # a memfd made without ALLOW_SEALING reads so
-    flags = os.MFD_CLOEXEC | (os.MFD_ALLOW_SEALING if sealing else 0)
-    fd = os.memfd_create(inode.name, flags)
-    try:
-        os.ftruncate(fd, inode.size)
-        for offset, data in inode.runs:
-            view = memoryview(data)
-            while view:
-                view = view[os.pwrite(fd, view, offset + len(data) - len(view)) :]
-        if sealing and inode.seals:
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, inode.seals)
-        return fd
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def take_lock(fd: int, lock: LockPlan) -> None:
@@ -471,13 +468,17 @@ def make(
                     pid=d.pid,
                     fd=d.fd,
                 ) from None
+        # Only now: each description of an unnamed file was opened from it at 0600.
+        for fd, mode in maker.modes:
+            os.fchmod(fd, mode)
     except BaseException:
         close_all(made.values())
         maker.unix.undo()
         raise
     finally:
         close_all(maker.temp)
-    return Made(fds=[made[i] for i in range(len(plan.descriptions))], floor=floor)
+    fds = [made[i] for i in range(len(plan.descriptions))]
+    return Made(fds=fds, floor=floor, fallbacks=tuple(maker.fallbacks))
 
 
 def take_posix_locks(plan: RestorePlan, pid: int, slots: list[FdSlot]) -> None:

@@ -22,7 +22,7 @@ from ._escape import escape
 if TYPE_CHECKING:
     from ._cliargs import Subparsers
     from ._restore import Made
-    from ._restore_plan import RestorePlan
+    from ._restore_model import RestorePlan
 
 __all__ = ["add_parser", "command", "register", "run"]
 
@@ -125,6 +125,11 @@ def command(args: argparse.Namespace) -> int:
         os.close(root_fd)
     for s in plan.skipped:
         print(f"asyckpt: restore: skipped fd {s.fd} ({s.kind} {escape(s.path)})", file=sys.stderr)
+    for f in made.fallbacks:
+        print(
+            f"asyckpt: restore: fd {f.fd} ({escape(f.path)}): {f.why}, restored as a memfd",
+            file=sys.stderr,
+        )
     sys.stdout.flush()
     sys.stderr.flush()
     if args.hold:

@@ -20,8 +20,8 @@ from collections.abc import Iterable
 from ._decode import Image
 from ._errors import RestoreError
 from ._restore import Made, above, child_failed, close_all, install, nofile, take_posix_locks
+from ._restore_model import RestorePlan
 from ._restore_pidfd import PidTable
-from ._restore_plan import RestorePlan
 
 __all__ = ["end_tree", "hold", "hold_tree", "restore_tree"]
 

@@ -21,7 +21,7 @@ from ._errors import RestoreError
 from ._plugins.contract import RestoreRefused
 from ._records import File, Task
 from ._restore_model import Description, Hook, OpenPath
-from ._restore_plan import _FMT, _NEVER, MAX_PATH
+from ._restore_rules import FMT, MAX_PATH, NEVER
 
 if TYPE_CHECKING:
     from ._plugins.loaded import LoadedHandler
@@ -30,7 +30,7 @@ __all__ = ["HookHandlers", "LiveRestoreContext", "hook_problem"]
 
 # Restore's own rule: never create or truncate (O_NOCTTY, removed with them, is always
 # added back by the open); close-on-exec is restore's to set, O_ASYNC goes with an owner.
-_STRIP = _NEVER | os.O_ASYNC | os.O_CLOEXEC
+_STRIP = NEVER | os.O_ASYNC | os.O_CLOEXEC
 
 Opener = Callable[[OpenPath], int]
 """Restore's open of a path under the root, checked against the image (raising
@@ -61,11 +61,18 @@ class LiveRestoreContext:
         if type(flags) is not int or flags < 0:
             raise RestoreRefused(f"open {path}: flags {flags!r}")
         f = self.file
-        fmt = _FMT.get(f.type)
+        fmt = FMT.get(f.type)
         if fmt is None:
             raise RestoreRefused(f"open {path}: a {f.type} is not a file with a path")
-        make = OpenPath(path=path, flags=flags & ~_STRIP, fmt=fmt, dev=f.dev, ino=f.ino,
-                        size=f.size, rdev=f.rdev)  # fmt: skip
+        make = OpenPath(
+            path=path,
+            flags=flags & ~_STRIP,
+            fmt=fmt,
+            dev=f.dev,
+            ino=f.ino,
+            size=f.size,
+            rdev=f.rdev,
+        )
         fd = self._opener(make)
         self.opened.append(fd)
         return fd

@@ -266,13 +266,20 @@ class FdSlot(msgspec.Struct, kw_only=True):
 
 
 class Inode(msgspec.Struct, kw_only=True):
-    """An unlinked file recreated as a memfd: its saved content written back at its
-    offsets, holes left as holes, then its seals."""
+    """An unlinked file made again, its saved content written back at its offsets, holes
+    left as holes: a memfd (then its seals), or an unlinked regular file as an unnamed
+    file (O_TMPFILE) in the directory it lived in, a memfd when that cannot be."""
 
     name: str
     size: int
     runs: list[tuple[int, bytes]]
     seals: int
+    path: str | None = None
+    """An unlinked regular file's path, without `` (deleted)``: absolute, its directory
+    resolved under the root is where it is made again; "" when the image has no such
+    path; None for a memfd."""
+    mode: int = 0o600
+    """Its permission bits (an unnamed file's; never set-id)."""
 
 
 class Pipe(msgspec.Struct, kw_only=True):

@@ -38,8 +38,11 @@ from ._restore_unix import SUN_PATH, shown
 __all__ = ["SOCK_TYPES", "UnixMaker", "bind_inet", "shut"]
 
 _SHUTDOWN = {"read": socket.SHUT_RD, "write": socket.SHUT_WR, "both": socket.SHUT_RDWR}
-SOCK_TYPES = {"stream": socket.SOCK_STREAM, "dgram": socket.SOCK_DGRAM,
-          "seqpacket": socket.SOCK_SEQPACKET}  # fmt: skip
+SOCK_TYPES = {
+    "stream": socket.SOCK_STREAM,
+    "dgram": socket.SOCK_DGRAM,
+    "seqpacket": socket.SOCK_SEQPACKET,
+}
 
 
 def shut(fd: int, how: Shutdown) -> int:

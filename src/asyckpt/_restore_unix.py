@@ -134,8 +134,14 @@ def plan_unix(
                 f"its name {shown(address)} was {data.get('name_state')} since it was bound "
                 "(binding again would make another file there)"
             )
-        return UnixSocket(socktype=sotype, address=address, backlog=backlog, connect=None,
-                          netns=netns, shutdown=shutdown)  # fmt: skip
+        return UnixSocket(
+            socktype=sotype,
+            address=address,
+            backlog=backlog,
+            connect=None,
+            netns=netns,
+            shutdown=shutdown,
+        )
     if sotype == "dgram" or not peer_ino:
         connect = None
         if peer_ino:
@@ -149,8 +155,14 @@ def plan_unix(
             data.get("peer_queued_on") or data.get("state") not in ("CLOSE", None)
         ):
             raise Refuse("its peer is not restored with it (it waits in a queue, or is gone)")
-        return UnixSocket(socktype=sotype, address=address, backlog=None, connect=connect,
-                          netns=netns, shutdown=shutdown)  # fmt: skip
+        return UnixSocket(
+            socktype=sotype,
+            address=address,
+            backlog=None,
+            connect=connect,
+            netns=netns,
+            shutdown=shutdown,
+        )
     return _connection(f, data, peers, sotype, address, shutdown)
 
 

@@ -16,9 +16,12 @@ __all__ = [
     "DedupRows",
     "InheritedFd",
     "InheritedRow",
+    "MapRow",
     "RawFd",
     "RawRow",
     "ScanRow",
+    "TaskFilesRow",
+    "ThreadFilesRow",
     "stat_fields",
 ]
 
@@ -60,6 +63,61 @@ class InheritedFd(NamedTuple):
 
     fd: int
     flags: int
+
+
+class MapRow(NamedTuple):
+    """One line of ``/proc/PID/maps``, parsed (``_procparse.parse_maps``; the C reader
+    makes ``_fdscan.MapRow``, a struct sequence of these fields)."""
+
+    start: int
+    end: int
+    perms: str
+    """``rwxp``: ``r``/``-``, ``w``/``-``, ``x``/``-``, then ``p`` or ``s``."""
+    offset: int
+    dev: int
+    """The mapped inode's device, userspace ``dev_t`` layout (``os.makedev``); 0 (with
+    ``ino`` 0) for an anonymous mapping."""
+    ino: int
+    name: bytes
+    """The name column as the kernel wrote it (a newline in a path shows as ``\\012``):
+    for display only; a mapped file's path is read through ``map_files``."""
+
+
+class ThreadFilesRow(NamedTuple):
+    """A thread's (other than its leader) working and root directories and namespaces."""
+
+    tid: int
+    cwd: RawFd | int
+    root: RawFd | int
+    namespaces: dict[str, int]
+
+
+class TaskFilesRow(NamedTuple):
+    """What the scan reads of a task's files beyond its fd tables (``_taskread``).
+
+    A file held by reference is a :class:`RawFd` row of fd -1, pos 0, flags ``O_PATH``
+    (what handlers are told: no open file description to read through), no fdinfo, its
+    stat fields and mount id read through its magic link; an ``int`` in its place is the
+    errno that reading it failed with."""
+
+    cwd: RawFd | int
+    root: RawFd | int
+    exe: RawFd | int
+    namespaces: dict[str, int]
+    """Type -> inode, for each ``/proc/PID/ns`` entry that exists."""
+    maps: bytes | int
+    """The ``maps`` text as read (parsed, so known to be well formed), or the errno
+    reading it failed with (``EPROTO``: malformed).  Its ranges become records after the
+    thaw (``_parts.mappings``): no object per range is made while frozen."""
+    keys: set[tuple[int, int]]
+    """The (dev, ino) of every file the task maps: the resolver's set difference with the
+    files it knows is one C-level operation per task, not a Python step per file."""
+    mapped: list[tuple[MapRow, RawFd | int]]
+    """The first range of each mapped file that the capture had not read yet, in address
+    order, with its file read through ``map_files`` (or the errno)."""
+    threads: list[ThreadFilesRow]
+    cmdline: bytes | None
+    """``/proc/PID/cmdline`` when asked for (NUL-separated), else None."""
 
 
 RawRow = RawFd

@@ -19,6 +19,7 @@ from ._errors import collapse_errors
 from ._order import Reorderer
 from ._parts import ScannedTable, TaskPart, TaskScan
 from ._procread import read_fd_tables
+from ._taskfiles import TaskFileResolver
 
 __all__ = ["CHUNKS_PER_THREAD", "SCAN_AHEAD", "SCAN_THREADS", "scan_and_resolve", "scan_chunk"]
 
@@ -43,13 +44,16 @@ for trees of thousands of tasks."""
 
 
 def scan_chunk(
-    chunk: list[tuple[int, TaskPlan]], inherit: Container[int] | None = None
+    chunk: list[tuple[int, TaskPlan]],
+    inherit: Container[int] | None = None,
+    files: TaskFileResolver | None = None,
 ) -> list[TaskScan]:
     """Read the new fd tables of a run of tasks, in one pass of the C reader.
 
     ``inherit``: the tasks (of a frozen tree) whose tables the resolver will have seen
     before their children's; a child's fd shared with its parent's fd of the same number
     is then only checked with kcmp, not read again (see RecordBuilder.resolve's hints).
+    ``files``: also read each live task's files held by reference (``_taskread``).
     """
     owners = [(plan.stat.pid, tid) for _, plan in chunk for tid, _ in plan.scan]
     parents = None
@@ -64,7 +68,12 @@ def scan_chunk(
     rows = iter(read_fd_tables(owners, missing_ok=True, parents=parents))
     return [
         TaskScan(
-            index, plan, tuple(ScannedTable(tid, table, next(rows)) for tid, table in plan.scan)
+            index,
+            plan,
+            tuple(ScannedTable(tid, table, next(rows)) for tid, table in plan.scan),
+            None
+            if files is None or plan.stat.state == "Z"
+            else files.read(plan.stat.pid, [tid for tid, _ in plan.threads]),
         )
         for index, plan in chunk
     ]
@@ -116,7 +125,7 @@ async def scan_and_resolve(plans: list[TaskPlan], builder: RecordBuilder) -> lis
             trio.from_thread.check_cancelled()
             if resolver_gone.is_set():
                 return
-            token.run_sync_soon(deliver, out, scan_chunk(tasks, inherit))
+            token.run_sync_soon(deliver, out, scan_chunk(tasks, inherit, builder.task_files))
 
     async def scan_worker(out: trio.MemorySendChannel[list[TaskScan]]) -> None:
         async with out:

@@ -25,9 +25,9 @@ from ._escape import escape
 from ._ghost import format_size
 from ._image import Image
 from ._jsondata import json_data
-from ._names import json_name, json_names, json_names_in, os_name
+from ._names import ESCAPED, json_name, json_names, json_names_in, os_name
 from ._plugins.loading import ImagePlugin
-from ._records import NO_DATA, File, Lock, MountEntry, Owner, PluginInfo, Task
+from ._records import NO_DATA, File, Lock, MountEntry, Owner, PluginInfo, Task, Thread
 
 __all__ = [
     "FileView",
@@ -268,7 +268,12 @@ class JsonParts:
         json_name(tdoc, "comm", task.comm_bytes)
         json_name(tdoc, "root", task.root_bytes)
         tdoc["tty"] = tty_name(task.tty_nr, self._ttys)
-        tdoc["threads"] = [{"tid": th.tid, "fd_table": th.fd_table} for th in task.threads]
+        tdoc["threads"] = [_thread_doc(th) for th in task.threads]
+        tdoc["mappings"] = [msgspec.structs.asdict(m) for m in task.mappings]
+        tdoc.pop("cmdline_bytes", None)
+        if task.cmdline_bytes is not None:
+            tdoc["cmdline"] = [escape(arg) for arg in task.cmdline_bytes]
+            tdoc["cmdline_encoding"] = ESCAPED
         tdoc["fds"] = [
             {"fd": fd.fd, "file": fd.file, "cloexec": fd.cloexec}
             for fd, _ in self.image.fds(task.fd_table)
@@ -277,6 +282,17 @@ class JsonParts:
 
     def file(self, f: File) -> dict[str, Any]:
         return _file_doc(f, self._renderer, self.image)
+
+
+def _thread_doc(th: Thread) -> dict[str, Any]:
+    # cwd, root_file, namespaces: the thread's own (format 4), None for the task's.
+    return {
+        "tid": th.tid,
+        "fd_table": th.fd_table,
+        "cwd": th.cwd,
+        "root_file": th.root_file,
+        "namespaces": th.namespaces,
+    }
 
 
 def _mount_doc(e: MountEntry) -> dict[str, Any]:

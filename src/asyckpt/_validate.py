@@ -26,7 +26,7 @@ import msgspec
 
 from ._errors import ImageCorrupt
 from ._names import bad_name
-from ._records import NO_DATA, File, Header, Holders, MountTable, Task
+from ._records import FORMAT_VERSION, NO_DATA, File, Header, Holders, MountTable, Task
 
 __all__ = [
     "MAX_DATA_DEPTH",
@@ -87,6 +87,11 @@ def check_file(name: str, rec: File, files: Mapping[int, File]) -> list[int]:
         raise ImageCorrupt(f"{name}: file {rec.id} is defined twice")
     if rec.ghost_file is not None:
         _check_ghost_file(name, rec, files)
+    if not rec.description and (rec.flags or rec.access != "path" or rec.pos or rec.fdinfo):
+        raise ImageCorrupt(
+            f"{name}: file {rec.id}: held by reference (description false) but has "
+            "flags, an offset, fdinfo or an access other than path"
+        )
     if rec.data == NO_DATA:
         return []
     raw = bytes(rec.data)
@@ -117,7 +122,13 @@ def _check_ghost_file(name: str, rec: File, files: Mapping[int, File]) -> None:
         )
 
 
-def check_task(name: str, rec: Task, fd_tables: Mapping[int, object]) -> None:
+def check_task(
+    name: str,
+    rec: Task,
+    fd_tables: Mapping[int, object],
+    files: Mapping[int, File] | None = None,
+    version: int = FORMAT_VERSION,
+) -> None:
     if rec.fd_table is not None and rec.fd_table not in fd_tables:
         raise ImageCorrupt(f"{name}: task {rec.pid} refers to an undefined fd table")
     for th in rec.threads:
@@ -126,6 +137,55 @@ def check_task(name: str, rec: Task, fd_tables: Mapping[int, object]) -> None:
                 f"{name}: task {rec.pid}: thread {th.tid} refers to undefined fd table "
                 f"{th.fd_table}"
             )
+    if files is not None:
+        _check_task_files(name, rec, files, version)
+
+
+def _check_task_files(name: str, rec: Task, files: Mapping[int, File], version: int) -> None:
+    """A task's files held by reference (format 4): each a file record, defined before
+    the task, with ``description`` false; mappings non-empty, in address order, apart."""
+    where = f"{name}: task {rec.pid}"
+    held = [("cwd", rec.cwd), ("root_file", rec.root_file), ("exe", rec.exe)]
+    for th in rec.threads:
+        held += [(f"thread {th.tid} cwd", th.cwd), (f"thread {th.tid} root_file", th.root_file)]
+    present = (
+        any(file_id is not None for _, file_id in held)
+        or rec.mappings
+        or rec.namespaces
+        or rec.cmdline is not None
+        or rec.cmdline_bytes is not None
+        or rec.task_files_error is not None
+        or any(th.namespaces is not None for th in rec.threads)
+    )
+    if present and version < 4:
+        raise ImageCorrupt(f"{where}: task files in a version {version} image")
+    for field, file_id in held:
+        if file_id is not None:
+            _check_held(where, field, file_id, files)
+    end = 0
+    for m in rec.mappings:
+        if m.start >= m.end:
+            raise ImageCorrupt(f"{where}: mapping {m.start:#x}-{m.end:#x} is empty")
+        if m.start < end:
+            raise ImageCorrupt(
+                f"{where}: mapping {m.start:#x}-{m.end:#x} is out of address order "
+                "or overlaps the one before"
+            )
+        end = m.end
+        _check_held(where, f"mapping {m.start:#x}", m.file, files)
+    if rec.cmdline_bytes is not None and rec.cmdline is None:
+        raise ImageCorrupt(f"{where}: cmdline_bytes without cmdline")
+
+
+def _check_held(where: str, field: str, file_id: int, files: Mapping[int, File]) -> None:
+    f = files.get(file_id)
+    if f is None:
+        raise ImageCorrupt(f"{where}: {field} refers to undefined file {file_id}")
+    if f.description:
+        raise ImageCorrupt(
+            f"{where}: {field} refers to file {file_id}, an open file description "
+            "(a file held by reference has description false)"
+        )
 
 
 def _epoll_targets(name: str, file_id: int, raw: bytes) -> list[int]:

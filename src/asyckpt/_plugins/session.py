@@ -153,20 +153,49 @@ class HandlerContext:
     returns.
     """
 
-    def __init__(self, tid: int, session: CaptureSession | None = None) -> None:
+    def __init__(
+        self,
+        tid: int,
+        session: CaptureSession | None = None,
+        *,
+        held: str = "fd",
+        held_path: str | None = None,
+    ) -> None:
         self._pidfd: int | None = None
         self._tid = tid
         self._taken: dict[int, int] = {}
         self._session = session
         self._handler: Stateful | None = None
+        self.held = held
+        """How the task holds the file: ``fd`` (an open file description of its fd
+        table), or by reference: ``cwd``, ``root`` (its working or root directory),
+        ``exe`` (its executable) or ``map`` (a memory mapping).  A file held by
+        reference has no description of the task's: it is handled as an ``O_PATH`` fd
+        is, ``facts.fd`` -1 and ``O_PATH`` in ``facts.fdinfo.flags``, and
+        :meth:`take_fd` gives an ``O_PATH`` descriptor of the file itself (fstat works,
+        no I/O, no ioctl)."""
+        self._held_path = held_path
 
     def take_fd(self, fd: int) -> int:
         """A descriptor for the *same* open file description as the task's ``fd``
         (pidfd_getfd(2)), never a re-open; valid until the handler returns.  Asking
-        again for the same ``fd`` gives the same descriptor."""
+        again for the same ``fd`` gives the same descriptor.  For a file held by
+        reference (:attr:`held`), an ``O_PATH`` descriptor of the file itself."""
+        if self.held != "fd":
+            return self._take_held(fd)
         new = self._taken.get(fd)
         if new is None:
             new = self._taken[fd] = pidfd_getfd(self._pidfd_open(), fd)
+        return new
+
+    def _take_held(self, fd: int) -> int:
+        """An ``O_PATH`` descriptor of a file held by reference, through its magic link
+        (``fd`` is -1): never an open of the file itself, which for a device would run
+        its driver; the ghost spool re-opens it to copy a deleted mapped file."""
+        assert self._held_path is not None
+        new = self._taken.get(fd)
+        if new is None:
+            new = self._taken[fd] = os.open(self._held_path, os.O_PATH | os.O_CLOEXEC)
         return new
 
     def _pidfd_open(self) -> int:

@@ -446,7 +446,7 @@ def restore_fd(
     from .._restore import make, open_root
     from .._restore_hooks import HookHandlers, hook_problem
     from .._restore_model import Description, Hook, RestorePlan
-    from .._restore_plan import fd_kind
+    from .._restore_rules import fd_kind
 
     if not isinstance(captured, CapturedFd):
         raise TypeError(f"restore_fd takes what capture_fd returned, not {captured!r}")

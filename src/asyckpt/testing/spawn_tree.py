@@ -1,12 +1,15 @@
 """A process tree holding many open fds of every common kind, for tests and benchmarks.
 
-usage: python -m asyckpt.testing.spawn_tree CHILDREN FDS_PER_TASK [DEPTH]
+usage: python -m asyckpt.testing.spawn_tree CHILDREN FDS_PER_TASK [DEPTH] [--maps N]
 
 The root opens ``FDS_PER_TASK`` fds (see :func:`fill`), forks ``CHILDREN`` children, each
 of which inherits the root's fds, opens as many of its own and, below ``DEPTH`` (default
 1), forks two children of its own.  Once every task is ready the root prints its pid on
 stdout and the tree sleeps until killed; SIGTERM to the root kills its whole process
-group.  Its scratch files go into a new directory under ``$TMPDIR``.
+group.  Its scratch files go into a new directory under ``$TMPDIR``.  With ``--maps N``
+the root first maps ``N`` small files (see :func:`map_files`) and closes them, so every
+task of the tree holds ``N`` file-backed mappings, shared as the libraries of a tree of
+processes are (what ``bench/run.py``'s mapping workloads measure).
 
 Half of a child's fds are descriptions shared with its parent, so the tree exercises
 asyckpt's deduplication as much as its scan; ``bench/run.py`` measures on it and the
@@ -23,7 +26,7 @@ import sys
 import tempfile
 from typing import NamedTuple, NoReturn
 
-__all__ = ["KINDS", "fds_opened", "fill", "main", "tasks_spawned"]
+__all__ = ["KINDS", "fds_opened", "fill", "main", "map_files", "tasks_spawned"]
 
 KINDS = ("reg", "append", "dir", "o_path_link", "pipe", "socketpair")
 """What the i-th fd of :func:`fill` is: ``KINDS[i % 6]``."""
@@ -78,6 +81,30 @@ def fill(workdir: str, per: int, tag: str) -> list[int]:
     return held
 
 
+def map_files(workdir: str, count: int) -> list[int]:
+    """Map ``count`` files of one page each (shared, read-only) and close them: only the
+    mappings hold them.  Returns the addresses.  (Python's mmap would keep an fd each.)"""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    c_int = ctypes.c_int
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, c_int, c_int, c_int, ctypes.c_long]
+    page = os.sysconf("SC_PAGE_SIZE")
+    addrs = []
+    for i in range(count):
+        fd = os.open(os.path.join(workdir, f"m{i}"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, bytes([i % 256]) * page)
+            addr = libc.mmap(None, page, 1, 1, fd, 0)  # PROT_READ, MAP_SHARED
+            if addr is None or addr == ctypes.c_void_p(-1).value:
+                raise OSError(ctypes.get_errno(), "mmap")
+            addrs.append(int(addr))
+        finally:
+            os.close(fd)
+    return addrs
+
+
 class Ready(NamedTuple):
     """The pipe each task writes a byte to, then closes, once it is ready (``r`` -1:
     closed already, by the parent)."""
@@ -110,7 +137,16 @@ def _spawn(workdir: str, per: int, level: int, depth: int, count: int, ready: Re
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+    args = list(sys.argv[1:] if argv is None else argv)
+    maps = 0
+    if "--maps" in args:
+        at = args.index("--maps")
+        maps_arg = args[at + 1 : at + 2]
+        del args[at : at + 2]
+        if not maps_arg or not maps_arg[0].isdigit():
+            args = []  # the usage below
+        else:
+            maps = int(maps_arg[0])
     if not 2 <= len(args) <= 3 or not all(a.isdigit() for a in args):
         print(__doc__.strip().splitlines()[2], file=sys.stderr)
         return 2
@@ -122,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = tempfile.mkdtemp(prefix="asyckpt-spawn-tree-")
     if os.getsid(0) != os.getpid():
         os.setpgid(0, 0)  # its own process group, so that killpg(root) reaches every task
+    if maps:
+        map_files(workdir, maps)
     fill(workdir, per, "root")
     ready = Ready(*os.pipe())
     _spawn(workdir, per, 1, depth, children, ready)
