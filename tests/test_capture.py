@@ -181,19 +181,24 @@ def test_capture_is_deterministic(zoo: Tree, tmp_path: Path) -> None:
 def test_image_is_the_same_whichever_reader(
     zoo: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The C reader leaning on the parent's rows (the default, frozen), the C reader
-    reading every fd, and the pure-Python reader and dedup loop give byte-identical
-    bodies."""
-    from asyckpt import _procread
+    """The C reader leaning on the parent's rows (the default, frozen), the same handing
+    every table to the resolver in pieces of 3 fds as it reads them, the C reader
+    reading every fd, each table whole, and the pure-Python readers and dedup loop (in
+    pieces too) give byte-identical bodies."""
+    from asyckpt import _procread, _scanning
 
-    read = _procread.read_fd_tables
+    read = _procread.iter_fd_tables
     bodies = []
     _idle(zoo.pid)
     capture(zoo, tmp_path / "lean.ackpt")
     bodies.append(_body((tmp_path / "lean.ackpt").read_bytes()))
+    monkeypatch.setattr(_scanning, "PIECE", 3)
+    _idle(zoo.pid)
+    capture(zoo, tmp_path / "pieces.ackpt")
+    bodies.append(_body((tmp_path / "pieces.ackpt").read_bytes()))
     with monkeypatch.context() as m:
         m.setattr(
-            "asyckpt._scanning.read_fd_tables",
+            "asyckpt._scanning.iter_fd_tables",
             lambda owners, **kw: read(owners, missing_ok=kw["missing_ok"]),
         )
         _idle(zoo.pid)
@@ -201,11 +206,12 @@ def test_image_is_the_same_whichever_reader(
     bodies.append(_body((tmp_path / "full.ackpt").read_bytes()))
     monkeypatch.setattr(_procread, "_read_tables_c", None)
     monkeypatch.setattr("asyckpt._taskread._read_task_files_c", None)
+    monkeypatch.setattr(_procread, "_read_task_c", None)
     monkeypatch.setattr("asyckpt._capture.dedup_rows", None)
     _idle(zoo.pid)
     capture(zoo, tmp_path / "py.ackpt")
     bodies.append(_body((tmp_path / "py.ackpt").read_bytes()))
-    assert bodies[0] == bodies[1] == bodies[2]
+    assert bodies[0] == bodies[1] == bodies[2] == bodies[3]
 
 
 def _body(data: bytes) -> bytes:

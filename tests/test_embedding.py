@@ -183,8 +183,8 @@ def test_the_reader_stays_within_scan_ahead_of_a_slow_resolver(
     counts = {"read": 0, "resolved": 0, "ahead": 0}
     scan_chunk, resolve = _scanning.scan_chunk, _build.RecordBuilder.resolve
 
-    def counting_scan(chunk: Any, inherit: Any = None, files: Any = None) -> Any:
-        out = scan_chunk(chunk, inherit, files)
+    def counting_scan(chunk: Any, inherit: Any = None, files: Any = None, **kw: Any) -> Any:
+        out = scan_chunk(chunk, inherit, files, **kw)
         counts["read"] += len(chunk)
         counts["ahead"] = max(counts["ahead"], counts["read"] - counts["resolved"])
         return out

@@ -458,6 +458,30 @@ def test_a_dead_guardian_stops_the_capture_before_anything_changes() -> None:
     guardian.dismiss(clean=True)
 
 
+def test_steps_noted_together_are_each_in_the_plan() -> None:
+    """A tree's moves are noted in one write (TransientFreezer.add): each is a line of
+    the plan on disk, in order, as if noted one by one."""
+    import json
+
+    from asyckpt._guardian import Guardian
+
+    guardian = Guardian()
+    guardian.wait_ready()
+    try:
+        steps = [("rmdir", f"/sys/fs/cgroup/unified/asyckpt-never-made-{n}") for n in range(3)]
+        guardian.note_all(steps)
+        guardian.note_all([])
+        guardian.note("rmdir", "/sys/fs/cgroup/unified/asyckpt-never-made")
+        assert guardian._plan is not None and guardian._plan.path is not None
+        lines = Path(guardian._plan.path).read_text().splitlines()
+        assert [json.loads(line) for line in lines[1:]] == [
+            *map(list, steps),
+            ["rmdir", "/sys/fs/cgroup/unified/asyckpt-never-made"],
+        ]
+    finally:
+        guardian.dismiss(clean=True)
+
+
 def test_prestarted_guardian_is_taken_once_or_discarded(zoo: Tree, tmp_path: Path) -> None:
     from asyckpt import _guardian
 

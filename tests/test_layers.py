@@ -229,6 +229,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "asyckpt._facts",
             "asyckpt._parts",
             "asyckpt._taskfiles",
+            "asyckpt._handoff",
             "asyckpt._build",
             "asyckpt._materialize",
             "asyckpt._begins",

@@ -201,10 +201,10 @@ def _resolve_zoo(zoo: Tree, dedup_rows: Any, *, expect: bool = False) -> tuple[l
     import asyckpt
     from asyckpt._build import RecordBuilder
     from asyckpt._capture import _read_mountinfo
-    from asyckpt._discover import plan_tables, walk_tree
+    from asyckpt._discover import plan_tables, survey_tree
     from asyckpt._scanning import scan_chunk
 
-    plans = plan_tables(walk_tree(zoo.pid))
+    plans = plan_tables(survey_tree(zoo.pid))
     inherit = {p.stat.pid for p in plans if p.threads[0][1] is not None}
     scans = scan_chunk(list(enumerate(plans)), inherit)
     builder = RecordBuilder(
@@ -349,11 +349,11 @@ def test_scanned_and_resolved_tables_have_names(zoo: Tree) -> None:
     import asyckpt
     from asyckpt._build import RecordBuilder
     from asyckpt._capture import _read_mountinfo
-    from asyckpt._discover import plan_tables, walk_tree
+    from asyckpt._discover import plan_tables, survey_tree
     from asyckpt._parts import ResolvedTable, ScannedTable
     from asyckpt._scanning import scan_chunk
 
-    plans = plan_tables(walk_tree(zoo.pid))
+    plans = plan_tables(survey_tree(zoo.pid))
     scans = scan_chunk(list(enumerate(plans)))
     builder = RecordBuilder(
         asyckpt.load_handlers(autoload=False),
@@ -388,3 +388,65 @@ def test_a_tables_rows_share_their_repeated_ints(tmp_path: Path) -> None:
     finally:
         for fd in opened:
             os.close(fd)
+
+
+def test_task_reader_c_and_python_agree(zoo: Tree) -> None:
+    """read_task (stat, threads, children, owner, root, mount namespace in one C call)
+    and its Python twin, on live tasks (threads, one with its own table), a zombie and
+    a task that is gone."""
+    from asyckpt import _fdscan
+    from asyckpt._procread import _read_task_py, read_task
+
+    pids = [*zoo.pids(), os.getpid()]
+    for pid in pids:
+        assert _fdscan.read_task(pid) == _read_task_py(pid)
+    root = _fdscan.read_task(zoo.pid)
+    assert len(root[1]) >= 3 and root[1] == sorted(root[1])  # the leader and two threads
+    assert set(root[2]) <= set(pids) and root[2] == sorted(set(root[2]))
+    assert root[5] == os.readlink(f"/proc/{zoo.pid}/root")
+    assert root[6] == os.stat(f"/proc/{zoo.pid}/ns/mnt").st_ino
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    try:
+        for _ in range(1000):
+            if read_task(child).stat.state == "Z":
+                break
+        raw = _fdscan.read_task(child)
+        assert raw == _read_task_py(child)
+        assert raw[5] is None and raw[6] == 0  # a zombie has no root nor namespaces
+        assert read_task(child).meta.root == "/"
+        assert child in _fdscan.read_task(os.getpid())[2]
+    finally:
+        os.waitpid(child, 0)
+    for reader in (_fdscan.read_task, _read_task_py):
+        with pytest.raises(FileNotFoundError):
+            reader(4194999)
+    with pytest.raises(NoSuchProcess):
+        read_task(4194999)
+    with pytest.raises(ValueError, match="out of range"):
+        _fdscan.read_task(0)
+
+
+def test_kcmp_c_and_ctypes_agree(zoo: Tree) -> None:
+    """_kernel.kcmp goes through the C extension when it is built (plan_tables calls it
+    for every task of a frozen tree); the ctypes call is the fallback: both give the
+    same order and the same errors."""
+    from asyckpt import _fdscan, _kernel
+    from asyckpt._kernel import KCMP_EPOLL_TFD, KCMP_FILES
+
+    pids = zoo.pids()
+    fds = sorted(int(n) for n in os.listdir(f"/proc/{zoo.pid}/fd"))[:6]
+    cases = [(a, b, KCMP_FILES, 0, 0) for a in pids for b in pids]
+    cases += [(zoo.pid, zoo.pid, KCMP_FILE, x, y) for x in fds for y in fds]
+    for case in cases:
+        assert _fdscan.kcmp(*case) == _kernel._kcmp_ctypes(*case) == _kernel.kcmp_raw(*case)
+    assert {_fdscan.kcmp(*c) for c in cases} == {0, 1, 2}
+    errors = []
+    for kcmp_call in (_fdscan.kcmp, _kernel._kcmp_ctypes):
+        with pytest.raises(OSError, match="Bad file descriptor") as info:
+            kcmp_call(zoo.pid, zoo.pid, KCMP_FILE, 0, 1 << 30)
+        errors.append(info.value.errno)
+    assert errors == [errno.EBADF, errno.EBADF]
+    with pytest.raises(ValueError, match="EPOLL_TFD"):
+        _fdscan.kcmp(zoo.pid, zoo.pid, KCMP_EPOLL_TFD, 0, 0)

@@ -202,16 +202,9 @@ class RecordBuilder:
         if meta.mnt_ns and meta.mnt_ns not in self._mnt_seen:
             self._mnt_seen.add(meta.mnt_ns)
             mountinfo = self._read_mountinfo(pid)
-        if scan.files is not None or any(t.fds for t in scan.tables):
+        if scan.files is not None or any(t.fds for t in scan.tables):  # a RowStream is never empty
             self.paths.open_root(pid, meta.mnt_ns, meta.root)
         parent_table = self._task_table.get(plan.stat.ppid)
-        if parent_table is None and any(len(row) == 2 for t in scan.tables for row in t.fds or ()):
-            # Its fds were read as shared with its parent's, whose own table was never read:
-            # the parent was killed meanwhile (SIGKILL reaches a frozen task).
-            raise NoSuchProcess(
-                "the process exited during the capture, after its child's fds were read",
-                pid=plan.stat.ppid,
-            )
         hints = self._table_fds.get(parent_table, {}) if parent_table is not None else {}
         tables = []
         keep = self._parents is None or pid in self._parents
@@ -221,7 +214,19 @@ class RecordBuilder:
                 seen = self._table_fds[table_id] = {}
             else:
                 seen = self._scratch
-            entries = self._resolve_table(pid, tid, fds, meta.root, hints, seen)
+            pieces = []
+            # A big table comes in pieces as they are read: each resolved in turn, as
+            # the whole table would be (ids are handed out in fd order either way).
+            for rows in (fds,) if isinstance(fds, list) else fds:
+                if parent_table is None and any(len(row) == 2 for row in rows):
+                    # Read as shared with its parent's fds, whose own table was never
+                    # read: the parent was killed meanwhile (SIGKILL reaches a frozen task).
+                    raise NoSuchProcess(
+                        "the process exited during the capture, after its child's fds were read",
+                        pid=plan.stat.ppid,
+                    )
+                pieces.append(self._resolve_table(pid, tid, rows, meta.root, hints, seen))
+            entries = FdEntries.join(pieces)
             if not keep:
                 seen.clear()
             tables.append(ResolvedTable(tid, table_id, entries))

@@ -6,12 +6,17 @@ Theory of operation
 2. *Freeze*: move the tree into a transient freezer cgroup and freeze it.  Everything from
    here to the thaw runs inside try/finally, and the thaw is shielded from cancellation, so
    no exit path (error, cancel, Ctrl-C, SIGTERM) leaves the tree frozen.
-3. Re-walk the now frozen tree; a task forked while we were moving its parent is moved in
-   and the freeze re-confirmed, for a bounded number of rounds.  Group threads by fd table.
+3. Re-walk the now frozen tree (each task's stat, threads, children and metadata in one C
+   call, ``_procread.read_task``); a task forked while we were moving its parent is moved
+   in and the freeze re-confirmed, for a bounded number of rounds.  Group threads by fd
+   table.
 4. *Scan* (``_scanning``): ``SCAN_THREADS`` worker threads (one on two cores) read the fd tables in
    tree order, a chunk of tasks at a time, in C without the GIL (never a thread hop per
    fd or per table), each handing its chunks to the event loop as it goes, at most
-   ``SCAN_AHEAD`` chunks ahead of the resolver.  Meanwhile each handler with a ``begin``
+   ``SCAN_AHEAD`` chunks ahead of the resolver.  A table of more than ``PIECE`` fds is
+   handed on as soon as it is listed, its rows following a piece at a time as they are
+   read (``_handoff.RowStream``), so the resolver works on one task's table while the
+   reader reads the rest of it.  Meanwhile each handler with a ``begin``
    hook gets the capture session in a worker thread of its own (one sock_diag dump per
    network namespace, say; ``_begins``), so that its per-capture work overlaps the scan
    instead of adding to it.  Frozen, a child's fd that kcmp finds shared with
@@ -55,10 +60,11 @@ of each description first seen, what its handler made; the records can only be m
 once the whole tree is known), the deduplication index, the fd maps of the tasks that
 have children (what their children's fds are checked against), plus the rows of at
 most twice ``SCAN_AHEAD`` chunks read but not yet resolved (in the channel, and taken
-by the resolver in one hop).  The index and the maps are dropped once every task is
-resolved.  After the thaw, the resolved forms shrink as records are made, and the
-channel holds at most ``BATCH_BUFFER`` batches (the records of tasks taken until
-``MAKE_RECORDS`` with at most 1 MiB of content, or one content chunk).
+by the resolver in one hop), and of at most one big table's pieces per reader.  The
+index and the maps are dropped once every task is resolved.  After the thaw, the
+resolved forms shrink as records are made, and the channel holds at most
+``BATCH_BUFFER`` batches (the records of tasks taken until ``MAKE_RECORDS`` with at
+most 1 MiB of content, or one content chunk).
 """
 
 from __future__ import annotations
@@ -75,7 +81,7 @@ import trio
 from ._begins import run_begin
 from ._build import RecordBuilder
 from ._claim import claim_freezer
-from ._discover import TaskPlan, check_target, own_lineage, plan_tables, walk_tree
+from ._discover import TaskPlan, check_target, own_lineage, plan_tables, survey_tree, walk_tree
 from ._errors import FreezerError, NoSuchProcess, collapse_errors
 from ._freeze import Freezer
 from ._ghost import CONTENT_CHUNK, DEFAULT_GHOST_LIMIT, Chunk, GhostNote
@@ -210,13 +216,13 @@ def _settle_tree(
 ) -> list[TaskPlan]:
     """Walk the frozen tree, catch tasks that escaped the move, plan its fd tables."""
     for _round in range(MAX_FREEZE_ROUNDS):
-        tasks = walk_tree(root.pid)
-        if tasks[0].starttime != root.starttime:
+        tasks = survey_tree(root.pid)
+        if tasks[0].stat.starttime != root.starttime:
             raise NoSuchProcess("the process exited and its pid was reused", pid=root.pid)
         if not freezer.consistent:
             break
         members = freezer.members()
-        missing = [t.pid for t in tasks if t.pid not in members and t.state != "Z"]
+        missing = [t.stat.pid for t in tasks if t.stat.pid not in members and t.stat.state != "Z"]
         if not missing:
             break
         freezer.add(missing)
@@ -226,7 +232,11 @@ def _settle_tree(
     # The v1 freezer shows every frozen task as "D": keep the state it had before.
     state = {(t.pid, t.starttime): t.state for t in before}
     tasks = [
-        t._replace(state=state.get((t.pid, t.starttime), t.state)) if t.state != "Z" else t
+        t._replace(
+            stat=t.stat._replace(state=state.get((t.stat.pid, t.stat.starttime), t.stat.state))
+        )
+        if t.stat.state != "Z"
+        else t
         for t in tasks
     ]
     return plan_tables(tasks)

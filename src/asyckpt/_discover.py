@@ -4,15 +4,16 @@ tables are shared."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from ._errors import AccessDenied, InvalidTarget, NoSuchProcess, translate_oserror
 from ._kernel import KCMP_FILES, kcmp
 from ._procparse import TaskStat, parse_tgid
-from ._procread import TaskMeta, list_children, list_threads, read_stat, read_task_meta
+from ._procread import TaskMeta, TaskRead, read_stat, read_task
 from ._scope import Protected
 
-__all__ = ["TaskPlan", "check_target", "own_lineage", "plan_tables", "walk_tree"]
+__all__ = ["TaskPlan", "check_target", "own_lineage", "plan_tables", "survey_tree", "walk_tree"]
 
 
 def _ancestors(pid: int) -> list[int]:
@@ -77,22 +78,27 @@ def check_target(pid: int) -> TaskStat:
     return stat
 
 
-def walk_tree(root: int) -> list[TaskStat]:
-    """The tree rooted at ``root`` in pre-order, children by ascending pid."""
-    out: list[TaskStat] = []
+def survey_tree(root: int) -> list[TaskRead]:
+    """The tree rooted at ``root`` in pre-order, children by ascending pid, with what
+    :func:`plan_tables` needs of each task."""
+    out: list[TaskRead] = []
     stack = [root]
     while stack:
         pid = stack.pop()
         try:
-            stat = read_stat(pid)
-            children = list_children(pid)
+            task = read_task(pid)
         except NoSuchProcess:
             if pid == root:
                 raise
             continue  # exited between its parent's listing and ours
-        out.append(stat)
-        stack.extend(reversed(children))
+        out.append(task)
+        stack.extend(reversed(task.children))
     return out
+
+
+def walk_tree(root: int) -> list[TaskStat]:
+    """The tree rooted at ``root`` in pre-order, children by ascending pid."""
+    return [task.stat for task in survey_tree(root)]
 
 
 class TaskPlan(NamedTuple):
@@ -107,7 +113,7 @@ class TaskPlan(NamedTuple):
 _ZOMBIE_META = TaskMeta(uid=0, gid=0, root="/", mnt_ns=0)
 
 
-def plan_tables(tasks: list[TaskStat]) -> list[TaskPlan]:
+def plan_tables(tasks: Sequence[TaskRead]) -> list[TaskPlan]:
     """Group every thread of every task by fd table (kcmp KCMP_FILES), ids in pre-order,
     and read each task's metadata (owner, root, mount namespace).
 
@@ -125,14 +131,9 @@ def plan_tables(tasks: list[TaskStat]) -> list[TaskPlan]:
         return next_id - 1
 
     plans = []
-    for stat in tasks:
+    for stat, tids, _, meta in tasks:
         if stat.state == "Z":
             plans.append(TaskPlan(stat, _ZOMBIE_META, ((stat.pid, None),), ()))
-            continue
-        try:
-            tids = list_threads(stat.pid)
-            meta = read_task_meta(stat.pid)
-        except NoSuchProcess:
             continue
         threads: list[tuple[int, int | None]] = []
         scan: list[tuple[int, int]] = []

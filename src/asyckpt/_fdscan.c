@@ -61,20 +61,51 @@ struct scan {
     int err;            /* errno of the first hard failure, 0 if none */
     int err_fd;         /* the fd it happened on, -1 for the directories */
     const char *err_what;
+    /* The table's listing (list_table), taken once, and how far reading it has got: the
+     * fds are read from this listing, piece by piece or whole (read_entries). */
+    int dfd, ifd;       /* its fd and fdinfo directories, open while fds remain to read */
+    int *fds;
+    size_t nfds, next;
+    pid_t parent, tid;  /* parent > 0: an fd shared with parent's same fd is inherited */
 };
+
+static void init_scan(struct scan *s, pid_t parent, pid_t tid) {
+    memset(s, 0, sizeof *s);
+    s->err_fd = -1;
+    s->dfd = s->ifd = -1;
+    s->parent = parent;
+    s->tid = tid;
+}
 
 static int cmp_int(const void *a, const void *b) {
     int x = *(const int *)a, y = *(const int *)b;
     return (x > y) - (x < y);
 }
 
-static void free_scan(struct scan *s) {
+/* The rows read last (their entries), once they are Python objects. */
+static void free_entries(struct scan *s) {
     for (size_t i = 0; i < s->n; i++) {
         free(s->entries[i].link);
         free(s->entries[i].info);
     }
     free(s->entries);
+    s->entries = NULL;
+    s->n = s->cap = 0;
+}
+
+static void close_dirs(struct scan *s) {
+    if (s->dfd >= 0) close(s->dfd);
+    if (s->ifd >= 0) close(s->ifd);
+    s->dfd = s->ifd = -1;
+}
+
+static void free_scan(struct scan *s) {
+    free_entries(s);
     free(s->buf);
+    s->buf = NULL;
+    free(s->fds);
+    s->fds = NULL;
+    close_dirs(s);
 }
 
 /* Read a whole fdinfo file into the scan's buffer, which grows as needed and serves
@@ -169,18 +200,18 @@ static ssize_t readlink_name(int dfd, const char *name, char *link)
     }
     return n;
 }
-static void scan_table(const char *fd_dir, const char *info_dir, pid_t parent, pid_t tid,
-                       struct scan *s) {
-    int *fds = NULL;
-    size_t nfds = 0, fds_cap = 0;
-    int dfd = -1, ifd = -1, lfd = -1;
+/* The listing of one table: both directories opened (kept open for read_entries) and
+ * the fd numbers read, sorted.  On failure s->err is set and nothing is left open. */
+static void list_table(const char *fd_dir, const char *info_dir, struct scan *s) {
+    size_t fds_cap = 0;
+    int lfd = -1;
     DIR *d = NULL;
 
-    dfd = open(fd_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0) { s->err = errno; s->err_what = fd_dir; goto out; }
-    ifd = open(info_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (ifd < 0) { s->err = errno; s->err_what = info_dir; goto out; }
-    lfd = dup(dfd);
+    s->dfd = open(fd_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (s->dfd < 0) { s->err = errno; s->err_what = fd_dir; goto out; }
+    s->ifd = open(info_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (s->ifd < 0) { s->err = errno; s->err_what = info_dir; goto out; }
+    lfd = dup(s->dfd);
     if (lfd < 0 || !(d = fdopendir(lfd))) {
         s->err = errno; s->err_what = fd_dir;
         if (lfd >= 0) close(lfd);
@@ -190,28 +221,43 @@ static void scan_table(const char *fd_dir, const char *info_dir, pid_t parent, p
     errno = 0;
     while ((de = readdir(d))) {
         if (de->d_name[0] < '0' || de->d_name[0] > '9') continue;
-        if (nfds == fds_cap) {
+        if (s->nfds == fds_cap) {
             size_t cap = fds_cap ? fds_cap * 2 : 256;
-            int *more = realloc(fds, cap * sizeof *fds);
+            int *more = realloc(s->fds, cap * sizeof *s->fds);
             if (!more) { s->err = ENOMEM; s->err_what = fd_dir; goto out; }
-            fds = more;
+            s->fds = more;
             fds_cap = cap;
         }
-        fds[nfds++] = atoi(de->d_name);
+        s->fds[s->nfds++] = atoi(de->d_name);
     }
     if (errno && errno != ENOENT) { s->err = errno; s->err_what = fd_dir; goto out; }
-    qsort(fds, nfds, sizeof *fds, cmp_int);
+    qsort(s->fds, s->nfds, sizeof *s->fds, cmp_int);
+out:
+    if (d) closedir(d);
+    if (s->err) close_dirs(s);
+}
 
-    s->entries = calloc(nfds ? nfds : 1, sizeof *s->entries);
-    if (!s->entries) { s->err = ENOMEM; s->err_what = fd_dir; goto out; }
-    s->cap = nfds;
+/* Read the next fds of the listing, at most limit of them (0: all that are left), into
+ * s->entries, in place of the previous ones (freed: they were made into rows).  The
+ * directories are closed once the last fd is read, or on a failure (s->err). */
+static void read_entries(struct scan *s, size_t limit) {
+    free_entries(s);
+    size_t end = s->nfds - s->next;
+    if (limit && end > limit) end = limit;
+    end += s->next;
+    s->entries = calloc(end > s->next ? end - s->next : 1, sizeof *s->entries);
+    if (!s->entries) { s->err = ENOMEM; s->err_what = "fd"; goto out; }
+    s->cap = end - s->next;
 
+    int dfd = s->dfd, ifd = s->ifd;
+    pid_t parent = s->parent, tid = s->tid;
     char name[16], link[PATH_MAX + 1];
-    for (size_t i = 0; i < nfds; i++) {
+    for (; s->next < end; s->next++) {
+        int fd = s->fds[s->next];
         struct entry *e = &s->entries[s->n];
-        snprintf(name, sizeof name, "%d", fds[i]);
+        snprintf(name, sizeof name, "%d", fd);
         ssize_t n = 0;
-        e->inherited = parent > 0 && same_as_parent(parent, tid, fds[i]);
+        e->inherited = parent > 0 && same_as_parent(parent, tid, fd);
         if (!e->inherited) {
             n = readlink_name(dfd, name, link);
             if (n < 0) goto fd_failed;
@@ -225,7 +271,7 @@ static void scan_table(const char *fd_dir, const char *info_dir, pid_t parent, p
         errno = saved;
         if (got < 0) goto fd_failed;
         split_fdinfo(e, s->buf, (size_t)got);
-        e->fd = fds[i];
+        e->fd = fd;
         if (e->inherited) {
             /* A POSIX lock taken through an inherited fd is listed only in the fdinfo of
              * the fds of its owner's table, so the parent's row does not show it: such an
@@ -253,14 +299,18 @@ static void scan_table(const char *fd_dir, const char *info_dir, pid_t parent, p
         continue;
     fd_failed:
         if (errno == ENOENT) { errno = 0; continue; }  /* closed in the meantime */
-        s->err = errno; s->err_fd = fds[i]; s->err_what = "fd";
+        s->err = errno; s->err_fd = fd; s->err_what = "fd";
         goto out;
     }
 out:
-    if (d) closedir(d);
-    if (dfd >= 0) close(dfd);
-    if (ifd >= 0) close(ifd);
-    free(fds);
+    if (s->err || s->next >= s->nfds) close_dirs(s);
+}
+
+/* One whole table: its listing, then every fd of it. */
+static void scan_table(const char *fd_dir, const char *info_dir, struct scan *s) {
+    list_table(fd_dir, info_dir, s);
+    if (!s->err) read_entries(s, 0);
+    close_dirs(s);
 }
 
 /* The row types, made once at import and exported as FdRow and InheritedFd: the field
@@ -432,11 +482,11 @@ static PyObject *read_table(PyObject *self, PyObject *args) {
         return NULL;
     const char *fd_dir = PyBytes_AS_STRING(fd_dir_obj);
     const char *info_dir = PyBytes_AS_STRING(info_dir_obj);
-    struct scan s = {0};
-    s.err_fd = -1;
+    struct scan s;
+    init_scan(&s, 0, 0);
 
     Py_BEGIN_ALLOW_THREADS
-    scan_table(fd_dir, info_dir, 0, 0, &s);
+    scan_table(fd_dir, info_dir, &s);
     Py_END_ALLOW_THREADS
 
     PyObject *result = scan_to_python(&s, fd_dir);
@@ -446,7 +496,94 @@ static PyObject *read_table(PyObject *self, PyObject *args) {
     return result;
 }
 
-/* read_tables([(fd_dir, fdinfo_dir), ...], parents=None) -> [list | OSError, ...]
+/* TableReader: one big table, listed, its fds read a piece at a time by read(n).
+ *
+ * So that the resolver works on one piece of a table while the next is being read: a
+ * task of 10k fds would otherwise be read whole before its first fd is resolved, and the
+ * two cores would never work on it together.  Made only by read_tables.  The listing is
+ * the one taken when it was made: every piece reads fds of that listing, in its order,
+ * as one read_table would (what a frozen task's table holds cannot change in between;
+ * an unfrozen task's fd closed meanwhile is skipped, as read_table skips it). */
+typedef struct {
+    PyObject_HEAD
+    struct scan s;
+    PyObject *fd_dir;   /* bytes: what its errors name */
+    int busy;           /* a read() is running without the GIL: another must not start */
+} TableReader;
+
+static void table_reader_dealloc(TableReader *self) {
+    free_scan(&self->s);
+    Py_XDECREF(self->fd_dir);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *table_reader_read(TableReader *self, PyObject *arg) {
+    long limit = PyLong_AsLong(arg);
+    if (limit == -1 && PyErr_Occurred()) return NULL;
+    if (limit < 1) {
+        PyErr_SetString(PyExc_ValueError, "TableReader.read: n must be at least 1");
+        return NULL;
+    }
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "TableReader.read: already reading in another thread");
+        return NULL;
+    }
+    if (self->s.dfd < 0) return PyList_New(0);  /* read to the end, failed or closed */
+    self->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    read_entries(&self->s, (size_t)limit);
+    Py_END_ALLOW_THREADS
+    self->busy = 0;
+    PyObject *rows = scan_to_python(&self->s, PyBytes_AS_STRING(self->fd_dir));
+    free_entries(&self->s);
+    return rows;
+}
+
+static PyObject *table_reader_close(TableReader *self, PyObject *unused) {
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "TableReader.close: a read is running in another thread");
+        return NULL;
+    }
+    close_dirs(&self->s);
+    Py_RETURN_NONE;
+}
+
+static PyObject *table_reader_listed(TableReader *self, void *unused) {
+    return PyLong_FromSize_t(self->s.nfds);
+}
+
+static PyObject *table_reader_left(TableReader *self, void *unused) {
+    return PyLong_FromSize_t(self->s.dfd < 0 ? 0 : self->s.nfds - self->s.next);
+}
+
+static PyMethodDef table_reader_methods[] = {
+    {"read", (PyCFunction)table_reader_read, METH_O,
+     "read(n) -> the rows of the next n fds of the listing (fewer at its end, [] after"
+     " it), as read_tables gives a table's; the GIL is released while reading.  A failure"
+     " raises OSError and ends the table."},
+    {"close", (PyCFunction)table_reader_close, METH_NOARGS,
+     "close(): release the table's directories; read() then gives []."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef table_reader_getset[] = {
+    {"listed", (getter)table_reader_listed, NULL, "fds in the table's listing", NULL},
+    {"left", (getter)table_reader_left, NULL, "fds of the listing not read yet", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject table_reader_type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "asyckpt._fdscan.TableReader",
+    .tp_basicsize = sizeof(TableReader),
+    .tp_dealloc = (destructor)table_reader_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "One fd table, listed, read a piece at a time (made by read_tables).",
+    .tp_methods = table_reader_methods,
+    .tp_getset = table_reader_getset,
+};
+
+/* read_tables([(fd_dir, fdinfo_dir), ...], parents=None, piece=0) -> [list | OSError, ...]
  *
  * Every table with one release of the GIL.  Getting the GIL back is what a scanner
  * thread waits for while the resolver runs Python (up to the interpreter's switch
@@ -455,22 +592,31 @@ static PyObject *read_table(PyObject *self, PyObject *args) {
  *
  * parents, if given, has one (parent_pid, tid) per table, or None: an fd of table i that
  * kcmp finds shared with parent_pid's fd of the same number comes back as the short row
- * (fd, flags), to be resolved from the parent's row (see scan_table).  Only for a frozen
- * tree, whose parent's table cannot change between the two reads. */
+ * (fd, flags), to be resolved from the parent's row (see read_entries).  Only for a frozen
+ * tree, whose parent's table cannot change between the two reads.
+ *
+ * piece > 0: the first table that lists more than piece fds is given as a TableReader
+ * (listed, none of its fds read), and the result stops there: the caller reads it, then
+ * asks again for the tables after it.  So at most one table is held open per call. */
 static PyObject *read_tables(PyObject *self, PyObject *args) {
     PyObject *arg, *parents_arg = Py_None, *parents = NULL;
-    if (!PyArg_ParseTuple(args, "O|O:read_tables", &arg, &parents_arg)) return NULL;
+    Py_ssize_t piece = 0;
+    if (!PyArg_ParseTuple(args, "O|On:read_tables", &arg, &parents_arg, &piece)) return NULL;
+    if (piece < 0) {
+        PyErr_SetString(PyExc_ValueError, "read_tables: piece must not be negative");
+        return NULL;
+    }
     /* Copies, not PySequence_Fast views: converting a path may run Python code
      * (__fspath__), which could shrink a list being indexed. */
     PyObject *seq = PySequence_Tuple(arg);
     if (!seq) return NULL;
-    Py_ssize_t n = PyTuple_GET_SIZE(seq);
+    Py_ssize_t n = PyTuple_GET_SIZE(seq), big = -1;
     PyObject **paths = calloc((size_t)(2 * n + 1), sizeof *paths);
     struct scan *scans = calloc((size_t)n + 1, sizeof *scans);
     const char **dirs = calloc((size_t)(2 * n + 1), sizeof *dirs);
-    pid_t *ids = calloc((size_t)(2 * n + 1), sizeof *ids);
     PyObject *result = NULL;
-    if (!paths || !scans || !dirs || !ids) { PyErr_NoMemory(); goto done; }
+    if (!paths || !scans || !dirs) { PyErr_NoMemory(); goto done; }
+    for (Py_ssize_t i = 0; i < n; i++) init_scan(&scans[i], 0, 0);
     if (parents_arg != Py_None) {
         parents = PySequence_Tuple(parents_arg);
         if (!parents) goto done;
@@ -489,8 +635,7 @@ static PyObject *read_tables(PyObject *self, PyObject *args) {
             if (int_arg(PyTuple_GET_ITEM(pair, 0), 0, "parent pid", &parent) < 0
                 || int_arg(PyTuple_GET_ITEM(pair, 1), 0, "tid", &tid) < 0)
                 goto done;
-            ids[2 * i] = parent;
-            ids[2 * i + 1] = tid;
+            init_scan(&scans[i], parent, tid);
         }
     }
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -504,18 +649,36 @@ static PyObject *read_tables(PyObject *self, PyObject *args) {
             goto done;
         dirs[2 * i] = PyBytes_AS_STRING(paths[2 * i]);
         dirs[2 * i + 1] = PyBytes_AS_STRING(paths[2 * i + 1]);
-        scans[i].err_fd = -1;
     }
 
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < n; i++)
-        scan_table(dirs[2 * i], dirs[2 * i + 1], ids[2 * i], ids[2 * i + 1], &scans[i]);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        list_table(dirs[2 * i], dirs[2 * i + 1], &scans[i]);
+        if (!scans[i].err && piece > 0 && scans[i].nfds > (size_t)piece) {
+            big = i;
+            break;
+        }
+        if (!scans[i].err) read_entries(&scans[i], 0);
+        close_dirs(&scans[i]);
+    }
     Py_END_ALLOW_THREADS
 
-    result = PyList_New(n);
+    Py_ssize_t got = big >= 0 ? big + 1 : n;
+    result = PyList_New(got);
     if (!result) goto done;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = scan_to_python(&scans[i], dirs[2 * i]);
+    for (Py_ssize_t i = 0; i < got; i++) {
+        PyObject *item;
+        if (i == big) {
+            TableReader *reader = PyObject_New(TableReader, &table_reader_type);
+            if (!reader) { Py_CLEAR(result); goto done; }
+            reader->s = scans[i];  /* moved: the reader frees it */
+            init_scan(&scans[i], 0, 0);
+            reader->busy = 0;
+            reader->fd_dir = Py_NewRef(paths[2 * i]);
+            PyList_SET_ITEM(result, i, (PyObject *)reader);
+            continue;
+        }
+        item = scan_to_python(&scans[i], dirs[2 * i]);
         if (!item) {
             if (!PyErr_ExceptionMatches(PyExc_OSError)) { Py_CLEAR(result); goto done; }
             PyObject *type, *value, *tb;
@@ -533,7 +696,6 @@ done:
     free(scans);
     free(paths);
     free(dirs);
-    free(ids);
     Py_XDECREF(parents);
     Py_DECREF(seq);
     return result;
@@ -559,6 +721,29 @@ static PyObject *kcmp_files(PyObject *self, PyObject *const *args, Py_ssize_t na
         || int_arg(PyTuple_GET_ITEM(args[1], 1), 0, "fd", &f2) < 0)
         return NULL;
     long r = syscall(SYS_kcmp, (pid_t)p1, (pid_t)p2, 0 /* KCMP_FILE */, (long)f1, (long)f2);
+    if (r < 0) return PyErr_SetFromErrno(PyExc_OSError);
+    return PyLong_FromLong(r);
+}
+
+/* kcmp(pid1, pid2, type, idx1, idx2) -> 0, 1 or 2: the syscall for any type but
+ * KCMP_EPOLL_TFD (whose last argument is a pointer).  _kernel.kcmp's, called for every
+ * task of a frozen tree to group fd tables (KCMP_FILES): through ctypes each call cost
+ * several times the syscall. */
+static PyObject *kcmp_any(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "kcmp(pid1, pid2, type, idx1, idx2)");
+        return NULL;
+    }
+    int p1, p2, type, i1, i2;
+    if (int_arg(args[0], 0, "pid1", &p1) < 0 || int_arg(args[1], 0, "pid2", &p2) < 0
+        || int_arg(args[2], 0, "type", &type) < 0 || int_arg(args[3], 0, "idx1", &i1) < 0
+        || int_arg(args[4], 0, "idx2", &i2) < 0)
+        return NULL;
+    if (type == 7 /* KCMP_EPOLL_TFD */) {
+        PyErr_SetString(PyExc_ValueError, "kcmp: KCMP_EPOLL_TFD takes a slot, not an index");
+        return NULL;
+    }
+    long r = syscall(SYS_kcmp, (pid_t)p1, (pid_t)p2, type, (long)i1, (long)i2);
     if (r < 0) return PyErr_SetFromErrno(PyExc_OSError);
     return PyLong_FromLong(r);
 }
@@ -944,6 +1129,189 @@ fail:
     return NULL;
 }
 
+/* --- read_task: what the tree walk and the fd-table plan read of one task ------------ */
+
+/* The whole of a /proc file, however long (a task's children list has no bound). */
+static int slurp(const char *path, char **out, size_t *len) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    size_t cap = 1024, n = 0;
+    char *buf = malloc(cap);
+    if (!buf) { close(fd); errno = ENOMEM; return -1; }
+    for (;;) {
+        ssize_t r = read(fd, buf + n, cap - n);
+        if (r < 0) { int e = errno; free(buf); close(fd); errno = e; return -1; }
+        if (r == 0) break;
+        n += (size_t)r;
+        if (n == cap) {
+            char *bigger = realloc(buf, cap * 2);
+            if (!bigger) { free(buf); close(fd); errno = ENOMEM; return -1; }
+            buf = bigger;
+            cap *= 2;
+        }
+    }
+    close(fd);
+    *out = buf;
+    *len = n;
+    return 0;
+}
+
+struct task_read {
+    char *stat;
+    size_t stat_len;
+    int *tids;
+    size_t ntids, tids_cap;
+    long *children;
+    size_t nchildren, children_cap;
+    struct stat st;         /* of /proc/PID: the task's owner */
+    char root[PATH_MAX + 1];
+    ssize_t root_len;       /* -1: a zombie (no root, no namespaces) */
+    unsigned long long mnt_ns;
+    int err;
+    char err_path[64];
+};
+
+static int cmp_long(const void *a, const void *b) {
+    long x = *(const long *)a, y = *(const long *)b;
+    return (x > y) - (x < y);
+}
+
+static void task_failed(struct task_read *t, const char *path) {
+    t->err = errno;
+    snprintf(t->err_path, sizeof t->err_path, "%s", path);
+}
+
+/* What _procread.read_stat, list_threads, list_children and read_task_meta read, in
+ * that order and with their rules: a thread that exits while its children are read is
+ * skipped; a zombie has no root and no mount namespace. */
+static void scan_task(int pid, struct task_read *t) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    if (slurp(path, &t->stat, &t->stat_len) < 0) { task_failed(t, path); return; }
+
+    snprintf(path, sizeof path, "/proc/%d/task", pid);
+    DIR *d = opendir(path);
+    if (!d) { task_failed(t, path); return; }
+    struct dirent *de;
+    errno = 0;
+    while ((de = readdir(d))) {
+        if (de->d_name[0] < '0' || de->d_name[0] > '9') continue;
+        if (t->ntids == t->tids_cap) {
+            size_t cap = t->tids_cap ? t->tids_cap * 2 : 16;
+            int *more = realloc(t->tids, cap * sizeof *more);
+            if (!more) { errno = ENOMEM; break; }
+            t->tids = more;
+            t->tids_cap = cap;
+        }
+        t->tids[t->ntids++] = atoi(de->d_name);
+        errno = 0;
+    }
+    int saved = errno;
+    closedir(d);
+    if (saved) { errno = saved; task_failed(t, path); return; }
+    qsort(t->tids, t->ntids, sizeof *t->tids, cmp_int);
+
+    for (size_t i = 0; i < t->ntids; i++) {
+        char *text;
+        size_t len;
+        snprintf(path, sizeof path, "/proc/%d/task/%d/children", pid, t->tids[i]);
+        if (slurp(path, &text, &len) < 0) {
+            if (errno == ENOENT || errno == ESRCH) continue;  /* the thread exited */
+            task_failed(t, path);
+            return;
+        }
+        const char *p = text, *end = text + len;
+        while (p < end) {
+            if (*p < '0' || *p > '9') { p++; continue; }
+            long child = 0;
+            while (p < end && *p >= '0' && *p <= '9' && child < INT_MAX) child = child * 10 + (*p++ - '0');
+            if (t->nchildren == t->children_cap) {
+                size_t cap = t->children_cap ? t->children_cap * 2 : 16;
+                long *more = realloc(t->children, cap * sizeof *more);
+                if (!more) { free(text); errno = ENOMEM; task_failed(t, path); return; }
+                t->children = more;
+                t->children_cap = cap;
+            }
+            t->children[t->nchildren++] = child;
+        }
+        free(text);
+    }
+    qsort(t->children, t->nchildren, sizeof *t->children, cmp_long);
+    size_t kept = 0;  /* unique: children of two threads are one list */
+    for (size_t i = 0; i < t->nchildren; i++)
+        if (!kept || t->children[kept - 1] != t->children[i]) t->children[kept++] = t->children[i];
+    t->nchildren = kept;
+
+    snprintf(path, sizeof path, "/proc/%d", pid);
+    if (stat(path, &t->st) < 0) { task_failed(t, path); return; }
+    snprintf(path, sizeof path, "/proc/%d/root", pid);
+    t->root_len = readlink(path, t->root, PATH_MAX);
+    if (t->root_len < 0) {
+        if (errno == ENAMETOOLONG) t->root_len = 0;
+        else if (errno == ENOENT) { t->root_len = -1; return; }
+        else { task_failed(t, path); return; }
+    }
+    struct stat ns;
+    snprintf(path, sizeof path, "/proc/%d/ns/mnt", pid);
+    if (stat(path, &ns) < 0) {
+        if (errno == ENOENT) { t->root_len = -1; return; }
+        task_failed(t, path);
+        return;
+    }
+    t->mnt_ns = (unsigned long long)ns.st_ino;
+}
+
+static PyObject *int_list(const void *items, size_t n, int is_long) {
+    PyObject *list = PyList_New((Py_ssize_t)n);
+    if (!list) return NULL;
+    for (size_t i = 0; i < n; i++) {
+        long v = is_long ? ((const long *)items)[i] : ((const int *)items)[i];
+        PyObject *o = PyLong_FromLong(v);
+        if (!o) { Py_DECREF(list); return NULL; }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, o);
+    }
+    return list;
+}
+
+/* read_task(pid) -> (stat: bytes, tids, children, uid, gid, root: str | None, mnt_ns)
+ *
+ * What the tree walk and the fd-table plan read of a task, with the GIL released for
+ * all of it: while the tree is frozen they are read for every task, about ten syscalls
+ * each, which through the interpreter cost several times their kernel time on a tree of
+ * hundreds of small tasks.  tids and children sorted, children unique; root None for a
+ * zombie (its mnt_ns 0).  A failure raises OSError naming the file. */
+static PyObject *read_task(PyObject *self, PyObject *arg) {
+    int pid;
+    if (int_arg(arg, 1, "pid", &pid) < 0) return NULL;
+    struct task_read *t = calloc(1, sizeof *t);
+    if (!t) return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS
+    scan_task(pid, t);
+    Py_END_ALLOW_THREADS
+    PyObject *result = NULL;
+    if (t->err) {
+        errno = t->err;
+        PyErr_SetFromErrnoWithFilename(PyExc_OSError, t->err_path);
+    } else {
+        PyObject *root = t->root_len < 0 ? Py_NewRef(Py_None)
+                                         : PyUnicode_DecodeFSDefaultAndSize(t->root, t->root_len);
+        PyObject *tids = int_list(t->tids, t->ntids, 0);
+        PyObject *children = int_list(t->children, t->nchildren, 1);
+        if (root && tids && children)
+            result = Py_BuildValue("(y#OOkkOK)", t->stat, (Py_ssize_t)t->stat_len, tids, children,
+                                   (unsigned long)t->st.st_uid, (unsigned long)t->st.st_gid, root,
+                                   t->root_len < 0 ? 0ULL : t->mnt_ns);
+        Py_XDECREF(root);
+        Py_XDECREF(tids);
+        Py_XDECREF(children);
+    }
+    free(t->stat);
+    free(t->tids);
+    free(t->children);
+    free(t);
+    return result;
+}
+
 #ifndef SYS_pidfd_getfd
 #define SYS_pidfd_getfd 438
 #endif
@@ -972,10 +1340,17 @@ static PyMethodDef methods[] = {
     {"pidfd_getfd", (PyCFunction)(void (*)(void))pidfd_getfd, METH_FASTCALL,
      "pidfd_getfd(pidfd, fd) -> a duplicate of the pidfd's task's fd (pidfd_getfd(2))"},
     {"read_tables", read_tables, METH_VARARGS,
-     "read_tables([(fd_dir, fdinfo_dir), ...], parents=None) -> [rows or OSError, ...]:"
-     " read_table for each, with a single release of the GIL; with parents, one"
+     "read_tables([(fd_dir, fdinfo_dir), ...], parents=None, piece=0) -> [rows or OSError,"
+     " ...]: read_table for each, with a single release of the GIL; with parents, one"
      " (parent_pid, tid) or None per table, an fd shared with the parent's same fd is the"
-     " short row (fd, flags)."},
+     " short row (fd, flags); with piece, the first table of more fds is a TableReader,"
+     " and the last item."},
+    {"read_task", read_task, METH_O,
+     "read_task(pid) -> (stat, tids, children, uid, gid, root, mnt_ns): a task's stat"
+     " text, threads, children, owner, root (None for a zombie) and mount namespace,"
+     " with the GIL released."},
+    {"kcmp", (PyCFunction)(void (*)(void))kcmp_any, METH_FASTCALL,
+     "kcmp(pid1, pid2, type, idx1, idx2) -> kcmp(2) for any type but KCMP_EPOLL_TFD"},
     {"kcmp_files", (PyCFunction)(void (*)(void))kcmp_files, METH_FASTCALL,
      "kcmp_files((pid1, fd1), (pid2, fd2)) -> kcmp(pid1, pid2, KCMP_FILE, fd1, fd2)"},
     {"fd_owner", fd_owner, METH_O,
@@ -1021,7 +1396,8 @@ PyMODINIT_FUNC PyInit__fdscan(void) {
     if (!asyckpt_fd_row_type) asyckpt_fd_row_type = fast_members(PyStructSequence_NewType(&fd_row_desc));
     if (!inherited_fd_type)
         inherited_fd_type = fast_members(PyStructSequence_NewType(&inherited_fd_desc));
-    if (!asyckpt_fd_row_type || !inherited_fd_type
+    if (!asyckpt_fd_row_type || !inherited_fd_type || PyType_Ready(&table_reader_type) < 0
+        || PyModule_AddObjectRef(m, "TableReader", (PyObject *)&table_reader_type) < 0
         || PyModule_AddObjectRef(m, "FdRow", (PyObject *)asyckpt_fd_row_type) < 0
         || PyModule_AddObjectRef(m, "InheritedFd", (PyObject *)inherited_fd_type) < 0
         || asyckpt_taskfiles_init(m) < 0) {

@@ -251,6 +251,10 @@ class Freezer:
         if self.guardian is not None:
             self.guardian.note(*step)
 
+    def _note_all(self, steps: list[tuple[object, ...]]) -> None:
+        if self.guardian is not None:
+            self.guardian.note_all(steps)
+
     def prepare(self, root_pid: int) -> None:
         """Create what freezing needs; nothing is changed for the tasks yet."""
 
@@ -403,6 +407,7 @@ class TransientFreezer(_CgroupFreezer):
         assert self._path is not None
         here = self.h.rel_of(self._path)
         gone = []
+        moves = []
         for pid in pids:
             try:
                 origin = self.h.cgroup_of(pid)
@@ -411,16 +416,31 @@ class TransientFreezer(_CgroupFreezer):
                 continue
             if origin == here:
                 continue  # already inside (a second round after a fork)
-            dest = self.h.path_of(origin) + "/cgroup.procs"
-            self._note("origin", pid, dest)
-            try:
-                _write(f"{self._path}/cgroup.procs", str(pid))
-            except ProcessLookupError:
-                gone.append(pid)
-                continue
-            except OSError as exc:
-                raise translate_oserror(exc, pid=pid, what=f"moving into {self._path}") from exc
-            self._origin[pid] = dest
+            moves.append((pid, self.h.path_of(origin) + "/cgroup.procs"))
+        # Every move's undo is noted before the first move, in one write (one each to the
+        # plan and the guardian, rather than one per task): an undo moves back only the
+        # transient cgroup's members, so a task noted but never moved stays where it is.
+        self._note_all([("origin", pid, dest) for pid, dest in moves])
+        if not moves:
+            return gone
+        # One open of cgroup.procs for all the moves: each write moves one process.
+        procs = f"{self._path}/cgroup.procs"
+        try:
+            fd = os.open(procs, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise translate_oserror(exc, pid=moves[0][0], what=f"moving into {self._path}") from exc
+        try:
+            for pid, dest in moves:
+                try:
+                    os.write(fd, str(pid).encode())
+                except ProcessLookupError:
+                    gone.append(pid)
+                    continue
+                except OSError as exc:
+                    raise translate_oserror(exc, pid=pid, what=f"moving into {self._path}") from exc
+                self._origin[pid] = dest
+        finally:
+            os.close(fd)
         return gone
 
     def release(self) -> None:

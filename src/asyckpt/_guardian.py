@@ -24,7 +24,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 __all__ = ["Guardian", "discard_prestarted", "prestart", "take_guardian", "undo"]
@@ -269,7 +269,14 @@ class Guardian:
     def note(self, *step: object) -> None:
         """Tell the guardian how to undo the step about to be taken, and write it to the
         capture's plan on disk (for ``asyckpt recover``, should both processes die)."""
-        line = json.dumps(step) + "\n"
+        self.note_all([step])
+
+    def note_all(self, steps: Sequence[Sequence[object]]) -> None:
+        """:meth:`note` for several steps about to be taken, in one write each to the
+        plan and to the guardian (a tree of 500 tasks is 500 moves)."""
+        if not steps:
+            return
+        line = "".join(json.dumps(list(step)) + "\n" for step in steps)
         try:
             if self._plan is None:
                 try:

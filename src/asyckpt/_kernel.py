@@ -100,6 +100,10 @@ def kcmp(pid1: int, pid2: int, kind: int, idx1: int = 0, idx2: int = 0) -> int:
 def kcmp_raw(pid1: int, pid2: int, kind: int, idx1: int = 0, idx2: int = 0) -> int:
     """:func:`kcmp`, raising the untranslated OSError (for callers that tell errnos
     apart)."""
+    return _kcmp_ctypes(pid1, pid2, kind, idx1, idx2)
+
+
+def _kcmp_ctypes(pid1: int, pid2: int, kind: int, idx1: int = 0, idx2: int = 0) -> int:
     global _kcmp_nr
     if _kcmp_nr is None:
         _kcmp_nr = _nr(_KCMP_NR)
@@ -143,6 +147,18 @@ def kcmp_epoll_tfd(pid1: int, fd1: int, pid2: int, efd: int, tfd: int, toff: int
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     return int(res)
+
+
+try:
+    from ._fdscan import kcmp as _kcmp_c
+except ImportError:  # no C accelerator: ctypes
+    pass
+else:
+
+    def kcmp_raw(pid1: int, pid2: int, kind: int, idx1: int = 0, idx2: int = 0) -> int:
+        # Called for every task of a frozen tree (KCMP_FILES, plan_tables): ctypes costs
+        # several times the syscall.
+        return _kcmp_c(pid1, pid2, kind, idx1, idx2)
 
 
 def kcmp_files(a: tuple[int, int], b: tuple[int, int]) -> int:

@@ -18,6 +18,7 @@ from ._rows import RawRow, ScanRow, TaskFilesRow
 if TYPE_CHECKING:
     from ._discover import TaskPlan
     from ._ghost import Ghost
+    from ._handoff import RowStream
     from ._procread import TaskMeta
     from ._records import Owner
 
@@ -43,10 +44,11 @@ class ScannedTable(NamedTuple):
     """The thread it was read through."""
     table: int
     """Its id (``TaskPlan.scan``)."""
-    fds: list[ScanRow] | None
+    fds: list[ScanRow] | RowStream | None
     """In ascending fd order; None if its task exited.  An fd the scan found shared with
     the parent's fd of the same number is an :data:`~asyckpt._rows.InheritedRow`,
-    resolved from the parent's table."""
+    resolved from the parent's table.  A big table comes as a :class:`RowStream` of
+    pieces, handed on while the scan reads on (never empty)."""
 
 
 class TaskScan(NamedTuple):
@@ -102,6 +104,22 @@ class FdEntries:
         fds, cloexec, files, news = zip(*entries, strict=True)
         new_at = [i for i, new in enumerate(news) if new is not None]
         return cls(fds, cloexec, files, new_at, [news[i] for i in new_at])
+
+    @classmethod
+    def join(cls, pieces: Sequence[FdEntries]) -> FdEntries:
+        """One table from the pieces it was resolved in, in order."""
+        if len(pieces) == 1:
+            return pieces[0]
+        out = cls((), (), (), (), [])
+        cloexec = bytearray()
+        for piece in pieces:
+            out.new_at.extend(at + len(out.fds) for at in piece.new_at)
+            out.new += piece.new
+            out.fds += piece.fds
+            out.files += piece.files
+            cloexec += piece.cloexec
+        out.cloexec = bytes(cloexec)
+        return out
 
     def __len__(self) -> int:
         return len(self.fds)

@@ -8,22 +8,24 @@ thread gone between readdir and read) are handled here; everything else goes thr
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
-from collections.abc import Callable, Sequence
-from typing import NamedTuple, cast
+from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple, Protocol, cast
 
-from ._errors import NoSuchProcess, oserror_context, translate_oserror
+from ._errors import NoSuchProcess, translate_oserror
 from ._procparse import TaskStat, parse_stat, split_fdinfo
 from ._rows import InheritedFd, RawFd, RawRow, ScanRow, stat_fields
 
 __all__ = [
+    "TablePieces",
     "TaskMeta",
-    "list_children",
-    "list_threads",
+    "TaskRead",
+    "iter_fd_tables",
     "read_fds",
     "read_stat",
-    "read_task_meta",
+    "read_task",
 ]
 
 PROC = "/proc"
@@ -56,26 +58,6 @@ def read_stat(pid: int, tid: int | None = None) -> TaskStat:
         raise translate_oserror(exc, pid=pid, what=path) from exc
 
 
-def list_threads(pid: int) -> list[int]:
-    with oserror_context(pid=pid, what="list threads"):
-        try:
-            return sorted(int(t) for t in os.listdir(f"{PROC}/{pid}/task"))
-        except FileNotFoundError:
-            raise NoSuchProcess("no such process", pid=pid) from None
-
-
-def list_children(pid: int) -> list[int]:
-    """Children of every thread of ``pid`` (a child's parent is the thread that forked it)."""
-    children: set[int] = set()
-    for tid in list_threads(pid):
-        try:
-            data = _read(f"{PROC}/{pid}/task/{tid}/children")
-        except (FileNotFoundError, ProcessLookupError):
-            continue  # thread exited in the meantime; its children were reparented
-        children.update(int(c) for c in data.split())
-    return sorted(children)
-
-
 class TaskMeta(NamedTuple):
     uid: int
     gid: int
@@ -83,16 +65,63 @@ class TaskMeta(NamedTuple):
     mnt_ns: int
 
 
-def read_task_meta(pid: int) -> TaskMeta:
-    with oserror_context(pid=pid, what="task metadata"):
-        st = os.stat(f"{PROC}/{pid}")
+class TaskRead(NamedTuple):
+    """What the tree walk and the fd-table plan need of one task, read in one go."""
+
+    stat: TaskStat
+    threads: list[int]
+    """Its thread ids, ascending."""
+    children: list[int]
+    """The children of all its threads (a child's parent is the thread that forked
+    it), ascending."""
+    meta: TaskMeta
+
+
+RawTask = tuple[bytes, list[int], list[int], int, int, str | None, int]
+"""(stat text, tids, children, uid, gid, root or None for a zombie, mnt_ns): what
+``_fdscan.read_task`` and :func:`_read_task_py` give."""
+
+_read_task_c: Callable[[int], RawTask] | None
+try:
+    from ._fdscan import read_task as _read_task_c
+except ImportError:  # built without a C compiler: the pure-Python reader below
+    _read_task_c = None
+
+
+def read_task(pid: int) -> TaskRead:
+    """Read a task's stat, threads, children and metadata (owner, root, mount
+    namespace); NoSuchProcess if it is gone."""
+    try:
+        raw = _read_task_c(pid) if _read_task_c is not None else _read_task_py(pid)
+    except FileNotFoundError:
+        raise NoSuchProcess("no such process", pid=pid) from None
+    except OSError as exc:
+        raise translate_oserror(exc, pid=pid, what=exc.filename or "task") from exc
+    stat, tids, children, uid, gid, root, mnt_ns = raw
+    # A zombie keeps its /proc entry but has dropped its fs and namespaces.  An empty
+    # root is one too long for the kernel to give (as an fd's link).
+    root = "/" if root is None else root
+    return TaskRead(parse_stat(stat), tids, children, TaskMeta(uid, gid, root, mnt_ns))
+
+
+def _read_task_py(pid: int) -> RawTask:
+    """The fallback for _fdscan.read_task: the same result, raising the same OSErrors."""
+    stat = _read(f"{PROC}/{pid}/stat")
+    tids = sorted(int(t) for t in os.listdir(f"{PROC}/{pid}/task"))
+    children: set[int] = set()
+    for tid in tids:
         try:
-            root = _readlink_name(f"{PROC}/{pid}/root")
-            mnt_ns = os.stat(f"{PROC}/{pid}/ns/mnt").st_ino
-        except FileNotFoundError:
-            # A zombie keeps its /proc entry but has dropped its fs and namespaces.
-            root, mnt_ns = "/", 0
-    return TaskMeta(st.st_uid, st.st_gid, root, mnt_ns)
+            data = _read(f"{PROC}/{pid}/task/{tid}/children")
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # thread exited in the meantime; its children were reparented
+        children.update(int(c) for c in data.split())
+    st = os.stat(f"{PROC}/{pid}")
+    try:
+        root: str | None = _readlink_name(f"{PROC}/{pid}/root")
+        mnt_ns = os.stat(f"{PROC}/{pid}/ns/mnt").st_ino
+    except FileNotFoundError:
+        root, mnt_ns = None, 0
+    return stat, tids, sorted(children), st.st_uid, st.st_gid, root, mnt_ns
 
 
 # The row types: the C reader's struct sequences when it is built, so that both readers
@@ -105,10 +134,21 @@ try:
 except ImportError:
     FdRow, InheritedFdRow = RawFd._make, InheritedFd._make
 
+
+class PieceReader(Protocol):
+    """A big table, listed, its fds read a piece at a time: ``_fdscan.TableReader``, or
+    :class:`_PyTableReader` without the C extension."""
+
+    @property
+    def listed(self) -> int: ...
+    def read(self, n: int, /) -> list[ScanRow]: ...
+    def close(self) -> None: ...
+
+
 _read_tables_c: (
     Callable[
-        [list[tuple[str, str]], list[tuple[int, int] | None] | None],
-        list[list[ScanRow] | OSError],
+        [list[tuple[str, str]], list[tuple[int, int] | None] | None, int],
+        Sequence[list[ScanRow] | OSError | PieceReader],
     ]
     | None
 )
@@ -141,6 +181,46 @@ def read_fd_tables(
     is resolved before this one (0: none): an fd shared with that task's fd of the same
     number is an :data:`InheritedRow`.
     """
+    return cast(
+        list[list[ScanRow] | None],
+        list(iter_fd_tables(owners, missing_ok=missing_ok, parents=parents)),
+    )
+
+
+class TablePieces:
+    """A table of more than ``piece`` fds (:func:`iter_fd_tables`), listed once, its rows
+    read on demand, a piece at a time, in ascending fd order: :meth:`read` until it
+    gives an empty list.  Errors are translated as :func:`read_fd_tables` translates a
+    whole table's."""
+
+    __slots__ = ("_reader", "piece", "tid")
+
+    def __init__(self, reader: PieceReader, tid: int, piece: int) -> None:
+        self._reader = reader
+        self.tid = tid
+        self.piece = piece
+
+    def read(self) -> list[ScanRow]:
+        try:
+            return self._reader.read(self.piece)
+        except OSError as exc:
+            raise translate_oserror(exc, pid=self.tid, what="fd table") from exc
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+def iter_fd_tables(
+    owners: list[tuple[int, int]],
+    *,
+    missing_ok: bool = False,
+    parents: Sequence[int] | None = None,
+    piece: int = 0,
+) -> Iterator[list[ScanRow] | TablePieces | None]:
+    """:func:`read_fd_tables`, one table at a time; with ``piece`` > 0 a table of more
+    fds than that is given as :class:`TablePieces` (only listed yet), for its reader to
+    hand it on a piece at a time.  The tables after it are read once it is asked for
+    the next: read it (or close it) first, as it is closed then."""
     dirs = [
         (f"{PROC}/{pid}/task/{tid}/fd", f"{PROC}/{pid}/task/{tid}/fdinfo") for pid, tid in owners
     ]
@@ -150,27 +230,31 @@ def read_fd_tables(
             (parent, tid) if parent > 0 else None
             for parent, (_, tid) in zip(parents, owners, strict=True)
         ]
-    if _read_tables_c is not None:
-        results = _read_tables_c(dirs, pairs)
-    else:
-        results = []
-        for i, (fd_dir, info_dir) in enumerate(dirs):
-            pair = pairs[i] if pairs is not None else None
+    done = 0
+    while done < len(owners):
+        rest = pairs[done:] if pairs is not None else None
+        if _read_tables_c is not None:
+            results = _read_tables_c(dirs[done:], rest, piece)
+        else:
+            results = _read_tables_py(dirs[done:], rest, piece)
+        for rows in results:
+            (_pid, tid), (fd_dir, _) = owners[done], dirs[done]
+            done += 1
+            if isinstance(rows, OSError):
+                if rows.errno == errno.ENOENT and rows.filename == fd_dir:
+                    if missing_ok:
+                        yield None
+                        continue
+                    raise NoSuchProcess("no such process", pid=tid) from None
+                raise translate_oserror(rows, pid=tid, what="fd table") from rows
+            if isinstance(rows, list):
+                yield rows
+                continue
+            pieces = TablePieces(rows, tid, piece)
             try:
-                results.append(_read_table_py(fd_dir, info_dir, *(pair or (0, 0))))
-            except OSError as exc:
-                results.append(exc)
-    out: list[list[ScanRow] | None] = []
-    for (_pid, tid), (fd_dir, _), rows in zip(owners, dirs, results, strict=True):
-        if isinstance(rows, OSError):
-            if rows.errno == errno.ENOENT and rows.filename == fd_dir:
-                if missing_ok:
-                    out.append(None)
-                    continue
-                raise NoSuchProcess("no such process", pid=tid) from None
-            raise translate_oserror(rows, pid=tid, what="fd table") from rows
-        out.append(rows)
-    return out
+                yield pieces
+            finally:
+                pieces.close()
 
 
 def _readlink_name(name: str, dfd: int | None = None) -> str:
@@ -184,21 +268,81 @@ def _readlink_name(name: str, dfd: int | None = None) -> str:
         raise
 
 
-def _read_table_py(fd_dir: str, info_dir: str, parent: int = 0, tid: int = 0) -> list[ScanRow]:
-    """The fallback for _fdscan.read_tables: the same result, several times slower."""
-    from ._kernel import same_file
-
-    dfd = os.open(fd_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        ifd = os.open(info_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def _read_tables_py(
+    dirs: list[tuple[str, str]], pairs: list[tuple[int, int] | None] | None, piece: int = 0
+) -> list[list[ScanRow] | OSError | PieceReader]:
+    """The fallback for _fdscan.read_tables: the same results, several times slower."""
+    out: list[list[ScanRow] | OSError | PieceReader] = []
+    for i, (fd_dir, info_dir) in enumerate(dirs):
+        pair = pairs[i] if pairs is not None else None
         try:
-            try:
-                names = os.listdir(dfd)
-            except FileNotFoundError:
-                return []  # a zombie has no fd table left
-            names.sort(key=int)
-            out: list[ScanRow] = []
-            stat, read = os.stat, _read
+            reader = _PyTableReader(fd_dir, info_dir, *(pair or (0, 0)))
+        except OSError as exc:
+            out.append(exc)
+            continue
+        if 0 < piece < reader.listed:
+            out.append(reader)
+            break
+        try:
+            out.append(reader.read(max(1, reader.listed)))
+        except OSError as exc:
+            out.append(exc)
+        finally:
+            reader.close()
+    return out
+
+
+def _read_table_py(fd_dir: str, info_dir: str, parent: int = 0, tid: int = 0) -> list[ScanRow]:
+    """The fallback for _fdscan.read_table (one whole table)."""
+    reader = _PyTableReader(fd_dir, info_dir, parent, tid)
+    try:
+        return reader.read(max(1, reader.listed))
+    finally:
+        reader.close()
+
+
+class _PyTableReader:
+    """The fallback for _fdscan.TableReader: one table listed once, its fds read from
+    that listing a piece at a time."""
+
+    def __init__(self, fd_dir: str, info_dir: str, parent: int = 0, tid: int = 0) -> None:
+        self._fd_dir, self._parent, self._tid = fd_dir, parent, tid
+        self._names: list[str] = []
+        self._next = 0
+        self._dfd = os.open(fd_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._ifd = -1
+        try:
+            self._ifd = os.open(info_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            with contextlib.suppress(FileNotFoundError):  # a zombie has no fd table left
+                self._names = os.listdir(self._dfd)
+        except BaseException:
+            self.close()
+            raise
+        self._names.sort(key=int)
+
+    @property
+    def listed(self) -> int:
+        return len(self._names)
+
+    def close(self) -> None:
+        for fd in (self._dfd, self._ifd):
+            if fd >= 0:
+                os.close(fd)
+        self._dfd = self._ifd = -1
+
+    def read(self, n: int) -> list[ScanRow]:
+        from ._kernel import same_file
+
+        if n < 1:
+            raise ValueError("TableReader.read: n must be at least 1")
+        if self._dfd < 0:
+            return []
+        dfd, ifd, parent, tid = self._dfd, self._ifd, self._parent, self._tid
+        names = self._names[self._next : self._next + n]
+        self._next += len(names)
+        out: list[ScanRow] = []
+        stat, read = os.stat, _read
+        try:
             for name in names:
                 try:
                     info = None
@@ -216,11 +360,12 @@ def _read_table_py(fd_dir: str, info_dir: str, parent: int = 0, tid: int = 0) ->
                 except FileNotFoundError:
                     continue  # fd closed in the meantime; the task may still be alive
                 except OSError as exc:
-                    exc.filename = f"{fd_dir}/{name}"
+                    exc.filename = f"{self._fd_dir}/{name}"
                     raise
                 out.append(FdRow((int(name), link, *stat_fields(st), *split_fdinfo(info))))
-            return out
-        finally:
-            os.close(ifd)
-    finally:
-        os.close(dfd)
+        except BaseException:
+            self.close()
+            raise
+        if self._next >= len(self._names):
+            self.close()
+        return out
