@@ -75,3 +75,17 @@ def test_records_come_in_image_order(entries: list[Any]) -> None:
             assert isinstance(rec, Task)
             got.append((Task, rec.pid))
     assert got == expected
+
+
+@pytest.mark.parametrize("entries", CASES)
+@pytest.mark.parametrize("cut", [1, 2, 3])
+def test_pieces_join_into_the_whole_table(entries: list[Any], cut: int) -> None:
+    # A big table is resolved in pieces as it is read: joined, they are the table.
+    pieces = [FdEntries.of(entries[i : i + cut]) for i in range(0, len(entries), cut)] or [
+        FdEntries.of([])
+    ]
+    joined = FdEntries.join(pieces)
+    whole = FdEntries.of(entries)
+    assert list(joined) == list(whole) == entries
+    assert (joined.fds, joined.files, joined.cloexec) == (whole.fds, whole.files, whole.cloexec)
+    assert (joined.new_at, joined.new) == (whole.new_at, whole.new)
