@@ -16,6 +16,7 @@ import resource
 import signal
 import sys
 import threading
+import time
 
 CLONE_FILES = 0x400
 
@@ -74,6 +75,11 @@ def main(workdir: str) -> None:
         while True:
             signal.pause()
     out["bare"] = bare_child
+    # Ready only once the bare child has closed what it inherited: it cannot say so
+    # itself (its pipes are closed with the rest), and a scan racing its closerange
+    # would find fds vanishing under it.
+    while any(int(fd) > 2 for fd in os.listdir(f"/proc/{bare_child}/fd")):
+        time.sleep(0.001)
 
     out["child_own"] = int(os.read(ready_r, 64).decode().split()[0])
 
