@@ -375,3 +375,33 @@ def test_collector_paused_during_the_capture_only(
         assert not gc.isenabled()  # left as it was found
     finally:
         gc.enable()
+
+
+def test_small_tasks_records_are_made_and_sent_together(spawn: Any) -> None:
+    # After the thaw, a thread hop and a batch per task cost more than the records of a
+    # small task: tasks are taken until MAKE_RECORDS records are made.
+    from asyckpt._capture import MAKE_RECORDS
+    from asyckpt._capture import capture as run_capture
+    from asyckpt._records import Content, Fd, Task
+
+    tree = spawn(SPAWN_TREE, "12", "3")  # each task holds an unlinked file of its own
+
+    async def main(ghost_limit: int) -> tuple[asyckpt.CaptureSummary, list[list[Any]]]:
+        send, recv = trio.open_memory_channel[list[Any]](1000)
+        async with send:
+            summary = await run_capture(tree.pid, send, CaptureOptions(ghost_limit=ghost_limit))
+        async with recv:
+            return summary, [batch async for batch in recv]
+
+    for ghost_limit in (0, 1 << 20):
+        summary, batches = trio.run(main, ghost_limit)
+        records = [rec for batch in batches for rec in batch]
+        assert summary.tasks == 13 == sum(type(r) is Task for r in records)
+        assert sum(type(r) is Fd for r in records) == summary.fds < MAKE_RECORDS
+        # The saved content comes in the same batch, right after its file's record.
+        assert summary.contents == sum(type(r) is Content for r in records)
+        assert summary.contents == (13 if ghost_limit else 0)
+        for i, rec in enumerate(records):
+            if type(rec) is Content:
+                assert records[i - 1].id == rec.file
+        assert len(batches) == 1

@@ -158,3 +158,18 @@ def test_compare_returning_nonsense_raises(bad: object) -> None:
     with pytest.raises(ValueError, match="compare returned"):
         index.lookup("k", 2, lambda: made.append(2) or 2)
     assert made == [1]  # nothing was stored for the failed lookup
+
+
+def test_a_bucket_of_one_is_its_entry() -> None:
+    # Most keys name one object: its (ref, value) is the bucket, no list around it; a
+    # second object makes it a list in compare order, either side of the first.
+    index: KcmpIndex[int, str] = KcmpIndex(int_compare)
+    make = iter("abcd").__next__
+    index.lookup("k", 5, make)
+    index.lookup("j", 5, make)
+    assert index.buckets == {"k": (5, "a"), "j": (5, "b")}
+    index.lookup("k", 3, make)
+    index.lookup("j", 9, make)
+    assert index.buckets == {"k": [(3, "c"), (5, "a")], "j": [(5, "b"), (9, "d")]}
+    assert index.lookup("k", 5, make) == ("a", False)
+    assert index.lookup("j", 5, make) == ("b", False)

@@ -223,6 +223,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "asyckpt._plugins.links",
             "asyckpt._plugins.loaded",
             "asyckpt._plugins.dispatch",
+            "asyckpt._plugins.entrypoints",
             "asyckpt._plugins.loading",
             "asyckpt.handlers",
             "asyckpt._facts",

@@ -194,9 +194,10 @@ def test_pidfd_getfd_c_and_ctypes_agree(zoo: Tree) -> None:
         os.close(pidfd)
 
 
-def _resolve_zoo(zoo: Tree, dedup_rows: Any) -> tuple[list[Any], Any]:
+def _resolve_zoo(zoo: Tree, dedup_rows: Any, *, expect: bool = False) -> tuple[list[Any], Any]:
     """Resolve every task of the (idle) zoo as a frozen capture would, with or without
-    the C dedup loop; what came out, and the builder."""
+    the C dedup loop (and, with ``expect``, told the tree first, as a capture tells it);
+    what came out, and the builder."""
     import asyckpt
     from asyckpt._build import RecordBuilder
     from asyckpt._capture import _read_mountinfo
@@ -213,6 +214,8 @@ def _resolve_zoo(zoo: Tree, dedup_rows: Any) -> tuple[list[Any], Any]:
         dedup_rows=dedup_rows,
     )
     out = []
+    if expect:
+        builder.expect((p.stat.pid, p.stat.ppid) for p in plans)
     with contextlib.closing(builder):
         parts = [builder.resolve(scan) for scan in scans]
     for part in parts:
@@ -255,6 +258,27 @@ def test_dedup_loop_c_and_python_agree(zoo: Tree) -> None:
     assert c_builder._files.compares > 0
 
 
+@pytest.mark.parametrize("accelerated", [True, False], ids=["C", "Python"])
+def test_only_parents_tables_are_kept_as_hints(zoo: Tree, accelerated: bool) -> None:
+    """Told the tree, the resolver keeps the fd map of a parent's table only (what its
+    children's fds are checked against first), and drops its index once told every
+    task is resolved: the same resolution, without holding a map per fd of the tree."""
+    from asyckpt._kernel import dedup_rows
+
+    kept_out, kept = _resolve_zoo(zoo, dedup_rows if accelerated else None)
+    lean_out, lean = _resolve_zoo(zoo, dedup_rows if accelerated else None, expect=True)
+    assert lean_out == kept_out
+    assert (lean.hint_hits, lean.file_count) == (kept.hint_hits, kept.file_count)
+    assert lean.hint_hits > 0  # the children were resolved against their parent's map
+    # The root's tables (its own thread's, and one a thread unshared), not its children's.
+    root_tables = {table for tid, table, _ in lean_out[:2]}
+    assert lean_out[0][0] == zoo.pid and len(root_tables) == 2
+    assert set(lean._table_fds) == root_tables
+    assert len(kept._table_fds) == len(kept_out) > 1
+    lean.resolved()
+    assert lean._table_fds == {} and lean._files.buckets == {}
+
+
 def test_dedup_loop_kcmp_failure_names_the_other_side(zoo: Tree) -> None:
     from asyckpt._fdscan import dedup_rows
 
@@ -269,6 +293,25 @@ def test_dedup_loop_kcmp_failure_names_the_other_side(zoo: Tree) -> None:
     entries, new, count, hits, compares, error = dedup_rows([row], zoo.pid, {}, {}, {}, 10)
     assert entries == [(row[0], False, 11, None)]
     assert (new, count, error) == ([0], 11, None)
+
+
+def test_dedup_loop_makes_one_ref_per_description(zoo: Tree) -> None:
+    # A description's (tid, fd) is held by the index and the fd map to the capture's
+    # end: one tuple for both, one tid object for all of a call's refs.
+    from asyckpt._fdscan import dedup_rows
+
+    rows = read_fds(zoo.pid, zoo.pid)
+    seen: dict[Any, Any] = {}
+    buckets: dict[Any, list[Any]] = {}
+    _, new, *_ = dedup_rows(rows, zoo.pid, {}, seen, buckets, 0)
+    assert len(new) > 2
+    # A bucket of one is its (ref, file id) itself, not a list.
+    entries = [e for b in buckets.values() for e in (b if type(b) is list else [b])]
+    refs = [ref for ref, _ in entries]
+    assert len(refs) == len(new)
+    for ref in refs:
+        assert seen[ref[1]][1] is ref
+        assert ref[0] is refs[0][0] == zoo.pid
 
 
 def test_a_child_read_against_a_parent_that_vanished_is_an_error() -> None:
@@ -327,6 +370,24 @@ def test_scanned_and_resolved_tables_have_names(zoo: Tree) -> None:
                 assert (resolved.tid, resolved.table) == (scanned.tid, scanned.table)
                 assert scanned.fds is not None
                 assert [e[0] for e in resolved.entries] == [row.fd for row in scanned.fds]
+
+
+def test_a_tables_rows_share_their_repeated_ints(tmp_path: Path) -> None:
+    # st_mode, st_dev, uid, gid, flags and mnt_id repeat across a table's fds: one int
+    # object per value (past 256 each would be an object of its own, held with the row).
+    opened = [os.open(tmp_path / f"f{i}", os.O_RDWR | os.O_CREAT, 0o644) for i in range(6)]
+    try:
+        rows = [r for r in read_fds(os.getpid(), os.getpid()) if r[0] in opened]
+        assert len(rows) == 6
+        first = rows[0]
+        for row in rows[1:]:
+            for field in ("st_mode", "st_dev", "st_uid", "st_gid", "flags", "mnt_id"):
+                assert getattr(row, field) == getattr(first, field)
+                assert getattr(row, field) is getattr(first, field), field
+            assert row.st_ino != first.st_ino
+    finally:
+        for fd in opened:
+            os.close(fd)
 
 
 def test_task_reader_c_and_python_agree(zoo: Tree) -> None:

@@ -35,3 +35,24 @@ def test_a_quiet_capture_compiles_no_escaping_pattern(spawn: Any, tmp_path: Path
     image = str(tmp_path / "q.ackpt")
     assert after("tree", str(tree.pid), "-o", image, "-q") == "0"
     assert after("show", image) == "1"
+
+
+def test_a_capture_loads_no_image_reader(spawn: Any, tmp_path: Path) -> None:
+    # Writing an image needs its grammar, not the reader's decoding and checks.
+    tree = spawn(WORKLOADS / "hostile_names.py")
+    image = str(tmp_path / "q.ackpt")
+    code = AFTER.replace("from asyckpt import _escape", "import asyckpt._escape as _escape")
+    code = code.replace(
+        "print(_escape._suspect.cache_info().currsize, file=sys.stderr)",
+        "print(sorted(m for m in sys.modules if m in ('asyckpt._decode', 'asyckpt._validate'))"
+        ", file=sys.stderr)",
+    )
+    argv = ["tree", str(tree.pid), "-o", image, "-q"]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120
+    )
+    assert proc.stderr.strip().splitlines()[-1] == "[]"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "show", image], capture_output=True, text=True, timeout=120
+    )
+    assert proc.stderr.strip().splitlines()[-1] == "['asyckpt._decode', 'asyckpt._validate']"

@@ -7,7 +7,8 @@ Three steps, so that the tree is frozen only as long as it must be:
   the tasks' tables unchanged), runs the handlers (which may need the live fd), reads
   each description's I/O owner where it can matter (``owner_matters``), and hands
   out objref ids in order of first reference, so two captures of an unchanged tree number
-  everything identically.  It keeps its output compact: tuples, not records.
+  everything identically.  It keeps its output compact: arrays per fd table
+  (:class:`~asyckpt._parts.FdEntries`), not records.
 * :meth:`RecordBuilder.link` runs once every task is resolved, still frozen: the
   handlers' optional ``link`` hooks complete their records with what names other
   descriptions of the tree (an epoll's targets as file ids), which needs kcmp and fd
@@ -30,7 +31,7 @@ from __future__ import annotations
 import errno
 import os
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, cast
 
 import msgspec
@@ -49,7 +50,16 @@ from ._errors import (
 )
 from ._facts import row_facts
 from ._ghost import DEFAULT_GHOST_LIMIT, Ghost, GhostSpool
-from ._parts import FdEntry, GenericFd, NewFile, ResolvedTable, TaskPart, TaskScan, new_files
+from ._parts import (
+    FdEntries,
+    FdEntry,
+    GenericFd,
+    NewFile,
+    ResolvedTable,
+    TaskPart,
+    TaskScan,
+    new_files,
+)
 from ._paths import PATH_KINDS, PathChecker
 from ._plugins.contract import FdFacts, LinkRef
 from ._plugins.dispatch import Dispatch
@@ -123,6 +133,12 @@ class RecordBuilder:
         # first, with one kcmp, before the index's binary search.
         self._table_fds: dict[int, dict[int, tuple[object, Ref, int]]] = {}
         self._task_table: dict[int, int] = {}
+        self._tables_read: set[int] = set()
+        # Only a parent's table is ever a hint: the others' fd maps are filled into a
+        # scratch dict and dropped (on 106k fds, most of them a child's, ~20 MiB held to
+        # the end of the capture otherwise).  None until told: every table is kept.
+        self._parents: frozenset[int] | None = None
+        self._scratch: dict[int, tuple[object, Ref, int]] = {}
         self._read_mountinfo = read_mountinfo
         self._strict = strict
         # Unfrozen captures tolerate tasks that exit mid-way; frozen ones cannot lose any.
@@ -155,6 +171,18 @@ class RecordBuilder:
         # through, in image order: what link() walks, rather than every fd of the tree.
         self._to_link: list[tuple[NewFile, LinkRef]] = []
 
+    def expect(self, pids_ppids: Iterable[tuple[int, int]]) -> None:
+        """The (pid, ppid) of every task to be resolved: only the fd tables of tasks that
+        are someone's parent are kept as hints for their children's."""
+        self._parents = frozenset(ppid for _, ppid in pids_ppids)
+
+    def resolved(self) -> None:
+        """Every task is resolved: drop the deduplication index and the parents' fd maps
+        (the largest part of the resolver's memory), needed by no later step."""
+        self._table_fds = {}
+        self._files = KcmpIndex(self._compare_files)
+        self._scratch = {}
+
     @property
     def tolerant(self) -> bool:
         """Whether tasks may exit mid-capture (the tree is not frozen)."""
@@ -179,11 +207,14 @@ class RecordBuilder:
         parent_table = self._task_table.get(plan.stat.ppid)
         hints = self._table_fds.get(parent_table, {}) if parent_table is not None else {}
         tables = []
+        keep = self._parents is None or pid in self._parents
         for tid, table_id, fds in scan.tables:
             assert fds is not None
-            seen: dict[int, tuple[object, Ref, int]] = {}
-            self._table_fds[table_id] = seen
-            entries: list[FdEntry] = []
+            if keep:
+                seen = self._table_fds[table_id] = {}
+            else:
+                seen = self._scratch
+            pieces = []
             # A big table comes in pieces as they are read: each resolved in turn, as
             # the whole table would be (ids are handed out in fd order either way).
             for rows in (fds,) if isinstance(fds, list) else fds:
@@ -194,13 +225,17 @@ class RecordBuilder:
                         "the process exited during the capture, after its child's fds were read",
                         pid=plan.stat.ppid,
                     )
-                entries += self._resolve_table(pid, tid, rows, meta.root, hints, seen)
+                pieces.append(self._resolve_table(pid, tid, rows, meta.root, hints, seen))
+            entries = FdEntries.join(pieces)
+            if not keep:
+                seen.clear()
             tables.append(ResolvedTable(tid, table_id, entries))
+            self._tables_read.add(table_id)
             self.table_count += 1
         # A table first seen in a task that has exited since was never read: the threads
         # that shared it are recorded without one.
         threads = tuple(
-            (tid, table if table in self._table_fds else None) for tid, table in plan.threads
+            (tid, table if table in self._tables_read else None) for tid, table in plan.threads
         )
         leader_table = threads[0][1]
         if leader_table is not None:
@@ -219,7 +254,7 @@ class RecordBuilder:
         root: str,
         hints: dict[int, tuple[object, Ref, int]],
         seen: dict[int, tuple[object, Ref, int]],
-    ) -> list[FdEntry]:
+    ) -> FdEntries:
         if self._dedup_rows is not None and not self._tolerant:
             return self._resolve_table_fast(pid, tid, fds, root, hints, seen)
         entries: list[FdEntry] = []
@@ -273,7 +308,7 @@ class RecordBuilder:
         finally:
             ctx._close()
         self.fd_count += len(entries)
-        return entries
+        return FdEntries.of(entries)
 
     def _resolve_table_fast(
         self,
@@ -283,7 +318,7 @@ class RecordBuilder:
         root: str,
         hints: dict[int, tuple[object, Ref, int]],
         seen: dict[int, tuple[object, Ref, int]],
-    ) -> list[FdEntry]:
+    ) -> FdEntries:
         """:meth:`_resolve_table` with the per-fd dedup loop in C (``dedup_rows``, over the
         same structures), then the new descriptions built here, in fd order.  Frozen
         only: a kcmp failure is an error, never a task that exited."""
@@ -300,18 +335,24 @@ class RecordBuilder:
             raise translate_oserror(exc, pid=other_pid, fd=other_fd, what="kcmp") from exc
         assert entries is not None
         assert new is not None
+        made: list[NewFile] = []
         if new:
             ctx = HandlerContext(tid, self.session)
             try:
                 for i in new:
-                    fd, cloexec, file_id, _ = entries[i]
                     raw = cast(RawRow, fds[i])  # an inherited row is never a new file
-                    made = self._new_file(file_id, pid, tid, raw, raw.flags & ~O_CLOEXEC, root, ctx)
-                    entries[i] = (fd, cloexec, file_id, made)
+                    file_id = entries[i][2]
+                    flags = raw.flags
+                    if flags & O_CLOEXEC:  # else the row's own int, not one more per file
+                        flags &= ~O_CLOEXEC
+                    made.append(self._new_file(file_id, pid, tid, raw, flags, root, ctx))
             finally:
                 ctx._close()
         self.fd_count += len(entries)
-        return entries
+        if not entries:
+            return FdEntries((), (), (), (), made)
+        fd_numbers, cloexec, files, _ = zip(*entries, strict=True)
+        return FdEntries(fd_numbers, cloexec, files, new, made)
 
     def close(self) -> None:
         """Release what the builder holds open: the ghost spool and the tasks' roots."""
@@ -399,7 +440,7 @@ class RecordBuilder:
         new = NewFile(
             file_id,
             raw,
-            (pid, fd),
+            pid,
             flags,
             kind,
             facts.path,
@@ -486,16 +527,20 @@ class RecordBuilder:
         # was read through (an epoll's own, to try its targets' numbers first): each
         # indexed only if a hook asks.
         tables = {t.tid: t.entries for part in parts for t in part.tables}
+
+        def table_files(tid: int) -> dict[int, int]:
+            entries = tables.get(tid)
+            return {} if entries is None else dict(zip(entries.fds, entries.files, strict=True))
+
         links = CaptureLinks(
             session,
             (
                 (new.raw.st_dev, new.raw.st_ino, new.id, tid, new.raw.fd)
                 for part in parts
                 for tid, _, entries in part.tables
-                for _, _, _, new in entries
-                if new is not None
+                for new in entries.new
             ),
-            lambda tid: {fd: file_id for fd, _, file_id, _ in tables.get(tid, ())},
+            table_files,
         )
         failed = False
         by_name = self._dispatch.by_name
@@ -530,8 +575,7 @@ class RecordBuilder:
                 (new.kind, new.raw.st_dev, new.raw.st_ino)
                 for part in parts
                 for _, _, entries in part.tables
-                for _, _, _, new in entries
-                if new is not None
+                for new in entries.new
             ),
         )
         finishers = {h.name: h for h in self._dispatch.handlers if h.finish is not None}
@@ -559,8 +603,8 @@ class RecordBuilder:
     def _attach_locks(self, parts: list[TaskPart]) -> None:
         for part in parts:
             for _, _, entries in part.tables:
-                for _, _, _, new in entries:
-                    if new is not None and (rests := self._more_locks.get(new.id)):
+                for new in entries.new:
+                    if rests := self._more_locks.get(new.id):
                         new.more_locks = [text for rest in rests for text in lock_texts(rest)]
 
     def _drop_unused(self, parts: list[TaskPart]) -> None:

@@ -45,21 +45,26 @@ Theory of operation
    frozen anyway and a lookup per description would lengthen the frozen window); the
    handlers' ``finish`` hooks complete their records with what only the whole tree
    tells, and every record is encoded.
-8. *Emit*: each task's records are made from its compact resolved form and sent, one
-   batch per task, through one bounded channel (``BATCH_BUFFER``) to its one consumer,
+8. *Emit*: each task's records are made from its compact resolved form and sent, tasks
+   taken until ``MAKE_RECORDS`` records are made per batch (one thread hop), through
+   one bounded channel (``BATCH_BUFFER``) to its one consumer,
    which takes them in order: the caller's ``async for`` (``open_capture``) or the image
    writer (``checkpoint_tree``: the same stream, written as it comes).  Records are sent
    only after the thaw, so no consumer can lengthen the frozen window.  A saved ghost's
-   ``content`` records follow its ``file`` record, read back from the spool one chunk
-   (at most 1 MiB) per batch, so memory stays bounded by the channel's capacity.
+   ``content`` records follow its ``file`` record, read back from the spool: in the
+   batch as long as its reads stay within one chunk (1 MiB), else a chunk per batch, so
+   memory stays bounded by the channel's capacity.
 
-Memory: while frozen, every task's scan rows and resolved form are held (the records
-can only be made once the whole tree is known), plus the rows of at most twice
-``SCAN_AHEAD`` chunks read but not yet resolved (in the channel, and taken by the
-resolver in one hop), and of at most one big table's pieces per reader.  After the
-thaw, the resolved forms shrink as records are made, and the channel holds at most
-``BATCH_BUFFER`` batches (one task's records each, or one content chunk of at most
-1 MiB).
+Memory: while frozen, every task's resolved form is held (fds as arrays, the scan row
+of each description first seen, what its handler made; the records can only be made
+once the whole tree is known), the deduplication index, the fd maps of the tasks that
+have children (what their children's fds are checked against), plus the rows of at
+most twice ``SCAN_AHEAD`` chunks read but not yet resolved (in the channel, and taken
+by the resolver in one hop), and of at most one big table's pieces per reader.  The
+index and the maps are dropped once every task is resolved.  After the thaw, the
+resolved forms shrink as records are made, and the channel holds at most
+``BATCH_BUFFER`` batches (the records of tasks taken until ``MAKE_RECORDS`` with at
+most 1 MiB of content, or one content chunk).
 """
 
 from __future__ import annotations
@@ -89,16 +94,21 @@ from ._plugins.dispatch import Dispatch
 from ._plugins.loading import load_handlers
 from ._plugins.session import CaptureSession
 from ._procparse import TaskStat
-from ._records import Content, Holders, PluginInfo
+from ._records import Holders, PluginInfo
 from ._scanning import scan_and_resolve
 from ._tuning import tuned
 
 __all__ = ["CaptureOptions", "CaptureSummary", "capture"]
 
 BATCH_BUFFER = 8
-"""Task batches the channel holds before the builder waits for its consumer.  Small, so
+"""Batches the channel holds before the builder waits for its consumer.  Small, so
 memory stays bounded; records are sent only after the thaw, so a slow consumer slows the
 capture, never the frozen window."""
+
+MAKE_RECORDS = 4096
+"""After the thaw, records are made a whole task at a time, tasks taken until this many
+records are made, in one thread hop and sent as one batch: a hop per task of a tree of
+hundreds of small ones cost more than making their records."""
 
 MAX_FREEZE_ROUNDS = 5
 
@@ -310,10 +320,10 @@ async def capture(
     *,
     spool_dir: str | None = None,
 ) -> CaptureSummary:
-    """Capture the tree rooted at ``pid``, sending lists of records in image order (a
-    task's, cut after each file whose ``content`` records follow, one per list) into
-    ``send``, which the caller owns (and closes once this returns: the summary is then
-    known before its consumer sees the end of the stream).
+    """Capture the tree rooted at ``pid``, sending lists of records in image order
+    (tasks' records with their files' ``content``, see ``MAKE_RECORDS``) into ``send``,
+    which the caller owns (and closes once this returns: the summary is then known
+    before its consumer sees the end of the stream).
 
     Unlinked files' content is spooled in an unnamed file in ``spool_dir`` (default: the
     temporary directory) until it is sent.  Raises AsyckptError subclasses; the tree is
@@ -424,7 +434,9 @@ async def _run(
                     nursery.start_soon(
                         run_begin, handler, session, pending, begins[handler.name], limiter
                     )
+                builder.expect((p.stat.pid, p.stat.ppid) for p in plans)
                 parts = await scan_and_resolve(plans, builder)
+                builder.resolved()
                 if builder.needs_link:
                     parts = await trio.to_thread.run_sync(builder.link, parts)
                 # The thaw waits for the begins whose state the records may still need
@@ -440,24 +452,31 @@ async def _run(
     parts = await trio.to_thread.run_sync(builder.finish, parts)
     ghosts = builder.ghosts
 
-    def make(part: TaskPart) -> list[tuple[list[BodyRecord], list[Chunk | Content]]]:
-        # One thread hop per task: its records, cut after each saved ghost's file, with
-        # that ghost's content read here as long as the task's reads stay within one
-        # chunk's worth (a larger one is read a chunk per hop, as it is sent).
-        batch = materialize(part)
-        if not ghosts.saved:
-            return [(batch, [])]
+    Batch = tuple[list[BodyRecord], list[Chunk]]
+
+    def make(parts: list[TaskPart]) -> list[Batch]:
+        # One thread hop for tasks popped until MAKE_RECORDS records are made: their
+        # records in one batch, with each saved ghost's content (after its file record)
+        # read here as long as the reads stay within one chunk's worth.  A chunk past
+        # that is read in a hop of its own as it is sent, and cuts the batch: what
+        # follows it goes in the next one.
+        out: list[Batch] = [([], [])]
         budget = CONTENT_CHUNK
-        out: list[tuple[list[BodyRecord], list[Chunk | Content]]] = []
-        for records, chunks in ghosts.split(batch):
-            pieces: list[Chunk | Content] = []
-            for chunk in chunks:
-                if chunk.length <= budget:
-                    budget -= chunk.length
-                    pieces.append(ghosts.read(chunk))
-                else:
-                    pieces.append(chunk)
-            out.append((records, pieces))
+        made = 0
+        while parts and made < MAKE_RECORDS:
+            batch = materialize(parts.pop())
+            made += len(batch)
+            split = ghosts.split(batch) if ghosts.saved else [(batch, [])]
+            for records, chunks in split:
+                if out[-1][1]:
+                    out.append(([], []))
+                out[-1][0].extend(records)
+                for chunk in chunks:
+                    if chunk.length <= budget and not out[-1][1]:
+                        budget -= chunk.length
+                        out[-1][0].append(ghosts.read(chunk))
+                    else:
+                        out[-1][1].append(chunk)
         return out
 
     # What to search outside the tree for, known before the parts are freed below.
@@ -465,13 +484,11 @@ async def _run(
     # Popped, so that each task's resolved form is freed once its records are made.
     parts.reverse()
     while parts:
-        for records, pieces in await trio.to_thread.run_sync(make, parts.pop()):
+        for records, chunks in await trio.to_thread.run_sync(make, parts):
             if records:
                 await send.send(records)
-            for piece in pieces:
-                if not isinstance(piece, Content):
-                    piece = await trio.to_thread.run_sync(ghosts.read, piece)
-                await send.send([piece])
+            for chunk in chunks:
+                await send.send([await trio.to_thread.run_sync(ghosts.read, chunk)])
     holders: list[Holders] = []
     if options.endpoints == "system":
         # After everything else, the tree thawed: the rest of the system is not frozen.

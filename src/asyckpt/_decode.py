@@ -20,12 +20,14 @@ image is reported as damaged, not as whatever its damage happens to look like).
 from __future__ import annotations
 
 import hashlib
-import struct
 
 import msgspec
 
 from ._errors import ImageCorrupt, ImageVersionError, NotAnImage
+from ._records import BE32 as U32
 from ._records import (
+    MAGIC,
+    MAX_IMAGE_SIZE,
     READABLE_VERSIONS,
     Content,
     Fd,
@@ -49,12 +51,8 @@ from ._validate import (
 
 __all__ = ["DIGEST_SIZE", "MAGIC", "MAX_FRAME", "MAX_IMAGE_SIZE", "Image", "ImageDecoder"]
 
-MAGIC = b"\x89ACKPT\r\n\x1a\n"
-U32 = struct.Struct(">I")
 MAX_FRAME = 1 << 30
 """The longest frame a reader accepts (1 GiB)."""
-MAX_IMAGE_SIZE = 1 << 34
-"""The largest input a reader accepts (16 GiB), unless told otherwise."""
 DIGEST_SIZE = 32
 
 _decoder = msgspec.msgpack.Decoder(Record)

@@ -13,7 +13,7 @@ and used with kcmp.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 __all__ = ["KcmpIndex"]
 
@@ -32,23 +32,26 @@ class KcmpIndex(Generic[R, V]):
 
     def __init__(self, compare: Callable[[R, R], int]) -> None:
         self._compare = compare
-        self._buckets: dict[Hashable, list[tuple[R, V]]] = {}
+        self._buckets: dict[Hashable, list[tuple[R, V]] | tuple[R, V]] = {}
         self.compares = 0
 
     @property
-    def buckets(self) -> dict[Hashable, list[tuple[R, V]]]:
-        """The buckets, key -> [(ref, value)] in compare order: what the C dedup loop
-        (_fdscan.dedup_rows) searches and extends in place of :meth:`lookup`."""
+    def buckets(self) -> dict[Hashable, list[tuple[R, V]] | tuple[R, V]]:
+        """The buckets, key -> [(ref, value)] in compare order, or the one (ref, value)
+        itself (most keys have one object: no list each, ~4 MiB on 53k descriptions):
+        what the C dedup loop (_fdscan.dedup_rows) searches and extends in place of
+        :meth:`lookup`."""
         return self._buckets
 
     def lookup(self, key: Hashable, ref: R, make: Callable[[], V]) -> tuple[V, bool]:
         """Return (value, True) for a new object, after storing ``make()`` for it, or
         (the stored value, False) for an object seen before."""
-        bucket = self._buckets.get(key)
-        if bucket is None:
+        found = self._buckets.get(key)
+        if found is None:
             value = make()
-            self._buckets[key] = [(ref, value)]
+            self._buckets[key] = (ref, value)
             return value, True
+        bucket = found if type(found) is list else [cast(tuple[R, V], found)]
         lo, hi = 0, len(bucket)
         while lo < hi:
             mid = (lo + hi) // 2
@@ -64,4 +67,6 @@ class KcmpIndex(Generic[R, V]):
                 raise ValueError(f"compare returned {order!r}, expected 0, 1 or 2")
         value = make()
         bucket.insert(lo, (ref, value))
+        if bucket is not found:
+            self._buckets[key] = bucket
         return value, True

@@ -348,8 +348,42 @@ PyObject *asyckpt_new_row(PyTypeObject *type, Py_ssize_t n) {
     return (PyObject *)row;
 }
 
-/* The result of one scan as Python objects; NULL with an exception set on failure. */
-static PyObject *scan_to_python(struct scan *s, const char *fd_dir) {
+/* The ints most fds of a table repeat (st_mode, st_dev, st_uid, st_gid, flags, mnt_id),
+ * one object for each value among the last few met: past 256 every int is an object of
+ * its own (32 bytes), and a new description's row is held to the end of the capture
+ * (W3: ~6 MiB of them, 53k rows).  Filled per table, released after it. */
+#define INT_CACHE 8
+struct int_cache {
+    unsigned long long value[INT_CACHE];
+    PyObject *obj[INT_CACHE];
+    int next;
+};
+
+static PyObject *cached_int(struct int_cache *c, unsigned long long value) {
+    for (int k = 0; k < INT_CACHE; k++) {
+        if (c->obj[k] && c->value[k] == value) {
+            Py_INCREF(c->obj[k]);
+            return c->obj[k];
+        }
+    }
+    PyObject *obj = PyLong_FromUnsignedLongLong(value);
+    if (!obj) return NULL;
+    Py_XDECREF(c->obj[c->next]);
+    Py_INCREF(obj);
+    c->obj[c->next] = obj;
+    c->value[c->next] = value;
+    c->next = (c->next + 1) % INT_CACHE;
+    return obj;
+}
+
+static void int_cache_clear(struct int_cache *c) {
+    for (int k = 0; k < INT_CACHE; k++) Py_CLEAR(c->obj[k]);
+}
+
+enum { C_MODE, C_DEV, C_UID, C_GID, C_FLAGS, C_MNT, C_FIELDS };
+
+static PyObject *scan_to_python_cached(struct scan *s, const char *fd_dir,
+                                       struct int_cache *cache) {
     if (s->err) {
         errno = s->err;
         if (s->err_fd >= 0) {
@@ -386,20 +420,21 @@ static PyObject *scan_to_python(struct scan *s, const char *fd_dir) {
         PyObject *v[16] = {
             PyLong_FromLong(e->fd),
             PyUnicode_DecodeFSDefaultAndSize(e->link, e->link_len),
-            PyLong_FromUnsignedLong(e->st.st_mode),
-            PyLong_FromUnsignedLongLong(e->st.st_dev),
+            cached_int(&cache[C_MODE], e->st.st_mode),
+            cached_int(&cache[C_DEV], e->st.st_dev),
             PyLong_FromUnsignedLongLong(e->st.st_ino),
             PyLong_FromUnsignedLongLong(e->st.st_rdev),
             PyLong_FromUnsignedLongLong(e->st.st_nlink),
-            PyLong_FromUnsignedLong(e->st.st_uid),
-            PyLong_FromUnsignedLong(e->st.st_gid),
+            cached_int(&cache[C_UID], e->st.st_uid),
+            cached_int(&cache[C_GID], e->st.st_gid),
             PyLong_FromLongLong(e->st.st_size),
             PyLong_FromLongLong((long long)e->st.st_mtim.tv_sec * 1000000000LL
                                 + e->st.st_mtim.tv_nsec),
             PyLong_FromLongLong(e->st.st_blocks),
             PyLong_FromLongLong(e->pos),
-            PyLong_FromUnsignedLong(e->flags),
-            PyLong_FromLong(e->mnt_id),
+            cached_int(&cache[C_FLAGS], e->flags),
+            e->mnt_id >= 0 ? cached_int(&cache[C_MNT], (unsigned long long)e->mnt_id)
+                           : PyLong_FromLong(e->mnt_id),
             PyBytes_FromStringAndSize(e->info, (Py_ssize_t)e->info_len),
         };
         for (int k = 0; k < 16; k++) {
@@ -411,6 +446,15 @@ static PyObject *scan_to_python(struct scan *s, const char *fd_dir) {
             PyStructSequence_SET_ITEM(item, k, v[k]);
         }
     }
+    return result;
+}
+
+/* The result of one scan as Python objects; NULL with an exception set on failure. */
+static PyObject *scan_to_python(struct scan *s, const char *fd_dir) {
+    struct int_cache cache[C_FIELDS];
+    memset(cache, 0, sizeof cache);
+    PyObject *result = scan_to_python_cached(s, fd_dir, cache);
+    for (int f = 0; f < C_FIELDS; f++) int_cache_clear(&cache[f]);
     return result;
 }
 
@@ -754,13 +798,14 @@ static PyObject *fd_owner_at(PyObject *self, PyObject *const *args, Py_ssize_t n
 
 /* --- dedup_rows: RecordBuilder._resolve_table's per-fd loop, for a frozen tree ------- */
 
-static PyObject *pair(long a, PyObject *b_borrowed) {
-    PyObject *t = PyTuple_New(2), *x = PyLong_FromLong(a);
-    if (!t || !x) { Py_XDECREF(t); Py_XDECREF(x); return NULL; }
-    Py_INCREF(b_borrowed);
-    PyTuple_SET_ITEM(t, 0, x);
-    PyTuple_SET_ITEM(t, 1, b_borrowed);
-    return t;
+static PyObject *list_of_two(PyObject *a, PyObject *b) {
+    PyObject *list = PyList_New(2);
+    if (!list) return NULL;
+    Py_INCREF(a);
+    PyList_SET_ITEM(list, 0, a);
+    Py_INCREF(b);
+    PyList_SET_ITEM(list, 1, b);
+    return list;
 }
 
 /* A (pid, fd) reference as the dedup structures hold it: an exact 2-tuple of exact ints
@@ -907,7 +952,10 @@ static PyObject *dedup_rows(PyObject *self, PyObject *args) {
     long long hits = 0, compares = 0;
     PyObject *entries = PyList_New(n), *fresh = PyList_New(0), *error = NULL;
     PyObject *key = NULL, *ref = NULL, *file_id = NULL, *hint = NULL, *bucket = NULL;
-    if (!entries || !fresh) goto fail;
+    /* One tid object for every ref this call makes (a description's ref is kept until
+     * the capture's end: 32 bytes each, for a tid over 256, when made per ref). */
+    PyObject *tid_obj = PyLong_FromLong(tid);
+    if (!entries || !fresh || !tid_obj) goto fail;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *row = PyTuple_GET_ITEM(rows, i);
         PyObject *fd_obj = PyTuple_GET_ITEM(row, 0);
@@ -939,8 +987,14 @@ static PyObject *dedup_rows(PyObject *self, PyObject *args) {
             if (PyErr_Occurred()) goto fail;
             int cloexec = (flags & O_CLOEXEC) != 0;
             flags &= ~(unsigned long)O_CLOEXEC;
-            key = Py_BuildValue("(OOOk)", PyTuple_GET_ITEM(row, 3), PyTuple_GET_ITEM(row, 4),
-                                PyTuple_GET_ITEM(row, 12), flags);
+            /* Without close-on-exec the row's own flags object is the key's (held to the
+             * capture's end by the index: no int of its own per description). */
+            if (cloexec)
+                key = Py_BuildValue("(OOOk)", PyTuple_GET_ITEM(row, 3), PyTuple_GET_ITEM(row, 4),
+                                    PyTuple_GET_ITEM(row, 12), flags);
+            else
+                key = PyTuple_Pack(4, PyTuple_GET_ITEM(row, 3), PyTuple_GET_ITEM(row, 4),
+                                   PyTuple_GET_ITEM(row, 12), PyTuple_GET_ITEM(row, 13));
             if (!key) goto fail;
             long epid = 0, efd = 0;
             if (hint) {
@@ -960,15 +1014,18 @@ static PyObject *dedup_rows(PyObject *self, PyObject *args) {
                 bucket = PyDict_GetItemWithError(buckets, key);
                 if (!bucket && PyErr_Occurred()) goto fail;
                 Py_XINCREF(bucket);
-                if (bucket && !PyList_CheckExact(bucket)) {
-                    PyErr_SetString(PyExc_TypeError, "dedup_rows: a bucket is a list");
+                /* A bucket of one is its (ref, file_id) entry itself (KcmpIndex). */
+                int single = bucket && PyTuple_CheckExact(bucket);
+                if (bucket && !single && !PyList_CheckExact(bucket)) {
+                    PyErr_SetString(PyExc_TypeError,
+                                    "dedup_rows: a bucket is a list or a (ref, file_id) tuple");
                     goto fail;
                 }
                 /* No Python code runs from here to the insertion: the bucket keeps its size. */
-                Py_ssize_t lo = 0, hi = bucket ? PyList_GET_SIZE(bucket) : 0;
+                Py_ssize_t lo = 0, hi = bucket ? (single ? 1 : PyList_GET_SIZE(bucket)) : 0;
                 while (lo < hi) {
                     Py_ssize_t mid = lo + (hi - lo) / 2;
-                    PyObject *entry = PyList_GET_ITEM(bucket, mid);
+                    PyObject *entry = single ? bucket : PyList_GET_ITEM(bucket, mid);
                     long p, f;
                     if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2) {
                         PyErr_SetString(PyExc_TypeError,
@@ -995,20 +1052,21 @@ static PyObject *dedup_rows(PyObject *self, PyObject *args) {
                     is_new = 1;
                     file_id = PyLong_FromLongLong(++count);
                     if (!file_id) goto fail;
-                    ref = pair(tid, fd_obj);
+                    /* The same ref is kept in seen below: one tuple for both. */
+                    ref = PyTuple_Pack(2, tid_obj, fd_obj);
                     PyObject *stored = ref ? PyTuple_Pack(2, ref, file_id) : NULL;
-                    Py_CLEAR(ref);
                     if (!stored) goto fail;
                     int rc;
-                    if (bucket) {
-                        rc = PyList_Insert(bucket, lo, stored);
+                    if (!bucket) {
+                        rc = PyDict_SetItem(buckets, key, stored);
+                    } else if (single) {
+                        PyObject *pair_bucket = lo == 0 ? list_of_two(stored, bucket)
+                                                        : list_of_two(bucket, stored);
+                        if (!pair_bucket) { Py_DECREF(stored); goto fail; }
+                        rc = PyDict_SetItem(buckets, key, pair_bucket);
+                        Py_DECREF(pair_bucket);
                     } else {
-                        PyObject *fresh_bucket = PyList_New(1);
-                        if (!fresh_bucket) { Py_DECREF(stored); goto fail; }
-                        Py_INCREF(stored);
-                        PyList_SET_ITEM(fresh_bucket, 0, stored);
-                        rc = PyDict_SetItem(buckets, key, fresh_bucket);
-                        Py_DECREF(fresh_bucket);
+                        rc = PyList_Insert(bucket, lo, stored);
                     }
                     Py_DECREF(stored);
                     if (rc < 0) goto fail;
@@ -1031,7 +1089,7 @@ static PyObject *dedup_rows(PyObject *self, PyObject *args) {
             break;
         }
     resolved:
-        ref = pair(tid, fd_obj);
+        if (!ref) ref = PyTuple_Pack(2, tid_obj, fd_obj);
         if (!ref) goto fail;
         {
             PyObject *mine = PyTuple_Pack(3, key, ref, file_id);
@@ -1051,6 +1109,7 @@ static PyObject *dedup_rows(PyObject *self, PyObject *args) {
         Py_CLEAR(hint);
     }
     Py_DECREF(rows);
+    Py_DECREF(tid_obj);
     if (error) {
         PyObject *result = Py_BuildValue("(OOLLLN)", Py_None, Py_None, count, hits, compares, error);
         Py_DECREF(fresh);
@@ -1065,6 +1124,7 @@ fail:
     Py_XDECREF(bucket);
     Py_XDECREF(entries);
     Py_XDECREF(fresh);
+    Py_XDECREF(tid_obj);
     Py_DECREF(rows);
     return NULL;
 }

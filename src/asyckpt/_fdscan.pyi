@@ -38,7 +38,7 @@ def dedup_rows(
     tid: int,
     hints: dict[int, Any],
     seen: dict[int, Any],
-    buckets: dict[Any, list[Any]],
+    buckets: dict[Any, list[Any] | tuple[Any, Any]],
     file_count: int,
     more_locks: dict[int, list[bytes]] = ...,
     /,

@@ -32,17 +32,35 @@ import os
 import select
 import stat
 from collections.abc import Iterable
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
-from ._decode import MAGIC, MAX_IMAGE_SIZE, Image, ImageDecoder
-from ._decode import U32 as _U32
 from ._errors import NotAnImage, OutputError
 from ._escape import escape
-from ._records import FORMAT_VERSION, Header, Trailer
+from ._records import BE32 as _U32
+from ._records import FORMAT_VERSION, MAGIC, MAX_IMAGE_SIZE, Header, Trailer
+
+if TYPE_CHECKING:
+    from ._decode import Image, ImageDecoder
 
 __all__ = ["MAGIC", "Image", "ImageWriter", "parse_image", "read_image", "read_image_fd"]
+
+
+def __getattr__(name: str) -> Any:
+    # The reader (``_decode``, ``_validate``) is loaded when an image is read, not by a
+    # capture, which only writes one (start-up time counts: docs/performance.md).
+    if name == "Image":
+        from ._decode import Image
+
+        return Image
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _decoder(name: str, limit: int) -> ImageDecoder:
+    from ._decode import ImageDecoder
+
+    return ImageDecoder(name, limit=limit)
 
 
 class Gate(Protocol):
@@ -220,7 +238,7 @@ def read_image_fd(fd: int, *, name: str, limit: int = MAX_IMAGE_SIZE) -> Image:
     """Read and verify an image from an open file descriptor (``show -``: standard
     input), which must be a regular file or a pipe; it is read to its end, not closed."""
     _check_kind(os.fstat(fd).st_mode, name)
-    decoder = ImageDecoder(name, limit=limit)
+    decoder = _decoder(name, limit)
     while True:
         try:
             chunk = os.read(fd, _CHUNK)
@@ -252,6 +270,6 @@ def _check_kind(mode: int, name: str) -> None:
 
 def parse_image(data: bytes, *, name: str = "image") -> Image:
     """Verify and decode an image held in memory."""
-    decoder = ImageDecoder(name, limit=max(len(data), 1))
+    decoder = _decoder(name, max(len(data), 1))
     decoder.feed(data)
     return decoder.close()

@@ -34,6 +34,9 @@ __all__ = ["BodyRecord", "materialize"]
 
 BodyRecord = MountTable | FdTable | File | Content | Fd | Task | Holders
 
+_BOOL = (False, True)
+_NO_NEW: tuple[int, NewFile | None] = (-1, None)
+
 
 def materialize(part: TaskPart) -> list[BodyRecord]:
     """The image records of one resolved task, in image order (objects before use)."""
@@ -49,10 +52,17 @@ def materialize(part: TaskPart) -> list[BodyRecord]:
     append = out.append
     for tid, table_id, entries in part.tables:
         append(FdTable(id=table_id, owner=tid, count=len(entries)))
-        for fd, cloexec, file_id, new in entries:
-            if new is not None:
+        # Once per fd after the thaw: one loop over the arrays (as lists: their ints made
+        # in one call), each first-seen description's record before its fd's.
+        news = iter(zip(entries.new_at.tolist(), entries.new, strict=True))
+        at, new = next(news, _NO_NEW)
+        rows = zip(entries.fds.tolist(), entries.cloexec, entries.files.tolist(), strict=True)
+        for i, (fd, cloexec, file_id) in enumerate(rows):
+            if i == at:
+                assert new is not None
                 append(_file_record(new))
-            append(Fd(fd=fd, file=file_id, cloexec=cloexec))
+                at, new = next(news, _NO_NEW)
+            append(Fd(fd=fd, file=file_id, cloexec=_BOOL[cloexec]))
     files = part.files
     held: dict[str, Any] = {}
     threads = [Thread(tid=t, fd_table=tab) for t, tab in part.threads]

@@ -83,9 +83,7 @@ def targets(parts: Iterable[TaskPart]) -> list[Target]:
     peers: list[tuple[int, int]] = []  # (sockfs dev, ino)
     for part in parts:
         for _, _, entries in part.tables:
-            for _, _, _, new in entries:
-                if new is None:
-                    continue
+            for new in entries.new:
                 raw = new.raw
                 if new.kind in ("pipe", "fifo"):
                     kind = cast(Literal["pipe", "fifo"], new.kind)

@@ -10,12 +10,16 @@ companion (format version 3; ``_names``).
 
 from __future__ import annotations
 
+import struct
 from typing import Annotated, Literal
 
 import msgspec
 
 __all__ = [
+    "BE32",
     "FORMAT_VERSION",
+    "MAGIC",
+    "MAX_IMAGE_SIZE",
     "NO_DATA",
     "READABLE_VERSIONS",
     "Content",
@@ -36,6 +40,13 @@ __all__ = [
     "Thread",
     "Trailer",
 ]
+
+MAGIC = b"\x89ACKPT\r\n\x1a\n"
+"""The first bytes of every image (docs/image-format.md)."""
+BE32 = struct.Struct(">I")
+"""The version field and every frame's length: unsigned 32 bits, big-endian."""
+MAX_IMAGE_SIZE = 1 << 34
+"""The largest input a reader accepts (16 GiB), unless told otherwise."""
 
 FORMAT_VERSION = 4
 """Written by this asyckpt; 2 added the ``content`` record, 3 the ``_bytes`` companions

@@ -150,7 +150,7 @@ DedupRows = Callable[
         int,
         dict[int, Any],
         dict[int, Any],
-        dict[Any, list[Any]],
+        dict[Any, list[Any] | tuple[Any, Any]],
         int,
         dict[int, list[bytes]],
     ],

@@ -10,7 +10,6 @@ same group; the only thing that sets them apart is their distribution's name, wh
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import re
 import warnings
@@ -19,6 +18,7 @@ from typing import Any, NamedTuple, final
 
 from .._errors import PluginError
 from .dispatch import Dispatch, PluginConflictWarning
+from .entrypoints import EntryPoint, entry_points
 from .loaded import LoadedHandler
 
 __all__ = [
@@ -53,7 +53,7 @@ class Installed(NamedTuple):
     version: str
     value: str
     """``module:attr`` of the handler."""
-    entry_point: importlib.metadata.EntryPoint
+    entry_point: EntryPoint
 
     @property
     def builtin(self) -> bool:
@@ -62,18 +62,10 @@ class Installed(NamedTuple):
 
 def installed_handlers() -> list[Installed]:
     """Every entry point of ``asyckpt.fd_types``, sorted by name, then distribution."""
-    out = []
-    # Name and version come from the distribution's METADATA, which every access parses
-    # again: read once per distribution, not twice per handler.
-    about: dict[int, tuple[str, str]] = {}
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        dist, version = "?", "?"
-        if ep.dist is not None:
-            if id(ep.dist) not in about:
-                meta = ep.dist.metadata
-                about[id(ep.dist)] = (meta["Name"], meta["Version"])
-            dist, version = about[id(ep.dist)]
-        out.append(Installed(ep.name, dist, version, ep.value, ep))
+    out = [
+        Installed(ep.name, dist or "?", version or "?", ep.value, ep)
+        for ep, dist, version in entry_points(ENTRY_POINT_GROUP)
+    ]
     return sorted(out, key=lambda i: (i.name, _normalize(i.distribution), i.value))
 
 
