@@ -160,6 +160,14 @@ def test_rows_follow_the_fds_in_lsofs_order() -> None:
     assert by_fd["101/cwd"][9] == "/srv/thread-dir"
 
 
+def test_the_header_counts_held_files_apart() -> None:
+    img = image()
+    held = sum(1 for f in img.files.values() if not f.description)
+    assert 0 < held < len(img.files)
+    counts = render_table(img).splitlines()[2]
+    assert f" {len(img.files) - held} open files, {held} files held without an fd, " in counts
+
+
 def test_a_mapped_file_is_one_row_its_ranges_merged() -> None:
     rows = rows_of(render_table(image()), 100)
     mem = [r for r in rows if r[2] == "mem"]
@@ -220,6 +228,7 @@ def format3_seed() -> list[Any]:
 def test_an_old_image_shows_as_before() -> None:
     text = render_table(parse_image(build(format3_seed(), version=3)))
     assert text.splitlines()[1].startswith("format 3,")
+    assert "held without an fd" not in text
     fds = {
         line.split(None, 9)[2] for line in text.splitlines() if line.startswith(("server", "ch"))
     }

@@ -331,6 +331,14 @@ def tty_name(tty_nr: int, names: Mapping[int, str]) -> str | None:
     return names.get(dev) or _dev(dev)
 
 
+def _files_line(image: Image) -> str:
+    """The trailer counts every file record; those held without an fd (format 4: a cwd,
+    an executable, a mapped file) are named apart, as ``tree`` reports them."""
+    held = sum(1 for f in image.files.values() if not f.description)
+    opened = f"{len(image.files) - held} open files"
+    return f"{opened}, {held} files held without an fd" if held else opened
+
+
 def _plugin_line(p: PluginInfo, renderer: Renderer) -> str:
     _, loaded, note = renderer.plugin_notes(p.name)
     text = f"{p.name} ({p.distribution} {p.version}"
@@ -368,7 +376,7 @@ def render_table(
             if h.consistent
             else " (NOT frozen: the image may be inconsistent)"
         ),
-        f"{t.tasks} tasks, {t.fds} fds, {t.files} open files, {t.fd_tables} fd tables; "
+        f"{t.tasks} tasks, {t.fds} fds, {_files_line(image)}, {t.fd_tables} fd tables; "
         f"freezing {t.freezing_ms:.2f} ms, frozen {t.frozen_ms:.2f} ms, "
         f"capture {t.capture_ms:.2f} ms",
     ]
