@@ -238,10 +238,12 @@ def iter_fd_tables(
         else:
             results = _read_tables_py(dirs[done:], rest, piece)
         for rows in results:
-            (_pid, tid), (fd_dir, _) = owners[done], dirs[done]
+            (_pid, tid), (fd_dir, info_dir) = owners[done], dirs[done]
             done += 1
             if isinstance(rows, OSError):
-                if rows.errno == errno.ENOENT and rows.filename == fd_dir:
+                # Either directory: a task exiting between the two opens has its fd
+                # directory but no longer its fdinfo one (a tree that is not frozen).
+                if rows.errno == errno.ENOENT and rows.filename in (fd_dir, info_dir):
                     if missing_ok:
                         yield None
                         continue
