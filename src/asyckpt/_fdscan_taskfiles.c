@@ -111,13 +111,26 @@ static void read_held(const char *path, struct held *h) {
     h->link_len = (size_t)n;
 }
 
+/* The link's text, "net:[4026531840]", holds the namespace's inode number: readlink
+ * costs less than half of a stat through nsfs, and a task has ten of them. */
 static void read_ns(const char *base, struct nsset *ns) {
-    char path[96];
-    struct stat st;
+    char path[96], text[64];
     for (size_t i = 0; i < N_NS; i++) {
         snprintf(path, sizeof path, "%s/ns/%s", base, ns_types[i]);
-        ns->present[i] = stat(path, &st) == 0;  /* absent: this kernel lacks it */
-        ns->ino[i] = ns->present[i] ? (unsigned long long)st.st_ino : 0;
+        ssize_t n = readlink(path, text, sizeof text - 1);  /* fails: this kernel lacks it */
+        unsigned long long ino = 0;
+        char *open = NULL, *end = NULL;
+        if (n > 0) {
+            text[n] = '\0';
+            open = strchr(text, '[');
+            if (open) {
+                errno = 0;
+                ino = strtoull(open + 1, &end, 10);
+            }
+        }
+        ns->present[i] = open && end && end != open + 1 && end[0] == ']' && end[1] == '\0'
+                         && errno == 0;
+        ns->ino[i] = ns->present[i] ? ino : 0;
     }
 }
 

@@ -119,12 +119,16 @@ def read_held(path: str) -> RawFd | int:
 
 
 def _namespaces(base: str) -> dict[str, int]:
+    # As the C reader: the link's text ("net:[4026531840]") names the inode.
     out = {}
     for name in NS_TYPES:
         try:
-            out[name] = os.stat(f"{base}/ns/{name}").st_ino
+            text = os.readlink(f"{base}/ns/{name}")
         except OSError:
             continue  # this kernel lacks it, or the task is exiting
+        number = text.partition("[")[2].removesuffix("]")
+        if number.isdigit() and text.endswith("]"):
+            out[name] = int(number)
     return out
 
 
