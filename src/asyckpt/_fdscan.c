@@ -1131,11 +1131,12 @@ fail:
 
 /* --- read_task: what the tree walk and the fd-table plan read of one task ------------ */
 
-/* The whole of a /proc file, however long (a task's children list has no bound). */
-static int slurp(const char *path, char **out, size_t *len) {
+/* The whole of a /proc file, however long (a task's children list, its maps: neither has
+ * a bound), in a buffer of at least ``cap`` bytes to begin with; -1 with errno set. */
+int asyckpt_read_whole(const char *path, size_t cap, char **out, size_t *len) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return -1;
-    size_t cap = 1024, n = 0;
+    size_t n = 0;
     char *buf = malloc(cap);
     if (!buf) { close(fd); errno = ENOMEM; return -1; }
     for (;;) {
@@ -1187,7 +1188,10 @@ static void task_failed(struct task_read *t, const char *path) {
 static void scan_task(int pid, struct task_read *t) {
     char path[64];
     snprintf(path, sizeof path, "/proc/%d/stat", pid);
-    if (slurp(path, &t->stat, &t->stat_len) < 0) { task_failed(t, path); return; }
+    if (asyckpt_read_whole(path, 1024, &t->stat, &t->stat_len) < 0) {
+        task_failed(t, path);
+        return;
+    }
 
     snprintf(path, sizeof path, "/proc/%d/task", pid);
     DIR *d = opendir(path);
@@ -1215,7 +1219,7 @@ static void scan_task(int pid, struct task_read *t) {
         char *text;
         size_t len;
         snprintf(path, sizeof path, "/proc/%d/task/%d/children", pid, t->tids[i]);
-        if (slurp(path, &text, &len) < 0) {
+        if (asyckpt_read_whole(path, 1024, &text, &len) < 0) {
             if (errno == ENOENT || errno == ESRCH) continue;  /* the thread exited */
             task_failed(t, path);
             return;

@@ -10,6 +10,10 @@
 /* _fdscan.FdRow: a held file is a row of it with fd -1 (made in _fdscan.c). */
 extern PyTypeObject *asyckpt_fd_row_type;
 
+/* A whole /proc file, read until EOF into a malloc'd buffer (``cap`` bytes to begin
+ * with, doubled as needed); -1 with errno set.  Made in _fdscan.c. */
+int asyckpt_read_whole(const char *path, size_t cap, char **out, size_t *len);
+
 /* A struct sequence of n fields, every field unset until filled. */
 PyObject *asyckpt_new_row(PyTypeObject *type, Py_ssize_t n);
 

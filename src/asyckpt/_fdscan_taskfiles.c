@@ -134,37 +134,6 @@ static void read_ns(const char *base, struct nsset *ns) {
     }
 }
 
-/* A whole /proc file, read until EOF; -1 with errno set. */
-static int read_whole(const char *path, char **out, size_t *len) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    size_t cap = 65536, n = 0;
-    char *buf = malloc(cap);
-    if (!buf) { close(fd); errno = ENOMEM; return -1; }
-    for (;;) {
-        if (n == cap) {
-            char *bigger = realloc(buf, cap * 2);
-            if (!bigger) { free(buf); close(fd); errno = ENOMEM; return -1; }
-            buf = bigger;
-            cap *= 2;
-        }
-        ssize_t r = read(fd, buf + n, cap - n);
-        if (r < 0) {
-            int saved = errno;
-            free(buf);
-            close(fd);
-            errno = saved;
-            return -1;
-        }
-        if (r == 0) break;
-        n += (size_t)r;
-    }
-    close(fd);
-    *out = buf;
-    *len = n;
-    return 0;
-}
-
 /* Up to maxd lowercase hex digits (at least one), as the kernel prints them. */
 static int hex_field(const char **pp, const char *end, int maxd, unsigned long long *out) {
     const char *p = *pp;
@@ -270,7 +239,7 @@ static void read_task(struct task_read *t, int cmdline) {
     snprintf(base, sizeof base, "/proc/%d", t->pid);
     snprintf(path, sizeof path, "%s/maps", base);
     size_t bad;
-    if (read_whole(path, &t->maps, &t->maps_len) < 0
+    if (asyckpt_read_whole(path, 65536, &t->maps, &t->maps_len) < 0
         || parse_maps_text(t->maps, t->maps_len, &t->rows, &t->n_rows, &bad) < 0)
         t->maps_err = errno ? errno : EIO;
     for (size_t i = 0; i < t->n_threads; i++) {
@@ -285,7 +254,8 @@ static void read_task(struct task_read *t, int cmdline) {
     }
     if (cmdline) {
         snprintf(path, sizeof path, "%s/cmdline", base);
-        if (read_whole(path, &t->cmdline, &t->cmdline_len) < 0) t->cmdline_err = errno;
+        if (asyckpt_read_whole(path, 4096, &t->cmdline, &t->cmdline_len) < 0)
+            t->cmdline_err = errno;
     }
     snprintf(path, sizeof path, "%s/cwd", base);
     read_held(path, &t->cwd);
