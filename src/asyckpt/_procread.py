@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple, Protocol, cast
 
-from ._errors import NoSuchProcess, translate_oserror
+from ._errors import AsyckptError, NoSuchProcess, translate_oserror
 from ._procparse import TaskStat, parse_stat, split_fdinfo
 from ._rows import InheritedFd, RawFd, RawRow, ScanRow, stat_fields
 
@@ -241,14 +241,18 @@ def iter_fd_tables(
             (_pid, tid), (fd_dir, info_dir) = owners[done], dirs[done]
             done += 1
             if isinstance(rows, OSError):
-                # Either directory: a task exiting between the two opens has its fd
-                # directory but no longer its fdinfo one (a tree that is not frozen).
-                if rows.errno == errno.ENOENT and rows.filename in (fd_dir, info_dir):
-                    if missing_ok:
-                        yield None
-                        continue
-                    raise NoSuchProcess("no such process", pid=tid) from None
-                raise translate_oserror(rows, pid=tid, what="fd table") from rows
+                # A task exiting mid-read (only in a tree that is not frozen) fails as it
+                # goes: its fd or fdinfo directory gone (ENOENT), or a read of one of its
+                # fds refused (ESRCH, or ENOENT once its /proc entry is gone).
+                err: AsyckptError = (
+                    NoSuchProcess("no such process", pid=tid)
+                    if rows.errno == errno.ENOENT and rows.filename in (fd_dir, info_dir)
+                    else translate_oserror(rows, pid=tid, what="fd table")
+                )
+                if missing_ok and isinstance(err, NoSuchProcess):
+                    yield None
+                    continue
+                raise err from rows
             if isinstance(rows, list):
                 yield rows
                 continue
